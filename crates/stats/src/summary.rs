@@ -1,0 +1,367 @@
+//! Mergeable sufficient statistics for streams.
+//!
+//! The gateway keeps one of each per variant and window; the controller merges windows (and,
+//! with several replicas, replicas) without rescanning the prediction log. Every `merge` is
+//! exact: merging the summaries of any split of a stream equals the summary of the whole
+//! stream (up to floating-point rounding for [`Moments`]). Property tests check this.
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::StatsError;
+
+/// Successes out of trials: accuracy, error rate, conversion.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proportion {
+    pub successes: u64,
+    pub trials: u64,
+}
+
+impl Proportion {
+    /// Counts with `successes <= trials`.
+    pub fn new(successes: u64, trials: u64) -> Result<Self, StatsError> {
+        if successes > trials {
+            return Err(StatsError::invalid(
+                "successes",
+                format!("successes ({successes}) exceed trials ({trials})"),
+            ));
+        }
+        Ok(Proportion { successes, trials })
+    }
+
+    /// Records one trial.
+    pub fn record(&mut self, success: bool) {
+        self.trials += 1;
+        self.successes += u64::from(success);
+    }
+
+    /// The observed rate, `None` before the first trial.
+    pub fn rate(&self) -> Option<f64> {
+        (self.trials > 0).then(|| self.successes as f64 / self.trials as f64)
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.trials - self.successes
+    }
+
+    pub fn merge(&mut self, other: &Proportion) {
+        self.successes += other.successes;
+        self.trials += other.trials;
+    }
+}
+
+/// Count, mean, variance, min and max by Welford's algorithm; merged by Chan et al.'s formula.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Moments {
+    count: u64,
+    mean: f64,
+    /// Sum of squared deviations from the mean.
+    m2: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Default for Moments {
+    fn default() -> Self {
+        Moments {
+            count: 0,
+            mean: 0.0,
+            m2: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+}
+
+impl Moments {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Summary of a slice in one pass.
+    pub fn from_slice(values: &[f64]) -> Self {
+        let mut m = Self::new();
+        values.iter().for_each(|&v| m.push(v));
+        m
+    }
+
+    /// Rebuilds a summary from stored parts (as written by [`Moments::parts`]).
+    pub fn from_parts(count: u64, mean: f64, m2: f64, min: f64, max: f64) -> Self {
+        if count == 0 {
+            return Self::default();
+        }
+        Moments {
+            count,
+            mean,
+            m2,
+            min,
+            max,
+        }
+    }
+
+    /// `(count, mean, m2, min, max)`, for storage.
+    pub fn parts(&self) -> (u64, f64, f64, f64, f64) {
+        (self.count, self.mean, self.m2, self.min, self.max)
+    }
+
+    /// Adds one observation. Non-finite values are the caller's bug and are ignored.
+    pub fn push(&mut self, x: f64) {
+        if !x.is_finite() {
+            return;
+        }
+        self.count += 1;
+        let delta = x - self.mean;
+        self.mean += delta / self.count as f64;
+        self.m2 += delta * (x - self.mean);
+        self.min = self.min.min(x);
+        self.max = self.max.max(x);
+    }
+
+    pub fn merge(&mut self, other: &Moments) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = *other;
+            return;
+        }
+        let n_a = self.count as f64;
+        let n_b = other.count as f64;
+        let n = n_a + n_b;
+        let delta = other.mean - self.mean;
+        self.mean += delta * n_b / n;
+        self.m2 += other.m2 + delta * delta * n_a * n_b / n;
+        self.count += other.count;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn sum(&self) -> f64 {
+        self.mean * self.count as f64
+    }
+
+    /// Mean, `None` when empty.
+    pub fn mean(&self) -> Option<f64> {
+        (self.count > 0).then_some(self.mean)
+    }
+
+    /// Sample variance (ddof = 1), `None` below two observations.
+    pub fn variance(&self) -> Option<f64> {
+        (self.count > 1).then(|| self.m2 / (self.count - 1) as f64)
+    }
+
+    /// Sample standard deviation (ddof = 1).
+    pub fn std_dev(&self) -> Option<f64> {
+        self.variance().map(f64::sqrt)
+    }
+
+    pub fn min(&self) -> Option<f64> {
+        (self.count > 0).then_some(self.min)
+    }
+
+    pub fn max(&self) -> Option<f64> {
+        (self.count > 0).then_some(self.max)
+    }
+}
+
+/// Latency distribution in microseconds (1 µs .. 1 h, 3 significant digits).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyHistogram {
+    inner: Histogram<u64>,
+}
+
+/// Largest recorded latency; larger values are clamped to it.
+pub const MAX_LATENCY_MICROS: u64 = 3_600_000_000;
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LatencyHistogram {
+    pub fn new() -> Self {
+        #[allow(clippy::expect_used)]
+        let inner = Histogram::new_with_bounds(1, MAX_LATENCY_MICROS, 3)
+            .expect("constant bounds 1..=MAX_LATENCY_MICROS with 3 significant digits are valid");
+        LatencyHistogram { inner }
+    }
+
+    /// Records one latency; zero counts as 1 µs and values past the bound are clamped.
+    pub fn record(&mut self, micros: u64) {
+        self.inner
+            .saturating_record(micros.clamp(1, MAX_LATENCY_MICROS));
+    }
+
+    /// Records `count` observations of the same latency.
+    pub fn record_n(&mut self, micros: u64, count: u64) {
+        self.inner
+            .saturating_record_n(micros.clamp(1, MAX_LATENCY_MICROS), count);
+    }
+
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        // Both histograms have the same bounds, so addition cannot fail.
+        let _ = self.inner.add(&other.inner);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.inner.len()
+    }
+
+    /// Latency at quantile `q` in [0, 1], `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        (self.count() > 0).then(|| self.inner.value_at_quantile(q.clamp(0.0, 1.0)))
+    }
+
+    pub fn p50(&self) -> Option<u64> {
+        self.quantile(0.50)
+    }
+
+    pub fn p95(&self) -> Option<u64> {
+        self.quantile(0.95)
+    }
+
+    pub fn p99(&self) -> Option<u64> {
+        self.quantile(0.99)
+    }
+
+    pub fn mean(&self) -> Option<f64> {
+        (self.count() > 0).then(|| self.inner.mean())
+    }
+
+    pub fn max(&self) -> Option<u64> {
+        (self.count() > 0).then(|| self.inner.max())
+    }
+
+    /// Non-empty buckets as `(highest equivalent value, count)`, for storage. Recording each
+    /// pair back with [`LatencyHistogram::record_n`] rebuilds an equal histogram.
+    pub fn buckets(&self) -> Vec<(u64, u64)> {
+        self.inner
+            .iter_recorded()
+            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .collect()
+    }
+
+    /// Rebuilds a histogram from [`LatencyHistogram::buckets`].
+    pub fn from_buckets(buckets: &[(u64, u64)]) -> Self {
+        let mut h = Self::new();
+        for &(value, count) in buckets {
+            h.record_n(value, count);
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-9 * (1.0 + a.abs().max(b.abs()))
+    }
+
+    #[test]
+    fn moments_match_two_pass() {
+        let xs = [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0];
+        let m = Moments::from_slice(&xs);
+        assert_eq!(m.count(), 8);
+        assert!(close(m.mean().unwrap(), 5.0));
+        // Two-pass sample variance: sum of squared deviations 32 over 7.
+        assert!(close(m.variance().unwrap(), 32.0 / 7.0));
+        assert_eq!(m.min(), Some(2.0));
+        assert_eq!(m.max(), Some(9.0));
+        assert_eq!(Moments::new().mean(), None);
+        assert_eq!(Moments::from_slice(&[1.0]).variance(), None);
+    }
+
+    #[test]
+    fn proportion_rejects_more_successes_than_trials() {
+        assert!(Proportion::new(3, 2).is_err());
+        assert_eq!(Proportion::new(0, 0).unwrap().rate(), None);
+    }
+
+    #[test]
+    fn histogram_round_trips_through_buckets() {
+        let mut h = LatencyHistogram::new();
+        for v in [0, 1, 250, 999, 1_000, 12_345, 5_000_000, u64::MAX] {
+            h.record(v);
+        }
+        let back = LatencyHistogram::from_buckets(&h.buckets());
+        assert_eq!(back.count(), h.count());
+        for q in [0.0, 0.5, 0.9, 0.99, 1.0] {
+            assert_eq!(back.quantile(q), h.quantile(q));
+        }
+        assert_eq!(
+            h.max(),
+            Some(h.inner.highest_equivalent(MAX_LATENCY_MICROS))
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn moments_merge_equals_one_pass(
+            xs in proptest::collection::vec(-1e6f64..1e6, 0..200),
+            cuts in proptest::collection::vec(0usize..200, 0..6),
+        ) {
+            let whole = Moments::from_slice(&xs);
+            let mut bounds: Vec<usize> = cuts.into_iter().map(|c| c.min(xs.len())).collect();
+            bounds.push(0);
+            bounds.push(xs.len());
+            bounds.sort_unstable();
+            let parts: Vec<Moments> =
+                bounds.windows(2).map(|w| Moments::from_slice(&xs[w[0]..w[1]])).collect();
+            // Left fold and right fold must both equal the single pass.
+            let mut left = Moments::new();
+            parts.iter().for_each(|p| left.merge(p));
+            let mut right = Moments::new();
+            parts.iter().rev().for_each(|p| { let mut q = *p; q.merge(&right); right = q; });
+            for merged in [left, right] {
+                prop_assert_eq!(merged.count(), whole.count());
+                prop_assert_eq!(merged.min(), whole.min());
+                prop_assert_eq!(merged.max(), whole.max());
+                if let (Some(a), Some(b)) = (merged.mean(), whole.mean()) {
+                    prop_assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
+                }
+                if let (Some(a), Some(b)) = (merged.variance(), whole.variance()) {
+                    prop_assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
+                }
+            }
+        }
+
+        #[test]
+        fn histogram_merge_is_exact(
+            xs in proptest::collection::vec(0u64..10_000_000, 0..300),
+            cut in 0usize..300,
+        ) {
+            let cut = cut.min(xs.len());
+            let mut whole = LatencyHistogram::new();
+            xs.iter().for_each(|&x| whole.record(x));
+            let (mut a, mut b) = (LatencyHistogram::new(), LatencyHistogram::new());
+            xs[..cut].iter().for_each(|&x| a.record(x));
+            xs[cut..].iter().for_each(|&x| b.record(x));
+            let mut ab = a.clone();
+            ab.merge(&b);
+            let mut ba = b.clone();
+            ba.merge(&a);
+            prop_assert_eq!(&ab, &whole);
+            prop_assert_eq!(&ba, &whole);
+        }
+
+        #[test]
+        fn proportion_merge_is_exact(outcomes in proptest::collection::vec(any::<bool>(), 0..200), cut in 0usize..200) {
+            let cut = cut.min(outcomes.len());
+            let mut whole = Proportion::default();
+            outcomes.iter().for_each(|&o| whole.record(o));
+            let (mut a, mut b) = (Proportion::default(), Proportion::default());
+            outcomes[..cut].iter().for_each(|&o| a.record(o));
+            outcomes[cut..].iter().for_each(|&o| b.record(o));
+            b.merge(&a);
+            prop_assert_eq!(b, whole);
+        }
+    }
+}

@@ -1,0 +1,712 @@
+#!/usr/bin/env python3
+"""Generate reference fixtures for the `stats` crate.
+
+Run from the repository root:
+
+    python3 tools/gen_stats_fixtures.py
+
+This writes JSON files into ``crates/stats/tests/fixtures/``. The Rust
+integration tests in ``crates/stats/tests`` load these files and compare the
+crate's own implementations against values computed here with
+scipy / statsmodels (the "reference"). Nothing in the Rust build depends on
+Python; the fixtures are checked in and this script only needs re-running when
+cases are added or changed.
+
+Every file has the shape
+
+    {"generator": "tools/gen_stats_fixtures.py",
+     "reference": "<library + function used>",
+     "cases": [ {...}, ... ]}
+
+Floats are written with full (round-trip) precision. All values are finite;
+the only ``null`` is ``relative_lift`` in ztest.json when the control rate is
+zero. The output is deterministic: all random inputs come from
+``np.random.default_rng(20261129)``.
+
+Files and formulas
+------------------
+mcnemar.json      statsmodels.stats.contingency_tables.mcnemar on
+                  [[n00, b], [c, n11]]; ``statistic``/``p_value`` with
+                  exact=False, correction=True, i.e. (|b-c|-1)^2/(b+c) vs
+                  chi2(1) (note: for b == c > 0 this is 1/(b+c), not 0, same
+                  as R's mcnemar.test); ``exact_p_value`` with exact=True
+                  (two-sided binomial). Convention: b = c = 0 (statsmodels
+                  returns statistic=inf, p=0) is written as statistic 0,
+                  p_value 1, exact_p_value 1.
+ztest.json        statsmodels proportions_ztest([s_b, s_a], [n_b, n_a])
+                  (pooled, two-sided; z is for B minus A), diff = p_b - p_a,
+                  Wald and Newcombe (hybrid Wilson score) intervals from
+                  statsmodels confint_proportions_2indep(compare='diff'),
+                  relative_lift = (p_b - p_a) / p_a (null if p_a == 0).
+sample_size.json  per-variant n for a two-sided two-proportion z-test:
+                  p1 = baseline, p2 = baseline + mde, pbar = (p1+p2)/2,
+                  n = (z_{1-a/2} sqrt(2 pbar(1-pbar))
+                       + z_{power} sqrt(p1(1-p1) + p2(1-p2)))^2 / (p2-p1)^2,
+                  per_variant = ceil(n), z from scipy.stats.norm.ppf.
+power.json        power = Phi((|p2-p1| sqrt(n) - z_{1-a/2} sqrt(2 pbar(1-pbar)))
+                              / sqrt(p1(1-p1) + p2(1-p2)))
+                  (the one-tailed approximation used by R's power.prop.test
+                  with strict=FALSE), Phi = scipy.stats.norm.cdf.
+ttest_paired.json scipy.stats.ttest_rel(a, b) (t for a minus b), df = n-1,
+                  mean_diff = mean(a-b), sd_diff = std(a-b, ddof=1).
+welch.json        scipy.stats.ttest_ind(a, b, equal_var=False); df by the
+                  Welch-Satterthwaite formula (checked against scipy's df).
+chi2.json         scipy.stats.chi2_contingency(table) with defaults (Yates
+                  continuity correction only when dof == 1).
+srm.json          scipy.stats.chisquare(observed, f_exp=weights*sum(observed)).
+mannwhitney.json  scipy.stats.mannwhitneyu(a, b, alternative='two-sided',
+                  method='asymptotic', use_continuity=True); u is U for a.
+bayes.json        Beta(1+s, 1+n-s) posteriors (uniform prior).
+                  prob_b_beats_a = P(pB > pA),
+                  expected_loss_a = E[max(pB - pA, 0)] (loss of choosing A),
+                  expected_loss_b = E[max(pA - pB, 0)] (loss of choosing B),
+                  by 1-D scipy.integrate.quad, cross-checked against a
+                  2,000,000-draw Monte Carlo (within 4 standard errors).
+multiple.json     statsmodels.stats.multitest.multipletests adjusted p-values
+                  for method='bonferroni' and method='holm'.
+"""
+
+import json
+import math
+import os
+import sys
+import warnings
+
+import numpy as np
+import scipy
+import scipy.integrate
+import scipy.stats as st
+import statsmodels
+from statsmodels.stats.contingency_tables import mcnemar
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+
+GENERATOR = "tools/gen_stats_fixtures.py"
+OUT_DIR = os.path.join("crates", "stats", "tests", "fixtures")
+MIN_CASES = 12
+
+rng = np.random.default_rng(20261129)
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+
+def f(x):
+    """Plain Python float, asserting it is finite."""
+    v = float(x)
+    if not math.isfinite(v):
+        raise AssertionError(f"non-finite value {v!r}")
+    return v
+
+
+def flist(xs):
+    return [f(x) for x in xs]
+
+
+def check_finite(obj, path="case"):
+    """Recursively assert every number in obj is finite (None allowed)."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            check_finite(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            check_finite(v, f"{path}[{i}]")
+    elif isinstance(obj, float):
+        if not math.isfinite(obj):
+            raise AssertionError(f"{path} is not finite: {obj!r}")
+
+
+def write(name, reference, cases):
+    if len(cases) < MIN_CASES:
+        raise AssertionError(f"{name}: only {len(cases)} cases (< {MIN_CASES})")
+    for i, c in enumerate(cases):
+        check_finite(c, f"{name}[{i}]")
+    doc = {"generator": GENERATOR, "reference": reference, "cases": cases}
+    path = os.path.join(OUT_DIR, name)
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=1, allow_nan=False)
+        fh.write("\n")
+    print(f"wrote {path} ({len(cases)} cases)")
+    return cases
+
+
+def zq(q):
+    return st.norm.ppf(q)
+
+
+# --------------------------------------------------------------------------
+# 1. McNemar
+# --------------------------------------------------------------------------
+
+
+def gen_mcnemar():
+    pairs = [
+        (0, 0),  # convention case, see below
+        (1, 0),
+        (0, 1),
+        (1, 1),
+        (3, 3),
+        (25, 25),
+        (2, 7),
+        (10, 3),
+        (50, 30),  # seed example: statistic 4.5125
+        (30, 50),
+        (12, 0),
+        (400, 100),  # huge imbalance, p ~ 0
+        (5000, 4800),  # large counts
+        (117, 89),
+    ]
+    cases = []
+    for b, c in pairs:
+        if b == 0 and c == 0:
+            # Convention: with no discordant pairs there is no evidence of a
+            # difference. statsmodels returns statistic=inf, p=0 (0/0 in the
+            # corrected statistic), so we write statistic 0, p 1, exact p 1.
+            cases.append(dict(b=0, c=0, statistic=0.0, p_value=1.0, exact_p_value=1.0))
+            continue
+        table = [[100, b], [c, 100]]  # diagonal cells do not affect the test
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            asym = mcnemar(table, exact=False, correction=True)
+            exact = mcnemar(table, exact=True)
+        stat = f(asym.statistic)
+        # cross-check with the textbook formula
+        assert math.isclose(stat, (abs(b - c) - 1) ** 2 / (b + c), rel_tol=1e-12, abs_tol=1e-300)
+        cases.append(
+            dict(b=b, c=c, statistic=stat, p_value=f(asym.pvalue), exact_p_value=f(exact.pvalue))
+        )
+    return write(
+        "mcnemar.json",
+        "statsmodels.stats.contingency_tables.mcnemar (exact=False, correction=True; exact=True)",
+        cases,
+    )
+
+
+# --------------------------------------------------------------------------
+# 2. two-proportion z-test + intervals
+# --------------------------------------------------------------------------
+
+
+def gen_ztest():
+    specs = [
+        # (s_a, n_a, s_b, n_b, alpha)
+        (900, 1000, 920, 1000, 0.05),  # seed example
+        (900, 1000, 920, 1000, 0.01),
+        (900, 1000, 920, 1000, 0.10),
+        (0, 200, 7, 200, 0.05),  # p_a == 0, p_b > 0 -> relative_lift null
+        (180, 200, 200, 200, 0.05),  # p_b == 1, p_a < 1
+        (2, 5, 5, 7, 0.05),  # tiny samples
+        (3, 7, 1, 5, 0.10),  # tiny samples, negative diff
+        (20, 50, 2600, 5000, 0.05),  # very unequal sizes
+        (2600, 5000, 20, 50, 0.01),
+        (30, 100, 60, 200, 0.05),  # identical proportions: z = 0, p = 1
+        (100, 1000, 300, 1000, 0.05),  # p-value near 0
+        (5000, 10000, 5100, 10000, 0.05),
+        (48, 1000, 51, 1000, 0.05),
+        (12, 40, 9, 40, 0.10),
+    ]
+    cases = []
+    for sa, na, sb, nb, alpha in specs:
+        pa, pb = sa / na, sb / nb
+        assert not (pa == 0 and pb == 0) and not (pa == 1 and pb == 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            z, p = proportions_ztest([sb, sa], [nb, na])
+            wl, wh = confint_proportions_2indep(
+                sb, nb, sa, na, method="wald", compare="diff", alpha=alpha
+            )
+            nl, nh = confint_proportions_2indep(
+                sb, nb, sa, na, method="newcomb", compare="diff", alpha=alpha
+            )
+        # cross-check pooled z by hand
+        pp = (sa + sb) / (na + nb)
+        z_hand = (pb - pa) / math.sqrt(pp * (1 - pp) * (1 / na + 1 / nb))
+        assert math.isclose(float(z), z_hand, rel_tol=1e-9, abs_tol=1e-12), (z, z_hand)
+        cases.append(
+            dict(
+                successes_a=sa,
+                trials_a=na,
+                successes_b=sb,
+                trials_b=nb,
+                alpha=alpha,
+                z=f(z),
+                p_value=f(p),
+                diff=f(pb - pa),
+                ci_low=f(wl),
+                ci_high=f(wh),
+                newcombe_low=f(nl),
+                newcombe_high=f(nh),
+                relative_lift=None if pa == 0 else f((pb - pa) / pa),
+            )
+        )
+    return write(
+        "ztest.json",
+        "statsmodels.stats.proportion.proportions_ztest (pooled, two-sided) + "
+        "confint_proportions_2indep(method='wald'|'newcomb', compare='diff')",
+        cases,
+    )
+
+
+# --------------------------------------------------------------------------
+# 3. sample size / power
+# --------------------------------------------------------------------------
+
+
+def sample_size_n(p1, p2, alpha, power):
+    pbar = (p1 + p2) / 2
+    num = zq(1 - alpha / 2) * math.sqrt(2 * pbar * (1 - pbar)) + zq(power) * math.sqrt(
+        p1 * (1 - p1) + p2 * (1 - p2)
+    )
+    return num**2 / (p2 - p1) ** 2
+
+
+def power_of(p1, p2, n, alpha):
+    pbar = (p1 + p2) / 2
+    return st.norm.cdf(
+        (abs(p2 - p1) * math.sqrt(n) - zq(1 - alpha / 2) * math.sqrt(2 * pbar * (1 - pbar)))
+        / math.sqrt(p1 * (1 - p1) + p2 * (1 - p2))
+    )
+
+
+def gen_sample_size():
+    specs = [
+        # (baseline, mde, alpha, power)
+        (0.90, 0.02, 0.05, 0.8),  # seed example: 3213
+        (0.90, -0.02, 0.05, 0.8),  # negative mde
+        (0.50, -0.05, 0.05, 0.8),
+        (0.01, 0.005, 0.05, 0.8),  # small baseline
+        (0.01, 0.002, 0.05, 0.8),
+        (0.01, -0.005, 0.05, 0.9),
+        (0.10, 0.01, 0.01, 0.8),  # alpha 0.01
+        (0.10, 0.01, 0.05, 0.9),  # power 0.9
+        (0.10, 0.01, 0.05, 0.95),  # power 0.95
+        (0.30, 0.10, 0.01, 0.95),
+        (0.50, 0.01, 0.05, 0.8),
+        (0.05, 0.05, 0.10, 0.8),
+        (0.97, 0.02, 0.05, 0.9),
+        (0.20, 0.30, 0.05, 0.8),  # huge effect, small n
+    ]
+    cases = []
+    for baseline, mde, alpha, power in specs:
+        p2 = baseline + mde
+        assert 0 < p2 < 1
+        n = sample_size_n(baseline, p2, alpha, power)
+        per = math.ceil(n)
+        # make sure ceil is not sitting on a floating-point knife edge
+        assert abs(n - round(n)) > 1e-6, (baseline, mde, n)
+        cases.append(dict(baseline=baseline, mde=mde, alpha=alpha, power=power, per_variant=per))
+    assert cases[0]["per_variant"] == 3213, cases[0]
+    write(
+        "sample_size.json",
+        "closed-form two-proportion sample size with scipy.stats.norm.ppf",
+        cases,
+    )
+
+    pspecs = [
+        # (p1, p2, n, alpha)
+        (0.90, 0.92, 3213, 0.05),  # n from the seed sample-size case: ~0.8
+        (0.90, 0.92, 3212, 0.05),
+        (0.90, 0.92, 1000, 0.05),
+        (0.90, 0.92, 10000, 0.05),
+        (0.92, 0.90, 3213, 0.05),  # order does not matter
+        (0.50, 0.55, 100, 0.05),  # low power
+        (0.50, 0.55, 1565, 0.05),
+        (0.01, 0.015, 7000, 0.05),
+        (0.10, 0.11, 20000, 0.01),
+        (0.10, 0.11, 5000, 0.10),
+        (0.30, 0.40, 10, 0.05),  # very low power
+        (0.20, 0.50, 200, 0.05),  # power ~ 1
+        (0.05, 0.06, 50, 0.05),  # numerator negative: power between alpha/2 and 0.5
+    ]
+    pcases = []
+    for p1, p2, n, alpha in pspecs:
+        pw = f(power_of(p1, p2, n, alpha))
+        assert 0 < pw < 1 or pw == 1.0
+        pcases.append(dict(p1=p1, p2=p2, n=n, alpha=alpha, power=pw))
+    assert abs(pcases[0]["power"] - 0.8) < 1e-3, pcases[0]
+    write(
+        "power.json",
+        "closed-form one-tailed approximation (R power.prop.test strict=FALSE) "
+        "with scipy.stats.norm.cdf/ppf",
+        pcases,
+    )
+    return cases
+
+
+# --------------------------------------------------------------------------
+# 4. paired t-test
+# --------------------------------------------------------------------------
+
+
+def gen_ttest_paired():
+    inputs = []
+    inputs.append(([1.0, 2.0], [0.5, 2.25]))  # n = 2
+    inputs.append(([3.1, 4.7, 5.2], [2.9, 4.1, 5.6]))  # n = 3
+    a = rng.normal(10.0, 2.0, 1000)
+    inputs.append((a, a - 0.1 + rng.normal(0.0, 1.0, 1000)))  # n = 1000
+    b = rng.normal(5.0, 1.0, 12)
+    inputs.append((b + 1.0 + rng.normal(0.0, 1e-6, 12), b))  # tiny var -> p ~ 0
+    base = rng.normal(0.0, 1.0, 10)
+    d = np.array([1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 3.0, -3.0, 0.25, -0.2499])
+    inputs.append((base + d, base))  # mean diff ~ 1e-5, p ~ 1
+    x = rng.normal(-50.0, 5.0, 20)
+    inputs.append((x, x + rng.normal(3.0, 2.0, 20)))  # negative means, negative diff
+    x = rng.normal(-1.0, 0.3, 8)
+    inputs.append((x - 0.2 + rng.normal(0, 0.3, 8), x))
+    for n in (5, 30, 100, 250):
+        x = rng.normal(100.0, 15.0, n)
+        inputs.append((x + rng.normal(0.5, 3.0, n), x))
+    inputs.append(([1, 2, 3, 4, 5, 6], [2, 2, 2, 5, 5, 5]))  # integer data
+    inputs.append(([0.001, 0.002, 0.0015, 0.0031], [0.0011, 0.0018, 0.0017, 0.0025]))
+
+    cases = []
+    for a, b in inputs:
+        a = np.asarray(a, dtype=float)
+        b = np.asarray(b, dtype=float)
+        r = st.ttest_rel(a, b)
+        dd = a - b
+        p = f(r.pvalue)
+        assert p > 0.0
+        cases.append(
+            dict(
+                a=flist(a),
+                b=flist(b),
+                t=f(r.statistic),
+                p_value=p,
+                df=len(a) - 1,
+                mean_diff=f(np.mean(dd)),
+                sd_diff=f(np.std(dd, ddof=1)),
+                n=len(a),
+            )
+        )
+    return write("ttest_paired.json", "scipy.stats.ttest_rel", cases)
+
+
+# --------------------------------------------------------------------------
+# 5. Welch t-test
+# --------------------------------------------------------------------------
+
+
+def welch_df(a, b):
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    return (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+
+
+def gen_welch():
+    inputs = []
+    inputs.append(([1.0, 2.0], [3.0, 4.0, 6.0]))  # n = 2 vs 3
+    inputs.append(([10.2, 9.8], [10.0, 10.1, 9.7]))
+    inputs.append((rng.normal(0.0, 1.0, 5), rng.normal(0.5, 20.0, 500)))  # unequal n and sd
+    inputs.append((rng.normal(3.0, 50.0, 400), rng.normal(0.0, 0.5, 4)))
+    inputs.append((rng.normal(0.0, 1.0, 200), rng.normal(2.0, 1.0, 300)))  # p ~ 0
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    inputs.append((x, np.array([0.0, 3.0, 6.0, 3.0 + 1e-4])))  # means ~ equal -> p ~ 1
+    inputs.append((rng.normal(-20.0, 3.0, 15), rng.normal(-21.0, 1.0, 25)))
+    for na, nb in ((10, 10), (30, 12), (100, 1000), (7, 70)):
+        inputs.append((rng.normal(1.0, 2.0, na), rng.normal(1.3, 1.0, nb)))
+    inputs.append(([1, 2, 2, 3, 3, 3], [2, 3, 3, 4, 4, 4, 5]))
+    inputs.append((rng.exponential(1.0, 50), rng.exponential(1.5, 60)))
+
+    cases = []
+    for a, b in inputs:
+        a = np.asarray(a, dtype=float)
+        b = np.asarray(b, dtype=float)
+        r = st.ttest_ind(a, b, equal_var=False)
+        df = welch_df(a, b)
+        if hasattr(r, "df"):
+            assert np.isclose(float(r.df), df, rtol=1e-12, atol=0), (r.df, df)
+        p = f(r.pvalue)
+        assert p > 0.0
+        cases.append(dict(a=flist(a), b=flist(b), t=f(r.statistic), p_value=p, df=f(df)))
+    return write("welch.json", "scipy.stats.ttest_ind(equal_var=False)", cases)
+
+
+# --------------------------------------------------------------------------
+# 6. chi-square contingency
+# --------------------------------------------------------------------------
+
+
+def gen_chi2():
+    tables = [
+        [[50, 30], [20, 40]],  # 2x2
+        [[900, 100], [920, 80]],
+        [[0, 12], [7, 9]],  # 2x2 with a zero cell
+        [[3, 1], [1, 3]],  # small 2x2, Yates
+        [[10, 20], [20, 40]],  # proportional 2x2 -> p = 1
+        [[10, 20, 30], [15, 25, 10]],  # 2x3
+        [[12, 5, 9], [7, 15, 3], [4, 8, 20]],  # 3x3
+        [[20, 30], [15, 35], [30, 20], [25, 25]],  # 4x2
+        [[10, 20, 30], [20, 40, 60], [5, 10, 15]],  # proportional rows -> p = 1
+        [[500, 100], [100, 500]],  # p near 0
+        [[200, 10, 5], [10, 200, 5], [5, 5, 200]],  # p near 0, 3x3
+        [[1, 2, 3, 4], [4, 3, 2, 1]],  # 2x4
+        [[5000, 5100], [4900, 5000]],  # |O-E| < 0.5: Yates clamps to statistic 0, p 1
+        [[8, 0, 3], [2, 6, 0]],  # zeros in a 2x3
+    ]
+    cases = []
+    for t in tables:
+        arr = np.asarray(t)
+        assert (arr.sum(axis=0) > 0).all() and (arr.sum(axis=1) > 0).all()
+        r = st.chi2_contingency(arr)
+        cases.append(
+            dict(table=t, statistic=f(r.statistic), p_value=f(r.pvalue), dof=int(r.dof))
+        )
+    return write("chi2.json", "scipy.stats.chi2_contingency (default correction=True)", cases)
+
+
+# --------------------------------------------------------------------------
+# 7. sample-ratio mismatch (goodness of fit)
+# --------------------------------------------------------------------------
+
+
+def gen_srm():
+    specs = [
+        ([5100, 4900], [0.5, 0.5]),
+        ([5000, 5000], [0.5, 0.5]),  # exact match, p = 1
+        ([3400, 3300, 3300], [1 / 3, 1 / 3, 1 / 3]),  # 3 arms
+        ([3333, 3334, 3333], [1 / 3, 1 / 3, 1 / 3]),
+        ([9000, 1000], [0.9, 0.1]),  # exact 90/10
+        ([9050, 950], [0.9, 0.1]),
+        ([6000, 4000], [0.5, 0.5]),  # strong mismatch, p ~ 0
+        ([5, 3], [0.5, 0.5]),  # small counts
+        ([1, 0], [0.5, 0.5]),
+        ([7, 2, 1], [0.5, 0.25, 0.25]),
+        ([500, 250, 240], [0.5, 0.25, 0.25]),
+        ([100, 120, 95, 105], [0.25, 0.25, 0.25, 0.25]),
+        ([99000, 1000, 0], [0.98, 0.01, 0.01]),  # zero observed, strong mismatch
+        ([50100, 49900], [0.5, 0.5]),
+    ]
+    cases = []
+    for obs, w in specs:
+        obs_a = np.asarray(obs, dtype=float)
+        w_a = np.asarray(w, dtype=float)
+        assert abs(w_a.sum() - 1) < 1e-12
+        # scipy requires sum(f_obs) == sum(f_exp) to ~1e-8 relative
+        r = st.chisquare(obs_a, f_exp=w_a * obs_a.sum())
+        cases.append(dict(observed=obs, weights=flist(w), statistic=f(r.statistic), p_value=f(r.pvalue)))
+    return write(
+        "srm.json",
+        "scipy.stats.chisquare(observed, f_exp=weights*sum(observed))",
+        cases,
+    )
+
+
+# --------------------------------------------------------------------------
+# 8. Mann-Whitney U
+# --------------------------------------------------------------------------
+
+
+def gen_mannwhitney():
+    inputs = []
+    inputs.append(([1, 2, 2, 3, 3, 3, 4], [2, 3, 3, 4, 4, 5, 5, 5]))  # ties
+    inputs.append((rng.integers(0, 5, 40), rng.integers(1, 6, 35)))  # heavy ties
+    inputs.append(([2.5], [1.0, 3.0, 4.0]))  # n = 1 vs 3
+    inputs.append(([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]))  # identical, p = 1
+    inputs.append(([1.0, 2.0, 3.0, 4.0, 5.0], [6.0, 7.0, 8.0, 9.0, 10.0]))  # separation
+    inputs.append((np.arange(20, 40, dtype=float), np.arange(0, 15, dtype=float)))  # separation
+    inputs.append((rng.normal(0.0, 1.0, 500), rng.normal(0.1, 1.0, 500)))  # n = 500
+    inputs.append((rng.normal(0.0, 1.0, 500), rng.normal(0.5, 1.0, 450)))
+    inputs.append((rng.exponential(1.0, 30), rng.exponential(2.0, 25)))
+    inputs.append(([0.1, 0.4, 0.35, 0.8], [0.2, 0.25, 0.9]))
+    inputs.append(([5, 5, 5, 6], [5, 5, 6, 6, 6]))
+    inputs.append((rng.normal(-3.0, 1.0, 10), rng.normal(-3.0, 4.0, 12)))
+    inputs.append(([1.0, 1.0, 2.0], [1.0, 2.0, 2.0]))
+
+    cases = []
+    for a, b in inputs:
+        a = np.asarray(a, dtype=float)
+        b = np.asarray(b, dtype=float)
+        r = st.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic", use_continuity=True)
+        cases.append(dict(a=flist(a), b=flist(b), u=f(r.statistic), p_value=f(r.pvalue)))
+    return write(
+        "mannwhitney.json",
+        "scipy.stats.mannwhitneyu(alternative='two-sided', method='asymptotic', use_continuity=True)",
+        cases,
+    )
+
+
+# --------------------------------------------------------------------------
+# 9. Bayesian beta-binomial
+# --------------------------------------------------------------------------
+
+
+def _range_and_points(*dists):
+    """Integrate over all of [0, 1] (every pdf is bounded since a, b >= 1), but
+    hand quad breakpoints at the union of the posteriors' 1e-12 .. 1-1e-12 ppf
+    ranges plus interior quantiles, so very peaked posteriors are resolved.
+    Truncating to the ppf range instead would drop ~1e-12 of mass."""
+    qs = [1e-12, 1e-6, 0.001, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999, 1 - 1e-6, 1 - 1e-12]
+    pts = sorted({float(q) for d in dists for q in d.ppf(qs)})
+    pts = [p for p in pts if 0.0 < p < 1.0]
+    return 0.0, 1.0, pts
+
+
+def _quad(fun, lo, hi, pts):
+    val, err = scipy.integrate.quad(
+        fun, lo, hi, epsabs=1e-13, epsrel=1e-12, limit=500, points=pts or None
+    )
+    return val, err
+
+
+def bayes_exact(sa, na, sb, nb):
+    # Reflection p -> 1 - p maps (A, B) to (B', A') with failures as successes
+    # and leaves P(pB > pA) and both losses unchanged. Integrating near 0 is
+    # more accurate than near 1 (sf/x cancellation), so reflect when the
+    # posteriors sit in the upper half (e.g. 998/1000 vs 1000/1000 is then
+    # computed exactly like 0/1000 vs 2/1000).
+    if (1 + sa) / (2 + na) + (1 + sb) / (2 + nb) > 1.0:
+        prob, loss_a, loss_b, _ = _bayes_quad(nb - sb, nb, na - sa, na)
+        return prob, loss_a, loss_b, (1 + sa, 1 + na - sa, 1 + sb, 1 + nb - sb)
+    return _bayes_quad(sa, na, sb, nb)
+
+
+def _bayes_quad(sa, na, sb, nb):
+    aa, ba = 1 + sa, 1 + na - sa
+    ab, bb = 1 + sb, 1 + nb - sb
+    A, B = st.beta(aa, ba), st.beta(ab, bb)
+    # size-biased posteriors: E[p 1{p > x}] = mean * sf_{Beta(a+1, b)}(x)
+    Ap, Bp = st.beta(aa + 1, ba), st.beta(ab + 1, bb)
+    mA, mB = aa / (aa + ba), ab / (ab + bb)
+    lo, hi, pts = _range_and_points(A, B)
+
+    # P(pB > pA) = int f_A(x) sf_B(x) dx
+    prob, _ = _quad(lambda x: A.pdf(x) * B.sf(x), lo, hi, pts)
+    # E[(pB - pA)^+] = int f_A(x) (mB sf_{B+}(x) - x sf_B(x)) dx
+    loss_a, _ = _quad(lambda x: A.pdf(x) * (mB * Bp.sf(x) - x * B.sf(x)), lo, hi, pts)
+    # E[(pA - pB)^+] = int f_B(y) (mA sf_{A+}(y) - y sf_A(y)) dy
+    loss_b, _ = _quad(lambda y: B.pdf(y) * (mA * Ap.sf(y) - y * A.sf(y)), lo, hi, pts)
+
+    # internal consistency: loss_a - loss_b = E[pB - pA]
+    assert abs((loss_a - loss_b) - (mB - mA)) < 1e-9, (loss_a, loss_b, mB - mA)
+    # cross-check P(pB > pA) with the other orientation: 1 - int f_B(y) sf_A(y) dy
+    prob2, _ = _quad(lambda y: B.pdf(y) * A.sf(y), lo, hi, pts)
+    assert abs(prob - (1 - prob2)) < 1e-9, (prob, 1 - prob2)
+    return prob, loss_a, loss_b, (aa, ba, ab, bb)
+
+
+def bayes_mc_check(prob, loss_a, loss_b, params, draws=2_000_000):
+    aa, ba, ab, bb = params
+    pa = rng.beta(aa, ba, draws)
+    pb = rng.beta(ab, bb, draws)
+    d = pb - pa
+    floor = 1.0 / draws  # keep the tolerance non-zero for near-certain cases
+    p_mc = np.mean(d > 0)
+    se_p = math.sqrt(max(prob * (1 - prob), 0.0) / draws)
+    assert abs(p_mc - prob) <= 4 * se_p + floor, ("prob", prob, p_mc, se_p)
+    la = np.maximum(d, 0.0)
+    lb = np.maximum(-d, 0.0)
+    se_a = np.std(la) / math.sqrt(draws)
+    se_b = np.std(lb) / math.sqrt(draws)
+    assert abs(la.mean() - loss_a) <= 4 * se_a + 1e-12, ("loss_a", loss_a, la.mean(), se_a)
+    assert abs(lb.mean() - loss_b) <= 4 * se_b + 1e-12, ("loss_b", loss_b, lb.mean(), se_b)
+    return (p_mc - prob) / max(se_p, floor), (la.mean() - loss_a) / se_a if se_a else 0.0
+
+
+def gen_bayes():
+    specs = [
+        (0, 0, 0, 0),  # identical uniform posteriors: 0.5
+        (0, 10, 10, 10),  # near-certain B
+        (10, 10, 0, 10),  # near-certain A
+        (30, 100, 30, 100),  # equal data: 0.5
+        (90, 100, 95, 100),
+        (900, 1000, 920, 1000),  # seed example
+        (5000, 10000, 5100, 10000),  # large
+        (1, 2, 0, 1),
+        (3, 20, 7, 25),
+        (0, 1000, 2, 1000),  # near-zero rates
+        (998, 1000, 1000, 1000),  # near-one rates
+        (120, 1000, 12, 100),
+        (48, 1000, 51, 1000),
+        (50000, 100000, 50400, 100000),  # very peaked
+    ]
+    cases = []
+    for sa, na, sb, nb in specs:
+        prob, la, lb, params = bayes_exact(sa, na, sb, nb)
+        bayes_mc_check(prob, la, lb, params)
+        cases.append(
+            dict(
+                successes_a=sa,
+                trials_a=na,
+                successes_b=sb,
+                trials_b=nb,
+                prob_b_beats_a=f(prob),
+                expected_loss_a=f(la),
+                expected_loss_b=f(lb),
+            )
+        )
+    # symmetric cases must be exactly symmetric up to integration error
+    assert abs(cases[0]["prob_b_beats_a"] - 0.5) < 1e-12
+    assert abs(cases[3]["prob_b_beats_a"] - 0.5) < 1e-10
+    return write(
+        "bayes.json",
+        "scipy.integrate.quad over scipy.stats.beta posteriors (Beta(1,1) prior), "
+        "cross-checked by 2e6-draw Monte Carlo",
+        cases,
+    )
+
+
+# --------------------------------------------------------------------------
+# 10. multiple-testing corrections
+# --------------------------------------------------------------------------
+
+
+def gen_multiple():
+    inputs = [
+        [0.01, 0.04, 0.03, 0.005],  # unsorted
+        [0.04],  # single
+        [0.8],  # single, not significant
+        [0.02, 0.02, 0.02],  # ties
+        [0.01, 0.03, 0.01, 0.03, 0.2],  # ties, unsorted
+        [0.5, 0.9, 0.99, 1.0],  # near 1 -> capped at 1
+        [0.3, 0.001, 0.6, 0.0002, 0.04, 0.7],
+        [0.0, 0.05, 0.5],  # exact zero
+        [1e-10, 1e-8, 0.049, 0.051],
+        [0.45, 0.3, 0.2, 0.15, 0.1],  # bonferroni caps, holm step-down non-monotone input
+        [0.011, 0.012, 0.013, 0.014, 0.015, 0.016, 0.017, 0.018, 0.019, 0.02],
+        flist(np.round(rng.uniform(0.0, 0.2, 8), 6)),
+        flist(np.round(rng.uniform(0.0, 1.0, 15), 6)),
+    ]
+    cases = []
+    for p in inputs:
+        pa = np.asarray(p, dtype=float)
+        bonf = multipletests(pa, method="bonferroni")[1]
+        holm = multipletests(pa, method="holm")[1]
+        assert (bonf <= 1).all() and (holm <= 1).all() and (holm <= bonf + 1e-15).all()
+        cases.append(dict(p_values=flist(pa), bonferroni=flist(bonf), holm=flist(holm)))
+    return write("multiple.json", "statsmodels.stats.multitest.multipletests(method='bonferroni'|'holm')", cases)
+
+
+# --------------------------------------------------------------------------
+
+
+def main():
+    if not os.path.isdir(os.path.join("crates", "stats")):
+        sys.exit("run from the repository root (crates/stats not found)")
+    os.makedirs(OUT_DIR, exist_ok=True)
+    print(
+        f"python {sys.version.split()[0]}, numpy {np.__version__}, scipy {scipy.__version__}, "
+        f"statsmodels {statsmodels.__version__}"
+    )
+    mc = gen_mcnemar()
+    gen_ztest()
+    ss = gen_sample_size()
+    gen_ttest_paired()
+    gen_welch()
+    gen_chi2()
+    gen_srm()
+    gen_mannwhitney()
+    gen_bayes()
+    gen_multiple()
+
+    seed_ss = next(c for c in ss if c["baseline"] == 0.90 and c["mde"] == 0.02)
+    seed_mc = next(c for c in mc if c["b"] == 50 and c["c"] == 30)
+    print(f"check: sample size 0.90 -> 0.92 per variant = {seed_ss['per_variant']} (expect 3213)")
+    print(f"check: McNemar b=50, c=30 statistic = {seed_mc['statistic']} (expect 4.5125)")
+    assert seed_ss["per_variant"] == 3213
+    assert abs(seed_mc["statistic"] - 4.5125) < 1e-12
+
+
+if __name__ == "__main__":
+    main()
