@@ -1,0 +1,710 @@
+//! The gateway's configuration: one YAML file → raw serde types that reject unknown fields →
+//! [`RawConfig::validate`], which returns *every* problem at once → a typed [`GatewayConfig`].
+//!
+//! Parsing the YAML text is the caller's job (the server crate); this module only defines the
+//! shapes and the rules.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::routing::{Arm, Colour, ShadowTarget, Strategy};
+
+// ---------------------------------------------------------------------------------------------
+// Raw shapes, as written in YAML.
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address to listen on, e.g. `127.0.0.1:8080`.
+    pub listen: Option<String>,
+    /// Directory of the SQLite store.
+    pub data_dir: Option<PathBuf>,
+    /// Name of the environment variable holding the admin bearer token. The token itself
+    /// never appears in the file.
+    pub admin_token_env: Option<String>,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
+    pub shadow: RawShadow,
+    #[serde(default)]
+    pub models: BTreeMap<String, RawModel>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_body_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub queue_capacity: Option<u64>,
+    pub batch_size: Option<u64>,
+    /// Fraction of requests whose input body is stored (0 = off, the default).
+    pub capture_inputs: Option<f64>,
+    pub max_input_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub queue_capacity: Option<u64>,
+    pub concurrency: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub breaker_failures: Option<u64>,
+    pub breaker_open_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub task: Option<String>,
+    pub routing_key: Option<RawKey>,
+    pub versions: BTreeMap<String, RawBackend>,
+    pub serve: RawStrategy,
+    /// Class names by index, for models whose output is probabilities or class indices.
+    pub classes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub header: Option<String>,
+    /// JSON pointer into the request body, e.g. `/parameters/wafer_id`.
+    pub json_pointer: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    /// Path of an ONNX model run in-process.
+    pub onnx: Option<PathBuf>,
+    /// Base URL of an HTTP model server.
+    pub url: Option<String>,
+    /// `oip` (Open Inference Protocol v2), `kserve_v1`, or `json`.
+    pub protocol: Option<String>,
+    /// Model name on the remote server (defaults to the gateway's model name).
+    pub remote_model: Option<String>,
+    pub timeout_ms: Option<u64>,
+    /// For `json` backends: JSON pointer of the prediction in the response.
+    pub output_pointer: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStrategy {
+    pub kind: String,
+    pub version: Option<String>,
+    pub primary: Option<String>,
+    #[serde(default)]
+    pub shadows: Vec<RawShadowTarget>,
+    #[serde(default)]
+    pub arms: Vec<RawArm>,
+    pub stable: Option<String>,
+    pub canary: Option<String>,
+    /// Percent of traffic to the canary.
+    pub weight: Option<f64>,
+    pub blue: Option<String>,
+    pub green: Option<String>,
+    pub active: Option<String>,
+    pub salt: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadowTarget {
+    pub version: String,
+    /// Percent of requests mirrored (default 100).
+    pub sample: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArm {
+    pub variant: Option<String>,
+    pub version: String,
+    /// Percent of traffic.
+    pub weight: f64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed configuration.
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GatewayConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub admin_token_env: Option<String>,
+    pub max_body_bytes: usize,
+    pub log: LogSettings,
+    pub shadow: ShadowSettings,
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LogSettings {
+    pub queue_capacity: usize,
+    pub batch_size: usize,
+    pub capture_inputs: f64,
+    pub max_input_bytes: usize,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            queue_capacity: 65_536,
+            batch_size: 4_096,
+            capture_inputs: 0.0,
+            max_input_bytes: 4_096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ShadowSettings {
+    pub queue_capacity: usize,
+    pub concurrency: usize,
+    pub timeout_ms: u64,
+    pub breaker_failures: u32,
+    pub breaker_open_ms: u64,
+}
+
+impl Default for ShadowSettings {
+    fn default() -> Self {
+        ShadowSettings {
+            queue_capacity: 4_096,
+            concurrency: 64,
+            timeout_ms: 2_000,
+            breaker_failures: 5,
+            breaker_open_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    Classification,
+    Regression,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySource {
+    Header(String),
+    JsonPointer(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Oip,
+    KserveV1,
+    Json { output_pointer: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendSpec {
+    Onnx {
+        path: PathBuf,
+    },
+    Http {
+        url: String,
+        protocol: Protocol,
+        remote_model: String,
+        timeout_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelConfig {
+    pub task: Task,
+    pub routing_key: Option<KeySource>,
+    pub classes: Option<Vec<String>>,
+    pub versions: BTreeMap<String, BackendSpec>,
+    pub strategy: Strategy,
+    pub salt: String,
+}
+
+/// Default per-backend timeout.
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+
+fn percent_to_bp(path: &str, value: f64, problems: &mut Vec<String>) -> u32 {
+    if !(value.is_finite() && (0.0..=100.0).contains(&value)) {
+        problems.push(format!(
+            "{path}: must be a percentage in [0, 100], got {value}"
+        ));
+        return 0;
+    }
+    (value * 100.0).round() as u32
+}
+
+fn positive(path: &str, value: Option<u64>, default: u64, problems: &mut Vec<String>) -> u64 {
+    match value {
+        Some(0) => {
+            problems.push(format!("{path}: must be greater than 0"));
+            default
+        }
+        Some(v) => v,
+        None => default,
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl RawConfig {
+    /// Checks everything and returns the typed configuration or the list of all problems,
+    /// each prefixed with the path of the offending field.
+    pub fn validate(self) -> Result<GatewayConfig, Vec<String>> {
+        let mut problems = Vec::new();
+        let max_body_bytes = positive(
+            "limits.max_body_bytes",
+            self.limits.max_body_bytes,
+            1 << 20,
+            &mut problems,
+        );
+        let defaults = LogSettings::default();
+        let capture_inputs = self.log.capture_inputs.unwrap_or(0.0);
+        if !(capture_inputs.is_finite() && (0.0..=1.0).contains(&capture_inputs)) {
+            problems.push(format!(
+                "log.capture_inputs: must be a fraction in [0, 1], got {capture_inputs}"
+            ));
+        }
+        let log = LogSettings {
+            queue_capacity: positive(
+                "log.queue_capacity",
+                self.log.queue_capacity,
+                defaults.queue_capacity as u64,
+                &mut problems,
+            ) as usize,
+            batch_size: positive(
+                "log.batch_size",
+                self.log.batch_size,
+                defaults.batch_size as u64,
+                &mut problems,
+            ) as usize,
+            capture_inputs,
+            max_input_bytes: self
+                .log
+                .max_input_bytes
+                .unwrap_or(defaults.max_input_bytes as u64) as usize,
+        };
+        let sd = ShadowSettings::default();
+        let shadow = ShadowSettings {
+            queue_capacity: positive(
+                "shadow.queue_capacity",
+                self.shadow.queue_capacity,
+                sd.queue_capacity as u64,
+                &mut problems,
+            ) as usize,
+            concurrency: positive(
+                "shadow.concurrency",
+                self.shadow.concurrency,
+                sd.concurrency as u64,
+                &mut problems,
+            ) as usize,
+            timeout_ms: positive(
+                "shadow.timeout_ms",
+                self.shadow.timeout_ms,
+                sd.timeout_ms,
+                &mut problems,
+            ),
+            breaker_failures: positive(
+                "shadow.breaker_failures",
+                self.shadow.breaker_failures,
+                u64::from(sd.breaker_failures),
+                &mut problems,
+            )
+            .min(u64::from(u32::MAX)) as u32,
+            breaker_open_ms: positive(
+                "shadow.breaker_open_ms",
+                self.shadow.breaker_open_ms,
+                sd.breaker_open_ms,
+                &mut problems,
+            ),
+        };
+        if let Some(listen) = &self.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                problems.push(format!(
+                    "listen: '{listen}' is not an address like 127.0.0.1:8080"
+                ));
+            }
+        }
+        if self.models.is_empty() {
+            problems.push("models: at least one model is required".into());
+        }
+        let mut models = BTreeMap::new();
+        for (name, raw) in self.models {
+            if let Some(model) = raw.validate(&name, &mut problems) {
+                models.insert(name, model);
+            }
+        }
+        if problems.is_empty() {
+            Ok(GatewayConfig {
+                listen: self.listen,
+                data_dir: self.data_dir,
+                admin_token_env: self.admin_token_env,
+                max_body_bytes: max_body_bytes as usize,
+                log,
+                shadow,
+                models,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+impl RawModel {
+    fn validate(self, name: &str, problems: &mut Vec<String>) -> Option<ModelConfig> {
+        let at = format!("models.{name}");
+        let before = problems.len();
+        if !valid_name(name) {
+            problems.push(format!(
+                "{at}: model names use letters, digits, '-', '_' and '.'"
+            ));
+        }
+        let task = match self.task.as_deref() {
+            None | Some("classification") => Task::Classification,
+            Some("regression") => Task::Regression,
+            Some(other) => {
+                problems.push(format!(
+                    "{at}.task: '{other}' is not classification or regression"
+                ));
+                Task::Classification
+            }
+        };
+        let routing_key = match self.routing_key {
+            None => None,
+            Some(RawKey {
+                header: Some(h),
+                json_pointer: None,
+            }) if !h.is_empty() => Some(KeySource::Header(h.to_ascii_lowercase())),
+            Some(RawKey {
+                header: None,
+                json_pointer: Some(p),
+            }) if p.starts_with('/') => Some(KeySource::JsonPointer(p)),
+            Some(_) => {
+                problems.push(format!("{at}.routing_key: give exactly one of header or json_pointer (a pointer starts with '/')"));
+                None
+            }
+        };
+        if self.versions.is_empty() {
+            problems.push(format!("{at}.versions: at least one version is required"));
+        }
+        let mut versions = BTreeMap::new();
+        for (version, backend) in self.versions {
+            let vat = format!("{at}.versions.{version}");
+            if !valid_name(&version) {
+                problems.push(format!(
+                    "{vat}: version names use letters, digits, '-', '_' and '.'"
+                ));
+            }
+            if let Some(spec) = backend.validate(&vat, name, problems) {
+                versions.insert(version, spec);
+            }
+        }
+        let strategy = self.serve.validate(&format!("{at}.serve"), problems);
+        if let Some(strategy) = &strategy {
+            for v in strategy.versions() {
+                if !versions.contains_key(v) {
+                    problems.push(format!(
+                        "{at}.serve: unknown version '{v}' (declared: {})",
+                        versions.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
+        }
+        if let Some(classes) = &self.classes {
+            if classes.is_empty() {
+                problems.push(format!("{at}.classes: empty list"));
+            }
+        }
+        let salt = self.serve.salt.clone().unwrap_or_else(|| name.to_string());
+        (problems.len() == before).then_some(ModelConfig {
+            task,
+            routing_key,
+            classes: self.classes,
+            versions,
+            strategy: strategy?,
+            salt,
+        })
+    }
+}
+
+impl RawBackend {
+    fn validate(self, at: &str, model: &str, problems: &mut Vec<String>) -> Option<BackendSpec> {
+        match (self.onnx, self.url) {
+            (Some(path), None) => {
+                if self.protocol.is_some()
+                    || self.remote_model.is_some()
+                    || self.output_pointer.is_some()
+                {
+                    problems.push(format!("{at}: protocol, remote_model and output_pointer apply to url backends only"));
+                }
+                Some(BackendSpec::Onnx { path })
+            }
+            (None, Some(url)) => {
+                let before = problems.len();
+                if !url.starts_with("http://") || url.len() <= "http://".len() {
+                    problems.push(format!("{at}.url: '{url}' must be an http:// URL"));
+                }
+                let timeout_ms = positive(
+                    &format!("{at}.timeout_ms"),
+                    self.timeout_ms,
+                    DEFAULT_TIMEOUT_MS,
+                    problems,
+                );
+                let protocol = match self.protocol.as_deref() {
+                    None | Some("oip") | Some("v2") => Protocol::Oip,
+                    Some("kserve_v1") | Some("v1") => Protocol::KserveV1,
+                    Some("json") => match self.output_pointer {
+                        Some(p) if p.starts_with('/') => Protocol::Json {
+                            output_pointer: p.clone(),
+                        },
+                        _ => {
+                            problems.push(format!("{at}.output_pointer: json backends need a JSON pointer such as /prediction"));
+                            Protocol::Oip
+                        }
+                    },
+                    Some(other) => {
+                        problems.push(format!(
+                            "{at}.protocol: '{other}' is not oip, kserve_v1 or json"
+                        ));
+                        Protocol::Oip
+                    }
+                };
+                (problems.len() == before).then(|| BackendSpec::Http {
+                    url: url.trim_end_matches('/').to_string(),
+                    protocol,
+                    remote_model: self.remote_model.unwrap_or_else(|| model.to_string()),
+                    timeout_ms,
+                })
+            }
+            _ => {
+                problems.push(format!(
+                    "{at}: give exactly one of onnx (a file) or url (a model server)"
+                ));
+                None
+            }
+        }
+    }
+}
+
+impl RawStrategy {
+    fn validate(&self, at: &str, problems: &mut Vec<String>) -> Option<Strategy> {
+        let need = |field: &Option<String>, name: &str, problems: &mut Vec<String>| -> String {
+            match field {
+                Some(v) => v.clone(),
+                None => {
+                    problems.push(format!("{at}.{name}: required for kind '{}'", self.kind));
+                    String::new()
+                }
+            }
+        };
+        let strategy = match self.kind.as_str() {
+            "single" => Strategy::Single {
+                version: need(&self.version, "version", problems),
+            },
+            "shadow" => Strategy::Shadow {
+                primary: need(&self.primary, "primary", problems),
+                shadows: self
+                    .shadows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| ShadowTarget {
+                        version: s.version.clone(),
+                        sample: percent_to_bp(
+                            &format!("{at}.shadows[{i}].sample"),
+                            s.sample.unwrap_or(100.0),
+                            problems,
+                        ),
+                    })
+                    .collect(),
+            },
+            "ab" => Strategy::Split {
+                arms: self
+                    .arms
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| Arm {
+                        variant: a
+                            .variant
+                            .clone()
+                            .unwrap_or_else(|| ((b'a' + (i % 26) as u8) as char).to_string()),
+                        version: a.version.clone(),
+                        weight: percent_to_bp(
+                            &format!("{at}.arms[{i}].weight"),
+                            a.weight,
+                            problems,
+                        ),
+                    })
+                    .collect(),
+            },
+            "canary" => {
+                let weight = percent_to_bp(
+                    &format!("{at}.weight"),
+                    self.weight.unwrap_or(0.0),
+                    problems,
+                );
+                Strategy::canary(
+                    &need(&self.stable, "stable", problems),
+                    &need(&self.canary, "canary", problems),
+                    weight,
+                )
+            }
+            "blue_green" => {
+                let active = match self.active.as_deref() {
+                    None | Some("blue") => Colour::Blue,
+                    Some("green") => Colour::Green,
+                    Some(other) => {
+                        problems.push(format!("{at}.active: '{other}' is not blue or green"));
+                        Colour::Blue
+                    }
+                };
+                Strategy::BlueGreen {
+                    blue: need(&self.blue, "blue", problems),
+                    green: need(&self.green, "green", problems),
+                    active,
+                }
+            }
+            other => {
+                problems.push(format!(
+                    "{at}.kind: '{other}' is not one of single, shadow, ab, canary, blue_green"
+                ));
+                return None;
+            }
+        };
+        for p in strategy.problems() {
+            problems.push(format!("{at}: {p}"));
+        }
+        // Returned even when invalid, so the caller can also check its versions.
+        Some(strategy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(serve: RawStrategy) -> RawModel {
+        let backend = |url: &str| RawBackend {
+            onnx: None,
+            url: Some(url.into()),
+            protocol: None,
+            remote_model: None,
+            timeout_ms: None,
+            output_pointer: None,
+        };
+        RawModel {
+            task: None,
+            routing_key: None,
+            versions: [
+                ("v1".to_string(), backend("http://127.0.0.1:1")),
+                ("v2".to_string(), backend("http://127.0.0.1:2")),
+            ]
+            .into(),
+            serve,
+            classes: None,
+        }
+    }
+
+    fn strategy(kind: &str) -> RawStrategy {
+        RawStrategy {
+            kind: kind.into(),
+            version: None,
+            primary: None,
+            shadows: vec![],
+            arms: vec![],
+            stable: None,
+            canary: None,
+            weight: None,
+            blue: None,
+            green: None,
+            active: None,
+            salt: None,
+        }
+    }
+
+    fn config(models: Vec<(&str, RawModel)>) -> RawConfig {
+        RawConfig {
+            listen: None,
+            data_dir: None,
+            admin_token_env: None,
+            limits: RawLimits::default(),
+            log: RawLog::default(),
+            shadow: RawShadow::default(),
+            models: models
+                .into_iter()
+                .map(|(n, m)| (n.to_string(), m))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let mut ab = strategy("ab");
+        ab.arms = vec![
+            RawArm {
+                variant: None,
+                version: "v1".into(),
+                weight: 70.0,
+            },
+            RawArm {
+                variant: None,
+                version: "v9".into(),
+                weight: 130.0,
+            },
+        ];
+        let mut bad_shadow = strategy("shadow");
+        bad_shadow.primary = Some("v1".into());
+        let mut c = config(vec![
+            ("yield", model(ab)),
+            ("other", model(bad_shadow)),
+            ("x y", model(strategy("nope"))),
+        ]);
+        c.listen = Some("localhost".into());
+        c.log.capture_inputs = Some(2.0);
+        let problems = c.validate().unwrap_err();
+        let expect = [
+            "listen",
+            "log.capture_inputs",
+            "models.yield.serve.arms[1].weight",
+            "unknown version 'v9'",
+            "models.other.serve: shadow strategy needs at least one shadow",
+            "models.x y: model names",
+            "models.x y.serve.kind",
+        ];
+        for e in expect {
+            assert!(
+                problems.iter().any(|p| p.contains(e)),
+                "missing '{e}' in {problems:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn canary_percent_becomes_basis_points() {
+        let mut canary = strategy("canary");
+        canary.stable = Some("v1".into());
+        canary.canary = Some("v2".into());
+        canary.weight = Some(5.0);
+        let c = config(vec![("yield", model(canary))]).validate().unwrap();
+        assert_eq!(
+            c.models["yield"].strategy,
+            Strategy::canary("v1", "v2", 500)
+        );
+    }
+}

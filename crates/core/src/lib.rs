@@ -1,0 +1,15 @@
+//! The behaviour of switchyard, without I/O.
+//!
+//! Routing decisions, prediction records and their aggregates, and configuration validation
+//! live here as plain data and pure functions: no sockets, no files, no clock (time is passed
+//! in as milliseconds since the Unix epoch), no async. The server crate wires them to the
+//! world; this crate is where behaviour is property-tested.
+
+pub mod aggregate;
+pub mod config;
+pub mod record;
+pub mod routing;
+
+pub use aggregate::{Aggregates, PairKey, PairStats, SeriesKey, VariantStats};
+pub use record::{Feedback, Outcome, PairRef, Prediction, PredictionRecord, Role, Truth};
+pub use routing::{Decision, ModelRoute, RoutingTable, Strategy};

@@ -1,0 +1,197 @@
+//! What the gateway logs for every prediction and what feedback attaches to it.
+
+use serde::{Deserialize, Serialize};
+
+/// Whether a record served the client or was a mirrored copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Serving,
+    Shadow,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Serving => "serving",
+            Role::Shadow => "shadow",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "serving" => Some(Role::Serving),
+            "shadow" => Some(Role::Shadow),
+            _ => None,
+        }
+    }
+}
+
+/// How a call to a model version ended. Every variant but `Ok` counts against the version:
+/// requests the client got wrong are rejected before routing and never become records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    /// The backend answered with a non-success status.
+    UpstreamStatus,
+    /// Connection refused, reset, or failed mid-response.
+    Unreachable,
+    Timeout,
+    /// The backend answered 2xx with a body that is not a prediction.
+    MalformedResponse,
+}
+
+impl Outcome {
+    pub fn is_ok(self) -> bool {
+        self == Outcome::Ok
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::UpstreamStatus => "upstream_status",
+            Outcome::Unreachable => "unreachable",
+            Outcome::Timeout => "timeout",
+            Outcome::MalformedResponse => "malformed_response",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        [
+            Outcome::Ok,
+            Outcome::UpstreamStatus,
+            Outcome::Unreachable,
+            Outcome::Timeout,
+            Outcome::MalformedResponse,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+}
+
+/// A model's answer in comparable form: one entry per instance of the request.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prediction {
+    /// Class labels (as strings, so `1` and `"1"` compare equal once normalised).
+    Classes(Vec<String>),
+    /// Numeric outputs of a regression model.
+    Values(Vec<f64>),
+    /// No comparable output (the call failed, or the output could not be read).
+    #[default]
+    None,
+}
+
+impl Prediction {
+    pub fn len(&self) -> usize {
+        match self {
+            Prediction::Classes(c) => c.len(),
+            Prediction::Values(v) => v.len(),
+            Prediction::None => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Instance-wise agreement with another prediction: `Some(matches)` per instance when both
+    /// are comparable and of the same shape. Values agree within `tolerance` (absolute).
+    pub fn agreement(&self, other: &Prediction, tolerance: f64) -> Option<Vec<bool>> {
+        match (self, other) {
+            (Prediction::Classes(a), Prediction::Classes(b))
+                if a.len() == b.len() && !a.is_empty() =>
+            {
+                Some(a.iter().zip(b).map(|(x, y)| x == y).collect())
+            }
+            (Prediction::Values(a), Prediction::Values(b))
+                if a.len() == b.len() && !a.is_empty() =>
+            {
+                Some(
+                    a.iter()
+                        .zip(b)
+                        .map(|(x, y)| (x - y).abs() <= tolerance)
+                        .collect(),
+                )
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Reference to the serving record a shadow record is paired with; carried by shadow records
+/// so that agreement is computed without a lookup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairRef {
+    pub version: String,
+    pub output: Prediction,
+}
+
+/// One call to one model version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PredictionRecord {
+    pub request_id: String,
+    /// Milliseconds since the Unix epoch when the request arrived.
+    pub ts_ms: i64,
+    pub model: String,
+    /// Routing-table epoch the request was routed under.
+    pub epoch: u64,
+    pub variant: String,
+    pub role: Role,
+    pub version: String,
+    /// Hash of the routing key, when the request had one.
+    pub key_hash: Option<u64>,
+    pub outcome: Outcome,
+    /// HTTP status returned (serving) or received (shadow).
+    pub status: u16,
+    pub latency_us: u64,
+    pub output: Prediction,
+    /// The request body, when input capture sampled it.
+    pub input: Option<String>,
+    /// For shadow records: the serving answer to compare with.
+    pub pair: Option<PairRef>,
+}
+
+/// Ground truth for a request, arriving late and in any order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truth {
+    /// True class per instance.
+    Labels(Vec<String>),
+    /// True value per instance.
+    Values(Vec<f64>),
+    /// Only business metrics.
+    None,
+}
+
+/// Feedback on one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Feedback {
+    pub request_id: String,
+    pub truth: Truth,
+    /// Business metrics (clicks, revenue, …) by name.
+    pub metrics: Vec<(String, f64)>,
+}
+
+/// Correctness of a prediction against the truth, per instance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scored {
+    Correct(Vec<bool>),
+    /// Absolute errors per instance.
+    Errors(Vec<f64>),
+}
+
+/// Scores `prediction` against `truth`; `None` when they are not comparable (different kinds
+/// or lengths, or a failed call).
+pub fn score(prediction: &Prediction, truth: &Truth) -> Option<Scored> {
+    match (prediction, truth) {
+        (Prediction::Classes(p), Truth::Labels(t)) if p.len() == t.len() && !p.is_empty() => Some(
+            Scored::Correct(p.iter().zip(t).map(|(a, b)| a == b).collect()),
+        ),
+        (Prediction::Values(p), Truth::Values(t)) if p.len() == t.len() && !p.is_empty() => Some(
+            Scored::Errors(p.iter().zip(t).map(|(a, b)| (a - b).abs()).collect()),
+        ),
+        _ => None,
+    }
+}

@@ -1,0 +1,1 @@
+//! The gateway (data plane, backends, shadow dispatch, metrics); being built.

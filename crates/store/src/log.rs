@@ -1,0 +1,341 @@
+//! The single writer of the prediction log.
+//!
+//! One OS thread owns the SQLite connection. The request path hands it records with a
+//! non-blocking `try_send` into a bounded queue (full → the record is dropped and counted);
+//! feedback and flushes travel the same queue, so they see every record enqueued before them.
+//! Each batch is one transaction; after it commits, its records are folded into the shared
+//! [`Aggregates`]. A record is durable once its batch committed: `flush` returns after that.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rusqlite::Connection;
+use switchyard_core::{Aggregates, Feedback, PairRef, PredictionRecord, Role};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::schema::{self, LogRow};
+use crate::StoreError;
+
+/// Settings of the writer.
+#[derive(Debug, Clone)]
+pub struct LogWriterConfig {
+    pub path: PathBuf,
+    pub queue_capacity: usize,
+    pub batch_size: usize,
+}
+
+/// What happened to a batch of feedback.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedbackOutcome {
+    /// Newly attached.
+    pub accepted: u64,
+    /// Request ids that already had feedback (the first one stays; idempotent).
+    pub duplicates: u64,
+    /// Request ids with no prediction in the log.
+    pub unknown: Vec<String>,
+}
+
+/// Counters of the writer, readable without locks.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    pub enqueued: AtomicU64,
+    pub dropped: AtomicU64,
+    pub written: AtomicU64,
+    pub batches: AtomicU64,
+    pub write_errors: AtomicU64,
+}
+
+enum Command {
+    Record(Box<PredictionRecord>),
+    Feedback {
+        items: Vec<Feedback>,
+        now_ms: i64,
+        reply: oneshot::Sender<Result<FeedbackOutcome, StoreError>>,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+/// Cheap to clone; every clone feeds the same writer.
+#[derive(Debug, Clone)]
+pub struct LogHandle {
+    tx: mpsc::Sender<Command>,
+    capacity: usize,
+    stats: Arc<LogStats>,
+    aggregates: Arc<Mutex<Aggregates>>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Record(r) => write!(f, "Record({})", r.request_id),
+            Command::Feedback { items, .. } => write!(f, "Feedback({} items)", items.len()),
+            Command::Flush(_) => write!(f, "Flush"),
+        }
+    }
+}
+
+impl LogHandle {
+    /// Enqueues a record without waiting. Returns `false` (and counts a drop) when the queue
+    /// is full or the writer has stopped.
+    pub fn record(&self, rec: PredictionRecord) -> bool {
+        match self.tx.try_send(Command::Record(Box::new(rec))) {
+            Ok(()) => {
+                self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(_) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Attaches feedback; waits for the writer (feedback is not on the prediction path).
+    pub async fn feedback(
+        &self,
+        items: Vec<Feedback>,
+        now_ms: i64,
+    ) -> Result<FeedbackOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Feedback {
+                items,
+                now_ms,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        rx.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Returns once every record enqueued before the call is committed.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Flush(reply))
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        rx.await.map_err(|_| StoreError::WriterStopped)
+    }
+
+    /// Records waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        self.capacity.saturating_sub(self.tx.capacity())
+    }
+
+    pub fn queue_capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn stats(&self) -> &LogStats {
+        &self.stats
+    }
+
+    /// The aggregates of every committed record and feedback.
+    pub fn aggregates(&self) -> &Arc<Mutex<Aggregates>> {
+        &self.aggregates
+    }
+}
+
+/// Opens the store, rebuilds the aggregates from what it holds, and starts the writer thread.
+/// The thread ends once every [`LogHandle`] is dropped, after committing what was queued.
+pub fn spawn_log_writer(
+    config: LogWriterConfig,
+) -> Result<(LogHandle, std::thread::JoinHandle<()>), StoreError> {
+    let conn = schema::open(&config.path)?;
+    let aggregates = Arc::new(Mutex::new(rebuild_aggregates(&conn)?));
+    let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+    let stats = Arc::new(LogStats::default());
+    let writer = Writer {
+        conn,
+        rx,
+        batch_size: config.batch_size.max(1),
+        stats: stats.clone(),
+        aggregates: aggregates.clone(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("switchyard-log".into())
+        .spawn(move || writer.run())
+        .map_err(|source| StoreError::Io {
+            path: "log writer thread".into(),
+            source,
+        })?;
+    Ok((
+        LogHandle {
+            tx,
+            capacity: config.queue_capacity.max(1),
+            stats,
+            aggregates,
+        },
+        thread,
+    ))
+}
+
+struct Writer {
+    conn: Connection,
+    rx: mpsc::Receiver<Command>,
+    batch_size: usize,
+    stats: Arc<LogStats>,
+    aggregates: Arc<Mutex<Aggregates>>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch: Vec<PredictionRecord> = Vec::with_capacity(self.batch_size);
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut next = Some(first);
+            // Drain what is already queued, up to a batch, without waiting.
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Record(rec) => batch.push(*rec),
+                    Command::Feedback {
+                        items,
+                        now_ms,
+                        reply,
+                    } => {
+                        self.commit(&mut batch);
+                        let _ = reply.send(self.feedback(items, now_ms));
+                    }
+                    Command::Flush(reply) => {
+                        self.commit(&mut batch);
+                        let _ = reply.send(());
+                    }
+                }
+                if batch.len() >= self.batch_size {
+                    self.commit(&mut batch);
+                }
+                next = self.rx.try_recv().ok();
+            }
+            self.commit(&mut batch);
+        }
+        self.commit(&mut batch);
+    }
+
+    fn commit(&mut self, batch: &mut Vec<PredictionRecord>) {
+        if batch.is_empty() {
+            return;
+        }
+        match write_batch(&mut self.conn, batch) {
+            Ok(()) => {
+                self.stats
+                    .written
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                let mut agg = self.aggregates.lock();
+                batch.iter().for_each(|rec| agg.record(rec));
+            }
+            Err(e) => {
+                self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .dropped
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                tracing::error!(error = %e, records = batch.len(), "prediction log batch lost");
+            }
+        }
+        batch.clear();
+    }
+
+    fn feedback(
+        &mut self,
+        items: Vec<Feedback>,
+        now_ms: i64,
+    ) -> Result<FeedbackOutcome, StoreError> {
+        let mut outcome = FeedbackOutcome::default();
+        let mut newly_labelled = Vec::new();
+        let tx = self.conn.transaction()?;
+        for item in items {
+            let rows = schema::records_of(&tx, &item.request_id)?;
+            if rows.is_empty() {
+                outcome.unknown.push(item.request_id);
+                continue;
+            }
+            if schema::insert_feedback(&tx, &item.request_id, now_ms, &item.truth, &item.metrics)? {
+                outcome.accepted += 1;
+                newly_labelled.push((rows, item));
+            } else {
+                outcome.duplicates += 1;
+            }
+        }
+        tx.commit()?;
+        let mut agg = self.aggregates.lock();
+        for (rows, item) in newly_labelled {
+            let records = with_pairs(rows);
+            agg.record_feedback(&records, &item.truth, &item.metrics);
+        }
+        Ok(outcome)
+    }
+}
+
+fn write_batch(conn: &mut Connection, batch: &[PredictionRecord]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(schema::INSERT_RECORD)?;
+        for rec in batch {
+            schema::insert_record(&mut stmt, rec)?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Restores each shadow row's pairing with the serving row of its request.
+fn with_pairs(rows: Vec<LogRow>) -> Vec<PredictionRecord> {
+    let serving = rows
+        .iter()
+        .find(|r| r.record.role == Role::Serving)
+        .map(|r| r.record.clone());
+    rows.into_iter()
+        .map(|row| {
+            let mut rec = row.record;
+            if rec.role == Role::Shadow {
+                rec.pair = match (&serving, row.paired_version) {
+                    (Some(s), Some(version)) if s.version == version => Some(PairRef {
+                        version,
+                        output: s.output.clone(),
+                    }),
+                    _ => None,
+                };
+            }
+            rec
+        })
+        .collect()
+}
+
+/// Recomputes the aggregates from the log: used at start-up and to check the incremental
+/// aggregates against a recount.
+pub fn rebuild_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
+    let (rows, feedback) = schema::read_log(conn)?;
+    let mut by_request: HashMap<String, Vec<LogRow>> = HashMap::new();
+    let mut order = Vec::new();
+    for row in rows {
+        let id = row.record.request_id.clone();
+        let entry = by_request.entry(id.clone()).or_default();
+        if entry.is_empty() {
+            order.push(id);
+        }
+        entry.push(row);
+    }
+    let mut agg = Aggregates::default();
+    let mut paired: HashMap<String, Vec<PredictionRecord>> = HashMap::new();
+    for id in order {
+        if let Some(rows) = by_request.remove(&id) {
+            let records = with_pairs(rows);
+            records.iter().for_each(|r| agg.record(r));
+            paired.insert(id, records);
+        }
+    }
+    for (id, truth, metrics) in feedback {
+        if let Some(records) = paired.get(&id) {
+            agg.record_feedback(records, &truth, &metrics);
+        }
+    }
+    Ok(agg)
+}
+
+/// Opens a read connection to a store written by a writer (for reports and tests).
+pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    schema::open(path)
+}

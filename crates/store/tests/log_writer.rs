@@ -1,0 +1,160 @@
+//! The log writer against a real SQLite file in a temp dir.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use switchyard_core::{Feedback, Outcome, PairRef, Prediction, PredictionRecord, Role, Truth};
+use switchyard_store::{
+    count_records, open_reader, rebuild_aggregates, spawn_log_writer, LogWriterConfig,
+};
+
+fn record(
+    id: &str,
+    role: Role,
+    version: &str,
+    class: &str,
+    pair: Option<&str>,
+) -> PredictionRecord {
+    PredictionRecord {
+        request_id: id.into(),
+        ts_ms: 1_700_000_000_000,
+        model: "yield".into(),
+        epoch: 3,
+        variant: if role == Role::Serving {
+            "primary".into()
+        } else {
+            "shadow".into()
+        },
+        role,
+        version: version.into(),
+        key_hash: Some(u64::MAX - 7),
+        outcome: Outcome::Ok,
+        status: 200,
+        latency_us: 1_234,
+        output: Prediction::Classes(vec![class.into()]),
+        input: Some("{\"x\":1}".into()),
+        pair: pair.map(|p| PairRef {
+            version: "v1".into(),
+            output: Prediction::Classes(vec![p.into()]),
+        }),
+    }
+}
+
+fn label(id: &str, class: &str) -> Feedback {
+    Feedback {
+        request_id: id.into(),
+        truth: Truth::Labels(vec![class.into()]),
+        metrics: vec![("revenue".into(), 2.5)],
+    }
+}
+
+#[tokio::test]
+async fn feedback_joins_by_id_and_aggregates_match_a_recount() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.sqlite");
+    let (log, thread) = spawn_log_writer(LogWriterConfig {
+        path: path.clone(),
+        queue_capacity: 1024,
+        batch_size: 7,
+    })
+    .unwrap();
+    // 40 requests: the primary says 1 on even ids; the shadow says 1 on multiples of 3.
+    for i in 0..40 {
+        let p = if i % 2 == 0 { "1" } else { "0" };
+        let s = if i % 3 == 0 { "1" } else { "0" };
+        assert!(log.record(record(&format!("r{i}"), Role::Serving, "v1", p, None)));
+        assert!(log.record(record(&format!("r{i}"), Role::Shadow, "v2", s, Some(p))));
+    }
+    // Labels arrive out of order (reverse), some twice, some for unknown ids.
+    let mut items: Vec<Feedback> = (0..40)
+        .rev()
+        .map(|i| label(&format!("r{i}"), if i % 5 == 0 { "0" } else { "1" }))
+        .collect();
+    items.push(label("r3", "0"));
+    items.push(label("nope", "1"));
+    let outcome = log.feedback(items, 1_700_000_100_000).await.unwrap();
+    assert_eq!(outcome.accepted, 40);
+    assert_eq!(outcome.duplicates, 1);
+    assert_eq!(outcome.unknown, vec!["nope".to_string()]);
+    // Re-sending is idempotent.
+    let again = log
+        .feedback(vec![label("r0", "1")], 1_700_000_200_000)
+        .await
+        .unwrap();
+    assert_eq!((again.accepted, again.duplicates), (0, 1));
+
+    log.flush().await.unwrap();
+    let incremental = log.aggregates().lock().clone();
+    // Count by hand what the pairs must be.
+    let (mut b, mut c, mut agree) = (0, 0, 0);
+    for i in 0..40 {
+        let (p, s, t) = (i % 2 == 0, i % 3 == 0, i % 5 != 0);
+        agree += u64::from(p == s);
+        match (p == t, s == t) {
+            (true, false) => b += 1,
+            (false, true) => c += 1,
+            _ => {}
+        }
+    }
+    let pair = incremental.pair("yield", "v1", "v2", |_| true);
+    assert_eq!(
+        (
+            pair.primary_only,
+            pair.shadow_only,
+            pair.agreement.successes,
+            pair.agreement.trials
+        ),
+        (b, c, agree, 40)
+    );
+
+    drop(log);
+    thread.join().unwrap();
+    let conn = open_reader(&path).unwrap();
+    assert_eq!(count_records(&conn).unwrap(), 80);
+    let recount = rebuild_aggregates(&conn).unwrap();
+    assert_eq!(recount.pairs, incremental.pairs);
+    assert_eq!(recount.series, incremental.series);
+}
+
+#[tokio::test]
+async fn a_full_queue_drops_and_counts_instead_of_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.sqlite");
+    let (log, thread) = spawn_log_writer(LogWriterConfig {
+        path: path.clone(),
+        queue_capacity: 4,
+        batch_size: 2,
+    })
+    .unwrap();
+    let mut accepted = 0u64;
+    for i in 0..5_000 {
+        accepted += u64::from(log.record(record(&format!("r{i}"), Role::Serving, "v1", "1", None)));
+    }
+    log.flush().await.unwrap();
+    let stats = log.stats();
+    let dropped = stats.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(accepted + dropped, 5_000);
+    assert!(
+        dropped > 0,
+        "a queue of 4 cannot take 5000 records without waiting"
+    );
+    drop(log);
+    thread.join().unwrap();
+    assert_eq!(
+        count_records(&open_reader(&path).unwrap()).unwrap(),
+        accepted
+    );
+}
+
+#[test]
+fn an_unwritable_path_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let err = spawn_log_writer(LogWriterConfig {
+        path: file.join("log.sqlite"),
+        queue_capacity: 4,
+        batch_size: 2,
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("cannot create"), "{err}");
+}
