@@ -127,7 +127,7 @@ impl Aggregates {
     pub fn record(&mut self, rec: &PredictionRecord) {
         let stats = self.series.entry(SeriesKey::of(rec)).or_default();
         stats.requests += 1;
-        stats.errors += u64::from(!rec.outcome.is_ok());
+        stats.errors += u64::from(rec.outcome.counts_against_model());
         stats.latency.record(rec.latency_us);
         if rec.role == Role::Shadow {
             if let Some(pair) = &rec.pair {
@@ -139,7 +139,7 @@ impl Aggregates {
                 };
                 let p = self.pairs.entry(key).or_default();
                 p.shadow_calls += 1;
-                p.shadow_errors += u64::from(!rec.outcome.is_ok());
+                p.shadow_errors += u64::from(rec.outcome.counts_against_model());
                 if let Some(matches) = pair
                     .output
                     .agreement(&rec.output, VALUE_AGREEMENT_TOLERANCE)

@@ -504,6 +504,32 @@ impl RawBackend {
 }
 
 impl RawStrategy {
+    /// Validates a strategy given on its own (through the admin API) against the model's
+    /// declared versions.
+    pub fn validate_for<'a>(
+        &self,
+        at: &str,
+        versions: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Strategy, Vec<String>> {
+        let known: Vec<&str> = versions.into_iter().collect();
+        let mut problems = Vec::new();
+        let strategy = self.validate(at, &mut problems);
+        if let Some(strategy) = &strategy {
+            for v in strategy.versions() {
+                if !known.contains(&v) {
+                    problems.push(format!(
+                        "{at}: unknown version '{v}' (declared: {})",
+                        known.join(", ")
+                    ));
+                }
+            }
+        }
+        match strategy {
+            Some(s) if problems.is_empty() => Ok(s),
+            _ => Err(problems),
+        }
+    }
+
     fn validate(&self, at: &str, problems: &mut Vec<String>) -> Option<Strategy> {
         let need = |field: &Option<String>, name: &str, problems: &mut Vec<String>| -> String {
             match field {

@@ -27,8 +27,9 @@ impl Role {
     }
 }
 
-/// How a call to a model version ended. Every variant but `Ok` counts against the version:
-/// requests the client got wrong are rejected before routing and never become records.
+/// How a call to a model version ended. Every variant but `Ok` and `ClientError` counts
+/// against the version. Malformed client requests are mostly rejected before routing and never
+/// become records; `ClientError` is a request the backend itself refused as malformed (4xx).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -40,11 +41,18 @@ pub enum Outcome {
     Timeout,
     /// The backend answered 2xx with a body that is not a prediction.
     MalformedResponse,
+    /// The backend refused the request as malformed (400, 413, 415, 422): the client's fault.
+    ClientError,
 }
 
 impl Outcome {
     pub fn is_ok(self) -> bool {
         self == Outcome::Ok
+    }
+
+    /// Whether this outcome is the model's fault.
+    pub fn counts_against_model(self) -> bool {
+        !matches!(self, Outcome::Ok | Outcome::ClientError)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +62,7 @@ impl Outcome {
             Outcome::Unreachable => "unreachable",
             Outcome::Timeout => "timeout",
             Outcome::MalformedResponse => "malformed_response",
+            Outcome::ClientError => "client_error",
         }
     }
 

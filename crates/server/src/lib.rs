@@ -1,1 +1,20 @@
-//! The gateway (data plane, backends, shadow dispatch, metrics); being built.
+//! The switchyard gateway: the data plane in front of model backends, shadow dispatch, the
+//! prediction log feed, metrics and the admin API.
+//!
+//! Only this crate (and the CLI) knows HTTP and JSON. Behaviour that can be pure lives in
+//! `switchyard-core`; SQL lives in `switchyard-store`.
+
+pub mod admin;
+pub mod app;
+pub mod backend;
+pub mod config_file;
+pub mod dataplane;
+pub mod error;
+pub mod feedback;
+pub mod metrics;
+pub mod onnx;
+pub mod protocol;
+pub mod shadow;
+
+pub use app::{Gateway, StartOptions};
+pub use config_file::{load_config, parse_config, ConfigError};

@@ -148,9 +148,7 @@ pub type FeedbackRow = (String, Truth, Vec<(String, f64)>);
 
 /// Reads the whole log in insertion order, with feedback per request id (for recounts,
 /// rebuilding aggregates after a restart, and reports).
-pub fn read_log(
-    conn: &Connection,
-) -> Result<(Vec<LogRow>, Vec<FeedbackRow>), StoreError> {
+pub fn read_log(conn: &Connection) -> Result<(Vec<LogRow>, Vec<FeedbackRow>), StoreError> {
     let mut stmt = conn.prepare(&format!("{SELECT_RECORD} ORDER BY id"))?;
     let rows = stmt.query_map([], row_to_record)?;
     let mut records = Vec::new();

@@ -1,0 +1,182 @@
+//! The admin API under `/admin/v1`: routing table and live statistics. Every route requires
+//! `Authorization: Bearer <token>` when a token is configured.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Json;
+use serde_json::{json, Value};
+use switchyard_core::config::RawStrategy;
+use switchyard_core::{Role, VariantStats};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// Compares in time independent of where the inputs differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Middleware: refuses admin calls without the configured bearer token.
+pub async fn require_token(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &state.admin_token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong admin bearer token",
+            ));
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+pub async fn get_routes(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let table = state.table.load();
+    Json(json!({ "epoch": table.epoch, "routes": table.routes }))
+}
+
+/// Replaces a model's strategy (same shape as `serve:` in the config file).
+pub async fn put_route(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    Json(raw): Json<RawStrategy>,
+) -> Result<Json<Value>, ApiError> {
+    let runtime = state.models.get(&model).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_model",
+            format!("no model named '{model}'"),
+        )
+    })?;
+    let strategy = raw
+        .validate_for(
+            &format!("models.{model}.serve"),
+            runtime.config.versions.keys().map(String::as_str),
+        )
+        .map_err(|problems| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_strategy",
+                problems.join("; "),
+            )
+        })?;
+    let next = state.swap_strategy(&model, strategy);
+    Ok(Json(
+        json!({ "epoch": next.epoch, "route": next.routes.get(&model) }),
+    ))
+}
+
+fn variant_json(s: &VariantStats) -> Value {
+    json!({
+        "requests": s.requests,
+        "errors": s.errors,
+        "error_rate": s.error_rate(),
+        "latency_us": { "p50": s.latency.p50(), "p95": s.latency.p95(), "p99": s.latency.p99(), "mean": s.latency.mean() },
+        "labelled": s.correct.trials,
+        "correct": s.correct.successes,
+        "accuracy": s.correct.rate(),
+        "mae": s.abs_error.mean(),
+        "rmse": s.sq_error.mean().map(f64::sqrt),
+        "metrics": s.metrics.iter().map(|(k, m)| (k.clone(), json!({"count": m.count(), "mean": m.mean()}))).collect::<BTreeMap<_, _>>(),
+    })
+}
+
+/// Live statistics of one model over all epochs (or `?epoch=N`).
+pub async fn model_stats(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    if !state.models.contains_key(&model) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_model",
+            format!("no model named '{model}'"),
+        ));
+    }
+    let epoch: Option<u64> = match q.get("epoch") {
+        Some(e) => Some(e.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "epoch must be an integer",
+            )
+        })?),
+        None => None,
+    };
+    let keep = |e: u64| epoch.is_none_or(|want| want == e);
+    let agg = state.log.aggregates().lock().clone();
+    let mut variants: BTreeMap<(String, String, Role), VariantStats> = BTreeMap::new();
+    for (k, v) in agg
+        .series
+        .iter()
+        .filter(|(k, _)| k.model == model && keep(k.epoch))
+    {
+        variants
+            .entry((k.version.clone(), k.variant.clone(), k.role))
+            .or_default()
+            .merge(v);
+    }
+    let mut pairs: BTreeMap<(String, String), switchyard_core::PairStats> = BTreeMap::new();
+    for (k, v) in agg
+        .pairs
+        .iter()
+        .filter(|(k, _)| k.model == model && keep(k.epoch))
+    {
+        pairs
+            .entry((k.primary.clone(), k.shadow.clone()))
+            .or_default()
+            .merge(v);
+    }
+    let variants: Vec<Value> = variants
+        .iter()
+        .map(|((version, variant, role), s)| {
+            let mut v = variant_json(s);
+            v["version"] = json!(version);
+            v["variant"] = json!(variant);
+            v["role"] = json!(role.as_str());
+            v
+        })
+        .collect();
+    let pairs: Vec<Value> = pairs
+        .iter()
+        .map(|((primary, shadow), p)| {
+            let m = switchyard_stats::mcnemar::mcnemar(p.primary_only, p.shadow_only);
+            json!({
+                "primary": primary,
+                "shadow": shadow,
+                "compared": p.agreement.trials,
+                "agreement": p.agreement.rate(),
+                "labelled": p.labelled(),
+                "both_correct": p.both_correct,
+                "primary_only_correct": p.primary_only,
+                "shadow_only_correct": p.shadow_only,
+                "both_wrong": p.both_wrong,
+                "mcnemar": m,
+                "shadow_calls": p.shadow_calls,
+                "shadow_errors": p.shadow_errors,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "model": model, "epoch": epoch, "variants": variants, "pairs": pairs }),
+    ))
+}

@@ -1,0 +1,237 @@
+//! Assembling the gateway: shared state, the router, start and shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::json;
+use switchyard_core::config::{GatewayConfig, LogSettings};
+use switchyard_core::{ModelRoute, RoutingTable, Strategy};
+use switchyard_store::{spawn_log_writer, LogHandle, LogWriterConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::backend::{http_client, Backend, ModelRuntime};
+use crate::metrics::Metrics;
+use crate::shadow::ShadowDispatcher;
+use crate::{admin, dataplane, feedback};
+
+/// Everything a request handler may touch.
+#[derive(Debug)]
+pub struct AppState {
+    /// The routing table: loaded once per request, replaced whole.
+    pub table: ArcSwap<RoutingTable>,
+    pub models: HashMap<String, ModelRuntime>,
+    pub log: LogHandle,
+    pub shadow: ShadowDispatcher,
+    pub metrics: Arc<Metrics>,
+    pub admin_token: Option<String>,
+    pub max_body_bytes: usize,
+    pub log_settings: LogSettings,
+}
+
+impl AppState {
+    /// Installs a new strategy for `model`, advancing the epoch; takes effect for the next
+    /// request. Concurrent swaps are serialised by `rcu`.
+    pub fn swap_strategy(&self, model: &str, strategy: Strategy) -> Arc<RoutingTable> {
+        let mut installed = None;
+        self.table.rcu(|current| {
+            let next = Arc::new(current.with_strategy(model, strategy.clone()));
+            installed = Some(next.clone());
+            next
+        });
+        let installed = installed.unwrap_or_else(|| self.table.load_full());
+        tracing::info!(model, epoch = installed.epoch, "routing table swapped");
+        installed
+    }
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// Options that do not come from the configuration file.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// The SQLite file of the prediction log.
+    pub store_path: PathBuf,
+    /// Admin bearer token (already read from the environment).
+    pub admin_token: Option<String>,
+}
+
+impl Gateway {
+    /// Loads every backend, opens the store and serves on `listener`.
+    pub async fn start(
+        config: GatewayConfig,
+        listener: TcpListener,
+        options: StartOptions,
+    ) -> anyhow::Result<Gateway> {
+        let client = http_client();
+        let mut models = HashMap::new();
+        let mut routes = HashMap::new();
+        for (name, model) in &config.models {
+            let mut backends = HashMap::new();
+            for (version, spec) in &model.versions {
+                let backend = Backend::build(spec, &client)
+                    .with_context(|| format!("model {name} version {version}"))?;
+                backends.insert(version.clone(), Arc::new(backend));
+            }
+            routes.insert(
+                name.clone(),
+                ModelRoute {
+                    salt: model.salt.clone(),
+                    strategy: model.strategy.clone(),
+                },
+            );
+            models.insert(
+                name.clone(),
+                ModelRuntime {
+                    name: name.clone(),
+                    classes: model
+                        .classes
+                        .as_ref()
+                        .map(|c| Arc::from(c.clone().into_boxed_slice())),
+                    config: model.clone(),
+                    backends,
+                },
+            );
+        }
+        let (log, _writer) = spawn_log_writer(LogWriterConfig {
+            path: options.store_path.clone(),
+            queue_capacity: config.log.queue_capacity,
+            batch_size: config.log.batch_size,
+        })
+        .with_context(|| format!("opening the store at {}", options.store_path.display()))?;
+        let metrics = Arc::new(Metrics::new());
+        let shadow = ShadowDispatcher::spawn(config.shadow, log.clone(), metrics.clone());
+        let state = Arc::new(AppState {
+            table: ArcSwap::from_pointee(RoutingTable { epoch: 1, routes }),
+            models,
+            log,
+            shadow,
+            metrics,
+            admin_token: options.admin_token,
+            max_body_bytes: config.max_body_bytes,
+            log_settings: config.log,
+        });
+        let addr = listener.local_addr()?;
+        let app = router(state.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                let _ = rx.await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "server stopped");
+            }
+        });
+        tracing::info!(%addr, "switchyard gateway listening");
+        Ok(Gateway {
+            addr,
+            state,
+            shutdown: Some(tx),
+            server,
+        })
+    }
+
+    /// Stops accepting requests, finishes those in flight and commits the log.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.server).await.context("server task")?;
+        self.state
+            .log
+            .flush()
+            .await
+            .context("flushing the prediction log")?;
+        Ok(())
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// All routes of the gateway.
+pub fn router(state: Arc<AppState>) -> Router {
+    let admin = Router::new()
+        .route("/routes", get(admin::get_routes))
+        .route("/routes/{model}", put(admin::put_route))
+        .route("/models/{model}/stats", get(admin::model_stats))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_token,
+        ));
+    Router::new()
+        .route("/v2/models/{model}/infer", post(dataplane::infer_v2))
+        .route("/v1/models/{model}", post(dataplane::predict_v1))
+        .route("/v1/feedback", post(feedback::post_feedback))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .nest("/admin/v1", admin)
+        .fallback(|| async {
+            crate::error::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+        })
+        .with_state(state)
+}
+
+fn sync_log_metrics(state: &AppState) {
+    let m = &state.metrics;
+    let stats = state.log.stats();
+    m.log_queue_depth.set(state.log.queue_depth() as i64);
+    let catch_up = |counter: &prometheus_client::metrics::counter::Counter, total: u64| {
+        let seen = counter.get();
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
+    };
+    catch_up(&m.log_dropped, stats.dropped.load(Ordering::Relaxed));
+    catch_up(&m.log_written, stats.written.load(Ordering::Relaxed));
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    sync_log_metrics(&state);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+}
+
+/// Ready unless the prediction log is saturated: above 90% of its queue, records are about to
+/// be dropped.
+async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let depth = state.log.queue_depth();
+    let capacity = state.log.queue_capacity();
+    let dropped = state.log.stats().dropped.load(Ordering::Relaxed);
+    let saturated = depth * 10 > capacity * 9;
+    let status = if saturated {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(
+            json!({ "ready": !saturated, "log_queue_depth": depth, "log_queue_capacity": capacity, "log_dropped": dropped }),
+        ),
+    )
+}

@@ -1,0 +1,363 @@
+//! Model backends: HTTP model servers (Open Inference Protocol v2, KServe v1, plain JSON) over
+//! pooled keep-alive connections, and ONNX models run in-process with tract.
+//!
+//! A call returns the response body in the *client's* protocol together with the normalised
+//! [`Prediction`], or a [`BackendError`] classified by whose fault it is.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use switchyard_core::config::{BackendSpec, ModelConfig, Protocol, Task};
+use switchyard_core::{Outcome, Prediction};
+
+use crate::onnx::{OnnxError, OnnxModel, OnnxPrediction};
+use crate::protocol::{self, Wire};
+
+/// Shared HTTP client: one connection pool for every backend.
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+/// Whose fault a failure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The model or its server: counts against the version.
+    Upstream,
+    /// The client's request.
+    Downstream,
+    /// switchyard itself.
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("model server unreachable: {0}")]
+    Unreachable(String),
+    #[error("model did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("model server answered {status}")]
+    Status { status: u16, body: Bytes },
+    #[error("model server answered with an unreadable prediction: {0}")]
+    Malformed(String),
+    /// The request is not valid for this model (bad shape, wrong width, refused with 4xx).
+    #[error("request rejected by the model: {message}")]
+    Rejected {
+        status: u16,
+        message: String,
+        body: Option<Bytes>,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl BackendError {
+    pub fn origin(&self) -> Origin {
+        match self {
+            BackendError::Unreachable(_)
+            | BackendError::Timeout(_)
+            | BackendError::Status { .. }
+            | BackendError::Malformed(_) => Origin::Upstream,
+            BackendError::Rejected { .. } => Origin::Downstream,
+            BackendError::Internal(_) => Origin::Internal,
+        }
+    }
+
+    /// Worth retrying on another attempt (the request itself was fine).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Unreachable(_) | BackendError::Timeout(_)
+        )
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            BackendError::Unreachable(_) | BackendError::Internal(_) => Outcome::Unreachable,
+            BackendError::Timeout(_) => Outcome::Timeout,
+            BackendError::Status { .. } => Outcome::UpstreamStatus,
+            BackendError::Malformed(_) => Outcome::MalformedResponse,
+            BackendError::Rejected { .. } => Outcome::ClientError,
+        }
+    }
+
+    /// Status returned to the client.
+    pub fn client_status(&self) -> StatusCode {
+        match self {
+            BackendError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            BackendError::Rejected { status, .. } => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            BackendError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// A successful call.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Response body in the client's protocol.
+    pub body: Bytes,
+    pub prediction: Prediction,
+}
+
+/// One request as the backends see it.
+#[derive(Debug)]
+pub struct Call<'a> {
+    pub wire: Wire,
+    pub model: &'a str,
+    pub version: &'a str,
+    /// The client's body, unchanged.
+    pub body: &'a Bytes,
+    /// The same body, parsed.
+    pub parsed: &'a Value,
+    pub task: Task,
+    pub classes: Option<&'a [String]>,
+}
+
+#[derive(Debug)]
+pub enum Backend {
+    Http(HttpBackend),
+    Onnx(OnnxBackend),
+}
+
+#[derive(Debug)]
+pub struct HttpBackend {
+    client: HttpClient,
+    url: String,
+    protocol: Protocol,
+    remote_model: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct OnnxBackend {
+    model: Arc<OnnxModel>,
+    pub timeout: Duration,
+}
+
+impl Backend {
+    /// Builds the backend of one version; loads ONNX models eagerly so that a bad file is a
+    /// start-up error, not a request error.
+    pub fn build(spec: &BackendSpec, client: &HttpClient) -> Result<Backend, OnnxError> {
+        Ok(match spec {
+            BackendSpec::Onnx { path } => Backend::Onnx(OnnxBackend {
+                model: Arc::new(OnnxModel::load(path)?),
+                timeout: Duration::from_millis(switchyard_core::config::DEFAULT_TIMEOUT_MS),
+            }),
+            BackendSpec::Http {
+                url,
+                protocol,
+                remote_model,
+                timeout_ms,
+            } => Backend::Http(HttpBackend {
+                client: client.clone(),
+                url: url.clone(),
+                protocol: protocol.clone(),
+                remote_model: remote_model.clone(),
+                timeout: Duration::from_millis(*timeout_ms),
+            }),
+        })
+    }
+
+    pub fn timeout(&self) -> Duration {
+        match self {
+            Backend::Http(b) => b.timeout,
+            Backend::Onnx(b) => b.timeout,
+        }
+    }
+
+    /// Calls the model, giving up after `timeout`.
+    pub async fn call(&self, call: &Call<'_>, timeout: Duration) -> Result<Reply, BackendError> {
+        match tokio::time::timeout(timeout, self.call_inner(call)).await {
+            Ok(result) => result,
+            Err(_) => Err(BackendError::Timeout(timeout)),
+        }
+    }
+
+    async fn call_inner(&self, call: &Call<'_>) -> Result<Reply, BackendError> {
+        match self {
+            Backend::Http(b) => b.call(call).await,
+            Backend::Onnx(b) => b.call(call).await,
+        }
+    }
+}
+
+impl HttpBackend {
+    async fn call(&self, call: &Call<'_>) -> Result<Reply, BackendError> {
+        let (uri, backend_wire) = match &self.protocol {
+            Protocol::Oip => (
+                format!("{}/v2/models/{}/infer", self.url, self.remote_model),
+                Some(Wire::V2),
+            ),
+            Protocol::KserveV1 => (
+                format!("{}/v1/models/{}:predict", self.url, self.remote_model),
+                Some(Wire::V1),
+            ),
+            Protocol::Json { .. } => (self.url.clone(), None),
+        };
+        let body = match backend_wire {
+            Some(w) if w != call.wire => {
+                let rows = protocol::request_rows(call.wire, call.parsed).map_err(|e| {
+                    BackendError::Rejected {
+                        status: 400,
+                        message: e.0,
+                        body: None,
+                    }
+                })?;
+                Bytes::from(protocol::rows_to_request(w, &rows).to_string())
+            }
+            _ => call.body.clone(),
+        };
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(&uri)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| BackendError::Internal(format!("bad backend URI {uri}: {e}")))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| BackendError::Unreachable(error_chain(&e)))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| BackendError::Unreachable(format!("response body: {}", error_chain(&e))))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(match status.as_u16() {
+                s @ (400 | 413 | 415 | 422) => BackendError::Rejected {
+                    status: s,
+                    message: String::from_utf8_lossy(&body).chars().take(500).collect(),
+                    body: Some(body),
+                },
+                s => BackendError::Status { status: s, body },
+            });
+        }
+        let parsed: Value = serde_json::from_slice(&body)
+            .map_err(|e| BackendError::Malformed(format!("not JSON: {e}")))?;
+        match (&self.protocol, backend_wire) {
+            (Protocol::Json { output_pointer }, _) => {
+                let prediction =
+                    protocol::normalise_pointer(&parsed, output_pointer, call.task, call.classes)
+                        .map_err(|e| BackendError::Malformed(e.0))?;
+                Ok(Reply { body, prediction })
+            }
+            (_, Some(w)) => {
+                let prediction = protocol::normalise_response(w, &parsed, call.task, call.classes)
+                    .map_err(|e| BackendError::Malformed(e.0))?;
+                let body = if w == call.wire {
+                    body
+                } else {
+                    Bytes::from(
+                        protocol::prediction_response(
+                            call.wire,
+                            &prediction,
+                            None,
+                            call.model,
+                            Some(call.version),
+                        )
+                        .to_string(),
+                    )
+                };
+                Ok(Reply { body, prediction })
+            }
+            (_, None) => Err(BackendError::Internal(
+                "protocol without wire format".into(),
+            )),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+impl OnnxBackend {
+    async fn call(&self, call: &Call<'_>) -> Result<Reply, BackendError> {
+        let rows =
+            protocol::request_rows(call.wire, call.parsed).map_err(|e| BackendError::Rejected {
+                status: 400,
+                message: e.0,
+                body: None,
+            })?;
+        let model = self.model.clone();
+        let output = tokio::task::spawn_blocking(move || model.predict(&rows))
+            .await
+            .map_err(|e| BackendError::Internal(format!("inference task failed: {e}")))?;
+        let output = output.map_err(|e| match e {
+            OnnxError::Shape { .. } => BackendError::Rejected {
+                status: 400,
+                message: e.to_string(),
+                body: None,
+            },
+            other => BackendError::Internal(other.to_string()),
+        })?;
+        let (prediction, probabilities) = match output {
+            OnnxPrediction::Classification {
+                class_index,
+                probabilities,
+            } => {
+                let names = class_index
+                    .iter()
+                    .map(|&i| {
+                        call.classes
+                            .and_then(|c| c.get(i))
+                            .cloned()
+                            .unwrap_or_else(|| i.to_string())
+                    })
+                    .collect();
+                (Prediction::Classes(names), Some(probabilities))
+            }
+            OnnxPrediction::Regression { values } => (
+                Prediction::Values(values.iter().map(|&v| f64::from(v)).collect()),
+                None,
+            ),
+        };
+        let body = protocol::prediction_response(
+            call.wire,
+            &prediction,
+            probabilities.as_deref(),
+            call.model,
+            Some(call.version),
+        );
+        Ok(Reply {
+            body: Bytes::from(body.to_string()),
+            prediction,
+        })
+    }
+}
+
+/// Every version's backend of one model.
+#[derive(Debug)]
+pub struct ModelRuntime {
+    pub name: String,
+    pub config: ModelConfig,
+    /// The configured class names, shared with shadow jobs.
+    pub classes: Option<Arc<[String]>>,
+    pub backends: std::collections::HashMap<String, Arc<Backend>>,
+}

@@ -1,0 +1,331 @@
+//! The request path: `POST /v2/models/{m}/infer` and `POST /v1/models/{m}:predict`.
+//!
+//! Phases, in order (after pingora's `ProxyHttp`): **read** the body within limits and parse
+//! it (client errors end here and never count against a model) → **route**: find the model's
+//! route in the current table (one atomic load) → **pick** the variant from the routing key →
+//! **forward** to the chosen version → **mirror** to shadows (non-blocking enqueue) →
+//! **record** the prediction into the log queue (non-blocking) → respond. Recording happens on
+//! every path that reached a model, success or failure.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::Value;
+use switchyard_core::config::KeySource;
+use switchyard_core::routing::{key_hash, BUCKETS};
+use switchyard_core::{Prediction, PredictionRecord, Role};
+
+use crate::app::AppState;
+use crate::backend::{BackendError, Call};
+use crate::error::ApiError;
+use crate::protocol::Wire;
+use crate::shadow::ShadowJob;
+
+pub async fn infer_v2(
+    State(state): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(state, Wire::V2, model, headers, body).await
+}
+
+pub async fn predict_v1(
+    State(state): State<Arc<AppState>>,
+    Path(segment): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match segment.strip_suffix(":predict") {
+        Some(model) => handle(state, Wire::V1, model.to_string(), headers, body).await,
+        None => {
+            state.metrics.reject("not_found");
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no route /v1/models/{segment}; use /v1/models/{{model}}:predict"),
+            )
+            .into_response()
+        }
+    }
+}
+
+/// The client's request id when it sent a usable one, else a fresh random id.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(
+            || format!("{:032x}", rand::random::<u128>()),
+            str::to_string,
+        )
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn is_json_content_type(headers: &HeaderMap) -> bool {
+    match headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => true,
+        Some(ct) => {
+            let mime = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            mime == "application/json"
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        }
+    }
+}
+
+/// Reads the body, refusing bodies over `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.to_string().contains("length limit"))
+            || e.to_string().contains("length limit");
+        if too_large {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body exceeds {limit} bytes"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                format!("cannot read request body: {e}"),
+            )
+        }
+    })
+}
+
+fn routing_key(source: Option<&KeySource>, headers: &HeaderMap, body: &Value) -> Option<Vec<u8>> {
+    match source? {
+        KeySource::Header(name) => headers
+            .get(name.as_str())
+            .map(|v| v.as_bytes().to_vec())
+            .filter(|k| !k.is_empty()),
+        KeySource::JsonPointer(pointer) => match body.pointer(pointer)? {
+            Value::String(s) if !s.is_empty() => Some(s.as_bytes().to_vec()),
+            Value::Number(n) => Some(n.to_string().into_bytes()),
+            _ => None,
+        },
+    }
+}
+
+async fn handle(
+    state: Arc<AppState>,
+    wire: Wire,
+    model: String,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let id = request_id(&headers);
+    match serve(&state, wire, &model, &headers, body, &id).await {
+        Ok(response) => response,
+        Err(e) => {
+            state.metrics.reject(e.code);
+            e.with_request_id(&id).into_response()
+        }
+    }
+}
+
+async fn serve(
+    state: &Arc<AppState>,
+    wire: Wire,
+    model: &str,
+    headers: &HeaderMap,
+    body: Body,
+    id: &str,
+) -> Result<Response, ApiError> {
+    let ts_ms = now_ms();
+    // Phase: read. Everything wrong here is the client's.
+    if !is_json_content_type(headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send Content-Type: application/json",
+        ));
+    }
+    let bytes = read_body(body, state.max_body_bytes).await?;
+    let parsed: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("request body is not valid JSON: {e}"),
+        )
+    })?;
+    if !parsed.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "request body must be a JSON object",
+        ));
+    }
+
+    // Phase: route.
+    let table = state.table.load();
+    let (Some(route), Some(runtime)) = (table.routes.get(model), state.models.get(model)) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_model",
+            format!("no model named '{model}'"),
+        ));
+    };
+
+    // Phase: pick.
+    let key = routing_key(runtime.config.routing_key.as_ref(), headers, &parsed);
+    let decision = route.decide(key.as_deref(), rand::random::<u32>() % BUCKETS);
+    let Some(backend) = runtime.backends.get(decision.version) else {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no_backend",
+            format!("version '{}' has no backend", decision.version),
+        ));
+    };
+
+    // Phase: forward.
+    let classes = runtime.config.classes.as_deref();
+    let call = Call {
+        wire,
+        model,
+        version: decision.version,
+        body: &bytes,
+        parsed: &parsed,
+        task: runtime.config.task,
+        classes,
+    };
+    let started = Instant::now();
+    let result = backend.call(&call, backend.timeout()).await;
+    let latency = started.elapsed();
+
+    let (outcome, status, output, response) = match result {
+        Ok(reply) => {
+            let mut response = Response::new(Body::from(reply.body));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            (
+                switchyard_core::Outcome::Ok,
+                StatusCode::OK,
+                reply.prediction,
+                response,
+            )
+        }
+        Err(e) => {
+            let status = e.client_status();
+            if e.origin() != crate::backend::Origin::Downstream {
+                tracing::warn!(model, version = decision.version, request_id = id, error = %e, "model call failed");
+            }
+            let response = match &e {
+                BackendError::Rejected { body: Some(b), .. } => {
+                    let mut r = Response::new(Body::from(b.clone()));
+                    *r.status_mut() = status;
+                    r
+                }
+                _ => ApiError::new(
+                    status,
+                    error_code(&e),
+                    format!("{} {}: {e}", model, decision.version),
+                )
+                .into_response(),
+            };
+            (e.outcome(), status, Prediction::None, response)
+        }
+    };
+
+    // Phase: mirror. After the primary answered; never waits.
+    let key_hash = key.as_deref().map(key_hash);
+    let parsed = Arc::new(parsed);
+    for shadow in &decision.shadows {
+        if let Some(shadow_backend) = runtime.backends.get(*shadow) {
+            state.shadow.submit(ShadowJob {
+                backend: shadow_backend.clone(),
+                request_id: id.to_string(),
+                ts_ms,
+                model: model.to_string(),
+                epoch: table.epoch,
+                version: (*shadow).to_string(),
+                key_hash,
+                wire,
+                body: bytes.clone(),
+                parsed: parsed.clone(),
+                task: runtime.config.task,
+                classes: runtime.classes.clone(),
+                primary_version: decision.version.to_string(),
+                primary_output: output.clone(),
+            });
+        }
+    }
+
+    // Phase: record.
+    let input = (state.log_settings.capture_inputs > 0.0
+        && rand::random::<f64>() < state.log_settings.capture_inputs)
+        .then(|| {
+            String::from_utf8_lossy(&bytes[..bytes.len().min(state.log_settings.max_input_bytes)])
+                .into_owned()
+        });
+    state.metrics.call(
+        model,
+        decision.version,
+        Role::Serving.as_str(),
+        outcome.as_str(),
+        latency.as_secs_f64(),
+    );
+    state.log.record(PredictionRecord {
+        request_id: id.to_string(),
+        ts_ms,
+        model: model.to_string(),
+        epoch: table.epoch,
+        variant: decision.variant.to_string(),
+        role: Role::Serving,
+        version: decision.version.to_string(),
+        key_hash,
+        outcome,
+        status: status.as_u16(),
+        latency_us: latency.as_micros() as u64,
+        output,
+        input,
+        pair: None,
+    });
+
+    let mut response = response;
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert("x-request-id", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(decision.variant) {
+        h.insert("x-switchyard-variant", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(decision.version) {
+        h.insert("x-switchyard-model-version", v);
+    }
+    Ok(response)
+}
+
+fn error_code(e: &BackendError) -> &'static str {
+    match e {
+        BackendError::Unreachable(_) => "upstream_unreachable",
+        BackendError::Timeout(_) => "upstream_timeout",
+        BackendError::Status { .. } => "upstream_error",
+        BackendError::Malformed(_) => "upstream_malformed",
+        BackendError::Rejected { .. } => "rejected_by_model",
+        BackendError::Internal(_) => "internal",
+    }
+}

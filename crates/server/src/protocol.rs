@@ -1,0 +1,514 @@
+//! The wire formats the data plane speaks, and how a comparable [`Prediction`] is read from
+//! each.
+//!
+//! - Open Inference Protocol v2 (`POST /v2/models/{m}/infer`, as MLServer, Triton, KServe):
+//!   `{"inputs": [{"name", "shape", "datatype", "data"}]}` → `{"outputs": [...]}`.
+//! - KServe v1 / TF-Serving (`POST /v1/models/{m}:predict`): `{"instances": [[...], ...]}` →
+//!   `{"predictions": [...]}`.
+//! - Plain JSON to a URL, with the prediction at a configured JSON pointer of the response.
+//!
+//! Tabular numeric requests can be translated between v1 and v2, so a client speaking one can
+//! be served by a backend speaking the other or by an in-process ONNX model.
+
+use serde_json::{json, Value};
+use switchyard_core::config::Task;
+use switchyard_core::Prediction;
+
+/// The protocol of a client request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    V2,
+    V1,
+}
+
+/// Why a request body cannot be used: the client's fault, answered with 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRequest(pub String);
+
+/// Why a backend's answer cannot be read: the model's fault, answered with 502.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadResponse(pub String);
+
+fn flatten_numbers(value: &Value, out: &mut Vec<f32>) -> Result<(), BadRequest> {
+    match value {
+        Value::Number(n) => {
+            let x = n
+                .as_f64()
+                .ok_or_else(|| BadRequest(format!("{n} is not a number")))?;
+            out.push(x as f32);
+            Ok(())
+        }
+        Value::Bool(b) => {
+            out.push(f32::from(u8::from(*b)));
+            Ok(())
+        }
+        Value::Array(items) => items.iter().try_for_each(|v| flatten_numbers(v, out)),
+        other => Err(BadRequest(format!(
+            "expected numbers, found {}",
+            kind(other)
+        ))),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Reads a request as a batch of numeric rows (for ONNX models and protocol translation).
+pub fn request_rows(wire: Wire, body: &Value) -> Result<Vec<Vec<f32>>, BadRequest> {
+    match wire {
+        Wire::V2 => {
+            let input = body
+                .get("inputs")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+                .ok_or_else(|| {
+                    BadRequest("body needs an \"inputs\" array with one tensor".into())
+                })?;
+            let mut data = Vec::new();
+            flatten_numbers(input.get("data").unwrap_or(&Value::Null), &mut data)
+                .map_err(|e| BadRequest(format!("inputs[0].data: {e}")))?;
+            let shape: Vec<usize> = input
+                .get("shape")
+                .and_then(Value::as_array)
+                .map(|s| {
+                    s.iter()
+                        .filter_map(Value::as_u64)
+                        .map(|d| d as usize)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let width = match shape.as_slice() {
+                [_, w] => *w,
+                [w] if data.len() == *w => *w,
+                [n] => data.len() / (*n).max(1),
+                _ => {
+                    return Err(BadRequest(
+                        "inputs[0].shape must be [rows, features]".into(),
+                    ))
+                }
+            };
+            if width == 0 || data.is_empty() || data.len() % width != 0 {
+                return Err(BadRequest(format!(
+                    "inputs[0]: {} values do not fill a shape of {:?}",
+                    data.len(),
+                    shape
+                )));
+            }
+            Ok(data.chunks(width).map(<[f32]>::to_vec).collect())
+        }
+        Wire::V1 => {
+            let instances = body
+                .get("instances")
+                .or_else(|| body.get("inputs"))
+                .and_then(Value::as_array)
+                .ok_or_else(|| BadRequest("body needs an \"instances\" array".into()))?;
+            if instances.is_empty() {
+                return Err(BadRequest("\"instances\" is empty".into()));
+            }
+            instances
+                .iter()
+                .enumerate()
+                .map(|(i, inst)| {
+                    let mut row = Vec::new();
+                    flatten_numbers(inst, &mut row)
+                        .map_err(|e| BadRequest(format!("instances[{i}]: {e}")))?;
+                    Ok(row)
+                })
+                .collect()
+        }
+    }
+}
+
+/// Builds a request body in `wire` format from numeric rows.
+pub fn rows_to_request(wire: Wire, rows: &[Vec<f32>]) -> Value {
+    match wire {
+        Wire::V1 => json!({ "instances": rows }),
+        Wire::V2 => {
+            let width = rows.first().map_or(0, Vec::len);
+            let data: Vec<f32> = rows.iter().flatten().copied().collect();
+            json!({ "inputs": [{ "name": "input", "shape": [rows.len(), width], "datatype": "FP32", "data": data }] })
+        }
+    }
+}
+
+/// A class label as a string: integral numbers lose their fraction (`1.0` → `"1"`).
+pub fn label_of(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Some(i.to_string())
+            } else {
+                let f = n.as_f64()?;
+                if f.fract() == 0.0 && f.abs() < 1e15 {
+                    Some(format!("{}", f as i64))
+                } else {
+                    Some(f.to_string())
+                }
+            }
+        }
+        _ => None,
+    }
+}
+
+fn argmax(row: &[f64]) -> Option<usize> {
+    row.iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_finite())
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+}
+
+fn class_name(index: usize, classes: Option<&[String]>) -> String {
+    classes
+        .and_then(|c| c.get(index))
+        .cloned()
+        .unwrap_or_else(|| index.to_string())
+}
+
+fn numbers(values: &[Value]) -> Option<Vec<f64>> {
+    values.iter().map(Value::as_f64).collect()
+}
+
+/// Reads one element per instance: a number or label, or a row of class probabilities.
+fn normalise_items(
+    items: &[Value],
+    task: Task,
+    classes: Option<&[String]>,
+) -> Result<Prediction, BadResponse> {
+    if items.is_empty() {
+        return Err(BadResponse("the prediction is empty".into()));
+    }
+    match task {
+        Task::Classification => items
+            .iter()
+            .map(|item| match item {
+                Value::Array(row) => {
+                    let row = numbers(row).ok_or_else(|| {
+                        BadResponse("a probability row holds a non-number".into())
+                    })?;
+                    if row.len() == 1 {
+                        // A single score: the probability of the positive class.
+                        return Ok(if row[0] >= 0.5 {
+                            class_name(1, classes)
+                        } else {
+                            class_name(0, classes)
+                        });
+                    }
+                    argmax(&row)
+                        .map(|i| class_name(i, classes))
+                        .ok_or_else(|| BadResponse("empty probability row".into()))
+                }
+                Value::Object(map) => map
+                    .get("label")
+                    .or_else(|| map.get("class"))
+                    .or_else(|| map.get("prediction"))
+                    .and_then(label_of)
+                    .ok_or_else(|| {
+                        BadResponse("a prediction object has no label, class or prediction".into())
+                    }),
+                other => label_of(other)
+                    .ok_or_else(|| BadResponse(format!("a prediction is {}", kind(other)))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Prediction::Classes),
+        Task::Regression => items
+            .iter()
+            .map(|item| match item {
+                Value::Number(n) => n.as_f64().ok_or_else(|| BadResponse("not a number".into())),
+                Value::Array(row) => row.first().and_then(Value::as_f64).ok_or_else(|| {
+                    BadResponse("a prediction row does not start with a number".into())
+                }),
+                Value::Object(map) => map
+                    .get("value")
+                    .or_else(|| map.get("prediction"))
+                    .and_then(Value::as_f64)
+                    .ok_or_else(|| BadResponse("a prediction object has no numeric value".into())),
+                other => Err(BadResponse(format!("a prediction is {}", kind(other)))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Prediction::Values),
+    }
+}
+
+/// Splits a flat OIP tensor into rows according to its shape.
+fn tensor_rows(output: &Value) -> Result<Vec<Value>, BadResponse> {
+    let data = output
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| BadResponse("an output has no data array".into()))?;
+    let mut flat = Vec::with_capacity(data.len());
+    fn push_all(v: &Value, out: &mut Vec<Value>) {
+        match v {
+            Value::Array(items) => items.iter().for_each(|i| push_all(i, out)),
+            other => out.push(other.clone()),
+        }
+    }
+    data.iter().for_each(|v| push_all(v, &mut flat));
+    let shape: Vec<usize> = output
+        .get("shape")
+        .and_then(Value::as_array)
+        .map(|s| {
+            s.iter()
+                .filter_map(Value::as_u64)
+                .map(|d| d as usize)
+                .collect()
+        })
+        .unwrap_or_default();
+    match shape.as_slice() {
+        [n, w] if *w > 1 && n * w == flat.len() => {
+            Ok(flat.chunks(*w).map(|c| Value::Array(c.to_vec())).collect())
+        }
+        _ => Ok(flat),
+    }
+}
+
+/// Reads the comparable prediction from a backend's response body.
+pub fn normalise_response(
+    wire: Wire,
+    body: &Value,
+    task: Task,
+    classes: Option<&[String]>,
+) -> Result<Prediction, BadResponse> {
+    match wire {
+        Wire::V1 => {
+            let items = body
+                .get("predictions")
+                .and_then(Value::as_array)
+                .ok_or_else(|| BadResponse("the response has no \"predictions\" array".into()))?;
+            normalise_items(items, task, classes)
+        }
+        Wire::V2 => {
+            let outputs = body
+                .get("outputs")
+                .and_then(Value::as_array)
+                .filter(|o| !o.is_empty())
+                .ok_or_else(|| BadResponse("the response has no \"outputs\" array".into()))?;
+            let named = |names: &[&str]| {
+                outputs.iter().find(|o| {
+                    o.get("name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| names.contains(&n))
+                })
+            };
+            let chosen = match task {
+                // Prefer probabilities: the class is their argmax (label outputs of converted
+                // tree ensembles are known to disagree with the probabilities).
+                Task::Classification => {
+                    named(&["probabilities", "predict_proba", "output_probability"])
+                        .or_else(|| named(&["label", "output_label", "predict", "predictions"]))
+                }
+                Task::Regression => named(&["variable", "value", "predict", "predictions"]),
+            }
+            .unwrap_or(&outputs[0]);
+            normalise_items(&tensor_rows(chosen)?, task, classes)
+        }
+    }
+}
+
+/// Reads a prediction at a JSON pointer of a plain JSON response.
+pub fn normalise_pointer(
+    body: &Value,
+    pointer: &str,
+    task: Task,
+    classes: Option<&[String]>,
+) -> Result<Prediction, BadResponse> {
+    let at = body
+        .pointer(pointer)
+        .ok_or_else(|| BadResponse(format!("the response has nothing at {pointer}")))?;
+    match at {
+        Value::Array(items)
+            if items.iter().all(|i| !i.is_array())
+                && task == Task::Classification
+                && items.iter().all(Value::is_number)
+                && items.len() > 1 =>
+        {
+            // A single row of probabilities.
+            normalise_items(std::slice::from_ref(at), task, classes)
+        }
+        Value::Array(items) => normalise_items(items, task, classes),
+        single => normalise_items(std::slice::from_ref(single), task, classes),
+    }
+}
+
+/// Translates a response body from the backend's protocol to the client's.
+pub fn translate_response(
+    from: Wire,
+    to: Wire,
+    body: &Value,
+    task: Task,
+    classes: Option<&[String]>,
+    model: &str,
+) -> Result<Value, BadResponse> {
+    if from == to {
+        return Ok(body.clone());
+    }
+    let prediction = normalise_response(from, body, task, classes)?;
+    Ok(prediction_response(to, &prediction, None, model, None))
+}
+
+/// Builds a response in `wire` format from a prediction (and class probabilities, if any).
+pub fn prediction_response(
+    wire: Wire,
+    prediction: &Prediction,
+    probabilities: Option<&[Vec<f32>]>,
+    model: &str,
+    version: Option<&str>,
+) -> Value {
+    let values: Vec<Value> = match prediction {
+        Prediction::Classes(c) => c
+            .iter()
+            .map(|l| l.parse::<i64>().map_or_else(|_| json!(l), |i| json!(i)))
+            .collect(),
+        Prediction::Values(v) => v.iter().map(|x| json!(x)).collect(),
+        Prediction::None => vec![],
+    };
+    match wire {
+        Wire::V1 => json!({ "predictions": values }),
+        Wire::V2 => {
+            let datatype = match prediction {
+                Prediction::Values(_) => "FP64",
+                _ if values.iter().all(Value::is_i64) => "INT64",
+                _ => "BYTES",
+            };
+            let mut outputs = vec![
+                json!({ "name": "label", "shape": [values.len()], "datatype": datatype, "data": values }),
+            ];
+            if let Some(p) = probabilities {
+                let width = p.first().map_or(0, Vec::len);
+                let flat: Vec<f32> = p.iter().flatten().copied().collect();
+                outputs.push(json!({ "name": "probabilities", "shape": [p.len(), width], "datatype": "FP32", "data": flat }));
+            }
+            let mut body = json!({ "model_name": model, "outputs": outputs });
+            if let Some(v) = version {
+                body["model_version"] = json!(v);
+            }
+            body
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_rows_follow_the_shape() {
+        let body = json!({"inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": [1, 2, 3, 4, 5, 6]}]});
+        assert_eq!(
+            request_rows(Wire::V2, &body).unwrap(),
+            vec![vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0]]
+        );
+        let nested = json!({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [[1, 2]]}]});
+        assert_eq!(
+            request_rows(Wire::V2, &nested).unwrap(),
+            vec![vec![1.0, 2.0]]
+        );
+        let bad = json!({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3]}]});
+        assert!(request_rows(Wire::V2, &bad)
+            .unwrap_err()
+            .0
+            .contains("do not fill"));
+        assert!(request_rows(Wire::V2, &json!({"instances": []})).is_err());
+        assert!(request_rows(Wire::V1, &json!({"instances": [["a"]]}))
+            .unwrap_err()
+            .0
+            .contains("instances[0]"));
+    }
+
+    #[test]
+    fn classes_come_from_probabilities_when_present() {
+        let body = json!({"outputs": [
+            {"name": "label", "shape": [2], "datatype": "INT64", "data": [1, 1]},
+            {"name": "probabilities", "shape": [2, 2], "datatype": "FP32", "data": [0.9, 0.1, 0.2, 0.8]}
+        ]});
+        let p = normalise_response(Wire::V2, &body, Task::Classification, None).unwrap();
+        assert_eq!(p, Prediction::Classes(vec!["0".into(), "1".into()]));
+        let named = normalise_response(
+            Wire::V2,
+            &body,
+            Task::Classification,
+            Some(&["fail".into(), "pass".into()]),
+        )
+        .unwrap();
+        assert_eq!(
+            named,
+            Prediction::Classes(vec!["fail".into(), "pass".into()])
+        );
+    }
+
+    #[test]
+    fn v1_predictions_of_every_shape() {
+        let labels = json!({"predictions": [1, 0.0, "2"]});
+        assert_eq!(
+            normalise_response(Wire::V1, &labels, Task::Classification, None).unwrap(),
+            Prediction::Classes(vec!["1".into(), "0".into(), "2".into()])
+        );
+        let values = json!({"predictions": [[1.5], 2.5]});
+        assert_eq!(
+            normalise_response(Wire::V1, &values, Task::Regression, None).unwrap(),
+            Prediction::Values(vec![1.5, 2.5])
+        );
+        assert!(normalise_response(
+            Wire::V1,
+            &json!({"predictions": []}),
+            Task::Regression,
+            None
+        )
+        .is_err());
+        assert!(normalise_response(Wire::V1, &json!({"oops": 1}), Task::Regression, None).is_err());
+        assert!(normalise_response(
+            Wire::V2,
+            &json!({"outputs": [{"name": "x"}]}),
+            Task::Regression,
+            None
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn pointer_reads_plain_json() {
+        let body = json!({"result": {"score": [0.2, 0.8]}, "value": 3.5});
+        assert_eq!(
+            normalise_pointer(&body, "/result/score", Task::Classification, None).unwrap(),
+            Prediction::Classes(vec!["1".into()])
+        );
+        assert_eq!(
+            normalise_pointer(&body, "/value", Task::Regression, None).unwrap(),
+            Prediction::Values(vec![3.5])
+        );
+        assert!(normalise_pointer(&body, "/missing", Task::Regression, None).is_err());
+    }
+
+    #[test]
+    fn translation_round_trips_tabular_rows() {
+        let rows = vec![vec![1.0, 2.0], vec![3.0, 4.0]];
+        for wire in [Wire::V1, Wire::V2] {
+            assert_eq!(
+                request_rows(wire, &rows_to_request(wire, &rows)).unwrap(),
+                rows
+            );
+        }
+        let v2 = prediction_response(
+            Wire::V2,
+            &Prediction::Classes(vec!["1".into()]),
+            None,
+            "m",
+            Some("v1"),
+        );
+        let v1 =
+            translate_response(Wire::V2, Wire::V1, &v2, Task::Classification, None, "m").unwrap();
+        assert_eq!(v1, json!({"predictions": [1]}));
+    }
+}
