@@ -404,6 +404,7 @@ impl RawModel {
         if self.versions.is_empty() {
             problems.push(format!("{at}.versions: at least one version is required"));
         }
+        let declared: Vec<String> = self.versions.keys().cloned().collect();
         let mut versions = BTreeMap::new();
         for (version, backend) in self.versions {
             let vat = format!("{at}.versions.{version}");
@@ -419,10 +420,10 @@ impl RawModel {
         let strategy = self.serve.validate(&format!("{at}.serve"), problems);
         if let Some(strategy) = &strategy {
             for v in strategy.versions() {
-                if !versions.contains_key(v) {
+                if !declared.iter().any(|d| d == v) {
                     problems.push(format!(
                         "{at}.serve: unknown version '{v}' (declared: {})",
-                        versions.keys().cloned().collect::<Vec<_>>().join(", ")
+                        declared.join(", ")
                     ));
                 }
             }

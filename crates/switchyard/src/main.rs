@@ -17,13 +17,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway from a configuration file.
+    Serve(cli::serve::ServeArgs),
+    /// Validate a configuration file and list every problem.
+    Check(cli::serve::CheckArgs),
     /// Run a statistical test directly (the engine the controller uses for its decisions).
     Stats(cli::stats::StatsArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWITCHYARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
+        Command::Serve(args) => cli::serve::serve(args),
+        Command::Check(args) => cli::serve::check(args),
         Command::Stats(args) => cli::stats::run(args),
     };
     match result {

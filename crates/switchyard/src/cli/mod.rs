@@ -1,5 +1,6 @@
 //! Subcommands of the `switchyard` binary.
 
+pub mod serve;
 pub mod stats;
 
 /// Bad input from the user: reported with the flag it concerns, exit code 2 (as clap's own

@@ -1,0 +1,834 @@
+//! The data plane end to end: real gateway, real sockets, real SQLite, real ONNX models and
+//! mock model servers on 127.0.0.1.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{eventually, oip_row, repo_root, MockModel, Mode, TestGateway};
+use switchyard_core::Role;
+
+/// Binomial bound: |observed − n·p| within 5 standard deviations.
+fn within_binomial(observed: u64, n: u64, p: f64) -> bool {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    (observed as f64 - mean).abs() <= 5.0 * sd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splits_are_proportional_sticky_and_ramps_only_move_keys_into_the_canary() {
+    let (a, b) = (MockModel::start(0).await, MockModel::start(1).await);
+    let yaml = format!(
+        r#"
+models:
+  ab:
+    routing_key: {{ header: x-user }}
+    versions:
+      a: {{ url: "{a}" }}
+      b: {{ url: "{b}" }}
+    serve: {{ kind: ab, arms: [{{ version: a, weight: 50 }}, {{ version: b, weight: 50 }}] }}
+  canary:
+    routing_key: {{ json_pointer: /parameters/wafer_id }}
+    versions:
+      stable: {{ url: "{a}" }}
+      next: {{ url: "{b}" }}
+    serve: {{ kind: canary, stable: stable, canary: next, weight: 20 }}
+"#,
+        a = a.url(),
+        b = b.url()
+    );
+    let tg = TestGateway::start(&yaml).await;
+    let n = 1_500u64;
+
+    // A/B by header: proportional, and the same user always lands in the same arm.
+    let mut arm_of = HashMap::new();
+    for i in 0..n {
+        let user = format!("user-{i}");
+        let r = tg
+            .client
+            .post_json(
+                &tg.url("/v2/models/ab/infer"),
+                &[("x-user", &user)],
+                &oip_row(&[1.0]),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        arm_of.insert(user, r.header("x-switchyard-variant"));
+    }
+    let in_a = arm_of.values().filter(|v| *v == "a").count() as u64;
+    assert!(within_binomial(in_a, n, 0.5), "{in_a} of {n} in arm a");
+    for i in (0..n).step_by(7) {
+        let user = format!("user-{i}");
+        let r = tg
+            .client
+            .post_json(
+                &tg.url("/v2/models/ab/infer"),
+                &[("x-user", &user)],
+                &oip_row(&[1.0]),
+            )
+            .await;
+        assert_eq!(
+            r.header("x-switchyard-variant"),
+            arm_of[&user],
+            "{user} switched arms"
+        );
+        // The version header matches the arm and the answer comes from that arm's model.
+        let expected_label = if arm_of[&user] == "a" { 0 } else { 1 };
+        assert_eq!(r.json()["outputs"][0]["data"][0], expected_label);
+    }
+
+    // Canary by a JSON field of the body.
+    let body = |wafer: u64| {
+        let mut v = oip_row(&[1.0]);
+        v["parameters"] = json!({ "wafer_id": format!("W{wafer}") });
+        v
+    };
+    let mut canary_before = Vec::new();
+    for w in 0..n {
+        let r = tg
+            .client
+            .post_json(&tg.url("/v2/models/canary/infer"), &[], &body(w))
+            .await;
+        if r.header("x-switchyard-variant") == "canary" {
+            assert_eq!(r.header("x-switchyard-model-version"), "next");
+            canary_before.push(w);
+        }
+    }
+    assert!(
+        within_binomial(canary_before.len() as u64, n, 0.2),
+        "{} of {n} in canary",
+        canary_before.len()
+    );
+
+    // Ramp to 50% through the admin API while the table is live.
+    let r = tg
+        .client
+        .send(
+            "PUT",
+            &tg.url("/admin/v1/routes/canary"),
+            &[("content-type", "application/json")],
+            json!({"kind": "canary", "stable": "stable", "canary": "next", "weight": 50})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["epoch"], 2);
+    let mut canary_after = 0u64;
+    for w in 0..n {
+        let r = tg
+            .client
+            .post_json(&tg.url("/v2/models/canary/infer"), &[], &body(w))
+            .await;
+        let in_canary = r.header("x-switchyard-variant") == "canary";
+        canary_after += u64::from(in_canary);
+        if canary_before.contains(&w) {
+            assert!(
+                in_canary,
+                "wafer W{w} moved back from canary to stable when the canary grew"
+            );
+        }
+    }
+    assert!(
+        within_binomial(canary_after, n, 0.5),
+        "{canary_after} of {n} in canary after ramp"
+    );
+
+    // Requests without a key are split at random, still in proportion.
+    let mut keyless_a = 0;
+    for _ in 0..600 {
+        let r = tg
+            .client
+            .post_json(&tg.url("/v2/models/ab/infer"), &[], &oip_row(&[1.0]))
+            .await;
+        keyless_a += u64::from(r.header("x-switchyard-variant") == "a");
+    }
+    assert!(
+        within_binomial(keyless_a, 600, 0.5),
+        "{keyless_a} of 600 keyless requests in a"
+    );
+    tg.gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_shadow_does_not_delay_or_change_the_primary() {
+    let primary = MockModel::start(1).await;
+    let hang = MockModel::start(0).await;
+    hang.set(Mode::Hang);
+    let yaml = format!(
+        r#"
+shadow: {{ timeout_ms: 600000 }}
+models:
+  m:
+    versions:
+      p: {{ url: "{}" }}
+      h: {{ url: "{}", timeout_ms: 600000 }}
+    serve: {{ kind: shadow, primary: p, shadows: [{{ version: h }}] }}
+"#,
+        primary.url(),
+        hang.url()
+    );
+    let tg = TestGateway::start(&yaml).await;
+    let direct = tg
+        .client
+        .post_json(
+            &format!("{}/v2/models/m/infer", primary.url()),
+            &[],
+            &oip_row(&[3.0]),
+        )
+        .await;
+    for _ in 0..20 {
+        let r = tg
+            .client
+            .post_json(&tg.url("/v2/models/m/infer"), &[], &oip_row(&[3.0]))
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.body, direct.body,
+            "the primary's answer must pass through unchanged"
+        );
+    }
+    // Every response came back while the shadow calls are still hanging (their timeout is ten
+    // minutes): the primary never waited for them.
+    assert!(
+        eventually(Duration::from_secs(10), || hang.calls() == 20).await,
+        "shadow calls made: {}",
+        hang.calls()
+    );
+    tg.gateway.state.log.flush().await.unwrap();
+    let agg = tg.gateway.state.log.aggregates().lock().clone();
+    assert_eq!(agg.variant("m", "p", Role::Serving, |_| true).requests, 20);
+    assert_eq!(
+        agg.variant("m", "h", Role::Shadow, |_| true).requests,
+        0,
+        "no shadow call has finished"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_shadows_are_logged_and_the_breaker_opens_and_recovers() {
+    let primary = MockModel::start(1).await;
+    let failing = MockModel::start(0).await;
+    let garbage = MockModel::start(0).await;
+    let slow = MockModel::start(0).await;
+    failing.set(Mode::Fail);
+    garbage.set(Mode::Garbage);
+    slow.set_delay(5_000);
+    let yaml = format!(
+        r#"
+shadow: {{ timeout_ms: 100, breaker_failures: 3, breaker_open_ms: 200, concurrency: 8 }}
+models:
+  m:
+    versions:
+      p: {{ url: "{}" }}
+      fail: {{ url: "{}" }}
+      junk: {{ url: "{}" }}
+      slow: {{ url: "{}" }}
+    serve: {{ kind: shadow, primary: p, shadows: [{{ version: fail }}, {{ version: junk }}, {{ version: slow }}] }}
+"#,
+        primary.url(),
+        failing.url(),
+        garbage.url(),
+        slow.url()
+    );
+    let tg = TestGateway::start(&yaml).await;
+    let direct = tg
+        .client
+        .post_json(
+            &format!("{}/v2/models/m/infer", primary.url()),
+            &[],
+            &oip_row(&[3.0]),
+        )
+        .await;
+    for _ in 0..30 {
+        let r = tg
+            .client
+            .post_json(&tg.url("/v2/models/m/infer"), &[], &oip_row(&[3.0]))
+            .await;
+        assert_eq!((r.status, &r.body), (200, &direct.body));
+        assert_eq!(r.header("x-switchyard-model-version"), "p");
+    }
+    let metrics = || async {
+        String::from_utf8(tg.client.get(&tg.url("/metrics")).await.body.to_vec()).unwrap()
+    };
+    // Each failing shadow trips its breaker after 3 failures; later calls are skipped.
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = metrics().await;
+        if ["fail", "junk", "slow"].iter().all(|v| text.contains(&format!("switchyard_shadow_skipped_total{{model=\"m\",version=\"{v}\",reason=\"breaker_open\"}}"))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for v in ["fail", "junk", "slow"] {
+        assert!(text.contains(&format!("switchyard_shadow_skipped_total{{model=\"m\",version=\"{v}\",reason=\"breaker_open\"}}")), "{v}: {text}");
+    }
+    assert!(
+        failing.calls() < 30,
+        "the breaker should have stopped calls ({} made)",
+        failing.calls()
+    );
+    tg.gateway.state.log.flush().await.unwrap();
+    {
+        let agg = tg.gateway.state.log.aggregates().lock().clone();
+        for v in ["fail", "junk", "slow"] {
+            let s = agg.variant("m", v, Role::Shadow, |_| true);
+            assert!(
+                s.requests >= 3 && s.errors == s.requests,
+                "{v}: {} requests, {} errors",
+                s.requests,
+                s.errors
+            );
+        }
+        let p = agg.variant("m", "p", Role::Serving, |_| true);
+        assert_eq!(
+            (p.requests, p.errors),
+            (30, 0),
+            "shadow failures never count against the primary"
+        );
+    }
+    let outcomes = {
+        let conn = rusqlite::Connection::open(tg.store_path()).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT version, outcome FROM predictions WHERE role = 'shadow'")
+            .unwrap();
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        rows
+    };
+    assert!(outcomes
+        .iter()
+        .any(|(v, o)| v == "fail" && o == "upstream_status"));
+    assert!(outcomes
+        .iter()
+        .any(|(v, o)| v == "junk" && o == "malformed_response"));
+    assert!(outcomes.iter().any(|(v, o)| v == "slow" && o == "timeout"));
+
+    // The failing shadow recovers: after the cool-down a probe succeeds and the breaker closes.
+    failing.set(Mode::Ok);
+    let before = failing.calls();
+    let mut closed = false;
+    for _ in 0..300 {
+        tg.client
+            .post_json(&tg.url("/v2/models/m/infer"), &[], &oip_row(&[3.0]))
+            .await;
+        if metrics()
+            .await
+            .contains("switchyard_shadow_breaker_open{model=\"m\",version=\"fail\"} 0")
+        {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(closed, "breaker never closed again");
+    assert!(failing.calls() > before);
+}
+
+/// The class label a response carries (first output's first datum).
+fn class_of(r: &support::Reply) -> String {
+    let v = &r.json()["outputs"][0]["data"][0];
+    v.as_i64()
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| v.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_out_of_order_join_by_id_and_aggregates_match_a_recount() {
+    let fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("models/fixtures/yield_v1.json")).unwrap(),
+    )
+    .unwrap();
+    let v2_fixture: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("models/fixtures/yield_v2.json")).unwrap(),
+    )
+    .unwrap();
+    let inputs = fixture["inputs"].as_array().unwrap().clone();
+    let v1_pred: Vec<String> = fixture["sklearn"]["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let v2_pred: Vec<String> = v2_fixture["sklearn"]["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let yaml = r#"
+models:
+  yield:
+    routing_key: { header: x-wafer }
+    versions:
+      v1: { onnx: models/yield_v1.onnx }
+      v2: { onnx: models/yield_v2.onnx }
+    serve: { kind: shadow, primary: v1, shadows: [{ version: v2, sample: 100 }] }
+"#;
+    let tg = TestGateway::start(yaml).await;
+    for (i, row) in inputs.iter().enumerate() {
+        let row: Vec<f64> = row
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let id = format!("req-{i}");
+        let r = tg
+            .client
+            .post_json(
+                &tg.url("/v2/models/yield/infer"),
+                &[("x-request-id", &id), ("x-wafer", &format!("W{i}"))],
+                &oip_row(&row),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("x-request-id"), id);
+        assert_eq!(
+            class_of(&r),
+            v1_pred[i],
+            "row {i}: switchyard's answer differs from scikit-learn's"
+        );
+    }
+    // Wait until every shadow answered (they run after the responses).
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            tg.gateway
+                .state
+                .log
+                .aggregates()
+                .lock()
+                .variant("yield", "v2", Role::Shadow, |_| true)
+                .requests
+                == inputs.len() as u64
+        })
+        .await
+    );
+    // An arbitrary truth, known to the test: 0 on multiples of 3, else 1.
+    let truth = |i: usize| if i.is_multiple_of(3) { "0" } else { "1" };
+    // Labels arrive late and in reverse order, split between a JSON array and JSON lines, with
+    // duplicates, an unknown id and an invalid item.
+    let mut first: Vec<Value> = (100..inputs.len()).rev().map(|i| json!({"request_id": format!("req-{i}"), "label": truth(i).parse::<i64>().unwrap()})).collect();
+    first.push(json!({"request_id": "req-150", "label": 0}));
+    first.push(json!({"request_id": "nobody", "label": 1}));
+    first.push(json!({"request_id": "req-7", "value": "NaN"}));
+    let r = tg
+        .client
+        .post_json(&tg.url("/v1/feedback"), &[], &Value::Array(first))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let body = r.json();
+    assert_eq!(body["accepted"], 100);
+    assert_eq!(body["duplicates"], 1);
+    assert_eq!(body["unknown"], json!(["nobody"]));
+    assert_eq!(body["invalid"][0]["index"], 102);
+    let lines: String = (0..100)
+        .rev()
+        .map(|i| {
+            format!(
+                "{}\n",
+                json!({"request_id": format!("req-{i}"), "label": truth(i)})
+            )
+        })
+        .collect();
+    let r = tg
+        .client
+        .send(
+            "POST",
+            &tg.url("/v1/feedback"),
+            &[("content-type", "application/x-ndjson")],
+            lines,
+        )
+        .await;
+    assert_eq!(
+        r.json()["accepted"],
+        100,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+
+    // What the counts must be, from scikit-learn's predictions and the truth.
+    let (mut agree, mut b, mut c, mut v1_right, mut v2_right) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    for i in 0..inputs.len() {
+        let (p, s, t) = (&v1_pred[i], &v2_pred[i], truth(i));
+        agree += u64::from(p == s);
+        v1_right += u64::from(p == t);
+        v2_right += u64::from(s == t);
+        match (p == t, s == t) {
+            (true, false) => b += 1,
+            (false, true) => c += 1,
+            _ => {}
+        }
+    }
+    let stats = tg
+        .client
+        .get(&tg.url("/admin/v1/models/yield/stats"))
+        .await
+        .json();
+    let pair = &stats["pairs"][0];
+    assert_eq!(pair["compared"], inputs.len());
+    assert_eq!(
+        pair["agreement"].as_f64().unwrap(),
+        agree as f64 / inputs.len() as f64
+    );
+    assert_eq!(
+        (
+            pair["primary_only_correct"].as_u64().unwrap(),
+            pair["shadow_only_correct"].as_u64().unwrap()
+        ),
+        (b, c)
+    );
+    let mcnemar = switchyard_stats::mcnemar::mcnemar(b, c);
+    assert_eq!(
+        pair["mcnemar"]["p_value"].as_f64().unwrap(),
+        mcnemar.p_value
+    );
+    let variant = |version: &str| {
+        stats["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["version"] == version)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(variant("v1")["correct"], v1_right);
+    assert_eq!(variant("v2")["correct"], v2_right);
+
+    // The incremental aggregates equal a recount from the log on disk.
+    let incremental = tg.gateway.state.log.aggregates().lock().clone();
+    let path = tg.store_path();
+    tg.gateway.shutdown().await.unwrap();
+    let recount =
+        switchyard_store::rebuild_aggregates(&switchyard_store::open_reader(&path).unwrap())
+            .unwrap();
+    assert_eq!(recount.pairs, incremental.pairs);
+    assert_eq!(recount.series, incremental.series);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_of_a_concurrent_burst_is_logged() {
+    let primary = MockModel::start(1).await;
+    let shadow = MockModel::start(0).await;
+    let yaml = format!(
+        r#"
+log: {{ queue_capacity: 100000, batch_size: 512 }}
+shadow: {{ queue_capacity: 100000, concurrency: 32 }}
+models:
+  m:
+    versions:
+      p: {{ url: "{}" }}
+      s: {{ url: "{}" }}
+    serve: {{ kind: shadow, primary: p, shadows: [{{ version: s, sample: 50 }}] }}
+"#,
+        primary.url(),
+        shadow.url()
+    );
+    let tg = TestGateway::start(&yaml).await;
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let client = tg.client.clone();
+            let url = tg.url("/v2/models/m/infer");
+            tokio::spawn(async move {
+                let mut ok = 0u64;
+                for i in 0..125 {
+                    let r = client
+                        .post_json(
+                            &url,
+                            &[("x-request-id", &format!("t{t}-{i}"))],
+                            &oip_row(&[1.0, 2.0]),
+                        )
+                        .await;
+                    ok += u64::from(r.status == 200);
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut responses = 0;
+    for t in tasks {
+        responses += t.await.unwrap();
+    }
+    assert_eq!(responses, 2_000);
+    // Shadows finish after the responses; wait for the mock to have answered them all.
+    let state = tg.gateway.state.clone();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            state
+                .log
+                .aggregates()
+                .lock()
+                .variant("m", "s", Role::Shadow, |_| true)
+                .requests
+                == shadow.calls()
+        })
+        .await
+    );
+    state.log.flush().await.unwrap();
+    let shadow_calls = shadow.calls();
+    assert!(
+        within_binomial(shadow_calls, 2_000, 0.5),
+        "{shadow_calls} mirrored at a 50% sample"
+    );
+    let dropped = state
+        .log
+        .stats()
+        .dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(dropped, 0);
+    let path = tg.store_path();
+    tg.gateway.shutdown().await.unwrap();
+    let records =
+        switchyard_store::count_records(&switchyard_store::open_reader(&path).unwrap()).unwrap();
+    assert_eq!(
+        records,
+        responses + shadow_calls,
+        "log records must equal responses plus shadow calls"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_4xx_and_never_count_against_a_model() {
+    let yaml = r#"
+limits: { max_body_bytes: 2048 }
+models:
+  yield:
+    versions:
+      v1: { onnx: models/yield_v1.onnx }
+    serve: { kind: single, version: v1 }
+"#;
+    let tg = TestGateway::start(yaml).await;
+    let url = tg.url("/v2/models/yield/infer");
+    let good = oip_row(&[1.0, 50.0, 2.0, 40.0, 1.0, 2.0, 1.0, 1000.0]);
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "invalid json",
+            vec![("content-type", "application/json")],
+            "{\"inputs\": [".into(),
+            400,
+            "invalid_json",
+        ),
+        (
+            "not an object",
+            vec![("content-type", "application/json")],
+            "[1, 2]".into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            "wrong content type",
+            vec![("content-type", "text/plain")],
+            good.to_string(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "oversized",
+            vec![("content-type", "application/json")],
+            format!("{{\"pad\": \"{}\"}}", "x".repeat(4096)),
+            413,
+            "body_too_large",
+        ),
+        (
+            "wrong width",
+            vec![("content-type", "application/json")],
+            oip_row(&[1.0, 2.0, 3.0]).to_string(),
+            400,
+            "",
+        ),
+        (
+            "no tensor",
+            vec![("content-type", "application/json")],
+            "{\"inputs\": []}".into(),
+            400,
+            "",
+        ),
+    ];
+    for (what, headers, body, status, code) in cases {
+        let r = tg.client.send("POST", &url, &headers, body).await;
+        assert_eq!(
+            r.status,
+            status,
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let json = r.json();
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: {json}"
+        );
+        if !code.is_empty() {
+            assert_eq!(json["error"]["code"], code, "{what}");
+        }
+        assert!(
+            !r.header("x-request-id").is_empty(),
+            "{what}: no request id"
+        );
+    }
+    let r = tg
+        .client
+        .post_json(&tg.url("/v2/models/nope/infer"), &[], &good)
+        .await;
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str().unwrap()),
+        (404, "unknown_model")
+    );
+    let r = tg
+        .client
+        .post_json(
+            &tg.url("/v1/models/yield"),
+            &[],
+            &json!({"instances": [[1.0]]}),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    // A good request still works, in both protocols.
+    let r = tg.client.post_json(&url, &[], &good).await;
+    assert_eq!(r.status, 200);
+    let r = tg
+        .client
+        .post_json(
+            &tg.url("/v1/models/yield:predict"),
+            &[],
+            &json!({"instances": [[1.0, 50.0, 2.0, 40.0, 1.0, 2.0, 1.0, 1000.0]]}),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.json()["predictions"].is_array());
+
+    tg.gateway.state.log.flush().await.unwrap();
+    let s = tg
+        .gateway
+        .state
+        .log
+        .aggregates()
+        .lock()
+        .variant("yield", "v1", Role::Serving, |_| true);
+    assert_eq!(s.errors, 0, "client mistakes counted against the model");
+    let metrics =
+        String::from_utf8(tg.client.get(&tg.url("/metrics")).await.body.to_vec()).unwrap();
+    for reason in [
+        "invalid_json",
+        "unsupported_media_type",
+        "body_too_large",
+        "unknown_model",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "switchyard_rejected_requests_total{{reason=\"{reason}\"}} 1"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_failures_become_502_and_504_and_count_against_the_version() {
+    let fail = MockModel::start(0).await;
+    let junk = MockModel::start(0).await;
+    let hang = MockModel::start(0).await;
+    fail.set(Mode::Fail);
+    junk.set(Mode::Garbage);
+    hang.set(Mode::Hang);
+    // A port with nothing listening: bind, read, close.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let yaml = format!(
+        r#"
+models:
+  fail: {{ versions: {{ v: {{ url: "{}" }} }}, serve: {{ kind: single, version: v }} }}
+  junk: {{ versions: {{ v: {{ url: "{}" }} }}, serve: {{ kind: single, version: v }} }}
+  hang: {{ versions: {{ v: {{ url: "{}", timeout_ms: 150 }} }}, serve: {{ kind: single, version: v }} }}
+  down: {{ versions: {{ v: {{ url: "http://{}" }} }}, serve: {{ kind: single, version: v }} }}
+"#,
+        fail.url(),
+        junk.url(),
+        hang.url(),
+        closed
+    );
+    let tg = TestGateway::start(&yaml).await;
+    for (model, status, code) in [
+        ("fail", 502, "upstream_error"),
+        ("junk", 502, "upstream_malformed"),
+        ("hang", 504, "upstream_timeout"),
+        ("down", 502, "upstream_unreachable"),
+    ] {
+        let r = tg
+            .client
+            .post_json(
+                &tg.url(&format!("/v2/models/{model}/infer")),
+                &[],
+                &oip_row(&[1.0]),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            status,
+            "{model}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.json()["error"]["code"], code, "{model}");
+        assert_eq!(r.header("x-switchyard-model-version"), "v");
+    }
+    tg.gateway.state.log.flush().await.unwrap();
+    let agg = tg.gateway.state.log.aggregates().lock().clone();
+    for model in ["fail", "junk", "hang", "down"] {
+        let s = agg.variant(model, "v", Role::Serving, |_| true);
+        assert_eq!((s.requests, s.errors), (1, 1), "{model}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_need_the_token_and_health_endpoints_answer() {
+    let m = MockModel::start(1).await;
+    let yaml = format!("models:\n  m:\n    versions: {{ a: {{ url: \"{0}\" }}, b: {{ url: \"{0}\" }} }}\n    serve: {{ kind: single, version: a }}\n", m.url());
+    let tg = TestGateway::start_with_token(&yaml, Some("s3cret-token")).await;
+    let put = |auth: Option<&'static str>, body: Value| {
+        let client = tg.client.clone();
+        let url = tg.url("/admin/v1/routes/m");
+        async move {
+            let mut headers = vec![("content-type", "application/json")];
+            if let Some(a) = auth {
+                headers.push(("authorization", a));
+            }
+            client.send("PUT", &url, &headers, body.to_string()).await
+        }
+    };
+    let to_b = json!({"kind": "single", "version": "b"});
+    assert_eq!(put(None, to_b.clone()).await.status, 401);
+    assert_eq!(put(Some("Bearer wrong"), to_b.clone()).await.status, 401);
+    let bad = put(Some("Bearer s3cret-token"), json!({"kind": "ab", "arms": [{"version": "a", "weight": 70}, {"version": "zzz", "weight": 70}]})).await;
+    assert_eq!(bad.status, 422);
+    let msg = bad.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("unknown version 'zzz'") && msg.contains("sum to 14000"),
+        "{msg}"
+    );
+    assert_eq!(put(Some("Bearer s3cret-token"), to_b).await.status, 200);
+    let r = tg
+        .client
+        .post_json(&tg.url("/v2/models/m/infer"), &[], &oip_row(&[1.0]))
+        .await;
+    assert_eq!(
+        r.header("x-switchyard-model-version"),
+        "b",
+        "the swapped table serves the next request"
+    );
+    assert_eq!(tg.client.get(&tg.url("/healthz")).await.status, 200);
+    let ready = tg.client.get(&tg.url("/readyz")).await;
+    assert_eq!(
+        (ready.status, ready.json()["ready"].as_bool()),
+        (200, Some(true))
+    );
+}

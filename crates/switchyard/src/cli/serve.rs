@@ -1,0 +1,110 @@
+//! `switchyard serve` and `switchyard check`: run the gateway from a configuration file, or
+//! only validate the file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use switchyard_server::{load_config, Gateway, StartOptions};
+
+use super::InputError;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The gateway's YAML configuration.
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+    /// Address to listen on (overrides `listen:` in the file).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory of the SQLite store (overrides `data_dir:`; default ./switchyard-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The gateway's YAML configuration.
+    #[arg(long, short = 'c')]
+    config: PathBuf,
+}
+
+/// Validates a configuration file and prints every problem.
+#[allow(clippy::print_stdout)]
+pub fn check(args: CheckArgs) -> Result<()> {
+    let config =
+        load_config(&args.config).map_err(|e| InputError::new("--config", e.to_string()))?;
+    println!(
+        "{}: ok ({} model(s): {})",
+        args.config.display(),
+        config.models.len(),
+        config.models.keys().cloned().collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    let config =
+        load_config(&args.config).map_err(|e| InputError::new("--config", e.to_string()))?;
+    let admin_token = match &config.admin_token_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| {
+            InputError::new(
+                "--config",
+                format!("admin_token_env names {var}, which is not set in the environment"),
+            )
+        })?),
+        None => None,
+    };
+    let listen: SocketAddr = match (args.listen, &config.listen) {
+        (Some(addr), _) => addr,
+        (None, Some(text)) => text.parse().map_err(|_| {
+            InputError::new("--config", format!("listen: '{text}' is not an address"))
+        })?,
+        (None, None) => SocketAddr::from(([127, 0, 0, 1], 8080)),
+    };
+    let data_dir = args
+        .data_dir
+        .or_else(|| config.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("switchyard-data"));
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let options = StartOptions {
+            store_path: data_dir.join("switchyard.sqlite"),
+            admin_token,
+        };
+        let gateway = Gateway::start(config, listener, options).await?;
+        eprintln!(
+            "switchyard listening on {} (store: {})",
+            gateway.url(),
+            data_dir.display()
+        );
+        shutdown_signal().await;
+        eprintln!("shutting down: finishing requests in flight and committing the log");
+        gateway.shutdown().await
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
