@@ -6,6 +6,7 @@
 //! world; this crate is where behaviour is property-tested.
 
 pub mod aggregate;
+pub mod audit;
 pub mod config;
 pub mod record;
 pub mod routing;
