@@ -9,6 +9,7 @@ pub mod aggregate;
 pub mod audit;
 pub mod config;
 pub mod record;
+pub mod rollout;
 pub mod routing;
 
 pub use aggregate::{Aggregates, PairKey, PairStats, SeriesKey, VariantStats};

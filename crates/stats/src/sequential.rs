@@ -14,7 +14,7 @@
 //! a confidence sequence for θ. `tests/sequential_sim.rs` checks the false-positive rate by
 //! simulation against a fixed-horizon z-test peeked the same way.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{check_open_unit, Proportion, StatsError};
 
@@ -118,7 +118,7 @@ pub fn msprt_two_proportions(
 
 /// Running state of a sequential test across looks: the always-valid p-value never increases
 /// and a rejection is final.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SequentialMonitor {
     pub p_value: f64,
     pub rejected: bool,

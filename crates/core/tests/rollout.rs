@@ -1,0 +1,622 @@
+//! The rollout state machines, driven with synthetic observations and explicit time.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use proptest::prelude::*;
+use proptest::strategy::Strategy as _;
+use switchyard_core::aggregate::{PairStats, VariantStats};
+use switchyard_core::audit::Severity;
+use switchyard_core::rollout::{
+    command, start, tick, AbMetric, AbSpec, Action, BlueGreenSpec, CanarySpec, Command, GatePolicy,
+    Observations, Phase, Recommendation, RolloutKind, RolloutSpec, RolloutState, ShadowSpec, Step,
+    Validation,
+};
+use switchyard_core::routing::{Strategy, BUCKETS};
+use switchyard_stats::Proportion;
+
+fn steps() -> Vec<Step> {
+    [500, 2500, 5000, 10_000]
+        .into_iter()
+        .map(|weight| Step {
+            weight,
+            min_requests: 100,
+            min_duration_ms: 60_000,
+            require_approval: false,
+        })
+        .collect()
+}
+
+fn canary_spec() -> RolloutSpec {
+    RolloutSpec {
+        name: "yield-v2".into(),
+        model: "yield".into(),
+        kind: RolloutKind::Canary(CanarySpec {
+            stable: "v1".into(),
+            candidate: "v2".into(),
+            steps: steps(),
+            gate: GatePolicy::default(),
+            step_deadline_ms: Some(600_000),
+            rollback_on_deadline: false,
+        }),
+    }
+}
+
+/// Statistics of `requests` calls with the given error count, latency and accuracy.
+fn stats(requests: u64, errors: u64, latency_us: u64, labelled: u64, correct: u64) -> VariantStats {
+    let mut s = VariantStats {
+        requests,
+        errors,
+        ..Default::default()
+    };
+    s.latency.record_n(latency_us, requests);
+    s.correct = Proportion {
+        successes: correct,
+        trials: labelled,
+    };
+    s
+}
+
+fn obs(canary: VariantStats, stable: VariantStats) -> Observations {
+    let mut o = Observations::default();
+    o.step.insert("v2".into(), canary.clone());
+    o.total.insert("v2".into(), canary);
+    o.step.insert("v1".into(), stable.clone());
+    o.total.insert("v1".into(), stable);
+    o
+}
+
+fn strategies(actions: &[Action]) -> Vec<Strategy> {
+    actions
+        .iter()
+        .filter_map(|a| {
+            if let Action::SetStrategy(s) = a {
+                Some(s.clone())
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn canary_weight(s: &Strategy) -> u32 {
+    match s {
+        Strategy::Split { arms } => arms
+            .iter()
+            .find(|a| a.variant == "canary")
+            .map_or(0, |a| a.weight),
+        Strategy::Single { version } if version == "v2" => BUCKETS,
+        _ => 0,
+    }
+}
+
+fn alerts(actions: &[Action]) -> Vec<(Severity, String)> {
+    actions
+        .iter()
+        .filter_map(|a| {
+            if let Action::Alert { severity, kind, .. } = a {
+                Some((*severity, kind.clone()))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_good_candidate_walks_every_step_and_is_promoted() {
+    let spec = canary_spec();
+    let (mut state, actions) = start(&spec, 0, "cli");
+    assert_eq!(canary_weight(&strategies(&actions)[0]), 500);
+    let good = obs(
+        stats(200, 1, 10_000, 100, 95),
+        stats(2_000, 10, 10_000, 500, 470),
+    );
+    let mut now = 0;
+    let mut weights = vec![];
+    for _ in 0..10 {
+        now += 61_000;
+        let (next, actions) = tick(&spec, &state, &good, now);
+        weights.extend(strategies(&actions).iter().map(canary_weight));
+        state = next;
+        if state.phase.is_terminal() {
+            break;
+        }
+    }
+    assert_eq!(state.phase, Phase::Completed);
+    assert_eq!(weights, vec![2500, 5000, 10_000, 10_000]);
+    assert_eq!(
+        state.strategy,
+        Strategy::Single {
+            version: "v2".into()
+        }
+    );
+}
+
+#[test]
+fn no_step_advances_before_its_minimum_requests_and_duration() {
+    let spec = canary_spec();
+    let (state, _) = start(&spec, 0, "cli");
+    // Enough time, too few requests.
+    let (s, a) = tick(
+        &spec,
+        &state,
+        &obs(
+            stats(99, 0, 10_000, 99, 99),
+            stats(2_000, 0, 10_000, 500, 470),
+        ),
+        120_000,
+    );
+    assert_eq!((s.step, s.phase), (0, Phase::Running));
+    assert!(strategies(&a).is_empty());
+    // Enough requests, too little time.
+    let (s, a) = tick(
+        &spec,
+        &state,
+        &obs(
+            stats(500, 0, 10_000, 99, 99),
+            stats(2_000, 0, 10_000, 500, 470),
+        ),
+        59_999,
+    );
+    assert_eq!(s.step, 0);
+    assert!(strategies(&a).is_empty());
+}
+
+#[test]
+fn no_gate_passes_without_data() {
+    let spec = canary_spec();
+    let (state, _) = start(&spec, 0, "cli");
+    let (s, a) = tick(&spec, &state, &Observations::default(), 10_000_000);
+    assert_eq!((s.step, s.phase), (0, Phase::Running));
+    assert!(strategies(&a).is_empty());
+    // Traffic but no labels: the accuracy check holds the gate.
+    let (s, _) = tick(
+        &spec,
+        &state,
+        &obs(stats(500, 0, 10_000, 0, 0), stats(5_000, 0, 10_000, 0, 0)),
+        10_000_000,
+    );
+    assert_eq!(s.step, 0);
+    assert!(s.reason.unwrap().contains("waiting for labels"));
+}
+
+#[test]
+fn a_step_held_past_its_deadline_alerts_once() {
+    let spec = canary_spec();
+    let (state, _) = start(&spec, 0, "cli");
+    let (s, a) = tick(&spec, &state, &Observations::default(), 700_000);
+    assert_eq!(alerts(&a), vec![(Severity::P2, "stuck_step".to_string())]);
+    let (_, a) = tick(&spec, &s, &Observations::default(), 800_000);
+    assert!(alerts(&a).is_empty());
+}
+
+#[test]
+fn bad_candidates_are_rolled_back_at_the_first_gate() {
+    let stable = stats(2_000, 20, 10_000, 500, 460); // 92% accurate, 1% errors, 10 ms
+    let cases = [
+        (
+            "10 points less accurate",
+            stats(200, 2, 10_000, 100, 82),
+            Severity::P0,
+        ),
+        (
+            "doubled latency",
+            stats(200, 2, 20_000, 100, 92),
+            Severity::P1,
+        ),
+        ("3x errors", stats(200, 6, 10_000, 100, 92), Severity::P0),
+    ];
+    for (what, canary, severity) in cases {
+        let spec = canary_spec();
+        let (state, _) = start(&spec, 0, "cli");
+        let (s, a) = tick(&spec, &state, &obs(canary, stable.clone()), 61_000);
+        assert_eq!(s.phase, Phase::RolledBack, "{what}");
+        assert_eq!(
+            strategies(&a),
+            vec![Strategy::Single {
+                version: "v1".into()
+            }],
+            "{what}"
+        );
+        assert_eq!(
+            alerts(&a),
+            vec![(severity, "rollback".to_string())],
+            "{what}"
+        );
+        assert!(a.iter().any(|x| matches!(x, Action::Event(e) if e.kind == "gate_failed" && !e.details.is_empty())), "{what}");
+    }
+}
+
+#[test]
+fn approval_holds_a_step_until_approved() {
+    let mut spec = canary_spec();
+    if let RolloutKind::Canary(c) = &mut spec.kind {
+        c.steps[1].require_approval = true;
+    }
+    let (state, _) = start(&spec, 0, "cli");
+    let good = obs(
+        stats(200, 0, 10_000, 100, 95),
+        stats(2_000, 0, 10_000, 500, 470),
+    );
+    let (s, a) = tick(&spec, &state, &good, 61_000);
+    assert_eq!(s.phase, Phase::AwaitingApproval);
+    assert!(strategies(&a).is_empty(), "nothing changes before approval");
+    let (s2, _) = tick(&spec, &s, &good, 200_000);
+    assert_eq!(s2.phase, Phase::AwaitingApproval);
+    let (s3, a) = command(&spec, &s2, Command::Approve, "alice", 210_000).unwrap();
+    assert_eq!((s3.phase, s3.step), (Phase::Running, 1));
+    assert_eq!(canary_weight(&strategies(&a)[0]), 2500);
+    assert!(command(&spec, &s3, Command::Approve, "alice", 210_001).is_err());
+}
+
+#[test]
+fn pause_freezes_and_resume_continues() {
+    let spec = canary_spec();
+    let (state, _) = start(&spec, 0, "cli");
+    let (paused, _) = command(&spec, &state, Command::Pause, "bob", 1).unwrap();
+    let good = obs(
+        stats(200, 0, 10_000, 100, 95),
+        stats(2_000, 0, 10_000, 500, 470),
+    );
+    let (still, a) = tick(&spec, &paused, &good, 100_000);
+    assert_eq!((still.phase, still.step), (Phase::Paused, 0));
+    assert!(a.is_empty());
+    let (resumed, _) = command(&spec, &still, Command::Resume, "bob", 100_001).unwrap();
+    let (moved, _) = tick(&spec, &resumed, &good, 100_002);
+    assert_eq!(moved.step, 1);
+}
+
+fn shadow_spec() -> RolloutSpec {
+    RolloutSpec {
+        name: "yield-shadow".into(),
+        model: "yield".into(),
+        kind: RolloutKind::Shadow(ShadowSpec {
+            primary: "v1".into(),
+            candidate: "v2".into(),
+            sample: BUCKETS,
+            min_labelled: 200,
+            min_duration_ms: 1_000,
+            min_improvement: 0.02,
+            max_drop: 0.01,
+            alpha: 0.05,
+            min_agreement: 0.5,
+            max_error_rate: 0.05,
+            then_canary: None,
+            chain_requires_approval: false,
+        }),
+    }
+}
+
+fn pair(both: u64, b: u64, c: u64, neither: u64) -> Observations {
+    let mut p = PairStats {
+        both_correct: both,
+        primary_only: b,
+        shadow_only: c,
+        both_wrong: neither,
+        ..Default::default()
+    };
+    let n = both + b + c + neither;
+    p.agreement = Proportion {
+        successes: both + neither,
+        trials: n,
+    };
+    p.shadow_calls = n;
+    Observations {
+        pair: Some(p),
+        shadow: Some(VariantStats::default()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn shadow_recommendations_follow_the_seed_thresholds() {
+    let spec = shadow_spec();
+    let (state, _) = start(&spec, 0, "cli");
+    // Not enough labelled pairs yet.
+    let (s, _) = tick(&spec, &state, &pair(100, 5, 10, 5), 5_000);
+    assert_eq!(s.phase, Phase::Running);
+    for (o, expected) in [
+        (pair(800, 20, 80, 100), Recommendation::Promote), // +6 points, McNemar p tiny
+        (pair(800, 60, 40, 100), Recommendation::Reject),  // −2 points
+        (pair(800, 30, 35, 100), Recommendation::Neutral), // +0.5 points
+        (pair(100, 300, 350, 250), Recommendation::Investigate), // agreement 35%
+    ] {
+        let (s, _) = tick(&spec, &state, &o, 5_000);
+        assert_eq!(
+            (s.phase, s.recommendation),
+            (Phase::Completed, Some(expected)),
+            "{o:?}"
+        );
+    }
+}
+
+fn ab_spec() -> RolloutSpec {
+    RolloutSpec {
+        name: "tt-ab".into(),
+        model: "testtime".into(),
+        kind: RolloutKind::Ab(AbSpec {
+            control: "v1".into(),
+            treatment: "v2".into(),
+            treatment_weight: 5_000,
+            metric: AbMetric::Accuracy,
+            baseline: 0.6,
+            mde: 0.1,
+            alpha: 0.05,
+            power: 0.8,
+            sequential: false,
+            auto_promote: true,
+            srm_threshold: 0.001,
+        }),
+    }
+}
+
+fn ab_obs(a_req: u64, b_req: u64, a: (u64, u64), b: (u64, u64)) -> Observations {
+    let mut o = Observations::default();
+    o.by_variant.insert("a".into(), a_req);
+    o.by_variant.insert("b".into(), b_req);
+    o.total
+        .insert("v1".into(), stats(a_req, 0, 1_000, a.1, a.0));
+    o.total
+        .insert("v2".into(), stats(b_req, 0, 1_000, b.1, b.0));
+    o
+}
+
+#[test]
+fn ab_waits_for_the_sample_size_then_promotes_a_significant_winner() {
+    let spec = ab_spec();
+    let (state, _) = start(&spec, 0, "cli");
+    let (s, _) = tick(&spec, &state, &ab_obs(300, 300, (180, 300), (210, 300)), 1);
+    assert_eq!(
+        s.phase,
+        Phase::Running,
+        "below the required n of 356 per arm"
+    );
+    let (s, a) = tick(&spec, &state, &ab_obs(400, 400, (240, 400), (300, 400)), 2);
+    assert_eq!(
+        (s.phase, s.recommendation),
+        (Phase::Completed, Some(Recommendation::Promote))
+    );
+    assert_eq!(
+        strategies(&a),
+        vec![Strategy::Single {
+            version: "v2".into()
+        }]
+    );
+}
+
+#[test]
+fn ab_never_concludes_under_sample_ratio_mismatch() {
+    let spec = ab_spec();
+    let (state, _) = start(&spec, 0, "cli");
+    let (s, a) = tick(
+        &spec,
+        &state,
+        &ab_obs(5_600, 4_400, (3_000, 5_000), (3_500, 5_000)),
+        1,
+    );
+    assert_eq!(s.phase, Phase::Running);
+    assert_eq!(alerts(&a), vec![(Severity::P1, "srm".to_string())]);
+    let (_, a) = tick(
+        &spec,
+        &s,
+        &ab_obs(5_600, 4_400, (3_000, 5_000), (3_500, 5_000)),
+        2,
+    );
+    assert!(alerts(&a).is_empty(), "the SRM alert is sent once");
+}
+
+fn bg_spec() -> RolloutSpec {
+    RolloutSpec {
+        name: "yield-bg".into(),
+        model: "yield".into(),
+        kind: RolloutKind::BlueGreen(BlueGreenSpec {
+            active: "v1".into(),
+            candidate: "v2".into(),
+            min_accuracy: Some(0.9),
+            max_p95_ms: Some(50.0),
+            monitor_min_requests: 100,
+            monitor_duration_ms: 60_000,
+            max_error_rate: 0.05,
+            max_p95_ratio: 2.0,
+            retention_ms: 86_400_000,
+        }),
+    }
+}
+
+fn validation(passed: bool) -> Validation {
+    Validation {
+        passed,
+        smoke_ok: true,
+        samples: 1000,
+        accuracy: Some(if passed { 0.95 } else { 0.8 }),
+        p95_ms: Some(5.0),
+        reason: if passed {
+            "ok".into()
+        } else {
+            "accuracy 80% below 90%".into()
+        },
+    }
+}
+
+#[test]
+fn blue_green_validates_switches_monitors_retains_and_retires() {
+    let spec = bg_spec();
+    let (state, actions) = start(&spec, 0, "cli");
+    assert!(actions.iter().any(|a| matches!(a, Action::Validate { .. })));
+    assert_eq!(state.phase, Phase::Validating);
+    let mut o = Observations {
+        validation: Some(validation(true)),
+        ..Default::default()
+    };
+    o.total.insert("v1".into(), stats(1000, 0, 5_000, 0, 0));
+    let (s, a) = tick(&spec, &state, &o, 10);
+    assert_eq!(s.phase, Phase::Monitoring);
+    assert!(
+        matches!(&strategies(&a)[0], Strategy::BlueGreen { active, .. } if active.as_str() == "green")
+    );
+    o.step.insert("v2".into(), stats(150, 0, 6_000, 0, 0));
+    let (s, _) = tick(&spec, &s, &o, 70_000);
+    assert_eq!(s.phase, Phase::Retaining);
+    let (s, a) = tick(&spec, &s, &o, 86_400_010);
+    assert_eq!(s.phase, Phase::Completed);
+    assert_eq!(
+        strategies(&a),
+        vec![Strategy::Single {
+            version: "v2".into()
+        }]
+    );
+}
+
+#[test]
+fn blue_green_aborts_on_failed_validation_and_switches_back_on_errors() {
+    let spec = bg_spec();
+    let (state, _) = start(&spec, 0, "cli");
+    let (s, a) = tick(
+        &spec,
+        &state,
+        &Observations {
+            validation: Some(validation(false)),
+            ..Default::default()
+        },
+        10,
+    );
+    assert_eq!(s.phase, Phase::Aborted);
+    assert_eq!(
+        strategies(&a),
+        vec![Strategy::Single {
+            version: "v1".into()
+        }]
+    );
+
+    let mut o = Observations {
+        validation: Some(validation(true)),
+        ..Default::default()
+    };
+    o.total.insert("v1".into(), stats(1000, 0, 5_000, 0, 0));
+    let (s, _) = tick(&spec, &state, &o, 10);
+    o.step.insert("v2".into(), stats(20, 5, 6_000, 0, 0));
+    let (s, a) = tick(&spec, &s, &o, 20);
+    assert_eq!(s.phase, Phase::RolledBack);
+    assert!(
+        matches!(&strategies(&a)[0], Strategy::BlueGreen { active, .. } if active.as_str() == "blue")
+    );
+    assert_eq!(alerts(&a)[0].0, Severity::P0);
+}
+
+#[test]
+fn invalid_specs_list_every_problem() {
+    let mut spec = canary_spec();
+    if let RolloutKind::Canary(c) = &mut spec.kind {
+        c.candidate = "v9".into();
+        c.steps = vec![
+            Step {
+                weight: 2500,
+                min_requests: 1,
+                min_duration_ms: 0,
+                require_approval: false,
+            },
+            Step {
+                weight: 500,
+                min_requests: 1,
+                min_duration_ms: 0,
+                require_approval: false,
+            },
+            Step {
+                weight: 20_000,
+                min_requests: 1,
+                min_duration_ms: 0,
+                require_approval: false,
+            },
+        ];
+        c.gate.max_accuracy_drop = Some(-0.1);
+    }
+    let problems = spec.problems(&["v1", "v2"]);
+    for expected in [
+        "unknown version 'v9'",
+        "steps[1]: weights must increase",
+        "steps[2]: weight must be in",
+        "last step",
+        "max_accuracy_drop",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "missing {expected}: {problems:#?}"
+        );
+    }
+}
+
+fn any_obs() -> impl proptest::strategy::Strategy<Value = Observations> {
+    (
+        0u64..400,
+        0u64..50,
+        1_000u64..50_000,
+        0u64..200,
+        0u64..3000,
+        0u64..50,
+        1_000u64..50_000,
+    )
+        .prop_map(|(cr, ce, cl, lab, sr, se, sl)| {
+            let ce = ce.min(cr);
+            let se = se.min(sr);
+            obs(
+                stats(cr, ce, cl, lab, lab * 9 / 10),
+                stats(sr, se, sl, lab * 2, lab * 2 * 9 / 10),
+            )
+        })
+}
+
+fn any_command() -> impl proptest::strategy::Strategy<Value = Command> {
+    prop_oneof![
+        Just(Command::Promote),
+        Just(Command::Rollback),
+        Just(Command::Pause),
+        Just(Command::Resume),
+        Just(Command::Approve),
+        Just(Command::Abort)
+    ]
+}
+
+proptest! {
+    #[test]
+    fn canary_invariants_hold_under_any_sequence(
+        events in proptest::collection::vec((any_obs(), proptest::option::of(any_command()), 0i64..200_000), 1..40)
+    ) {
+        let spec = canary_spec();
+        let (mut state, _): (RolloutState, _) = start(&spec, 0, "cli");
+        let mut now = 0;
+        let mut last_weight = 500;
+        for (o, cmd, dt) in events {
+            now += dt;
+            let was_terminal = state.phase.is_terminal();
+            let before = state.clone();
+            let (next, actions) = match cmd {
+                Some(c) => match command(&spec, &state, c, "op", now) {
+                    Ok(r) => r,
+                    Err(_) => (state.clone(), vec![]),
+                },
+                None => tick(&spec, &state, &o, now),
+            };
+            if was_terminal {
+                prop_assert_eq!(&next, &before, "terminal phases absorb");
+                prop_assert!(actions.is_empty());
+            }
+            for s in strategies(&actions) {
+                prop_assert!(s.problems().is_empty(), "invalid strategy {:?}", s);
+                let w = canary_weight(&s);
+                prop_assert!(w <= BUCKETS);
+                // The controller only ever raises the canary, unless it ends the rollout.
+                if !next.phase.is_terminal() && cmd.is_none() {
+                    prop_assert!(w >= last_weight, "weight fell from {} to {}", last_weight, w);
+                }
+                last_weight = w;
+            }
+            // A tick advances a step only with its minimums met.
+            if cmd.is_none() && next.step > before.step {
+                let step = &steps()[before.step];
+                prop_assert!(o.step["v2"].requests >= step.min_requests);
+                prop_assert!(now - before.step_started_ms >= step.min_duration_ms as i64);
+            }
+            state = next;
+        }
+    }
+}
