@@ -32,6 +32,32 @@ pub struct RawConfig {
     pub shadow: RawShadow,
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
+    #[serde(default)]
+    pub alerts: RawAlerts,
+    #[serde(default)]
+    pub controller: RawController,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub url: String,
+    /// Least severe alert delivered: P0 (only critical) .. P3 (everything, the default).
+    pub min_severity: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawController {
+    /// How often rollouts are evaluated.
+    pub tick_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -144,6 +170,14 @@ pub struct GatewayConfig {
     pub log: LogSettings,
     pub shadow: ShadowSettings,
     pub models: BTreeMap<String, ModelConfig>,
+    pub webhooks: Vec<Webhook>,
+    pub tick_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Webhook {
+    pub url: String,
+    pub min_severity: crate::audit::Severity,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -351,8 +385,38 @@ impl RawConfig {
                 models.insert(name, model);
             }
         }
+        let mut webhooks = Vec::new();
+        for (i, w) in self.alerts.webhooks.iter().enumerate() {
+            if !w.url.starts_with("http://") {
+                problems.push(format!(
+                    "alerts.webhooks[{i}].url: '{}' must be an http:// URL",
+                    w.url
+                ));
+            }
+            let min_severity = match w.min_severity.as_deref() {
+                None => crate::audit::Severity::P3,
+                Some(s) => crate::audit::Severity::parse(s).unwrap_or_else(|| {
+                    problems.push(format!(
+                        "alerts.webhooks[{i}].min_severity: '{s}' is not P0, P1, P2 or P3"
+                    ));
+                    crate::audit::Severity::P3
+                }),
+            };
+            webhooks.push(Webhook {
+                url: w.url.clone(),
+                min_severity,
+            });
+        }
+        let tick_ms = positive(
+            "controller.tick_ms",
+            self.controller.tick_ms,
+            1_000,
+            &mut problems,
+        );
         if problems.is_empty() {
             Ok(GatewayConfig {
+                webhooks,
+                tick_ms,
                 listen: self.listen,
                 data_dir: self.data_dir,
                 admin_token_env: self.admin_token_env,
@@ -677,6 +741,8 @@ mod tests {
                 .into_iter()
                 .map(|(n, m)| (n.to_string(), m))
                 .collect(),
+            alerts: RawAlerts::default(),
+            controller: RawController::default(),
         }
     }
 

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod config;
 pub mod record;
 pub mod rollout;
+pub mod rollout_config;
 pub mod routing;
 
 pub use aggregate::{Aggregates, PairKey, PairStats, SeriesKey, VariantStats};

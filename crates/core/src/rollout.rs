@@ -47,6 +47,9 @@ pub struct GatePolicy {
     pub min_labelled: u64,
     /// Largest tolerated relative increase of p95 latency (0.5 = +50%).
     pub max_p95_increase: Option<f64>,
+    /// Latency increases smaller than this (absolute, ms) never fail the gate: p95 of a few
+    /// hundred fast requests moves by a millisecond on a busy machine.
+    pub min_p95_increase_ms: f64,
     /// Largest tolerated ratio of error rates, canary over stable.
     pub max_error_ratio: Option<f64>,
     /// Error rates below this never fail the ratio check (so 1 error in 200 against 0 does
@@ -64,6 +67,7 @@ impl Default for GatePolicy {
             max_mae_increase: Some(0.10),
             min_labelled: 30,
             max_p95_increase: Some(0.5),
+            min_p95_increase_ms: 2.0,
             max_error_ratio: Some(2.0),
             min_error_rate: 0.01,
             significance: None,
@@ -150,6 +154,10 @@ pub struct BlueGreenSpec {
     pub max_p95_ratio: f64,
     /// How long the old colour stays warm after a good switch.
     pub retention_ms: u64,
+    /// CSV (feature columns, then `label`) replayed against the candidate before the switch.
+    pub validation_set: Option<String>,
+    /// Requests of the replay that must all succeed before anything else is judged.
+    pub smoke_requests: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -776,7 +784,8 @@ pub fn evaluate_gate(gate: &GatePolicy, canary: &VariantStats, stable: &VariantS
         );
         details.push(d("canary_p95_us", cp));
         details.push(d("stable_p95_us", sp));
-        let limit = sp as f64 * (1.0 + increase);
+        let limit =
+            (sp as f64 * (1.0 + increase)).max(sp as f64 + gate.min_p95_increase_ms * 1000.0);
         details.push(d("p95_limit_us", limit));
         if cp as f64 > limit {
             return Verdict::Fail {
@@ -1488,7 +1497,13 @@ fn tick_blue_green(
                 format!("{} passed validation", b.candidate),
                 details,
             );
-            state.baseline_p95_us = obs.total_of(&b.active).latency.p95();
+            // Blue's latency is a baseline only when it rests on enough requests.
+            let blue = obs.total_of(&b.active);
+            state.baseline_p95_us = if blue.requests >= b.monitor_min_requests {
+                blue.latency.p95()
+            } else {
+                None
+            };
             out.set(state, blue_green(b, Colour::Green));
             state.phase = Phase::Monitoring;
             state.switched_ms = Some(out.now);

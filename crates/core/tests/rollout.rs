@@ -419,6 +419,8 @@ fn bg_spec() -> RolloutSpec {
             max_error_rate: 0.05,
             max_p95_ratio: 2.0,
             retention_ms: 86_400_000,
+            validation_set: None,
+            smoke_requests: 10,
         }),
     }
 }

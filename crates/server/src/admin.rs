@@ -180,3 +180,154 @@ pub async fn model_stats(
         json!({ "model": model, "epoch": epoch, "variants": variants, "pairs": pairs }),
     ))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Rollouts.
+
+use crate::controller::{ControlError, Controller};
+use switchyard_core::rollout::Command;
+
+fn controller(state: &AppState) -> Result<Arc<Controller>, ApiError> {
+    state.controller().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller_stopped",
+            "the controller is not running",
+        )
+    })
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let (status, code) = match &e {
+            ControlError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_rollout"),
+            ControlError::NotFound(_) => (StatusCode::NOT_FOUND, "unknown_rollout"),
+            ControlError::Conflict { .. } => (StatusCode::CONFLICT, "rollout_conflict"),
+            ControlError::Command(_) => (StatusCode::CONFLICT, "invalid_transition"),
+            ControlError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+        };
+        let mut err = ApiError::new(status, code, e.to_string());
+        if let ControlError::Invalid(problems) = e {
+            err.problems = problems;
+        }
+        err
+    }
+}
+
+fn actor(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get("x-switchyard-actor")
+        .and_then(|v| v.to_str().ok())
+        .filter(|a| !a.is_empty() && a.len() <= 64)
+        .map_or_else(|| "admin".to_string(), |a| format!("admin:{a}"))
+}
+
+pub async fn list_rollouts(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "rollouts": controller(&state)?.list() })))
+}
+
+/// Starts a rollout from a YAML or JSON spec; `?dry_run=true` only validates it.
+pub async fn apply_rollout(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
+    body: String,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let c = controller(&state)?;
+    if q.get("dry_run").is_some_and(|v| v == "true" || v == "1") {
+        let spec = c.dry_run(&body)?;
+        return Ok((StatusCode::OK, Json(json!({ "valid": true, "spec": spec }))));
+    }
+    let view = c.apply(&body, &actor(&headers)).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+pub async fn get_rollout(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    controller(&state)?
+        .view(&name)
+        .map(Json)
+        .ok_or_else(|| ControlError::NotFound(name).into())
+}
+
+pub async fn rollout_command(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let cmd = Command::parse(&action).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_action",
+            format!("'{action}' is not promote, rollback, pause, resume, approve or abort"),
+        )
+    })?;
+    Ok(Json(
+        controller(&state)?
+            .command(&name, cmd, &actor(&headers))
+            .await?,
+    ))
+}
+
+pub async fn rollout_events(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let c = controller(&state)?;
+    if c.view(&name).is_none() {
+        return Err(ControlError::NotFound(name).into());
+    }
+    let events = c.events(Some(&name)).map_err(ControlError::from)?;
+    Ok(Json(
+        json!({ "rollout": name, "events": crate::report::events_json(&events) }),
+    ))
+}
+
+pub async fn rollout_report(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
+) -> Result<Response, ApiError> {
+    use axum::response::IntoResponse;
+    let c = controller(&state)?;
+    let report = crate::report::build(&state, &c, &name)
+        .ok_or_else(|| ApiError::from(ControlError::NotFound(name.clone())))?;
+    let format = q.get("format").map_or("json", String::as_str);
+    let (content_type, body) = match format {
+        "json" => (
+            "application/json",
+            serde_json::to_string_pretty(&report).unwrap_or_default(),
+        ),
+        "text" => (
+            "text/plain; charset=utf-8",
+            crate::report::render_text(&report),
+        ),
+        "md" | "markdown" => (
+            "text/markdown; charset=utf-8",
+            crate::report::render_markdown(&report),
+        ),
+        "html" => (
+            "text/html; charset=utf-8",
+            crate::report::render_html(&report),
+        ),
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_format",
+                format!("format '{other}' is not json, text, md or html"),
+            ))
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+pub async fn audit_verify(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let report = controller(&state)?
+        .verify_chain()
+        .map_err(ControlError::from)?;
+    Ok(Json(
+        json!({ "events": report.events, "ok": report.ok, "first_bad_seq": report.first_bad_seq, "problem": report.problem }),
+    ))
+}

@@ -20,7 +20,9 @@ use switchyard_store::{spawn_log_writer, LogHandle, LogWriterConfig};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use crate::alerts::{AlertSender, RetryPolicy, WebhookConfig};
 use crate::backend::{http_client, Backend, ModelRuntime};
+use crate::controller::{Clock, Controller, SystemClock};
 use crate::metrics::Metrics;
 use crate::shadow::ShadowDispatcher;
 use crate::{admin, dataplane, feedback};
@@ -37,9 +39,17 @@ pub struct AppState {
     pub admin_token: Option<String>,
     pub max_body_bytes: usize,
     pub log_settings: LogSettings,
+    /// The SQLite file of the store (reports open their own read connection).
+    pub store_path: PathBuf,
+    /// The rollout controller, set once it is started (it holds this state too).
+    pub controller: parking_lot::RwLock<Option<Arc<Controller>>>,
 }
 
 impl AppState {
+    pub fn controller(&self) -> Option<Arc<Controller>> {
+        self.controller.read().clone()
+    }
+
     /// Installs a new strategy for `model`, advancing the epoch; takes effect for the next
     /// request. Concurrent swaps are serialised by `rcu`.
     pub fn swap_strategy(&self, model: &str, strategy: Strategy) -> Arc<RoutingTable> {
@@ -60,6 +70,8 @@ impl AppState {
 pub struct Gateway {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
+    pub controller: Arc<Controller>,
+    controller_loop: Option<tokio::task::JoinHandle<()>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -71,6 +83,27 @@ pub struct StartOptions {
     pub store_path: PathBuf,
     /// Admin bearer token (already read from the environment).
     pub admin_token: Option<String>,
+    /// Time for the controller; wall-clock by default.
+    pub clock: Option<Arc<dyn Clock>>,
+    /// Run the controller loop every `tick_ms` (tests drive ticks themselves).
+    pub controller_loop: bool,
+    /// Directory relative paths in rollout specs resolve against.
+    pub base_dir: PathBuf,
+    /// Retry policy of alert webhooks.
+    pub retry: RetryPolicy,
+}
+
+impl StartOptions {
+    pub fn new(store_path: PathBuf) -> Self {
+        StartOptions {
+            store_path,
+            admin_token: None,
+            clock: None,
+            controller_loop: true,
+            base_dir: PathBuf::from("."),
+            retry: RetryPolicy::default(),
+        }
+    }
 }
 
 impl Gateway {
@@ -118,8 +151,18 @@ impl Gateway {
         .with_context(|| format!("opening the store at {}", options.store_path.display()))?;
         let metrics = Arc::new(Metrics::new());
         let shadow = ShadowDispatcher::spawn(config.shadow, log.clone(), metrics.clone());
+        // Epochs continue after a restart, so statistics of a resumed step stay separate.
+        let epoch = log
+            .aggregates()
+            .lock()
+            .series
+            .keys()
+            .map(|k| k.epoch)
+            .max()
+            .unwrap_or(0)
+            + 1;
         let state = Arc::new(AppState {
-            table: ArcSwap::from_pointee(RoutingTable { epoch: 1, routes }),
+            table: ArcSwap::from_pointee(RoutingTable { epoch, routes }),
             models,
             log,
             shadow,
@@ -127,7 +170,34 @@ impl Gateway {
             admin_token: options.admin_token,
             max_body_bytes: config.max_body_bytes,
             log_settings: config.log,
+            controller: parking_lot::RwLock::new(None),
+            store_path: options.store_path.clone(),
         });
+        let webhooks = config
+            .webhooks
+            .iter()
+            .map(|w| WebhookConfig {
+                url: w.url.clone(),
+                min_severity: w.min_severity,
+            })
+            .collect();
+        let alerts = AlertSender::spawn(webhooks, options.store_path.clone(), options.retry);
+        let clock = options
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(SystemClock));
+        let controller = Controller::open(
+            state.clone(),
+            &options.store_path,
+            alerts,
+            clock,
+            options.base_dir.clone(),
+        )
+        .context("opening the rollout store")?;
+        *state.controller.write() = Some(controller.clone());
+        let controller_loop = options
+            .controller_loop
+            .then(|| controller.spawn_loop(config.tick_ms));
         let addr = listener.local_addr()?;
         let app = router(state.clone());
         let (tx, rx) = oneshot::channel::<()>();
@@ -143,6 +213,8 @@ impl Gateway {
         Ok(Gateway {
             addr,
             state,
+            controller,
+            controller_loop,
             shutdown: Some(tx),
             server,
         })
@@ -154,11 +226,17 @@ impl Gateway {
             let _ = tx.send(());
         }
         (&mut self.server).await.context("server task")?;
+        if let Some(l) = self.controller_loop.take() {
+            l.abort();
+        }
+        self.controller.alerts().flush().await;
         self.state
             .log
             .flush()
             .await
             .context("flushing the prediction log")?;
+        // Break the state ↔ controller cycle.
+        self.state.controller.write().take();
         Ok(())
     }
 
@@ -173,6 +251,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/routes", get(admin::get_routes))
         .route("/routes/{model}", put(admin::put_route))
         .route("/models/{model}/stats", get(admin::model_stats))
+        .route(
+            "/rollouts",
+            get(admin::list_rollouts).post(admin::apply_rollout),
+        )
+        .route("/rollouts/{name}", get(admin::get_rollout))
+        .route("/rollouts/{name}/events", get(admin::rollout_events))
+        .route("/rollouts/{name}/report", get(admin::rollout_report))
+        .route("/rollouts/{name}/{action}", post(admin::rollout_command))
+        .route("/audit/verify", get(admin::audit_verify))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_token,

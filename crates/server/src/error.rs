@@ -11,6 +11,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub request_id: Option<String>,
+    /// Every problem, for validation errors.
+    pub problems: Vec<String>,
 }
 
 impl ApiError {
@@ -20,6 +22,7 @@ impl ApiError {
             code,
             message: message.into(),
             request_id: None,
+            problems: Vec::new(),
         }
     }
 
@@ -34,6 +37,9 @@ impl IntoResponse for ApiError {
         let mut body = json!({ "error": { "code": self.code, "message": self.message } });
         if let Some(id) = &self.request_id {
             body["request_id"] = json!(id);
+        }
+        if !self.problems.is_empty() {
+            body["error"]["problems"] = json!(self.problems);
         }
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(id) = self.request_id.and_then(|id| id.parse().ok()) {

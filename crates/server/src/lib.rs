@@ -5,15 +5,18 @@
 //! `switchyard-core`; SQL lives in `switchyard-store`.
 
 pub mod admin;
+pub mod alerts;
 pub mod app;
 pub mod backend;
 pub mod config_file;
+pub mod controller;
 pub mod dataplane;
 pub mod error;
 pub mod feedback;
 pub mod metrics;
 pub mod onnx;
 pub mod protocol;
+pub mod report;
 pub mod shadow;
 
 pub use app::{Gateway, StartOptions};

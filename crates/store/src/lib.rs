@@ -7,13 +7,15 @@
 //! batch, WAL mode) and then folds the committed records into the in-memory
 //! [`switchyard_core::Aggregates`] that the controller reads.
 
+pub mod control;
 mod error;
 pub mod log;
 mod schema;
 
+pub use control::{ChainReport, ControlStore, DeliveryRow, RolloutRow, StoredEvent};
 pub use error::StoreError;
 pub use log::{
     open_reader, rebuild_aggregates, spawn_log_writer, FeedbackOutcome, LogHandle, LogStats,
     LogWriterConfig,
 };
-pub use schema::{count_records, open, read_log, FeedbackRow, LogRow};
+pub use schema::{count_records, disagreements, open, read_log, Disagreement, FeedbackRow, LogRow};

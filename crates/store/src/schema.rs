@@ -198,3 +198,60 @@ pub fn count_records(conn: &Connection) -> Result<u64, StoreError> {
         .optional()?;
     Ok(n.unwrap_or(0) as u64)
 }
+
+/// A request on which the serving version and its shadow answered differently.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Disagreement {
+    pub request_id: String,
+    pub ts_ms: i64,
+    /// The captured request body, when input capture sampled it.
+    pub input: Option<String>,
+    pub primary: Prediction,
+    pub shadow: Prediction,
+    pub truth: Option<Truth>,
+}
+
+/// The most recent disagreements between `primary` and `shadow` of `model`.
+pub fn disagreements(
+    conn: &Connection,
+    model: &str,
+    primary: &str,
+    shadow: &str,
+    limit: usize,
+) -> Result<Vec<Disagreement>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT p.request_id, p.ts_ms, p.input, p.output, s.output, f.truth
+         FROM predictions p
+         JOIN predictions s ON s.request_id = p.request_id AND s.role = 'shadow' AND s.version = ?3
+              AND s.paired_version = p.version AND s.outcome = 'ok'
+         LEFT JOIN feedback f ON f.request_id = p.request_id
+         WHERE p.model = ?1 AND p.role = 'serving' AND p.version = ?2 AND p.outcome = 'ok' AND p.output != s.output
+         ORDER BY p.id DESC LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(params![model, primary, shadow, limit as i64], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, Option<String>>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (request_id, ts_ms, input, p, s, t) = row?;
+        out.push(Disagreement {
+            request_id,
+            ts_ms,
+            input,
+            primary: serde_json::from_str(&p).map_err(|e| corrupt("output", e))?,
+            shadow: serde_json::from_str(&s).map_err(|e| corrupt("output", e))?,
+            truth: t
+                .map(|t| serde_json::from_str(&t))
+                .transpose()
+                .map_err(|e| corrupt("truth", e))?,
+        });
+    }
+    Ok(out)
+}

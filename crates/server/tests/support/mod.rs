@@ -17,6 +17,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
+use switchyard_server::alerts::RetryPolicy;
+use switchyard_server::controller::ManualClock;
 use switchyard_server::{parse_config, Gateway, StartOptions};
 
 /// How the mock model server answers.
@@ -145,6 +147,8 @@ pub struct TestGateway {
     pub gateway: Gateway,
     pub dir: tempfile::TempDir,
     pub client: HttpClient,
+    /// The controller's clock: tests move time explicitly and call `tick`.
+    pub clock: Arc<ManualClock>,
 }
 
 impl TestGateway {
@@ -154,23 +158,44 @@ impl TestGateway {
 
     pub async fn start_with_token(yaml: &str, token: Option<&str>) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();
+        Self::start_in(yaml, token, dir).await
+    }
+
+    /// Starts on an existing directory (to restart a gateway on the same store).
+    pub async fn start_in(yaml: &str, token: Option<&str>, dir: tempfile::TempDir) -> TestGateway {
         let config =
             parse_config(yaml, &repo_root(), "test config").unwrap_or_else(|e| panic!("{e}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let options = StartOptions {
-            store_path: dir.path().join("switchyard.sqlite"),
-            admin_token: token.map(str::to_string),
+        let clock = Arc::new(ManualClock::default());
+        clock.advance(1_700_000_000_000);
+        let mut options = StartOptions::new(dir.path().join("switchyard.sqlite"));
+        options.admin_token = token.map(str::to_string);
+        options.clock = Some(clock.clone());
+        options.controller_loop = false;
+        options.base_dir = repo_root();
+        options.retry = RetryPolicy {
+            attempts: 3,
+            initial_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(20),
+            timeout: Duration::from_secs(2),
         };
         let gateway = Gateway::start(config, listener, options).await.unwrap();
         TestGateway {
             gateway,
             dir,
             client: HttpClient::new(),
+            clock,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.gateway.url(), path)
+    }
+
+    /// Moves the controller's clock and evaluates every rollout once.
+    pub async fn tick(&self, advance_ms: i64) {
+        self.clock.advance(advance_ms);
+        self.gateway.controller.tick_all().await;
     }
 
     pub fn store_path(&self) -> PathBuf {

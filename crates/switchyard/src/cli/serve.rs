@@ -63,6 +63,10 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         })?,
         (None, None) => SocketAddr::from(([127, 0, 0, 1], 8080)),
     };
+    let config_dir = args
+        .config
+        .parent()
+        .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf);
     let data_dir = args
         .data_dir
         .or_else(|| config.data_dir.clone())
@@ -72,10 +76,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        let options = StartOptions {
-            store_path: data_dir.join("switchyard.sqlite"),
-            admin_token,
-        };
+        let mut options = StartOptions::new(data_dir.join("switchyard.sqlite"));
+        options.admin_token = admin_token;
+        options.base_dir = config_dir;
         let gateway = Gateway::start(config, listener, options).await?;
         eprintln!(
             "switchyard listening on {} (store: {})",

@@ -1,0 +1,648 @@
+//! The control plane's driver: runs the pure rollout state machines of `switchyard-core`
+//! against live statistics and carries out their actions.
+//!
+//! Each tick (or operator command) builds [`Observations`] from the aggregates, calls
+//! `tick`/`command`, then: swaps the routing table for `SetStrategy` (recording the new epoch
+//! in the state), persists the new state together with its audit events in one transaction,
+//! hands alerts to the webhook sender (which never blocks), starts blue-green validations in
+//! the background, and starts chained rollouts. Time comes from a [`Clock`], so tests and the
+//! demo can drive it explicitly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use switchyard_core::audit::{Alert, AuditEvent, Detail};
+use switchyard_core::rollout::{
+    self, Action, Command, Observations, Phase, RolloutKind, RolloutSpec, RolloutState, Validation,
+};
+use switchyard_core::rollout_config::RawRollout;
+use switchyard_core::{Role, VariantStats};
+use switchyard_store::{ControlStore, StoreError, StoredEvent};
+
+use crate::alerts::AlertSender;
+use crate::app::AppState;
+use crate::backend::Call;
+use crate::protocol::{self, Wire};
+
+/// Where the controller's "now" comes from.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now_ms(&self) -> i64;
+}
+
+/// Wall-clock time.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        crate::dataplane::now_ms()
+    }
+}
+
+/// A clock moved by hand (tests).
+#[derive(Debug, Default)]
+pub struct ManualClock(pub AtomicI64);
+
+impl ManualClock {
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Wall-clock time running `scale` times faster than real time from its creation (the demo
+/// compresses minutes into seconds this way).
+#[derive(Debug)]
+pub struct ScaledClock {
+    origin_ms: i64,
+    started: Instant,
+    scale: f64,
+}
+
+impl ScaledClock {
+    pub fn new(scale: f64) -> Self {
+        ScaledClock {
+            origin_ms: crate::dataplane::now_ms(),
+            started: Instant::now(),
+            scale: scale.max(1.0),
+        }
+    }
+}
+
+impl Clock for ScaledClock {
+    fn now_ms(&self) -> i64 {
+        self.origin_ms + (self.started.elapsed().as_secs_f64() * 1000.0 * self.scale) as i64
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("invalid rollout spec:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+    #[error("no rollout named '{0}'")]
+    NotFound(String),
+    #[error("model '{model}' already has an active rollout '{rollout}'")]
+    Conflict { model: String, rollout: String },
+    #[error(transparent)]
+    Command(#[from] rollout::CommandError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    spec: RolloutSpec,
+    state: RolloutState,
+}
+
+/// The rollout controller. One per gateway.
+#[derive(Debug)]
+pub struct Controller {
+    app: Arc<AppState>,
+    store: Mutex<ControlStore>,
+    rollouts: Mutex<BTreeMap<String, Entry>>,
+    /// Finished blue-green validations, filled by background tasks.
+    validations: Arc<Mutex<HashMap<String, Validation>>>,
+    alerts: AlertSender,
+    clock: Arc<dyn Clock>,
+    /// Serialises ticks and commands so each sees the previous one's result.
+    turn: tokio::sync::Mutex<()>,
+    base_dir: PathBuf,
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+impl Controller {
+    /// Opens the control store and resumes every rollout that had not finished, re-installing
+    /// its recorded strategy in the routing table.
+    pub fn open(
+        app: Arc<AppState>,
+        store_path: &Path,
+        alerts: AlertSender,
+        clock: Arc<dyn Clock>,
+        base_dir: PathBuf,
+    ) -> Result<Arc<Controller>, StoreError> {
+        let store = ControlStore::open(store_path)?;
+        let mut rollouts = BTreeMap::new();
+        for row in store.rollouts()? {
+            let spec: RolloutSpec =
+                serde_json::from_str(&row.spec).map_err(|e| StoreError::Corrupt {
+                    what: "rollout spec",
+                    reason: e.to_string(),
+                })?;
+            let state: RolloutState =
+                serde_json::from_str(&row.state).map_err(|e| StoreError::Corrupt {
+                    what: "rollout state",
+                    reason: e.to_string(),
+                })?;
+            if app.models.contains_key(&spec.model) && !state.phase.is_terminal() {
+                app.swap_strategy(&spec.model, state.strategy.clone());
+                tracing::info!(rollout = %spec.name, phase = state.phase.as_str(), step = state.step, "resumed rollout");
+            }
+            rollouts.insert(row.name, Entry { spec, state });
+        }
+        Ok(Arc::new(Controller {
+            app,
+            store: Mutex::new(store),
+            rollouts: Mutex::new(rollouts),
+            validations: Arc::default(),
+            alerts,
+            clock,
+            turn: tokio::sync::Mutex::new(()),
+            base_dir,
+        }))
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn alerts(&self) -> &AlertSender {
+        &self.alerts
+    }
+
+    /// Runs ticks every `tick_ms` until the returned handle is aborted.
+    pub fn spawn_loop(self: &Arc<Self>, tick_ms: u64) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut interval =
+                tokio::time::interval(std::time::Duration::from_millis(tick_ms.max(1)));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                me.tick_all().await;
+            }
+        })
+    }
+
+    /// Parses and validates a spec (YAML or JSON text) against the gateway's models.
+    pub fn parse_spec(&self, text: &str) -> Result<RolloutSpec, ControlError> {
+        let raw: RawRollout =
+            serde_yaml::from_str(text).map_err(|e| ControlError::Invalid(vec![e.to_string()]))?;
+        let Some(model) = self.app.models.get(&raw.model) else {
+            let known: Vec<&str> = self.app.models.keys().map(String::as_str).collect();
+            let mut problems = vec![format!(
+                "model: unknown model '{}' (known: {})",
+                raw.model,
+                known.join(", ")
+            )];
+            if let Err(more) = raw.validate(&[]) {
+                problems.extend(more.into_iter().filter(|p| !p.contains("unknown version")));
+            }
+            return Err(ControlError::Invalid(problems));
+        };
+        let declared: Vec<&str> = model.config.versions.keys().map(String::as_str).collect();
+        let spec = raw.validate(&declared).map_err(ControlError::Invalid)?;
+        if let RolloutKind::BlueGreen(b) = &spec.kind {
+            if let Some(path) = &b.validation_set {
+                if !self.resolve(path).is_file() {
+                    return Err(ControlError::Invalid(vec![format!(
+                        "validation_set: no file at {}",
+                        self.resolve(path).display()
+                    )]));
+                }
+            }
+        }
+        Ok(spec)
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        let p = PathBuf::from(path);
+        if p.is_absolute() {
+            p
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    fn conflict(&self, spec: &RolloutSpec) -> Option<ControlError> {
+        let rollouts = self.rollouts.lock();
+        if rollouts
+            .get(&spec.name)
+            .is_some_and(|e| !e.state.phase.is_terminal())
+        {
+            return Some(ControlError::Conflict {
+                model: spec.model.clone(),
+                rollout: spec.name.clone(),
+            });
+        }
+        rollouts
+            .values()
+            .find(|e| {
+                e.spec.model == spec.model
+                    && !e.state.phase.is_terminal()
+                    && e.spec.name != spec.name
+            })
+            .map(|e| ControlError::Conflict {
+                model: spec.model.clone(),
+                rollout: e.spec.name.clone(),
+            })
+    }
+
+    /// Validates a spec without starting it.
+    pub fn dry_run(&self, text: &str) -> Result<RolloutSpec, ControlError> {
+        let spec = self.parse_spec(text)?;
+        match self.conflict(&spec) {
+            Some(e) => Err(e),
+            None => Ok(spec),
+        }
+    }
+
+    /// Starts a rollout.
+    pub async fn apply(&self, text: &str, actor: &str) -> Result<Value, ControlError> {
+        let spec = self.parse_spec(text)?;
+        self.start(spec, actor).await
+    }
+
+    async fn start(&self, spec: RolloutSpec, actor: &str) -> Result<Value, ControlError> {
+        let _turn = self.turn.lock().await;
+        self.start_locked(spec, actor)
+    }
+
+    fn start_locked(&self, spec: RolloutSpec, actor: &str) -> Result<Value, ControlError> {
+        if let Some(e) = self.conflict(&spec) {
+            return Err(e);
+        }
+        let now = self.clock.now_ms();
+        let (state, actions) = rollout::start(&spec, now, actor);
+        let name = spec.name.clone();
+        self.carry_out(spec, state, actions, true)?;
+        self.view(&name).ok_or(ControlError::NotFound(name))
+    }
+
+    /// Applies an operator command.
+    pub async fn command(
+        &self,
+        name: &str,
+        cmd: Command,
+        actor: &str,
+    ) -> Result<Value, ControlError> {
+        let _turn = self.turn.lock().await;
+        let entry = self
+            .rollouts
+            .lock()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ControlError::NotFound(name.to_string()))?;
+        let (state, actions) =
+            rollout::command(&entry.spec, &entry.state, cmd, actor, self.clock.now_ms())?;
+        self.carry_out(entry.spec, state, actions, false)?;
+        self.view(name)
+            .ok_or_else(|| ControlError::NotFound(name.to_string()))
+    }
+
+    /// Evaluates every active rollout once.
+    pub async fn tick_all(&self) {
+        let _turn = self.turn.lock().await;
+        let active: Vec<Entry> = self
+            .rollouts
+            .lock()
+            .values()
+            .filter(|e| !e.state.phase.is_terminal())
+            .cloned()
+            .collect();
+        for entry in active {
+            let now = self.clock.now_ms();
+            let obs = self.observe(&entry.spec, &entry.state);
+            let (state, actions) = rollout::tick(&entry.spec, &entry.state, &obs, now);
+            if state == entry.state && actions.is_empty() {
+                continue;
+            }
+            let name = entry.spec.name.clone();
+            if let Err(e) = self.carry_out(entry.spec, state, actions, false) {
+                tracing::error!(rollout = %name, error = %e, "controller could not record a transition");
+            }
+        }
+    }
+
+    /// Merged statistics of the rollout's model.
+    fn observe(&self, spec: &RolloutSpec, state: &RolloutState) -> Observations {
+        let agg = self.app.log.aggregates().lock();
+        let mut obs = Observations::default();
+        for (k, v) in agg.series.iter().filter(|(k, _)| k.model == spec.model) {
+            if k.role == Role::Serving {
+                if k.epoch >= state.step_epoch {
+                    obs.step.entry(k.version.clone()).or_default().merge(v);
+                }
+                if k.epoch >= state.start_epoch {
+                    obs.total.entry(k.version.clone()).or_default().merge(v);
+                    *obs.by_variant.entry(k.variant.clone()).or_default() += v.requests;
+                }
+            }
+        }
+        if let RolloutKind::Shadow(s) = &spec.kind {
+            obs.shadow = Some(agg.variant(&spec.model, &s.candidate, Role::Shadow, |e| {
+                e >= state.start_epoch
+            }));
+            obs.pair = Some(agg.pair(&spec.model, &s.primary, &s.candidate, |e| {
+                e >= state.start_epoch
+            }));
+        }
+        drop(agg);
+        obs.validation = self.validations.lock().get(&spec.name).cloned();
+        obs
+    }
+
+    /// Carries out actions, then persists the state with its events in one transaction.
+    fn carry_out(
+        &self,
+        spec: RolloutSpec,
+        mut state: RolloutState,
+        actions: Vec<Action>,
+        first: bool,
+    ) -> Result<Vec<StoredEvent>, ControlError> {
+        let mut events: Vec<AuditEvent> = Vec::new();
+        let mut alerts = Vec::new();
+        let mut chained = Vec::new();
+        // The swap's timing and epoch go with the event that follows it (the one naming it).
+        let mut swap: Option<(u64, u64)> = None;
+        for action in actions {
+            match action {
+                Action::SetStrategy(strategy) => {
+                    let started = Instant::now();
+                    let table = self.app.swap_strategy(&spec.model, strategy);
+                    swap = Some((started.elapsed().as_micros() as u64, table.epoch));
+                    state.step_epoch = table.epoch;
+                    if first && state.start_epoch == 0 {
+                        state.start_epoch = table.epoch;
+                    }
+                }
+                Action::Event(mut e) => {
+                    if let Some((us, epoch)) = swap.take() {
+                        e.details
+                            .push(("routing_swap_us".into(), Detail::Num(us as f64)));
+                        e.details.push(("epoch".into(), Detail::Num(epoch as f64)));
+                    }
+                    events.push(e);
+                }
+                Action::Alert {
+                    severity,
+                    kind,
+                    title,
+                    details,
+                } => {
+                    alerts.push(Alert {
+                        rollout: spec.name.clone(),
+                        severity,
+                        kind,
+                        title,
+                        ts_ms: self.clock.now_ms(),
+                        details,
+                    });
+                }
+                Action::Validate { version } => self.spawn_validation(&spec, &version),
+                Action::Chain(next) => chained.push(*next),
+            }
+        }
+        let stored = self.store.lock().save(
+            &spec.name,
+            &encode(&spec),
+            &encode(&state),
+            self.clock.now_ms(),
+            &events,
+        )?;
+        for e in &events {
+            tracing::info!(rollout = %e.rollout, kind = %e.kind, "{}", e.message);
+        }
+        let name = spec.name.clone();
+        self.rollouts.lock().insert(name, Entry { spec, state });
+        for alert in alerts {
+            self.alerts.send(alert);
+        }
+        for next in chained {
+            if let Err(e) = self.start_locked(next, "controller") {
+                tracing::error!(error = %e, "chained rollout could not start");
+            }
+        }
+        Ok(stored)
+    }
+
+    fn spawn_validation(&self, spec: &RolloutSpec, version: &str) {
+        let RolloutKind::BlueGreen(b) = &spec.kind else {
+            return;
+        };
+        let Some(runtime) = self.app.models.get(&spec.model) else {
+            return;
+        };
+        let Some(backend) = runtime.backends.get(version).cloned() else {
+            return;
+        };
+        let path = b.validation_set.as_deref().map(|p| self.resolve(p));
+        let (min_accuracy, max_p95_ms, smoke) = (b.min_accuracy, b.max_p95_ms, b.smoke_requests);
+        let (name, model, version) = (spec.name.clone(), spec.model.clone(), version.to_string());
+        let (task, classes) = (runtime.config.task, runtime.config.classes.clone());
+        let results = self.validations.clone();
+        tokio::spawn(async move {
+            let result = validate(
+                &backend,
+                &model,
+                &version,
+                task,
+                classes.as_deref(),
+                path.as_deref(),
+                smoke,
+                min_accuracy,
+                max_p95_ms,
+            )
+            .await;
+            results.lock().insert(name, result);
+        });
+    }
+
+    /// A JSON view of one rollout.
+    pub fn view(&self, name: &str) -> Option<Value> {
+        let entry = self.rollouts.lock().get(name).cloned()?;
+        Some(self.view_entry(&entry))
+    }
+
+    fn view_entry(&self, e: &Entry) -> Value {
+        let (current, candidate) = e.spec.versions();
+        json!({
+            "name": e.spec.name,
+            "model": e.spec.model,
+            "kind": e.spec.kind_name(),
+            "current": current,
+            "candidate": candidate,
+            "phase": e.state.phase.as_str(),
+            "step": e.state.step + 1,
+            "strategy": e.state.strategy,
+            "recommendation": e.state.recommendation.map(|r| r.as_str()),
+            "reason": e.state.reason,
+            "started_ms": e.state.started_ms,
+            "spec": e.spec,
+        })
+    }
+
+    pub fn list(&self) -> Vec<Value> {
+        let entries: Vec<Entry> = self.rollouts.lock().values().cloned().collect();
+        entries.iter().map(|e| self.view_entry(e)).collect()
+    }
+
+    pub fn phase(&self, name: &str) -> Option<Phase> {
+        self.rollouts.lock().get(name).map(|e| e.state.phase)
+    }
+
+    pub fn state(&self, name: &str) -> Option<(RolloutSpec, RolloutState)> {
+        self.rollouts
+            .lock()
+            .get(name)
+            .map(|e| (e.spec.clone(), e.state.clone()))
+    }
+
+    pub fn events(&self, name: Option<&str>) -> Result<Vec<StoredEvent>, StoreError> {
+        self.store.lock().events(name)
+    }
+
+    pub fn verify_chain(&self) -> Result<switchyard_store::ChainReport, StoreError> {
+        self.store.lock().verify_chain()
+    }
+
+    /// Statistics the report needs, over the whole rollout.
+    pub fn observations(&self, name: &str) -> Option<(RolloutSpec, RolloutState, Observations)> {
+        let (spec, state) = self.state(name)?;
+        let obs = self.observe(&spec, &state);
+        Some((spec, state, obs))
+    }
+}
+
+/// Replays a validation set (and smoke requests) against a backend that takes no traffic yet.
+#[allow(clippy::too_many_arguments)]
+async fn validate(
+    backend: &crate::backend::Backend,
+    model: &str,
+    version: &str,
+    task: switchyard_core::config::Task,
+    classes: Option<&[String]>,
+    path: Option<&Path>,
+    smoke: u64,
+    min_accuracy: Option<f64>,
+    max_p95_ms: Option<f64>,
+) -> Validation {
+    let fail = |reason: String| Validation {
+        passed: false,
+        smoke_ok: false,
+        samples: 0,
+        accuracy: None,
+        p95_ms: None,
+        reason,
+    };
+    let rows: Vec<(Vec<f32>, String)> = match path {
+        Some(p) => match read_validation_set(p) {
+            Ok(rows) => rows,
+            Err(e) => return fail(e),
+        },
+        None => return fail("no validation_set given".into()),
+    };
+    let mut latency = VariantStats::default().latency;
+    let (mut correct, mut samples) = (0u64, 0u64);
+    for (i, (row, label)) in rows.iter().enumerate() {
+        let parsed = protocol::rows_to_request(Wire::V2, std::slice::from_ref(row));
+        let body = bytes::Bytes::from(parsed.to_string());
+        let call = Call {
+            wire: Wire::V2,
+            model,
+            version,
+            body: &body,
+            parsed: &parsed,
+            task,
+            classes,
+        };
+        let started = Instant::now();
+        let result = backend.call(&call, backend.timeout()).await;
+        latency.record(started.elapsed().as_micros() as u64);
+        match result {
+            Ok(reply) => {
+                samples += 1;
+                if let switchyard_core::Prediction::Classes(c) = &reply.prediction {
+                    correct += u64::from(c.first() == Some(label));
+                }
+            }
+            Err(e) if (i as u64) < smoke => {
+                return fail(format!("smoke request {} failed: {e}", i + 1))
+            }
+            Err(_) => {}
+        }
+    }
+    let accuracy = (samples > 0).then(|| correct as f64 / samples as f64);
+    let p95_ms = latency.p95().map(|us| us as f64 / 1000.0);
+    let mut reasons = Vec::new();
+    if let (Some(min), Some(acc)) = (min_accuracy, accuracy) {
+        if acc < min {
+            reasons.push(format!(
+                "accuracy {:.1}% below {:.1}%",
+                acc * 100.0,
+                min * 100.0
+            ));
+        }
+    }
+    if let (Some(max), Some(p95)) = (max_p95_ms, p95_ms) {
+        if p95 > max {
+            reasons.push(format!("p95 {p95:.2} ms above {max:.2} ms"));
+        }
+    }
+    if samples < rows.len() as u64 {
+        reasons.push(format!(
+            "{} of {} requests failed",
+            rows.len() as u64 - samples,
+            rows.len()
+        ));
+    }
+    Validation {
+        passed: reasons.is_empty(),
+        smoke_ok: true,
+        samples,
+        accuracy,
+        p95_ms,
+        reason: if reasons.is_empty() {
+            "all thresholds met".into()
+        } else {
+            reasons.join("; ")
+        },
+    }
+}
+
+/// Reads a CSV whose last column is the label and the others numeric features.
+pub fn read_validation_set(path: &Path) -> Result<Vec<(Vec<f32>, String)>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut rows = Vec::new();
+    for (n, line) in text.lines().enumerate().skip(1) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        let Some((label, features)) = cells.split_last() else {
+            continue;
+        };
+        let features = features
+            .iter()
+            .map(|c| {
+                c.parse::<f32>().map_err(|_| {
+                    format!("{} line {}: '{c}' is not a number", path.display(), n + 1)
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let label = label
+            .parse::<f64>()
+            .ok()
+            .and_then(|f| protocol::label_of(&json!(f)))
+            .unwrap_or_else(|| label.to_string());
+        rows.push((features, label));
+    }
+    if rows.is_empty() {
+        return Err(format!("{} holds no rows", path.display()));
+    }
+    Ok(rows)
+}
