@@ -918,21 +918,6 @@ fn tick_canary(c: &CanarySpec, state: &mut RolloutState, obs: &Observations, out
             elapsed
         ))
     };
-    // Failures roll back at once, even before the step's minimums: bad news needs no quorum,
-    // but only once the minimum requests arrived does a pass count.
-    let verdict = match verdict {
-        Verdict::Hold(reason) if canary.requests > 0 && stable.requests > 0 => {
-            match evaluate_gate(&c.gate, &canary, &stable) {
-                fail @ Verdict::Fail { .. }
-                    if canary.requests >= step.min_requests.min(c.gate.min_labelled).max(1) =>
-                {
-                    fail
-                }
-                _ => Verdict::Hold(reason),
-            }
-        }
-        other => other,
-    };
     match verdict {
         Verdict::Fail {
             reason,
@@ -1156,7 +1141,7 @@ pub fn shadow_report(
         (
             Recommendation::Promote,
             format!(
-                "improvement {:+.2} points, p = {p_value:.4}",
+                "improvement {:+.2} points, p = {p_value:.2e}",
                 improvement * 100.0
             ),
         )
@@ -1169,7 +1154,7 @@ pub fn shadow_report(
         (
             Recommendation::Neutral,
             format!(
-                "improvement {:+.2} points, p = {p_value:.4}: not conclusive",
+                "improvement {:+.2} points, p = {p_value:.2e}: not conclusive",
                 improvement * 100.0
             ),
         )

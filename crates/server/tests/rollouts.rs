@@ -282,17 +282,28 @@ async fn a_good_candidate_walks_5_25_50_100_and_is_promoted() {
     );
 }
 
-async fn rolled_back_at_first_gate(candidate: QualityModel, severity: &str, reason: &str) {
+/// `min_requests` per step: a 3x error rate needs ~100 canary requests before a 6% rate stands
+/// clear of a 2x-of-2% limit.
+async fn rolled_back_at_first_gate(
+    candidate: QualityModel,
+    severity: &str,
+    reason: &str,
+    min_requests: u64,
+) {
     let _serial = SERIAL.lock().await;
     let stable = QualityModel::start(90, 2, 5).await;
     let hook = Webhook::start().await;
     let tg = TestGateway::start(&gateway_yaml(&stable.url, &candidate.url, &hook.url)).await;
-    assert_eq!(admin(&tg, "POST", "/rollouts", CANARY).await.status, 201);
+    let spec = CANARY.replace("min_requests: 20", &format!("min_requests: {min_requests}"));
+    assert_eq!(admin(&tg, "POST", "/rollouts", &spec).await.status, 201);
     let (view, weights) = drive(&tg, "m-canary").await;
     assert_eq!(view["phase"], "rolled_back", "{view}");
+    let events = admin(&tg, "GET", "/rollouts/m-canary/events", "")
+        .await
+        .json();
     assert!(
         weights[..weights.len() - 1].iter().all(|w| *w == 5.0),
-        "rolled back after the first step: {weights:?}"
+        "rolled back after the first step: {weights:?} {events:#}"
     );
     assert!(view["reason"].as_str().unwrap().contains(reason), "{view}");
     // Instant: the very next request goes to stable.
@@ -334,17 +345,23 @@ async fn rolled_back_at_first_gate(candidate: QualityModel, severity: &str, reas
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_10_points_less_accurate_is_rolled_back() {
-    rolled_back_at_first_gate(QualityModel::start(80, 2, 5).await, "P0", "accuracy").await;
+    rolled_back_at_first_gate(QualityModel::start(80, 2, 5).await, "P0", "accuracy", 20).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_with_doubled_latency_is_rolled_back() {
-    rolled_back_at_first_gate(QualityModel::start(90, 2, 10).await, "P1", "p95 latency").await;
+    rolled_back_at_first_gate(
+        QualityModel::start(90, 2, 10).await,
+        "P1",
+        "p95 latency",
+        20,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_with_3x_errors_is_rolled_back() {
-    rolled_back_at_first_gate(QualityModel::start(90, 6, 5).await, "P0", "error rate").await;
+    rolled_back_at_first_gate(QualityModel::start(90, 6, 5).await, "P0", "error rate", 100).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,12 +17,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Play the whole story (shadow, canary, rollback, A/B, blue-green) on shipped models.
+    Demo(cli::demo::DemoArgs),
     /// Run the gateway from a configuration file.
     Serve(cli::serve::ServeArgs),
     /// Validate a configuration file and list every problem.
     Check(cli::serve::CheckArgs),
     /// Run a statistical test directly (the engine the controller uses for its decisions).
     Stats(cli::stats::StatsArgs),
+    /// Operator commands over the admin API: apply, status, promote, rollback, pause, resume,
+    /// approve, abort, events, report, audit.
+    #[command(flatten)]
+    Admin(cli::admin::AdminCommand),
 }
 
 fn main() -> ExitCode {
@@ -35,9 +41,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
+        Command::Demo(args) => cli::demo::run(args),
         Command::Serve(args) => cli::serve::serve(args),
         Command::Check(args) => cli::serve::check(args),
         Command::Stats(args) => cli::stats::run(args),
+        Command::Admin(command) => cli::admin::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,812 @@
+//! `switchyard demo`: the whole story on shipped models, through the real gateway, controller
+//! and store.
+//!
+//! The demo writes the embedded ONNX models into a data directory, starts the gateway on an
+//! ephemeral loopback port with a webhook listener for alerts, and plays: a shadow comparison
+//! of yield v1 and v2 that chains into a canary of v2, a canary of the regressed v3 that is
+//! rolled back, an A/B test of the test-time regressor, and a blue-green switch with a rollback
+//! drill. Rollouts are applied and inspected through the admin HTTP API, traffic and labels go
+//! through the data plane, and the controller runs its normal loop on a clock that runs
+//! `--scale` times faster than real time.
+
+#![allow(clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde_json::{json, Value};
+use switchyard_server::controller::ScaledClock;
+use switchyard_server::{parse_config, Gateway, StartOptions};
+
+use super::wafer::WaferGenerator;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Smaller samples (for tests and a quick look).
+    #[arg(long)]
+    fast: bool,
+    /// Simulated seconds per real second for the controller's clock.
+    #[arg(long, default_value_t = 120.0)]
+    scale: f64,
+    /// Keep the store and reports here (default: a temporary directory).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Keep the gateway running after the story, until Ctrl-C.
+    #[arg(long)]
+    serve: bool,
+    /// Seed of the synthetic wafer data.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+const MODELS: [(&str, &[u8]); 5] = [
+    (
+        "yield_v1.onnx",
+        include_bytes!("../../../../models/yield_v1.onnx"),
+    ),
+    (
+        "yield_v2.onnx",
+        include_bytes!("../../../../models/yield_v2.onnx"),
+    ),
+    (
+        "yield_v3.onnx",
+        include_bytes!("../../../../models/yield_v3.onnx"),
+    ),
+    (
+        "testtime_v1.onnx",
+        include_bytes!("../../../../models/testtime_v1.onnx"),
+    ),
+    (
+        "testtime_v2.onnx",
+        include_bytes!("../../../../models/testtime_v2.onnx"),
+    ),
+];
+const VALIDATION_SET: &[u8] = include_bytes!("../../../../models/validation_yield.csv");
+
+/// Sample sizes of the story.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    batch: u64,
+    shadow_labelled: u64,
+    step_requests: u64,
+    monitor_requests: u64,
+}
+
+pub fn run(args: DemoArgs) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(demo(args))
+}
+
+struct Demo {
+    base: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+    wafers: WaferGenerator,
+    rng: StdRng,
+    /// Labels not yet sent: they arrive late and in random order.
+    pending: Vec<Value>,
+    alerts: Arc<Mutex<Vec<Value>>>,
+    sizes: Sizes,
+}
+
+struct Reply {
+    status: u16,
+    version: String,
+    body: Value,
+}
+
+impl Demo {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: String,
+    ) -> Result<Reply> {
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, v.as_str());
+        }
+        let resp = self
+            .client
+            .request(req.body(Full::new(Bytes::from(body)))?)
+            .await
+            .with_context(|| format!("{method} {path}"))?;
+        let status = resp.status().as_u16();
+        let version = resp
+            .headers()
+            .get("x-switchyard-model-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Ok(Reply {
+            status,
+            version,
+            body,
+        })
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: &str) -> Result<Value> {
+        let r = self
+            .call(
+                method,
+                &format!("/admin/v1{path}"),
+                &[("x-switchyard-actor", "demo".into())],
+                body.to_string(),
+            )
+            .await?;
+        if r.status >= 400 {
+            bail!("{method} {path}: {} {}", r.status, r.body);
+        }
+        Ok(r.body)
+    }
+
+    async fn rollout(&self, name: &str) -> Result<Value> {
+        self.admin("GET", &format!("/rollouts/{name}"), "").await
+    }
+
+    /// Sends one batch of dies to `model`, 8 at a time; queues their ground truth.
+    async fn batch(&mut self, model: &str, n: u64) -> Result<Vec<(String, Value)>> {
+        let dies: Vec<_> = (0..n).map(|_| self.wafers.die()).collect();
+        let mut sent = Vec::new();
+        for chunk in dies.chunks(8) {
+            let me: &Demo = self;
+            let calls = chunk.iter().map(|d| {
+                let body = json!({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": d.features}]}).to_string();
+                let id = format!("{model}-{}", d.id);
+                let headers = [("x-wafer-id", format!("W{}-{}", d.id / 400, d.id % 400)), ("x-request-id", id.clone())];
+                async move { (id, me.call("POST", &format!("/v2/models/{model}/infer"), &headers, body).await) }
+            });
+            let replies = futures_join(calls).await;
+            for ((id, reply), die) in replies.into_iter().zip(chunk) {
+                let reply = reply?;
+                if reply.status != 200 {
+                    bail!("request {id} failed: {} {}", reply.status, reply.body);
+                }
+                let feedback = if model == "yield" {
+                    json!({"request_id": id, "label": die.pass})
+                } else {
+                    let predicted = reply.body["outputs"][0]["data"][0]
+                        .as_f64()
+                        .unwrap_or(f64::NAN);
+                    let within = u8::from((predicted - die.test_time_ms).abs() <= 5.0);
+                    json!({"request_id": id, "value": die.test_time_ms, "metrics": {"within_spec": within}})
+                };
+                self.pending.push(feedback.clone());
+                sent.push((reply.version, feedback));
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Posts a random part of the labels waiting, in random order; the rest arrive later.
+    async fn deliver_labels(&mut self, all: bool) -> Result<u64> {
+        self.pending.shuffle(&mut self.rng);
+        let keep = if all { 0 } else { self.pending.len() / 4 };
+        let send: Vec<Value> = self.pending.drain(keep..).collect();
+        if send.is_empty() {
+            return Ok(0);
+        }
+        let r = self
+            .call("POST", "/v1/feedback", &[], Value::Array(send).to_string())
+            .await?;
+        if r.status != 200 {
+            bail!("feedback refused: {}", r.body);
+        }
+        Ok(r.body["accepted"].as_u64().unwrap_or(0))
+    }
+
+    /// Drives traffic to `model` until rollout `name` leaves `running` phases (or `until`).
+    async fn run_until(
+        &mut self,
+        model: &str,
+        name: &str,
+        until: &[&str],
+        bar: &ProgressBar,
+        label: impl Fn(&Value) -> String,
+    ) -> Result<Value> {
+        let started = Instant::now();
+        loop {
+            self.batch(model, self.sizes.batch).await?;
+            self.deliver_labels(false).await?;
+            // Let the controller's loop (running on the scaled clock) look at the new data.
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            let view = self.rollout(name).await?;
+            bar.set_message(label(&view));
+            bar.inc(self.sizes.batch);
+            let phase = view["phase"].as_str().unwrap_or("");
+            if until.contains(&phase) || matches!(phase, "completed" | "rolled_back" | "aborted") {
+                self.deliver_labels(true).await?;
+                return Ok(view);
+            }
+            if started.elapsed() > Duration::from_secs(180) {
+                bail!("rollout {name} did not finish: {view}");
+            }
+        }
+    }
+}
+
+/// Runs futures concurrently on the current task.
+async fn futures_join<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let handles: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    // A small join: poll all in order; each is short-lived and independent.
+    let joined = join_all(handles).await;
+    out.extend(joined);
+    out
+}
+
+async fn join_all<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Vec<F::Output> {
+    let mut results: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futures.iter_mut().enumerate() {
+            if results[i].is_none() {
+                match std::pin::Pin::new(f).poll(cx) {
+                    std::task::Poll::Ready(v) => results[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    results.into_iter().flatten().collect()
+}
+
+fn bar(len: u64, prefix: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("  {prefix:>10} [{bar:30}] {pos:>6} requests  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix.to_string());
+    bar
+}
+
+fn f(v: &Value, digits: usize) -> String {
+    v.as_f64().map_or_else(
+        || v.as_str().unwrap_or("—").to_string(),
+        |x| format!("{x:.digits$}"),
+    )
+}
+
+fn label(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+}
+
+fn pct(v: &Value) -> String {
+    v.as_f64()
+        .map_or("—".into(), |x| format!("{:.1}%", x * 100.0))
+}
+
+fn heading(n: u32, title: &str) {
+    println!("\n\x1b[1m{n}. {title}\x1b[0m");
+}
+
+fn write_models(dir: &Path) -> Result<()> {
+    let models = dir.join("models");
+    std::fs::create_dir_all(&models).with_context(|| format!("creating {}", models.display()))?;
+    for (name, bytes) in MODELS {
+        std::fs::write(models.join(name), bytes)?;
+    }
+    std::fs::write(models.join("validation_yield.csv"), VALIDATION_SET)?;
+    Ok(())
+}
+
+async fn start_webhook(alerts: Arc<Mutex<Vec<Value>>>) -> Result<String> {
+    let app = Router::new()
+        .route(
+            "/alerts",
+            post(
+                |State(a): State<Arc<Mutex<Vec<Value>>>>, Json(v): Json<Value>| async move {
+                    a.lock().push(v);
+                    "ok"
+                },
+            ),
+        )
+        .with_state(alerts);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/alerts", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(url)
+}
+
+fn gateway_yaml(webhook: &str) -> String {
+    format!(
+        r#"
+alerts: {{ webhooks: [{{ url: "{webhook}", min_severity: P3 }}] }}
+controller: {{ tick_ms: 50 }}
+log: {{ capture_inputs: 0.25, batch_size: 1024 }}
+models:
+  yield:
+    routing_key: {{ header: x-wafer-id }}
+    versions:
+      v1: {{ onnx: models/yield_v1.onnx }}
+      v2: {{ onnx: models/yield_v2.onnx }}
+      v3: {{ onnx: models/yield_v3.onnx }}
+      v2r: {{ onnx: models/yield_v2.onnx }}
+    serve: {{ kind: single, version: v1 }}
+  testtime:
+    task: regression
+    routing_key: {{ header: x-wafer-id }}
+    versions:
+      v1: {{ onnx: models/testtime_v1.onnx }}
+      v2: {{ onnx: models/testtime_v2.onnx }}
+    serve: {{ kind: single, version: v1 }}
+"#
+    )
+}
+
+async fn demo(args: DemoArgs) -> Result<()> {
+    let temp;
+    let dir = match &args.data_dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let sizes = if args.fast {
+        Sizes {
+            batch: 200,
+            shadow_labelled: 600,
+            step_requests: 60,
+            monitor_requests: 100,
+        }
+    } else {
+        Sizes {
+            batch: 400,
+            shadow_labelled: 1500,
+            step_requests: 150,
+            monitor_requests: 300,
+        }
+    };
+    let started = Instant::now();
+    write_models(&dir)?;
+    let alerts: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let webhook = start_webhook(alerts.clone()).await?;
+    let config = parse_config(&gateway_yaml(&webhook), &dir, "demo config")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mut options = StartOptions::new(dir.join("switchyard.sqlite"));
+    options.clock = Some(Arc::new(ScaledClock::new(args.scale)));
+    options.base_dir = dir.clone();
+    let gateway = Gateway::start(config, listener, options).await?;
+    let mut d = Demo {
+        base: gateway.url(),
+        client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        wafers: WaferGenerator::new(args.seed),
+        rng: StdRng::seed_from_u64(args.seed ^ 0x5eed),
+        pending: Vec::new(),
+        alerts: alerts.clone(),
+        sizes,
+    };
+    println!("\x1b[1mswitchyard demo\x1b[0m — safe rollouts of wafer-test models, on real traffic");
+    println!(
+        "  gateway  {}   (store: {})",
+        gateway.url(),
+        dir.join("switchyard.sqlite").display()
+    );
+    println!("  models   yield v1 (random forest), v2 (gradient boosting), v3 (trained on bad labels); testtime v1, v2");
+    println!(
+        "  clock    the controller's time runs {}x faster than real time",
+        args.scale
+    );
+
+    // 1. Shadow → chained canary.
+    heading(
+        1,
+        "Shadow: v1 serves, v2 gets a mirrored copy of every request",
+    );
+    println!("  Labels (pass/fail from final test) arrive late and out of order through POST /v1/feedback.");
+    let shadow = format!(
+        "name: yield-v2-shadow\nmodel: yield\nkind: shadow\nprimary: v1\ncandidate: v2\nsample: 100\nmin_labelled: {}\nmin_duration_ms: 300000\nthen_canary:\n  stable: v1\n  candidate: v2\n  min_requests: {}\n  min_duration_ms: 60000\n  gate: {{ min_labelled: 30, min_p95_increase_ms: 100 }}\n",
+        sizes.shadow_labelled, sizes.step_requests
+    );
+    d.admin("POST", "/rollouts", &shadow).await?;
+    let pb = bar(sizes.shadow_labelled, "shadow");
+    d.run_until("yield", "yield-v2-shadow", &[], &pb, |v| {
+        v["reason"].as_str().unwrap_or("").to_string()
+    })
+    .await?;
+    pb.finish_and_clear();
+    let report = d
+        .admin("GET", "/rollouts/yield-v2-shadow/report?format=json", "")
+        .await?;
+    let s = &report["analysis"]["shadow"];
+    println!(
+        "  compared {} requests, {} labelled pairs",
+        f(&s["compared"], 0),
+        f(&s["labelled"], 0)
+    );
+    println!("  agreement            {}", pct(&s["agreement"]));
+    println!(
+        "  accuracy             v1 {}   v2 {}   ({:+.2} points)",
+        pct(&s["primary_accuracy"]),
+        pct(&s["shadow_accuracy"]),
+        s["improvement"].as_f64().unwrap_or(0.0) * 100.0
+    );
+    println!(
+        "  McNemar              b = {} (only v1 right), c = {} (only v2 right), χ² = {}, p = {:.2e} (exact p = {:.2e})",
+        f(&s["mcnemar"]["b"], 0),
+        f(&s["mcnemar"]["c"], 0),
+        f(&s["mcnemar"]["statistic"], 2),
+        s["mcnemar"]["p_value"].as_f64().unwrap_or(1.0),
+        s["mcnemar"]["exact_p_value"].as_f64().unwrap_or(1.0)
+    );
+    let lat = &report["analysis"]["latency"];
+    println!(
+        "  latency p50 / p95    v1 {} / {} ms   v2 {} / {} ms",
+        f(&lat["primary"]["p50_ms"], 2),
+        f(&lat["primary"]["p95_ms"], 2),
+        f(&lat["shadow"]["p50_ms"], 2),
+        f(&lat["shadow"]["p95_ms"], 2)
+    );
+    for case in report["analysis"]["disagreements"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| !c["input"].is_null())
+        .take(3)
+    {
+        let x = &case["input"]["inputs"][0]["data"];
+        println!(
+            "  disagreement {:<14} v1 says {} · v2 says {} · truth {}   (vdd {:.3}, idd {:.1}, freq {:.2}, temp {:.0}°C, die ({}, {}))",
+            case["request_id"].as_str().unwrap_or(""),
+            label(&case["primary"][0]),
+            label(&case["shadow"][0]),
+            label(&case["truth"][0]),
+            x[0].as_f64().unwrap_or(0.0),
+            x[1].as_f64().unwrap_or(0.0),
+            x[2].as_f64().unwrap_or(0.0),
+            x[3].as_f64().unwrap_or(0.0),
+            x[4],
+            x[5]
+        );
+    }
+    let rec = report["rollout"]["recommendation"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string();
+    println!(
+        "  recommendation       \x1b[1m{rec}\x1b[0m ({})",
+        report["rollout"]["reason"].as_str().unwrap_or("")
+    );
+
+    heading(
+        2,
+        "Canary of v2, chained on PROMOTE: 5% → 25% → 50% → 100%, a health gate at each step",
+    );
+    let canary_name = "yield-v2-shadow-canary";
+    let pb = bar(4 * sizes.step_requests * 20, "canary v2");
+    let view = d
+        .run_until("yield", canary_name, &[], &pb, |v| {
+            format!(
+                "step {} · {}",
+                v["step"],
+                v["reason"].as_str().unwrap_or("gate passed")
+            )
+        })
+        .await?;
+    pb.finish_and_clear();
+    print_gates(&d, canary_name).await?;
+    println!(
+        "  outcome              \x1b[1m{}\x1b[0m — {}",
+        view["phase"].as_str().unwrap_or(""),
+        view["reason"].as_str().unwrap_or("")
+    );
+
+    heading(
+        3,
+        "Canary of v3 (retrained on mislabelled hot-tester data) against v2",
+    );
+    let v3 = format!("name: yield-v3-canary\nmodel: yield\nkind: canary\nstable: v2\ncandidate: v3\nmin_requests: {}\nmin_duration_ms: 60000\ngate: {{ min_labelled: 30, min_p95_increase_ms: 100 }}\n", sizes.step_requests);
+    d.admin("POST", "/rollouts", &v3).await?;
+    let pb = bar(sizes.step_requests * 20, "canary v3");
+    let view = d
+        .run_until("yield", "yield-v3-canary", &[], &pb, |v| {
+            format!(
+                "step {} · {}",
+                v["step"],
+                v["reason"].as_str().unwrap_or("")
+            )
+        })
+        .await?;
+    pb.finish_and_clear();
+    print_gates(&d, "yield-v3-canary").await?;
+    println!(
+        "  outcome              \x1b[1m{}\x1b[0m — {}",
+        view["phase"].as_str().unwrap_or(""),
+        view["reason"].as_str().unwrap_or("")
+    );
+    let rollback_alert = wait_for_alert(&d.alerts, "yield-v3-canary", "rollback").await;
+    match &rollback_alert {
+        Some(a) => println!(
+            "  webhook received     [{}] {}",
+            a["severity"].as_str().unwrap_or(""),
+            a["title"].as_str().unwrap_or("")
+        ),
+        None => println!("  webhook received     nothing (!)"),
+    }
+
+    heading(
+        4,
+        "A/B test of the test-time regressor: v1 vs v2, split by wafer",
+    );
+    let ab = "name: testtime-ab\nmodel: testtime\nkind: ab\ncontrol: v1\ntreatment: v2\ntreatment_weight: 50\nmetric: conversion:within_spec\nbaseline: 0.45\nmde: 0.15\nalpha: 0.05\npower: 0.8\nsequential: true\nauto_promote: true\n";
+    d.admin("POST", "/rollouts", ab).await?;
+    let plan = d
+        .admin("GET", "/rollouts/testtime-ab/report?format=json", "")
+        .await?;
+    println!("  metric               share of predictions within 5 ms of the measured test time");
+    println!("  sample-size plan     {} per arm to detect 45% → 60% (α = 0.05, power 0.8); mSPRT may stop earlier", f(&plan["analysis"]["ab"]["required_per_arm"], 0));
+    let pb = bar(1_000, "A/B");
+    let view = d
+        .run_until("testtime", "testtime-ab", &[], &pb, |v| {
+            v["reason"].as_str().unwrap_or("").to_string()
+        })
+        .await?;
+    pb.finish_and_clear();
+    let r = d
+        .admin("GET", "/rollouts/testtime-ab/report?format=json", "")
+        .await?;
+    let a = &r["analysis"]["ab"];
+    println!(
+        "  arms                 v1 {}/{} within spec, v2 {}/{}",
+        f(&a["control"]["successes"], 0),
+        f(&a["control"]["trials"], 0),
+        f(&a["treatment"]["successes"], 0),
+        f(&a["treatment"]["trials"], 0)
+    );
+    println!(
+        "  SRM check            observed split {} · p = {} · {}",
+        r["analysis"]["observed_split"],
+        f(&a["srm"]["p_value"], 3),
+        if a["srm"]["mismatch"] == true {
+            "MISMATCH"
+        } else {
+            "ok"
+        }
+    );
+    println!("  z-test               diff {:+.1} points, z = {}, p = {:.2e}, 95% CI [{:+.1}, {:+.1}] points", a["test"]["diff"].as_f64().unwrap_or(0.0) * 100.0, f(&a["test"]["z"], 2), a["test"]["p_value"].as_f64().unwrap_or(1.0), a["test"]["ci_low"].as_f64().unwrap_or(0.0) * 100.0, a["test"]["ci_high"].as_f64().unwrap_or(0.0) * 100.0);
+    println!(
+        "  Bayesian             P(v2 beats v1) = {}",
+        f(&a["bayes"]["prob_b_beats_a"], 4)
+    );
+    println!(
+        "  MAE (Welch)          v2 − v1 = {} ms, p = {:.2e}",
+        f(&a["mae_welch"]["mean_diff"], 2),
+        a["mae_welch"]["p_value"].as_f64().unwrap_or(1.0)
+    );
+    println!(
+        "  outcome              \x1b[1m{}\x1b[0m — {}",
+        view["phase"].as_str().unwrap_or(""),
+        view["reason"].as_str().unwrap_or("")
+    );
+
+    heading(
+        5,
+        "Blue-green: v2 (blue) → v2r (green, the same model repackaged)",
+    );
+    let bg = format!("name: yield-bluegreen\nmodel: yield\nkind: blue_green\nactive: v2\ncandidate: v2r\nvalidation_set: models/validation_yield.csv\nmin_accuracy: 0.9\nmax_p95_ms: 250\nsmoke_requests: 10\nmonitor_min_requests: {}\nmonitor_duration_ms: 120000\nmax_error_rate: 0.02\n", sizes.monitor_requests);
+    let t0 = Instant::now();
+    d.admin("POST", "/rollouts", &bg).await?;
+    let pb = bar(sizes.monitor_requests * 4, "blue-green");
+    let view = d
+        .run_until("yield", "yield-bluegreen", &["retaining"], &pb, |v| {
+            v["phase"].as_str().unwrap_or("").to_string()
+        })
+        .await?;
+    pb.finish_and_clear();
+    let events = d
+        .admin("GET", "/rollouts/yield-bluegreen/events", "")
+        .await?;
+    for e in events["events"].as_array().into_iter().flatten() {
+        match e["kind"].as_str() {
+            Some("validated") => println!(
+                "  validation           {} labelled rows replayed against green: accuracy {}, p95 {} ms",
+                f(&e["details"]["samples"], 0),
+                pct(&e["details"]["accuracy"]),
+                f(&e["details"]["p95_ms"], 2)
+            ),
+            Some("switched") => println!("  switch               all traffic to green; routing table swapped in {} µs", f(&e["details"]["routing_swap_us"], 0)),
+            Some("monitor_passed") => println!("  monitoring window    passed: {} requests on green, error rate {}", f(&e["details"]["green_requests"], 0), pct(&e["details"]["green_error_rate"])),
+            _ => {}
+        }
+    }
+    println!(
+        "  phase                {} (blue stays warm for 24 h)",
+        view["phase"].as_str().unwrap_or("")
+    );
+    let drill = Instant::now();
+    d.admin("POST", "/rollouts/yield-bluegreen/rollback", "")
+        .await?;
+    let back = d.batch("yield", 20).await?;
+    let on_blue = back.iter().filter(|(v, _)| v == "v2").count();
+    let events = d
+        .admin("GET", "/rollouts/yield-bluegreen/events", "")
+        .await?;
+    let swap = events["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == "rolled_back")
+        .map(|e| f(&e["details"]["routing_swap_us"], 0))
+        .next()
+        .unwrap_or_default();
+    println!(
+        "  rollback drill       switched back to blue: routing swap {swap} µs, admin call + 20 requests in {:.1} ms, {on_blue}/20 served by blue",
+        drill.elapsed().as_secs_f64() * 1000.0
+    );
+    let _ = t0;
+    d.deliver_labels(true).await?;
+
+    // 6. Summary.
+    heading(6, "Summary");
+    let list = d.admin("GET", "/rollouts", "").await?;
+    println!(
+        "  {:<26} {:<11} {:<12} {:<12} outcome",
+        "rollout", "kind", "versions", "phase"
+    );
+    let mut summary = Vec::new();
+    for r in list["rollouts"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<26} {:<11} {:<12} {:<12} {}",
+            r["name"].as_str().unwrap_or(""),
+            r["kind"].as_str().unwrap_or(""),
+            format!(
+                "{} → {}",
+                r["current"].as_str().unwrap_or(""),
+                r["candidate"].as_str().unwrap_or("")
+            ),
+            r["phase"].as_str().unwrap_or(""),
+            r["reason"].as_str().unwrap_or("")
+        );
+        summary.push(json!({"name": r["name"], "kind": r["kind"], "phase": r["phase"], "recommendation": r["recommendation"], "reason": r["reason"]}));
+    }
+    let audit = d.admin("GET", "/audit/verify", "").await?;
+    let audit_ok = audit["ok"] == true;
+    println!(
+        "  audit chain          {} ({} events, hash-chained)",
+        if audit_ok { "verified OK" } else { "BROKEN" },
+        f(&audit["events"], 0)
+    );
+    let alerts: Vec<Value> = d.alerts.lock().clone();
+    println!(
+        "  alerts received      {} by the demo's webhook listener",
+        alerts.len()
+    );
+    let mut html = String::from("<!doctype html><html><head><meta charset=\"utf-8\"><title>switchyard demo report</title></head><body>");
+    for r in list["rollouts"].as_array().into_iter().flatten() {
+        let name = r["name"].as_str().unwrap_or("");
+        let page = d
+            .call(
+                "GET",
+                &format!("/admin/v1/rollouts/{name}/report?format=html"),
+                &[],
+                String::new(),
+            )
+            .await?;
+        let text = page.body.as_str().unwrap_or("");
+        let body = text.split_once("<body>").map_or(text, |(_, b)| b);
+        html.push_str(body.split_once("</body>").map_or(body, |(b, _)| b));
+        html.push_str("<hr>");
+    }
+    html.push_str("</body></html>");
+    let html_path = dir.join("demo-report.html");
+    std::fs::write(&html_path, html)?;
+    println!("  HTML report          {}", html_path.display());
+    let summary = json!({
+        "rollouts": summary,
+        "audit_ok": audit_ok,
+        "audit_events": audit["events"],
+        "alerts": alerts,
+        "shadow_recommendation": rec,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    std::fs::write(
+        dir.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    println!("  finished in {:.1} s", started.elapsed().as_secs_f64());
+
+    if args.serve {
+        println!(
+            "\n  The gateway stays up: {}/admin/v1/rollouts, {}/metrics — Ctrl-C to stop.",
+            gateway.url(),
+            gateway.url()
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    gateway.shutdown().await?;
+    if !audit_ok {
+        bail!("the audit chain did not verify");
+    }
+    Ok(())
+}
+
+async fn print_gates(d: &Demo, name: &str) -> Result<()> {
+    let events = d
+        .admin("GET", &format!("/rollouts/{name}/events"), "")
+        .await?;
+    for e in events["events"].as_array().into_iter().flatten() {
+        let det = &e["details"];
+        match e["kind"].as_str() {
+            Some("gate_passed") | Some("gate_failed") => println!(
+                "  {:<20} {} · canary {} req, acc {} vs {}, p95 {} vs {} ms, errors {} vs {}",
+                e["kind"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or(""),
+                f(&det["canary_requests"], 0),
+                pct(&det["canary_accuracy"]),
+                pct(&det["stable_accuracy"]),
+                det["canary_p95_us"]
+                    .as_f64()
+                    .map_or("—".into(), |u| format!("{:.2}", u / 1000.0)),
+                det["stable_p95_us"]
+                    .as_f64()
+                    .map_or("—".into(), |u| format!("{:.2}", u / 1000.0)),
+                pct(&det["canary_error_rate"]),
+                pct(&det["stable_error_rate"]),
+            ),
+            Some("step_advanced") | Some("promoted") | Some("rolled_back") => {
+                println!(
+                    "  {:<20} {}",
+                    e["kind"].as_str().unwrap_or(""),
+                    e["message"].as_str().unwrap_or("")
+                )
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_alert(alerts: &Mutex<Vec<Value>>, rollout: &str, kind: &str) -> Option<Value> {
+    for _ in 0..200 {
+        if let Some(a) = alerts
+            .lock()
+            .iter()
+            .find(|a| a["rollout"] == rollout && a["kind"] == kind)
+            .cloned()
+        {
+            return Some(a);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    None
+}
