@@ -331,3 +331,15 @@ pub async fn audit_verify(State(state): State<Arc<AppState>>) -> Result<Json<Val
         json!({ "events": report.events, "ok": report.ok, "first_bad_seq": report.first_bad_seq, "problem": report.problem }),
     ))
 }
+
+/// Snapshots of a rollout's statistics over time (for charts).
+pub async fn rollout_history(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let c = controller(&state)?;
+    if c.view(&name).is_none() {
+        return Err(ControlError::NotFound(name).into());
+    }
+    Ok(Json(json!({ "rollout": name, "points": c.history(&name) })))
+}

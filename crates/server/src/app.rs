@@ -258,6 +258,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/rollouts/{name}", get(admin::get_rollout))
         .route("/rollouts/{name}/events", get(admin::rollout_events))
         .route("/rollouts/{name}/report", get(admin::rollout_report))
+        .route("/rollouts/{name}/history", get(admin::rollout_history))
         .route("/rollouts/{name}/{action}", post(admin::rollout_command))
         .route("/audit/verify", get(admin::audit_verify))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -8,7 +8,7 @@
 //! the background, and starts chained rollouts. Time comes from a [`Clock`], so tests and the
 //! demo can drive it explicitly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -99,6 +99,16 @@ pub enum ControlError {
     Store(#[from] StoreError),
 }
 
+/// Snapshots kept per rollout, and how often one is taken.
+const HISTORY_POINTS: usize = 600;
+const HISTORY_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+#[derive(Debug)]
+struct History {
+    points: VecDeque<Value>,
+    last: Option<Instant>,
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     spec: RolloutSpec,
@@ -113,6 +123,8 @@ pub struct Controller {
     rollouts: Mutex<BTreeMap<String, Entry>>,
     /// Finished blue-green validations, filled by background tasks.
     validations: Arc<Mutex<HashMap<String, Validation>>>,
+    /// Recent snapshots of each rollout's statistics, for the dashboard's charts.
+    history: Mutex<HashMap<String, History>>,
     alerts: AlertSender,
     clock: Arc<dyn Clock>,
     /// Serialises ticks and commands so each sees the previous one's result.
@@ -158,6 +170,7 @@ impl Controller {
             store: Mutex::new(store),
             rollouts: Mutex::new(rollouts),
             validations: Arc::default(),
+            history: Mutex::new(HashMap::new()),
             alerts,
             clock,
             turn: tokio::sync::Mutex::new(()),
@@ -316,6 +329,7 @@ impl Controller {
         for entry in active {
             let now = self.clock.now_ms();
             let obs = self.observe(&entry.spec, &entry.state);
+            self.sample(&entry.spec, &entry.state, &obs, now);
             let (state, actions) = rollout::tick(&entry.spec, &entry.state, &obs, now);
             if state == entry.state && actions.is_empty() {
                 continue;
@@ -325,6 +339,82 @@ impl Controller {
                 tracing::error!(rollout = %name, error = %e, "controller could not record a transition");
             }
         }
+    }
+
+    /// Records a snapshot for the charts, at most every [`HISTORY_EVERY`] of real time.
+    fn sample(&self, spec: &RolloutSpec, state: &RolloutState, obs: &Observations, now: i64) {
+        let mut history = self.history.lock();
+        let h = history.entry(spec.name.clone()).or_insert_with(|| History {
+            points: VecDeque::new(),
+            last: None,
+        });
+        if h.last.is_some_and(|t: Instant| t.elapsed() < HISTORY_EVERY) {
+            return;
+        }
+        h.last = Some(Instant::now());
+        let (_, candidate) = spec.versions();
+        let weight = match &state.strategy {
+            switchyard_core::Strategy::Split { arms } => arms
+                .iter()
+                .find(|a| a.version == candidate)
+                .map_or(0, |a| a.weight),
+            switchyard_core::Strategy::Single { version } if version == candidate => {
+                switchyard_core::routing::BUCKETS
+            }
+            switchyard_core::Strategy::BlueGreen {
+                active: switchyard_core::routing::Colour::Green,
+                ..
+            } => switchyard_core::routing::BUCKETS,
+            _ => 0,
+        };
+        let versions: BTreeMap<&String, Value> = obs
+            .total
+            .iter()
+            .map(|(v, s)| (v, crate::report::stats_json(s)))
+            .collect();
+        let mut point = json!({
+            "ts_ms": now,
+            "phase": state.phase.as_str(),
+            "step": state.step + 1,
+            "candidate_percent": f64::from(weight) / 100.0,
+            "versions": versions,
+        });
+        if let Some(pair) = &obs.pair {
+            point["pair"] = json!({
+                "agreement": pair.agreement.rate(),
+                "compared": pair.agreement.trials,
+                "labelled": pair.labelled(),
+                "b": pair.primary_only,
+                "c": pair.shadow_only,
+                "mcnemar_p": switchyard_stats::mcnemar::mcnemar(pair.primary_only, pair.shadow_only).p_value,
+            });
+        }
+        if let RolloutKind::Ab(a) = &spec.kind {
+            let r = rollout::ab_report(a, obs);
+            point["ab"] = json!({
+                "control_rate": r.control.rate(),
+                "treatment_rate": r.treatment.rate(),
+                "control_trials": r.control.trials,
+                "treatment_trials": r.treatment.trials,
+                "p_value": r.test.map(|t| t.p_value),
+                "prob_b_beats_a": r.bayes.map(|b| b.prob_b_beats_a),
+                "srm_p": r.srm.as_ref().map(|s| s.p_value),
+                "observed_split": obs.by_variant,
+            });
+        }
+        h.points.push_back(point);
+        while h.points.len() > HISTORY_POINTS {
+            h.points.pop_front();
+        }
+    }
+
+    /// The snapshots recorded for a rollout, oldest first.
+    pub fn history(&self, name: &str) -> Vec<Value> {
+        self.history
+            .lock()
+            .get(name)
+            .map(|h| h.points.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Merged statistics of the rollout's model.

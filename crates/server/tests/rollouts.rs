@@ -273,6 +273,21 @@ async fn a_good_candidate_walks_5_25_50_100_and_is_promoted() {
         "{events:?}"
     );
     assert!(events.contains(&"promoted".to_string()));
+    // The controller kept snapshots for the dashboard's charts.
+    let history = admin(&tg, "GET", "/rollouts/m-canary/history", "")
+        .await
+        .json();
+    let points = history["points"].as_array().unwrap();
+    assert!(
+        points.iter().any(|p| p["candidate_percent"] == 5.0),
+        "{history}"
+    );
+    assert!(
+        points
+            .iter()
+            .all(|p| p["versions"]["stable"]["requests"].as_u64().is_some()),
+        "{history}"
+    );
     audit_ok(&tg).await;
     tg.gateway.controller.alerts().flush().await;
     assert!(
