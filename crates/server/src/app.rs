@@ -272,6 +272,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/ui", get(crate::ui::page))
+        .route("/ui/", get(crate::ui::page))
+        .route("/ui/{file}", get(crate::ui::file))
         .nest("/admin/v1", admin)
         .fallback(|| async {
             crate::error::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")

@@ -18,6 +18,7 @@ pub mod onnx;
 pub mod protocol;
 pub mod report;
 pub mod shadow;
+pub mod ui;
 
 pub use app::{Gateway, StartOptions};
 pub use config_file::{load_config, parse_config, ConfigError};

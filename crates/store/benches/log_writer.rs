@@ -95,7 +95,7 @@ fn log_writer(c: &mut Criterion) {
     g.sample_size(10)
         .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5))
+        .measurement_time(Duration::from_secs(6))
         .throughput(Throughput::Elements(N as u64));
 
     g.bench_function("baseline/serde_json", |b| {

@@ -1,0 +1,1342 @@
+//! The dashboard at `/ui`, tested in a real browser.
+//!
+//! A gateway runs in-process on the shipped ONNX models with an admin token; a shadow, two
+//! canaries, an A/B test and a blue-green switch are applied through the admin API and fed
+//! real traffic and ground truth, with the controller ticked on an explicit clock so every
+//! rollout has numbers and history. Then headless Chromium (Debian's `chromium`) is driven over
+//! the DevTools protocol (a small WebSocket client below; no new dependency): the page asks for
+//! the token, each view is opened by clicking its tab and must show the API's numbers and draw
+//! its charts, the A/B numbers must update by polling without a reload, and clicking
+//! "Roll back" (then confirming) must roll the canary back. Screenshots of every view go to
+//! `target/ui-screenshots/` (or `$SWITCHYARD_UI_SCREENSHOTS`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use support::{Reply, TestGateway};
+
+const TOKEN: &str = "ui-test-token-7f3a";
+
+// ---------------------------------------------------------------------------------------------
+// Data: wafer-test records from the distribution the shipped models were trained on
+// (models/README.md), with their true bin and test time.
+
+struct Die {
+    features: [f32; 8],
+    pass: u8,
+    test_time_ms: f64,
+}
+
+struct Wafers {
+    rng: StdRng,
+}
+
+impl Wafers {
+    fn normal(&mut self, mean: f64, sd: f64) -> f64 {
+        let u1: f64 = self.rng.random::<f64>().max(f64::MIN_POSITIVE);
+        let u2: f64 = self.rng.random();
+        mean + sd * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    fn die(&mut self) -> Die {
+        let vdd = self.normal(1.0, 0.03);
+        let idd = self.normal(50.0, 5.0);
+        let freq = self.normal(2.0, 0.15);
+        let temp = self.rng.random_range(25.0..85.0);
+        let die_x = f64::from(self.rng.random_range(-10i32..=10));
+        let die_y = f64::from(self.rng.random_range(-10i32..=10));
+        let leakage = self.normal(0.0, 0.5).exp();
+        let ring_osc = self.normal(1000.0, 40.0);
+        let (z_vdd, z_idd, z_freq) = ((vdd - 1.0) / 0.03, (idd - 50.0) / 5.0, (freq - 2.0) / 0.15);
+        let (z_temp, z_leak, z_ro) = (
+            (temp - 55.0) / 30.0,
+            leakage.ln() / 0.5,
+            (ring_osc - 1000.0) / 40.0,
+        );
+        let r = (die_x * die_x + die_y * die_y).sqrt() / 10.0;
+        let score = 12.0 + 3.0 * z_vdd - 3.0 * z_idd + 4.0 * z_freq - 2.0 * z_temp - 5.0 * z_leak
+            + 3.0 * z_ro
+            - 25.0 * (r - 0.9).max(0.0);
+        let pass = u8::from(self.rng.random::<f64>() < 1.0 / (1.0 + (-score).exp()));
+        let test_time_ms = 120.0 + 0.4 * (temp - 55.0) + 20.0 * r * r - 6.0 * z_freq
+            + 8.0 * z_leak.max(0.0)
+            + self.normal(0.0, 3.0);
+        Die {
+            features: [vdd, idd, freq, temp, die_x, die_y, leakage, ring_osc].map(|x| x as f32),
+            pass,
+            test_time_ms,
+        }
+    }
+}
+
+fn gateway_yaml() -> String {
+    r#"
+log: { capture_inputs: 1.0, batch_size: 512 }
+models:
+  yield:
+    routing_key: { header: x-wafer-id }
+    versions:
+      v1: { onnx: models/yield_v1.onnx }
+      v2: { onnx: models/yield_v2.onnx }
+      v3: { onnx: models/yield_v3.onnx }
+    serve: { kind: single, version: v1 }
+  yield-fab2:
+    routing_key: { header: x-wafer-id }
+    versions:
+      v2: { onnx: models/yield_v2.onnx }
+      v2r: { onnx: models/yield_v2.onnx }
+    serve: { kind: single, version: v2 }
+  testtime:
+    task: regression
+    routing_key: { header: x-wafer-id }
+    versions:
+      v1: { onnx: models/testtime_v1.onnx }
+      v2: { onnx: models/testtime_v2.onnx }
+    serve: { kind: single, version: v1 }
+"#
+    .to_string()
+}
+
+const SHADOW: &str = "name: yield-v2-shadow\nmodel: yield\nkind: shadow\nprimary: v1\ncandidate: v2\nsample: 100\nmin_labelled: 700\nmin_duration_ms: 600000\n";
+const CANARY_V3: &str = "name: yield-v3-canary\nmodel: yield\nkind: canary\nstable: v1\ncandidate: v3\nsteps: [{ weight: 20 }, { weight: 50 }, { weight: 100 }]\nmin_requests: 60\nmin_duration_ms: 60000\ngate: { min_labelled: 30, min_p95_increase_ms: 100 }\n";
+const CANARY_V2: &str = "name: yield-v2-canary\nmodel: yield\nkind: canary\nstable: v1\ncandidate: v2\nsteps: [{ weight: 20 }, { weight: 40 }, { weight: 60 }, { weight: 100 }]\nmin_requests: 40\nmin_duration_ms: 60000\ngate: { min_labelled: 20, min_p95_increase_ms: 100 }\n";
+const BLUE_GREEN: &str = "name: yield-fab2-bluegreen\nmodel: yield-fab2\nkind: blue_green\nactive: v2\ncandidate: v2r\nvalidation_set: models/validation_yield.csv\nmin_accuracy: 0.9\nmax_p95_ms: 250\nsmoke_requests: 10\nmonitor_min_requests: 120\nmonitor_duration_ms: 60000\nmax_error_rate: 0.02\n";
+const AB: &str = "name: testtime-ab\nmodel: testtime\nkind: ab\ncontrol: v1\ntreatment: v2\ntreatment_weight: 50\nmetric: conversion:within_spec\nbaseline: 0.45\nmde: 0.10\nalpha: 0.05\npower: 0.8\nauto_promote: true\n";
+
+async fn admin(tg: &TestGateway, method: &str, path: &str, body: &str) -> Reply {
+    let auth = format!("Bearer {TOKEN}");
+    tg.client
+        .send(
+            method,
+            &tg.url(&format!("/admin/v1{path}")),
+            &[
+                ("content-type", "application/yaml"),
+                ("authorization", &auth),
+                ("x-switchyard-actor", "test"),
+            ],
+            body.to_string(),
+        )
+        .await
+}
+
+async fn admin_json(tg: &TestGateway, path: &str) -> Value {
+    let r = admin(tg, "GET", path, "").await;
+    assert_eq!(
+        r.status,
+        200,
+        "{path}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    r.json()
+}
+
+async fn apply(tg: &TestGateway, spec: &str) {
+    let r = admin(tg, "POST", "/rollouts", spec).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+}
+
+async fn phase(tg: &TestGateway, name: &str) -> (String, u64) {
+    let v = admin_json(tg, &format!("/rollouts/{name}")).await;
+    (
+        v["phase"].as_str().unwrap_or("").to_string(),
+        v["step"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Sends `n` dies to `model` (8 at a time), then their ground truth through `/v1/feedback`.
+async fn traffic(tg: &TestGateway, wafers: &parking_lot::Mutex<Wafers>, model: &str, n: usize) {
+    let dies: Vec<(String, Die)> = {
+        let mut w = wafers.lock();
+        (0..n)
+            .map(|_| {
+                let id = format!("{model}-{:016x}", w.rng.random::<u64>());
+                (id, w.die())
+            })
+            .collect()
+    };
+    let dies = Arc::new(dies);
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let (client, url, dies) = (
+                tg.client.clone(),
+                tg.url(&format!("/v2/models/{model}/infer")),
+                dies.clone(),
+            );
+            let regression = model == "testtime";
+            tokio::spawn(async move {
+                let mut labels = Vec::new();
+                for (id, die) in dies.iter().skip(t).step_by(8) {
+                    let body = json!({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": die.features}]});
+                    let wafer = format!("W{}", &id[id.len() - 6..]);
+                    let r = client
+                        .post_json(&url, &[("x-wafer-id", &wafer), ("x-request-id", id)], &body)
+                        .await;
+                    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                    labels.push(if regression {
+                        let predicted = r.json()["outputs"][0]["data"][0].as_f64().unwrap();
+                        let within = u8::from((predicted - die.test_time_ms).abs() <= 5.0);
+                        json!({"request_id": id, "value": die.test_time_ms, "metrics": {"within_spec": within}})
+                    } else {
+                        json!({"request_id": id, "label": die.pass})
+                    });
+                }
+                labels
+            })
+        })
+        .collect();
+    let mut labels = Vec::new();
+    for t in tasks {
+        labels.extend(t.await.unwrap());
+    }
+    let r = tg
+        .client
+        .post_json(&tg.url("/v1/feedback"), &[], &Value::Array(labels))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    tg.gateway.state.log.flush().await.unwrap();
+}
+
+/// One controller tick after `advance_ms` of simulated time; waits long enough in real time
+/// for the controller to record a history point (it keeps one per 250 ms).
+async fn tick(tg: &TestGateway, advance_ms: i64) {
+    tokio::time::sleep(Duration::from_millis(260)).await;
+    tg.tick(advance_ms).await;
+}
+
+/// Plays every rollout far enough for each view to have numbers and history.
+async fn scenario(tg: &TestGateway, wafers: &parking_lot::Mutex<Wafers>) {
+    // 1. Shadow of yield v2 behind v1, until it concludes.
+    apply(tg, SHADOW).await;
+    for round in 0.. {
+        traffic(tg, wafers, "yield", 100).await;
+        tick(tg, 60_000).await;
+        if phase(tg, "yield-v2-shadow").await.0 != "running" {
+            break;
+        }
+        assert!(round < 30, "the shadow did not conclude");
+    }
+    // 2. Canary of the regressed v3: its gate fails and it is rolled back.
+    apply(tg, CANARY_V3).await;
+    for round in 0.. {
+        traffic(tg, wafers, "yield", 100).await;
+        tick(tg, 30_000).await;
+        if phase(tg, "yield-v3-canary").await.0 != "running" {
+            break;
+        }
+        assert!(round < 30, "the v3 canary did not end");
+    }
+    // 3. Canary of v2, left running at its third step (60%).
+    apply(tg, CANARY_V2).await;
+    for round in 0.. {
+        traffic(tg, wafers, "yield", 80).await;
+        tick(tg, 30_000).await;
+        let (p, step) = phase(tg, "yield-v2-canary").await;
+        assert_eq!(p, "running", "the v2 canary left running");
+        if step >= 3 {
+            break;
+        }
+        assert!(round < 40, "the v2 canary did not reach step 3");
+    }
+    // 4. Blue-green on the second fab's deployment: validate, switch, monitor, retain.
+    traffic(tg, wafers, "yield-fab2", 120).await;
+    apply(tg, BLUE_GREEN).await;
+    for round in 0.. {
+        let (p, _) = phase(tg, "yield-fab2-bluegreen").await;
+        if p == "retaining" {
+            break;
+        }
+        assert!(
+            matches!(p.as_str(), "validating" | "monitoring" | "running"),
+            "blue-green ended in {p}"
+        );
+        // The validation replays 1000 rows against green in the background: light traffic to
+        // blue meanwhile.
+        if p == "validating" {
+            traffic(tg, wafers, "yield-fab2", 16).await;
+            tick(tg, 5_000).await;
+        } else {
+            traffic(tg, wafers, "yield-fab2", 60).await;
+            tick(tg, 20_000).await;
+        }
+        assert!(round < 200, "blue-green did not switch");
+    }
+    // 5. A/B test of the test-time regressor, short of its sample size (it keeps running).
+    apply(tg, AB).await;
+    for _ in 0..6 {
+        traffic(tg, wafers, "testtime", 48).await;
+        tick(tg, 30_000).await;
+    }
+    assert_eq!(phase(tg, "testtime-ab").await.0, "running");
+}
+
+fn new_wafers(seed: u64) -> parking_lot::Mutex<Wafers> {
+    parking_lot::Mutex::new(Wafers {
+        rng: StdRng::seed_from_u64(seed),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The assets, without a browser.
+
+#[tokio::test]
+async fn the_dashboard_is_served_from_the_binary_without_the_token() {
+    let tg = TestGateway::start_with_token(&gateway_yaml(), Some(TOKEN)).await;
+    for path in ["/ui", "/ui/"] {
+        let r = tg.client.get(&tg.url(path)).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("content-type"), "text/html; charset=utf-8");
+        let csp = r.header("content-security-policy");
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"),
+            "{csp}"
+        );
+        let html = String::from_utf8_lossy(&r.body).to_string();
+        assert!(
+            html.contains("/ui/ui.js") && html.contains("/ui/ui.css"),
+            "{html}"
+        );
+    }
+    let js = tg.client.get(&tg.url("/ui/ui.js")).await;
+    assert_eq!(js.status, 200);
+    assert!(js.header("content-type").starts_with("text/javascript"));
+    let css = tg.client.get(&tg.url("/ui/ui.css")).await;
+    assert_eq!(css.status, 200);
+    assert!(css.header("content-type").starts_with("text/css"));
+    assert_eq!(tg.client.get(&tg.url("/ui/nope.js")).await.status, 404);
+    // The page's data needs the token; the page itself holds none.
+    assert_eq!(
+        tg.client.get(&tg.url("/admin/v1/rollouts")).await.status,
+        401
+    );
+    // Nothing is fetched from elsewhere, and no data is ever parsed as HTML.
+    for (name, body) in [
+        ("ui.html", switchyard_server::ui::HTML),
+        ("ui.js", switchyard_server::ui::JS),
+        ("ui.css", switchyard_server::ui::CSS),
+    ] {
+        let external = body
+            .match_indices("http")
+            .map(|(i, _)| &body[i..(i + 40).min(body.len())])
+            .filter(|s| !s.starts_with("http://www.w3.org/2000/svg"))
+            .collect::<Vec<_>>();
+        assert!(external.is_empty(), "{name} refers to {external:?}");
+        for banned in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
+            assert!(!body.contains(banned), "{name} uses {banned}");
+        }
+    }
+    assert!(switchyard_server::ui::JS.contains("sessionStorage"));
+    assert!(!switchyard_server::ui::JS.contains("localStorage"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Headless Chromium over the DevTools protocol.
+
+mod cdp {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use serde_json::{json, Value};
+
+    /// Finds Chromium, or fails saying how to install it.
+    pub fn chromium() -> PathBuf {
+        if let Some(p) = std::env::var_os("SWITCHYARD_CHROMIUM") {
+            return PathBuf::from(p);
+        }
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        for name in [
+            "chromium",
+            "chromium-browser",
+            "google-chrome",
+            "google-chrome-stable",
+        ] {
+            for dir in std::env::split_paths(&path) {
+                let candidate = dir.join(name);
+                if candidate.is_file() {
+                    return candidate;
+                }
+            }
+        }
+        panic!(
+            "the dashboard's browser test needs headless Chromium, and none was found on PATH \
+             (looked for chromium, chromium-browser, google-chrome). Install Debian's package: \
+             `apt-get update && apt-get install -y chromium` (.ci/run does), or set \
+             SWITCHYARD_CHROMIUM to a Chromium binary."
+        );
+    }
+
+    /// A minimal WebSocket client (RFC 6455): text frames, masked from the client.
+    struct Ws {
+        stream: TcpStream,
+    }
+
+    impl Ws {
+        fn connect(url: &str) -> Ws {
+            let rest = url.strip_prefix("ws://").expect("a ws:// URL");
+            let (host, path) = rest.split_once('/').expect("a path");
+            let mut stream = TcpStream::connect(host).expect("connecting to DevTools");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(60)))
+                .unwrap();
+            stream.set_nodelay(true).unwrap();
+            write!(
+                stream,
+                "GET /{path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: c3dpdGNoeWFyZC11aS10ZXN0\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            .unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                stream.read_exact(&mut byte).expect("DevTools handshake");
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head);
+            assert!(
+                head.starts_with("HTTP/1.1 101"),
+                "handshake refused: {head}"
+            );
+            Ws { stream }
+        }
+
+        fn send(&mut self, text: &str) {
+            let payload = text.as_bytes();
+            let mut frame = vec![0x81u8];
+            match payload.len() {
+                n if n < 126 => frame.push(0x80 | n as u8),
+                n if n <= 0xffff => {
+                    frame.push(0x80 | 126);
+                    frame.extend_from_slice(&(n as u16).to_be_bytes());
+                }
+                n => {
+                    frame.push(0x80 | 127);
+                    frame.extend_from_slice(&(n as u64).to_be_bytes());
+                }
+            }
+            let mask: [u8; 4] = rand::random();
+            frame.extend_from_slice(&mask);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            self.stream.write_all(&frame).unwrap();
+        }
+
+        fn frame(&mut self) -> (bool, u8, Vec<u8>) {
+            let mut h = [0u8; 2];
+            self.stream
+                .read_exact(&mut h)
+                .expect("reading from DevTools");
+            let (fin, opcode, masked) = (h[0] & 0x80 != 0, h[0] & 0x0f, h[1] & 0x80 != 0);
+            let len = match h[1] & 0x7f {
+                126 => {
+                    let mut b = [0u8; 2];
+                    self.stream.read_exact(&mut b).unwrap();
+                    u64::from(u16::from_be_bytes(b))
+                }
+                127 => {
+                    let mut b = [0u8; 8];
+                    self.stream.read_exact(&mut b).unwrap();
+                    u64::from_be_bytes(b)
+                }
+                n => u64::from(n),
+            };
+            let mut mask = [0u8; 4];
+            if masked {
+                self.stream.read_exact(&mut mask).unwrap();
+            }
+            let mut payload = vec![0u8; len as usize];
+            self.stream.read_exact(&mut payload).unwrap();
+            if masked {
+                for (i, b) in payload.iter_mut().enumerate() {
+                    *b ^= mask[i % 4];
+                }
+            }
+            (fin, opcode, payload)
+        }
+
+        fn recv(&mut self) -> String {
+            let mut message = Vec::new();
+            loop {
+                let (fin, opcode, payload) = self.frame();
+                match opcode {
+                    0x8 => panic!("DevTools closed the connection"),
+                    0x9 => {
+                        // Ping: answer with a pong carrying the same payload.
+                        let mask: [u8; 4] = rand::random();
+                        let mut frame = vec![0x8a, 0x80 | payload.len() as u8];
+                        frame.extend_from_slice(&mask);
+                        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+                        self.stream.write_all(&frame).unwrap();
+                    }
+                    0xa => {}
+                    _ => {
+                        message.extend_from_slice(&payload);
+                        if fin {
+                            return String::from_utf8(message).expect("UTF-8 from DevTools");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A running Chromium with one page attached (flat session).
+    pub struct Browser {
+        child: Child,
+        ws: Ws,
+        next_id: u64,
+        session: String,
+        log: PathBuf,
+        /// Uncaught exceptions and console errors of the page.
+        pub errors: Vec<String>,
+        pub width: u32,
+        pub height: u32,
+    }
+
+    impl Drop for Browser {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Browser {
+        pub fn launch(binary: &Path, profile: &Path) -> Browser {
+            let log = profile.with_extension("log");
+            let child = Command::new(binary)
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                    "--disable-dev-shm-usage",
+                    "--hide-scrollbars",
+                    "--mute-audio",
+                    "--window-size=1440,900",
+                    "--remote-debugging-port=0",
+                ])
+                .arg(format!("--user-data-dir={}", profile.display()))
+                .arg("about:blank")
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+                .stderr(Stdio::from(
+                    std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
+                ))
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+            let mut child = child;
+            // Chromium writes its DevTools port and path here once it listens.
+            let port_file = profile.join("DevToolsActivePort");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let ws_url = loop {
+                if let Ok(text) = std::fs::read_to_string(&port_file) {
+                    let mut lines = text.lines();
+                    if let (Some(port), Some(path)) = (lines.next(), lines.next()) {
+                        break format!("ws://127.0.0.1:{port}{path}");
+                    }
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "chromium exited ({status}) before listening:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "chromium did not open its DevTools port within 60 s:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            };
+            let ws = Ws::connect(&ws_url);
+            let mut b = Browser {
+                child,
+                ws,
+                next_id: 0,
+                session: String::new(),
+                log,
+                errors: Vec::new(),
+                width: 1440,
+                height: 900,
+            };
+            let target = b.call("Target.createTarget", json!({"url": "about:blank"}));
+            let target_id = target["targetId"].as_str().unwrap().to_string();
+            let attached = b.call(
+                "Target.attachToTarget",
+                json!({"targetId": target_id, "flatten": true}),
+            );
+            b.session = attached["sessionId"].as_str().unwrap().to_string();
+            b.call("Page.enable", json!({}));
+            b.call("Runtime.enable", json!({}));
+            b.viewport(b.height);
+            b
+        }
+
+        /// Sends a command (to the page once attached) and returns its result; events that
+        /// arrive meanwhile are inspected for page errors.
+        pub fn call(&mut self, method: &str, params: Value) -> Value {
+            self.next_id += 1;
+            let id = self.next_id;
+            let mut msg = json!({"id": id, "method": method, "params": params});
+            if !self.session.is_empty() {
+                msg["sessionId"] = json!(self.session);
+            }
+            self.ws.send(&msg.to_string());
+            loop {
+                let v: Value = serde_json::from_str(&self.ws.recv()).unwrap();
+                if v["id"].as_u64() == Some(id) {
+                    if let Some(e) = v.get("error") {
+                        panic!("DevTools {method} failed: {e}");
+                    }
+                    return v["result"].clone();
+                }
+                match v["method"].as_str() {
+                    Some("Runtime.exceptionThrown") => {
+                        self.errors
+                            .push(v["params"]["exceptionDetails"].to_string());
+                    }
+                    Some("Runtime.consoleAPICalled")
+                        if matches!(v["params"]["type"].as_str(), Some("error" | "assert")) =>
+                    {
+                        self.errors.push(v["params"]["args"].to_string());
+                    }
+                    _ => {}
+                }
+            }
+        }
+
+        fn viewport(&mut self, height: u32) {
+            self.call(
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": self.width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
+            );
+        }
+
+        pub fn navigate(&mut self, url: &str) {
+            self.call("Page.navigate", json!({ "url": url }));
+        }
+
+        /// Evaluates a JavaScript expression in the page (promises awaited).
+        pub fn eval(&mut self, expression: &str) -> Value {
+            let r = self.call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+            );
+            if let Some(e) = r.get("exceptionDetails") {
+                panic!("evaluating {expression}: {e}");
+            }
+            r["result"]["value"].clone()
+        }
+
+        /// Polls `expression` until it is truthy; returns its value.
+        pub fn wait_for(&mut self, what: &str, expression: &str, limit: Duration) -> Value {
+            let deadline = Instant::now() + limit;
+            loop {
+                let v = self.eval(expression);
+                let truthy = match &v {
+                    Value::Null => false,
+                    Value::Bool(b) => *b,
+                    Value::String(s) => !s.is_empty(),
+                    Value::Number(n) => n.as_f64() != Some(0.0),
+                    _ => true,
+                };
+                if truthy {
+                    return v;
+                }
+                if Instant::now() > deadline {
+                    let text =
+                        self.eval("document.body ? document.body.innerText.slice(0, 3000) : ''");
+                    panic!(
+                        "timed out after {limit:?} waiting for {what} ({expression}); the page shows:\n{}",
+                        text.as_str().unwrap_or("")
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+
+        /// Clicks the centre of the element `selector` with real mouse events.
+        pub fn click(&mut self, selector: &str) {
+            let sel = serde_json::to_string(selector).unwrap();
+            let at = self.wait_for(
+                &format!("{selector} to be clickable"),
+                &format!(
+                    "(() => {{ const el = document.querySelector({sel}); if (!el || el.disabled) return null; \
+                     el.scrollIntoView({{block: 'center', inline: 'center'}}); const r = el.getBoundingClientRect(); \
+                     if (r.width === 0 || r.height === 0) return null; \
+                     return {{x: r.left + r.width / 2, y: r.top + r.height / 2}}; }})()"
+                ),
+                Duration::from_secs(20),
+            );
+            let (x, y) = (at["x"].as_f64().unwrap(), at["y"].as_f64().unwrap());
+            self.call(
+                "Input.dispatchMouseEvent",
+                json!({"type": "mouseMoved", "x": x, "y": y}),
+            );
+            for kind in ["mousePressed", "mouseReleased"] {
+                self.call(
+                    "Input.dispatchMouseEvent",
+                    json!({"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1}),
+                );
+            }
+        }
+
+        /// Types into the focused element.
+        pub fn type_text(&mut self, text: &str) {
+            self.call("Input.insertText", json!({ "text": text }));
+        }
+
+        /// Saves a PNG of the whole page (up to `max_height` pixels tall).
+        pub fn screenshot(&mut self, path: &Path, max_height: u32) {
+            let height = self
+                .eval("Math.ceil(document.documentElement.scrollHeight)")
+                .as_f64()
+                .unwrap_or(900.0) as u32;
+            let height = height.clamp(self.height, max_height);
+            self.viewport(height);
+            self.eval("window.scrollTo(0, 0); new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)))");
+            let shot = self.call(
+                "Page.captureScreenshot",
+                json!({"format": "png", "captureBeyondViewport": false}),
+            );
+            let png = base64_decode(shot["data"].as_str().unwrap());
+            assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+            std::fs::write(path, png).unwrap();
+            let h = self.height;
+            self.viewport(h);
+        }
+
+        pub fn close(mut self) {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.session.clear();
+                self.next_id += 1;
+                let id = self.next_id;
+                self.ws
+                    .send(&json!({"id": id, "method": "Browser.close", "params": {}}).to_string());
+            }));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!(
+                "chromium did not exit after Browser.close; killing it (log: {})",
+                self.log.display()
+            );
+        }
+    }
+
+    fn base64_decode(text: &str) -> Vec<u8> {
+        let value = |c: u8| -> u32 {
+            match c {
+                b'A'..=b'Z' => u32::from(c - b'A'),
+                b'a'..=b'z' => u32::from(c - b'a') + 26,
+                b'0'..=b'9' => u32::from(c - b'0') + 52,
+                b'+' => 62,
+                b'/' => 63,
+                _ => panic!("not base64: {c}"),
+            }
+        };
+        let bytes: Vec<u8> = text.bytes().filter(|&c| c != b'=' && c != b'\n').collect();
+        let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+        for chunk in bytes.chunks(4) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, &c)| acc | (value(c) << (18 - 6 * i)));
+            out.push((n >> 16) as u8);
+            if chunk.len() > 2 {
+                out.push((n >> 8) as u8);
+            }
+            if chunk.len() > 3 {
+                out.push(n as u8);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn base64_round_trips() {
+        assert_eq!(base64_decode("aGVsbG8="), b"hello");
+        assert_eq!(base64_decode("aGk="), b"hi");
+        assert_eq!(base64_decode("YWJj"), b"abc");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dashboard in a real browser.
+
+fn pct(v: &Value) -> String {
+    format!("{:.1}%", v.as_f64().expect("a rate") * 100.0)
+}
+
+fn pval(v: &Value) -> String {
+    let p = v.as_f64().expect("a p-value");
+    if p != 0.0 && p < 1e-4 {
+        format!("{p:.2e}")
+    } else {
+        format!("{p:.4}")
+    }
+}
+
+fn ms(v: &Value) -> String {
+    format!("{:.2} ms", v.as_f64().expect("milliseconds"))
+}
+
+/// A JavaScript expression: the text of `[data-k=key]` in the current view.
+fn text_of(key: &str) -> String {
+    format!(
+        "(() => {{ const el = document.querySelector('#view .view [data-k=\"{key}\"]'); return el ? el.textContent : null; }})()"
+    )
+}
+
+/// A JavaScript expression: rows of the table `[data-k=key]` in the current view.
+fn rows_of(key: &str) -> String {
+    format!(
+        "(() => {{ const t = document.querySelector('#view .view table[data-k=\"{key}\"]'); \
+         return t ? Array.from(t.tBodies[0].rows).filter((r) => !r.querySelector('td.empty')).map((r) => Array.from(r.cells).map((c) => c.textContent)) : null; }})()"
+    )
+}
+
+/// A JavaScript expression: how many points each series of chart `id` has.
+fn chart_points(id: &str) -> String {
+    format!(
+        "(() => {{ const svg = document.querySelector('#view svg[data-chart=\"{id}\"]'); if (!svg) return null; \
+         return Array.from(svg.querySelectorAll('path.series')).map((p) => Number(p.getAttribute('data-points'))); }})()"
+    )
+}
+
+/// Waits until `[data-k=key]` reads `want` in the view of rollout `rollout` (or any view).
+fn expect_text(b: &mut cdp::Browser, key: &str, want: &str) {
+    let js = format!(
+        "(() => {{ const t = {}; return t === {} ? t : null; }})()",
+        text_of(key),
+        serde_json::to_string(want).unwrap()
+    );
+    let got = b.eval(&text_of(key));
+    if got.as_str() != Some(want) {
+        let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            b.wait_for(&format!("{key} = {want}"), &js, Duration::from_secs(10));
+        }));
+        if waited.is_err() {
+            let now = b.eval(&text_of(key));
+            panic!("[data-k={key}] shows {now}, expected {want:?}");
+        }
+    }
+}
+
+fn open_view(b: &mut cdp::Browser, view: &str, rollout: Option<&str>) {
+    b.click(&format!("#nav a[data-view=\"{view}\"]"));
+    b.wait_for(
+        &format!("the {view} view"),
+        &format!("document.querySelector('#view .view[data-view=\"{view}\"]') !== null"),
+        Duration::from_secs(15),
+    );
+    if let Some(name) = rollout {
+        let pill = format!(".pills a[href=\"#/{view}/{name}\"]");
+        let on_it =
+            format!("document.querySelector('#view .view[data-rollout=\"{name}\"]') !== null");
+        if b.eval(&on_it) != Value::Bool(true) {
+            b.click(&pill);
+        }
+        b.wait_for(
+            &format!("the view of {name}"),
+            &on_it,
+            Duration::from_secs(15),
+        );
+    }
+}
+
+fn min_points(b: &mut cdp::Browser, chart: &str, series: usize, points: u64) {
+    let counts = b.wait_for(
+        &format!("chart {chart}"),
+        &chart_points(chart),
+        Duration::from_secs(10),
+    );
+    let counts: Vec<u64> = counts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_u64().unwrap())
+        .collect();
+    assert!(
+        counts.len() >= series && counts.iter().take(series).all(|&c| c >= points),
+        "chart {chart}: series point counts {counts:?}, wanted {series} series of at least {points}"
+    );
+}
+
+fn screenshot_dir() -> PathBuf {
+    let dir = match std::env::var_os("SWITCHYARD_UI_SCREENSHOTS") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| support::repo_root().join("target"))
+            .join("ui-screenshots"),
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// What the API says, for the page to show.
+struct Expected {
+    shadow: Value,
+    canary: Value,
+    canary_v3: Value,
+    bluegreen: Value,
+    ab: Value,
+    rollouts: Vec<(String, String)>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_shows_every_rollout_and_rolls_back_in_headless_chromium() {
+    // Fail early (not skip) when there is no browser.
+    let chromium = cdp::chromium();
+    let started = Instant::now();
+    let tg = Arc::new(TestGateway::start_with_token(&gateway_yaml(), Some(TOKEN)).await);
+    let wafers = Arc::new(new_wafers(7));
+    scenario(&tg, &wafers).await;
+    let data_secs = started.elapsed().as_secs_f64();
+
+    let report = |name: &'static str| {
+        let tg = tg.clone();
+        async move { admin_json(&tg, &format!("/rollouts/{name}/report?format=json")).await }
+    };
+    let list = admin_json(&tg, "/rollouts").await;
+    let expected = Expected {
+        shadow: report("yield-v2-shadow").await,
+        canary: report("yield-v2-canary").await,
+        canary_v3: report("yield-v3-canary").await,
+        bluegreen: report("yield-fab2-bluegreen").await,
+        ab: report("testtime-ab").await,
+        rollouts: list["rollouts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap().to_string(),
+                    r["phase"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect(),
+    };
+    assert_eq!(expected.rollouts.len(), 5);
+
+    // The A/B test keeps getting traffic, and the controller keeps ticking, while the browser
+    // looks: the page must follow without a reload.
+    let stop = Arc::new(AtomicBool::new(false));
+    let live = {
+        let (tg, wafers, stop) = (tg.clone(), wafers.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut rounds = 0u32;
+            // At most 120 more requests, so the A/B test stays short of its sample size (and
+            // the audit trail does not move) however slow the browser is.
+            while !stop.load(Ordering::SeqCst) && rounds < 600 {
+                if rounds < 30 {
+                    traffic(&tg, &wafers, "testtime", 4).await;
+                }
+                tick(&tg, 5_000).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                rounds += 1;
+            }
+        })
+    };
+
+    let url = tg.gateway.url();
+    let shots = screenshot_dir();
+    let profile = tempfile::tempdir().unwrap();
+    let handle = tokio::runtime::Handle::current();
+    let tg2 = tg.clone();
+    let browser_started = Instant::now();
+    let driven = tokio::task::spawn_blocking(move || {
+        drive(
+            &chromium,
+            profile.path(),
+            &url,
+            &shots,
+            &expected,
+            &handle,
+            &tg2,
+        );
+        drop(profile);
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    live.await.unwrap();
+    if let Err(e) = driven {
+        std::panic::resume_unwind(e.into_panic());
+    }
+    eprintln!(
+        "dashboard test: data {data_secs:.1} s, browser {:.1} s, screenshots in {}",
+        browser_started.elapsed().as_secs_f64(),
+        screenshot_dir().display()
+    );
+}
+
+fn drive(
+    chromium: &Path,
+    profile: &Path,
+    url: &str,
+    shots: &Path,
+    x: &Expected,
+    handle: &tokio::runtime::Handle,
+    tg: &TestGateway,
+) {
+    let t0 = Instant::now();
+    let mut b = cdp::Browser::launch(chromium, &profile.join("profile"));
+    let step = |what: &str| eprintln!("  [{:>5.1} s] {what}", t0.elapsed().as_secs_f64());
+    step("chromium started");
+
+    // 1. The API answers 401: the page asks for the token, shows no data, and takes it.
+    b.navigate(&format!("{url}/ui"));
+    b.wait_for(
+        "the token prompt",
+        "(() => { const d = document.getElementById('token-dialog'); return d && !d.hidden; })()",
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        b.eval(&rows_of("rollouts")),
+        Value::Null,
+        "no data without the token"
+    );
+    b.screenshot(&shots.join("token.png"), 900);
+    b.click("#token-input");
+    b.type_text(TOKEN);
+    b.click("#token-submit");
+    b.wait_for(
+        "the overview",
+        &format!(
+            "(() => {{ const r = {}; return r && r.length === 5; }})()",
+            rows_of("rollouts")
+        ),
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        b.eval("sessionStorage.getItem('switchyard.adminToken')"),
+        json!(TOKEN),
+        "the token is kept for the tab"
+    );
+    assert!(
+        !b.eval("location.href").as_str().unwrap().contains(TOKEN),
+        "the token is never put in the URL"
+    );
+    step("token accepted");
+
+    // 2. Overview: every rollout with its phase, split, last event and alerts.
+    let rows = b.eval(&rows_of("rollouts"));
+    let rows = rows.as_array().unwrap();
+    for (name, phase) in &x.rollouts {
+        let row = rows
+            .iter()
+            .find(|r| r[0].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing from the overview: {rows:?}"));
+        assert_eq!(row[4].as_str(), Some(phase.as_str()), "{name}: {row}");
+        assert!(
+            row[6].as_str().unwrap().len() > 5,
+            "{name} has a last event: {row}"
+        );
+    }
+    let v3 = rows.iter().find(|r| r[0] == "yield-v3-canary").unwrap();
+    assert!(
+        v3[7].as_str().unwrap().contains("rollback"),
+        "alert of the v3 rollback: {v3}"
+    );
+    let canary_row = rows.iter().find(|r| r[0] == "yield-v2-canary").unwrap();
+    assert!(
+        canary_row[5].as_str().unwrap().contains("canary v2 60%"),
+        "{canary_row}"
+    );
+    expect_text(&mut b, "rollout-count", "5");
+    expect_text(&mut b, "alert-count", "1");
+    let models = b.eval(&rows_of("models"));
+    assert_eq!(models.as_array().unwrap().len(), 3, "{models}");
+    b.screenshot(&shots.join("overview.png"), 1600);
+    step("overview checked");
+
+    // 3. Shadow.
+    open_view(&mut b, "shadow", Some("yield-v2-shadow"));
+    let s = &x.shadow["analysis"]["shadow"];
+    expect_text(&mut b, "agreement", &pct(&s["agreement"]));
+    expect_text(&mut b, "primary-accuracy", &pct(&s["primary_accuracy"]));
+    expect_text(&mut b, "shadow-accuracy", &pct(&s["shadow_accuracy"]));
+    expect_text(&mut b, "mcnemar-p", &pval(&s["mcnemar"]["p_value"]));
+    expect_text(
+        &mut b,
+        "shadow-recommendation",
+        s["recommendation"].as_str().unwrap(),
+    );
+    expect_text(&mut b, "phase", "completed");
+    let sub = b.eval(&text_of("mcnemar-p-sub"));
+    let (bb, cc) = (&s["mcnemar"]["b"], &s["mcnemar"]["c"]);
+    assert!(
+        sub.as_str().unwrap().contains(&format!("b {bb} / c {cc}")),
+        "{sub}"
+    );
+    let cases = x.shadow["analysis"]["disagreements"].as_array().unwrap();
+    assert!(!cases.is_empty());
+    let rows = b.eval(&rows_of("disagreements"));
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), cases.len());
+    assert_eq!(rows[0][0], cases[0]["request_id"]);
+    assert!(
+        rows[0][1].as_str().unwrap().starts_with('['),
+        "the input: {}",
+        rows[0]
+    );
+    min_points(&mut b, "agreement", 1, 3);
+    min_points(&mut b, "gain", 1, 3);
+    let bars =
+        b.eval("document.querySelectorAll('#view svg[data-chart=\"latency\"] rect.bar').length");
+    assert_eq!(bars, json!(6), "p50/p95/p99 bars of both versions");
+    b.screenshot(&shots.join("shadow.png"), 1100);
+    step("shadow checked");
+
+    // 4. A/B, and live updates by polling.
+    open_view(&mut b, "ab", Some("testtime-ab"));
+    let ab = &x.ab["analysis"]["ab"];
+    expect_text(&mut b, "configured-split", "50% / 50%");
+    let required = ab["required_per_arm"].as_u64().unwrap();
+    let req_text = b.eval(&text_of("required"));
+    assert!(
+        req_text
+            .as_str()
+            .unwrap()
+            .contains(&format!("required per arm: {required}")),
+        "{req_text}"
+    );
+    expect_text(&mut b, "srm", "ok");
+    let prob: f64 = b
+        .eval(&text_of("prob-b"))
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((0.0..=1.0).contains(&prob));
+    assert!(b.eval(&text_of("p-value")).as_str().unwrap() != "—");
+    assert!(b
+        .eval(&text_of("diff-sub"))
+        .as_str()
+        .unwrap()
+        .contains("95% CI ["));
+    min_points(&mut b, "metric", 2, 3);
+    min_points(&mut b, "prob", 1, 3);
+    assert_eq!(
+        b.eval("document.querySelectorAll('#view svg[data-chart=\"sample\"] rect.bar').length"),
+        json!(2)
+    );
+    assert_eq!(
+        b.eval("document.querySelectorAll('#view svg[data-chart=\"ci\"] line.ci').length"),
+        json!(3)
+    );
+    let observed = |b: &mut cdp::Browser| -> u64 {
+        let t = b.eval(&text_of("observed-split"));
+        t.as_str()
+            .unwrap()
+            .split(" / ")
+            .map(|n| n.trim().parse::<u64>().unwrap())
+            .sum()
+    };
+    b.eval("window.__notReloaded = true");
+    let polls_before: u64 = b
+        .eval("Number(document.getElementById('live').getAttribute('data-polls'))")
+        .as_f64()
+        .unwrap() as u64;
+    let before = observed(&mut b);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while observed(&mut b) <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the A/B numbers did not update live ({before} requests)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        b.eval("window.__notReloaded === true"),
+        json!(true),
+        "updated without a reload"
+    );
+    let polls_after = b
+        .eval("Number(document.getElementById('live').getAttribute('data-polls'))")
+        .as_f64()
+        .unwrap() as u64;
+    assert!(
+        polls_after > polls_before,
+        "polled ({polls_before} → {polls_after})"
+    );
+    b.screenshot(&shots.join("ab.png"), 1600);
+    step("A/B checked, updates live");
+
+    // 5. Canary: the running v2 canary, then the v3 one its gate rolled back.
+    open_view(&mut b, "canary", Some("yield-v2-canary"));
+    let c = &x.canary;
+    let (stable, cand) = (&c["versions"]["v1"], &c["versions"]["v2"]);
+    expect_text(&mut b, "weight", "60%");
+    expect_text(&mut b, "weight-sub", "step 3 of 4");
+    expect_text(&mut b, "stable-accuracy", &pct(&stable["accuracy"]));
+    expect_text(&mut b, "canary-accuracy", &pct(&cand["accuracy"]));
+    expect_text(
+        &mut b,
+        "p95",
+        &format!("{} / {}", ms(&stable["p95_ms"]), ms(&cand["p95_ms"])),
+    );
+    expect_text(&mut b, "gates", "2 passed · 0 failed");
+    let gates = b.eval(&rows_of("gates"));
+    let gates = gates.as_array().unwrap();
+    assert_eq!(gates.len(), 2);
+    assert!(gates.iter().all(|g| g[2] == "passed"), "{gates:?}");
+    let steps = b.eval(&rows_of("steps"));
+    let status: Vec<&str> = steps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[5].as_str().unwrap())
+        .collect();
+    assert_eq!(status, ["passed", "passed", "current", "pending"]);
+    min_points(&mut b, "weight", 1, 3);
+    min_points(&mut b, "accuracy", 2, 3);
+    min_points(&mut b, "latency", 6, 3);
+    b.screenshot(&shots.join("canary.png"), 1100);
+    b.screenshot(&shots.join("canary-full.png"), 4000);
+    open_view(&mut b, "canary", Some("yield-v3-canary"));
+    expect_text(&mut b, "phase", "rolled_back");
+    let v3 = &x.canary_v3["versions"];
+    expect_text(&mut b, "canary-accuracy", &pct(&v3["v3"]["accuracy"]));
+    expect_text(&mut b, "gates", "0 passed · 1 failed");
+    let gates = b.eval(&rows_of("gates"));
+    assert_eq!(gates[0][2], "failed", "{gates}");
+    assert_eq!(
+        b.eval("document.querySelector('#view button[data-action=\"rollback\"]').disabled"),
+        json!(true),
+        "no commands on a finished rollout"
+    );
+    b.screenshot(&shots.join("canary-v3.png"), 1600);
+    step("canary views checked");
+
+    // 6. Roll the v2 canary back with the button (and the confirmation).
+    open_view(&mut b, "canary", Some("yield-v2-canary"));
+    b.click("#view button[data-action=\"rollback\"][data-rollout=\"yield-v2-canary\"]");
+    b.wait_for(
+        "the confirmation",
+        "!document.getElementById('confirm-dialog').hidden",
+        Duration::from_secs(10),
+    );
+    b.screenshot(&shots.join("confirm-rollback.png"), 900);
+    b.click("#confirm-ok");
+    b.wait_for(
+        "the canary to show rolled_back",
+        &format!("{} === 'rolled_back'", text_of("phase")),
+        Duration::from_secs(15),
+    );
+    let (phase_now, events) = handle.block_on(async {
+        (
+            phase(tg, "yield-v2-canary").await.0,
+            admin_json(tg, "/rollouts/yield-v2-canary/events").await,
+        )
+    });
+    assert_eq!(
+        phase_now, "rolled_back",
+        "the button rolled the canary back"
+    );
+    let last = events["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["kind"], "rolled_back");
+    assert_eq!(
+        last["actor"], "admin:ui",
+        "the page's command, with the token"
+    );
+    b.wait_for(
+        "the rollback in the events table",
+        &format!("(() => {{ const r = {}; return r && r.some((x) => x[2] === 'rolled_back' && x[3] === 'admin:ui'); }})()", rows_of("events")),
+        Duration::from_secs(10),
+    );
+    b.screenshot(&shots.join("canary-rolled-back.png"), 1100);
+    step("rollback by button checked");
+
+    // 7. Blue-green.
+    open_view(&mut b, "bluegreen", Some("yield-fab2-bluegreen"));
+    let bg = &x.bluegreen["versions"];
+    expect_text(&mut b, "active-colour", "green");
+    expect_text(&mut b, "blue", "v2");
+    expect_text(&mut b, "green", "v2r");
+    expect_text(&mut b, "validation", "passed");
+    expect_text(
+        &mut b,
+        "green-sub",
+        &format!(
+            "{} p95 · {:.2}% errors",
+            ms(&bg["v2r"]["p95_ms"]),
+            bg["v2r"]["error_rate"].as_f64().unwrap() * 100.0
+        ),
+    );
+    expect_text(
+        &mut b,
+        "blue-sub",
+        &format!(
+            "{} p95 · {:.2}% errors",
+            ms(&bg["v2"]["p95_ms"]),
+            bg["v2"]["error_rate"].as_f64().unwrap() * 100.0
+        ),
+    );
+    let switches = b.eval(&rows_of("switches"));
+    let kinds: Vec<&str> = switches
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[1].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["validated", "switched", "monitor_passed"]);
+    min_points(&mut b, "colour", 1, 3);
+    min_points(&mut b, "latency", 2, 3);
+    b.screenshot(&shots.join("bluegreen.png"), 1600);
+    step("blue-green checked");
+
+    // 8. Audit trail with its numbers, and the chain verified.
+    open_view(&mut b, "audit", None);
+    let total: usize = handle.block_on(async {
+        let mut n = 0;
+        for (name, _) in &x.rollouts {
+            n += admin_json(tg, &format!("/rollouts/{name}/events")).await["events"]
+                .as_array()
+                .unwrap()
+                .len();
+        }
+        n
+    });
+    expect_text(&mut b, "event-count", &total.to_string());
+    expect_text(&mut b, "chain", "verified");
+    let audit = b.eval(&rows_of("events"));
+    let audit = audit.as_array().unwrap();
+    assert_eq!(audit.len(), total);
+    let gate = audit
+        .iter()
+        .find(|r| r[3] == "gate_failed")
+        .expect("the failed gate in the audit trail");
+    assert!(
+        gate[6].as_str().unwrap().contains("canary_accuracy"),
+        "{gate}"
+    );
+    b.screenshot(&shots.join("audit.png"), 1600);
+    step("audit checked");
+
+    assert!(b.errors.is_empty(), "errors in the page: {:?}", b.errors);
+    b.close();
+}
