@@ -19,9 +19,20 @@ pub const BUCKETS: u32 = 10_000;
 
 /// Bucket of a routing key under a salt, in `0..BUCKETS`.
 pub fn bucket(salt: &str, key: &[u8]) -> u32 {
-    let seed = xxh3_64_with_seed(salt.as_bytes(), 0x5717_c4a2d);
+    bucket_seeded(salt_seed(salt), key)
+}
+
+fn salt_seed(salt: &str) -> u64 {
+    xxh3_64_with_seed(salt.as_bytes(), 0x5717_c4a2d)
+}
+
+fn bucket_seeded(seed: u64, key: &[u8]) -> u32 {
     (xxh3_64_with_seed(key, seed) % u64::from(BUCKETS)) as u32
 }
+
+/// Mixed into the salt's seed for shadow sampling, so the sampled slice of keys is independent
+/// of any split under the same salt.
+const SHADOW_SEED_MIX: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// Stable 64-bit hash of a routing key, logged instead of the key itself.
 pub fn key_hash(key: &[u8]) -> u64 {
@@ -211,7 +222,7 @@ impl ModelRoute {
                 // An independent bucket for sampling, so the sample is not the same slice of
                 // keys as any split of the same salt.
                 let sample_bucket = match key {
-                    Some(k) => bucket(&format!("{}/shadow", self.salt), k),
+                    Some(k) => bucket_seeded(salt_seed(&self.salt) ^ SHADOW_SEED_MIX, k),
                     None => random_bucket.rotate_left(16) % BUCKETS,
                 };
                 let shadows = shadows
