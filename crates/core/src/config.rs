@@ -64,6 +64,13 @@ pub struct RawController {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_body_bytes: Option<u64>,
+    /// Time a client has to send a request's line and headers (also the idle time allowed
+    /// between requests on a kept-alive connection); the connection is closed after it.
+    pub header_read_timeout_ms: Option<u64>,
+    /// Time a client has to send a request's body once its headers arrived (408 after it).
+    pub body_read_timeout_ms: Option<u64>,
+    /// Largest request line plus headers accepted (431 above it).
+    pub max_header_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -167,6 +174,9 @@ pub struct GatewayConfig {
     pub data_dir: Option<PathBuf>,
     pub admin_token_env: Option<String>,
     pub max_body_bytes: usize,
+    pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
+    pub max_header_bytes: usize,
     pub log: LogSettings,
     pub shadow: ShadowSettings,
     pub models: BTreeMap<String, ModelConfig>,
@@ -268,6 +278,15 @@ pub struct ModelConfig {
 
 /// Default per-backend timeout.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+/// Default time a client has to send its request line and headers.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Default time a client has to send a request body.
+pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
+/// Default largest request line plus headers.
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
+/// Bounds of `limits.max_header_bytes` (the HTTP server's read buffer cannot be smaller than
+/// 8 KiB; more than 1 MiB of headers is never legitimate here).
+pub const MAX_HEADER_BYTES_RANGE: std::ops::RangeInclusive<u64> = 8 * 1024..=1024 * 1024;
 
 fn percent_to_bp(path: &str, value: f64, problems: &mut Vec<String>) -> u32 {
     if !(value.is_finite() && (0.0..=100.0).contains(&value)) {
@@ -309,6 +328,30 @@ impl RawConfig {
             1 << 20,
             &mut problems,
         );
+        let header_read_timeout_ms = positive(
+            "limits.header_read_timeout_ms",
+            self.limits.header_read_timeout_ms,
+            DEFAULT_HEADER_READ_TIMEOUT_MS,
+            &mut problems,
+        );
+        let body_read_timeout_ms = positive(
+            "limits.body_read_timeout_ms",
+            self.limits.body_read_timeout_ms,
+            DEFAULT_BODY_READ_TIMEOUT_MS,
+            &mut problems,
+        );
+        let max_header_bytes = match self.limits.max_header_bytes {
+            Some(v) if !MAX_HEADER_BYTES_RANGE.contains(&v) => {
+                problems.push(format!(
+                    "limits.max_header_bytes: must be between {} and {}, got {v}",
+                    MAX_HEADER_BYTES_RANGE.start(),
+                    MAX_HEADER_BYTES_RANGE.end()
+                ));
+                DEFAULT_MAX_HEADER_BYTES
+            }
+            Some(v) => v,
+            None => DEFAULT_MAX_HEADER_BYTES,
+        };
         let defaults = LogSettings::default();
         let capture_inputs = self.log.capture_inputs.unwrap_or(0.0);
         if !(capture_inputs.is_finite() && (0.0..=1.0).contains(&capture_inputs)) {
@@ -421,6 +464,9 @@ impl RawConfig {
                 data_dir: self.data_dir,
                 admin_token_env: self.admin_token_env,
                 max_body_bytes: max_body_bytes as usize,
+                header_read_timeout_ms,
+                body_read_timeout_ms,
+                max_header_bytes: max_header_bytes as usize,
                 log,
                 shadow,
                 models,
@@ -770,10 +816,16 @@ mod tests {
         ]);
         c.listen = Some("localhost".into());
         c.log.capture_inputs = Some(2.0);
+        c.limits.header_read_timeout_ms = Some(0);
+        c.limits.body_read_timeout_ms = Some(0);
+        c.limits.max_header_bytes = Some(100);
         let problems = c.validate().unwrap_err();
         let expect = [
             "listen",
             "log.capture_inputs",
+            "limits.header_read_timeout_ms: must be greater than 0",
+            "limits.body_read_timeout_ms: must be greater than 0",
+            "limits.max_header_bytes: must be between 8192 and 1048576",
             "models.yield.serve.arms[1].weight",
             "unknown version 'v9'",
             "models.other.serve: shadow strategy needs at least one shadow",
@@ -799,5 +851,21 @@ mod tests {
             c.models["yield"].strategy,
             Strategy::canary("v1", "v2", 500)
         );
+    }
+
+    #[test]
+    fn server_limits_have_defaults() {
+        let c = config(vec![("yield", model(strategy_single()))])
+            .validate()
+            .unwrap();
+        assert_eq!(c.header_read_timeout_ms, 10_000);
+        assert_eq!(c.body_read_timeout_ms, 30_000);
+        assert_eq!(c.max_header_bytes, 64 * 1024);
+    }
+
+    fn strategy_single() -> RawStrategy {
+        let mut s = strategy("single");
+        s.version = Some("v1".into());
+        s
     }
 }

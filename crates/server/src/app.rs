@@ -5,14 +5,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use axum::extract::Request;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use switchyard_core::config::{GatewayConfig, LogSettings};
 use switchyard_core::{ModelRoute, RoutingTable, Strategy};
@@ -38,6 +44,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub admin_token: Option<String>,
     pub max_body_bytes: usize,
+    /// Time a client has to send a request body once its headers arrived.
+    pub body_read_timeout: Duration,
     pub log_settings: LogSettings,
     /// The SQLite file of the store (reports open their own read connection).
     pub store_path: PathBuf,
@@ -169,6 +177,7 @@ impl Gateway {
             metrics,
             admin_token: options.admin_token,
             max_body_bytes: config.max_body_bytes,
+            body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
             log_settings: config.log,
             controller: parking_lot::RwLock::new(None),
             store_path: options.store_path.clone(),
@@ -201,14 +210,8 @@ impl Gateway {
         let addr = listener.local_addr()?;
         let app = router(state.clone());
         let (tx, rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = rx.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "server stopped");
-            }
-        });
+        let http = http1_builder(&config);
+        let server = tokio::spawn(serve(listener, app, http, rx));
         tracing::info!(%addr, "switchyard gateway listening");
         Ok(Gateway {
             addr,
@@ -245,6 +248,74 @@ impl Gateway {
     }
 }
 
+/// hyper's own default read-buffer limit (8 KiB + 100 × 4 KiB).
+const DEFAULT_MAX_BUF_SIZE: usize = 8192 + 4096 * 100;
+
+/// The HTTP/1 connection settings that protect the data plane from slow and abusive clients:
+/// a client must send its request line and headers within `header_read_timeout_ms` (this also
+/// bounds how long a kept-alive connection may sit idle), and headers above `max_header_bytes`
+/// are answered 431 and the connection closed.
+fn http1_builder(config: &GatewayConfig) -> http1::Builder {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(config.header_read_timeout_ms))
+        .max_header_size(config.max_header_bytes)
+        // The read buffer must hold the largest accepted head (hyper's minimum is 8 KiB).
+        .max_buf_size((config.max_header_bytes + 8192).max(DEFAULT_MAX_BUF_SIZE));
+    http
+}
+
+/// The accept loop: one task per connection, each watched for graceful shutdown. Once
+/// `shutdown` fires (or its sender is dropped), the listener is closed, idle connections are
+/// closed, and requests in flight are finished before this returns.
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    http: http1::Builder,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // E.g. out of file descriptors: back off rather than spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // Header timeouts, oversized heads and resets end here: the client's problem.
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Gives every request body a deadline of `body_read_timeout` from when its headers arrived;
+/// [`dataplane::read_body`] answers 408 when it passes.
+async fn body_deadline(State(state): State<Arc<AppState>>, request: Request) -> Request {
+    use axum::body::HttpBody;
+    if request.body().is_end_stream() {
+        return request;
+    }
+    request
+        .map(|body| axum::body::Body::new(dataplane::TimedBody::new(body, state.body_read_timeout)))
+}
+
 /// All routes of the gateway.
 pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
@@ -279,6 +350,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async {
             crate::error::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
         })
+        .layer(axum::middleware::map_request_with_state(
+            state.clone(),
+            body_deadline,
+        ))
         .with_state(state)
 }
 

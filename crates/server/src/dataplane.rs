@@ -7,14 +7,18 @@
 //! **record** the prediction into the log queue (non-blocking) → respond. Recording happens on
 //! every path that reached a model, success or failure.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use axum::body::Body;
+use axum::body::{Body, HttpBody};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use hyper::body::{Frame, SizeHint};
 use serde_json::Value;
 use switchyard_core::config::KeySource;
 use switchyard_core::routing::{key_hash, BUCKETS};
@@ -95,6 +99,16 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
 /// Reads the body, refusing bodies over `limit` bytes.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if let Some(timeout) = find_body_timeout(&e) {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "request body not received within {} ms",
+                    timeout.0.as_millis()
+                ),
+            );
+        }
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.to_string().contains("length limit"))
             || e.to_string().contains("length limit");
@@ -112,6 +126,81 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             )
         }
     })
+}
+
+/// The error of a request body that did not arrive in time.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyReadTimeout(pub Duration);
+
+impl std::fmt::Display for BodyReadTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "request body not received within {} ms",
+            self.0.as_millis()
+        )
+    }
+}
+
+impl std::error::Error for BodyReadTimeout {}
+
+fn find_body_timeout(e: &(dyn std::error::Error + 'static)) -> Option<BodyReadTimeout> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(t) = err.downcast_ref::<BodyReadTimeout>() {
+            return Some(*t);
+        }
+        current = err.source();
+    }
+    None
+}
+
+/// A request body with a deadline: once `timeout` has passed since it was wrapped, polling it
+/// fails with [`BodyReadTimeout`] (frames that are ready are still delivered first). Every
+/// request gets one from the router's middleware, so each reader of a body (`read_body`) is
+/// bounded without knowing the setting.
+#[derive(Debug)]
+pub struct TimedBody {
+    inner: Body,
+    timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl TimedBody {
+    pub fn new(inner: Body, timeout: Duration) -> Self {
+        TimedBody {
+            inner,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl HttpBody for TimedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(axum::Error::new(BodyReadTimeout(this.timeout)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn routing_key(source: Option<&KeySource>, headers: &HeaderMap, body: &Value) -> Option<Vec<u8>> {

@@ -115,7 +115,7 @@ pub fn request_rows(wire: Wire, body: &Value) -> Result<Vec<Vec<f32>>, BadReques
             if instances.is_empty() {
                 return Err(BadRequest("\"instances\" is empty".into()));
             }
-            instances
+            let rows: Vec<Vec<f32>> = instances
                 .iter()
                 .enumerate()
                 .map(|(i, inst)| {
@@ -124,7 +124,16 @@ pub fn request_rows(wire: Wire, body: &Value) -> Result<Vec<Vec<f32>>, BadReques
                         .map_err(|e| BadRequest(format!("instances[{i}]: {e}")))?;
                     Ok(row)
                 })
-                .collect()
+                .collect::<Result<_, BadRequest>>()?;
+            // A batch is a matrix: every instance has the first one's width.
+            if let Some(i) = rows.iter().position(|r| r.len() != rows[0].len()) {
+                return Err(BadRequest(format!(
+                    "instances[{i}] has {} values but instances[0] has {}",
+                    rows[i].len(),
+                    rows[0].len()
+                )));
+            }
+            Ok(rows)
         }
     }
 }
@@ -425,6 +434,12 @@ mod tests {
             .unwrap_err()
             .0
             .contains("instances[0]"));
+        // Found by the `request` fuzz target: ragged batches are refused.
+        let ragged = json!({"instances": [[1.0, 2, 0], [3.0, 4.0]]});
+        assert!(request_rows(Wire::V1, &ragged)
+            .unwrap_err()
+            .0
+            .contains("instances[1] has 2 values"));
     }
 
     #[test]

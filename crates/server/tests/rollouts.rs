@@ -304,9 +304,10 @@ async fn rolled_back_at_first_gate(
     severity: &str,
     reason: &str,
     min_requests: u64,
+    stable_delay_ms: u64,
 ) {
     let _serial = SERIAL.lock().await;
-    let stable = QualityModel::start(90, 2, 5).await;
+    let stable = QualityModel::start(90, 2, stable_delay_ms).await;
     let hook = Webhook::start().await;
     let tg = TestGateway::start(&gateway_yaml(&stable.url, &candidate.url, &hook.url)).await;
     let spec = CANARY.replace("min_requests: 20", &format!("min_requests: {min_requests}"));
@@ -360,15 +361,17 @@ async fn rolled_back_at_first_gate(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_10_points_less_accurate_is_rolled_back() {
-    rolled_back_at_first_gate(QualityModel::start(80, 2, 5).await, "P0", "accuracy", 20).await;
+    rolled_back_at_first_gate(QualityModel::start(80, 2, 5).await, "P0", "accuracy", 20, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_with_doubled_latency_is_rolled_back() {
+    // 20 ms against 40 ms: scheduling noise of a few ms on a busy machine cannot close the gap.
     rolled_back_at_first_gate(
-        QualityModel::start(90, 2, 10).await,
+        QualityModel::start(90, 2, 40).await,
         "P1",
         "p95 latency",
+        20,
         20,
     )
     .await;
@@ -376,7 +379,14 @@ async fn a_candidate_with_doubled_latency_is_rolled_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_with_3x_errors_is_rolled_back() {
-    rolled_back_at_first_gate(QualityModel::start(90, 6, 5).await, "P0", "error rate", 100).await;
+    rolled_back_at_first_gate(
+        QualityModel::start(90, 6, 5).await,
+        "P0",
+        "error rate",
+        100,
+        5,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
