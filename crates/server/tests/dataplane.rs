@@ -744,6 +744,21 @@ async fn backend_failures_become_502_and_504_and_count_against_the_version() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
+    // A server that promises 1000 bytes of body, sends 10 and closes the connection.
+    let cut = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for sock in l.incoming() {
+                let Ok(mut sock) = sock else { return };
+                let mut buf = vec![0u8; 4096];
+                let _ = sock.read(&mut buf);
+                let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"outputs\"");
+            }
+        });
+        addr
+    };
     let yaml = format!(
         r#"
 models:
@@ -751,11 +766,13 @@ models:
   junk: {{ versions: {{ v: {{ url: "{}" }} }}, serve: {{ kind: single, version: v }} }}
   hang: {{ versions: {{ v: {{ url: "{}", timeout_ms: 150 }} }}, serve: {{ kind: single, version: v }} }}
   down: {{ versions: {{ v: {{ url: "http://{}" }} }}, serve: {{ kind: single, version: v }} }}
+  reset: {{ versions: {{ v: {{ url: "http://{}" }} }}, serve: {{ kind: single, version: v }} }}
 "#,
         fail.url(),
         junk.url(),
         hang.url(),
-        closed
+        closed,
+        cut
     );
     let tg = TestGateway::start(&yaml).await;
     for (model, status, code) in [
@@ -763,6 +780,7 @@ models:
         ("junk", 502, "upstream_malformed"),
         ("hang", 504, "upstream_timeout"),
         ("down", 502, "upstream_unreachable"),
+        ("reset", 502, "upstream_unreachable"),
     ] {
         let r = tg
             .client
@@ -783,7 +801,7 @@ models:
     }
     tg.gateway.state.log.flush().await.unwrap();
     let agg = tg.gateway.state.log.aggregates().lock().clone();
-    for model in ["fail", "junk", "hang", "down"] {
+    for model in ["fail", "junk", "hang", "down", "reset"] {
         let s = agg.variant(model, "v", Role::Serving, |_| true);
         assert_eq!((s.requests, s.errors), (1, 1), "{model}");
     }
