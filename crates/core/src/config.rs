@@ -1,5 +1,9 @@
-//! The gateway's configuration: one YAML file → raw serde types that reject unknown fields →
-//! [`RawConfig::validate`], which returns *every* problem at once → a typed [`GatewayConfig`].
+//! The gateway's configuration: one YAML file → raw serde types → [`RawConfig::validate`],
+//! which returns *every* problem at once → a typed [`GatewayConfig`].
+//!
+//! Unknown fields are problems too: the edge that parses the YAML deserializes through
+//! `serde_ignored` and adds one problem per unknown field path, so a typo does not hide the
+//! other mistakes (with `deny_unknown_fields` serde would stop at the first one).
 //!
 //! Parsing the YAML text is the caller's job (the server crate); this module only defines the
 //! shapes and the rules.
@@ -15,7 +19,6 @@ use crate::routing::{Arm, Colour, ShadowTarget, Strategy};
 // Raw shapes, as written in YAML.
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawConfig {
     /// Address to listen on, e.g. `127.0.0.1:8080`.
     pub listen: Option<String>,
@@ -39,14 +42,12 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawAlerts {
     #[serde(default)]
     pub webhooks: Vec<RawWebhook>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawWebhook {
     pub url: String,
     /// Least severe alert delivered: P0 (only critical) .. P3 (everything, the default).
@@ -54,14 +55,12 @@ pub struct RawWebhook {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawController {
     /// How often rollouts are evaluated.
     pub tick_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub max_body_bytes: Option<u64>,
     /// Time a client has to send a request's line and headers (also the idle time allowed
@@ -74,7 +73,6 @@ pub struct RawLimits {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub queue_capacity: Option<u64>,
     pub batch_size: Option<u64>,
@@ -84,7 +82,6 @@ pub struct RawLog {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawShadow {
     pub queue_capacity: Option<u64>,
     pub concurrency: Option<u64>,
@@ -94,7 +91,6 @@ pub struct RawShadow {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawModel {
     pub task: Option<String>,
     pub routing_key: Option<RawKey>,
@@ -105,7 +101,6 @@ pub struct RawModel {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawKey {
     pub header: Option<String>,
     /// JSON pointer into the request body, e.g. `/parameters/wafer_id`.
@@ -113,7 +108,6 @@ pub struct RawKey {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawBackend {
     /// Path of an ONNX model run in-process.
     pub onnx: Option<PathBuf>,
@@ -129,7 +123,6 @@ pub struct RawBackend {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawStrategy {
     pub kind: String,
     pub version: Option<String>,
@@ -149,7 +142,6 @@ pub struct RawStrategy {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawShadowTarget {
     pub version: String,
     /// Percent of requests mirrored (default 100).
@@ -157,7 +149,6 @@ pub struct RawShadowTarget {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawArm {
     pub variant: Option<String>,
     pub version: String,

@@ -1,6 +1,7 @@
 //! Rollout specs as written by operators (YAML through `switchyard apply -f`, or JSON through
-//! the admin API): raw serde shapes that reject unknown fields, defaults from the seed
-//! notebook, and validation that returns every problem at once.
+//! the admin API): raw serde shapes, defaults from the seed notebook, and validation that
+//! returns every problem at once. Unknown fields are reported by the parsing edge (through
+//! `serde_ignored`) together with the validation problems.
 //!
 //! Percentages are written as percent (`weight: 5`), durations in milliseconds.
 
@@ -12,7 +13,6 @@ use crate::rollout::{
 };
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawStep {
     /// Percent of traffic to the canary.
     pub weight: f64,
@@ -23,7 +23,6 @@ pub struct RawStep {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawGate {
     /// Absolute accuracy drop (0.05 = 5 points); `null` disables.
     #[serde(default = "some_accuracy_drop")]
@@ -54,7 +53,6 @@ fn some_error_ratio() -> Option<f64> {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawCanary {
     pub stable: Option<String>,
     pub candidate: Option<String>,
@@ -69,7 +67,6 @@ pub struct RawCanary {
 
 /// A rollout spec as written.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawRollout {
     pub name: String,
     pub model: String,

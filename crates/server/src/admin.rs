@@ -57,8 +57,18 @@ pub async fn get_routes(State(state): State<Arc<AppState>>) -> Json<Value> {
 pub async fn put_route(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
-    Json(raw): Json<RawStrategy>,
+    body: String,
 ) -> Result<Json<Value>, ApiError> {
+    let (raw, unknown): (RawStrategy, Vec<String>) =
+        crate::config_file::from_yaml_listing_unknown(&body)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_strategy", e))?;
+    if !unknown.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_strategy",
+            unknown.join("; "),
+        ));
+    }
     let runtime = state.models.get(&model).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,

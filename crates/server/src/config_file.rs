@@ -12,16 +12,36 @@ pub struct ConfigError {
     pub problems: Vec<String>,
 }
 
+/// Deserializes YAML (or JSON, a subset) and lists every field the target type does not know,
+/// instead of stopping at the first one.
+pub fn from_yaml_listing_unknown<T: serde::de::DeserializeOwned>(
+    text: &str,
+) -> Result<(T, Vec<String>), String> {
+    let mut unknown = Vec::new();
+    let value: T = serde_ignored::deserialize(serde_yaml::Deserializer::from_str(text), |path| {
+        // serde_ignored marks `Some` as `?`; operators wrote no such level.
+        unknown.push(format!(
+            "{}: unknown field",
+            path.to_string().replace(".?", "").replace("?.", "")
+        ));
+    })
+    .map_err(|e| e.to_string())?;
+    Ok((value, unknown))
+}
+
 /// Parses and validates YAML text; relative ONNX paths are resolved against `base`.
 pub fn parse_config(text: &str, base: &Path, origin: &str) -> Result<GatewayConfig, ConfigError> {
-    let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| ConfigError {
-        path: origin.to_string(),
-        problems: vec![e.to_string()],
-    })?;
-    let mut config = raw.validate().map_err(|problems| ConfigError {
+    let refuse = |problems| ConfigError {
         path: origin.to_string(),
         problems,
-    })?;
+    };
+    let (raw, unknown): (RawConfig, Vec<String>) =
+        from_yaml_listing_unknown(text).map_err(|e| refuse(vec![e]))?;
+    let mut config = match raw.validate() {
+        Ok(config) if unknown.is_empty() => config,
+        Ok(_) => return Err(refuse(unknown)),
+        Err(problems) => return Err(refuse(unknown.into_iter().chain(problems).collect())),
+    };
     let mut missing = Vec::new();
     for (model, m) in config.models.iter_mut() {
         for (version, backend) in m.versions.iter_mut() {
@@ -64,4 +84,35 @@ pub fn load_config(path: &Path) -> Result<GatewayConfig, ConfigError> {
         .parent()
         .map_or_else(|| Path::new(".").to_path_buf(), Path::to_path_buf);
     parse_config(&text, &base, &origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_listed_with_every_other_problem() {
+        let yaml = r#"
+listen: nowhere
+lgo: { batch_size: 5 }
+models:
+  m:
+    versions: { v1: { url: "http://127.0.0.1:1", timout_ms: 5 } }
+    serve: { kind: single, version: v9, extra: true }
+"#;
+        let err = parse_config(yaml, Path::new("."), "test").unwrap_err();
+        for expected in [
+            "lgo: unknown field",
+            "models.m.versions.v1.timout_ms: unknown field",
+            "models.m.serve.extra: unknown field",
+            "listen: 'nowhere'",
+            "unknown version 'v9'",
+        ] {
+            assert!(
+                err.problems.iter().any(|p| p.contains(expected)),
+                "missing '{expected}' in {:#?}",
+                err.problems
+            );
+        }
+    }
 }

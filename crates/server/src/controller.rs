@@ -202,22 +202,31 @@ impl Controller {
 
     /// Parses and validates a spec (YAML or JSON text) against the gateway's models.
     pub fn parse_spec(&self, text: &str) -> Result<RolloutSpec, ControlError> {
-        let raw: RawRollout =
-            serde_yaml::from_str(text).map_err(|e| ControlError::Invalid(vec![e.to_string()]))?;
+        let (raw, mut problems): (RawRollout, Vec<String>) =
+            crate::config_file::from_yaml_listing_unknown(text)
+                .map_err(|e| ControlError::Invalid(vec![e]))?;
         let Some(model) = self.app.models.get(&raw.model) else {
             let known: Vec<&str> = self.app.models.keys().map(String::as_str).collect();
-            let mut problems = vec![format!(
+            problems.push(format!(
                 "model: unknown model '{}' (known: {})",
                 raw.model,
                 known.join(", ")
-            )];
+            ));
             if let Err(more) = raw.validate(&[]) {
                 problems.extend(more.into_iter().filter(|p| !p.contains("unknown version")));
             }
             return Err(ControlError::Invalid(problems));
         };
         let declared: Vec<&str> = model.config.versions.keys().map(String::as_str).collect();
-        let spec = raw.validate(&declared).map_err(ControlError::Invalid)?;
+        let spec = match raw.validate(&declared) {
+            Ok(spec) if problems.is_empty() => spec,
+            Ok(_) => return Err(ControlError::Invalid(problems)),
+            Err(more) => {
+                return Err(ControlError::Invalid(
+                    problems.into_iter().chain(more).collect(),
+                ))
+            }
+        };
         if let RolloutKind::BlueGreen(b) = &spec.kind {
             if let Some(path) = &b.validation_set {
                 if !self.resolve(path).is_file() {

@@ -447,6 +447,23 @@ gate: { max_accuracy_drop: -0.1 }
         .as_str()
         .unwrap()
         .contains("bogus"));
+    // An unknown field does not hide the other mistakes.
+    let r = admin(&tg, "POST", "/rollouts", "name: x\nmodel: m\nkind: canary\nstable: stable\ncandidate: nope\nbogus: 1\ngate: { max_acuracy_drop: 0.1 }\n").await;
+    let problems = r.json()["error"]["problems"].clone();
+    for expected in [
+        "bogus: unknown field",
+        "gate.max_acuracy_drop: unknown field",
+        "unknown version 'nope'",
+    ] {
+        assert!(
+            problems
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p.as_str().unwrap().contains(expected)),
+            "missing '{expected}' in {problems}"
+        );
+    }
     // Dry run validates without starting.
     let r = tg
         .client
