@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 use switchyard_core::rollout::{ab_report, shadow_report, RolloutKind};
-use switchyard_core::{Prediction, Role, Truth, VariantStats};
+use switchyard_core::{Prediction, Truth, VariantStats};
 use switchyard_store::StoredEvent;
 
 use crate::app::AppState;
@@ -132,7 +132,6 @@ pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Valu
             });
         }
     }
-    let _ = Role::Serving;
     Some(json!({
         "rollout": view,
         "versions": versions,

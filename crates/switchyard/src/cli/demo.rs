@@ -249,16 +249,11 @@ impl Demo {
     }
 }
 
-/// Runs futures concurrently on the current task.
+/// Runs futures concurrently on the current task (each is short-lived and independent).
 async fn futures_join<F: std::future::Future>(
     futures: impl IntoIterator<Item = F>,
 ) -> Vec<F::Output> {
-    let handles: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    // A small join: poll all in order; each is short-lived and independent.
-    let joined = join_all(handles).await;
-    out.extend(joined);
-    out
+    join_all(futures.into_iter().map(Box::pin).collect()).await
 }
 
 async fn join_all<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Vec<F::Output> {
@@ -624,7 +619,6 @@ async fn demo(args: DemoArgs) -> Result<()> {
         "Blue-green: v2 (blue) → v2r (green, the same model repackaged)",
     );
     let bg = format!("name: yield-bluegreen\nmodel: yield\nkind: blue_green\nactive: v2\ncandidate: v2r\nvalidation_set: models/validation_yield.csv\nmin_accuracy: 0.9\nmax_p95_ms: 250\nsmoke_requests: 10\nmonitor_min_requests: {}\nmonitor_duration_ms: 120000\nmax_error_rate: 0.02\n", sizes.monitor_requests);
-    let t0 = Instant::now();
     d.admin("POST", "/rollouts", &bg).await?;
     let pb = bar(sizes.monitor_requests * 4, "blue-green");
     let view = d
@@ -673,7 +667,6 @@ async fn demo(args: DemoArgs) -> Result<()> {
         "  rollback drill       switched back to blue: routing swap {swap} µs, admin call + 20 requests in {:.1} ms, {on_blue}/20 served by blue",
         drill.elapsed().as_secs_f64() * 1000.0
     );
-    let _ = t0;
     d.deliver_labels(true).await?;
 
     // 6. Summary.
