@@ -1,5 +1,198 @@
-//! A tiny model server for benchmarks (filled in by the bench harness work).
+//! A tiny model server for benchmarks: it answers every Open Inference Protocol v2 inference
+//! call with the same ~110-byte response, so that what a load test measures is the proxy in
+//! front of it, not a model.
+//!
+//! - `POST /v2/models/{name}/infer` → 200 with a fixed OIP v2 response (one `label` output,
+//!   which switchyard's protocol parser reads as class `1`), after `--delay-ms`; a fraction
+//!   `--fail-rate` of calls is answered 500 instead.
+//! - `GET /v2/health/live`, `/v2/health/ready`, `/v2/models/{name}/ready` → 200.
+//! - `GET /stats` → `{"infer": N, "failed": M}`: calls answered so far (the bench harness uses
+//!   it to check that mirrors really reached a shadow).
+//!
+//! The bound address (`--listen 127.0.0.1:0` picks a free port) is printed on stdout as
+//! `http://ADDR`, one line, once the socket accepts connections.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// The fixed inference response: OIP v2, one INT64 `label` output holding class 1.
+const INFER_RESPONSE: &[u8] = br#"{"model_name":"mock","model_version":"1","outputs":[{"name":"label","shape":[1],"datatype":"INT64","data":[1]}]}"#;
+const FAILURE_RESPONSE: &[u8] = br#"{"error":"mock-backend: injected failure"}"#;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mock-backend",
+    about = "A tiny OIP v2 model server for benchmarks"
+)]
+struct Args {
+    /// Address to listen on; port 0 picks a free one (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Tokio worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Delay before every inference answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Fraction of inference calls answered 500 (0.0 ..= 1.0).
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    infer: AtomicU64,
+    failed: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Behaviour {
+    delay: Duration,
+    fail_rate: f64,
+    counters: Counters,
+}
 
 fn main() -> anyhow::Result<()> {
-    Ok(())
+    let args = Args::parse();
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.fail_rate),
+        "--fail-rate must be between 0 and 1, got {}",
+        args.fail_rate
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "http://{addr}")?;
+        out.flush()?;
+    }
+    let behaviour = Arc::new(Behaviour {
+        delay: Duration::from_millis(args.delay_ms),
+        fail_rate: args.fail_rate,
+        counters: Counters::default(),
+    });
+    let mut http = http1::Builder::new();
+    http.keep_alive(true);
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                eprintln!("mock-backend: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let behaviour = behaviour.clone();
+        let conn = http.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |request| handle(request, behaviour.clone())),
+        );
+        tokio::spawn(async move {
+            // Clients hanging up mid-request are not the mock's business.
+            let _ = conn.await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    behaviour: Arc<Behaviour>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = request.uri().path();
+    let is_infer = request.method() == Method::POST
+        && path.starts_with("/v2/models/")
+        && path.ends_with("/infer");
+    if is_infer {
+        // Read the whole request, as a model server would, so the connection stays reusable.
+        if request.into_body().collect().await.is_err() {
+            return Ok(reply(StatusCode::BAD_REQUEST, Bytes::new()));
+        }
+        if !behaviour.delay.is_zero() {
+            tokio::time::sleep(behaviour.delay).await;
+        }
+        let counters = &behaviour.counters;
+        counters.infer.fetch_add(1, Ordering::Relaxed);
+        if behaviour.fail_rate > 0.0 && rand::random::<f64>() < behaviour.fail_rate {
+            counters.failed.fetch_add(1, Ordering::Relaxed);
+            return Ok(reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Bytes::from_static(FAILURE_RESPONSE),
+            ));
+        }
+        return Ok(reply(StatusCode::OK, Bytes::from_static(INFER_RESPONSE)));
+    }
+    let response = match (request.method(), path) {
+        (&Method::GET, "/v2/health/live" | "/v2/health/ready" | "/healthz") => {
+            reply(StatusCode::OK, Bytes::from_static(b"{\"ready\":true}"))
+        }
+        (&Method::GET, p) if p.starts_with("/v2/models/") && p.ends_with("/ready") => {
+            reply(StatusCode::OK, Bytes::from_static(b"{\"ready\":true}"))
+        }
+        (&Method::GET, "/stats") => {
+            let c = &behaviour.counters;
+            reply(
+                StatusCode::OK,
+                Bytes::from(format!(
+                    "{{\"infer\":{},\"failed\":{}}}",
+                    c.infer.load(Ordering::Relaxed),
+                    c.failed.load(Ordering::Relaxed)
+                )),
+            )
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            Bytes::from_static(b"{\"error\":\"not found\"}"),
+        ),
+    };
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_response_is_small_oip_json() {
+        let text = std::str::from_utf8(INFER_RESPONSE).unwrap();
+        assert!((90..=130).contains(&text.len()), "{} bytes", text.len());
+        assert!(text.starts_with('{') && text.contains("\"outputs\":[{\"name\":\"label\""));
+    }
 }
