@@ -152,7 +152,8 @@ impl Gateway {
             );
         }
         let (log, _writer) = spawn_log_writer(LogWriterConfig {
-            path: options.store_path.clone(),
+            store: switchyard_store::StoreUrl::Sqlite(options.store_path.clone()),
+            replica: "local".into(),
             queue_capacity: config.log.queue_capacity,
             batch_size: config.log.batch_size,
         })

@@ -116,14 +116,14 @@ fn store_path(dir: &Path) -> PathBuf {
 }
 
 fn deliveries(dir: &Path) -> Vec<DeliveryRow> {
-    ControlStore::open(&store_path(dir))
+    ControlStore::open(store_path(dir))
         .unwrap()
         .deliveries()
         .unwrap()
 }
 
 fn alerts(dir: &Path) -> Vec<(u64, Alert)> {
-    ControlStore::open(&store_path(dir))
+    ControlStore::open(store_path(dir))
         .unwrap()
         .alerts()
         .unwrap()

@@ -65,7 +65,8 @@ fn write_once(
 ) -> Duration {
     let dir = tempfile::tempdir().unwrap();
     let (log, thread) = spawn_log_writer(LogWriterConfig {
-        path: dir.path().join("log.sqlite"),
+        store: switchyard_store::StoreUrl::sqlite(dir.path().join("log.sqlite")),
+        replica: "bench".into(),
         // Large enough that nothing is dropped: this measures the writer, not the drop policy.
         queue_capacity: N + 16,
         batch_size,

@@ -34,7 +34,8 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use sha2::{Digest, Sha256};
 use switchyard_core::audit::{Alert, AuditEvent, Detail, Details, Severity};
 
-use crate::StoreError;
+use crate::pg::PgConn;
+use crate::{pg_control, StoreError, StoreUrl};
 
 const CONTROL_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS rollouts (
@@ -135,10 +136,16 @@ pub struct DeliveryRow {
 /// Rollout state, audit trail, alerts and their deliveries, on one SQLite connection.
 #[derive(Debug)]
 pub struct ControlStore {
-    conn: Connection,
+    inner: Inner,
 }
 
-fn corrupt(what: &'static str, reason: impl ToString) -> StoreError {
+#[derive(Debug)]
+enum Inner {
+    Sqlite(Connection),
+    Postgres(PgConn),
+}
+
+pub(crate) fn corrupt(what: &'static str, reason: impl ToString) -> StoreError {
     StoreError::Corrupt {
         what,
         reason: reason.to_string(),
@@ -147,7 +154,7 @@ fn corrupt(what: &'static str, reason: impl ToString) -> StoreError {
 
 /// Details as stored: JSON has no NaN or infinity (serde_json would write `null`, which does
 /// not read back as a [`Detail`]), so non-finite numbers are kept as their text.
-fn normalize_details(details: &Details) -> Details {
+pub(crate) fn normalize_details(details: &Details) -> Details {
     details
         .iter()
         .map(|(name, value)| {
@@ -160,11 +167,11 @@ fn normalize_details(details: &Details) -> Details {
         .collect()
 }
 
-fn details_to_json(details: &Details) -> Result<String, StoreError> {
+pub(crate) fn details_to_json(details: &Details) -> Result<String, StoreError> {
     serde_json::to_string(details).map_err(|e| corrupt("details", e))
 }
 
-fn details_from_json(text: &str) -> Result<Details, StoreError> {
+pub(crate) fn details_from_json(text: &str) -> Result<Details, StoreError> {
     serde_json::from_str(text).map_err(|e| corrupt("details", e))
 }
 
@@ -173,7 +180,7 @@ fn json_str(s: &str) -> Result<String, StoreError> {
 }
 
 /// The bytes an event's hash covers, apart from `prev_hash`.
-fn canonical(
+pub(crate) fn canonical(
     seq: u64,
     rollout: &str,
     ts_ms: i64,
@@ -191,7 +198,7 @@ fn canonical(
     ))
 }
 
-fn chain_hash(prev_hash: &str, canonical: &str) -> String {
+pub(crate) fn chain_hash(prev_hash: &str, canonical: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(prev_hash.as_bytes());
     hasher.update(b"\n");
@@ -208,20 +215,20 @@ fn chain_hash(prev_hash: &str, canonical: &str) -> String {
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// An audit row as read, before its details are parsed.
-struct RawEvent {
-    seq: i64,
-    rollout: String,
-    ts_ms: i64,
-    kind: String,
-    actor: String,
-    message: String,
-    details: String,
-    prev_hash: String,
-    hash: String,
+pub(crate) struct RawEvent {
+    pub(crate) seq: i64,
+    pub(crate) rollout: String,
+    pub(crate) ts_ms: i64,
+    pub(crate) kind: String,
+    pub(crate) actor: String,
+    pub(crate) message: String,
+    pub(crate) details: String,
+    pub(crate) prev_hash: String,
+    pub(crate) hash: String,
 }
 
 impl RawEvent {
-    const COLUMNS: &'static str =
+    pub(crate) const COLUMNS: &'static str =
         "seq, rollout, ts_ms, kind, actor, message, details, prev_hash, hash";
 
     fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEvent> {
@@ -238,7 +245,7 @@ impl RawEvent {
         })
     }
 
-    fn into_stored(self) -> Result<StoredEvent, StoreError> {
+    pub(crate) fn into_stored(self) -> Result<StoredEvent, StoreError> {
         let seq = u64::try_from(self.seq).map_err(|e| corrupt("audit seq", e))?;
         Ok(StoredEvent {
             seq,
@@ -256,22 +263,16 @@ impl RawEvent {
     }
 }
 
-fn seq_to_sql(seq: u64) -> Result<i64, StoreError> {
+pub(crate) fn seq_to_sql(seq: u64) -> Result<i64, StoreError> {
     i64::try_from(seq).map_err(|e| corrupt("audit seq", e))
 }
 
-/// Appends `events` to the chain inside `tx`, which must hold the write lock.
-fn append_in(
-    tx: &rusqlite::Transaction<'_>,
+/// Gives `events` their place in the chain after `head` (the last stored event's seq and
+/// hash); returns each stored event with its details as stored.
+pub(crate) fn chain(
+    head: Option<(i64, String)>,
     events: &[AuditEvent],
-) -> Result<Vec<StoredEvent>, StoreError> {
-    let head: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+) -> Result<Vec<(StoredEvent, String)>, StoreError> {
     let (mut seq, mut prev_hash) = match head {
         Some((seq, hash)) => (
             u64::try_from(seq).map_err(|e| corrupt("audit seq", e))?,
@@ -279,12 +280,7 @@ fn append_in(
         ),
         None => (0, GENESIS_HASH.to_string()),
     };
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO audit_events
-            (seq, rollout, ts_ms, kind, actor, message, details, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?;
-    let mut stored = Vec::with_capacity(events.len());
+    let mut out = Vec::with_capacity(events.len());
     for event in events {
         seq += 1;
         let details = normalize_details(&event.details);
@@ -299,28 +295,130 @@ fn append_in(
             &details_json,
         )?;
         let hash = chain_hash(&prev_hash, &text);
-        stmt.execute(params![
-            seq_to_sql(seq)?,
-            event.rollout,
-            event.ts_ms,
-            event.kind,
-            event.actor,
-            event.message,
-            details_json,
-            prev_hash,
-            hash,
-        ])?;
-        stored.push(StoredEvent {
-            seq,
-            event: AuditEvent {
-                details,
-                ..event.clone()
+        out.push((
+            StoredEvent {
+                seq,
+                event: AuditEvent {
+                    details,
+                    ..event.clone()
+                },
+                prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
+                hash,
             },
-            prev_hash: std::mem::replace(&mut prev_hash, hash.clone()),
-            hash,
-        });
+            details_json,
+        ));
+    }
+    Ok(out)
+}
+
+/// Appends `events` to the chain inside `tx`, which must hold the write lock.
+fn append_in(
+    tx: &rusqlite::Transaction<'_>,
+    events: &[AuditEvent],
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let head: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO audit_events
+            (seq, rollout, ts_ms, kind, actor, message, details, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    let mut stored = Vec::with_capacity(events.len());
+    for (s, details_json) in chain(head, events)? {
+        stmt.execute(params![
+            seq_to_sql(s.seq)?,
+            s.event.rollout,
+            s.event.ts_ms,
+            s.event.kind,
+            s.event.actor,
+            s.event.message,
+            details_json,
+            s.prev_hash,
+            s.hash,
+        ])?;
+        stored.push(s);
     }
     Ok(stored)
+}
+
+/// Recomputes the chain over `rows` (in sequence order) and reports the first break: a gap in
+/// the sequence (a deleted event), a `prev_hash` that does not match the previous event's hash
+/// (deleted or reordered), or a hash that does not match the event's content (edited).
+fn verify_rows(rows: impl IntoIterator<Item = RawEvent>) -> Result<ChainReport, StoreError> {
+    let mut events = 0u64;
+    let mut expected_seq = 1u64;
+    let mut prev_hash = GENESIS_HASH.to_string();
+    let mut first_bad: Option<(u64, String)> = None;
+    for row in rows {
+        events += 1;
+        if first_bad.is_some() {
+            continue;
+        }
+        let Ok(seq) = u64::try_from(row.seq) else {
+            first_bad = Some((expected_seq, format!("event has invalid seq {}", row.seq)));
+            continue;
+        };
+        if seq != expected_seq {
+            let problem = if seq > expected_seq {
+                format!(
+                    "events {expected_seq}..{} are missing (next stored event is {seq})",
+                    seq - 1
+                )
+            } else {
+                format!("event {seq} appears where {expected_seq} was expected")
+            };
+            first_bad = Some((expected_seq, problem));
+            continue;
+        }
+        if row.prev_hash != prev_hash {
+            first_bad = Some((
+                seq,
+                format!(
+                    "event {seq} does not follow event {}: its prev_hash is not that event's hash",
+                    seq - 1
+                ),
+            ));
+            continue;
+        }
+        let text = canonical(
+            seq,
+            &row.rollout,
+            row.ts_ms,
+            &row.kind,
+            &row.actor,
+            &row.message,
+            &row.details,
+        )?;
+        let hash = chain_hash(&prev_hash, &text);
+        if hash != row.hash {
+            first_bad = Some((
+                seq,
+                format!("event {seq} was modified: its content does not match its hash"),
+            ));
+            continue;
+        }
+        prev_hash = row.hash;
+        expected_seq += 1;
+    }
+    Ok(match first_bad {
+        None => ChainReport {
+            events,
+            ok: true,
+            first_bad_seq: None,
+            problem: None,
+        },
+        Some((seq, problem)) => ChainReport {
+            events,
+            ok: false,
+            first_bad_seq: Some(seq),
+            problem: Some(problem),
+        },
+    })
 }
 
 fn rollout_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RolloutRow> {
@@ -333,18 +431,27 @@ fn rollout_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RolloutRow> {
 }
 
 impl ControlStore {
-    /// Opens (creating if needed) the store at `path`, with the same connection settings as the
-    /// prediction log (WAL, busy timeout).
+    /// Opens (creating if needed) the store at `url`: a SQLite file (a path converts) with the
+    /// same connection settings as the prediction log (WAL, busy timeout), or a PostgreSQL
+    /// database (a session on its own thread).
     ///
-    /// Connections opening a new file at the same moment (log writer, controller and alert
-    /// sender at start-up) can find it locked while one of them switches it to WAL or creates
-    /// tables, and SQLite does not use the busy timeout for that; such failures are retried
-    /// for up to [`OPEN_RETRY_FOR`].
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Connections opening a new SQLite file at the same moment (log writer, controller and
+    /// alert sender at start-up) can find it locked while one of them switches it to WAL or
+    /// creates tables, and SQLite does not use the busy timeout for that; such failures are
+    /// retried for up to [`OPEN_RETRY_FOR`].
+    pub fn open(url: impl Into<StoreUrl>) -> Result<Self, StoreError> {
+        let path = match url.into() {
+            StoreUrl::Postgres(url) => {
+                return Ok(ControlStore {
+                    inner: Inner::Postgres(PgConn::open(&url)?),
+                })
+            }
+            StoreUrl::Sqlite(path) => path,
+        };
         let deadline = Instant::now() + OPEN_RETRY_FOR;
         let mut wait = Duration::from_millis(2);
         loop {
-            match Self::try_open(path) {
+            match Self::try_open(&path) {
                 Err(e) if is_locked(&e) && Instant::now() < deadline => {
                     std::thread::sleep(wait);
                     wait = (wait * 2).min(Duration::from_millis(100));
@@ -357,11 +464,22 @@ impl ControlStore {
     fn try_open(path: &Path) -> Result<Self, StoreError> {
         let conn = crate::schema::open(path)?;
         init(&conn)?;
-        Ok(ControlStore { conn })
+        Ok(ControlStore {
+            inner: Inner::Sqlite(conn),
+        })
+    }
+
+    /// A control store on an existing PostgreSQL session (the cluster's, so that the
+    /// controller's writes go through the session holding the controller lock).
+    pub(crate) fn on_session(conn: PgConn) -> Self {
+        ControlStore {
+            inner: Inner::Postgres(conn),
+        }
     }
 
     /// Upserts the rollout row and appends `events` to the audit chain in one transaction.
-    /// Returns the stored events (non-finite numbers in details are stored as text).
+    /// Returns the stored events (non-finite numbers in details are stored as text). With
+    /// PostgreSQL, a session that held the controller lock and lost it refuses to write.
     pub fn save(
         &mut self,
         name: &str,
@@ -370,203 +488,207 @@ impl ControlStore {
         now_ms: i64,
         events: &[AuditEvent],
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.prepare_cached(
-            "INSERT INTO rollouts (name, spec, state, updated_ms) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(name) DO UPDATE SET
-                spec = excluded.spec, state = excluded.state, updated_ms = excluded.updated_ms",
-        )?
-        .execute(params![name, spec_json, state_json, now_ms])?;
-        let stored = append_in(&tx, events)?;
-        tx.commit()?;
-        Ok(stored)
+        match &mut self.inner {
+            Inner::Sqlite(conn) => {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.prepare_cached(
+                    "INSERT INTO rollouts (name, spec, state, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(name) DO UPDATE SET
+                        spec = excluded.spec, state = excluded.state, updated_ms = excluded.updated_ms",
+                )?
+                .execute(params![name, spec_json, state_json, now_ms])?;
+                let stored = append_in(&tx, events)?;
+                tx.commit()?;
+                Ok(stored)
+            }
+            Inner::Postgres(pg) => {
+                let (name, spec, state, events) = (
+                    name.to_string(),
+                    spec_json.to_string(),
+                    state_json.to_string(),
+                    events.to_vec(),
+                );
+                pg.with(move |c| pg_control::save(c, &name, &spec, &state, now_ms, &events))
+            }
+        }
     }
 
     /// Appends events that come without a state change.
     pub fn append_events(&mut self, events: &[AuditEvent]) -> Result<Vec<StoredEvent>, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let stored = append_in(&tx, events)?;
-        tx.commit()?;
-        Ok(stored)
+        match &mut self.inner {
+            Inner::Sqlite(conn) => {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let stored = append_in(&tx, events)?;
+                tx.commit()?;
+                Ok(stored)
+            }
+            Inner::Postgres(pg) => {
+                let events = events.to_vec();
+                pg.with(move |c| {
+                    let mut tx = c.transaction()?;
+                    let stored = pg_control::append_in(&mut tx, &events)?;
+                    tx.commit()?;
+                    Ok(stored)
+                })
+            }
+        }
     }
 
     /// Every rollout, by name.
     pub fn rollouts(&self) -> Result<Vec<RolloutRow>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT name, spec, state, updated_ms FROM rollouts ORDER BY name")?;
-        let rows = stmt.query_map([], rollout_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        match &self.inner {
+            Inner::Sqlite(conn) => {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT name, spec, state, updated_ms FROM rollouts ORDER BY name",
+                )?;
+                let rows = stmt.query_map([], rollout_from_row)?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            }
+            Inner::Postgres(pg) => pg.with(|c| pg_control::rollouts(c, None)),
+        }
     }
 
     pub fn rollout(&self, name: &str) -> Result<Option<RolloutRow>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT name, spec, state, updated_ms FROM rollouts WHERE name = ?1")?
-            .query_row([name], rollout_from_row)
-            .optional()?)
+        match &self.inner {
+            Inner::Sqlite(conn) => Ok(conn
+                .prepare_cached(
+                    "SELECT name, spec, state, updated_ms FROM rollouts WHERE name = ?1",
+                )?
+                .query_row([name], rollout_from_row)
+                .optional()?),
+            Inner::Postgres(pg) => {
+                let name = name.to_string();
+                pg.with(move |c| Ok(pg_control::rollouts(c, Some(&name))?.pop()))
+            }
+        }
     }
 
     /// Forgets a rollout's state; its audit events stay. `true` when it existed.
     pub fn delete_rollout(&mut self, name: &str) -> Result<bool, StoreError> {
-        let n = self
-            .conn
-            .prepare_cached("DELETE FROM rollouts WHERE name = ?1")?
-            .execute([name])?;
-        Ok(n > 0)
+        match &mut self.inner {
+            Inner::Sqlite(conn) => {
+                let n = conn
+                    .prepare_cached("DELETE FROM rollouts WHERE name = ?1")?
+                    .execute([name])?;
+                Ok(n > 0)
+            }
+            Inner::Postgres(pg) => {
+                let name = name.to_string();
+                pg.with(move |c| {
+                    Ok(c.execute("DELETE FROM rollouts WHERE name = $1", &[&name])? > 0)
+                })
+            }
+        }
     }
 
     /// Audit events in sequence order, all of them or one rollout's.
     pub fn events(&self, rollout: Option<&str>) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = match rollout {
-            Some(_) => format!(
-                "SELECT {} FROM audit_events WHERE rollout = ?1 ORDER BY seq",
-                RawEvent::COLUMNS
-            ),
-            None => format!(
-                "SELECT {} FROM audit_events ORDER BY seq",
-                RawEvent::COLUMNS
-            ),
+        let rows = match &self.inner {
+            Inner::Sqlite(conn) => {
+                let sql = match rollout {
+                    Some(_) => format!(
+                        "SELECT {} FROM audit_events WHERE rollout = ?1 ORDER BY seq",
+                        RawEvent::COLUMNS
+                    ),
+                    None => format!(
+                        "SELECT {} FROM audit_events ORDER BY seq",
+                        RawEvent::COLUMNS
+                    ),
+                };
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let rows = match rollout {
+                    Some(name) => stmt.query_map([name], RawEvent::from_row)?,
+                    None => stmt.query_map([], RawEvent::from_row)?,
+                };
+                rows.collect::<Result<Vec<_>, _>>()?
+            }
+            Inner::Postgres(pg) => {
+                let rollout = rollout.map(str::to_string);
+                pg.with(move |c| pg_control::raw_events(c, rollout.as_deref()))?
+            }
         };
-        let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = match rollout {
-            Some(name) => stmt.query_map([name], RawEvent::from_row)?,
-            None => stmt.query_map([], RawEvent::from_row)?,
-        };
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row?.into_stored()?);
-        }
-        Ok(out)
+        rows.into_iter().map(RawEvent::into_stored).collect()
     }
 
     /// Recomputes the whole chain in sequence order and reports the first break: a gap in the
     /// sequence (a deleted event), a `prev_hash` that does not match the previous event's hash
     /// (deleted or reordered), or a hash that does not match the event's content (edited).
     pub fn verify_chain(&self) -> Result<ChainReport, StoreError> {
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {} FROM audit_events ORDER BY seq",
-            RawEvent::COLUMNS
-        ))?;
-        let rows = stmt.query_map([], RawEvent::from_row)?;
-        let mut events = 0u64;
-        let mut expected_seq = 1u64;
-        let mut prev_hash = GENESIS_HASH.to_string();
-        let mut first_bad: Option<(u64, String)> = None;
-        for row in rows {
-            let row = row?;
-            events += 1;
-            if first_bad.is_some() {
-                continue;
+        match &self.inner {
+            Inner::Sqlite(conn) => {
+                let mut stmt = conn.prepare(&format!(
+                    "SELECT {} FROM audit_events ORDER BY seq",
+                    RawEvent::COLUMNS
+                ))?;
+                let rows = stmt
+                    .query_map([], RawEvent::from_row)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                verify_rows(rows)
             }
-            let Ok(seq) = u64::try_from(row.seq) else {
-                first_bad = Some((expected_seq, format!("event has invalid seq {}", row.seq)));
-                continue;
-            };
-            if seq != expected_seq {
-                let problem = if seq > expected_seq {
-                    format!(
-                        "events {expected_seq}..{} are missing (next stored event is {seq})",
-                        seq - 1
-                    )
-                } else {
-                    format!("event {seq} appears where {expected_seq} was expected")
-                };
-                first_bad = Some((expected_seq, problem));
-                continue;
-            }
-            if row.prev_hash != prev_hash {
-                first_bad = Some((
-                    seq,
-                    format!(
-                        "event {seq} does not follow event {}: its prev_hash is not that event's hash",
-                        seq - 1
-                    ),
-                ));
-                continue;
-            }
-            let text = canonical(
-                seq,
-                &row.rollout,
-                row.ts_ms,
-                &row.kind,
-                &row.actor,
-                &row.message,
-                &row.details,
-            )?;
-            let hash = chain_hash(&prev_hash, &text);
-            if hash != row.hash {
-                first_bad = Some((
-                    seq,
-                    format!("event {seq} was modified: its content does not match its hash"),
-                ));
-                continue;
-            }
-            prev_hash = row.hash;
-            expected_seq += 1;
+            Inner::Postgres(pg) => verify_rows(pg.with(|c| pg_control::raw_events(c, None))?),
         }
-        Ok(match first_bad {
-            None => ChainReport {
-                events,
-                ok: true,
-                first_bad_seq: None,
-                problem: None,
-            },
-            Some((seq, problem)) => ChainReport {
-                events,
-                ok: false,
-                first_bad_seq: Some(seq),
-                problem: Some(problem),
-            },
-        })
     }
 
     /// Stores an alert; returns its id (used as `alert_id` in webhook payloads).
     pub fn record_alert(&mut self, alert: &Alert) -> Result<u64, StoreError> {
         let details = details_to_json(&normalize_details(&alert.details))?;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO alerts (rollout, severity, kind, title, ts_ms, details)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![
-                alert.rollout,
-                alert.severity.as_str(),
-                alert.kind,
-                alert.title,
-                alert.ts_ms,
-                details,
-            ])?;
-        u64::try_from(self.conn.last_insert_rowid()).map_err(|e| corrupt("alert seq", e))
+        match &mut self.inner {
+            Inner::Sqlite(conn) => {
+                conn.prepare_cached(
+                    "INSERT INTO alerts (rollout, severity, kind, title, ts_ms, details)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    alert.rollout,
+                    alert.severity.as_str(),
+                    alert.kind,
+                    alert.title,
+                    alert.ts_ms,
+                    details,
+                ])?;
+                u64::try_from(conn.last_insert_rowid()).map_err(|e| corrupt("alert seq", e))
+            }
+            Inner::Postgres(pg) => {
+                let alert = alert.clone();
+                pg.with(move |c| pg_control::record_alert(c, &alert, &details))
+            }
+        }
     }
 
     /// Stores one delivery attempt.
     pub fn record_delivery(&mut self, row: &DeliveryRow) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO alert_deliveries
-                    (alert_seq, url, attempt, ts_ms, status, error, delivered)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                seq_to_sql(row.alert_seq)?,
-                row.url,
-                row.attempt,
-                row.ts_ms,
-                row.status,
-                row.error,
-                row.delivered,
-            ])?;
-        Ok(())
+        match &mut self.inner {
+            Inner::Sqlite(conn) => {
+                conn.prepare_cached(
+                    "INSERT INTO alert_deliveries
+                        (alert_seq, url, attempt, ts_ms, status, error, delivered)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![
+                    seq_to_sql(row.alert_seq)?,
+                    row.url,
+                    row.attempt,
+                    row.ts_ms,
+                    row.status,
+                    row.error,
+                    row.delivered,
+                ])?;
+                Ok(())
+            }
+            Inner::Postgres(pg) => {
+                let row = row.clone();
+                pg.with(move |c| pg_control::record_delivery(c, &row))
+            }
+        }
     }
 
     /// Every delivery attempt, in the order they were recorded.
     pub fn deliveries(&self) -> Result<Vec<DeliveryRow>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        let conn = match &self.inner {
+            Inner::Sqlite(conn) => conn,
+            Inner::Postgres(pg) => return pg.with(pg_control::deliveries),
+        };
+        let mut stmt = conn.prepare_cached(
             "SELECT alert_seq, url, attempt, ts_ms, status, error, delivered
              FROM alert_deliveries ORDER BY id",
         )?;
@@ -597,7 +719,11 @@ impl ControlStore {
 
     /// Every alert with its id, oldest first.
     pub fn alerts(&self) -> Result<Vec<(u64, Alert)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
+        let conn = match &self.inner {
+            Inner::Sqlite(conn) => conn,
+            Inner::Postgres(pg) => return pg.with(pg_control::alerts),
+        };
+        let mut stmt = conn.prepare_cached(
             "SELECT seq, rollout, severity, kind, title, ts_ms, details FROM alerts ORDER BY seq",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -614,21 +740,36 @@ impl ControlStore {
         let mut out = Vec::new();
         for row in rows {
             let (seq, rollout, severity, kind, title, ts_ms, details) = row?;
-            out.push((
-                u64::try_from(seq).map_err(|e| corrupt("alert seq", e))?,
-                Alert {
-                    rollout,
-                    severity: Severity::parse(&severity)
-                        .ok_or_else(|| corrupt("alert severity", &severity))?,
-                    kind,
-                    title,
-                    ts_ms,
-                    details: details_from_json(&details)?,
-                },
-            ));
+            out.push(alert_from_parts(
+                seq, rollout, &severity, kind, title, ts_ms, &details,
+            )?);
         }
         Ok(out)
     }
+}
+
+/// An alert row as read.
+pub(crate) fn alert_from_parts(
+    seq: i64,
+    rollout: String,
+    severity: &str,
+    kind: String,
+    title: String,
+    ts_ms: i64,
+    details: &str,
+) -> Result<(u64, Alert), StoreError> {
+    Ok((
+        u64::try_from(seq).map_err(|e| corrupt("alert seq", e))?,
+        Alert {
+            rollout,
+            severity: Severity::parse(severity)
+                .ok_or_else(|| corrupt("alert severity", severity))?,
+            kind,
+            title,
+            ts_ms,
+            details: details_from_json(details)?,
+        },
+    ))
 }
 
 /// Creates the control tables, indexes and append-only triggers if they do not exist.

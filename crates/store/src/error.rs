@@ -4,6 +4,10 @@
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(String),
+    #[error("{0}")]
+    Url(String),
     #[error("cannot create {path}: {source}")]
     Io {
         path: String,
@@ -13,4 +17,16 @@ pub enum StoreError {
     Corrupt { what: &'static str, reason: String },
     #[error("the log writer has stopped")]
     WriterStopped,
+    #[error("lost the controller lock: {0}")]
+    LostLead(String),
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        // The server's own message says what went wrong ("relation … does not exist").
+        match e.as_db_error() {
+            Some(db) => StoreError::Postgres(format!("{}: {}", db.severity(), db.message())),
+            None => StoreError::Postgres(e.to_string()),
+        }
+    }
 }

@@ -7,7 +7,7 @@
 //! [`Aggregates`]. A record is durable once its batch committed: `flush` returns after that.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -16,15 +16,77 @@ use rusqlite::Connection;
 use switchyard_core::{Aggregates, Feedback, PairRef, PredictionRecord, Role};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::schema::{self, LogRow};
-use crate::StoreError;
+use crate::schema::{self, FeedbackRow, LogRow};
+use crate::{pg_log, StoreError, StoreUrl};
 
 /// Settings of the writer.
 #[derive(Debug, Clone)]
 pub struct LogWriterConfig {
-    pub path: PathBuf,
+    pub store: StoreUrl,
+    /// Name of this gateway replica; with PostgreSQL each replica writes its own rows and
+    /// rebuilds only its own aggregates at start-up.
+    pub replica: String,
     pub queue_capacity: usize,
     pub batch_size: usize,
+}
+
+impl LogWriterConfig {
+    /// A single gateway on a SQLite file.
+    pub fn sqlite(path: impl Into<std::path::PathBuf>) -> Self {
+        LogWriterConfig {
+            store: StoreUrl::Sqlite(path.into()),
+            replica: "local".into(),
+            queue_capacity: 65_536,
+            batch_size: 512,
+        }
+    }
+}
+
+/// What storing feedback did, and every record of each newly labelled request.
+pub(crate) type Labelled = (FeedbackOutcome, Vec<(Vec<LogRow>, Feedback)>);
+
+/// Where a writer commits batches: a SQLite file or a PostgreSQL session.
+pub(crate) trait Sink {
+    fn write_batch(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError>;
+    /// Stores feedback and returns, per newly labelled request, every record of it.
+    fn feedback(&mut self, items: Vec<Feedback>, now_ms: i64) -> Result<Labelled, StoreError>;
+}
+
+struct SqliteSink(Connection);
+
+impl Sink for SqliteSink {
+    fn write_batch(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError> {
+        let tx = self.0.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(schema::INSERT_RECORD)?;
+            for rec in batch {
+                schema::insert_record(&mut stmt, rec)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn feedback(&mut self, items: Vec<Feedback>, now_ms: i64) -> Result<Labelled, StoreError> {
+        let mut outcome = FeedbackOutcome::default();
+        let mut newly_labelled = Vec::new();
+        let tx = self.0.transaction()?;
+        for item in items {
+            let rows = schema::records_of(&tx, &item.request_id)?;
+            if rows.is_empty() {
+                outcome.unknown.push(item.request_id);
+                continue;
+            }
+            if schema::insert_feedback(&tx, &item.request_id, now_ms, &item.truth, &item.metrics)? {
+                outcome.accepted += 1;
+                newly_labelled.push((rows, item));
+            } else {
+                outcome.duplicates += 1;
+            }
+        }
+        tx.commit()?;
+        Ok((outcome, newly_labelled))
+    }
 }
 
 /// What happened to a batch of feedback.
@@ -145,24 +207,53 @@ impl LogHandle {
 pub fn spawn_log_writer(
     config: LogWriterConfig,
 ) -> Result<(LogHandle, std::thread::JoinHandle<()>), StoreError> {
-    let conn = schema::open(&config.path)?;
-    let aggregates = Arc::new(Mutex::new(rebuild_aggregates(&conn)?));
+    let aggregates = Arc::new(Mutex::new(Aggregates::default()));
     let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
     let stats = Arc::new(LogStats::default());
-    let writer = Writer {
-        conn,
-        rx,
-        batch_size: config.batch_size.max(1),
-        stats: stats.clone(),
-        aggregates: aggregates.clone(),
-    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let (batch_size, shared, writer_stats) =
+        (config.batch_size.max(1), aggregates.clone(), stats.clone());
+    // The sink is opened on the writer thread: PostgreSQL's blocking client must not run
+    // inside the caller's async runtime.
     let thread = std::thread::Builder::new()
         .name("switchyard-log".into())
-        .spawn(move || writer.run())
+        .spawn(move || {
+            let opened: Result<Box<dyn Sink>, StoreError> = match &config.store {
+                StoreUrl::Sqlite(path) => schema::open(path).and_then(|conn| {
+                    *shared.lock() = rebuild_aggregates(&conn)?;
+                    Ok(Box::new(SqliteSink(conn)) as Box<dyn Sink>)
+                }),
+                StoreUrl::Postgres(url) => {
+                    pg_log::PgSink::open(url, &config.replica).and_then(|mut sink| {
+                        *shared.lock() = sink.rebuild_aggregates()?;
+                        Ok(Box::new(sink) as Box<dyn Sink>)
+                    })
+                }
+            };
+            let sink = match opened {
+                Ok(sink) => {
+                    let _ = ready_tx.send(Ok(()));
+                    sink
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            Writer {
+                sink,
+                rx,
+                batch_size,
+                stats: writer_stats,
+                aggregates: shared,
+            }
+            .run()
+        })
         .map_err(|source| StoreError::Io {
             path: "log writer thread".into(),
             source,
         })?;
+    ready_rx.recv().map_err(|_| StoreError::WriterStopped)??;
     Ok((
         LogHandle {
             tx,
@@ -175,7 +266,7 @@ pub fn spawn_log_writer(
 }
 
 struct Writer {
-    conn: Connection,
+    sink: Box<dyn Sink>,
     rx: mpsc::Receiver<Command>,
     batch_size: usize,
     stats: Arc<LogStats>,
@@ -218,7 +309,7 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        match write_batch(&mut self.conn, batch) {
+        match self.sink.write_batch(batch) {
             Ok(()) => {
                 self.stats
                     .written
@@ -243,23 +334,7 @@ impl Writer {
         items: Vec<Feedback>,
         now_ms: i64,
     ) -> Result<FeedbackOutcome, StoreError> {
-        let mut outcome = FeedbackOutcome::default();
-        let mut newly_labelled = Vec::new();
-        let tx = self.conn.transaction()?;
-        for item in items {
-            let rows = schema::records_of(&tx, &item.request_id)?;
-            if rows.is_empty() {
-                outcome.unknown.push(item.request_id);
-                continue;
-            }
-            if schema::insert_feedback(&tx, &item.request_id, now_ms, &item.truth, &item.metrics)? {
-                outcome.accepted += 1;
-                newly_labelled.push((rows, item));
-            } else {
-                outcome.duplicates += 1;
-            }
-        }
-        tx.commit()?;
+        let (outcome, newly_labelled) = self.sink.feedback(items, now_ms)?;
         let mut agg = self.aggregates.lock();
         for (rows, item) in newly_labelled {
             let records = with_pairs(rows);
@@ -269,20 +344,8 @@ impl Writer {
     }
 }
 
-fn write_batch(conn: &mut Connection, batch: &[PredictionRecord]) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
-    {
-        let mut stmt = tx.prepare_cached(schema::INSERT_RECORD)?;
-        for rec in batch {
-            schema::insert_record(&mut stmt, rec)?;
-        }
-    }
-    tx.commit()?;
-    Ok(())
-}
-
 /// Restores each shadow row's pairing with the serving row of its request.
-fn with_pairs(rows: Vec<LogRow>) -> Vec<PredictionRecord> {
+pub(crate) fn with_pairs(rows: Vec<LogRow>) -> Vec<PredictionRecord> {
     let serving = rows
         .iter()
         .find(|r| r.record.role == Role::Serving)
@@ -308,6 +371,38 @@ fn with_pairs(rows: Vec<LogRow>) -> Vec<PredictionRecord> {
 /// aggregates against a recount.
 pub fn rebuild_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
     let (rows, feedback) = schema::read_log(conn)?;
+    Ok(fold_log(rows, feedback, None))
+}
+
+/// Folds records (grouped by request, in first-seen order) and then feedback into fresh
+/// aggregates. Feedback is matched against `labelled` when given (the records of the labelled
+/// requests, which may have been served elsewhere), else against `rows`.
+pub(crate) fn fold_log(
+    rows: Vec<LogRow>,
+    feedback: Vec<FeedbackRow>,
+    labelled: Option<Vec<LogRow>>,
+) -> Aggregates {
+    let mut agg = Aggregates::default();
+    let mut paired = HashMap::new();
+    for (id, records) in group_by_request(rows) {
+        records.iter().for_each(|r| agg.record(r));
+        if labelled.is_none() {
+            paired.insert(id, records);
+        }
+    }
+    if let Some(labelled) = labelled {
+        paired.extend(group_by_request(labelled));
+    }
+    for (id, truth, metrics) in feedback {
+        if let Some(records) = paired.get(&id) {
+            agg.record_feedback(records, &truth, &metrics);
+        }
+    }
+    agg
+}
+
+/// Rows grouped per request id in order of first appearance, with shadow pairings restored.
+fn group_by_request(rows: Vec<LogRow>) -> Vec<(String, Vec<PredictionRecord>)> {
     let mut by_request: HashMap<String, Vec<LogRow>> = HashMap::new();
     let mut order = Vec::new();
     for row in rows {
@@ -318,21 +413,13 @@ pub fn rebuild_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
         }
         entry.push(row);
     }
-    let mut agg = Aggregates::default();
-    let mut paired: HashMap<String, Vec<PredictionRecord>> = HashMap::new();
-    for id in order {
-        if let Some(rows) = by_request.remove(&id) {
-            let records = with_pairs(rows);
-            records.iter().for_each(|r| agg.record(r));
-            paired.insert(id, records);
-        }
-    }
-    for (id, truth, metrics) in feedback {
-        if let Some(records) = paired.get(&id) {
-            agg.record_feedback(records, &truth, &metrics);
-        }
-    }
-    Ok(agg)
+    order
+        .into_iter()
+        .filter_map(|id| {
+            let rows = by_request.remove(&id)?;
+            Some((id, with_pairs(rows)))
+        })
+        .collect()
 }
 
 /// Opens a read connection to a store written by a writer (for reports and tests).

@@ -255,3 +255,31 @@ pub fn disagreements(
     }
     Ok(out)
 }
+
+/// [`disagreements`] in whichever store `url` names (PostgreSQL is queried from a thread of
+/// its own, so this may be called from async code).
+pub fn disagreements_at(
+    url: &crate::StoreUrl,
+    model: &str,
+    primary: &str,
+    shadow: &str,
+    limit: usize,
+) -> Result<Vec<Disagreement>, StoreError> {
+    match url {
+        crate::StoreUrl::Sqlite(path) => disagreements(&open(path)?, model, primary, shadow, limit),
+        crate::StoreUrl::Postgres(url) => {
+            let (url, model, primary, shadow) = (
+                url.clone(),
+                model.to_string(),
+                primary.to_string(),
+                shadow.to_string(),
+            );
+            std::thread::spawn(move || {
+                let mut client = crate::pg::connect(&url)?;
+                crate::pg_log::disagreements(&mut client, &model, &primary, &shadow, limit)
+            })
+            .join()
+            .map_err(|_| StoreError::WriterStopped)?
+        }
+    }
+}

@@ -1,13 +1,31 @@
-//! Rollout state, the audit hash chain, alerts and deliveries against a real SQLite file.
+//! Rollout state, the audit hash chain, alerts and deliveries, against a real SQLite file and
+//! a real PostgreSQL database (each test runs on both).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+mod support;
 
-use rusqlite::Connection;
+use support::Db;
 use switchyard_core::audit::{Alert, AuditEvent, Detail, Severity};
 use switchyard_store::control::GENESIS_HASH;
 use switchyard_store::{ControlStore, DeliveryRow, StoreError};
+
+on_both!(
+    save_and_reload_round_trip,
+    delete_rollout_keeps_its_events,
+    state_and_events_commit_together_or_not_at_all,
+    intact_chain_verifies,
+    triggers_block_plain_update_and_delete,
+    edited_details_are_detected_at_the_right_seq,
+    edit_with_recomputed_hash_breaks_the_next_link,
+    deleted_middle_row_is_detected,
+    renumbered_rows_are_detected,
+    swapped_rows_are_detected,
+    events_filter_by_rollout,
+    alerts_and_deliveries_round_trip,
+    non_finite_details_are_stored_as_text,
+    concurrent_writers_keep_one_chain,
+);
 
 fn event(rollout: &str, kind: &str, ts_ms: i64) -> AuditEvent {
     AuditEvent {
@@ -26,8 +44,8 @@ fn event(rollout: &str, kind: &str, ts_ms: i64) -> AuditEvent {
 }
 
 /// A store with `n` events alternating between rollouts `a` and `b` (seq 1..=n).
-fn store_with_events(dir: &Path, n: usize) -> ControlStore {
-    let mut store = ControlStore::open(&dir.join("switchyard.db")).unwrap();
+fn store_with_events(db: &Db, n: usize) -> ControlStore {
+    let mut store = ControlStore::open(db.url()).unwrap();
     let events: Vec<_> = (0..n)
         .map(|i| {
             let rollout = if i % 2 == 0 { "a" } else { "b" };
@@ -38,20 +56,9 @@ fn store_with_events(dir: &Path, n: usize) -> ControlStore {
     store
 }
 
-/// A raw connection without the append-only triggers, as a determined attacker would use.
-fn tamper(dir: &Path) -> Connection {
-    let conn = Connection::open(dir.join("switchyard.db")).unwrap();
-    conn.execute_batch("DROP TRIGGER audit_events_no_update; DROP TRIGGER audit_events_no_delete;")
-        .unwrap();
-    conn
-}
-
-#[test]
-fn save_and_reload_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("nested").join("switchyard.db");
+fn save_and_reload_round_trip(db: &Db) {
     {
-        let mut store = ControlStore::open(&path).unwrap();
+        let mut store = ControlStore::open(db.url()).unwrap();
         let stored = store
             .save(
                 "fraud",
@@ -84,7 +91,7 @@ fn save_and_reload_round_trip() {
             .unwrap();
     }
     // Reopen: everything is still there.
-    let store = ControlStore::open(&path).unwrap();
+    let store = ControlStore::open(db.url()).unwrap();
     let rows = store.rollouts().unwrap();
     assert_eq!(
         rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
@@ -104,10 +111,8 @@ fn save_and_reload_round_trip() {
     assert!(store.verify_chain().unwrap().ok);
 }
 
-#[test]
-fn delete_rollout_keeps_its_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = ControlStore::open(&dir.path().join("s.db")).unwrap();
+fn delete_rollout_keeps_its_events(db: &Db) {
+    let mut store = ControlStore::open(db.url()).unwrap();
     store
         .save("r", "{}", "{}", 1, &[event("r", "created", 1)])
         .unwrap();
@@ -117,10 +122,8 @@ fn delete_rollout_keeps_its_events() {
     assert_eq!(store.events(Some("r")).unwrap().len(), 1);
 }
 
-#[test]
-fn state_and_events_commit_together_or_not_at_all() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = ControlStore::open(&dir.path().join("s.db")).unwrap();
+fn state_and_events_commit_together_or_not_at_all(db: &Db) {
+    let mut store = ControlStore::open(db.url()).unwrap();
     store
         .save("r", "{}", r#"{"step":0}"#, 1, &[event("r", "created", 1)])
         .unwrap();
@@ -141,19 +144,26 @@ fn state_and_events_commit_together_or_not_at_all() {
             &[event("r", "step_advanced", 2), bad],
         )
         .unwrap_err();
-    assert!(matches!(err, StoreError::Sqlite(_)), "{err}");
+    assert!(
+        matches!(err, StoreError::Sqlite(_) | StoreError::Postgres(_)),
+        "{err}"
+    );
     assert_eq!(store.rollout("r").unwrap().unwrap().state, r#"{"step":0}"#);
     assert_eq!(store.rollout("r").unwrap().unwrap().updated_ms, 1);
     assert_eq!(store.events(None).unwrap().len(), 1);
 
     // A write failure from below (full disk, I/O error) injected with a trigger on the events
     // table: same outcome, and a fresh rollout is not created either.
-    let raw = Connection::open(dir.path().join("s.db")).unwrap();
-    raw.execute_batch(
+    db.exec(if db.is_postgres() {
+        "CREATE FUNCTION fail_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'disk full'; END $$;
+         CREATE TRIGGER fail_insert BEFORE INSERT ON audit_events FOR EACH ROW
+         WHEN (NEW.kind = 'promoted') EXECUTE FUNCTION fail_insert();"
+    } else {
         "CREATE TRIGGER fail_insert BEFORE INSERT ON audit_events
          WHEN NEW.kind = 'promoted'
-         BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
-    )
+         BEGIN SELECT RAISE(ABORT, 'disk full'); END;"
+    })
     .unwrap();
     let err = store
         .save("r", "{}", r#"{"step":2}"#, 3, &[event("r", "promoted", 3)])
@@ -168,7 +178,12 @@ fn state_and_events_commit_together_or_not_at_all() {
     assert_eq!(store.events(None).unwrap().len(), 1);
 
     // Once the failure is gone, the next save lands with the next seq: no gap was left.
-    raw.execute_batch("DROP TRIGGER fail_insert;").unwrap();
+    db.exec(if db.is_postgres() {
+        "DROP TRIGGER fail_insert ON audit_events;"
+    } else {
+        "DROP TRIGGER fail_insert;"
+    })
+    .unwrap();
     let stored = store
         .save("r", "{}", r#"{"step":2}"#, 4, &[event("r", "promoted", 4)])
         .unwrap();
@@ -177,10 +192,8 @@ fn state_and_events_commit_together_or_not_at_all() {
     assert!(store.verify_chain().unwrap().ok);
 }
 
-#[test]
-fn intact_chain_verifies() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = store_with_events(dir.path(), 10);
+fn intact_chain_verifies(db: &Db) {
+    let mut store = store_with_events(db, 10);
     // Appends in several transactions continue the same chain.
     store.append_events(&[event("c", "paused", 5)]).unwrap();
     store
@@ -192,44 +205,39 @@ fn intact_chain_verifies() {
     assert_eq!(report.first_bad_seq, None);
     assert_eq!(report.problem, None);
 
-    let empty = ControlStore::open(&dir.path().join("empty.db")).unwrap();
+    let other = if db.is_postgres() {
+        Db::postgres()
+    } else {
+        Db::sqlite()
+    };
+    let empty = ControlStore::open(other.url()).unwrap();
     let report = empty.verify_chain().unwrap();
     assert!(report.ok);
     assert_eq!(report.events, 0);
 }
 
-#[test]
-fn triggers_block_plain_update_and_delete() {
-    let dir = tempfile::tempdir().unwrap();
-    let _store = store_with_events(dir.path(), 3);
-    let raw = Connection::open(dir.path().join("switchyard.db")).unwrap();
-    let err = raw
-        .execute(
-            "UPDATE audit_events SET message = 'nothing happened' WHERE seq = 2",
-            [],
-        )
+fn triggers_block_plain_update_and_delete(db: &Db) {
+    let _store = store_with_events(db, 3);
+    let err = db
+        .exec("UPDATE audit_events SET message = 'nothing happened' WHERE seq = 2")
         .unwrap_err();
-    assert!(err.to_string().contains("append-only"), "{err}");
-    let err = raw
-        .execute("DELETE FROM audit_events WHERE seq = 2", [])
+    assert!(err.contains("append-only"), "{err}");
+    let err = db
+        .exec("DELETE FROM audit_events WHERE seq = 2")
         .unwrap_err();
-    assert!(err.to_string().contains("append-only"), "{err}");
-    let n: i64 = raw
-        .query_row("SELECT COUNT(*) FROM audit_events", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(n, 3);
+    assert!(err.contains("append-only"), "{err}");
+    if db.is_postgres() {
+        let err = db.exec("TRUNCATE audit_events").unwrap_err();
+        assert!(err.contains("append-only"), "{err}");
+    }
+    assert_eq!(db.query_text("SELECT COUNT(*) FROM audit_events"), "3");
 }
 
-#[test]
-fn edited_details_are_detected_at_the_right_seq() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_events(dir.path(), 6);
-    let raw = tamper(dir.path());
-    raw.execute(
-        "UPDATE audit_events SET details = replace(details, 'true', 'false') WHERE seq = 4",
-        [],
-    )
-    .unwrap();
+fn edited_details_are_detected_at_the_right_seq(db: &Db) {
+    let store = store_with_events(db, 6);
+    db.drop_guards();
+    db.exec("UPDATE audit_events SET details = replace(details, 'true', 'false') WHERE seq = 4")
+        .unwrap();
     let report = store.verify_chain().unwrap();
     assert!(!report.ok);
     assert_eq!(report.events, 6);
@@ -237,29 +245,21 @@ fn edited_details_are_detected_at_the_right_seq() {
     assert!(report.problem.unwrap().contains("modified"));
 }
 
-#[test]
-fn edit_with_recomputed_hash_breaks_the_next_link() {
+fn edit_with_recomputed_hash_breaks_the_next_link(db: &Db) {
     use sha2::{Digest, Sha256};
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_events(dir.path(), 5);
-    let raw = tamper(dir.path());
+    let store = store_with_events(db, 5);
+    db.drop_guards();
     // The attacker edits event 2 and rewrites its hash to match the new content: event 2 now
     // checks out on its own, but event 3's prev_hash still names the original.
-    let (prev, details): (String, String) = raw
-        .query_row(
-            "SELECT prev_hash, details FROM audit_events WHERE seq = 2",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let prev = db.query_text("SELECT prev_hash FROM audit_events WHERE seq = 2");
+    let details = db.query_text("SELECT details FROM audit_events WHERE seq = 2");
     let canonical = format!(r#"[2,"b",1001,"step_advanced","controller","edited",{details}]"#);
     let digest = Sha256::digest(format!("{prev}\n{canonical}").as_bytes());
     let hash: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    raw.execute(
-        "UPDATE audit_events SET message = 'edited', hash = ?1 WHERE seq = 2",
-        [&hash],
-    )
+    db.exec(&format!(
+        "UPDATE audit_events SET message = 'edited', hash = '{hash}' WHERE seq = 2"
+    ))
     .unwrap();
     let report = store.verify_chain().unwrap();
     assert!(!report.ok);
@@ -267,13 +267,10 @@ fn edit_with_recomputed_hash_breaks_the_next_link() {
     assert!(report.problem.unwrap().contains("prev_hash"));
 }
 
-#[test]
-fn deleted_middle_row_is_detected() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_events(dir.path(), 5);
-    let raw = tamper(dir.path());
-    raw.execute("DELETE FROM audit_events WHERE seq = 3", [])
-        .unwrap();
+fn deleted_middle_row_is_detected(db: &Db) {
+    let store = store_with_events(db, 5);
+    db.drop_guards();
+    db.exec("DELETE FROM audit_events WHERE seq = 3").unwrap();
     let report = store.verify_chain().unwrap();
     assert!(!report.ok);
     assert_eq!(report.events, 4);
@@ -281,14 +278,12 @@ fn deleted_middle_row_is_detected() {
     assert!(report.problem.unwrap().contains("missing"));
 }
 
-#[test]
-fn renumbered_rows_are_detected() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_events(dir.path(), 5);
-    let raw = tamper(dir.path());
+fn renumbered_rows_are_detected(db: &Db) {
+    let store = store_with_events(db, 5);
+    db.drop_guards();
     // Delete event 3 and close the gap by renumbering 4 and 5: seq is continuous again, but
     // the links are not.
-    raw.execute_batch(
+    db.exec(
         "DELETE FROM audit_events WHERE seq = 3;
          UPDATE audit_events SET seq = 3 WHERE seq = 4;
          UPDATE audit_events SET seq = 4 WHERE seq = 5;",
@@ -300,13 +295,11 @@ fn renumbered_rows_are_detected() {
     assert!(report.problem.unwrap().contains("prev_hash"));
 }
 
-#[test]
-fn swapped_rows_are_detected() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_events(dir.path(), 5);
-    let raw = tamper(dir.path());
+fn swapped_rows_are_detected(db: &Db) {
+    let store = store_with_events(db, 5);
+    db.drop_guards();
     // Swap the contents of events 2 and 3 (including their hashes) by renumbering.
-    raw.execute_batch(
+    db.exec(
         "UPDATE audit_events SET seq = 100 WHERE seq = 2;
          UPDATE audit_events SET seq = 2 WHERE seq = 3;
          UPDATE audit_events SET seq = 3 WHERE seq = 100;",
@@ -317,10 +310,8 @@ fn swapped_rows_are_detected() {
     assert_eq!(report.first_bad_seq, Some(2));
 }
 
-#[test]
-fn events_filter_by_rollout() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_with_events(dir.path(), 7);
+fn events_filter_by_rollout(db: &Db) {
+    let store = store_with_events(db, 7);
     let a = store.events(Some("a")).unwrap();
     let b = store.events(Some("b")).unwrap();
     assert_eq!(a.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 3, 5, 7]);
@@ -330,10 +321,7 @@ fn events_filter_by_rollout() {
     assert_eq!(store.events(None).unwrap().len(), 7);
 }
 
-#[test]
-fn alerts_and_deliveries_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.db");
+fn alerts_and_deliveries_round_trip(db: &Db) {
     let alert = Alert {
         rollout: "fraud".into(),
         severity: Severity::P0,
@@ -352,7 +340,7 @@ fn alerts_and_deliveries_round_trip() {
     };
     let (a1, a2);
     {
-        let mut store = ControlStore::open(&path).unwrap();
+        let mut store = ControlStore::open(db.url()).unwrap();
         a1 = store.record_alert(&alert).unwrap();
         a2 = store.record_alert(&other).unwrap();
         assert!(a2 > a1);
@@ -390,7 +378,7 @@ fn alerts_and_deliveries_round_trip() {
             })
             .unwrap();
     }
-    let store = ControlStore::open(&path).unwrap();
+    let store = ControlStore::open(db.url()).unwrap();
     assert_eq!(store.alerts().unwrap(), vec![(a1, alert), (a2, other)]);
     let d = store.deliveries().unwrap();
     assert_eq!(d.len(), 3);
@@ -411,10 +399,8 @@ fn alerts_and_deliveries_round_trip() {
     assert_eq!(store.verify_chain().unwrap().events, 0);
 }
 
-#[test]
-fn non_finite_details_are_stored_as_text() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = ControlStore::open(&dir.path().join("s.db")).unwrap();
+fn non_finite_details_are_stored_as_text(db: &Db) {
+    let mut store = ControlStore::open(db.url()).unwrap();
     let mut e = event("r", "gate_held", 1);
     e.details = vec![("ratio".into(), Detail::Num(f64::NAN))];
     let stored = store.append_events(&[e]).unwrap();
@@ -422,6 +408,36 @@ fn non_finite_details_are_stored_as_text() {
     let read = store.events(None).unwrap();
     assert_eq!(read, stored);
     assert!(store.verify_chain().unwrap().ok);
+}
+
+/// Two control connections (controller, alert sender; with PostgreSQL, possibly two replicas)
+/// appending from separate threads still form one chain with no gaps.
+fn concurrent_writers_keep_one_chain(db: &Db) {
+    let mut first = ControlStore::open(db.url()).unwrap();
+    let mut second = ControlStore::open(db.url()).unwrap();
+    let writers = [
+        std::thread::spawn(move || {
+            for i in 0..50 {
+                first
+                    .save("a", "{}", "{}", i, &[event("a", "step_advanced", i)])
+                    .unwrap();
+            }
+        }),
+        std::thread::spawn(move || {
+            for i in 0..50 {
+                second.append_events(&[event("b", "gate_held", i)]).unwrap();
+            }
+        }),
+    ];
+    for w in writers {
+        w.join().unwrap();
+    }
+    let store = ControlStore::open(db.url()).unwrap();
+    let report = store.verify_chain().unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events, 100);
+    let seqs: Vec<u64> = store.events(None).unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
 }
 
 #[test]

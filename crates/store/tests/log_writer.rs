@@ -1,11 +1,32 @@
-//! The log writer against a real SQLite file in a temp dir.
+//! The log writer against a real SQLite file in a temp dir and a real PostgreSQL database
+//! (each test runs on both), and replicas sharing PostgreSQL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
+use support::Db;
 use switchyard_core::{Feedback, Outcome, PairRef, Prediction, PredictionRecord, Role, Truth};
-use switchyard_store::{
-    count_records, open_reader, rebuild_aggregates, spawn_log_writer, LogWriterConfig,
-};
+use switchyard_store::{spawn_log_writer, LogWriterConfig, StoreUrl};
+
+on_both_async!(
+    feedback_joins_by_id_and_aggregates_match_a_recount,
+    a_full_queue_drops_and_counts_instead_of_blocking,
+);
+
+fn config(
+    url: StoreUrl,
+    replica: &str,
+    queue_capacity: usize,
+    batch_size: usize,
+) -> LogWriterConfig {
+    LogWriterConfig {
+        store: url,
+        replica: replica.into(),
+        queue_capacity,
+        batch_size,
+    }
+}
 
 fn record(
     id: &str,
@@ -47,16 +68,8 @@ fn label(id: &str, class: &str) -> Feedback {
     }
 }
 
-#[tokio::test]
-async fn feedback_joins_by_id_and_aggregates_match_a_recount() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("log.sqlite");
-    let (log, thread) = spawn_log_writer(LogWriterConfig {
-        path: path.clone(),
-        queue_capacity: 1024,
-        batch_size: 7,
-    })
-    .unwrap();
+async fn feedback_joins_by_id_and_aggregates_match_a_recount(db: &Db) {
+    let (log, thread) = spawn_log_writer(config(db.url(), "r1", 1024, 7)).unwrap();
     // 40 requests: the primary says 1 on even ids; the shadow says 1 on multiples of 3.
     for i in 0..40 {
         let p = if i % 2 == 0 { "1" } else { "0" };
@@ -108,23 +121,18 @@ async fn feedback_joins_by_id_and_aggregates_match_a_recount() {
 
     drop(log);
     thread.join().unwrap();
-    let conn = open_reader(&path).unwrap();
-    assert_eq!(count_records(&conn).unwrap(), 80);
-    let recount = rebuild_aggregates(&conn).unwrap();
+    assert_eq!(db.query_text("SELECT COUNT(*) FROM predictions"), "80");
+    // A restarted writer rebuilds the same aggregates from the store.
+    let (log, thread) = spawn_log_writer(config(db.url(), "r1", 16, 7)).unwrap();
+    let recount = log.aggregates().lock().clone();
     assert_eq!(recount.pairs, incremental.pairs);
     assert_eq!(recount.series, incremental.series);
+    drop(log);
+    thread.join().unwrap();
 }
 
-#[tokio::test]
-async fn a_full_queue_drops_and_counts_instead_of_blocking() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("log.sqlite");
-    let (log, thread) = spawn_log_writer(LogWriterConfig {
-        path: path.clone(),
-        queue_capacity: 4,
-        batch_size: 2,
-    })
-    .unwrap();
+async fn a_full_queue_drops_and_counts_instead_of_blocking(db: &Db) {
+    let (log, thread) = spawn_log_writer(config(db.url(), "r1", 4, 2)).unwrap();
     let mut accepted = 0u64;
     for i in 0..5_000 {
         accepted += u64::from(log.record(record(&format!("r{i}"), Role::Serving, "v1", "1", None)));
@@ -140,8 +148,8 @@ async fn a_full_queue_drops_and_counts_instead_of_blocking() {
     drop(log);
     thread.join().unwrap();
     assert_eq!(
-        count_records(&open_reader(&path).unwrap()).unwrap(),
-        accepted
+        db.query_text("SELECT COUNT(*) FROM predictions"),
+        accepted.to_string()
     );
 }
 
@@ -150,11 +158,20 @@ fn an_unwritable_path_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("file");
     std::fs::write(&file, "x").unwrap();
-    let err = spawn_log_writer(LogWriterConfig {
-        path: file.join("log.sqlite"),
-        queue_capacity: 4,
-        batch_size: 2,
-    })
+    let err = spawn_log_writer(config(
+        StoreUrl::sqlite(file.join("log.sqlite")),
+        "local",
+        4,
+        2,
+    ))
     .unwrap_err();
     assert!(err.to_string().contains("cannot create"), "{err}");
+}
+
+#[test]
+fn an_unreachable_postgres_is_an_error() {
+    // Port 1 on loopback: nothing listens there.
+    let url = StoreUrl::parse("postgres://sy:pw@127.0.0.1:1/none").unwrap();
+    let err = spawn_log_writer(config(url, "r1", 4, 2)).unwrap_err();
+    assert!(err.to_string().starts_with("postgres:"), "{err}");
 }

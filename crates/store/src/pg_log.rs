@@ -1,0 +1,273 @@
+//! The prediction log in PostgreSQL: every replica appends its own rows (tagged with its name)
+//! in one round trip per batch, and rebuilds only its own aggregates at start-up.
+
+use postgres::Client;
+use switchyard_core::{Aggregates, Feedback, Outcome, Prediction, PredictionRecord, Role, Truth};
+
+use crate::log::{fold_log, FeedbackOutcome, Labelled, Sink};
+use crate::pg;
+use crate::schema::{FeedbackRow, LogRow};
+use crate::StoreError;
+
+const SELECT_RECORD: &str = "SELECT p.request_id, p.ts_ms, p.model, p.epoch, p.variant, p.role,
+    p.version, p.key_hash, p.outcome, p.status, p.latency_us, p.output, p.input, p.paired_version
+    FROM predictions p";
+
+/// One batch, as one `INSERT … SELECT FROM unnest(arrays)`.
+const INSERT_BATCH: &str = "INSERT INTO predictions
+    (replica, request_id, ts_ms, model, epoch, variant, role, version, key_hash, outcome,
+     status, latency_us, output, input, paired_version)
+    SELECT $1, * FROM unnest($2::text[], $3::int8[], $4::text[], $5::int8[], $6::text[],
+        $7::text[], $8::text[], $9::int8[], $10::text[], $11::int4[], $12::int8[], $13::text[],
+        $14::text[], $15::text[])";
+
+fn corrupt(what: &'static str, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        reason: reason.to_string(),
+    }
+}
+
+pub(crate) fn row_to_log_row(row: &postgres::Row) -> Result<LogRow, StoreError> {
+    let role: String = row.try_get(5)?;
+    let outcome: String = row.try_get(8)?;
+    let output: String = row.try_get(11)?;
+    Ok(LogRow {
+        record: PredictionRecord {
+            request_id: row.try_get(0)?,
+            ts_ms: row.try_get(1)?,
+            model: row.try_get(2)?,
+            epoch: u64::try_from(row.try_get::<_, i64>(3)?).map_err(|e| corrupt("epoch", e))?,
+            variant: row.try_get(4)?,
+            role: Role::parse(&role).ok_or_else(|| corrupt("role", &role))?,
+            version: row.try_get(6)?,
+            key_hash: row.try_get::<_, Option<i64>>(7)?.map(|h| h as u64),
+            outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt("outcome", &outcome))?,
+            status: u16::try_from(row.try_get::<_, i32>(9)?).map_err(|e| corrupt("status", e))?,
+            latency_us: u64::try_from(row.try_get::<_, i64>(10)?)
+                .map_err(|e| corrupt("latency", e))?,
+            output: serde_json::from_str::<Prediction>(&output)
+                .map_err(|e| corrupt("output", e))?,
+            input: row.try_get(12)?,
+            pair: None,
+        },
+        paired_version: row.try_get(13)?,
+    })
+}
+
+fn rows_of(client: &mut Client, sql: &str, replica: &str) -> Result<Vec<LogRow>, StoreError> {
+    client
+        .query(sql, &[&replica])?
+        .iter()
+        .map(row_to_log_row)
+        .collect()
+}
+
+fn feedback_row(row: &postgres::Row) -> Result<FeedbackRow, StoreError> {
+    let truth: String = row.try_get(1)?;
+    let metrics: String = row.try_get(2)?;
+    Ok((
+        row.try_get(0)?,
+        serde_json::from_str::<Truth>(&truth).map_err(|e| corrupt("truth", e))?,
+        serde_json::from_str(&metrics).map_err(|e| corrupt("metrics", e))?,
+    ))
+}
+
+/// The writer's PostgreSQL session.
+pub(crate) struct PgSink {
+    client: Client,
+    url: String,
+    replica: String,
+}
+
+impl PgSink {
+    pub(crate) fn open(url: &str, replica: &str) -> Result<Self, StoreError> {
+        let mut client = pg::connect(url)?;
+        pg::init(&mut client)?;
+        Ok(PgSink {
+            client,
+            url: url.to_string(),
+            replica: replica.to_string(),
+        })
+    }
+
+    /// Reconnects when the previous connection closed (the batch in hand is retried once).
+    fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.is_closed() {
+            self.client = pg::connect(&self.url)?;
+        }
+        Ok(&mut self.client)
+    }
+
+    /// This replica's aggregates: its own records, and the feedback it accepted scored against
+    /// the records of those requests, wherever they were served.
+    pub(crate) fn rebuild_aggregates(&mut self) -> Result<Aggregates, StoreError> {
+        let replica = self.replica.clone();
+        let client = self.client()?;
+        let rows = rows_of(
+            client,
+            &format!("{SELECT_RECORD} WHERE p.replica = $1 ORDER BY p.id"),
+            &replica,
+        )?;
+        let feedback = client
+            .query(
+                "SELECT request_id, truth, metrics FROM feedback WHERE replica = $1
+                 ORDER BY ts_ms, request_id",
+                &[&replica],
+            )?
+            .iter()
+            .map(feedback_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let labelled = rows_of(
+            client,
+            &format!(
+                "{SELECT_RECORD} JOIN feedback f ON f.request_id = p.request_id
+                 WHERE f.replica = $1 ORDER BY p.id"
+            ),
+            &replica,
+        )?;
+        Ok(fold_log(rows, feedback, Some(labelled)))
+    }
+
+    fn insert(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError> {
+        let outputs = batch
+            .iter()
+            .map(|r| serde_json::to_string(&r.output).map_err(|e| corrupt("output", e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let request_id: Vec<&str> = batch.iter().map(|r| r.request_id.as_str()).collect();
+        let ts: Vec<i64> = batch.iter().map(|r| r.ts_ms).collect();
+        let model: Vec<&str> = batch.iter().map(|r| r.model.as_str()).collect();
+        let epoch: Vec<i64> = batch.iter().map(|r| r.epoch as i64).collect();
+        let variant: Vec<&str> = batch.iter().map(|r| r.variant.as_str()).collect();
+        let role: Vec<&str> = batch.iter().map(|r| r.role.as_str()).collect();
+        let version: Vec<&str> = batch.iter().map(|r| r.version.as_str()).collect();
+        let key_hash: Vec<Option<i64>> =
+            batch.iter().map(|r| r.key_hash.map(|h| h as i64)).collect();
+        let outcome: Vec<&str> = batch.iter().map(|r| r.outcome.as_str()).collect();
+        let status: Vec<i32> = batch.iter().map(|r| i32::from(r.status)).collect();
+        let latency: Vec<i64> = batch
+            .iter()
+            .map(|r| i64::try_from(r.latency_us).unwrap_or(i64::MAX))
+            .collect();
+        let output: Vec<&str> = outputs.iter().map(String::as_str).collect();
+        let input: Vec<Option<&str>> = batch.iter().map(|r| r.input.as_deref()).collect();
+        let paired: Vec<Option<&str>> = batch
+            .iter()
+            .map(|r| r.pair.as_ref().map(|p| p.version.as_str()))
+            .collect();
+        let replica = self.replica.clone();
+        self.client()?.execute(
+            INSERT_BATCH,
+            &[
+                &replica,
+                &request_id,
+                &ts,
+                &model,
+                &epoch,
+                &variant,
+                &role,
+                &version,
+                &key_hash,
+                &outcome,
+                &status,
+                &latency,
+                &output,
+                &input,
+                &paired,
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+impl Sink for PgSink {
+    fn write_batch(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError> {
+        // One statement is its own transaction: the batch commits whole or not at all.
+        match self.insert(batch) {
+            Err(e) if self.client.is_closed() => {
+                tracing::warn!(error = %e, "PostgreSQL connection lost; reconnecting");
+                self.insert(batch)
+            }
+            other => other,
+        }
+    }
+
+    fn feedback(&mut self, items: Vec<Feedback>, now_ms: i64) -> Result<Labelled, StoreError> {
+        let replica = self.replica.clone();
+        let mut outcome = FeedbackOutcome::default();
+        let mut newly_labelled = Vec::new();
+        let mut tx = self.client()?.transaction()?;
+        let select = tx.prepare(&format!(
+            "{SELECT_RECORD} WHERE p.request_id = $1 ORDER BY p.role DESC, p.id"
+        ))?;
+        let insert = tx.prepare(
+            "INSERT INTO feedback (request_id, replica, ts_ms, truth, metrics)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO NOTHING",
+        )?;
+        for item in items {
+            let rows = tx
+                .query(&select, &[&item.request_id])?
+                .iter()
+                .map(row_to_log_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            if rows.is_empty() {
+                outcome.unknown.push(item.request_id);
+                continue;
+            }
+            let truth = serde_json::to_string(&item.truth).map_err(|e| corrupt("truth", e))?;
+            let metrics =
+                serde_json::to_string(&item.metrics).map_err(|e| corrupt("metrics", e))?;
+            let n = tx.execute(
+                &insert,
+                &[&item.request_id, &replica, &now_ms, &truth, &metrics],
+            )?;
+            if n == 1 {
+                outcome.accepted += 1;
+                newly_labelled.push((rows, item));
+            } else {
+                outcome.duplicates += 1;
+            }
+        }
+        tx.commit()?;
+        Ok((outcome, newly_labelled))
+    }
+}
+
+/// [`crate::disagreements`] in PostgreSQL.
+pub(crate) fn disagreements(
+    client: &mut Client,
+    model: &str,
+    primary: &str,
+    shadow: &str,
+    limit: usize,
+) -> Result<Vec<crate::Disagreement>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client.query(
+        "SELECT p.request_id, p.ts_ms, p.input, p.output, s.output, f.truth
+         FROM predictions p
+         JOIN predictions s ON s.request_id = p.request_id AND s.role = 'shadow' AND s.version = $3
+              AND s.paired_version = p.version AND s.outcome = 'ok'
+         LEFT JOIN feedback f ON f.request_id = p.request_id
+         WHERE p.model = $1 AND p.role = 'serving' AND p.version = $2 AND p.outcome = 'ok'
+               AND p.output <> s.output
+         ORDER BY p.id DESC LIMIT $4",
+        &[&model, &primary, &shadow, &limit],
+    )?;
+    rows.iter()
+        .map(|r| {
+            let (p, s): (String, String) = (r.try_get(3)?, r.try_get(4)?);
+            let t: Option<String> = r.try_get(5)?;
+            Ok(crate::Disagreement {
+                request_id: r.try_get(0)?,
+                ts_ms: r.try_get(1)?,
+                input: r.try_get(2)?,
+                primary: serde_json::from_str(&p).map_err(|e| corrupt("output", e))?,
+                shadow: serde_json::from_str(&s).map_err(|e| corrupt("output", e))?,
+                truth: t
+                    .map(|t| serde_json::from_str(&t))
+                    .transpose()
+                    .map_err(|e| corrupt("truth", e))?,
+            })
+        })
+        .collect()
+}
