@@ -79,6 +79,9 @@ pub struct RawLog {
     /// Fraction of requests whose input body is stored (0 = off, the default).
     pub capture_inputs: Option<f64>,
     pub max_input_bytes: Option<u64>,
+    /// `false` records no predictions at all (no log, no statistics, so no rollout can
+    /// decide): only for measuring what the log costs (`bench/run.sh`). Default `true`.
+    pub enabled: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -187,6 +190,8 @@ pub struct LogSettings {
     pub batch_size: usize,
     pub capture_inputs: f64,
     pub max_input_bytes: usize,
+    /// Whether predictions are recorded (see [`RawLog::enabled`]).
+    pub enabled: bool,
 }
 
 impl Default for LogSettings {
@@ -196,6 +201,7 @@ impl Default for LogSettings {
             batch_size: 4_096,
             capture_inputs: 0.0,
             max_input_bytes: 4_096,
+            enabled: true,
         }
     }
 }
@@ -368,6 +374,7 @@ impl RawConfig {
                 .log
                 .max_input_bytes
                 .unwrap_or(defaults.max_input_bytes as u64) as usize,
+            enabled: self.log.enabled.unwrap_or(defaults.enabled),
         };
         let sd = ShadowSettings::default();
         let shadow = ShadowSettings {
@@ -852,6 +859,17 @@ mod tests {
         assert_eq!(c.header_read_timeout_ms, 10_000);
         assert_eq!(c.body_read_timeout_ms, 30_000);
         assert_eq!(c.max_header_bytes, 64 * 1024);
+        assert!(
+            c.log.enabled,
+            "the prediction log is on unless switched off"
+        );
+    }
+
+    #[test]
+    fn prediction_log_can_be_switched_off() {
+        let mut raw = config(vec![("yield", model(strategy_single()))]);
+        raw.log.enabled = Some(false);
+        assert!(!raw.validate().unwrap().log.enabled);
     }
 
     fn strategy_single() -> RawStrategy {

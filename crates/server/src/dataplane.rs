@@ -359,12 +359,15 @@ async fn serve(
                 classes: runtime.classes.clone(),
                 primary_version: decision.version.to_string(),
                 primary_output: output.clone(),
+                record: state.log_settings.enabled,
             });
         }
     }
 
-    // Phase: record.
-    let input = (state.log_settings.capture_inputs > 0.0
+    // Phase: record (unless the log is switched off for a benchmark).
+    let log_on = state.log_settings.enabled;
+    let input = (log_on
+        && state.log_settings.capture_inputs > 0.0
         && rand::random::<f64>() < state.log_settings.capture_inputs)
         .then(|| {
             String::from_utf8_lossy(&bytes[..bytes.len().min(state.log_settings.max_input_bytes)])
@@ -377,22 +380,24 @@ async fn serve(
         outcome.as_str(),
         latency.as_secs_f64(),
     );
-    state.log.record(PredictionRecord {
-        request_id: id.to_string(),
-        ts_ms,
-        model: model.to_string(),
-        epoch: table.epoch,
-        variant: decision.variant.to_string(),
-        role: Role::Serving,
-        version: decision.version.to_string(),
-        key_hash,
-        outcome,
-        status: status.as_u16(),
-        latency_us: latency.as_micros() as u64,
-        output,
-        input,
-        pair: None,
-    });
+    if log_on {
+        state.log.record(PredictionRecord {
+            request_id: id.to_string(),
+            ts_ms,
+            model: model.to_string(),
+            epoch: table.epoch,
+            variant: decision.variant.to_string(),
+            role: Role::Serving,
+            version: decision.version.to_string(),
+            key_hash,
+            outcome,
+            status: status.as_u16(),
+            latency_us: latency.as_micros() as u64,
+            output,
+            input,
+            pair: None,
+        });
+    }
 
     let mut response = response;
     let h = response.headers_mut();

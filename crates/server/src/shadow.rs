@@ -39,6 +39,8 @@ pub struct ShadowJob {
     pub classes: Option<Arc<[String]>>,
     pub primary_version: String,
     pub primary_output: Prediction,
+    /// Whether to write the prediction record (false only when the log is switched off).
+    pub record: bool,
 }
 
 /// State of one shadow's breaker.
@@ -228,6 +230,9 @@ async fn run(job: ShadowJob, timeout: Duration, log: &LogHandle, metrics: &Metri
         outcome.as_str(),
         latency.as_secs_f64(),
     );
+    if !job.record {
+        return outcome.is_ok();
+    }
     log.record(PredictionRecord {
         request_id: job.request_id,
         ts_ms: job.ts_ms,
