@@ -88,7 +88,13 @@ pub async fn put_route(
                 problems.join("; "),
             )
         })?;
-    let next = state.swap_strategy(&model, strategy);
+    let next = state.swap_strategy(&model, strategy).map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("the routing change was not made: {e}"),
+        )
+    })?;
     Ok(Json(
         json!({ "epoch": next.epoch, "route": next.routes.get(&model) }),
     ))
@@ -195,7 +201,11 @@ pub async fn model_stats(
 // Rollouts.
 
 use crate::controller::{ControlError, Controller};
+use axum::extract::OriginalUri;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::IntoResponse;
 use switchyard_core::rollout::Command;
+use switchyard_store::Leader;
 
 fn controller(state: &AppState) -> Result<Arc<Controller>, ApiError> {
     state.controller().ok_or_else(|| {
@@ -215,6 +225,7 @@ impl From<ControlError> for ApiError {
             ControlError::Conflict { .. } => (StatusCode::CONFLICT, "rollout_conflict"),
             ControlError::Command(_) => (StatusCode::CONFLICT, "invalid_transition"),
             ControlError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+            ControlError::NotLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_controller"),
         };
         let mut err = ApiError::new(status, code, e.to_string());
         if let ControlError::Invalid(problems) = e {
@@ -236,20 +247,95 @@ pub async fn list_rollouts(State(state): State<Arc<AppState>>) -> Result<Json<Va
     Ok(Json(json!({ "rollouts": controller(&state)?.list() })))
 }
 
-/// Starts a rollout from a YAML or JSON spec; `?dry_run=true` only validates it.
+/// Marks a command forwarded by another replica (a forwarded command is never forwarded again).
+const FORWARDED_BY: &str = "x-switchyard-forwarded-by";
+
+/// Sends a command that reached a replica which is not the controller to the replica that is,
+/// and answers with its answer.
+async fn forward(
+    state: &AppState,
+    leader: &Leader,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: String,
+) -> Result<Response, ApiError> {
+    let unavailable = |message: String| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "controller_unreachable",
+            message,
+        )
+    };
+    if headers.contains_key(FORWARDED_BY) {
+        return Err(unavailable(format!(
+            "replica '{}' is not the controller either; retry shortly",
+            state.replica
+        )));
+    }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("{}{path}", leader.admin_url.trim_end_matches('/'));
+    let mut request = hyper::Request::builder()
+        .method(Method::POST)
+        .uri(&url)
+        .header(FORWARDED_BY, state.replica.as_str());
+    for name in [
+        header::AUTHORIZATION.as_str(),
+        header::CONTENT_TYPE.as_str(),
+        "x-switchyard-actor",
+    ] {
+        if let Some(value) = headers.get(name) {
+            request = request.header(name, value);
+        }
+    }
+    let request = request
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| unavailable(format!("cannot forward to {url}: {e}")))?;
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        state.admin_client.request(request),
+    )
+    .await
+    .map_err(|_| unavailable(format!("the controller at {url} did not answer in time")))?
+    .map_err(|e| unavailable(format!("the controller at {url} is unreachable: {e}")))?;
+    let (parts, body) = answer.into_parts();
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .map_err(|e| unavailable(format!("the controller's answer broke off: {e}")))?
+        .to_bytes();
+    let mut response = Response::new(axum::body::Body::from(body));
+    *response.status_mut() = parts.status;
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, ct.clone());
+    }
+    if let Ok(v) = leader.replica.parse() {
+        response.headers_mut().insert("x-switchyard-controller", v);
+    }
+    Ok(response)
+}
+
+/// Starts a rollout from a YAML or JSON spec; `?dry_run=true` only validates it. On a replica
+/// that is not the controller, the command is forwarded to the one that is.
 pub async fn apply_rollout(
     State(state): State<Arc<AppState>>,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
     axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
     body: String,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<Response, ApiError> {
     let c = controller(&state)?;
     if q.get("dry_run").is_some_and(|v| v == "true" || v == "1") {
         let spec = c.dry_run(&body)?;
-        return Ok((StatusCode::OK, Json(json!({ "valid": true, "spec": spec }))));
+        return Ok(Json(json!({ "valid": true, "spec": spec })).into_response());
     }
-    let view = c.apply(&body, &actor(&headers)).await?;
-    Ok((StatusCode::CREATED, Json(view)))
+    match c.apply(&body, &actor(&headers)).await {
+        Ok(view) => Ok((StatusCode::CREATED, Json(view)).into_response()),
+        Err(ControlError::NotLeader(Some(leader))) => {
+            forward(&state, &leader, &uri, &headers, body).await
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub async fn get_rollout(
@@ -264,9 +350,10 @@ pub async fn get_rollout(
 
 pub async fn rollout_command(
     State(state): State<Arc<AppState>>,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
     Path((name, action)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let cmd = Command::parse(&action).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -274,11 +361,16 @@ pub async fn rollout_command(
             format!("'{action}' is not promote, rollback, pause, resume, approve or abort"),
         )
     })?;
-    Ok(Json(
-        controller(&state)?
-            .command(&name, cmd, &actor(&headers))
-            .await?,
-    ))
+    match controller(&state)?
+        .command(&name, cmd, &actor(&headers))
+        .await
+    {
+        Ok(view) => Ok(Json(view).into_response()),
+        Err(ControlError::NotLeader(Some(leader))) => {
+            forward(&state, &leader, &uri, &headers, String::new()).await
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub async fn rollout_events(
@@ -300,7 +392,6 @@ pub async fn rollout_report(
     Path(name): Path<String>,
     axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    use axum::response::IntoResponse;
     let c = controller(&state)?;
     let report = crate::report::build(&state, &c, &name)
         .ok_or_else(|| ApiError::from(ControlError::NotFound(name.clone())))?;
@@ -352,4 +443,54 @@ pub async fn rollout_history(
         return Err(ControlError::NotFound(name).into());
     }
     Ok(Json(json!({ "rollout": name, "points": c.history(&name) })))
+}
+
+/// This replica, the controller, the shared routing epoch and every replica's published
+/// window (a single gateway reports itself as its own controller).
+pub async fn cluster(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let is_controller = state.controller().is_some_and(|c| c.is_leader());
+    let epoch = state.table.load().epoch;
+    let Some(cluster) = state.cluster.clone() else {
+        return Ok(Json(json!({
+            "replica": state.replica,
+            "store": state.store.to_string(),
+            "is_controller": is_controller,
+            "routing_epoch": epoch,
+            "replicas": [],
+        })));
+    };
+    let (leader, windows) = tokio::task::spawn_blocking(move || {
+        Ok::<_, switchyard_store::StoreError>((cluster.leader()?, cluster.aggregate_windows()?))
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            e.to_string(),
+        )
+    })?;
+    let replicas: Vec<Value> = windows
+        .iter()
+        .map(|(name, updated_ms, agg)| {
+            let serving: u64 = agg
+                .series
+                .iter()
+                .filter(|(k, _)| k.role == Role::Serving)
+                .map(|(_, v)| v.requests)
+                .sum();
+            json!({ "replica": name, "updated_ms": updated_ms, "serving_requests": serving })
+        })
+        .collect();
+    Ok(Json(json!({
+        "replica": state.replica,
+        "store": state.store.to_string(),
+        "is_controller": is_controller,
+        "controller": leader.map(|l| json!({
+            "replica": l.replica, "admin_url": l.admin_url, "term": l.term, "since_ms": l.since_ms,
+        })),
+        "routing_epoch": epoch,
+        "replicas": replicas,
+    })))
 }

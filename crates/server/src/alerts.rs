@@ -16,7 +16,6 @@
 //! secrets (Slack-style tokens in the path), so logs show only their scheme, host and port;
 //! the store keeps the configured URL.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -27,7 +26,7 @@ use hyper::{Method, Request, Uri};
 use parking_lot::Mutex;
 use serde_json::{json, Map, Value};
 use switchyard_core::audit::{Alert, Detail, Severity};
-use switchyard_store::{ControlStore, DeliveryRow, StoreError};
+use switchyard_store::{ControlStore, DeliveryRow, StoreError, StoreUrl};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -108,16 +107,20 @@ pub struct AlertSender {
 
 impl AlertSender {
     /// Starts the delivery task (must be called inside a Tokio runtime). The task opens its own
-    /// [`ControlStore`] connection to `store_path`.
-    pub fn spawn(webhooks: Vec<WebhookConfig>, store_path: PathBuf, retry: RetryPolicy) -> Self {
-        Self::with_capacity(webhooks, store_path, retry, DEFAULT_QUEUE_CAPACITY)
+    /// [`ControlStore`] connection to `store`.
+    pub fn spawn(
+        webhooks: Vec<WebhookConfig>,
+        store: impl Into<StoreUrl>,
+        retry: RetryPolicy,
+    ) -> Self {
+        Self::with_capacity(webhooks, store, retry, DEFAULT_QUEUE_CAPACITY)
     }
 
     /// [`AlertSender::spawn`] with a given capacity for the alert queue and for each webhook's
     /// queue of deliveries.
     pub fn with_capacity(
         webhooks: Vec<WebhookConfig>,
-        store_path: PathBuf,
+        store: impl Into<StoreUrl>,
         retry: RetryPolicy,
         capacity: usize,
     ) -> Self {
@@ -127,7 +130,7 @@ impl AlertSender {
         let shared = Arc::new(Shared {
             client: http_client(),
             store: Arc::new(Mutex::new(None)),
-            store_path,
+            store_url: store.into(),
             retry,
         });
         let hooks = webhooks
@@ -196,7 +199,7 @@ struct Shared {
     client: HttpClient,
     /// Opened on first use, on a blocking thread; reopened after a failure to open.
     store: Arc<Mutex<Option<ControlStore>>>,
-    store_path: PathBuf,
+    store_url: StoreUrl,
     retry: RetryPolicy,
 }
 
@@ -208,12 +211,12 @@ impl Shared {
         F: FnOnce(&mut ControlStore) -> Result<T, StoreError> + Send + 'static,
     {
         let store = self.store.clone();
-        let path = self.store_path.clone();
+        let url = self.store_url.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut guard = store.lock();
             let store = match guard.as_mut() {
                 Some(store) => store,
-                None => guard.insert(ControlStore::open(&path)?),
+                None => guard.insert(ControlStore::open(url)?),
             };
             f(store)
         })

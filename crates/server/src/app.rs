@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -21,8 +22,10 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use switchyard_core::config::{GatewayConfig, LogSettings};
-use switchyard_core::{ModelRoute, RoutingTable, Strategy};
-use switchyard_store::{spawn_log_writer, LogHandle, LogWriterConfig};
+use switchyard_core::{Aggregates, ModelRoute, RoutingTable, Strategy};
+use switchyard_store::{
+    spawn_log_writer, Cluster, LogHandle, LogWriterConfig, StoreError, StoreUrl,
+};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -47,8 +50,17 @@ pub struct AppState {
     /// Time a client has to send a request body once its headers arrived.
     pub body_read_timeout: Duration,
     pub log_settings: LogSettings,
-    /// The SQLite file of the store (reports open their own read connection).
-    pub store_path: PathBuf,
+    /// The store (reports open their own read connection).
+    pub store: StoreUrl,
+    /// This gateway's name among replicas (`local` for a single gateway).
+    pub replica: String,
+    /// With a shared PostgreSQL store: the other replicas, the shared routing table and the
+    /// controller lock.
+    pub cluster: Option<Cluster>,
+    /// The other replicas' latest published aggregates, merged (empty for a single gateway).
+    pub remote_aggregates: parking_lot::Mutex<Aggregates>,
+    /// Forwards admin commands to the controller replica.
+    pub admin_client: crate::backend::HttpClient,
     /// The rollout controller, set once it is started (it holds this state too).
     pub controller: parking_lot::RwLock<Option<Arc<Controller>>>,
 }
@@ -59,8 +71,56 @@ impl AppState {
     }
 
     /// Installs a new strategy for `model`, advancing the epoch; takes effect for the next
-    /// request. Concurrent swaps are serialised by `rcu`.
-    pub fn swap_strategy(&self, model: &str, strategy: Strategy) -> Arc<RoutingTable> {
+    /// request. Concurrent swaps are serialised by `rcu`; with replicas, by the shared routing
+    /// table's row lock, and the other replicas install the new table within one sync interval.
+    pub fn swap_strategy(
+        &self,
+        model: &str,
+        strategy: Strategy,
+    ) -> Result<Arc<RoutingTable>, StoreError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(self.swap_local(model, strategy));
+        };
+        let local = self.table.load_full();
+        let model_name = model.to_string();
+        let (_, body) = cluster.update_routing(crate::dataplane::now_ms(), move |current| {
+            let base = match current {
+                Some((_, body)) => decode_table(&body)?,
+                None => (*local).clone(),
+            };
+            let next = base.with_strategy(&model_name, strategy);
+            let body = serde_json::to_string(&next).map_err(|e| e.to_string())?;
+            Ok(Some((next.epoch, body)))
+        })?;
+        let table = decode_table(&body).map_err(|reason| StoreError::Corrupt {
+            what: "routing table",
+            reason,
+        })?;
+        let installed = self.install_newer(table);
+        tracing::info!(
+            model,
+            epoch = installed.epoch,
+            "shared routing table swapped"
+        );
+        Ok(installed)
+    }
+
+    /// Installs `table` unless the one in place is at least as new; returns what is in place.
+    pub fn install_newer(&self, table: RoutingTable) -> Arc<RoutingTable> {
+        let table = Arc::new(table);
+        let mut installed = table.clone();
+        self.table.rcu(|current| {
+            installed = if current.epoch >= table.epoch {
+                current.clone()
+            } else {
+                table.clone()
+            };
+            installed.clone()
+        });
+        installed
+    }
+
+    fn swap_local(&self, model: &str, strategy: Strategy) -> Arc<RoutingTable> {
         let mut installed = None;
         self.table.rcu(|current| {
             let next = Arc::new(current.with_strategy(model, strategy.clone()));
@@ -73,6 +133,10 @@ impl AppState {
     }
 }
 
+fn decode_table(body: &str) -> Result<RoutingTable, String> {
+    serde_json::from_str(body).map_err(|e| format!("shared routing table: {e}"))
+}
+
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
@@ -80,6 +144,7 @@ pub struct Gateway {
     pub state: Arc<AppState>,
     pub controller: Arc<Controller>,
     controller_loop: Option<tokio::task::JoinHandle<()>>,
+    cluster_sync: Option<tokio::task::JoinHandle<()>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -87,8 +152,16 @@ pub struct Gateway {
 /// Options that do not come from the configuration file.
 #[derive(Debug, Clone)]
 pub struct StartOptions {
-    /// The SQLite file of the prediction log.
-    pub store_path: PathBuf,
+    /// The store: a SQLite file (one gateway) or a PostgreSQL database (replicas).
+    pub store: StoreUrl,
+    /// This replica's name: its rows in the shared log, its aggregate window. Keep it stable
+    /// across restarts (a restarted replica rebuilds its window from its own rows).
+    pub replica: Option<String>,
+    /// Where this replica's admin API is reachable by the other replicas (commands sent to a
+    /// replica that is not the controller are forwarded there); default `http://<bound addr>`.
+    pub advertise_url: Option<String>,
+    /// How often a replica polls the shared routing table and publishes its aggregates.
+    pub cluster_sync_ms: u64,
     /// Admin bearer token (already read from the environment).
     pub admin_token: Option<String>,
     /// Time for the controller; wall-clock by default.
@@ -102,9 +175,12 @@ pub struct StartOptions {
 }
 
 impl StartOptions {
-    pub fn new(store_path: PathBuf) -> Self {
+    pub fn new(store: impl Into<StoreUrl>) -> Self {
         StartOptions {
-            store_path,
+            store: store.into(),
+            replica: None,
+            advertise_url: None,
+            cluster_sync_ms: 200,
             admin_token: None,
             clock: None,
             controller_loop: true,
@@ -151,13 +227,28 @@ impl Gateway {
                 },
             );
         }
+        let replica = match (&options.replica, options.store.is_postgres()) {
+            (Some(name), _) => name.clone(),
+            (None, false) => "local".to_string(),
+            (None, true) => std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| format!("replica-{}", std::process::id())),
+        };
+        let cluster = match &options.store {
+            StoreUrl::Postgres(_) => Some(
+                Cluster::open(&options.store, &replica)
+                    .with_context(|| format!("opening the shared store at {}", options.store))?,
+            ),
+            StoreUrl::Sqlite(_) => None,
+        };
         let (log, _writer) = spawn_log_writer(LogWriterConfig {
-            store: switchyard_store::StoreUrl::Sqlite(options.store_path.clone()),
-            replica: "local".into(),
+            store: options.store.clone(),
+            replica: replica.clone(),
             queue_capacity: config.log.queue_capacity,
             batch_size: config.log.batch_size,
         })
-        .with_context(|| format!("opening the store at {}", options.store_path.display()))?;
+        .with_context(|| format!("opening the store at {}", options.store))?;
         let metrics = Arc::new(Metrics::new());
         let shadow = ShadowDispatcher::spawn(config.shadow, log.clone(), metrics.clone());
         // Epochs continue after a restart, so statistics of a resumed step stay separate.
@@ -170,8 +261,13 @@ impl Gateway {
             .max()
             .unwrap_or(0)
             + 1;
+        let mut table = RoutingTable { epoch, routes };
+        if let Some(cluster) = &cluster {
+            table =
+                adopt_shared_table(cluster, table).context("joining the shared routing table")?;
+        }
         let state = Arc::new(AppState {
-            table: ArcSwap::from_pointee(RoutingTable { epoch, routes }),
+            table: ArcSwap::from_pointee(table),
             models,
             log,
             shadow,
@@ -181,7 +277,11 @@ impl Gateway {
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
             log_settings: config.log,
             controller: parking_lot::RwLock::new(None),
-            store_path: options.store_path.clone(),
+            store: options.store.clone(),
+            replica,
+            cluster,
+            remote_aggregates: parking_lot::Mutex::new(Aggregates::default()),
+            admin_client: client.clone(),
         });
         let webhooks = config
             .webhooks
@@ -191,24 +291,33 @@ impl Gateway {
                 min_severity: w.min_severity,
             })
             .collect();
-        let alerts = AlertSender::spawn(webhooks, options.store_path.clone(), options.retry);
+        let alerts = AlertSender::spawn(webhooks, options.store.clone(), options.retry);
         let clock = options
             .clock
             .clone()
             .unwrap_or_else(|| Arc::new(SystemClock));
+        let addr = listener.local_addr()?;
+        let advertise = options
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
         let controller = Controller::open(
             state.clone(),
-            &options.store_path,
+            &options.store,
             alerts,
             clock,
             options.base_dir.clone(),
+            advertise,
         )
         .context("opening the rollout store")?;
         *state.controller.write() = Some(controller.clone());
         let controller_loop = options
             .controller_loop
             .then(|| controller.spawn_loop(config.tick_ms));
-        let addr = listener.local_addr()?;
+        let cluster_sync = state
+            .cluster
+            .is_some()
+            .then(|| spawn_cluster_sync(state.clone(), options.cluster_sync_ms));
         let app = router(state.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let http = http1_builder(&config);
@@ -219,6 +328,7 @@ impl Gateway {
             state,
             controller,
             controller_loop,
+            cluster_sync,
             shutdown: Some(tx),
             server,
         })
@@ -233,12 +343,27 @@ impl Gateway {
         if let Some(l) = self.controller_loop.take() {
             l.abort();
         }
+        if let Some(s) = self.cluster_sync.take() {
+            s.abort();
+        }
         self.controller.alerts().flush().await;
         self.state
             .log
             .flush()
             .await
             .context("flushing the prediction log")?;
+        if let Some(cluster) = self.state.cluster.clone() {
+            // Leave a final window and hand the controller lock over at once.
+            let agg = self.state.log.aggregates().lock().clone();
+            let now = crate::dataplane::now_ms();
+            tokio::task::spawn_blocking(move || {
+                cluster.publish_aggregates(now, &agg)?;
+                cluster.resign()
+            })
+            .await
+            .context("leaving the cluster")?
+            .context("leaving the cluster")?;
+        }
         // Break the state ↔ controller cycle.
         self.state.controller.write().take();
         Ok(())
@@ -247,6 +372,100 @@ impl Gateway {
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
+}
+
+/// Joins the shared routing table: adopts it when it exists (adding any model of this
+/// replica's configuration that it lacks), or seeds it with this replica's table.
+fn adopt_shared_table(cluster: &Cluster, local: RoutingTable) -> anyhow::Result<RoutingTable> {
+    let seed = local.clone();
+    let (_, body) = cluster.update_routing(crate::dataplane::now_ms(), move |current| {
+        let Some((_, body)) = current else {
+            let body = serde_json::to_string(&seed).map_err(|e| e.to_string())?;
+            return Ok(Some((seed.epoch, body)));
+        };
+        let mut shared = decode_table(&body)?;
+        let missing: Vec<_> = seed
+            .routes
+            .iter()
+            .filter(|(model, _)| !shared.routes.contains_key(*model))
+            .collect();
+        if missing.is_empty() {
+            return Ok(None);
+        }
+        for (model, route) in missing {
+            shared.routes.insert(model.clone(), route.clone());
+        }
+        shared.epoch += 1;
+        let body = serde_json::to_string(&shared).map_err(|e| e.to_string())?;
+        Ok(Some((shared.epoch, body)))
+    })?;
+    let shared = decode_table(&body).map_err(anyhow::Error::msg)?;
+    let unknown: Vec<&String> = shared
+        .routes
+        .keys()
+        .filter(|m| !local.routes.contains_key(*m))
+        .collect();
+    if !unknown.is_empty() {
+        tracing::warn!(
+            ?unknown,
+            "the shared routing table has models this replica does not serve"
+        );
+    }
+    Ok(shared)
+}
+
+/// A replica's share of the cluster's work, every `every_ms`: install a newer shared routing
+/// table, publish this replica's aggregates, and fetch the others'.
+fn spawn_cluster_sync(state: Arc<AppState>, every_ms: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_millis(every_ms.max(10)));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let state = state.clone();
+            let result = tokio::task::spawn_blocking(move || sync_once(&state)).await;
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "replica sync failed; retrying"),
+                Err(e) => tracing::warn!(error = %e, "replica sync task failed"),
+            }
+        }
+    })
+}
+
+fn sync_once(state: &AppState) -> Result<(), StoreError> {
+    let Some(cluster) = &state.cluster else {
+        return Ok(());
+    };
+    let started = Instant::now();
+    if let Some((epoch, body)) = cluster.routing()? {
+        if epoch > state.table.load().epoch {
+            match decode_table(&body) {
+                Ok(table) => {
+                    let installed = state.install_newer(table);
+                    tracing::info!(
+                        epoch = installed.epoch,
+                        "installed the shared routing table"
+                    );
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read the shared routing table"),
+            }
+        }
+    }
+    let mine = state.log.aggregates().lock().clone();
+    cluster.publish_aggregates(crate::dataplane::now_ms(), &mine)?;
+    let mut others = Aggregates::default();
+    for (replica, _, agg) in cluster.aggregate_windows()? {
+        if replica != state.replica {
+            others.merge(&agg);
+        }
+    }
+    *state.remote_aggregates.lock() = others;
+    tracing::trace!(
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "replica sync"
+    );
+    Ok(())
 }
 
 /// hyper's own default read-buffer limit (8 KiB + 100 × 4 KiB).
@@ -333,6 +552,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/rollouts/{name}/history", get(admin::rollout_history))
         .route("/rollouts/{name}/{action}", post(admin::rollout_command))
         .route("/audit/verify", get(admin::audit_verify))
+        .route("/cluster", get(admin::cluster))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             admin::require_token,

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,7 +22,7 @@ use switchyard_core::rollout::{
 };
 use switchyard_core::rollout_config::RawRollout;
 use switchyard_core::{Role, VariantStats};
-use switchyard_store::{ControlStore, StoreError, StoredEvent};
+use switchyard_store::{ControlStore, Leader, StoreError, StoreUrl, StoredEvent};
 
 use crate::alerts::AlertSender;
 use crate::app::AppState;
@@ -97,6 +97,9 @@ pub enum ControlError {
     Command(#[from] rollout::CommandError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// Another replica runs the controller (commands are forwarded to it).
+    #[error("this replica is not the controller{}", match .0 { Some(l) => format!(" (replica '{}' at {} is)", l.replica, l.admin_url), None => " and no replica is right now; retry shortly".into() })]
+    NotLeader(Option<Leader>),
 }
 
 /// Snapshots kept per rollout, and how often one is taken.
@@ -130,6 +133,10 @@ pub struct Controller {
     /// Serialises ticks and commands so each sees the previous one's result.
     turn: tokio::sync::Mutex<()>,
     base_dir: PathBuf,
+    /// With replicas: whether this one holds the controller lock (as of the last tick).
+    leading: AtomicBool,
+    /// Where this replica's admin API answers, recorded when it becomes the controller.
+    admin_url: String,
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> String {
@@ -138,32 +145,29 @@ fn encode<T: serde::Serialize>(v: &T) -> String {
 
 impl Controller {
     /// Opens the control store and resumes every rollout that had not finished, re-installing
-    /// its recorded strategy in the routing table.
+    /// its recorded strategy in the routing table. With replicas, the store is the cluster's
+    /// session (the one that takes the controller lock), the shared routing table already holds
+    /// the strategies, and rollouts resume when this replica becomes the controller.
     pub fn open(
         app: Arc<AppState>,
-        store_path: &Path,
+        store: &StoreUrl,
         alerts: AlertSender,
         clock: Arc<dyn Clock>,
         base_dir: PathBuf,
+        admin_url: String,
     ) -> Result<Arc<Controller>, StoreError> {
-        let store = ControlStore::open(store_path)?;
-        let mut rollouts = BTreeMap::new();
-        for row in store.rollouts()? {
-            let spec: RolloutSpec =
-                serde_json::from_str(&row.spec).map_err(|e| StoreError::Corrupt {
-                    what: "rollout spec",
-                    reason: e.to_string(),
-                })?;
-            let state: RolloutState =
-                serde_json::from_str(&row.state).map_err(|e| StoreError::Corrupt {
-                    what: "rollout state",
-                    reason: e.to_string(),
-                })?;
-            if app.models.contains_key(&spec.model) && !state.phase.is_terminal() {
-                app.swap_strategy(&spec.model, state.strategy.clone());
-                tracing::info!(rollout = %spec.name, phase = state.phase.as_str(), step = state.step, "resumed rollout");
+        let store = match &app.cluster {
+            Some(cluster) => cluster.control_store(),
+            None => ControlStore::open(store)?,
+        };
+        let rollouts = load_rollouts(&store)?;
+        if app.cluster.is_none() {
+            for e in rollouts.values() {
+                if app.models.contains_key(&e.spec.model) && !e.state.phase.is_terminal() {
+                    app.swap_strategy(&e.spec.model, e.state.strategy.clone())?;
+                    tracing::info!(rollout = %e.spec.name, phase = e.state.phase.as_str(), step = e.state.step, "resumed rollout");
+                }
             }
-            rollouts.insert(row.name, Entry { spec, state });
         }
         Ok(Arc::new(Controller {
             app,
@@ -175,7 +179,64 @@ impl Controller {
             clock,
             turn: tokio::sync::Mutex::new(()),
             base_dir,
+            leading: AtomicBool::new(false),
+            admin_url,
         }))
+    }
+
+    /// Whether this gateway decides: always for a single gateway; with replicas, while it
+    /// holds the controller lock.
+    pub fn is_leader(&self) -> bool {
+        self.app.cluster.is_none() || self.leading.load(Ordering::SeqCst)
+    }
+
+    /// The replica that runs the controller, when it is not this one.
+    fn not_leader(&self) -> ControlError {
+        let leader = self
+            .app
+            .cluster
+            .as_ref()
+            .and_then(|c| c.leader().ok().flatten())
+            .filter(|l| l.replica != self.app.replica);
+        ControlError::NotLeader(leader)
+    }
+
+    /// With replicas: takes or confirms the controller lock, and re-reads the rollouts from the
+    /// store (a new controller continues each from its recorded state; the others keep their
+    /// views current). Returns whether this replica leads.
+    fn campaign(&self) -> bool {
+        let Some(cluster) = &self.app.cluster else {
+            return true;
+        };
+        let leads = match cluster.try_lead(&self.admin_url, self.clock.now_ms()) {
+            Ok(leads) => leads,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the shared store to take the controller lock");
+                false
+            }
+        };
+        let was = self.leading.swap(leads, Ordering::SeqCst);
+        match (was, leads) {
+            (false, true) => {
+                tracing::info!(replica = %self.app.replica, "this replica is now the controller")
+            }
+            (true, false) => {
+                tracing::warn!(replica = %self.app.replica, "this replica lost the controller lock")
+            }
+            _ => {}
+        }
+        if !leads || !was {
+            self.reload();
+        }
+        leads
+    }
+
+    /// Replaces the in-memory rollouts with the stored ones.
+    fn reload(&self) {
+        match load_rollouts(&self.store.lock()) {
+            Ok(rollouts) => *self.rollouts.lock() = rollouts,
+            Err(e) => tracing::warn!(error = %e, "cannot read rollouts from the store"),
+        }
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
@@ -290,6 +351,9 @@ impl Controller {
 
     async fn start(&self, spec: RolloutSpec, actor: &str) -> Result<Value, ControlError> {
         let _turn = self.turn.lock().await;
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
         self.start_locked(spec, actor)
     }
 
@@ -312,6 +376,9 @@ impl Controller {
         actor: &str,
     ) -> Result<Value, ControlError> {
         let _turn = self.turn.lock().await;
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
         let entry = self
             .rollouts
             .lock()
@@ -328,6 +395,9 @@ impl Controller {
     /// Evaluates every active rollout once.
     pub async fn tick_all(&self) {
         let _turn = self.turn.lock().await;
+        if !self.campaign() {
+            return;
+        }
         let active: Vec<Entry> = self
             .rollouts
             .lock()
@@ -426,9 +496,20 @@ impl Controller {
             .unwrap_or_default()
     }
 
-    /// Merged statistics of the rollout's model.
+    /// Merged statistics of the rollout's model: this gateway's, and with replicas the
+    /// others' latest published windows.
     fn observe(&self, spec: &RolloutSpec, state: &RolloutState) -> Observations {
-        let agg = self.app.log.aggregates().lock();
+        let local = self.app.log.aggregates().lock();
+        let remote = self.app.remote_aggregates.lock();
+        let merged;
+        let agg = if remote.series.is_empty() && remote.pairs.is_empty() {
+            &*local
+        } else {
+            let mut all = local.clone();
+            all.merge(&remote);
+            merged = all;
+            &merged
+        };
         let mut obs = Observations::default();
         for (k, v) in agg.series.iter().filter(|(k, _)| k.model == spec.model) {
             if k.role == Role::Serving {
@@ -449,7 +530,8 @@ impl Controller {
                 e >= state.start_epoch
             }));
         }
-        drop(agg);
+        drop(remote);
+        drop(local);
         obs.validation = self.validations.lock().get(&spec.name).cloned();
         obs
     }
@@ -471,7 +553,7 @@ impl Controller {
             match action {
                 Action::SetStrategy(strategy) => {
                     let started = Instant::now();
-                    let table = self.app.swap_strategy(&spec.model, strategy);
+                    let table = self.app.swap_strategy(&spec.model, strategy)?;
                     swap = Some((started.elapsed().as_micros() as u64, table.epoch));
                     state.step_epoch = table.epoch;
                     if first && state.start_epoch == 0 {
@@ -614,6 +696,25 @@ impl Controller {
         let obs = self.observe(&spec, &state);
         Some((spec, state, obs))
     }
+}
+
+/// Every stored rollout with its spec and state.
+fn load_rollouts(store: &ControlStore) -> Result<BTreeMap<String, Entry>, StoreError> {
+    let mut rollouts = BTreeMap::new();
+    for row in store.rollouts()? {
+        let spec: RolloutSpec =
+            serde_json::from_str(&row.spec).map_err(|e| StoreError::Corrupt {
+                what: "rollout spec",
+                reason: e.to_string(),
+            })?;
+        let state: RolloutState =
+            serde_json::from_str(&row.state).map_err(|e| StoreError::Corrupt {
+                what: "rollout state",
+                reason: e.to_string(),
+            })?;
+        rollouts.insert(row.name, Entry { spec, state });
+    }
+    Ok(rollouts)
 }
 
 /// Replays a validation set (and smoke requests) against a backend that takes no traffic yet.

@@ -82,19 +82,14 @@ pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Valu
             let shadow = obs.shadow.clone().unwrap_or_default();
             let primary = obs.total.get(&s.primary).cloned().unwrap_or_default();
             let report = shadow_report(s, &pair, &primary, &shadow);
-            let cases = switchyard_store::open_reader(&app.store_path)
-                .ok()
-                .and_then(|conn| {
-                    switchyard_store::disagreements(
-                        &conn,
-                        &spec.model,
-                        &s.primary,
-                        &s.candidate,
-                        20,
-                    )
-                    .ok()
-                })
-                .unwrap_or_default();
+            let cases = switchyard_store::disagreements_at(
+                &app.store,
+                &spec.model,
+                &s.primary,
+                &s.candidate,
+                20,
+            )
+            .unwrap_or_default();
             let latency = |v: &VariantStats| json!({"p50_ms": v.latency.p50().map(|u| u as f64 / 1000.0), "p95_ms": v.latency.p95().map(|u| u as f64 / 1000.0), "p99_ms": v.latency.p99().map(|u| u as f64 / 1000.0)});
             analysis = json!({
                 "shadow": report,

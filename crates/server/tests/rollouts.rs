@@ -611,7 +611,8 @@ models:
     let wait_validation = |tg: &TestGateway, name: &'static str| {
         let c = tg.gateway.controller.clone();
         async move {
-            for _ in 0..500 {
+            // Generous: the replay competes for 2 shared cores with the rest of the suite.
+            for _ in 0..3000 {
                 c.tick_all().await;
                 if c.phase(name) != Some(switchyard_core::rollout::Phase::Validating) {
                     return;

@@ -139,10 +139,11 @@ impl Cluster {
     }
 
     /// Changes the shared routing table under its row lock: `change` gets the current table
-    /// (if any) and returns the next one, whose epoch must be higher. Returns what was stored.
+    /// (if any) and returns the next one, whose epoch must be higher, or `None` to leave it as
+    /// it is. Returns the table now stored.
     pub fn update_routing<F>(&self, now_ms: i64, change: F) -> Result<(u64, String), StoreError>
     where
-        F: FnOnce(Option<(u64, String)>) -> Result<(u64, String), String> + Send + 'static,
+        F: FnOnce(Option<(u64, String)>) -> Result<Option<(u64, String)>, String> + Send + 'static,
     {
         self.conn.with(move |c| {
             let mut tx = c.transaction()?;
@@ -158,7 +159,13 @@ impl Cluster {
                 })
                 .transpose()?;
             let floor = current.as_ref().map(|(e, _)| *e);
-            let (epoch, body) = change(current).map_err(StoreError::Url)?;
+            let unchanged = current.clone();
+            let Some((epoch, body)) = change(current).map_err(StoreError::Url)? else {
+                return unchanged.ok_or_else(|| StoreError::Corrupt {
+                    what: "routing table",
+                    reason: "no table to leave unchanged".into(),
+                });
+            };
             if floor.is_some_and(|f| epoch <= f) {
                 return Err(StoreError::Corrupt {
                     what: "routing table",

@@ -290,18 +290,20 @@ fn routing_changes_advance_one_shared_epoch() {
     let first = a
         .update_routing(1, |cur| {
             assert!(cur.is_none());
-            Ok((1, "{\"epoch\":1}".into()))
+            Ok(Some((1, "{\"epoch\":1}".into())))
         })
         .unwrap();
     assert_eq!(first.0, 1);
     assert_eq!(b.routing().unwrap(), Some((1, "{\"epoch\":1}".into())));
     let next = b
-        .update_routing(2, |cur| Ok((cur.unwrap().0 + 1, "{\"epoch\":2}".into())))
+        .update_routing(2, |cur| {
+            Ok(Some((cur.unwrap().0 + 1, "{\"epoch\":2}".into())))
+        })
         .unwrap();
     assert_eq!(next.0, 2);
     // A writer that does not advance the epoch is refused, and nothing changes.
     let err = a
-        .update_routing(3, |_| Ok((2, "stale".into())))
+        .update_routing(3, |_| Ok(Some((2, "stale".into()))))
         .unwrap_err();
     assert!(err.to_string().contains("does not advance"), "{err}");
     let err = a
@@ -309,6 +311,9 @@ fn routing_changes_advance_one_shared_epoch() {
         .unwrap_err();
     assert!(err.to_string().contains("no such model"), "{err}");
     assert_eq!(a.routing().unwrap(), Some((2, "{\"epoch\":2}".into())));
+    // "No change" leaves the stored table and returns it.
+    let same = a.update_routing(4, |_| Ok(None)).unwrap();
+    assert_eq!(same, (2, "{\"epoch\":2}".into()));
 }
 
 #[test]

@@ -24,6 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
+use switchyard_store::StoreUrl;
 
 use super::InputError;
 
@@ -168,8 +169,11 @@ enum AuditCommand {
 struct VerifyArgs {
     /// Read the store in DIR/switchyard.sqlite directly (works with the gateway stopped)
     /// instead of asking the gateway; takes precedence over --url.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "store")]
     data_dir: Option<PathBuf>,
+    /// Read the store at this URL directly (`postgres://…` for replicas, or `sqlite:///…`).
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -373,21 +377,29 @@ fn report(args: ReportArgs) -> Result<()> {
 }
 
 fn audit_verify(args: VerifyArgs) -> Result<()> {
-    let report = match &args.data_dir {
-        Some(dir) => {
-            let path = dir.join("switchyard.sqlite");
-            if !path.is_file() {
-                return Err(InputError::new(
-                    "--data-dir",
-                    format!("no store at '{}'", path.display()),
-                )
-                .into());
+    let direct = match (&args.data_dir, &args.store) {
+        (Some(dir), _) => Some((
+            "--data-dir",
+            StoreUrl::sqlite(dir.join("switchyard.sqlite")),
+        )),
+        (None, Some(url)) => Some((
+            "--store",
+            StoreUrl::parse(url).map_err(|e| InputError::new("--store", e.to_string()))?,
+        )),
+        (None, None) => None,
+    };
+    let report = match direct {
+        Some((flag, url)) => {
+            if let Some(path) = url.sqlite_path().filter(|p| !p.is_file()) {
+                return Err(
+                    InputError::new(flag, format!("no store at '{}'", path.display())).into(),
+                );
             }
-            let store = switchyard_store::ControlStore::open(&path)
-                .with_context(|| format!("opening the store at '{}'", path.display()))?;
+            let store = switchyard_store::ControlStore::open(&url)
+                .with_context(|| format!("opening the store at '{url}'"))?;
             let r = store
                 .verify_chain()
-                .with_context(|| format!("reading the audit trail in '{}'", path.display()))?;
+                .with_context(|| format!("reading the audit trail in '{url}'"))?;
             json!({ "events": r.events, "ok": r.ok, "first_bad_seq": r.first_bad_seq, "problem": r.problem })
         }
         None => {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use switchyard_server::{load_config, Gateway, StartOptions};
+use switchyard_store::StoreUrl;
 
 use super::InputError;
 
@@ -19,8 +20,20 @@ pub struct ServeArgs {
     #[arg(long)]
     listen: Option<SocketAddr>,
     /// Directory of the SQLite store (overrides `data_dir:`; default ./switchyard-data).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "store")]
     data_dir: Option<PathBuf>,
+    /// The store by URL: `sqlite:///path/to/file.sqlite`, or `postgres://user:pass@host/db`
+    /// for several replicas sharing one database.
+    #[arg(long, env = "SWITCHYARD_STORE")]
+    store: Option<String>,
+    /// This replica's name among replicas sharing a PostgreSQL store (keep it stable across
+    /// restarts; default: $HOSTNAME).
+    #[arg(long, env = "SWITCHYARD_REPLICA")]
+    replica: Option<String>,
+    /// The URL at which the other replicas reach this one's admin API (default:
+    /// http://<listen address>).
+    #[arg(long, env = "SWITCHYARD_ADVERTISE_URL")]
+    advertise_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -67,23 +80,38 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .config
         .parent()
         .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf);
-    let data_dir = args
-        .data_dir
-        .or_else(|| config.data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from("switchyard-data"));
+    let store = match &args.store {
+        Some(url) => StoreUrl::parse(url).map_err(|e| InputError::new("--store", e.to_string()))?,
+        None => StoreUrl::sqlite(
+            args.data_dir
+                .or_else(|| config.data_dir.clone())
+                .unwrap_or_else(|| PathBuf::from("switchyard-data"))
+                .join("switchyard.sqlite"),
+        ),
+    };
+    if args.replica.is_some() && !store.is_postgres() {
+        return Err(InputError::new(
+            "--replica",
+            "replicas share a postgres:// store; a SQLite file belongs to one gateway",
+        )
+        .into());
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        let mut options = StartOptions::new(data_dir.join("switchyard.sqlite"));
+        let mut options = StartOptions::new(store.clone());
         options.admin_token = admin_token;
         options.base_dir = config_dir;
+        options.replica = args.replica;
+        options.advertise_url = args.advertise_url;
         let gateway = Gateway::start(config, listener, options).await?;
         eprintln!(
-            "switchyard listening on {} (store: {})",
+            "switchyard listening on {} (store: {}, replica: {})",
             gateway.url(),
-            data_dir.display()
+            store,
+            gateway.state.replica
         );
         shutdown_signal().await;
         eprintln!("shutting down: finishing requests in flight and committing the log");

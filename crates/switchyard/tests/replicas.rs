@@ -1,0 +1,389 @@
+//! Three `switchyard serve` replicas on loopback sharing one PostgreSQL: traffic through all
+//! three, a canary applied through a replica that is not the controller (forwarded), the
+//! controller replica killed with SIGKILL mid-rollout, another replica taking over and
+//! finishing the rollout, the audit chain verifying, the same routing on every replica, and the
+//! per-replica logs summing to the traffic sent.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use switchyard_store::{Cluster, StoreUrl};
+
+struct Replica {
+    name: String,
+    child: Child,
+    url: String,
+    /// Requests this replica answered 200.
+    served: u64,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn repo() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn start(config: &Path, store: &StoreUrl, name: &str) -> Replica {
+    let StoreUrl::Postgres(url) = store else {
+        unreachable!()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .args(["--store", url, "--replica", name])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("serve exited before listening")
+            .unwrap();
+        if let Some(rest) = line.strip_prefix("switchyard listening on ") {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Replica {
+        name: name.into(),
+        child,
+        url,
+        served: 0,
+    }
+}
+
+fn http(method: &str, url: &str, body: &str) -> (u16, BTreeMap<String, String>, Value) {
+    http_with(method, url, body, "")
+}
+
+/// A minimal HTTP/1.1 exchange (`extra` holds more header lines, each ending in CRLF): status,
+/// lower-cased headers, JSON (or text) body.
+fn http_with(
+    method: &str,
+    url: &str,
+    body: &str,
+    extra: &str,
+) -> (u16, BTreeMap<String, String>, Value) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status: u16 = response[9..12].parse().unwrap();
+    let (head, payload) = response.split_once("\r\n\r\n").unwrap();
+    let headers: BTreeMap<String, String> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let payload = if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v == "chunked")
+    {
+        dechunk(payload)
+    } else {
+        payload.to_string()
+    };
+    let value = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
+    (status, headers, value)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+fn get(url: &str) -> Value {
+    http("GET", url, "").2
+}
+
+fn metric(url: &str, name: &str) -> f64 {
+    get(&format!("{url}/metrics"))
+        .as_str()
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn request_body(i: u64) -> String {
+    let row = [
+        1.0 + (i % 7) as f64 * 0.01,
+        50.0 - (i % 5) as f64,
+        2.0,
+        40.0 + (i % 30) as f64,
+        (i % 9) as f64 - 4.0,
+        (i % 11) as f64 - 5.0,
+        1.0,
+        1000.0,
+    ];
+    json!({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": row}]})
+        .to_string()
+}
+
+/// Sends `n` requests to `replica`, each answered 200.
+fn traffic(replica: &mut Replica, from: u64, n: u64) {
+    for i in from..from + n {
+        let (status, _, body) = http(
+            "POST",
+            &format!("{}/v2/models/yield/infer", replica.url),
+            &request_body(i),
+        );
+        assert_eq!(status, 200, "{}: {body}", replica.name);
+        replica.served += 1;
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+fn controller_of(url: &str) -> Option<String> {
+    get(&format!("{url}/admin/v1/cluster"))["controller"]["replica"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[test]
+fn three_replicas_one_controller_takeover_after_kill_9() {
+    let store =
+        switchyard_store::testing::fresh_postgres_database().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchyard.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "controller: {{ tick_ms: 50 }}\nlog: {{ batch_size: 32 }}\nmodels:\n  yield:\n    routing_key: {{ header: x-wafer-id }}\n    versions:\n      v1: {{ onnx: {m}/yield_v1.onnx }}\n      v2: {{ onnx: {m}/yield_v2.onnx }}\n    serve: {{ kind: single, version: v1 }}\n",
+            m = repo().join("models").display()
+        ),
+    )
+    .unwrap();
+    let mut replicas: Vec<Replica> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|name| start(&config, &store, name))
+        .collect();
+
+    // Exactly one controller, the same on every replica.
+    wait_for("a controller", Duration::from_secs(20), || {
+        replicas.iter().all(|r| controller_of(&r.url).is_some())
+    });
+    let leader = controller_of(&replicas[0].url).unwrap();
+    for r in &replicas {
+        assert_eq!(controller_of(&r.url).as_deref(), Some(leader.as_str()));
+        let me = get(&format!("{}/admin/v1/cluster", r.url));
+        assert_eq!(me["is_controller"], r.name == leader, "{me}");
+    }
+
+    // Applied through a replica that is not the controller: forwarded to it.
+    let canary = "name: c\nmodel: yield\nkind: canary\nstable: v1\ncandidate: v2\nmin_requests: 60\nmin_duration_ms: 300\nsteps: [{weight: 30}, {weight: 60, min_duration_ms: 1500}, {weight: 100}]\ngate: { max_accuracy_drop: null, max_mae_increase: null, max_p95_increase: null }\n";
+    let follower = replicas.iter().position(|r| r.name != leader).unwrap();
+    let (status, headers, view) = http(
+        "POST",
+        &format!("{}/admin/v1/rollouts", replicas[follower].url),
+        canary,
+    );
+    assert_eq!(status, 201, "{view}");
+    assert_eq!(headers.get("x-switchyard-controller"), Some(&leader));
+    // A second apply through another follower is refused by the controller as a conflict.
+    let (status, _, body) = http(
+        "POST",
+        &format!("{}/admin/v1/rollouts", replicas[follower].url),
+        canary,
+    );
+    assert_eq!(status, 409, "{body}");
+
+    // The new routing reaches every replica, with the same epoch.
+    wait_for(
+        "the canary's routing on every replica",
+        Duration::from_secs(10),
+        || {
+            let tables: Vec<Value> = replicas
+                .iter()
+                .map(|r| get(&format!("{}/admin/v1/routes", r.url)))
+                .collect();
+            tables
+                .iter()
+                .all(|t| t == &tables[0] && t["routes"]["yield"]["strategy"]["kind"] == "split")
+        },
+    );
+
+    // Routing is deterministic: a wafer id gets the same version on every replica.
+    for wafer in 0..40u64 {
+        let versions: Vec<String> = replicas
+            .iter_mut()
+            .map(|r| {
+                let (status, headers, _) = http_with(
+                    "POST",
+                    &format!("{}/v2/models/yield/infer", r.url),
+                    &request_body(wafer),
+                    &format!("x-wafer-id: W{wafer:04}\r\n"),
+                );
+                assert_eq!(status, 200);
+                r.served += 1;
+                headers["x-switchyard-model-version"].clone()
+            })
+            .collect();
+        assert!(
+            versions.iter().all(|v| v == &versions[0]),
+            "W{wafer}: {versions:?}"
+        );
+    }
+    let mut sent = 3 * 40u64;
+
+    // Traffic through all three until the canary reaches step 2.
+    wait_for("the canary's step 2", Duration::from_secs(90), || {
+        for r in replicas.iter_mut() {
+            traffic(r, sent, 10);
+            sent += 10;
+        }
+        get(&format!("{}/admin/v1/rollouts/c", replicas[follower].url))["step"] == 2
+    });
+
+    // Stop sending to the controller, let its log catch up with what it answered, then kill -9.
+    let li = replicas.iter().position(|r| r.name == leader).unwrap();
+    let (leader_url, leader_served) = (replicas[li].url.clone(), replicas[li].served);
+    wait_for(
+        "the controller's log to commit",
+        Duration::from_secs(20),
+        || metric(&leader_url, "switchyard_log_written_records_total") as u64 == leader_served,
+    );
+    let mut dead = replicas.remove(li);
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let step_before = get(&format!("{}/admin/v1/rollouts/c", replicas[0].url))["step"].clone();
+    assert_eq!(step_before, 2);
+
+    // Another replica takes over.
+    let took = wait_for("a new controller", Duration::from_secs(30), || {
+        replicas.iter().any(|r| {
+            let me = get(&format!("{}/admin/v1/cluster", r.url));
+            me["is_controller"] == true && me["controller"]["replica"] == r.name.as_str()
+        })
+    });
+    let new_leader = controller_of(&replicas[0].url).unwrap();
+    assert_ne!(new_leader, leader);
+    eprintln!("controller {leader} killed; {new_leader} took over after {took:?}");
+
+    // It continues the rollout from its recorded state to the end.
+    wait_for("the canary to complete", Duration::from_secs(90), || {
+        for r in replicas.iter_mut() {
+            traffic(r, sent, 10);
+            sent += 10;
+        }
+        get(&format!("{}/admin/v1/rollouts/c", replicas[0].url))["phase"] == "completed"
+    });
+    let routes: Vec<Value> = replicas
+        .iter()
+        .map(|r| {
+            wait_for("the final routing", Duration::from_secs(10), || {
+                get(&format!("{}/admin/v1/routes", r.url))["routes"]["yield"]["strategy"]
+                    == json!({"kind": "single", "version": "v2"})
+            });
+            get(&format!("{}/admin/v1/routes", r.url))
+        })
+        .collect();
+    assert_eq!(routes[0], routes[1], "one routing table");
+
+    // One audit trail, intact, with the steps decided by both controllers.
+    let audit = get(&format!("{}/admin/v1/audit/verify", replicas[1].url));
+    assert_eq!(audit["ok"], true, "{audit}");
+    let events = get(&format!("{}/admin/v1/rollouts/c/events", replicas[1].url));
+    let kinds: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.last(), Some(&"promoted"), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "started").count(),
+        1,
+        "{kinds:?}"
+    );
+
+    // The operator's offline check reads the shared store directly.
+    let StoreUrl::Postgres(pg) = &store else {
+        unreachable!()
+    };
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["audit", "verify", "--json", "--store", pg])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let offline: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(offline["ok"], true, "{offline}");
+    assert_eq!(offline["events"], audit["events"]);
+
+    // Every replica's log holds exactly what it answered; together, all the traffic sent.
+    for r in &replicas {
+        let url = r.url.clone();
+        let served = r.served;
+        wait_for(
+            "a survivor's log to commit",
+            Duration::from_secs(20),
+            || metric(&url, "switchyard_log_written_records_total") as u64 == served,
+        );
+    }
+    let cluster = Cluster::open(&store, "test-observer").unwrap();
+    let counts = cluster.records_by_replica().unwrap();
+    let logged: BTreeMap<String, u64> = counts
+        .iter()
+        .filter(|(_, role, _)| role == "serving")
+        .map(|(replica, _, n)| (replica.clone(), *n))
+        .collect();
+    let mut expected: BTreeMap<String, u64> = replicas
+        .iter()
+        .map(|r| (r.name.clone(), r.served))
+        .collect();
+    expected.insert(dead.name.clone(), dead.served);
+    assert_eq!(logged, expected);
+    assert_eq!(logged.values().sum::<u64>(), sent);
+}
