@@ -561,6 +561,11 @@ impl Controller {
                     }
                 }
                 Action::Event(mut e) => {
+                    if self.app.cluster.is_some() {
+                        // Which replica decided: the trail spans controller takeovers.
+                        e.details
+                            .push(("replica".into(), Detail::Text(self.app.replica.clone())));
+                    }
                     if let Some((us, epoch)) = swap.take() {
                         e.details
                             .push(("routing_swap_us".into(), Detail::Num(us as f64)));

@@ -339,6 +339,20 @@ fn three_replicas_one_controller_takeover_after_kill_9() {
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds.last(), Some(&"promoted"), "{kinds:?}");
+    // Each event names the replica that decided it: the first controller, then its successor.
+    let deciders: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["details"]["replica"].as_str().unwrap())
+        .collect();
+    assert_eq!(deciders.first(), Some(&leader.as_str()), "{deciders:?}");
+    assert_eq!(deciders.last(), Some(&new_leader.as_str()), "{deciders:?}");
+    let switch = deciders.iter().position(|d| *d == new_leader).unwrap();
+    assert!(
+        deciders[switch..].iter().all(|d| *d == new_leader),
+        "no event from the dead controller after the takeover: {deciders:?}"
+    );
     assert_eq!(
         kinds.iter().filter(|k| **k == "started").count(),
         1,
