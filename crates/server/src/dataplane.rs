@@ -342,6 +342,14 @@ async fn serve(
     // Phase: mirror. After the primary answered; never waits.
     let key_hash = key.as_deref().map(key_hash);
     let parsed = Arc::new(parsed);
+    // A compact copy of the body for the shadow queue: `bytes` can be a slice of the
+    // connection's read buffer (8 KiB or more), which every queued job would otherwise keep
+    // alive (a full queue of 4,096 jobs held ~30 MB).
+    let shadow_body = if decision.shadows.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&bytes)
+    };
     for shadow in &decision.shadows {
         if let Some(shadow_backend) = runtime.backends.get(*shadow) {
             state.shadow.submit(ShadowJob {
@@ -353,7 +361,7 @@ async fn serve(
                 version: (*shadow).to_string(),
                 key_hash,
                 wire,
-                body: bytes.clone(),
+                body: shadow_body.clone(),
                 parsed: parsed.clone(),
                 task: runtime.config.task,
                 classes: runtime.classes.clone(),
