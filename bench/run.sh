@@ -30,12 +30,13 @@ if ! command -v oha >/dev/null 2>&1; then
   cargo install --locked --quiet oha
 fi
 
+target_dir="${CARGO_TARGET_DIR:-target}"
 if [ "$smoke" = 1 ]; then
   # Reuses the test build's artifacts; no second release build in CI.
   cargo build --locked --quiet -p switchyard -p switchyard-mock-backend
-  bin_dir=target/debug
+  bin_dir="$target_dir/debug"
 else
   cargo build --locked --release --quiet -p switchyard -p switchyard-mock-backend
-  bin_dir=target/release
+  bin_dir="$target_dir/release"
 fi
 exec python3 bench/harness.py --bin-dir "$bin_dir" --oha "$(command -v oha)" "$@"
