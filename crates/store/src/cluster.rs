@@ -54,10 +54,6 @@ impl Cluster {
         })
     }
 
-    pub fn replica(&self) -> &str {
-        &self.replica
-    }
-
     /// A control store on this replica's session: the one that holds the controller lock.
     pub fn control_store(&self) -> ControlStore {
         ControlStore::on_session(self.conn.clone())
@@ -160,7 +156,7 @@ impl Cluster {
                 .transpose()?;
             let floor = current.as_ref().map(|(e, _)| *e);
             let unchanged = current.clone();
-            let Some((epoch, body)) = change(current).map_err(StoreError::Url)? else {
+            let Some((epoch, body)) = change(current).map_err(StoreError::Rejected)? else {
                 return unchanged.ok_or_else(|| StoreError::Corrupt {
                     what: "routing table",
                     reason: "no table to leave unchanged".into(),

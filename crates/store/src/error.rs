@@ -17,6 +17,9 @@ pub enum StoreError {
     Corrupt { what: &'static str, reason: String },
     #[error("the log writer has stopped")]
     WriterStopped,
+    /// A change the caller refused to make (its reason).
+    #[error("{0}")]
+    Rejected(String),
     #[error("lost the controller lock: {0}")]
     LostLead(String),
 }

@@ -30,18 +30,6 @@ pub struct LogWriterConfig {
     pub batch_size: usize,
 }
 
-impl LogWriterConfig {
-    /// A single gateway on a SQLite file.
-    pub fn sqlite(path: impl Into<std::path::PathBuf>) -> Self {
-        LogWriterConfig {
-            store: StoreUrl::Sqlite(path.into()),
-            replica: "local".into(),
-            queue_capacity: 65_536,
-            batch_size: 512,
-        }
-    }
-}
-
 /// What storing feedback did, and every record of each newly labelled request.
 pub(crate) type Labelled = (FeedbackOutcome, Vec<(Vec<LogRow>, Feedback)>);
 

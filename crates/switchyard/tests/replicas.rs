@@ -6,13 +6,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use serde_json::{json, Value};
+use support::{get, http, http_with, metric, repo, request_body, wait_for};
 use switchyard_store::{Cluster, StoreUrl};
 
 struct Replica {
@@ -30,37 +32,11 @@ impl Drop for Replica {
     }
 }
 
-fn repo() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
 fn start(config: &Path, store: &StoreUrl, name: &str) -> Replica {
     let StoreUrl::Postgres(url) = store else {
         unreachable!()
     };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(config)
-        .args(["--store", url, "--replica", name])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("serve exited before listening")
-            .unwrap();
-        if let Some(rest) = line.strip_prefix("switchyard listening on ") {
-            break rest.split_whitespace().next().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (child, url) = support::serve(config, &["--store", url, "--replica", name]);
     Replica {
         name: name.into(),
         child,
@@ -69,98 +45,6 @@ fn start(config: &Path, store: &StoreUrl, name: &str) -> Replica {
     }
 }
 
-fn http(method: &str, url: &str, body: &str) -> (u16, BTreeMap<String, String>, Value) {
-    http_with(method, url, body, "")
-}
-
-/// A minimal HTTP/1.1 exchange (`extra` holds more header lines, each ending in CRLF): status,
-/// lower-cased headers, JSON (or text) body.
-fn http_with(
-    method: &str,
-    url: &str,
-    body: &str,
-    extra: &str,
-) -> (u16, BTreeMap<String, String>, Value) {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let mut stream = std::net::TcpStream::connect(host).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status: u16 = response[9..12].parse().unwrap();
-    let (head, payload) = response.split_once("\r\n\r\n").unwrap();
-    let headers: BTreeMap<String, String> = head
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let payload = if headers
-        .get("transfer-encoding")
-        .is_some_and(|v| v == "chunked")
-    {
-        dechunk(payload)
-    } else {
-        payload.to_string()
-    };
-    let value = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
-    (status, headers, value)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-    out
-}
-
-fn get(url: &str) -> Value {
-    http("GET", url, "").2
-}
-
-fn metric(url: &str, name: &str) -> f64 {
-    get(&format!("{url}/metrics"))
-        .as_str()
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with(name))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn request_body(i: u64) -> String {
-    let row = [
-        1.0 + (i % 7) as f64 * 0.01,
-        50.0 - (i % 5) as f64,
-        2.0,
-        40.0 + (i % 30) as f64,
-        (i % 9) as f64 - 4.0,
-        (i % 11) as f64 - 5.0,
-        1.0,
-        1000.0,
-    ];
-    json!({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": row}]})
-        .to_string()
-}
-
-/// Sends `n` requests to `replica`, each answered 200.
 fn traffic(replica: &mut Replica, from: u64, n: u64) {
     for i in from..from + n {
         let (status, _, body) = http(
@@ -171,15 +55,6 @@ fn traffic(replica: &mut Replica, from: u64, n: u64) {
         assert_eq!(status, 200, "{}: {body}", replica.name);
         replica.served += 1;
     }
-}
-
-fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
 }
 
 fn controller_of(url: &str) -> Option<String> {
