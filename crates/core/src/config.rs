@@ -76,6 +76,9 @@ pub struct RawLimits {
 pub struct RawLog {
     pub queue_capacity: Option<u64>,
     pub batch_size: Option<u64>,
+    /// Group commit: how long the log writer lets records gather after a partial batch
+    /// (milliseconds; 0 commits as soon as its queue is empty).
+    pub commit_interval_ms: Option<u64>,
     /// Fraction of requests whose input body is stored (0 = off, the default).
     pub capture_inputs: Option<f64>,
     pub max_input_bytes: Option<u64>,
@@ -188,6 +191,7 @@ pub struct Webhook {
 pub struct LogSettings {
     pub queue_capacity: usize,
     pub batch_size: usize,
+    pub commit_interval_ms: u64,
     pub capture_inputs: f64,
     pub max_input_bytes: usize,
     /// Whether predictions are recorded (see [`RawLog::enabled`]).
@@ -199,6 +203,7 @@ impl Default for LogSettings {
         LogSettings {
             queue_capacity: 65_536,
             batch_size: 4_096,
+            commit_interval_ms: 5,
             capture_inputs: 0.0,
             max_input_bytes: 4_096,
             enabled: true,
@@ -369,6 +374,10 @@ impl RawConfig {
                 defaults.batch_size as u64,
                 &mut problems,
             ) as usize,
+            commit_interval_ms: self
+                .log
+                .commit_interval_ms
+                .unwrap_or(defaults.commit_interval_ms),
             capture_inputs,
             max_input_bytes: self
                 .log

@@ -247,6 +247,7 @@ impl Gateway {
             replica: replica.clone(),
             queue_capacity: config.log.queue_capacity,
             batch_size: config.log.batch_size,
+            commit_interval: Duration::from_millis(config.log.commit_interval_ms),
         })
         .with_context(|| format!("opening the store at {}", options.store))?;
         let metrics = Arc::new(Metrics::new());
@@ -590,6 +591,7 @@ fn sync_log_metrics(state: &AppState) {
     };
     catch_up(&m.log_dropped, stats.dropped.load(Ordering::Relaxed));
     catch_up(&m.log_written, stats.written.load(Ordering::Relaxed));
+    catch_up(&m.log_batches, stats.batches.load(Ordering::Relaxed));
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {

@@ -65,10 +65,16 @@ fn request_id(headers: &HeaderMap) -> String {
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map_or_else(
-            || format!("{:032x}", rand::random::<u128>()),
-            str::to_string,
-        )
+        .map_or_else(new_request_id, str::to_string)
+}
+
+/// A fresh request id: 32 hex digits, the first 12 the current Unix time in milliseconds and
+/// the rest random (the layout of a UUIDv7 without its version bits). Ids that grow with time
+/// keep the log's request-id index appending at its right edge instead of touching a random
+/// page of it for every record.
+fn new_request_id() -> String {
+    let random = rand::random::<u128>() & ((1u128 << 80) - 1);
+    format!("{:012x}{random:020x}", now_ms() as u64 & 0xffff_ffff_ffff)
 }
 
 pub fn now_ms() -> i64 {
@@ -429,5 +435,44 @@ fn error_code(e: &BackendError) -> &'static str {
         BackendError::Malformed(_) => "upstream_malformed",
         BackendError::Rejected { .. } => "rejected_by_model",
         BackendError::Internal(_) => "internal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_request_ids_start_with_the_time_and_grow_with_it() {
+        let before = now_ms();
+        let first = new_request_id();
+        let after = now_ms();
+        assert_eq!(first.len(), 32);
+        assert!(first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+        let ms = i64::from_str_radix(&first[..12], 16).expect("hex prefix");
+        assert!(
+            (before..=after).contains(&ms),
+            "{ms} not in {before}..={after}"
+        );
+        // Ids of a later millisecond sort after earlier ones; within one they are distinct.
+        let later = loop {
+            let id = new_request_id();
+            if id[..12] != first[..12] {
+                break id;
+            }
+        };
+        assert!(later > first, "{later} <= {first}");
+        assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn a_printable_client_request_id_is_kept_and_others_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", HeaderValue::from_static("order-42"));
+        assert_eq!(request_id(&headers), "order-42");
+        headers.insert("x-request-id", HeaderValue::from_static("has space"));
+        let replaced = request_id(&headers);
+        assert_eq!(replaced.len(), 32);
+        assert_ne!(replaced, "has space");
     }
 }

@@ -61,6 +61,7 @@ pub struct Metrics {
     pub log_queue_depth: Gauge,
     pub log_dropped: Counter,
     pub log_written: Counter,
+    pub log_batches: Counter,
     pub feedback: Family<ReasonLabels, Counter>,
 }
 
@@ -123,6 +124,12 @@ impl Metrics {
             "Prediction records committed to the store",
             log_written.clone(),
         );
+        let log_batches = Counter::default();
+        registry.register(
+            "switchyard_log_batches",
+            "Transactions committed by the log writer (written records / batches = mean batch)",
+            log_batches.clone(),
+        );
         let feedback = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "switchyard_feedback_items",
@@ -139,6 +146,7 @@ impl Metrics {
             log_queue_depth,
             log_dropped,
             log_written,
+            log_batches,
             feedback,
         }
     }

@@ -70,6 +70,8 @@ fn write_once(
         // Large enough that nothing is dropped: this measures the writer, not the drop policy.
         queue_capacity: N + 16,
         batch_size,
+        // Commit throughput of the writer itself: no pause between batches.
+        commit_interval: Duration::ZERO,
     })
     .unwrap();
     let start = Instant::now();

@@ -59,6 +59,7 @@ fn writer(
         replica: replica.into(),
         queue_capacity: 4096,
         batch_size: 64,
+        commit_interval: std::time::Duration::from_millis(5),
     })
     .unwrap()
 }

@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use support::Db;
 use switchyard_core::{Feedback, Outcome, PairRef, Prediction, PredictionRecord, Role, Truth};
 use switchyard_store::{spawn_log_writer, LogWriterConfig, StoreUrl};
@@ -12,6 +14,7 @@ use switchyard_store::{spawn_log_writer, LogWriterConfig, StoreUrl};
 on_both_async!(
     feedback_joins_by_id_and_aggregates_match_a_recount,
     a_full_queue_drops_and_counts_instead_of_blocking,
+    records_arriving_within_the_commit_interval_share_one_commit,
 );
 
 fn config(
@@ -25,6 +28,7 @@ fn config(
         replica: replica.into(),
         queue_capacity,
         batch_size,
+        commit_interval: Duration::from_millis(5),
     }
 }
 
@@ -151,6 +155,41 @@ async fn a_full_queue_drops_and_counts_instead_of_blocking(db: &Db) {
         db.query_text("SELECT COUNT(*) FROM predictions"),
         accepted.to_string()
     );
+}
+
+/// Group commit: records that arrive while the writer waits out its commit interval go into
+/// one transaction, and a flush still returns only once they are all committed.
+async fn records_arriving_within_the_commit_interval_share_one_commit(db: &Db) {
+    let mut cfg = config(db.url(), "r1", 1024, 4096);
+    cfg.commit_interval = Duration::from_secs(1);
+    let (log, thread) = spawn_log_writer(cfg).unwrap();
+    let batches = |log: &switchyard_store::LogHandle| {
+        log.stats()
+            .batches
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert!(log.record(record("first", Role::Serving, "v1", "1", None)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while batches(&log) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first record was never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The writer now waits out its interval; these 99 gather meanwhile.
+    for i in 0..99 {
+        assert!(log.record(record(&format!("r{i}"), Role::Serving, "v1", "1", None)));
+    }
+    log.flush().await.unwrap();
+    let written = log
+        .stats()
+        .written
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!((written, batches(&log)), (100, 2));
+    drop(log);
+    thread.join().unwrap();
+    assert_eq!(db.query_text("SELECT COUNT(*) FROM predictions"), "100");
 }
 
 #[test]
