@@ -9,6 +9,11 @@
 //! - `GET /stats` → `{"infer": N, "failed": M}`: calls answered so far (the bench harness uses
 //!   it to check that mirrors really reached a shadow).
 //!
+//! With `--proxy-to URL` it is instead the thinnest proxy the gateway's stack allows: every
+//! request is forwarded, body and content type unchanged, through the same hyper server and
+//! pooled hyper-util client switchyard uses, and the answer returned as it came. No JSON, no
+//! routing, no log: the load test's `hyper` arm, the floor under switchyard's own costs.
+//!
 //! The bound address (`--listen 127.0.0.1:0` picks a free port) is printed on stdout as
 //! `http://ADDR`, one line, once the socket accepts connections.
 
@@ -53,6 +58,22 @@ struct Args {
     /// Fraction of inference calls answered 500 (0.0 ..= 1.0).
     #[arg(long, default_value_t = 0.0)]
     fail_rate: f64,
+    /// Forward every request to this base URL (e.g. `http://127.0.0.1:9000`) instead of
+    /// answering it.
+    #[arg(long)]
+    proxy_to: Option<String>,
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+/// What the server does with a request.
+#[derive(Debug, Clone)]
+enum Mode {
+    Answer(Arc<Behaviour>),
+    Proxy { client: Client, base: Arc<str> },
 }
 
 #[derive(Debug, Default)]
@@ -93,11 +114,33 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         writeln!(out, "http://{addr}")?;
         out.flush()?;
     }
-    let behaviour = Arc::new(Behaviour {
-        delay: Duration::from_millis(args.delay_ms),
-        fail_rate: args.fail_rate,
-        counters: Counters::default(),
-    });
+    let mode = match &args.proxy_to {
+        Some(base) => {
+            let base = base.trim_end_matches('/');
+            anyhow::ensure!(
+                base.starts_with("http://"),
+                "--proxy-to must be an http:// URL, got {base}"
+            );
+            // The same client settings as switchyard's backend pool.
+            let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_keepalive(Some(Duration::from_secs(60)));
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_max_idle_per_host(256)
+                    .build(connector);
+            Mode::Proxy {
+                client,
+                base: base.into(),
+            }
+        }
+        None => Mode::Answer(Arc::new(Behaviour {
+            delay: Duration::from_millis(args.delay_ms),
+            fail_rate: args.fail_rate,
+            counters: Counters::default(),
+        })),
+    };
     let mut http = http1::Builder::new();
     http.keep_alive(true);
     loop {
@@ -111,10 +154,18 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             }
         };
         let _ = stream.set_nodelay(true);
-        let behaviour = behaviour.clone();
+        let mode = mode.clone();
         let conn = http.serve_connection(
             TokioIo::new(stream),
-            service_fn(move |request| handle(request, behaviour.clone())),
+            service_fn(move |request| {
+                let mode = mode.clone();
+                async move {
+                    match mode {
+                        Mode::Answer(behaviour) => handle(request, behaviour).await,
+                        Mode::Proxy { client, base } => Ok(forward(request, &client, &base).await),
+                    }
+                }
+            }),
         );
         tokio::spawn(async move {
             // Clients hanging up mid-request are not the mock's business.
@@ -183,6 +234,33 @@ async fn handle(
         ),
     };
     Ok(response)
+}
+
+/// Forwards one request to `base` and returns the answer (502 when the upstream fails).
+async fn forward(request: Request<Incoming>, client: &Client, base: &str) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return reply(StatusCode::BAD_REQUEST, Bytes::new());
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut upstream = Request::new(Full::new(body));
+    *upstream.method_mut() = parts.method;
+    match format!("{base}{path}").parse() {
+        Ok(uri) => *upstream.uri_mut() = uri,
+        Err(_) => return reply(StatusCode::BAD_REQUEST, Bytes::new()),
+    }
+    if let Some(ct) = parts.headers.get(CONTENT_TYPE) {
+        upstream.headers_mut().insert(CONTENT_TYPE, ct.clone());
+    }
+    let answer = match client.request(upstream).await {
+        Ok(response) => response,
+        Err(_) => return reply(StatusCode::BAD_GATEWAY, Bytes::new()),
+    };
+    let status = answer.status();
+    match answer.into_body().collect().await {
+        Ok(body) => reply(status, body.to_bytes()),
+        Err(_) => reply(StatusCode::BAD_GATEWAY, Bytes::new()),
+    }
 }
 
 #[cfg(test)]

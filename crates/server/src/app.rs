@@ -223,6 +223,10 @@ impl Gateway {
                         .as_ref()
                         .map(|c| Arc::from(c.clone().into_boxed_slice())),
                     config: model.clone(),
+                    served_ok: backends
+                        .keys()
+                        .map(|v| (v.clone(), std::sync::OnceLock::new()))
+                        .collect(),
                     backends,
                 },
             );

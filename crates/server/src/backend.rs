@@ -17,7 +17,7 @@ use switchyard_core::config::{BackendSpec, ModelConfig, Protocol, Task};
 use switchyard_core::{Outcome, Prediction};
 
 use crate::onnx::{OnnxError, OnnxModel, OnnxPrediction};
-use crate::protocol::{self, Wire};
+use crate::protocol::{self, JsonBody, Wire};
 
 /// Shared HTTP client: one connection pool for every backend.
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -121,26 +121,24 @@ pub struct Call<'a> {
     pub wire: Wire,
     pub model: &'a str,
     pub version: &'a str,
-    /// The client's body, unchanged.
-    pub body: &'a Bytes,
-    /// The same body, parsed.
-    pub parsed: &'a Value,
+    /// The client's body (bytes unchanged; parsed on demand).
+    pub body: &'a JsonBody,
     pub task: Task,
     pub classes: Option<&'a [String]>,
 }
 
 #[derive(Debug)]
 pub enum Backend {
-    Http(HttpBackend),
+    Http(Box<HttpBackend>),
     Onnx(OnnxBackend),
 }
 
 #[derive(Debug)]
 pub struct HttpBackend {
     client: HttpClient,
-    url: String,
+    /// The endpoint of every call, parsed once (`Err`: the text that did not parse).
+    uri: Result<hyper::Uri, String>,
     protocol: Protocol,
-    remote_model: String,
     pub timeout: Duration,
 }
 
@@ -164,13 +162,19 @@ impl Backend {
                 protocol,
                 remote_model,
                 timeout_ms,
-            } => Backend::Http(HttpBackend {
-                client: client.clone(),
-                url: url.clone(),
-                protocol: protocol.clone(),
-                remote_model: remote_model.clone(),
-                timeout: Duration::from_millis(*timeout_ms),
-            }),
+            } => {
+                let endpoint = match protocol {
+                    Protocol::Oip => format!("{url}/v2/models/{remote_model}/infer"),
+                    Protocol::KserveV1 => format!("{url}/v1/models/{remote_model}:predict"),
+                    Protocol::Json { .. } => url.clone(),
+                };
+                Backend::Http(Box::new(HttpBackend {
+                    client: client.clone(),
+                    uri: endpoint.parse().map_err(|_| endpoint),
+                    protocol: protocol.clone(),
+                    timeout: Duration::from_millis(*timeout_ms),
+                }))
+            }
         })
     }
 
@@ -199,20 +203,18 @@ impl Backend {
 
 impl HttpBackend {
     async fn call(&self, call: &Call<'_>) -> Result<Reply, BackendError> {
-        let (uri, backend_wire) = match &self.protocol {
-            Protocol::Oip => (
-                format!("{}/v2/models/{}/infer", self.url, self.remote_model),
-                Some(Wire::V2),
-            ),
-            Protocol::KserveV1 => (
-                format!("{}/v1/models/{}:predict", self.url, self.remote_model),
-                Some(Wire::V1),
-            ),
-            Protocol::Json { .. } => (self.url.clone(), None),
+        let backend_wire = match &self.protocol {
+            Protocol::Oip => Some(Wire::V2),
+            Protocol::KserveV1 => Some(Wire::V1),
+            Protocol::Json { .. } => None,
         };
+        let uri = self
+            .uri
+            .as_ref()
+            .map_err(|text| BackendError::Internal(format!("bad backend URI {text}")))?;
         let body = match backend_wire {
             Some(w) if w != call.wire => {
-                let rows = protocol::request_rows(call.wire, call.parsed).map_err(|e| {
+                let rows = protocol::request_rows(call.wire, call.body.value()).map_err(|e| {
                     BackendError::Rejected {
                         status: 400,
                         message: e.0,
@@ -221,14 +223,14 @@ impl HttpBackend {
                 })?;
                 Bytes::from(protocol::rows_to_request(w, &rows).to_string())
             }
-            _ => call.body.clone(),
+            _ => call.body.bytes().clone(),
         };
         let request = Request::builder()
             .method(Method::POST)
-            .uri(&uri)
+            .uri(uri.clone())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
-            .map_err(|e| BackendError::Internal(format!("bad backend URI {uri}: {e}")))?;
+            .map_err(|e| BackendError::Internal(format!("cannot build a request to {uri}: {e}")))?;
         let response = self
             .client
             .request(request)
@@ -299,12 +301,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl OnnxBackend {
     async fn call(&self, call: &Call<'_>) -> Result<Reply, BackendError> {
-        let rows =
-            protocol::request_rows(call.wire, call.parsed).map_err(|e| BackendError::Rejected {
+        let rows = protocol::request_rows(call.wire, call.body.value()).map_err(|e| {
+            BackendError::Rejected {
                 status: 400,
                 message: e.0,
                 body: None,
-            })?;
+            }
+        })?;
         let model = self.model.clone();
         let output = tokio::task::spawn_blocking(move || model.predict(&rows))
             .await
@@ -360,4 +363,8 @@ pub struct ModelRuntime {
     /// The configured class names, shared with shadow jobs.
     pub classes: Option<Arc<[String]>>,
     pub backends: std::collections::HashMap<String, Arc<Backend>>,
+    /// Per version, the metric series of its successful serving calls, resolved on first use
+    /// (the common outcome skips building label sets on every request).
+    pub served_ok:
+        std::collections::HashMap<String, std::sync::OnceLock<crate::metrics::CallHandles>>,
 }

@@ -753,14 +753,15 @@ async fn validate(
     let mut latency = VariantStats::default().latency;
     let (mut correct, mut samples) = (0u64, 0u64);
     for (i, (row, label)) in rows.iter().enumerate() {
-        let parsed = protocol::rows_to_request(Wire::V2, std::slice::from_ref(row));
-        let body = bytes::Bytes::from(parsed.to_string());
+        let body = protocol::JsonBody::from_value(protocol::rows_to_request(
+            Wire::V2,
+            std::slice::from_ref(row),
+        ));
         let call = Call {
             wire: Wire::V2,
             model,
             version,
             body: &body,
-            parsed: &parsed,
             task,
             classes,
         };

@@ -27,7 +27,7 @@ use switchyard_core::{Prediction, PredictionRecord, Role};
 use crate::app::AppState;
 use crate::backend::{BackendError, Call};
 use crate::error::ApiError;
-use crate::protocol::Wire;
+use crate::protocol::{InvalidBody, JsonBody, Wire};
 use crate::shadow::ShadowJob;
 
 pub async fn infer_v2(
@@ -73,8 +73,13 @@ fn request_id(headers: &HeaderMap) -> String {
 /// keep the log's request-id index appending at its right edge instead of touching a random
 /// page of it for every record.
 fn new_request_id() -> String {
-    let random = rand::random::<u128>() & ((1u128 << 80) - 1);
-    format!("{:012x}{random:020x}", now_ms() as u64 & 0xffff_ffff_ffff)
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let ms = u128::from(now_ms() as u64 & 0xffff_ffff_ffff);
+    let id = (ms << 80) | (rand::random::<u128>() & ((1u128 << 80) - 1));
+    (0..32)
+        .rev()
+        .map(|digit| char::from(HEX[((id >> (digit * 4)) & 0xf) as usize]))
+        .collect()
 }
 
 pub fn now_ms() -> i64 {
@@ -209,13 +214,17 @@ impl HttpBody for TimedBody {
     }
 }
 
-fn routing_key(source: Option<&KeySource>, headers: &HeaderMap, body: &Value) -> Option<Vec<u8>> {
+fn routing_key(
+    source: Option<&KeySource>,
+    headers: &HeaderMap,
+    body: &JsonBody,
+) -> Option<Vec<u8>> {
     match source? {
         KeySource::Header(name) => headers
             .get(name.as_str())
             .map(|v| v.as_bytes().to_vec())
             .filter(|k| !k.is_empty()),
-        KeySource::JsonPointer(pointer) => match body.pointer(pointer)? {
+        KeySource::JsonPointer(pointer) => match body.value().pointer(pointer)? {
             Value::String(s) if !s.is_empty() => Some(s.as_bytes().to_vec()),
             Value::Number(n) => Some(n.to_string().into_bytes()),
             _ => None,
@@ -258,20 +267,13 @@ async fn serve(
         ));
     }
     let bytes = read_body(body, state.max_body_bytes).await?;
-    let parsed: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("request body is not valid JSON: {e}"),
-        )
+    let body = JsonBody::validate(bytes).map_err(|e| {
+        let code = match e {
+            InvalidBody::NotJson(_) => "invalid_json",
+            InvalidBody::NotAnObject => "invalid_request",
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
     })?;
-    if !parsed.is_object() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "request body must be a JSON object",
-        ));
-    }
 
     // Phase: route.
     let table = state.table.load();
@@ -284,7 +286,7 @@ async fn serve(
     };
 
     // Phase: pick.
-    let key = routing_key(runtime.config.routing_key.as_ref(), headers, &parsed);
+    let key = routing_key(runtime.config.routing_key.as_ref(), headers, &body);
     let decision = route.decide(key.as_deref(), rand::random::<u32>() % BUCKETS);
     let Some(backend) = runtime.backends.get(decision.version) else {
         return Err(ApiError::new(
@@ -300,8 +302,7 @@ async fn serve(
         wire,
         model,
         version: decision.version,
-        body: &bytes,
-        parsed: &parsed,
+        body: &body,
         task: runtime.config.task,
         classes,
     };
@@ -347,17 +348,14 @@ async fn serve(
 
     // Phase: mirror. After the primary answered; never waits.
     let key_hash = key.as_deref().map(key_hash);
-    let parsed = Arc::new(parsed);
-    // A compact copy of the body for the shadow queue: `bytes` can be a slice of the
-    // connection's read buffer (8 KiB or more), which every queued job would otherwise keep
-    // alive (a full queue of 4,096 jobs held ~30 MB).
-    let shadow_body = if decision.shadows.is_empty() {
-        Bytes::new()
-    } else {
-        Bytes::copy_from_slice(&bytes)
-    };
+    // A detached copy for the shadow queue: the body can be a slice of the connection's read
+    // buffer (8 KiB or more), which every queued job would otherwise keep alive (a full queue
+    // of 4,096 jobs held ~30 MB).
+    let shadow_body = (!decision.shadows.is_empty()).then(|| Arc::new(body.detached()));
     for shadow in &decision.shadows {
-        if let Some(shadow_backend) = runtime.backends.get(*shadow) {
+        if let (Some(shadow_backend), Some(shadow_body)) =
+            (runtime.backends.get(*shadow), &shadow_body)
+        {
             state.shadow.submit(ShadowJob {
                 backend: shadow_backend.clone(),
                 request_id: id.to_string(),
@@ -368,7 +366,6 @@ async fn serve(
                 key_hash,
                 wire,
                 body: shadow_body.clone(),
-                parsed: parsed.clone(),
                 task: runtime.config.task,
                 classes: runtime.classes.clone(),
                 primary_version: decision.version.to_string(),
@@ -384,16 +381,29 @@ async fn serve(
         && state.log_settings.capture_inputs > 0.0
         && rand::random::<f64>() < state.log_settings.capture_inputs)
         .then(|| {
+            let bytes = body.bytes();
             String::from_utf8_lossy(&bytes[..bytes.len().min(state.log_settings.max_input_bytes)])
                 .into_owned()
         });
-    state.metrics.call(
-        model,
-        decision.version,
-        Role::Serving.as_str(),
-        outcome.as_str(),
-        latency.as_secs_f64(),
-    );
+    match runtime.served_ok.get(decision.version) {
+        Some(handles) if outcome == switchyard_core::Outcome::Ok => handles
+            .get_or_init(|| {
+                state.metrics.call_handles(
+                    model,
+                    decision.version,
+                    Role::Serving.as_str(),
+                    outcome.as_str(),
+                )
+            })
+            .observe(latency.as_secs_f64()),
+        _ => state.metrics.call(
+            model,
+            decision.version,
+            Role::Serving.as_str(),
+            outcome.as_str(),
+            latency.as_secs_f64(),
+        ),
+    }
     if log_on {
         state.log.record(PredictionRecord {
             request_id: id.to_string(),

@@ -177,10 +177,54 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// The series of one (model, version, role, outcome), resolved once so that a hot path can
+    /// count without building label sets (see [`crate::backend::ModelRuntime::served_ok`]).
+    pub fn call_handles(
+        &self,
+        model: &str,
+        version: &str,
+        role: &str,
+        outcome: &str,
+    ) -> CallHandles {
+        CallHandles {
+            count: self
+                .calls
+                .get_or_create(&CallLabels {
+                    model: model.into(),
+                    version: version.into(),
+                    role: role.into(),
+                    outcome: outcome.into(),
+                })
+                .clone(),
+            latency: self
+                .latency
+                .get_or_create(&LatencyLabels {
+                    model: model.into(),
+                    version: version.into(),
+                    role: role.into(),
+                })
+                .clone(),
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// A call counter and latency histogram of one label set; clones share the series.
+#[derive(Debug, Clone)]
+pub struct CallHandles {
+    count: Counter,
+    latency: Histogram,
+}
+
+impl CallHandles {
+    pub fn observe(&self, seconds: f64) {
+        self.count.inc();
+        self.latency.observe(seconds);
     }
 }

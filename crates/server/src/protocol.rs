@@ -21,6 +21,72 @@ pub enum Wire {
     V1,
 }
 
+/// A request body known to be one JSON object, kept as the client's bytes. The tree is built
+/// only when something reads it (a JSON-pointer routing key, a protocol translation, an ONNX
+/// model): forwarding to a backend of the client's own protocol never needs it.
+#[derive(Debug)]
+pub struct JsonBody {
+    bytes: bytes::Bytes,
+    tree: std::sync::OnceLock<Value>,
+}
+
+impl JsonBody {
+    /// Checks that `bytes` is one well-formed JSON object, without building it.
+    pub fn validate(bytes: bytes::Bytes) -> Result<JsonBody, InvalidBody> {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+            .map_err(|e| InvalidBody::NotJson(e.to_string()))?;
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
+            return Err(InvalidBody::NotAnObject);
+        }
+        Ok(JsonBody {
+            bytes,
+            tree: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// A body built by switchyard itself (validation calls), tree already at hand.
+    pub fn from_value(value: Value) -> JsonBody {
+        JsonBody {
+            bytes: bytes::Bytes::from(value.to_string()),
+            tree: std::sync::OnceLock::from(value),
+        }
+    }
+
+    pub fn bytes(&self) -> &bytes::Bytes {
+        &self.bytes
+    }
+
+    /// The parsed body (parsed on first use).
+    pub fn value(&self) -> &Value {
+        // The bytes were validated as a JSON object, so parsing cannot fail; `Null` would
+        // only make the caller's shape checks refuse the request.
+        self.tree
+            .get_or_init(|| serde_json::from_slice(&self.bytes).unwrap_or(Value::Null))
+    }
+
+    /// An owned copy that does not share the original buffer (which may be a slice of a
+    /// connection's read buffer); the tree comes along if it was built.
+    pub fn detached(&self) -> JsonBody {
+        let tree = std::sync::OnceLock::new();
+        if let Some(v) = self.tree.get() {
+            let _ = tree.set(v.clone());
+        }
+        JsonBody {
+            bytes: bytes::Bytes::copy_from_slice(&self.bytes),
+            tree,
+        }
+    }
+}
+
+/// Why [`JsonBody::validate`] refused a body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidBody {
+    #[error("request body is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("request body must be a JSON object")]
+    NotAnObject,
+}
+
 /// Why a request body cannot be used: the client's fault, answered with 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -411,6 +477,49 @@ pub fn prediction_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn body(text: &str) -> Result<JsonBody, InvalidBody> {
+        JsonBody::validate(bytes::Bytes::from(text.to_string()))
+    }
+
+    #[test]
+    fn a_json_body_is_checked_without_being_built_and_parsed_when_read() {
+        let b = body(" \n{\"inputs\": [{\"data\": [1, 2.5]}]}").expect("an object");
+        assert!(b.tree.get().is_none(), "validation must not build the tree");
+        assert_eq!(b.value().pointer("/inputs/0/data/1"), Some(&json!(2.5)));
+        let copy = b.detached();
+        assert!(
+            copy.tree.get().is_some(),
+            "a built tree travels with the copy"
+        );
+        assert_eq!(copy.bytes(), b.bytes());
+        assert!(!std::ptr::eq(copy.bytes().as_ptr(), b.bytes().as_ptr()));
+    }
+
+    #[test]
+    fn bodies_that_are_not_one_json_object_are_refused() {
+        for bad in [
+            "",
+            "{",
+            "{\"a\": }",
+            "{} {}",
+            "{\"a\": 1} x",
+            "nul",
+            "{'a': 1}",
+        ] {
+            assert!(
+                matches!(body(bad), Err(InvalidBody::NotJson(_))),
+                "{bad:?} accepted"
+            );
+        }
+        for not_object in ["[1, 2]", "3", "\"x\"", "null", " [ {} ]"] {
+            assert_eq!(
+                body(not_object).err(),
+                Some(InvalidBody::NotAnObject),
+                "{not_object:?}"
+            );
+        }
+    }
 
     #[test]
     fn v2_rows_follow_the_shape() {

@@ -10,9 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
-use serde_json::Value;
 use switchyard_core::config::{ShadowSettings, Task};
 use switchyard_core::{Outcome, PairRef, Prediction, PredictionRecord, Role};
 use switchyard_store::LogHandle;
@@ -20,6 +18,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::backend::{Backend, Call};
 use crate::metrics::{Metrics, ShadowLabels, VersionLabels};
+use crate::protocol::JsonBody;
 use crate::protocol::Wire;
 
 /// One mirrored call.
@@ -33,8 +32,8 @@ pub struct ShadowJob {
     pub version: String,
     pub key_hash: Option<u64>,
     pub wire: Wire,
-    pub body: Bytes,
-    pub parsed: Arc<Value>,
+    /// The client's body, detached from the connection's buffer.
+    pub body: Arc<JsonBody>,
     pub task: Task,
     pub classes: Option<Arc<[String]>>,
     pub primary_version: String,
@@ -206,7 +205,6 @@ async fn run(job: ShadowJob, timeout: Duration, log: &LogHandle, metrics: &Metri
         model: &job.model,
         version: &job.version,
         body: &job.body,
-        parsed: &job.parsed,
         task: job.task,
         classes: job.classes.as_deref(),
     };
