@@ -10,6 +10,9 @@ Arms (each a URL the same load generator drives with the same request):
                       100% to a second fast mock), shadow to a backend that answers after 500 ms,
                       shadow to a port nobody listens on
   sy-single-nolog     switchyard single with the prediction log switched off
+  hyper               mock-backend --proxy-to: the same hyper server and pooled client as
+                      switchyard with nothing else (no JSON, routing or log), the floor of the
+                      stack switchyard is built on
 
 Each round runs every arm at a fixed rate (latency, oha --latency-correction) and the main arms
 at saturation (throughput); the arm order rotates between rounds and the report takes medians
@@ -43,12 +46,12 @@ PATH = f"/v2/models/{MODEL}/infer"
 
 # Arms driven at the fixed rate and at saturation.
 LATENCY_ARMS = [
-    "direct",
+    "direct", "hyper",
     "sy-single", "sy-single-nolog", "sy-canary", "sy-shadow", "sy-shadow-slow", "sy-shadow-dead",
     "ng-single", "ng-canary", "ng-shadow", "ng-shadow-slow", "ng-shadow-dead",
 ]
 THROUGHPUT_ARMS = [
-    "direct", "sy-single", "sy-single-nolog", "sy-canary", "sy-shadow",
+    "direct", "hyper", "sy-single", "sy-single-nolog", "sy-canary", "sy-shadow",
     "ng-single", "ng-canary", "ng-shadow",
 ]
 
@@ -132,11 +135,13 @@ def wait_for(pred, what, timeout=30.0):
 
 
 class Mock:
-    def __init__(self, procs, binary, work, name, threads, delay_ms=0):
+    def __init__(self, procs, binary, work, name, threads, delay_ms=0, proxy_to=None):
         out_path = os.path.join(work, f"{name}.out")
+        argv = [binary, "--listen", "127.0.0.1:0", "--threads", str(threads), "--delay-ms", str(delay_ms)]
+        if proxy_to:
+            argv += ["--proxy-to", proxy_to]
         with open(out_path, "w") as out:
-            self.proc = procs.start(name, [binary, "--listen", "127.0.0.1:0", "--threads", str(threads),
-                                           "--delay-ms", str(delay_ms)], stdout=out)
+            self.proc = procs.start(name, argv, stdout=out)
 
         def addr():
             if self.proc.poll() is not None:
@@ -287,6 +292,34 @@ def start_nginx(procs, cfg, work, mocks, dead):
     }
 
 
+def cpu_ticks(pids):
+    """utime + stime of the processes, in clock ticks."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def children(pid):
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            out.append(int(entry))
+    return out
+
+
 def nginx_hwm_kib(master):
     """Peak RSS of nginx: the master's plus each worker's (children of the master)."""
     total = vm_kib(master.pid, "VmHWM")
@@ -391,11 +424,19 @@ def run(cfg, work, procs):
                                    "{ kind: blue_green, blue: v1, green: v2, active: blue }"),
         "sy-rollback": Switchyard(procs, sy_bin, work, "sy-rollback", {"v1": v1, "v2": v2}, single),
     }
+    # Two workers, like the gateways (TOKIO_WORKER_THREADS=2) and nginx (worker_processes 2).
+    hyper = Mock(procs, mock_bin, work, "hyper-proxy", threads=2, proxy_to=v1)
     nginx, ng_urls = start_nginx(procs, cfg, work, mocks, dead)
-    urls = {"direct": v1}
+    urls = {"direct": v1, "hyper": hyper.url}
     urls.update({k: g.url for k, g in gws.items()})
     urls.update(ng_urls)
-    log(f"started 3 mock backends, {len(gws)} switchyard gateways and nginx in {time.time() - started:.1f} s")
+    log(f"started 3 mock backends, a bare hyper proxy, {len(gws)} switchyard gateways and nginx "
+        f"in {time.time() - started:.1f} s")
+    ng_workers = children(nginx.pid)
+    # Whose CPU each arm's proxy burns (nginx: its workers; direct: the mock itself).
+    cpu_pids = {"direct": [mocks["v1"].proc.pid], "hyper": [hyper.proc.pid]}
+    cpu_pids.update({k: [g.proc.pid] for k, g in gws.items()})
+    cpu_pids.update({k: ng_workers + [nginx.pid] for k in ng_urls})
 
     # Warm-up: open connections and pools, fault in pages.
     for arm in [] if cfg.smoke else LATENCY_ARMS:
@@ -423,12 +464,17 @@ def run(cfg, work, procs):
             order.reverse()
         for arm in order:
             before = {n: m.infer_count() for n, m in mocks.items()}
+            ticks = cpu_ticks(cpu_pids[arm])
             res = oha(cfg, urls[arm], f"max-{arm}", duration=cfg.duration)
+            ticks = cpu_ticks(cpu_pids[arm]) - ticks
+            # CPU time of the proxy per answered request: what throughput on a shared machine
+            # is made of, less sensitive than req/s to what the load generator gets.
+            res["cpu_us_per_req"] = (ticks / os.sysconf("SC_CLK_TCK") * 1e6 / res["ok"]) if res["ok"] else None
             after = {n: m.infer_count() for n, m in mocks.items()}
             res["backend_calls"] = {n: after[n] - before[n] for n in mocks}
             thr[arm].append(res)
             log(f"round {r + 1} max      {arm:16} {res['rps']:7.0f} req/s  p50 {fmt(res['p50_us']):>7} µs  "
-                f"non-2xx {res['non2xx']} errors {res['errors']}")
+                f"cpu {fmt(res['cpu_us_per_req'], ' µs/req', 1)}  non-2xx {res['non2xx']} errors {res['errors']}")
         for arm in ("sy-shadow", "ng-shadow"):
             mirrored.setdefault(arm, []).append(lat[arm][-1]["backend_calls"]["v2"])
 
@@ -516,7 +562,9 @@ def build_results(cfg, lat, thr, records, switch, rss, rss_nginx, mirrored):
     def thr_summary(runs):
         return {"rps": med([x["rps"] for x in runs]), "p50_us": med([x["p50_us"] for x in runs]),
                 "ok": sum(x["ok"] for x in runs), "non2xx": sum(x["non2xx"] for x in runs),
-                "errors": sum(x["errors"] for x in runs), "rounds": [x["rps"] for x in runs]}
+                "errors": sum(x["errors"] for x in runs), "rounds": [x["rps"] for x in runs],
+                "cpu_us_per_req": med([x.get("cpu_us_per_req") for x in runs]),
+                "cpu_rounds": [x.get("cpu_us_per_req") for x in runs]}
     return {
         "settings": {"smoke": cfg.smoke, "rounds": cfg.rounds, "duration_s": cfg.duration, "rate": cfg.rate,
                      "conns": cfg.conns, "machine": machine()},
@@ -575,22 +623,28 @@ def markdown(res):
     out = []
     out.append(f"Fixed rate {s['rate']:,} req/s ({s['conns']} connections, oha --latency-correction); "
                f"saturation with {s['conns']} connections; {s['rounds']} round(s) × {s['duration_s']} s per arm, medians.\n")
-    out.append("| mode | arm | p50 @ fixed rate | p99 @ fixed rate | max req/s | p50 − direct | p99 / direct | max req/s / nginx |")
-    out.append("|---|---|---|---|---|---|---|---|")
+    out.append("CPU µs/req: CPU time (user + system) of the proxy's own processes during the saturation run, "
+               "per answered request (direct: the mock backend's).\n")
+    out.append("| mode | arm | p50 @ fixed rate | p99 @ fixed rate | max req/s | CPU µs/req | p50 − direct | p99 / direct | max req/s / nginx |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
     d = L["direct"]
-    out.append(f"| – | direct | {fmt(d['p50_us'], ' µs')} | {fmt(d['p99_us'], ' µs')} | {fmt(T['direct']['rps'])} | – | – | – |")
+    out.append(f"| – | direct | {fmt(d['p50_us'], ' µs')} | {fmt(d['p99_us'], ' µs')} | {fmt(T['direct']['rps'])} | "
+               f"{fmt(T['direct'].get('cpu_us_per_req'), '', 1)} | – | – | – |")
+
+    def row(mode, name, arm, vs_ng):
+        l, t = L[arm], T[arm]
+        return (f"| {mode} | {name} | {fmt(l['p50_us'], ' µs')} | {fmt(l['p99_us'], ' µs')} | {fmt(t['rps'])} | "
+                f"{fmt(t.get('cpu_us_per_req'), '', 1)} | {fmt(minus(l['p50_us'], d['p50_us']), ' µs')} | "
+                f"{fmt(ratio(l['p99_us'], d['p99_us']), '', 2)} | {fmt(vs_ng, '', 2)} |")
     for mode in ["single", "canary", "shadow"]:
         for prox in ["sy", "ng"]:
             arm = f"{prox}-{mode}"
-            l, t = L[arm], T[arm]
-            vs_ng = ratio(t["rps"], T[f"ng-{mode}"]["rps"]) if prox == "sy" else None
-            name = ("switchyard" if prox == "sy" else "nginx")
-            out.append(f"| {mode} | {name} | {fmt(l['p50_us'], ' µs')} | {fmt(l['p99_us'], ' µs')} | {fmt(t['rps'])} | "
-                       f"{fmt(minus(l['p50_us'], d['p50_us']), ' µs')} | "
-                       f"{fmt(ratio(l['p99_us'], d['p99_us']), '', 2)} | {fmt(vs_ng, '', 2)} |")
-    l, t = L["sy-single-nolog"], T["sy-single-nolog"]
-    out.append(f"| single, log off | switchyard | {fmt(l['p50_us'], ' µs')} | {fmt(l['p99_us'], ' µs')} | {fmt(t['rps'])} | "
-               f"{fmt(minus(l['p50_us'], d['p50_us']), ' µs')} | {fmt(ratio(l['p99_us'], d['p99_us']), '', 2)} | – |")
+            vs_ng = ratio(T[arm]["rps"], T[f"ng-{mode}"]["rps"]) if prox == "sy" else None
+            out.append(row(mode, "switchyard" if prox == "sy" else "nginx", arm, vs_ng))
+        if mode == "single":
+            out.append(row("single, log off", "switchyard", "sy-single-nolog",
+                           ratio(T["sy-single-nolog"]["rps"], T["ng-single"]["rps"])))
+            out.append(row("single", "bare hyper proxy", "hyper", ratio(T["hyper"]["rps"], T["ng-single"]["rps"])))
     out.append("")
     out.append("Shadow isolation: primary p99 at the fixed rate with the shadow slow (500 ms) or down, divided by "
                "the same proxy's p99 without a shadow (single mode).\n")
