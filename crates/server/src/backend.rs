@@ -253,18 +253,18 @@ impl HttpBackend {
                 s => BackendError::Status { status: s, body },
             });
         }
-        let parsed: Value = serde_json::from_slice(&body)
-            .map_err(|e| BackendError::Malformed(format!("not JSON: {e}")))?;
         match (&self.protocol, backend_wire) {
             (Protocol::Json { output_pointer }, _) => {
+                let parsed: Value = serde_json::from_slice(&body)
+                    .map_err(|e| BackendError::Malformed(format!("not JSON: {e}")))?;
                 let prediction =
                     protocol::normalise_pointer(&parsed, output_pointer, call.task, call.classes)
                         .map_err(|e| BackendError::Malformed(e.0))?;
                 Ok(Reply { body, prediction })
             }
             (_, Some(w)) => {
-                let prediction = protocol::normalise_response(w, &parsed, call.task, call.classes)
-                    .map_err(|e| BackendError::Malformed(e.0))?;
+                let prediction = protocol::read_answer(w, &body, call.task, call.classes)
+                    .map_err(|e| BackendError::Malformed(e.to_string()))?;
                 let body = if w == call.wire {
                     body
                 } else {

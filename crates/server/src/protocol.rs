@@ -321,16 +321,7 @@ fn normalise_items(
 fn tensor_rows(output: &Value) -> Result<Vec<Value>, BadResponse> {
     let data = output
         .get("data")
-        .and_then(Value::as_array)
         .ok_or_else(|| BadResponse("an output has no data array".into()))?;
-    let mut flat = Vec::with_capacity(data.len());
-    fn push_all(v: &Value, out: &mut Vec<Value>) {
-        match v {
-            Value::Array(items) => items.iter().for_each(|i| push_all(i, out)),
-            other => out.push(other.clone()),
-        }
-    }
-    data.iter().for_each(|v| push_all(v, &mut flat));
     let shape: Vec<usize> = output
         .get("shape")
         .and_then(Value::as_array)
@@ -341,12 +332,102 @@ fn tensor_rows(output: &Value) -> Result<Vec<Value>, BadResponse> {
                 .collect()
         })
         .unwrap_or_default();
-    match shape.as_slice() {
+    rows_of(data, &shape)
+}
+
+/// The rows of a tensor: its data flattened, cut into rows of `shape[1]` when the shape is
+/// `[n, w]` with `w > 1` and fits the data.
+fn rows_of(data: &Value, shape: &[usize]) -> Result<Vec<Value>, BadResponse> {
+    let data = data
+        .as_array()
+        .ok_or_else(|| BadResponse("an output has no data array".into()))?;
+    let mut flat = Vec::with_capacity(data.len());
+    fn push_all(v: &Value, out: &mut Vec<Value>) {
+        match v {
+            Value::Array(items) => items.iter().for_each(|i| push_all(i, out)),
+            other => out.push(other.clone()),
+        }
+    }
+    data.iter().for_each(|v| push_all(v, &mut flat));
+    match shape {
         [n, w] if *w > 1 && n * w == flat.len() => {
             Ok(flat.chunks(*w).map(|c| Value::Array(c.to_vec())).collect())
         }
         _ => Ok(flat),
     }
+}
+
+/// Output names preferred for each task, best first. Classification prefers probabilities:
+/// the class is their argmax (label outputs of converted tree ensembles are known to disagree
+/// with the probabilities).
+fn preferred_outputs(task: Task) -> [&'static [&'static str]; 2] {
+    match task {
+        Task::Classification => [
+            &["probabilities", "predict_proba", "output_probability"],
+            &["label", "output_label", "predict", "predictions"],
+        ],
+        Task::Regression => [&["variable", "value", "predict", "predictions"], &[]],
+    }
+}
+
+/// An OIP v2 answer read without building its whole tree: fields other than `outputs` and
+/// the outputs' `name`, `shape` and `data` are skipped.
+#[derive(serde::Deserialize)]
+struct V2Answer {
+    outputs: Vec<V2Output>,
+}
+
+#[derive(serde::Deserialize)]
+struct V2Output {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    shape: Vec<usize>,
+    data: Value,
+}
+
+/// What is wrong with a backend's answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AnswerError {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("{0}")]
+    Unreadable(#[from] BadResponse),
+}
+
+/// Reads the comparable prediction straight from the bytes of a backend's answer in `wire`.
+/// A well-formed OIP v2 answer takes a typed path; anything else is parsed as a whole and
+/// read by [`normalise_response`], which also words the errors.
+pub fn read_answer(
+    wire: Wire,
+    body: &[u8],
+    task: Task,
+    classes: Option<&[String]>,
+) -> Result<Prediction, AnswerError> {
+    if wire == Wire::V2 {
+        if let Ok(answer) = serde_json::from_slice::<V2Answer>(body) {
+            if !answer.outputs.is_empty() {
+                let outputs = &answer.outputs;
+                let [first, second] = preferred_outputs(task);
+                let named = |names: &[&str]| {
+                    outputs
+                        .iter()
+                        .find(|o| o.name.as_deref().is_some_and(|n| names.contains(&n)))
+                };
+                let chosen = named(first)
+                    .or_else(|| named(second))
+                    .unwrap_or(&outputs[0]);
+                return Ok(normalise_items(
+                    &rows_of(&chosen.data, &chosen.shape)?,
+                    task,
+                    classes,
+                )?);
+            }
+        }
+    }
+    let parsed: Value =
+        serde_json::from_slice(body).map_err(|e| AnswerError::NotJson(e.to_string()))?;
+    Ok(normalise_response(wire, &parsed, task, classes)?)
 }
 
 /// Reads the comparable prediction from a backend's response body.
@@ -377,16 +458,10 @@ pub fn normalise_response(
                         .is_some_and(|n| names.contains(&n))
                 })
             };
-            let chosen = match task {
-                // Prefer probabilities: the class is their argmax (label outputs of converted
-                // tree ensembles are known to disagree with the probabilities).
-                Task::Classification => {
-                    named(&["probabilities", "predict_proba", "output_probability"])
-                        .or_else(|| named(&["label", "output_label", "predict", "predictions"]))
-                }
-                Task::Regression => named(&["variable", "value", "predict", "predictions"]),
-            }
-            .unwrap_or(&outputs[0]);
+            let [first, second] = preferred_outputs(task);
+            let chosen = named(first)
+                .or_else(|| named(second))
+                .unwrap_or(&outputs[0]);
             normalise_items(&tensor_rows(chosen)?, task, classes)
         }
     }
@@ -570,6 +645,56 @@ mod tests {
             named,
             Prediction::Classes(vec!["fail".into(), "pass".into()])
         );
+    }
+
+    #[test]
+    fn the_typed_v2_path_reads_what_the_tree_path_reads() {
+        let classes = ["fail".to_string(), "pass".to_string()];
+        let answers = [
+            json!({"model_name": "m", "outputs": [
+                {"name": "label", "shape": [2], "datatype": "INT64", "data": [1, 1]},
+                {"name": "probabilities", "shape": [2, 2], "datatype": "FP32", "data": [0.9, 0.1, 0.2, 0.8]}
+            ]}),
+            json!({"outputs": [{"name": "label", "shape": [1], "datatype": "INT64", "data": [1]}]}),
+            json!({"outputs": [{"name": "other", "shape": [3, 1], "data": [[0], [1], [1]]}]}),
+            json!({"outputs": [{"name": "variable", "shape": [2], "data": [0.25, 7]}]}),
+            json!({"outputs": [{"shape": [-1], "data": ["pass", "fail"]}]}),
+        ];
+        for answer in &answers {
+            for task in [Task::Classification, Task::Regression] {
+                for names in [None, Some(&classes[..])] {
+                    let bytes = answer.to_string();
+                    let typed = read_answer(Wire::V2, bytes.as_bytes(), task, names)
+                        .map_err(|e| e.to_string());
+                    let tree = normalise_response(Wire::V2, answer, task, names)
+                        .map_err(|e| format!("{e}"));
+                    assert_eq!(typed, tree, "{answer} as {task:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn unreadable_v2_answers_are_errors_worded_like_the_tree_path() {
+        assert!(matches!(
+            read_answer(Wire::V2, b"<html>", Task::Regression, None),
+            Err(AnswerError::NotJson(_))
+        ));
+        for bad in [
+            json!({"outputs": []}),
+            json!({"outputs": "x"}),
+            json!({"outputs": [{"name": "x"}]}),
+            json!({"outputs": [{"name": "x", "data": 3}]}),
+            json!({"predictions": [1]}),
+        ] {
+            let typed = read_answer(Wire::V2, bad.to_string().as_bytes(), Task::Regression, None);
+            let tree = normalise_response(Wire::V2, &bad, Task::Regression, None);
+            assert_eq!(
+                typed.map_err(|e| e.to_string()),
+                tree.map_err(|e| e.to_string()),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -169,9 +169,21 @@ impl Moments {
 }
 
 /// Latency distribution in microseconds (1 µs .. 1 h, 3 significant digits).
-#[derive(Debug, Clone, PartialEq)]
+///
+/// The counts grow with the largest latency recorded (auto-resizing, 32-bit counters per
+/// bucket): a series that saw at most a few milliseconds holds ~12 KB instead of the ~180 KB a
+/// histogram sized up front for an hour takes, which matters because every routing epoch starts
+/// new series (a gateway flipped blue-green a hundred times holds a few hundred of them).
+#[derive(Debug, Clone)]
 pub struct LatencyHistogram {
-    inner: Histogram<u64>,
+    inner: Histogram<u32>,
+}
+
+/// Equal when they hold the same observations (however far each has grown).
+impl PartialEq for LatencyHistogram {
+    fn eq(&self, other: &Self) -> bool {
+        self.count() == other.count() && self.buckets() == other.buckets()
+    }
 }
 
 /// Largest recorded latency; larger values are clamped to it.
@@ -186,25 +198,28 @@ impl Default for LatencyHistogram {
 impl LatencyHistogram {
     pub fn new() -> Self {
         #[allow(clippy::expect_used)]
-        let inner = Histogram::new_with_bounds(1, MAX_LATENCY_MICROS, 3)
-            .expect("constant bounds 1..=MAX_LATENCY_MICROS with 3 significant digits are valid");
+        let inner = Histogram::new(3).expect("3 significant digits are valid");
         LatencyHistogram { inner }
     }
 
     /// Records one latency; zero counts as 1 µs and values past the bound are clamped.
     pub fn record(&mut self, micros: u64) {
-        self.inner
-            .saturating_record(micros.clamp(1, MAX_LATENCY_MICROS));
+        self.record_n(micros, 1);
     }
 
     /// Records `count` observations of the same latency.
     pub fn record_n(&mut self, micros: u64, count: u64) {
-        self.inner
-            .saturating_record_n(micros.clamp(1, MAX_LATENCY_MICROS), count);
+        // `record_n` grows the histogram to fit the value (hdrhistogram's `saturating_*`
+        // variants clamp to the current size instead) and saturates a bucket's count at
+        // 2^32 - 1; with the value clamped to the bound it cannot fail.
+        let _ = self.inner.record_n(
+            micros.clamp(1, MAX_LATENCY_MICROS),
+            u32::try_from(count).unwrap_or(u32::MAX),
+        );
     }
 
     pub fn merge(&mut self, other: &LatencyHistogram) {
-        // Both histograms have the same bounds, so addition cannot fail.
+        // Same precision, and `self` grows to hold `other`'s range, so addition cannot fail.
         let _ = self.inner.add(&other.inner);
     }
 
@@ -242,7 +257,7 @@ impl LatencyHistogram {
     pub fn buckets(&self) -> Vec<(u64, u64)> {
         self.inner
             .iter_recorded()
-            .map(|v| (v.value_iterated_to(), v.count_at_value()))
+            .map(|v| (v.value_iterated_to(), u64::from(v.count_at_value())))
             .collect()
     }
 
@@ -283,6 +298,40 @@ mod tests {
     fn proportion_rejects_more_successes_than_trials() {
         assert!(Proportion::new(3, 2).is_err());
         assert_eq!(Proportion::new(0, 0).unwrap().rate(), None);
+    }
+
+    #[test]
+    fn a_histogram_grows_with_the_largest_latency_it_saw() {
+        let mut h = LatencyHistogram::new();
+        (1..=5_000).for_each(|v| h.record(v));
+        let small = h.inner.distinct_values();
+        // A few ms of latency fit in a few thousand 4-byte buckets (~16 KB).
+        assert!(small <= 4_096, "{small} buckets for values up to 5 ms");
+        assert_eq!(h.p50(), Some(h.inner.highest_equivalent(2_500)));
+        h.record(2_000_000);
+        assert!(h.inner.distinct_values() > small);
+        assert_eq!(h.max(), Some(h.inner.highest_equivalent(2_000_000)));
+        // Growing did not move what was recorded before.
+        assert_eq!(h.p50(), Some(h.inner.highest_equivalent(2_500)));
+        assert_eq!(h.count(), 5_001);
+    }
+
+    #[test]
+    fn histograms_of_the_same_observations_are_equal_whatever_their_size() {
+        let (mut grown, mut small) = (LatencyHistogram::new(), LatencyHistogram::new());
+        let mut large = LatencyHistogram::new();
+        large.record(3_000_000);
+        grown.merge(&large);
+        grown.inner.subtract(&large.inner).expect("same precision");
+        for v in [10, 200, 3_000] {
+            grown.record(v);
+            small.record(v);
+        }
+        assert!(grown.inner.distinct_values() > small.inner.distinct_values());
+        assert_eq!(grown, small);
+        assert_eq!(small, grown);
+        small.record(10);
+        assert_ne!(grown, small);
     }
 
     #[test]

@@ -7,11 +7,6 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-// The request path allocates and frees many small buffers on every call; glibc's allocator
-// was 18% of the gateway's user-space instructions (BENCHMARKS.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Gateway and controller for safe ML model rollouts.
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about, propagate_version = true)]
