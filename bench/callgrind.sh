@@ -44,7 +44,7 @@ YAML
     2>"$dir/serve.err" &
   sy=$!
   pids+=($sy)
-  for _ in $(seq 600); do grep -q "listening on" "$dir/serve.err" && break; sleep 0.1; done
+  for _ in $(seq 600); do grep -q "listening on http[^ ]* " "$dir/serve.err" && break; sleep 0.1; done
   url=$(grep "listening on" "$dir/serve.err" | awk '{print $4}')
   [ -n "$url" ] || { cat "$dir/serve.err" >&2; exit 1; }
   load() { oha --no-tui -m POST -H 'content-type: application/json' -d "$body" -c 8 -n "$1" "$url/v2/models/m/infer" >/dev/null; }
