@@ -49,7 +49,11 @@ struct SqliteSink(Connection);
 
 impl Sink for SqliteSink {
     fn write_batch(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError> {
-        let tx = self.0.transaction()?;
+        // IMMEDIATE: take the write lock first (waiting out the busy timeout while the control
+        // store's connection writes), never upgrade a read snapshot.
+        let tx = self
+            .0
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
             let mut stmt = tx.prepare_cached(schema::INSERT_RECORD)?;
             for rec in batch {
@@ -63,7 +67,12 @@ impl Sink for SqliteSink {
     fn feedback(&mut self, items: Vec<Feedback>, now_ms: i64) -> Result<Labelled, StoreError> {
         let mut outcome = FeedbackOutcome::default();
         let mut newly_labelled = Vec::new();
-        let tx = self.0.transaction()?;
+        // Reads then writes: a deferred transaction whose snapshot predates another
+        // connection's commit cannot be upgraded (SQLITE_BUSY_SNAPSHOT, "database is locked",
+        // without waiting), so the write lock is taken up front.
+        let tx = self
+            .0
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for item in items {
             let rows = schema::records_of(&tx, &item.request_id)?;
             if rows.is_empty() {

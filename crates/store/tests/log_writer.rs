@@ -192,6 +192,40 @@ async fn records_arriving_within_the_commit_interval_share_one_commit(db: &Db) {
     assert_eq!(db.query_text("SELECT COUNT(*) FROM predictions"), "100");
 }
 
+/// Feedback reads the log and then writes: while another connection to the same SQLite file
+/// (the control store's) holds the write lock and then commits, feedback must wait for the lock,
+/// not fail with "database is locked" because its read snapshot went stale.
+#[tokio::test]
+async fn feedback_waits_for_another_connection_writing_the_same_sqlite_file() {
+    let db = Db::sqlite();
+    let (log, thread) = spawn_log_writer(config(db.url(), "local", 16, 8)).unwrap();
+    assert!(log.record(record("r1", Role::Serving, "v1", "1", None)));
+    log.flush().await.unwrap();
+
+    let StoreUrl::Sqlite(path) = db.url() else {
+        panic!("a sqlite store")
+    };
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute_batch("BEGIN IMMEDIATE; CREATE TABLE other_writer (x INTEGER); INSERT INTO other_writer VALUES (1);")
+        .unwrap();
+    let holder = std::thread::spawn(move || {
+        // Hold the write lock while the feedback starts, then commit: the lock is held for a
+        // time, not until an event, because the writer thread gives no signal mid-transaction.
+        std::thread::sleep(Duration::from_millis(300));
+        other.execute_batch("COMMIT").unwrap();
+    });
+    let outcome = log
+        .feedback(vec![label("r1", "1")], 1_700_000_100_000)
+        .await;
+    holder.join().unwrap();
+    let outcome = outcome.expect("feedback waits for the lock instead of failing");
+    assert_eq!(outcome.accepted, 1);
+    drop(log);
+    thread.join().unwrap();
+    assert_eq!(db.query_text("SELECT COUNT(*) FROM feedback"), "1");
+}
+
 #[test]
 fn an_unwritable_path_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
