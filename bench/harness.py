@@ -322,18 +322,7 @@ def children(pid):
 
 def nginx_hwm_kib(master):
     """Peak RSS of nginx: the master's plus each worker's (children of the master)."""
-    total = vm_kib(master.pid, "VmHWM")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == master.pid:
-            total += vm_kib(int(entry), "VmHWM")
-    return total
+    return sum(vm_kib(pid, "VmHWM") for pid in [master.pid] + children(master.pid))
 
 
 def switch_loop(kind, gw, stop, counts):

@@ -34,6 +34,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use switchyard_server::backend::HttpClient as Client;
 use tokio::net::TcpListener;
 
 /// The fixed inference response: OIP v2, one INT64 `label` output holding class 1.
@@ -63,11 +64,6 @@ struct Args {
     #[arg(long)]
     proxy_to: Option<String>,
 }
-
-type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Full<Bytes>,
->;
 
 /// What the server does with a request.
 #[derive(Debug, Clone)]
@@ -121,15 +117,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 base.starts_with("http://"),
                 "--proxy-to must be an http:// URL, got {base}"
             );
-            // The same client settings as switchyard's backend pool.
-            let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-            connector.set_nodelay(true);
-            connector.set_keepalive(Some(Duration::from_secs(60)));
-            let client =
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_max_idle_per_host(256)
-                    .build(connector);
+            // switchyard's own backend client (pool and socket settings).
+            let client = switchyard_server::backend::http_client();
             Mode::Proxy {
                 client,
                 base: base.into(),

@@ -368,3 +368,23 @@ pub struct ModelRuntime {
     pub served_ok:
         std::collections::HashMap<String, std::sync::OnceLock<crate::metrics::CallHandles>>,
 }
+
+impl ModelRuntime {
+    /// Counts one serving call of `version` in the metrics; a successful one through the
+    /// series resolved on first use, anything else by label set.
+    pub fn count_serving(
+        &self,
+        metrics: &crate::metrics::Metrics,
+        version: &str,
+        outcome: Outcome,
+        seconds: f64,
+    ) {
+        let role = switchyard_core::Role::Serving.as_str();
+        match self.served_ok.get(version) {
+            Some(handles) if outcome == Outcome::Ok => handles
+                .get_or_init(|| metrics.call_handles(&self.name, version, role, outcome.as_str()))
+                .observe(seconds),
+            _ => metrics.call(&self.name, version, role, outcome.as_str(), seconds),
+        }
+    }
+}

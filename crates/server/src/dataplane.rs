@@ -385,25 +385,12 @@ async fn serve(
             String::from_utf8_lossy(&bytes[..bytes.len().min(state.log_settings.max_input_bytes)])
                 .into_owned()
         });
-    match runtime.served_ok.get(decision.version) {
-        Some(handles) if outcome == switchyard_core::Outcome::Ok => handles
-            .get_or_init(|| {
-                state.metrics.call_handles(
-                    model,
-                    decision.version,
-                    Role::Serving.as_str(),
-                    outcome.as_str(),
-                )
-            })
-            .observe(latency.as_secs_f64()),
-        _ => state.metrics.call(
-            model,
-            decision.version,
-            Role::Serving.as_str(),
-            outcome.as_str(),
-            latency.as_secs_f64(),
-        ),
-    }
+    runtime.count_serving(
+        &state.metrics,
+        decision.version,
+        outcome,
+        latency.as_secs_f64(),
+    );
     if log_on {
         state.log.record(PredictionRecord {
             request_id: id.to_string(),

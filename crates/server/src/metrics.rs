@@ -160,20 +160,7 @@ impl Metrics {
     }
 
     pub fn call(&self, model: &str, version: &str, role: &str, outcome: &str, seconds: f64) {
-        self.calls
-            .get_or_create(&CallLabels {
-                model: model.into(),
-                version: version.into(),
-                role: role.into(),
-                outcome: outcome.into(),
-            })
-            .inc();
-        self.latency
-            .get_or_create(&LatencyLabels {
-                model: model.into(),
-                version: version.into(),
-                role: role.into(),
-            })
+        self.call_handles(model, version, role, outcome)
             .observe(seconds);
     }
 

@@ -357,17 +357,26 @@ fn rows_of(data: &Value, shape: &[usize]) -> Result<Vec<Value>, BadResponse> {
     }
 }
 
-/// Output names preferred for each task, best first. Classification prefers probabilities:
-/// the class is their argmax (label outputs of converted tree ensembles are known to disagree
-/// with the probabilities).
-fn preferred_outputs(task: Task) -> [&'static [&'static str]; 2] {
-    match task {
+/// The output a prediction is read from: the first whose name the task prefers, else the
+/// first output (`None` when there is none). Classification prefers probabilities: the class is
+/// their argmax (label outputs of converted tree ensembles are known to disagree with the
+/// probabilities).
+fn choose_output<T>(outputs: &[T], task: Task, name: impl Fn(&T) -> Option<&str>) -> Option<&T> {
+    let preferred: [&[&str]; 2] = match task {
         Task::Classification => [
             &["probabilities", "predict_proba", "output_probability"],
             &["label", "output_label", "predict", "predictions"],
         ],
         Task::Regression => [&["variable", "value", "predict", "predictions"], &[]],
-    }
+    };
+    preferred
+        .iter()
+        .find_map(|names| {
+            outputs
+                .iter()
+                .find(|o| name(o).is_some_and(|n| names.contains(&n)))
+        })
+        .or(outputs.first())
 }
 
 /// An OIP v2 answer read without building its whole tree: fields other than `outputs` and
@@ -404,26 +413,18 @@ pub fn read_answer(
     task: Task,
     classes: Option<&[String]>,
 ) -> Result<Prediction, AnswerError> {
-    if wire == Wire::V2 {
-        if let Ok(answer) = serde_json::from_slice::<V2Answer>(body) {
-            if !answer.outputs.is_empty() {
-                let outputs = &answer.outputs;
-                let [first, second] = preferred_outputs(task);
-                let named = |names: &[&str]| {
-                    outputs
-                        .iter()
-                        .find(|o| o.name.as_deref().is_some_and(|n| names.contains(&n)))
-                };
-                let chosen = named(first)
-                    .or_else(|| named(second))
-                    .unwrap_or(&outputs[0]);
-                return Ok(normalise_items(
-                    &rows_of(&chosen.data, &chosen.shape)?,
-                    task,
-                    classes,
-                )?);
-            }
-        }
+    let typed = (wire == Wire::V2)
+        .then(|| serde_json::from_slice::<V2Answer>(body).ok())
+        .flatten();
+    let chosen = typed
+        .as_ref()
+        .and_then(|a| choose_output(&a.outputs, task, |o| o.name.as_deref()));
+    if let Some(chosen) = chosen {
+        return Ok(normalise_items(
+            &rows_of(&chosen.data, &chosen.shape)?,
+            task,
+            classes,
+        )?);
     }
     let parsed: Value =
         serde_json::from_slice(body).map_err(|e| AnswerError::NotJson(e.to_string()))?;
@@ -449,19 +450,9 @@ pub fn normalise_response(
             let outputs = body
                 .get("outputs")
                 .and_then(Value::as_array)
-                .filter(|o| !o.is_empty())
+                .map_or(&[][..], Vec::as_slice);
+            let chosen = choose_output(outputs, task, |o| o.get("name").and_then(Value::as_str))
                 .ok_or_else(|| BadResponse("the response has no \"outputs\" array".into()))?;
-            let named = |names: &[&str]| {
-                outputs.iter().find(|o| {
-                    o.get("name")
-                        .and_then(Value::as_str)
-                        .is_some_and(|n| names.contains(&n))
-                })
-            };
-            let [first, second] = preferred_outputs(task);
-            let chosen = named(first)
-                .or_else(|| named(second))
-                .unwrap_or(&outputs[0]);
             normalise_items(&tensor_rows(chosen)?, task, classes)
         }
     }
