@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, HttpBody};
+use axum::extract::Request;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,23 +31,25 @@ use crate::error::ApiError;
 use crate::protocol::{InvalidBody, JsonBody, Wire};
 use crate::shadow::ShadowJob;
 
+// The handlers take the whole request rather than `HeaderMap` and `Body` extractors: axum's
+// `HeaderMap` extractor clones the map, an allocation per header on every call.
 pub async fn infer_v2(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    handle(state, Wire::V2, model, headers, body).await
+    let (parts, body) = request.into_parts();
+    handle(state, Wire::V2, model, parts.headers, body).await
 }
 
 pub async fn predict_v1(
     State(state): State<Arc<AppState>>,
     Path(segment): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
+    let (parts, body) = request.into_parts();
     match segment.strip_suffix(":predict") {
-        Some(model) => handle(state, Wire::V1, model.to_string(), headers, body).await,
+        Some(model) => handle(state, Wire::V1, model.to_string(), parts.headers, body).await,
         None => {
             state.metrics.reject("not_found");
             ApiError::new(
@@ -76,10 +79,11 @@ fn new_request_id() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let ms = u128::from(now_ms() as u64 & 0xffff_ffff_ffff);
     let id = (ms << 80) | (rand::random::<u128>() & ((1u128 << 80) - 1));
-    (0..32)
-        .rev()
-        .map(|digit| char::from(HEX[((id >> (digit * 4)) & 0xf) as usize]))
-        .collect()
+    let mut digits = [0u8; 32];
+    for (i, digit) in digits.iter_mut().enumerate() {
+        *digit = HEX[((id >> ((31 - i) * 4)) & 0xf) as usize];
+    }
+    digits.iter().map(|&b| char::from(b)).collect()
 }
 
 pub fn now_ms() -> i64 {
@@ -95,14 +99,16 @@ fn is_json_content_type(headers: &HeaderMap) -> bool {
     {
         None => true,
         Some(ct) => {
-            let mime = ct
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            mime == "application/json"
-                || (mime.starts_with("application/") && mime.ends_with("+json"))
+            let mime = ct.split(';').next().unwrap_or("").trim().as_bytes();
+            let starts = |prefix: &[u8]| {
+                mime.len() >= prefix.len() && mime[..prefix.len()].eq_ignore_ascii_case(prefix)
+            };
+            let ends = |suffix: &[u8]| {
+                mime.len() >= suffix.len()
+                    && mime[mime.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            };
+            mime.eq_ignore_ascii_case(b"application/json")
+                || (starts(b"application/") && ends(b"+json"))
         }
     }
 }
@@ -170,11 +176,16 @@ fn find_body_timeout(e: &(dyn std::error::Error + 'static)) -> Option<BodyReadTi
 /// fails with [`BodyReadTimeout`] (frames that are ready are still delivered first). Every
 /// request gets one from the router's middleware, so each reader of a body (`read_body`) is
 /// bounded without knowing the setting.
+///
+/// The timer is armed only when the body first has to be waited for: a small body usually
+/// arrives with its headers, and registering (then cancelling) a timer for it on every request
+/// cost more than reading it.
 #[derive(Debug)]
 pub struct TimedBody {
     inner: Body,
     timeout: Duration,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    started: tokio::time::Instant,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl TimedBody {
@@ -182,7 +193,8 @@ impl TimedBody {
         TimedBody {
             inner,
             timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            started: tokio::time::Instant::now(),
+            deadline: None,
         }
     }
 }
@@ -199,7 +211,11 @@ impl HttpBody for TimedBody {
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             return Poll::Ready(frame);
         }
-        if this.deadline.as_mut().poll(cx).is_ready() {
+        let (started, timeout) = (this.started, this.timeout);
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(started + timeout)));
+        if deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Err(axum::Error::new(BodyReadTimeout(this.timeout)))));
         }
         Poll::Pending
@@ -438,6 +454,38 @@ fn error_code(e: &BackendError) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_content_types_are_recognised_in_any_case_with_parameters() {
+        let accepts = |ct: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(ct) = ct {
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+            }
+            is_json_content_type(&headers)
+        };
+        for ok in [
+            None,
+            Some("application/json"),
+            Some("Application/JSON; charset=utf-8"),
+            Some(" application/json "),
+            Some("application/vnd.api+json"),
+            Some("APPLICATION/PROBLEM+JSON;v=1"),
+        ] {
+            assert!(accepts(ok), "{ok:?} refused");
+        }
+        for refused in [
+            "text/plain",
+            "text/json",
+            "application/jsonx",
+            "application/",
+            "+json",
+            "application/xml",
+            "",
+        ] {
+            assert!(!accepts(Some(refused)), "{refused:?} accepted");
+        }
+    }
 
     #[test]
     fn new_request_ids_start_with_the_time_and_grow_with_it() {
