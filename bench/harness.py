@@ -16,7 +16,9 @@ Arms (each a URL the same load generator drives with the same request):
 
 Each round runs every arm at a fixed rate (latency, oha --latency-correction) and the main arms
 at saturation (throughput); the arm order rotates between rounds and the report takes medians
-over rounds. Then: records vs responses at half of switchyard's max rate, a blue-green switch
+over rounds. The latency arms run in blocks (switchyard single, slow shadow, dead shadow back to
+back; the same for nginx), so shadow isolation is also read as the median over rounds of the
+ratio within a block, which the machine's drifts move less than a ratio of medians. Then: records vs responses at half of switchyard's max rate, a blue-green switch
 and a canary rollback repeated under load, peak RSS. Results: OUT/results.json, OUT/results.md,
 raw oha JSON in OUT/raw/.
 

@@ -354,7 +354,7 @@ impl Controller {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
-        self.start_locked(spec, actor)
+        crate::off_the_request_path(|| self.start_locked(spec, actor))
     }
 
     fn start_locked(&self, spec: RolloutSpec, actor: &str) -> Result<Value, ControlError> {
@@ -387,7 +387,7 @@ impl Controller {
             .ok_or_else(|| ControlError::NotFound(name.to_string()))?;
         let (state, actions) =
             rollout::command(&entry.spec, &entry.state, cmd, actor, self.clock.now_ms())?;
-        self.carry_out(entry.spec, state, actions, false)?;
+        crate::off_the_request_path(|| self.carry_out(entry.spec, state, actions, false))?;
         self.view(name)
             .ok_or_else(|| ControlError::NotFound(name.to_string()))
     }
@@ -414,7 +414,9 @@ impl Controller {
                 continue;
             }
             let name = entry.spec.name.clone();
-            if let Err(e) = self.carry_out(entry.spec, state, actions, false) {
+            let carried =
+                crate::off_the_request_path(|| self.carry_out(entry.spec, state, actions, false));
+            if let Err(e) = carried {
                 tracing::error!(rollout = %name, error = %e, "controller could not record a transition");
             }
         }
