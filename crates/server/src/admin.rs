@@ -88,14 +88,13 @@ pub async fn put_route(
                 problems.join("; "),
             )
         })?;
-    let next =
-        crate::off_the_request_path(|| state.swap_strategy(&model, strategy)).map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                format!("the routing change was not made: {e}"),
-            )
-        })?;
+    let next = state.swap_strategy(&model, strategy).map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("the routing change was not made: {e}"),
+        )
+    })?;
     Ok(Json(
         json!({ "epoch": next.epoch, "route": next.routes.get(&model) }),
     ))

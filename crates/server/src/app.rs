@@ -83,14 +83,16 @@ impl AppState {
         };
         let local = self.table.load_full();
         let model_name = model.to_string();
-        let (_, body) = cluster.update_routing(crate::dataplane::now_ms(), move |current| {
-            let base = match current {
-                Some((_, body)) => decode_table(&body)?,
-                None => (*local).clone(),
-            };
-            let next = base.with_strategy(&model_name, strategy);
-            let body = serde_json::to_string(&next).map_err(|e| e.to_string())?;
-            Ok(Some((next.epoch, body)))
+        let (_, body) = crate::off_the_request_path(|| {
+            cluster.update_routing(crate::dataplane::now_ms(), move |current| {
+                let base = match current {
+                    Some((_, body)) => decode_table(&body)?,
+                    None => (*local).clone(),
+                };
+                let next = base.with_strategy(&model_name, strategy);
+                let body = serde_json::to_string(&next).map_err(|e| e.to_string())?;
+                Ok(Some((next.epoch, body)))
+            })
         })?;
         let table = decode_table(&body).map_err(|reason| StoreError::Corrupt {
             what: "routing table",

@@ -354,7 +354,7 @@ impl Controller {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
-        crate::off_the_request_path(|| self.start_locked(spec, actor))
+        self.start_locked(spec, actor)
     }
 
     fn start_locked(&self, spec: RolloutSpec, actor: &str) -> Result<Value, ControlError> {
@@ -387,7 +387,7 @@ impl Controller {
             .ok_or_else(|| ControlError::NotFound(name.to_string()))?;
         let (state, actions) =
             rollout::command(&entry.spec, &entry.state, cmd, actor, self.clock.now_ms())?;
-        crate::off_the_request_path(|| self.carry_out(entry.spec, state, actions, false))?;
+        self.carry_out(entry.spec, state, actions, false)?;
         self.view(name)
             .ok_or_else(|| ControlError::NotFound(name.to_string()))
     }
@@ -414,9 +414,7 @@ impl Controller {
                 continue;
             }
             let name = entry.spec.name.clone();
-            let carried =
-                crate::off_the_request_path(|| self.carry_out(entry.spec, state, actions, false));
-            if let Err(e) = carried {
+            if let Err(e) = self.carry_out(entry.spec, state, actions, false) {
                 tracing::error!(rollout = %name, error = %e, "controller could not record a transition");
             }
         }
@@ -594,13 +592,15 @@ impl Controller {
                 Action::Chain(next) => chained.push(*next),
             }
         }
-        let stored = self.store.lock().save(
-            &spec.name,
-            &encode(&spec),
-            &encode(&state),
-            self.clock.now_ms(),
-            &events,
-        )?;
+        let stored = crate::off_the_request_path(|| {
+            self.store.lock().save(
+                &spec.name,
+                &encode(&spec),
+                &encode(&state),
+                self.clock.now_ms(),
+                &events,
+            )
+        })?;
         for e in &events {
             tracing::info!(rollout = %e.rollout, kind = %e.kind, "{}", e.message);
         }

@@ -38,8 +38,7 @@ pub async fn infer_v2(
     Path(model): Path<String>,
     request: Request,
 ) -> Response {
-    let (parts, body) = request.into_parts();
-    handle(state, Wire::V2, model, parts.headers, body).await
+    handle(state, Wire::V2, model, request).await
 }
 
 pub async fn predict_v1(
@@ -47,9 +46,8 @@ pub async fn predict_v1(
     Path(segment): Path<String>,
     request: Request,
 ) -> Response {
-    let (parts, body) = request.into_parts();
     match segment.strip_suffix(":predict") {
-        Some(model) => handle(state, Wire::V1, model.to_string(), parts.headers, body).await,
+        Some(model) => handle(state, Wire::V1, model.to_string(), request).await,
         None => {
             state.metrics.reject("not_found");
             ApiError::new(
@@ -79,11 +77,10 @@ fn new_request_id() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let ms = u128::from(now_ms() as u64 & 0xffff_ffff_ffff);
     let id = (ms << 80) | (rand::random::<u128>() & ((1u128 << 80) - 1));
-    let mut digits = [0u8; 32];
-    for (i, digit) in digits.iter_mut().enumerate() {
-        *digit = HEX[((id >> ((31 - i) * 4)) & 0xf) as usize];
-    }
-    digits.iter().map(|&b| char::from(b)).collect()
+    (0..32)
+        .rev()
+        .map(|digit| char::from(HEX[((id >> (digit * 4)) & 0xf) as usize]))
+        .collect()
 }
 
 pub fn now_ms() -> i64 {
@@ -184,7 +181,7 @@ fn find_body_timeout(e: &(dyn std::error::Error + 'static)) -> Option<BodyReadTi
 pub struct TimedBody {
     inner: Body,
     timeout: Duration,
-    started: tokio::time::Instant,
+    until: tokio::time::Instant,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -193,7 +190,7 @@ impl TimedBody {
         TimedBody {
             inner,
             timeout,
-            started: tokio::time::Instant::now(),
+            until: tokio::time::Instant::now() + timeout,
             deadline: None,
         }
     }
@@ -211,10 +208,10 @@ impl HttpBody for TimedBody {
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             return Poll::Ready(frame);
         }
-        let (started, timeout) = (this.started, this.timeout);
+        let until = this.until;
         let deadline = this
             .deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(started + timeout)));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
         if deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Err(axum::Error::new(BodyReadTimeout(this.timeout)))));
         }
@@ -248,15 +245,10 @@ fn routing_key(
     }
 }
 
-async fn handle(
-    state: Arc<AppState>,
-    wire: Wire,
-    model: String,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let id = request_id(&headers);
-    match serve(&state, wire, &model, &headers, body, &id).await {
+async fn handle(state: Arc<AppState>, wire: Wire, model: String, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let id = request_id(&parts.headers);
+    match serve(&state, wire, &model, &parts.headers, body, &id).await {
         Ok(response) => response,
         Err(e) => {
             state.metrics.reject(e.code);
