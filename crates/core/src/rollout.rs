@@ -67,12 +67,19 @@ impl Default for GatePolicy {
             max_mae_increase: Some(0.10),
             min_labelled: 30,
             max_p95_increase: Some(0.5),
-            min_p95_increase_ms: 2.0,
+            min_p95_increase_ms: DEFAULT_MIN_P95_INCREASE_MS,
             max_error_ratio: Some(2.0),
             min_error_rate: 0.01,
             significance: None,
         }
     }
+}
+
+/// The smallest p95 increase (ms) a latency check acts on, for gates and monitoring windows.
+pub const DEFAULT_MIN_P95_INCREASE_MS: f64 = 2.0;
+
+fn default_min_p95_increase_ms() -> f64 {
+    DEFAULT_MIN_P95_INCREASE_MS
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,8 +157,13 @@ pub struct BlueGreenSpec {
     pub monitor_min_requests: u64,
     pub monitor_duration_ms: u64,
     pub max_error_rate: f64,
-    /// Green's p95 over blue's p95 before the switch that triggers a switch back.
-    pub max_p95_ratio: f64,
+    /// Green's p95 over blue's p95 before the switch that triggers a switch back; `None`
+    /// disables the latency check of the monitoring window.
+    pub max_p95_ratio: Option<f64>,
+    /// Latency increases smaller than this (absolute, ms) never trigger a switch back, like the
+    /// canary gate's floor: p95 of a few ms moves by more than 50% with scheduling alone.
+    #[serde(default = "default_min_p95_increase_ms")]
+    pub min_p95_increase_ms: f64,
     /// How long the old colour stays warm after a good switch.
     pub retention_ms: u64,
     /// CSV (feature columns, then `label`) replayed against the candidate before the switch.
@@ -302,10 +314,15 @@ impl RolloutSpec {
                     frac("max_p95_ms", ms, &mut p);
                 }
                 frac("max_error_rate", b.max_error_rate, &mut p);
-                if !(b.max_p95_ratio.is_finite() && b.max_p95_ratio >= 1.0) {
+                if let Some(ratio) = b.max_p95_ratio {
+                    if !(ratio.is_finite() && ratio >= 1.0) {
+                        p.push(format!("max_p95_ratio must be at least 1, got {ratio}"));
+                    }
+                }
+                if !(b.min_p95_increase_ms.is_finite() && b.min_p95_increase_ms >= 0.0) {
                     p.push(format!(
-                        "max_p95_ratio must be at least 1, got {}",
-                        b.max_p95_ratio
+                        "min_p95_increase_ms must be a non-negative number, got {}",
+                        b.min_p95_increase_ms
                     ));
                 }
             }
@@ -1525,8 +1542,17 @@ fn tick_blue_green(
             // Errors need a handful of requests to be meaningful; latency needs the window.
             let min_for_errors = (b.monitor_min_requests / 10).max(10);
             let error_fail = green.requests >= min_for_errors && error_rate > b.max_error_rate;
+            let latency_limit_us = match (b.max_p95_ratio, state.baseline_p95_us) {
+                (Some(ratio), Some(base)) if base > 0 => {
+                    Some((base as f64 * ratio).max(base as f64 + b.min_p95_increase_ms * 1000.0))
+                }
+                _ => None,
+            };
+            if let Some(limit) = latency_limit_us {
+                details.push(d("p95_limit_us", limit));
+            }
             let latency_fail = green.requests >= b.monitor_min_requests
-                && matches!((p95, state.baseline_p95_us), (Some(p), Some(base)) if base > 0 && p as f64 > base as f64 * b.max_p95_ratio);
+                && matches!((p95, latency_limit_us), (Some(p), Some(limit)) if p as f64 > limit);
             if error_fail || latency_fail {
                 let reason = if error_fail {
                     format!(
@@ -1535,7 +1561,14 @@ fn tick_blue_green(
                         b.max_error_rate * 100.0
                     )
                 } else {
-                    format!("green p95 above {:.1}x blue's", b.max_p95_ratio)
+                    format!(
+                        "green p95 {:.1} ms above {:.1} ms (blue's {:.1} ms, limit {:.1}x or +{} ms)",
+                        p95.unwrap_or(0) as f64 / 1000.0,
+                        latency_limit_us.unwrap_or(0.0) / 1000.0,
+                        state.baseline_p95_us.unwrap_or(0) as f64 / 1000.0,
+                        b.max_p95_ratio.unwrap_or(0.0),
+                        b.min_p95_increase_ms
+                    )
                 };
                 out.event("monitor_failed", reason.clone(), details.clone());
                 rollback(

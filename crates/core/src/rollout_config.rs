@@ -48,6 +48,9 @@ fn some_mae_increase() -> Option<f64> {
 fn some_p95_increase() -> Option<f64> {
     GatePolicy::default().max_p95_increase
 }
+fn some_p95_ratio() -> Option<f64> {
+    Some(DEFAULT_MAX_P95_RATIO)
+}
 fn some_error_ratio() -> Option<f64> {
     GatePolicy::default().max_error_ratio
 }
@@ -113,7 +116,11 @@ pub struct RawRollout {
     pub max_p95_ms: Option<f64>,
     pub monitor_min_requests: Option<u64>,
     pub monitor_duration_ms: Option<u64>,
+    /// Green's p95 over blue's that switches back; `null` disables the latency check.
+    #[serde(default = "some_p95_ratio")]
     pub max_p95_ratio: Option<f64>,
+    /// Blue-green: p95 increases below this many ms never switch back.
+    pub min_p95_increase_ms: Option<f64>,
     pub retention_ms: Option<u64>,
     pub validation_set: Option<String>,
     pub smoke_requests: Option<u64>,
@@ -125,6 +132,8 @@ pub const DEFAULT_STEPS: [f64; 4] = [5.0, 25.0, 50.0, 100.0];
 pub const DEFAULT_STEP_REQUESTS: u64 = 100;
 pub const DEFAULT_STEP_DURATION_MS: u64 = 60_000;
 pub const DEFAULT_RETENTION_MS: u64 = 24 * 3_600_000;
+/// Blue-green: green's p95 over blue's that switches back.
+pub const DEFAULT_MAX_P95_RATIO: f64 = 1.5;
 
 fn bp(name: &str, percent: f64, problems: &mut Vec<String>) -> u32 {
     if !(percent.is_finite() && (0.0..=100.0).contains(&percent)) {
@@ -305,7 +314,10 @@ impl RawRollout {
                 monitor_min_requests: self.monitor_min_requests.unwrap_or(100),
                 monitor_duration_ms: self.monitor_duration_ms.unwrap_or(300_000),
                 max_error_rate: self.max_error_rate.unwrap_or(0.05),
-                max_p95_ratio: self.max_p95_ratio.unwrap_or(1.5),
+                max_p95_ratio: self.max_p95_ratio,
+                min_p95_increase_ms: self
+                    .min_p95_increase_ms
+                    .unwrap_or(crate::rollout::DEFAULT_MIN_P95_INCREASE_MS),
                 retention_ms: self.retention_ms.unwrap_or(DEFAULT_RETENTION_MS),
                 validation_set: self.validation_set,
                 smoke_requests: self.smoke_requests.unwrap_or(10),

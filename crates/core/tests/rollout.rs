@@ -417,7 +417,8 @@ fn bg_spec() -> RolloutSpec {
             monitor_min_requests: 100,
             monitor_duration_ms: 60_000,
             max_error_rate: 0.05,
-            max_p95_ratio: 2.0,
+            max_p95_ratio: Some(2.0),
+            min_p95_increase_ms: 2.0,
             retention_ms: 86_400_000,
             validation_set: None,
             smoke_requests: 10,
@@ -503,6 +504,51 @@ fn blue_green_aborts_on_failed_validation_and_switches_back_on_errors() {
         matches!(&strategies(&a)[0], Strategy::BlueGreen { active, .. } if active.as_str() == "blue")
     );
     assert_eq!(alerts(&a)[0].0, Severity::P0);
+}
+
+/// Green's latency after the switch against blue's before it: the ratio and the absolute floor
+/// must both be exceeded, and `max_p95_ratio: None` turns the check off.
+#[test]
+fn blue_green_switches_back_on_latency_beyond_both_the_ratio_and_the_floor() {
+    let check = |ratio: Option<f64>, floor_ms: f64, blue_us: u64, green_us: u64| -> Phase {
+        let mut spec = bg_spec();
+        if let RolloutKind::BlueGreen(b) = &mut spec.kind {
+            b.max_p95_ratio = ratio;
+            b.min_p95_increase_ms = floor_ms;
+        }
+        let (state, _) = start(&spec, 0, "cli");
+        let mut o = Observations {
+            validation: Some(validation(true)),
+            ..Default::default()
+        };
+        o.total.insert("v1".into(), stats(1000, 0, blue_us, 0, 0));
+        let (s, _) = tick(&spec, &state, &o, 10);
+        assert_eq!(s.phase, Phase::Monitoring);
+        o.step.insert("v2".into(), stats(150, 0, green_us, 0, 0));
+        let (s, a) = tick(&spec, &s, &o, 70_000);
+        if s.phase == Phase::RolledBack {
+            assert!(
+                s.reason.as_deref().unwrap_or("").contains("green p95"),
+                "{:?}",
+                s.reason
+            );
+            assert_eq!(alerts(&a)[0].0, Severity::P0);
+        }
+        s.phase
+    };
+    // 1 ms -> 2.5 ms: 2.5x blue's, but only +1.5 ms, under the 2 ms floor.
+    assert_eq!(check(Some(2.0), 2.0, 1_000, 2_500), Phase::Retaining);
+    // 1 ms -> 3.5 ms: over 2x and over +2 ms.
+    assert_eq!(check(Some(2.0), 2.0, 1_000, 3_500), Phase::RolledBack);
+    // 10 ms -> 19 ms: +9 ms but under 2x.
+    assert_eq!(check(Some(2.0), 2.0, 10_000, 19_000), Phase::Retaining);
+    // 10 ms -> 21 ms: over both.
+    assert_eq!(check(Some(2.0), 2.0, 10_000, 21_000), Phase::RolledBack);
+    // A floor of 100 ms holds a 10 ms -> 100 ms increase, not 10 ms -> 120 ms.
+    assert_eq!(check(Some(2.0), 100.0, 10_000, 100_000), Phase::Retaining);
+    assert_eq!(check(Some(2.0), 100.0, 10_000, 120_000), Phase::RolledBack);
+    // No ratio: latency is not watched at all.
+    assert_eq!(check(None, 2.0, 1_000, 900_000), Phase::Retaining);
 }
 
 #[test]

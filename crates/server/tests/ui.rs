@@ -107,9 +107,9 @@ models:
 }
 
 const SHADOW: &str = "name: yield-v2-shadow\nmodel: yield\nkind: shadow\nprimary: v1\ncandidate: v2\nsample: 100\nmin_labelled: 700\nmin_duration_ms: 600000\n";
-const CANARY_V3: &str = "name: yield-v3-canary\nmodel: yield\nkind: canary\nstable: v1\ncandidate: v3\nsteps: [{ weight: 20 }, { weight: 50 }, { weight: 100 }]\nmin_requests: 60\nmin_duration_ms: 60000\ngate: { min_labelled: 30, min_p95_increase_ms: 100 }\n";
-const CANARY_V2: &str = "name: yield-v2-canary\nmodel: yield\nkind: canary\nstable: v1\ncandidate: v2\nsteps: [{ weight: 20 }, { weight: 40 }, { weight: 60 }, { weight: 100 }]\nmin_requests: 40\nmin_duration_ms: 60000\ngate: { min_labelled: 20, min_p95_increase_ms: 100 }\n";
-const BLUE_GREEN: &str = "name: yield-fab2-bluegreen\nmodel: yield-fab2\nkind: blue_green\nactive: v2\ncandidate: v2r\nvalidation_set: models/validation_yield.csv\nmin_accuracy: 0.9\nmax_p95_ms: 250\nsmoke_requests: 10\nmonitor_min_requests: 120\nmonitor_duration_ms: 60000\nmax_error_rate: 0.02\n";
+const CANARY_V3: &str = "name: yield-v3-canary\nmodel: yield\nkind: canary\nstable: v1\ncandidate: v3\nsteps: [{ weight: 20 }, { weight: 50 }, { weight: 100 }]\nmin_requests: 60\nmin_duration_ms: 60000\ngate: { min_labelled: 30, max_p95_increase: null }\n";
+const CANARY_V2: &str = "name: yield-v2-canary\nmodel: yield\nkind: canary\nstable: v1\ncandidate: v2\nsteps: [{ weight: 20 }, { weight: 40 }, { weight: 60 }, { weight: 100 }]\nmin_requests: 40\nmin_duration_ms: 60000\ngate: { min_labelled: 20, max_p95_increase: null }\n";
+const BLUE_GREEN: &str = "name: yield-fab2-bluegreen\nmodel: yield-fab2\nkind: blue_green\nactive: v2\ncandidate: v2r\nvalidation_set: models/validation_yield.csv\nmin_accuracy: 0.9\nsmoke_requests: 10\nmonitor_min_requests: 120\nmonitor_duration_ms: 60000\nmax_error_rate: 0.02\nmax_p95_ratio: null\n";
 const AB: &str = "name: testtime-ab\nmodel: testtime\nkind: ab\ncontrol: v1\ntreatment: v2\ntreatment_weight: 50\nmetric: conversion:within_spec\nbaseline: 0.45\nmde: 0.10\nalpha: 0.05\npower: 0.8\nauto_promote: true\n";
 
 async fn admin(tg: &TestGateway, method: &str, path: &str, body: &str) -> Reply {
@@ -144,11 +144,20 @@ async fn apply(tg: &TestGateway, spec: &str) {
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
 }
 
-async fn phase(tg: &TestGateway, name: &str) -> (String, u64) {
+/// A rollout's phase, step and why it is there (its last event's reason), so that a failed
+/// assertion on the phase explains itself.
+async fn phase(tg: &TestGateway, name: &str) -> (String, u64, String) {
     let v = admin_json(tg, &format!("/rollouts/{name}")).await;
+    let events = admin_json(tg, &format!("/rollouts/{name}/events")).await;
+    let last = events["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .map(|e| format!("last event {}: {}", e["kind"], e["message"]))
+        .unwrap_or_default();
     (
         v["phase"].as_str().unwrap_or("").to_string(),
         v["step"].as_u64().unwrap_or(0),
+        format!("reason {}; {last}", v["reason"]),
     )
 }
 
@@ -219,44 +228,52 @@ async fn scenario(tg: &TestGateway, wafers: &parking_lot::Mutex<Wafers>) {
     for round in 0.. {
         traffic(tg, wafers, "yield", 100).await;
         tick(tg, 60_000).await;
-        if phase(tg, "yield-v2-shadow").await.0 != "running" {
+        let (p, _, why) = phase(tg, "yield-v2-shadow").await;
+        if p != "running" {
+            assert_eq!(p, "completed", "the shadow ended: {why}");
             break;
         }
-        assert!(round < 30, "the shadow did not conclude");
+        assert!(round < 30, "the shadow did not conclude: {why}");
     }
     // 2. Canary of the regressed v3: its gate fails and it is rolled back.
     apply(tg, CANARY_V3).await;
     for round in 0.. {
         traffic(tg, wafers, "yield", 100).await;
         tick(tg, 30_000).await;
-        if phase(tg, "yield-v3-canary").await.0 != "running" {
+        let (p, _, why) = phase(tg, "yield-v3-canary").await;
+        if p != "running" {
+            assert_eq!(p, "rolled_back", "the v3 canary ended: {why}");
+            assert!(
+                why.contains("accuracy"),
+                "v3 rolled back on accuracy: {why}"
+            );
             break;
         }
-        assert!(round < 30, "the v3 canary did not end");
+        assert!(round < 30, "the v3 canary did not end: {why}");
     }
     // 3. Canary of v2, left running at its third step (60%).
     apply(tg, CANARY_V2).await;
     for round in 0.. {
         traffic(tg, wafers, "yield", 80).await;
         tick(tg, 30_000).await;
-        let (p, step) = phase(tg, "yield-v2-canary").await;
-        assert_eq!(p, "running", "the v2 canary left running");
+        let (p, step, why) = phase(tg, "yield-v2-canary").await;
+        assert_eq!(p, "running", "the v2 canary left running: {why}");
         if step >= 3 {
             break;
         }
-        assert!(round < 40, "the v2 canary did not reach step 3");
+        assert!(round < 40, "the v2 canary did not reach step 3: {why}");
     }
     // 4. Blue-green on the second fab's deployment: validate, switch, monitor, retain.
     traffic(tg, wafers, "yield-fab2", 120).await;
     apply(tg, BLUE_GREEN).await;
     for round in 0.. {
-        let (p, _) = phase(tg, "yield-fab2-bluegreen").await;
+        let (p, _, why) = phase(tg, "yield-fab2-bluegreen").await;
         if p == "retaining" {
             break;
         }
         assert!(
             matches!(p.as_str(), "validating" | "monitoring" | "running"),
-            "blue-green ended in {p}"
+            "blue-green ended in {p}: {why}"
         );
         // The validation replays 1000 rows against green in the background: light traffic to
         // blue meanwhile.
@@ -267,7 +284,7 @@ async fn scenario(tg: &TestGateway, wafers: &parking_lot::Mutex<Wafers>) {
             traffic(tg, wafers, "yield-fab2", 60).await;
             tick(tg, 20_000).await;
         }
-        assert!(round < 200, "blue-green did not switch");
+        assert!(round < 200, "blue-green did not switch: {why}");
     }
     // 5. A/B test of the test-time regressor, short of its sample size (it keeps running).
     apply(tg, AB).await;
@@ -275,7 +292,8 @@ async fn scenario(tg: &TestGateway, wafers: &parking_lot::Mutex<Wafers>) {
         traffic(tg, wafers, "testtime", 48).await;
         tick(tg, 30_000).await;
     }
-    assert_eq!(phase(tg, "testtime-ab").await.0, "running");
+    let (p, _, why) = phase(tg, "testtime-ab").await;
+    assert_eq!(p, "running", "the A/B test: {why}");
 }
 
 fn new_wafers(seed: u64) -> parking_lot::Mutex<Wafers> {
