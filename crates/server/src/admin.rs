@@ -13,8 +13,17 @@ use serde_json::{json, Value};
 use switchyard_core::config::RawStrategy;
 use switchyard_core::{Role, VariantStats};
 
-use crate::app::AppState;
+use crate::controller::Controller;
 use crate::error::ApiError;
+use crate::state::AppState;
+
+/// What the admin handlers work on: the shared state and the controller (the router holds the
+/// two side by side; neither holds the other).
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    pub app: Arc<AppState>,
+    pub controller: Arc<Controller>,
+}
 
 /// Compares in time independent of where the inputs differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -26,11 +35,11 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Middleware: refuses admin calls without the configured bearer token.
 pub async fn require_token(
-    State(state): State<Arc<AppState>>,
+    State(admin): State<AdminState>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(token) = &state.admin_token {
+    if let Some(token) = &admin.app.admin_token {
         let presented = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -48,14 +57,14 @@ pub async fn require_token(
     Ok(next.run(request).await)
 }
 
-pub async fn get_routes(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let table = state.table.load();
+pub async fn get_routes(State(admin): State<AdminState>) -> Json<Value> {
+    let table = admin.app.table.load();
     Json(json!({ "epoch": table.epoch, "routes": table.routes }))
 }
 
 /// Replaces a model's strategy (same shape as `serve:` in the config file).
 pub async fn put_route(
-    State(state): State<Arc<AppState>>,
+    State(admin): State<AdminState>,
     Path(model): Path<String>,
     body: String,
 ) -> Result<Json<Value>, ApiError> {
@@ -69,7 +78,7 @@ pub async fn put_route(
             unknown.join("; "),
         ));
     }
-    let runtime = state.models.get(&model).ok_or_else(|| {
+    let runtime = admin.app.models.get(&model).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_model",
@@ -88,7 +97,7 @@ pub async fn put_route(
                 problems.join("; "),
             )
         })?;
-    let next = state.swap_strategy(&model, strategy).map_err(|e| {
+    let next = admin.app.swap_strategy(&model, strategy).map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
@@ -117,11 +126,11 @@ fn variant_json(s: &VariantStats) -> Value {
 
 /// Live statistics of one model over all epochs (or `?epoch=N`).
 pub async fn model_stats(
-    State(state): State<Arc<AppState>>,
+    State(admin): State<AdminState>,
     Path(model): Path<String>,
     axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    if !state.models.contains_key(&model) {
+    if !admin.app.models.contains_key(&model) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_model",
@@ -139,7 +148,7 @@ pub async fn model_stats(
         None => None,
     };
     let keep = |e: u64| epoch.is_none_or(|want| want == e);
-    let agg = state.log.aggregates().lock().clone();
+    let agg = admin.app.log.aggregates().lock().clone();
     let mut variants: BTreeMap<(String, String, Role), VariantStats> = BTreeMap::new();
     for (k, v) in agg
         .series
@@ -200,22 +209,12 @@ pub async fn model_stats(
 // ---------------------------------------------------------------------------------------------
 // Rollouts.
 
-use crate::controller::{ControlError, Controller};
+use crate::controller::ControlError;
 use axum::extract::OriginalUri;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::IntoResponse;
 use switchyard_core::rollout::Command;
 use switchyard_store::Leader;
-
-fn controller(state: &AppState) -> Result<Arc<Controller>, ApiError> {
-    state.controller().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "controller_stopped",
-            "the controller is not running",
-        )
-    })
-}
 
 impl From<ControlError> for ApiError {
     fn from(e: ControlError) -> Self {
@@ -243,8 +242,8 @@ fn actor(headers: &axum::http::HeaderMap) -> String {
         .map_or_else(|| "admin".to_string(), |a| format!("admin:{a}"))
 }
 
-pub async fn list_rollouts(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "rollouts": controller(&state)?.list() })))
+pub async fn list_rollouts(State(admin): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "rollouts": admin.controller.list() })))
 }
 
 /// Marks a command forwarded by another replica (a forwarded command is never forwarded again).
@@ -318,13 +317,13 @@ async fn forward(
 /// Starts a rollout from a YAML or JSON spec; `?dry_run=true` only validates it. On a replica
 /// that is not the controller, the command is forwarded to the one that is.
 pub async fn apply_rollout(
-    State(state): State<Arc<AppState>>,
+    State(admin): State<AdminState>,
     headers: HeaderMap,
     OriginalUri(uri): OriginalUri,
     axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
     body: String,
 ) -> Result<Response, ApiError> {
-    let c = controller(&state)?;
+    let c = admin.controller;
     if q.get("dry_run").is_some_and(|v| v == "true" || v == "1") {
         let spec = c.dry_run(&body)?;
         return Ok(Json(json!({ "valid": true, "spec": spec })).into_response());
@@ -332,24 +331,25 @@ pub async fn apply_rollout(
     match c.apply(&body, &actor(&headers)).await {
         Ok(view) => Ok((StatusCode::CREATED, Json(view)).into_response()),
         Err(ControlError::NotLeader(Some(leader))) => {
-            forward(&state, &leader, &uri, &headers, body).await
+            forward(&admin.app, &leader, &uri, &headers, body).await
         }
         Err(e) => Err(e.into()),
     }
 }
 
 pub async fn get_rollout(
-    State(state): State<Arc<AppState>>,
+    State(admin): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    controller(&state)?
+    admin
+        .controller
         .view(&name)
         .map(Json)
         .ok_or_else(|| ControlError::NotFound(name).into())
 }
 
 pub async fn rollout_command(
-    State(state): State<Arc<AppState>>,
+    State(admin): State<AdminState>,
     headers: HeaderMap,
     OriginalUri(uri): OriginalUri,
     Path((name, action)): Path<(String, String)>,
@@ -361,39 +361,36 @@ pub async fn rollout_command(
             format!("'{action}' is not promote, rollback, pause, resume, approve or abort"),
         )
     })?;
-    match controller(&state)?
-        .command(&name, cmd, &actor(&headers))
-        .await
-    {
+    match admin.controller.command(&name, cmd, &actor(&headers)).await {
         Ok(view) => Ok(Json(view).into_response()),
         Err(ControlError::NotLeader(Some(leader))) => {
-            forward(&state, &leader, &uri, &headers, String::new()).await
+            forward(&admin.app, &leader, &uri, &headers, String::new()).await
         }
         Err(e) => Err(e.into()),
     }
 }
 
 pub async fn rollout_events(
-    State(state): State<Arc<AppState>>,
+    State(admin): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let c = controller(&state)?;
+    let c = admin.controller;
     if c.view(&name).is_none() {
         return Err(ControlError::NotFound(name).into());
     }
     let events = c.events(Some(&name)).map_err(ControlError::from)?;
     Ok(Json(
-        json!({ "rollout": name, "events": crate::report::events_json(&events) }),
+        json!({ "rollout": name, "events": crate::views::events_json(&events) }),
     ))
 }
 
 pub async fn rollout_report(
-    State(state): State<Arc<AppState>>,
+    State(admin): State<AdminState>,
     Path(name): Path<String>,
     axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let c = controller(&state)?;
-    let report = crate::report::build(&state, &c, &name)
+    let c = admin.controller;
+    let report = crate::report::build(&admin.app, &c, &name)
         .ok_or_else(|| ApiError::from(ControlError::NotFound(name.clone())))?;
     let format = q.get("format").map_or("json", String::as_str);
     let (content_type, body) = match format {
@@ -424,8 +421,9 @@ pub async fn rollout_report(
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-pub async fn audit_verify(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let report = controller(&state)?
+pub async fn audit_verify(State(admin): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    let report = admin
+        .controller
         .verify_chain()
         .map_err(ControlError::from)?;
     Ok(Json(
@@ -435,10 +433,10 @@ pub async fn audit_verify(State(state): State<Arc<AppState>>) -> Result<Json<Val
 
 /// Snapshots of a rollout's statistics over time (for charts).
 pub async fn rollout_history(
-    State(state): State<Arc<AppState>>,
+    State(admin): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let c = controller(&state)?;
+    let c = admin.controller;
     if c.view(&name).is_none() {
         return Err(ControlError::NotFound(name).into());
     }
@@ -447,13 +445,13 @@ pub async fn rollout_history(
 
 /// This replica, the controller, the shared routing epoch and every replica's published
 /// window (a single gateway reports itself as its own controller).
-pub async fn cluster(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let is_controller = state.controller().is_some_and(|c| c.is_leader());
-    let epoch = state.table.load().epoch;
-    let Some(cluster) = state.cluster.clone() else {
+pub async fn cluster(State(admin): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    let is_controller = admin.controller.is_leader();
+    let epoch = admin.app.table.load().epoch;
+    let Some(cluster) = admin.app.cluster.clone() else {
         return Ok(Json(json!({
-            "replica": state.replica,
-            "store": state.store.to_string(),
+            "replica": admin.app.replica,
+            "store": admin.app.store.to_string(),
             "is_controller": is_controller,
             "routing_epoch": epoch,
             "replicas": [],
@@ -484,8 +482,8 @@ pub async fn cluster(State(state): State<Arc<AppState>>) -> Result<Json<Value>, 
         })
         .collect();
     Ok(Json(json!({
-        "replica": state.replica,
-        "store": state.store.to_string(),
+        "replica": admin.app.replica,
+        "store": admin.app.store.to_string(),
         "is_controller": is_controller,
         "controller": leader.map(|l| json!({
             "replica": l.replica, "admin_url": l.admin_url, "term": l.term, "since_ms": l.since_ms,

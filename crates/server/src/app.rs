@@ -21,11 +21,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
-use switchyard_core::config::{GatewayConfig, LogSettings};
-use switchyard_core::{Aggregates, ModelRoute, RoutingTable, Strategy};
-use switchyard_store::{
-    spawn_log_writer, Cluster, LogHandle, LogWriterConfig, StoreError, StoreUrl,
-};
+use switchyard_core::config::GatewayConfig;
+use switchyard_core::{Aggregates, ModelRoute, RoutingTable};
+use switchyard_store::{spawn_log_writer, Cluster, LogWriterConfig, StoreError, StoreUrl};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -34,110 +32,8 @@ use crate::backend::{http_client, Backend, ModelRuntime};
 use crate::controller::{Clock, Controller, SystemClock};
 use crate::metrics::Metrics;
 use crate::shadow::ShadowDispatcher;
+use crate::state::{decode_table, AppState};
 use crate::{admin, dataplane, feedback};
-
-/// Everything a request handler may touch.
-#[derive(Debug)]
-pub struct AppState {
-    /// The routing table: loaded once per request, replaced whole.
-    pub table: ArcSwap<RoutingTable>,
-    pub models: HashMap<String, ModelRuntime>,
-    pub log: LogHandle,
-    pub shadow: ShadowDispatcher,
-    pub metrics: Arc<Metrics>,
-    pub admin_token: Option<String>,
-    pub max_body_bytes: usize,
-    /// Time a client has to send a request body once its headers arrived.
-    pub body_read_timeout: Duration,
-    pub log_settings: LogSettings,
-    /// The store (reports open their own read connection).
-    pub store: StoreUrl,
-    /// This gateway's name among replicas (`local` for a single gateway).
-    pub replica: String,
-    /// With a shared PostgreSQL store: the other replicas, the shared routing table and the
-    /// controller lock.
-    pub cluster: Option<Cluster>,
-    /// The other replicas' latest published aggregates, merged (empty for a single gateway).
-    pub remote_aggregates: parking_lot::Mutex<Aggregates>,
-    /// Forwards admin commands to the controller replica.
-    pub admin_client: crate::backend::HttpClient,
-    /// The rollout controller, set once it is started (it holds this state too).
-    pub controller: parking_lot::RwLock<Option<Arc<Controller>>>,
-}
-
-impl AppState {
-    pub fn controller(&self) -> Option<Arc<Controller>> {
-        self.controller.read().clone()
-    }
-
-    /// Installs a new strategy for `model`, advancing the epoch; takes effect for the next
-    /// request. Concurrent swaps are serialised by `rcu`; with replicas, by the shared routing
-    /// table's row lock, and the other replicas install the new table within one sync interval.
-    pub fn swap_strategy(
-        &self,
-        model: &str,
-        strategy: Strategy,
-    ) -> Result<Arc<RoutingTable>, StoreError> {
-        let Some(cluster) = &self.cluster else {
-            return Ok(self.swap_local(model, strategy));
-        };
-        let local = self.table.load_full();
-        let model_name = model.to_string();
-        let (_, body) = crate::off_the_request_path(|| {
-            cluster.update_routing(crate::dataplane::now_ms(), move |current| {
-                let base = match current {
-                    Some((_, body)) => decode_table(&body)?,
-                    None => (*local).clone(),
-                };
-                let next = base.with_strategy(&model_name, strategy);
-                let body = serde_json::to_string(&next).map_err(|e| e.to_string())?;
-                Ok(Some((next.epoch, body)))
-            })
-        })?;
-        let table = decode_table(&body).map_err(|reason| StoreError::Corrupt {
-            what: "routing table",
-            reason,
-        })?;
-        let installed = self.install_newer(table);
-        tracing::info!(
-            model,
-            epoch = installed.epoch,
-            "shared routing table swapped"
-        );
-        Ok(installed)
-    }
-
-    /// Installs `table` unless the one in place is at least as new; returns what is in place.
-    pub fn install_newer(&self, table: RoutingTable) -> Arc<RoutingTable> {
-        let table = Arc::new(table);
-        let mut installed = table.clone();
-        self.table.rcu(|current| {
-            installed = if current.epoch >= table.epoch {
-                current.clone()
-            } else {
-                table.clone()
-            };
-            installed.clone()
-        });
-        installed
-    }
-
-    fn swap_local(&self, model: &str, strategy: Strategy) -> Arc<RoutingTable> {
-        let mut installed = None;
-        self.table.rcu(|current| {
-            let next = Arc::new(current.with_strategy(model, strategy.clone()));
-            installed = Some(next.clone());
-            next
-        });
-        let installed = installed.unwrap_or_else(|| self.table.load_full());
-        tracing::info!(model, epoch = installed.epoch, "routing table swapped");
-        installed
-    }
-}
-
-fn decode_table(body: &str) -> Result<RoutingTable, String> {
-    serde_json::from_str(body).map_err(|e| format!("shared routing table: {e}"))
-}
 
 /// A running gateway.
 #[derive(Debug)]
@@ -283,7 +179,6 @@ impl Gateway {
             max_body_bytes: config.max_body_bytes,
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
             log_settings: config.log,
-            controller: parking_lot::RwLock::new(None),
             store: options.store.clone(),
             replica,
             cluster,
@@ -317,7 +212,6 @@ impl Gateway {
             advertise,
         )
         .context("opening the rollout store")?;
-        *state.controller.write() = Some(controller.clone());
         let controller_loop = options
             .controller_loop
             .then(|| controller.spawn_loop(config.tick_ms));
@@ -325,7 +219,7 @@ impl Gateway {
             .cluster
             .is_some()
             .then(|| spawn_cluster_sync(state.clone(), options.cluster_sync_ms));
-        let app = router(state.clone());
+        let app = router(state.clone(), controller.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let http = http1_builder(&config);
         let server = tokio::spawn(serve(listener, app, http, rx));
@@ -362,7 +256,7 @@ impl Gateway {
         if let Some(cluster) = self.state.cluster.clone() {
             // Leave a final window and hand the controller lock over at once.
             let agg = self.state.log.aggregates().lock().clone();
-            let now = crate::dataplane::now_ms();
+            let now = crate::runtime::now_ms();
             tokio::task::spawn_blocking(move || {
                 cluster.publish_aggregates(now, &agg)?;
                 cluster.resign()
@@ -371,8 +265,6 @@ impl Gateway {
             .context("leaving the cluster")?
             .context("leaving the cluster")?;
         }
-        // Break the state ↔ controller cycle.
-        self.state.controller.write().take();
         Ok(())
     }
 
@@ -385,7 +277,7 @@ impl Gateway {
 /// replica's configuration that it lacks), or seeds it with this replica's table.
 fn adopt_shared_table(cluster: &Cluster, local: RoutingTable) -> anyhow::Result<RoutingTable> {
     let seed = local.clone();
-    let (_, body) = cluster.update_routing(crate::dataplane::now_ms(), move |current| {
+    let (_, body) = cluster.update_routing(crate::runtime::now_ms(), move |current| {
         let Some((_, body)) = current else {
             let body = serde_json::to_string(&seed).map_err(|e| e.to_string())?;
             return Ok(Some((seed.epoch, body)));
@@ -460,7 +352,7 @@ fn sync_once(state: &AppState) -> Result<(), StoreError> {
         }
     }
     let mine = state.log.aggregates().lock().clone();
-    cluster.publish_aggregates(crate::dataplane::now_ms(), &mine)?;
+    cluster.publish_aggregates(crate::runtime::now_ms(), &mine)?;
     let mut others = Aggregates::default();
     for (replica, _, agg) in cluster.aggregate_windows()? {
         if replica != state.replica {
@@ -533,18 +425,26 @@ async fn serve(
 }
 
 /// Gives every request body a deadline of `body_read_timeout` from when its headers arrived;
-/// [`dataplane::read_body`] answers 408 when it passes.
+/// [`crate::http_util::read_body`] answers 408 when it passes.
 async fn body_deadline(State(state): State<Arc<AppState>>, request: Request) -> Request {
     use axum::body::HttpBody;
     if request.body().is_end_stream() {
         return request;
     }
-    request
-        .map(|body| axum::body::Body::new(dataplane::TimedBody::new(body, state.body_read_timeout)))
+    request.map(|body| {
+        axum::body::Body::new(crate::http_util::TimedBody::new(
+            body,
+            state.body_read_timeout,
+        ))
+    })
 }
 
 /// All routes of the gateway.
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<AppState>, controller: Arc<Controller>) -> Router {
+    let admin_state = admin::AdminState {
+        app: state.clone(),
+        controller,
+    };
     let admin = Router::new()
         .route("/routes", get(admin::get_routes))
         .route("/routes/{model}", put(admin::put_route))
@@ -561,9 +461,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/audit/verify", get(admin::audit_verify))
         .route("/cluster", get(admin::cluster))
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            admin_state.clone(),
             admin::require_token,
-        ));
+        ))
+        .with_state(admin_state);
     Router::new()
         .route("/v2/models/{model}/infer", post(dataplane::infer_v2))
         .route("/v1/models/{model}", post(dataplane::predict_v1))

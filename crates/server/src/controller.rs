@@ -25,9 +25,9 @@ use switchyard_core::{Role, VariantStats};
 use switchyard_store::{ControlStore, Leader, StoreError, StoreUrl, StoredEvent};
 
 use crate::alerts::AlertSender;
-use crate::app::AppState;
 use crate::backend::Call;
 use crate::protocol::{self, Wire};
+use crate::state::AppState;
 
 /// Where the controller's "now" comes from.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -40,7 +40,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> i64 {
-        crate::dataplane::now_ms()
+        crate::runtime::now_ms()
     }
 }
 
@@ -72,7 +72,7 @@ pub struct ScaledClock {
 impl ScaledClock {
     pub fn new(scale: f64) -> Self {
         ScaledClock {
-            origin_ms: crate::dataplane::now_ms(),
+            origin_ms: crate::runtime::now_ms(),
             started: Instant::now(),
             scale: scale.max(1.0),
         }
@@ -449,7 +449,7 @@ impl Controller {
         let versions: BTreeMap<&String, Value> = obs
             .total
             .iter()
-            .map(|(v, s)| (v, crate::report::stats_json(s)))
+            .map(|(v, s)| (v, crate::views::stats_json(s)))
             .collect();
         let mut point = json!({
             "ts_ms": now,
@@ -592,7 +592,7 @@ impl Controller {
                 Action::Chain(next) => chained.push(*next),
             }
         }
-        let stored = crate::off_the_request_path(|| {
+        let stored = crate::runtime::off_the_request_path(|| {
             self.store.lock().save(
                 &spec.name,
                 &encode(&spec),

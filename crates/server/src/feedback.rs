@@ -15,10 +15,11 @@ use axum::Json;
 use serde_json::{json, Value};
 use switchyard_core::{Feedback, Truth};
 
-use crate::app::AppState;
-use crate::dataplane::{now_ms, read_body};
 use crate::error::ApiError;
+use crate::http_util::read_body;
 use crate::protocol::label_of;
+use crate::runtime::now_ms;
+use crate::state::AppState;
 
 /// Most items accepted in one call.
 pub const MAX_ITEMS: usize = 10_000;

@@ -1,0 +1,248 @@
+//! HTTP helpers shared by the handlers (data plane, feedback, admin): request ids, the JSON
+//! content-type check, and request bodies read within a size limit and a deadline.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, HttpBody};
+use axum::http::{header, HeaderMap, StatusCode};
+use bytes::Bytes;
+use hyper::body::{Frame, SizeHint};
+
+use crate::error::ApiError;
+use crate::runtime::now_ms;
+
+/// The client's request id when it sent a usable one, else a fresh random id.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(new_request_id, str::to_string)
+}
+
+/// A fresh request id: 32 hex digits, the first 12 the current Unix time in milliseconds and
+/// the rest random (the layout of a UUIDv7 without its version bits). Ids that grow with time
+/// keep the log's request-id index appending at its right edge instead of touching a random
+/// page of it for every record.
+fn new_request_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let ms = u128::from(now_ms() as u64 & 0xffff_ffff_ffff);
+    let id = (ms << 80) | (rand::random::<u128>() & ((1u128 << 80) - 1));
+    (0..32)
+        .rev()
+        .map(|digit| char::from(HEX[((id >> (digit * 4)) & 0xf) as usize]))
+        .collect()
+}
+
+pub fn is_json_content_type(headers: &HeaderMap) -> bool {
+    match headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        None => true,
+        Some(ct) => {
+            let mime = ct.split(';').next().unwrap_or("").trim().as_bytes();
+            let starts = |prefix: &[u8]| {
+                mime.len() >= prefix.len() && mime[..prefix.len()].eq_ignore_ascii_case(prefix)
+            };
+            let ends = |suffix: &[u8]| {
+                mime.len() >= suffix.len()
+                    && mime[mime.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            };
+            mime.eq_ignore_ascii_case(b"application/json")
+                || (starts(b"application/") && ends(b"+json"))
+        }
+    }
+}
+
+/// Reads the body, refusing bodies over `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        if let Some(timeout) = find_body_timeout(&e) {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "request body not received within {} ms",
+                    timeout.0.as_millis()
+                ),
+            );
+        }
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.to_string().contains("length limit"))
+            || e.to_string().contains("length limit");
+        if too_large {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body exceeds {limit} bytes"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "body_unreadable",
+                format!("cannot read request body: {e}"),
+            )
+        }
+    })
+}
+
+/// The error of a request body that did not arrive in time.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyReadTimeout(pub Duration);
+
+impl std::fmt::Display for BodyReadTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "request body not received within {} ms",
+            self.0.as_millis()
+        )
+    }
+}
+
+impl std::error::Error for BodyReadTimeout {}
+
+fn find_body_timeout(e: &(dyn std::error::Error + 'static)) -> Option<BodyReadTimeout> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(t) = err.downcast_ref::<BodyReadTimeout>() {
+            return Some(*t);
+        }
+        current = err.source();
+    }
+    None
+}
+
+/// A request body with a deadline: once `timeout` has passed since it was wrapped, polling it
+/// fails with [`BodyReadTimeout`] (frames that are ready are still delivered first). Every
+/// request gets one from the router's middleware, so each reader of a body (`read_body`) is
+/// bounded without knowing the setting.
+///
+/// The timer is armed only when the body first has to be waited for: a small body usually
+/// arrives with its headers, and registering (then cancelling) a timer for it on every request
+/// cost more than reading it.
+#[derive(Debug)]
+pub struct TimedBody {
+    inner: Body,
+    timeout: Duration,
+    until: tokio::time::Instant,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl TimedBody {
+    pub fn new(inner: Body, timeout: Duration) -> Self {
+        TimedBody {
+            inner,
+            timeout,
+            until: tokio::time::Instant::now() + timeout,
+            deadline: None,
+        }
+    }
+}
+
+impl HttpBody for TimedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        let until = this.until;
+        let deadline = this
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        if deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(axum::Error::new(BodyReadTimeout(this.timeout)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn json_content_types_are_recognised_in_any_case_with_parameters() {
+        let accepts = |ct: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(ct) = ct {
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(ct).unwrap());
+            }
+            is_json_content_type(&headers)
+        };
+        for ok in [
+            None,
+            Some("application/json"),
+            Some("Application/JSON; charset=utf-8"),
+            Some(" application/json "),
+            Some("application/vnd.api+json"),
+            Some("APPLICATION/PROBLEM+JSON;v=1"),
+        ] {
+            assert!(accepts(ok), "{ok:?} refused");
+        }
+        for refused in [
+            "text/plain",
+            "text/json",
+            "application/jsonx",
+            "application/",
+            "+json",
+            "application/xml",
+            "",
+        ] {
+            assert!(!accepts(Some(refused)), "{refused:?} accepted");
+        }
+    }
+
+    #[test]
+    fn new_request_ids_start_with_the_time_and_grow_with_it() {
+        let before = now_ms();
+        let first = new_request_id();
+        let after = now_ms();
+        assert_eq!(first.len(), 32);
+        assert!(first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+        let ms = i64::from_str_radix(&first[..12], 16).expect("hex prefix");
+        assert!(
+            (before..=after).contains(&ms),
+            "{ms} not in {before}..={after}"
+        );
+        // Ids of a later millisecond sort after earlier ones; within one they are distinct.
+        let later = loop {
+            let id = new_request_id();
+            if id[..12] != first[..12] {
+                break id;
+            }
+        };
+        assert!(later > first, "{later} <= {first}");
+        assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn a_printable_client_request_id_is_kept_and_others_replaced() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-request-id", HeaderValue::from_static("order-42"));
+        assert_eq!(request_id(&headers), "order-42");
+        headers.insert("x-request-id", HeaderValue::from_static("has space"));
+        let replaced = request_id(&headers);
+        assert_eq!(replaced.len(), 32);
+        assert_ne!(replaced, "has space");
+    }
+}
