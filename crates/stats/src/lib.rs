@@ -10,6 +10,8 @@
 
 pub mod bayes;
 pub mod chi2;
+pub mod classification;
+pub mod drift;
 mod error;
 pub mod mann_whitney;
 pub mod mcnemar;
@@ -19,6 +21,7 @@ pub mod proportions;
 pub mod sequential;
 pub mod summary;
 pub mod ttest;
+pub mod wilcoxon;
 
 pub use error::StatsError;
 pub use summary::{LatencyHistogram, Moments, Proportion};

@@ -4,16 +4,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
+use switchyard_stats::classification::ConfusionMatrix;
+use switchyard_stats::wilcoxon::{wilcoxon, WilcoxonMethod};
 use switchyard_stats::{
-    bayes, chi2, mann_whitney, mcnemar, multiple, power, proportions, ttest, Proportion,
+    bayes, chi2, drift, mann_whitney, mcnemar, multiple, power, proportions, ttest, Proportion,
 };
 
 fn cases(name: &str) -> Vec<Value> {
+    cases_at_least(name, 10)
+}
+
+fn cases_at_least(name: &str, min: usize) -> Vec<Value> {
     let path = format!("{}/tests/fixtures/{name}.json", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let doc: Value = serde_json::from_str(&text).unwrap();
     let cases = doc["cases"].as_array().unwrap().clone();
-    assert!(cases.len() >= 10, "{name}: only {} cases", cases.len());
+    assert!(cases.len() >= min, "{name}: only {} cases", cases.len());
     cases
 }
 
@@ -223,5 +229,73 @@ fn multiple_comparisons_match_statsmodels() {
             check("holm", &case, *h, floats(&case, "holm")[i]);
         }
         assert_eq!(holm.len(), p.len());
+    }
+}
+
+#[test]
+fn wilcoxon_matches_scipy_exact_approx_and_auto() {
+    for case in cases_at_least("wilcoxon", 6) {
+        let (x, y) = (floats(&case, "x"), floats(&case, "y"));
+        let approx = wilcoxon(&x, &y, WilcoxonMethod::Approx).unwrap();
+        assert_eq!(approx.n, u(&case, "n"), "{case}");
+        check("statistic", &case, approx.statistic, f(&case, "statistic"));
+        check("|z|", &case, approx.z.abs(), f(&case, "z_abs"));
+        check("p_approx", &case, approx.p_value, f(&case, "p_approx"));
+        match case.get("p_exact") {
+            Some(p) => {
+                let exact = wilcoxon(&x, &y, WilcoxonMethod::Exact).unwrap();
+                check("p_exact", &case, exact.p_value, p.as_f64().unwrap());
+            }
+            None => assert!(wilcoxon(&x, &y, WilcoxonMethod::Exact).is_err()),
+        }
+        let auto = wilcoxon(&x, &y, WilcoxonMethod::Auto).unwrap();
+        check("p_auto", &case, auto.p_value, f(&case, "p_auto"));
+    }
+}
+
+fn indices(case: &Value, key: &str) -> Vec<usize> {
+    case[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect()
+}
+
+#[test]
+fn confusion_matrix_and_scores_match_scikit_learn() {
+    for case in cases_at_least("classification", 6) {
+        let k = u(&case, "k") as usize;
+        let m =
+            ConfusionMatrix::from_pairs(k, &indices(&case, "truth"), &indices(&case, "predicted"))
+                .unwrap();
+        let want: Vec<Vec<u64>> = serde_json::from_value(case["counts"].clone()).unwrap();
+        assert_eq!(m.counts, want, "{case}");
+        let scores = m.scores();
+        for (c, s) in scores.iter().enumerate() {
+            check(
+                "precision",
+                &case,
+                s.precision,
+                floats(&case, "precision")[c],
+            );
+            check("recall", &case, s.recall, floats(&case, "recall")[c]);
+            check("f1", &case, s.f1, floats(&case, "f1")[c]);
+            assert_eq!(s.support, indices(&case, "support")[c] as u64);
+        }
+        let (p, r, f1) = m.macro_scores().unwrap();
+        let macro_ = floats(&case, "macro");
+        check("macro precision", &case, p, macro_[0]);
+        check("macro recall", &case, r, macro_[1]);
+        check("macro f1", &case, f1, macro_[2]);
+    }
+}
+
+#[test]
+fn drift_matches_scipy_jensenshannon_and_the_psi_formula() {
+    for case in cases_at_least("drift", 6) {
+        let d = drift::drift(&floats(&case, "expected"), &floats(&case, "actual")).unwrap();
+        check("psi", &case, d.psi, f(&case, "psi"));
+        check("js_distance", &case, d.js_distance, f(&case, "js_distance"));
     }
 }
