@@ -599,6 +599,19 @@ models:
         hook.url, flaky.url
     );
     let tg = TestGateway::start(&yaml).await;
+    // The first 300 rows of the shipped validation set: enough to tell v3 (accuracy well below
+    // 85%) from v2, and a replay whose length on a loaded machine stays well inside the wait.
+    let validation = tg.dir.path().join("validation_300.csv");
+    let rows: Vec<String> =
+        std::fs::read_to_string(support::repo_root().join("models/validation_yield.csv"))
+            .unwrap()
+            .lines()
+            .take(301)
+            .map(str::to_string)
+            .collect();
+    std::fs::write(&validation, rows.join("\n") + "\n").unwrap();
+    let blue_green =
+        BLUE_GREEN.replace("models/validation_yield.csv", validation.to_str().unwrap());
     let row = support::oip_row(&[1.0, 50.0, 2.0, 40.0, 1.0, 2.0, 1.0, 1000.0]);
     let version = |tg: &TestGateway| {
         let (client, url, row) = (
@@ -616,8 +629,9 @@ models:
     let wait_validation = |tg: &TestGateway, name: &'static str| {
         let c = tg.gateway.controller.clone();
         async move {
-            // Generous: the replay competes for 2 shared cores with the rest of the suite.
-            for _ in 0..3000 {
+            // Generous: the replay competes for 2 shared cores with the rest of the suite
+            // (at least 2 minutes of polling).
+            for _ in 0..6000 {
                 c.tick_all().await;
                 if c.phase(name) != Some(switchyard_core::rollout::Phase::Validating) {
                     return;
@@ -634,7 +648,7 @@ models:
             &tg,
             "POST",
             "/rollouts",
-            &BLUE_GREEN
+            &blue_green
                 .replace("CANDIDATE", "v3")
                 .replace("yield-bg", "bg-v3")
         )
@@ -654,7 +668,7 @@ models:
             &tg,
             "POST",
             "/rollouts",
-            &BLUE_GREEN.replace("CANDIDATE", "v2")
+            &blue_green.replace("CANDIDATE", "v2")
         )
         .await
         .status,
@@ -689,7 +703,7 @@ models:
             &tg,
             "POST",
             "/rollouts",
-            &BLUE_GREEN
+            &blue_green
                 .replace("CANDIDATE", "flaky")
                 .replace("yield-bg", "bg-flaky")
                 .replace("min_accuracy: 0.85", "min_accuracy: 0.5")
