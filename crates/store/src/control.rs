@@ -34,6 +34,7 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use sha2::{Digest, Sha256};
 use switchyard_core::audit::{Alert, AuditEvent, Detail, Details, Severity};
 
+use crate::error::corrupt;
 use crate::pg::PgConn;
 use crate::{pg_control, StoreError, StoreUrl};
 
@@ -143,13 +144,6 @@ pub struct ControlStore {
 enum Inner {
     Sqlite(Connection),
     Postgres(PgConn),
-}
-
-pub(crate) fn corrupt(what: &'static str, reason: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        what,
-        reason: reason.to_string(),
-    }
 }
 
 /// Details as stored: JSON has no NaN or infinity (serde_json would write `null`, which does

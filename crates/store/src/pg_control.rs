@@ -10,6 +10,7 @@ use switchyard_core::audit::{Alert, AuditEvent};
 
 use crate::control::{alert_from_parts, chain, seq_to_sql, RawEvent, StoredEvent};
 use crate::control::{DeliveryRow, RolloutRow};
+use crate::error::corrupt;
 use crate::pg::AUDIT_LOCK;
 use crate::StoreError;
 
@@ -155,10 +156,7 @@ pub(crate) fn record_alert(
         ],
     )?;
     let seq: i64 = row.try_get(0)?;
-    u64::try_from(seq).map_err(|e| StoreError::Corrupt {
-        what: "alert seq",
-        reason: e.to_string(),
-    })
+    u64::try_from(seq).map_err(|e| corrupt("alert seq", e))
 }
 
 pub(crate) fn record_delivery(client: &mut Client, row: &DeliveryRow) -> Result<(), StoreError> {
@@ -184,23 +182,20 @@ pub(crate) fn deliveries(client: &mut Client) -> Result<Vec<DeliveryRow>, StoreE
          FROM alert_deliveries ORDER BY id",
         &[],
     )?;
-    let bad = |what: &'static str, e: &dyn std::fmt::Display| StoreError::Corrupt {
-        what,
-        reason: e.to_string(),
-    };
     rows.iter()
         .map(|r| {
             Ok(DeliveryRow {
                 alert_seq: u64::try_from(r.try_get::<_, i64>(0)?)
-                    .map_err(|e| bad("alert seq", &e))?,
+                    .map_err(|e| corrupt("alert seq", e))?,
                 url: r.try_get(1)?,
-                attempt: u32::try_from(r.try_get::<_, i32>(2)?).map_err(|e| bad("attempt", &e))?,
+                attempt: u32::try_from(r.try_get::<_, i32>(2)?)
+                    .map_err(|e| corrupt("attempt", e))?,
                 ts_ms: r.try_get(3)?,
                 status: r
                     .try_get::<_, Option<i32>>(4)?
                     .map(u16::try_from)
                     .transpose()
-                    .map_err(|e| bad("status", &e))?,
+                    .map_err(|e| corrupt("status", e))?,
                 error: r.try_get(5)?,
                 delivered: r.try_get(6)?,
             })

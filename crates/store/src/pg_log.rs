@@ -4,6 +4,7 @@
 use postgres::Client;
 use switchyard_core::{Aggregates, Feedback, Outcome, Prediction, PredictionRecord, Role, Truth};
 
+use crate::error::corrupt;
 use crate::log::{fold_log, FeedbackOutcome, Labelled, Sink};
 use crate::pg;
 use crate::schema::{FeedbackRow, LogRow};
@@ -20,13 +21,6 @@ const INSERT_BATCH: &str = "INSERT INTO predictions
     SELECT $1, * FROM unnest($2::text[], $3::int8[], $4::text[], $5::int8[], $6::text[],
         $7::text[], $8::text[], $9::int8[], $10::text[], $11::int4[], $12::int8[], $13::text[],
         $14::text[], $15::text[])";
-
-fn corrupt(what: &'static str, reason: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        what,
-        reason: reason.to_string(),
-    }
-}
 
 pub(crate) fn row_to_log_row(row: &postgres::Row) -> Result<LogRow, StoreError> {
     let role: String = row.try_get(5)?;

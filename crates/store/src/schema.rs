@@ -5,6 +5,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 use switchyard_core::{Outcome, Prediction, PredictionRecord, Role, Truth};
 
+use crate::error::corrupt;
 use crate::StoreError;
 
 const SCHEMA: &str = "
@@ -56,10 +57,7 @@ pub(crate) fn insert_record(
     stmt: &mut rusqlite::CachedStatement<'_>,
     rec: &PredictionRecord,
 ) -> Result<(), StoreError> {
-    let output = serde_json::to_string(&rec.output).map_err(|e| StoreError::Corrupt {
-        what: "output",
-        reason: e.to_string(),
-    })?;
+    let output = serde_json::to_string(&rec.output).map_err(|e| corrupt("output", e))?;
     stmt.execute(params![
         rec.request_id,
         rec.ts_ms,
@@ -86,13 +84,6 @@ pub(crate) const INSERT_RECORD: &str = "INSERT INTO predictions
 
 const SELECT_RECORD: &str = "SELECT request_id, ts_ms, model, epoch, variant, role, version,
     key_hash, outcome, status, latency_us, output, input, paired_version FROM predictions";
-
-fn corrupt(what: &'static str, reason: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        what,
-        reason: reason.to_string(),
-    }
-}
 
 /// A stored record; shadow records name the version they were paired with.
 #[derive(Debug, Clone, PartialEq)]
