@@ -9,6 +9,7 @@
 //! [`switchyard_core::Aggregates`] that the controller reads. With PostgreSQL, [`Cluster`]
 //! coordinates replicas: one controller, one routing table, merged statistics.
 
+mod audit_chain;
 pub mod cluster;
 pub mod control;
 mod error;
@@ -17,6 +18,7 @@ mod pg;
 mod pg_control;
 mod pg_log;
 mod schema;
+mod sqlite_control;
 pub mod testing;
 mod url;
 pub mod wire;

@@ -1,5 +1,8 @@
 //! Rollout state, the audit chain and alerts in PostgreSQL: the same tables and rules as in
-//! SQLite ([`crate::control`]), written by whichever replica holds the controller lock.
+//! SQLite ([`crate::sqlite_control`]), written by whichever replica holds the controller lock.
+//! It exists so that [`crate::control::ControlStore`] only dispatches; it depends on the
+//! neutral [`crate::audit_chain`] and the PostgreSQL plumbing ([`crate::pg`]), never on the
+//! SQLite backend or on the dispatcher.
 //!
 //! The audit chain is appended under a transaction-scoped advisory lock, so two writers can
 //! never both read the same head and fork the chain; triggers make the table append-only for
@@ -8,8 +11,9 @@
 use postgres::{Client, Transaction};
 use switchyard_core::audit::{Alert, AuditEvent};
 
-use crate::control::{alert_from_parts, chain, seq_to_sql, RawEvent, StoredEvent};
-use crate::control::{DeliveryRow, RolloutRow};
+use crate::audit_chain::{
+    alert_from_parts, chain, seq_to_sql, DeliveryRow, RawEvent, RolloutRow, StoredEvent,
+};
 use crate::error::corrupt;
 use crate::pg::AUDIT_LOCK;
 use crate::StoreError;
@@ -34,7 +38,18 @@ pub(crate) fn save(
     Ok(stored)
 }
 
-pub(crate) fn append_in(
+/// Appends events that come without a state change.
+pub(crate) fn append_events(
+    client: &mut Client,
+    events: &[AuditEvent],
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut tx = client.transaction()?;
+    let stored = append_in(&mut tx, events)?;
+    tx.commit()?;
+    Ok(stored)
+}
+
+fn append_in(
     tx: &mut Transaction<'_>,
     events: &[AuditEvent],
 ) -> Result<Vec<StoredEvent>, StoreError> {
@@ -99,6 +114,11 @@ pub(crate) fn rollouts(
             })
         })
         .collect()
+}
+
+/// Forgets a rollout's state; its audit events stay. `true` when it existed.
+pub(crate) fn delete_rollout(client: &mut Client, name: &str) -> Result<bool, StoreError> {
+    Ok(client.execute("DELETE FROM rollouts WHERE name = $1", &[&name])? > 0)
 }
 
 pub(crate) fn raw_events(
