@@ -90,7 +90,7 @@ pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {
 }
 
 fn try_open(path: &Path) -> Result<Connection, StoreError> {
-    let conn = crate::schema::open(path)?;
+    let conn = crate::sqlite::open(path)?;
     init(&conn)?;
     Ok(conn)
 }
