@@ -15,6 +15,7 @@
 
 use switchyard_core::Aggregates;
 
+use crate::error::corrupt;
 use crate::pg::{PgConn, CONTROLLER_LOCK};
 use crate::wire::{decode_aggregates, encode_aggregates};
 use crate::{ControlStore, StoreError, StoreUrl};
@@ -157,21 +158,16 @@ impl Cluster {
             let floor = current.as_ref().map(|(e, _)| *e);
             let unchanged = current.clone();
             let Some((epoch, body)) = change(current).map_err(StoreError::Rejected)? else {
-                return unchanged.ok_or_else(|| StoreError::Corrupt {
-                    what: "routing table",
-                    reason: "no table to leave unchanged".into(),
-                });
+                return unchanged
+                    .ok_or_else(|| corrupt("routing table", "no table to leave unchanged"));
             };
             if floor.is_some_and(|f| epoch <= f) {
-                return Err(StoreError::Corrupt {
-                    what: "routing table",
-                    reason: format!("epoch {epoch} does not advance past {floor:?}"),
-                });
+                return Err(corrupt(
+                    "routing table",
+                    format!("epoch {epoch} does not advance past {floor:?}"),
+                ));
             }
-            let epoch_sql = i64::try_from(epoch).map_err(|e| StoreError::Corrupt {
-                what: "routing epoch",
-                reason: e.to_string(),
-            })?;
+            let epoch_sql = i64::try_from(epoch).map_err(|e| corrupt("routing epoch", e))?;
             tx.execute(
                 "INSERT INTO routing_table (id, epoch, body, updated_ms) VALUES (1, $1, $2, $3)
                  ON CONFLICT (id) DO UPDATE SET epoch = excluded.epoch, body = excluded.body,
@@ -235,8 +231,5 @@ impl Cluster {
 }
 
 fn epoch_of(e: i64) -> Result<u64, StoreError> {
-    u64::try_from(e).map_err(|e| StoreError::Corrupt {
-        what: "routing epoch",
-        reason: e.to_string(),
-    })
+    u64::try_from(e).map_err(|e| corrupt("routing epoch", e))
 }

@@ -33,3 +33,12 @@ impl From<postgres::Error> for StoreError {
         }
     }
 }
+
+/// A value read back from the store (or about to be written) that does not decode: `what`
+/// names the column or value, `reason` says why.
+pub(crate) fn corrupt(what: &'static str, reason: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        reason: reason.to_string(),
+    }
+}

@@ -9,14 +9,18 @@
 //! [`switchyard_core::Aggregates`] that the controller reads. With PostgreSQL, [`Cluster`]
 //! coordinates replicas: one controller, one routing table, merged statistics.
 
+mod audit_chain;
 pub mod cluster;
 pub mod control;
 mod error;
 pub mod log;
+mod log_rows;
 mod pg;
 mod pg_control;
 mod pg_log;
-mod schema;
+mod sqlite;
+mod sqlite_control;
+mod sqlite_log;
 pub mod testing;
 mod url;
 pub mod wire;
@@ -25,11 +29,10 @@ pub use cluster::{Cluster, Leader};
 pub use control::{ChainReport, ControlStore, DeliveryRow, RolloutRow, StoredEvent};
 pub use error::StoreError;
 pub use log::{
-    open_reader, rebuild_aggregates, spawn_log_writer, FeedbackOutcome, LogHandle, LogStats,
-    LogWriterConfig,
+    disagreements_at, open_reader, rebuild_aggregates, spawn_log_writer, FeedbackOutcome,
+    LogHandle, LogStats, LogWriterConfig,
 };
-pub use schema::{
-    count_records, disagreements, disagreements_at, open, read_log, Disagreement, FeedbackRow,
-    LogRow,
-};
+pub use log_rows::{Disagreement, FeedbackRow, LogRow};
+pub use sqlite::open;
+pub use sqlite_log::{count_records, disagreements, read_log};
 pub use url::StoreUrl;

@@ -5,19 +5,26 @@
 //! feedback and flushes travel the same queue, so they see every record enqueued before them.
 //! Each batch is one transaction; after it commits, its records are folded into the shared
 //! [`Aggregates`]. A record is durable once its batch committed: `flush` returns after that.
+//!
+//! This module drives the writer and dispatches on the store's URL (the writer's sink,
+//! [`disagreements_at`]); the SQL lives in the backends, `sqlite_log` and `pg_log`, which
+//! depend on the neutral `log_rows` and never on this module or on each other.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rusqlite::Connection;
-use switchyard_core::{Aggregates, Feedback, PairRef, PredictionRecord, Role};
+use switchyard_core::{Aggregates, Feedback, PredictionRecord};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::schema::{self, FeedbackRow, LogRow};
-use crate::{pg_log, StoreError, StoreUrl};
+use crate::log_rows::{with_pairs, Disagreement, Sink};
+use crate::sqlite_log::SqliteSink;
+use crate::{pg, pg_log, sqlite, sqlite_log, StoreError, StoreUrl};
+
+pub use crate::log_rows::FeedbackOutcome;
+pub use crate::sqlite_log::rebuild_aggregates;
 
 /// Settings of the writer.
 #[derive(Debug, Clone)]
@@ -33,73 +40,6 @@ pub struct LogWriterConfig {
     /// commit rewrites the last pages of the table and its index, so one commit of a hundred
     /// records costs little more than one of three. Zero commits as soon as the queue is empty.
     pub commit_interval: std::time::Duration,
-}
-
-/// What storing feedback did, and every record of each newly labelled request.
-pub(crate) type Labelled = (FeedbackOutcome, Vec<(Vec<LogRow>, Feedback)>);
-
-/// Where a writer commits batches: a SQLite file or a PostgreSQL session.
-pub(crate) trait Sink {
-    fn write_batch(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError>;
-    /// Stores feedback and returns, per newly labelled request, every record of it.
-    fn feedback(&mut self, items: Vec<Feedback>, now_ms: i64) -> Result<Labelled, StoreError>;
-}
-
-struct SqliteSink(Connection);
-
-impl Sink for SqliteSink {
-    fn write_batch(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError> {
-        // IMMEDIATE: take the write lock first (waiting out the busy timeout while the control
-        // store's connection writes), never upgrade a read snapshot.
-        let tx = self
-            .0
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        {
-            let mut stmt = tx.prepare_cached(schema::INSERT_RECORD)?;
-            for rec in batch {
-                schema::insert_record(&mut stmt, rec)?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn feedback(&mut self, items: Vec<Feedback>, now_ms: i64) -> Result<Labelled, StoreError> {
-        let mut outcome = FeedbackOutcome::default();
-        let mut newly_labelled = Vec::new();
-        // Reads then writes: a deferred transaction whose snapshot predates another
-        // connection's commit cannot be upgraded (SQLITE_BUSY_SNAPSHOT, "database is locked",
-        // without waiting), so the write lock is taken up front.
-        let tx = self
-            .0
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for item in items {
-            let rows = schema::records_of(&tx, &item.request_id)?;
-            if rows.is_empty() {
-                outcome.unknown.push(item.request_id);
-                continue;
-            }
-            if schema::insert_feedback(&tx, &item.request_id, now_ms, &item.truth, &item.metrics)? {
-                outcome.accepted += 1;
-                newly_labelled.push((rows, item));
-            } else {
-                outcome.duplicates += 1;
-            }
-        }
-        tx.commit()?;
-        Ok((outcome, newly_labelled))
-    }
-}
-
-/// What happened to a batch of feedback.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FeedbackOutcome {
-    /// Newly attached.
-    pub accepted: u64,
-    /// Request ids that already had feedback (the first one stays; idempotent).
-    pub duplicates: u64,
-    /// Request ids with no prediction in the log.
-    pub unknown: Vec<String>,
 }
 
 /// Counters of the writer, readable without locks.
@@ -225,7 +165,7 @@ pub fn spawn_log_writer(
         .name("switchyard-log".into())
         .spawn(move || {
             let opened: Result<Box<dyn Sink>, StoreError> = match &config.store {
-                StoreUrl::Sqlite(path) => schema::open(path).and_then(|conn| {
+                StoreUrl::Sqlite(path) => sqlite::open(path).and_then(|conn| {
                     *shared.lock() = rebuild_aggregates(&conn)?;
                     Ok(Box::new(SqliteSink(conn)) as Box<dyn Sink>)
                 }),
@@ -357,85 +297,37 @@ impl Writer {
     }
 }
 
-/// Restores each shadow row's pairing with the serving row of its request.
-pub(crate) fn with_pairs(rows: Vec<LogRow>) -> Vec<PredictionRecord> {
-    let serving = rows
-        .iter()
-        .find(|r| r.record.role == Role::Serving)
-        .map(|r| r.record.clone());
-    rows.into_iter()
-        .map(|row| {
-            let mut rec = row.record;
-            if rec.role == Role::Shadow {
-                rec.pair = match (&serving, row.paired_version) {
-                    (Some(s), Some(version)) if s.version == version => Some(PairRef {
-                        version,
-                        output: s.output.clone(),
-                    }),
-                    _ => None,
-                };
-            }
-            rec
-        })
-        .collect()
-}
-
-/// Recomputes the aggregates from the log: used at start-up and to check the incremental
-/// aggregates against a recount.
-pub fn rebuild_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
-    let (rows, feedback) = schema::read_log(conn)?;
-    Ok(fold_log(rows, feedback, None))
-}
-
-/// Folds records (grouped by request, in first-seen order) and then feedback into fresh
-/// aggregates. Feedback is matched against `labelled` when given (the records of the labelled
-/// requests, which may have been served elsewhere), else against `rows`.
-pub(crate) fn fold_log(
-    rows: Vec<LogRow>,
-    feedback: Vec<FeedbackRow>,
-    labelled: Option<Vec<LogRow>>,
-) -> Aggregates {
-    let mut agg = Aggregates::default();
-    let mut paired = HashMap::new();
-    for (id, records) in group_by_request(rows) {
-        records.iter().for_each(|r| agg.record(r));
-        if labelled.is_none() {
-            paired.insert(id, records);
-        }
-    }
-    if let Some(labelled) = labelled {
-        paired.extend(group_by_request(labelled));
-    }
-    for (id, truth, metrics) in feedback {
-        if let Some(records) = paired.get(&id) {
-            agg.record_feedback(records, &truth, &metrics);
-        }
-    }
-    agg
-}
-
-/// Rows grouped per request id in order of first appearance, with shadow pairings restored.
-fn group_by_request(rows: Vec<LogRow>) -> Vec<(String, Vec<PredictionRecord>)> {
-    let mut by_request: HashMap<String, Vec<LogRow>> = HashMap::new();
-    let mut order = Vec::new();
-    for row in rows {
-        let id = row.record.request_id.clone();
-        let entry = by_request.entry(id.clone()).or_default();
-        if entry.is_empty() {
-            order.push(id);
-        }
-        entry.push(row);
-    }
-    order
-        .into_iter()
-        .filter_map(|id| {
-            let rows = by_request.remove(&id)?;
-            Some((id, with_pairs(rows)))
-        })
-        .collect()
-}
-
 /// Opens a read connection to a store written by a writer (for reports and tests).
 pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    schema::open(path)
+    sqlite::open(path)
+}
+
+/// [`crate::disagreements`] in whichever store `url` names (PostgreSQL is queried from a
+/// thread of its own, so this may be called from async code).
+pub fn disagreements_at(
+    url: &StoreUrl,
+    model: &str,
+    primary: &str,
+    shadow: &str,
+    limit: usize,
+) -> Result<Vec<Disagreement>, StoreError> {
+    match url {
+        StoreUrl::Sqlite(path) => {
+            sqlite_log::disagreements(&sqlite::open(path)?, model, primary, shadow, limit)
+        }
+        StoreUrl::Postgres(url) => {
+            let (url, model, primary, shadow) = (
+                url.clone(),
+                model.to_string(),
+                primary.to_string(),
+                shadow.to_string(),
+            );
+            std::thread::spawn(move || {
+                let mut client = pg::connect(&url)?;
+                pg_log::disagreements(&mut client, &model, &primary, &shadow, limit)
+            })
+            .join()
+            .map_err(|_| StoreError::WriterStopped)?
+        }
+    }
 }

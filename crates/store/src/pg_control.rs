@@ -1,5 +1,8 @@
 //! Rollout state, the audit chain and alerts in PostgreSQL: the same tables and rules as in
-//! SQLite ([`crate::control`]), written by whichever replica holds the controller lock.
+//! SQLite ([`crate::sqlite_control`]), written by whichever replica holds the controller lock.
+//! It exists so that [`crate::control::ControlStore`] only dispatches; it depends on the
+//! neutral [`crate::audit_chain`] and the PostgreSQL plumbing ([`crate::pg`]), never on the
+//! SQLite backend or on the dispatcher.
 //!
 //! The audit chain is appended under a transaction-scoped advisory lock, so two writers can
 //! never both read the same head and fork the chain; triggers make the table append-only for
@@ -8,8 +11,10 @@
 use postgres::{Client, Transaction};
 use switchyard_core::audit::{Alert, AuditEvent};
 
-use crate::control::{alert_from_parts, chain, seq_to_sql, RawEvent, StoredEvent};
-use crate::control::{DeliveryRow, RolloutRow};
+use crate::audit_chain::{
+    alert_from_parts, chain, seq_to_sql, DeliveryRow, RawEvent, RolloutRow, StoredEvent,
+};
+use crate::error::corrupt;
 use crate::pg::AUDIT_LOCK;
 use crate::StoreError;
 
@@ -33,7 +38,18 @@ pub(crate) fn save(
     Ok(stored)
 }
 
-pub(crate) fn append_in(
+/// Appends events that come without a state change.
+pub(crate) fn append_events(
+    client: &mut Client,
+    events: &[AuditEvent],
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut tx = client.transaction()?;
+    let stored = append_in(&mut tx, events)?;
+    tx.commit()?;
+    Ok(stored)
+}
+
+fn append_in(
     tx: &mut Transaction<'_>,
     events: &[AuditEvent],
 ) -> Result<Vec<StoredEvent>, StoreError> {
@@ -100,6 +116,11 @@ pub(crate) fn rollouts(
         .collect()
 }
 
+/// Forgets a rollout's state; its audit events stay. `true` when it existed.
+pub(crate) fn delete_rollout(client: &mut Client, name: &str) -> Result<bool, StoreError> {
+    Ok(client.execute("DELETE FROM rollouts WHERE name = $1", &[&name])? > 0)
+}
+
 pub(crate) fn raw_events(
     client: &mut Client,
     rollout: Option<&str>,
@@ -155,10 +176,7 @@ pub(crate) fn record_alert(
         ],
     )?;
     let seq: i64 = row.try_get(0)?;
-    u64::try_from(seq).map_err(|e| StoreError::Corrupt {
-        what: "alert seq",
-        reason: e.to_string(),
-    })
+    u64::try_from(seq).map_err(|e| corrupt("alert seq", e))
 }
 
 pub(crate) fn record_delivery(client: &mut Client, row: &DeliveryRow) -> Result<(), StoreError> {
@@ -184,23 +202,20 @@ pub(crate) fn deliveries(client: &mut Client) -> Result<Vec<DeliveryRow>, StoreE
          FROM alert_deliveries ORDER BY id",
         &[],
     )?;
-    let bad = |what: &'static str, e: &dyn std::fmt::Display| StoreError::Corrupt {
-        what,
-        reason: e.to_string(),
-    };
     rows.iter()
         .map(|r| {
             Ok(DeliveryRow {
                 alert_seq: u64::try_from(r.try_get::<_, i64>(0)?)
-                    .map_err(|e| bad("alert seq", &e))?,
+                    .map_err(|e| corrupt("alert seq", e))?,
                 url: r.try_get(1)?,
-                attempt: u32::try_from(r.try_get::<_, i32>(2)?).map_err(|e| bad("attempt", &e))?,
+                attempt: u32::try_from(r.try_get::<_, i32>(2)?)
+                    .map_err(|e| corrupt("attempt", e))?,
                 ts_ms: r.try_get(3)?,
                 status: r
                     .try_get::<_, Option<i32>>(4)?
                     .map(u16::try_from)
                     .transpose()
-                    .map_err(|e| bad("status", &e))?,
+                    .map_err(|e| corrupt("status", e))?,
                 error: r.try_get(5)?,
                 delivered: r.try_get(6)?,
             })

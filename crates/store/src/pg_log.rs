@@ -1,12 +1,18 @@
 //! The prediction log in PostgreSQL: every replica appends its own rows (tagged with its name)
-//! in one round trip per batch, and rebuilds only its own aggregates at start-up.
+//! in one round trip per batch, and rebuilds only its own aggregates at start-up. It exists so
+//! that the writer ([`crate::log`]) only dispatches; like [`crate::sqlite_log`], it depends on
+//! the neutral [`crate::log_rows`] and the PostgreSQL plumbing ([`crate::pg`]), never on the
+//! SQLite backend or on the writer.
 
-use postgres::Client;
-use switchyard_core::{Aggregates, Feedback, Outcome, Prediction, PredictionRecord, Role, Truth};
+use postgres::{Client, Statement, Transaction};
+use switchyard_core::{Aggregates, Feedback, Outcome, Prediction, PredictionRecord, Role};
 
-use crate::log::{fold_log, FeedbackOutcome, Labelled, Sink};
+use crate::error::corrupt;
+use crate::log_rows::{
+    feedback_from_json, feedback_to_json, fold_log, store_feedback, Disagreement, FeedbackRow,
+    FeedbackTx, Labelled, LogRow, Sink,
+};
 use crate::pg;
-use crate::schema::{FeedbackRow, LogRow};
 use crate::StoreError;
 
 const SELECT_RECORD: &str = "SELECT p.request_id, p.ts_ms, p.model, p.epoch, p.variant, p.role,
@@ -20,13 +26,6 @@ const INSERT_BATCH: &str = "INSERT INTO predictions
     SELECT $1, * FROM unnest($2::text[], $3::int8[], $4::text[], $5::int8[], $6::text[],
         $7::text[], $8::text[], $9::int8[], $10::text[], $11::int4[], $12::int8[], $13::text[],
         $14::text[], $15::text[])";
-
-fn corrupt(what: &'static str, reason: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        what,
-        reason: reason.to_string(),
-    }
-}
 
 pub(crate) fn row_to_log_row(row: &postgres::Row) -> Result<LogRow, StoreError> {
     let role: String = row.try_get(5)?;
@@ -66,11 +65,7 @@ fn rows_of(client: &mut Client, sql: &str, replica: &str) -> Result<Vec<LogRow>,
 fn feedback_row(row: &postgres::Row) -> Result<FeedbackRow, StoreError> {
     let truth: String = row.try_get(1)?;
     let metrics: String = row.try_get(2)?;
-    Ok((
-        row.try_get(0)?,
-        serde_json::from_str::<Truth>(&truth).map_err(|e| corrupt("truth", e))?,
-        serde_json::from_str(&metrics).map_err(|e| corrupt("metrics", e))?,
-    ))
+    feedback_from_json(row.try_get(0)?, &truth, &metrics)
 }
 
 /// The writer's PostgreSQL session.
@@ -194,8 +189,6 @@ impl Sink for PgSink {
 
     fn feedback(&mut self, items: Vec<Feedback>, now_ms: i64) -> Result<Labelled, StoreError> {
         let replica = self.replica.clone();
-        let mut outcome = FeedbackOutcome::default();
-        let mut newly_labelled = Vec::new();
         let mut tx = self.client()?.transaction()?;
         let select = tx.prepare(&format!(
             "{SELECT_RECORD} WHERE p.request_id = $1 ORDER BY p.role DESC, p.id"
@@ -204,32 +197,45 @@ impl Sink for PgSink {
             "INSERT INTO feedback (request_id, replica, ts_ms, truth, metrics)
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT (request_id) DO NOTHING",
         )?;
-        for item in items {
-            let rows = tx
-                .query(&select, &[&item.request_id])?
-                .iter()
-                .map(row_to_log_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            if rows.is_empty() {
-                outcome.unknown.push(item.request_id);
-                continue;
-            }
-            let truth = serde_json::to_string(&item.truth).map_err(|e| corrupt("truth", e))?;
-            let metrics =
-                serde_json::to_string(&item.metrics).map_err(|e| corrupt("metrics", e))?;
-            let n = tx.execute(
-                &insert,
-                &[&item.request_id, &replica, &now_ms, &truth, &metrics],
-            )?;
-            if n == 1 {
-                outcome.accepted += 1;
-                newly_labelled.push((rows, item));
-            } else {
-                outcome.duplicates += 1;
-            }
-        }
+        let labelled = store_feedback(
+            &mut PgFeedback {
+                tx: &mut tx,
+                select,
+                insert,
+                replica: &replica,
+            },
+            items,
+            now_ms,
+        )?;
         tx.commit()?;
-        Ok((outcome, newly_labelled))
+        Ok(labelled)
+    }
+}
+
+/// A feedback transaction in PostgreSQL, with its two statements prepared.
+struct PgFeedback<'a, 'c> {
+    tx: &'a mut Transaction<'c>,
+    select: Statement,
+    insert: Statement,
+    replica: &'a str,
+}
+
+impl FeedbackTx for PgFeedback<'_, '_> {
+    fn records_of(&mut self, request_id: &str) -> Result<Vec<LogRow>, StoreError> {
+        self.tx
+            .query(&self.select, &[&request_id])?
+            .iter()
+            .map(row_to_log_row)
+            .collect()
+    }
+
+    fn insert_feedback(&mut self, item: &Feedback, now_ms: i64) -> Result<bool, StoreError> {
+        let (truth, metrics) = feedback_to_json(&item.truth, &item.metrics)?;
+        let n = self.tx.execute(
+            &self.insert,
+            &[&item.request_id, &self.replica, &now_ms, &truth, &metrics],
+        )?;
+        Ok(n == 1)
     }
 }
 
@@ -240,7 +246,7 @@ pub(crate) fn disagreements(
     primary: &str,
     shadow: &str,
     limit: usize,
-) -> Result<Vec<crate::Disagreement>, StoreError> {
+) -> Result<Vec<Disagreement>, StoreError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = client.query(
         "SELECT p.request_id, p.ts_ms, p.input, p.output, s.output, f.truth
@@ -256,18 +262,14 @@ pub(crate) fn disagreements(
     rows.iter()
         .map(|r| {
             let (p, s): (String, String) = (r.try_get(3)?, r.try_get(4)?);
-            let t: Option<String> = r.try_get(5)?;
-            Ok(crate::Disagreement {
-                request_id: r.try_get(0)?,
-                ts_ms: r.try_get(1)?,
-                input: r.try_get(2)?,
-                primary: serde_json::from_str(&p).map_err(|e| corrupt("output", e))?,
-                shadow: serde_json::from_str(&s).map_err(|e| corrupt("output", e))?,
-                truth: t
-                    .map(|t| serde_json::from_str(&t))
-                    .transpose()
-                    .map_err(|e| corrupt("truth", e))?,
-            })
+            Disagreement::from_columns(
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                &p,
+                &s,
+                r.try_get(5)?,
+            )
         })
         .collect()
 }

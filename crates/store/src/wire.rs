@@ -9,6 +9,7 @@ use switchyard_core::aggregate::{PairKey, PairStats, SeriesKey, VariantStats};
 use switchyard_core::{Aggregates, Role};
 use switchyard_stats::{LatencyHistogram, Moments, Proportion};
 
+use crate::error::corrupt;
 use crate::StoreError;
 
 type MomentParts = (u64, f64, f64, f64, f64);
@@ -104,17 +105,11 @@ pub fn encode_aggregates(agg: &Aggregates) -> Result<String, StoreError> {
             })
             .collect(),
     };
-    serde_json::to_string(&wire).map_err(|e| StoreError::Corrupt {
-        what: "aggregates",
-        reason: e.to_string(),
-    })
+    serde_json::to_string(&wire).map_err(|e| corrupt("aggregates", e))
 }
 
 pub fn decode_aggregates(text: &str) -> Result<Aggregates, StoreError> {
-    let bad = |reason: String| StoreError::Corrupt {
-        what: "aggregates",
-        reason,
-    };
+    let bad = |reason: String| corrupt("aggregates", reason);
     let wire: WireAggregates = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
     let mut agg = Aggregates::default();
     for s in wire.series {

@@ -1,65 +1,24 @@
-//! Schema, connection settings and row encoding of the prediction log.
-
-use std::path::Path;
+//! The prediction log in SQLite: row encoding, the log writer's sink (one transaction per
+//! batch), feedback, and the reads (`read_log`, `disagreements`, recounts). It exists so that
+//! the writer ([`crate::log`]) only dispatches; like [`crate::pg_log`], it depends on the
+//! neutral [`crate::log_rows`] and on the SQLite plumbing ([`crate::sqlite`]), never on the
+//! other backend.
 
 use rusqlite::{params, Connection, OptionalExtension};
-use switchyard_core::{Outcome, Prediction, PredictionRecord, Role, Truth};
+use switchyard_core::{Aggregates, Feedback, Outcome, Prediction, PredictionRecord, Role, Truth};
 
+use crate::error::corrupt;
+use crate::log_rows::{
+    feedback_from_json, feedback_to_json, fold_log, store_feedback, Disagreement, FeedbackRow,
+    FeedbackTx, Labelled, LogRow, Sink,
+};
 use crate::StoreError;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS predictions (
-    id          INTEGER PRIMARY KEY,
-    request_id  TEXT    NOT NULL,
-    ts_ms       INTEGER NOT NULL,
-    model       TEXT    NOT NULL,
-    epoch       INTEGER NOT NULL,
-    variant     TEXT    NOT NULL,
-    role        TEXT    NOT NULL,
-    version     TEXT    NOT NULL,
-    key_hash    INTEGER,
-    outcome     TEXT    NOT NULL,
-    status      INTEGER NOT NULL,
-    latency_us  INTEGER NOT NULL,
-    output      TEXT    NOT NULL,
-    input       TEXT,
-    paired_version TEXT
-);
-CREATE INDEX IF NOT EXISTS predictions_request ON predictions(request_id);
-CREATE TABLE IF NOT EXISTS feedback (
-    request_id  TEXT PRIMARY KEY,
-    ts_ms       INTEGER NOT NULL,
-    truth       TEXT    NOT NULL,
-    metrics     TEXT    NOT NULL
-);
-";
-
-/// Opens (creating if needed) the store at `path`, in WAL mode.
-pub fn open(path: &Path) -> Result<Connection, StoreError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-            path: dir.display().to_string(),
-            source,
-        })?;
-    }
-    let conn = Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    // Durable at commit in WAL mode except for the last transactions before a power loss;
-    // a process crash (kill -9) loses nothing committed.
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.execute_batch(SCHEMA)?;
-    Ok(conn)
-}
-
-pub(crate) fn insert_record(
+fn insert_record(
     stmt: &mut rusqlite::CachedStatement<'_>,
     rec: &PredictionRecord,
 ) -> Result<(), StoreError> {
-    let output = serde_json::to_string(&rec.output).map_err(|e| StoreError::Corrupt {
-        what: "output",
-        reason: e.to_string(),
-    })?;
+    let output = serde_json::to_string(&rec.output).map_err(|e| corrupt("output", e))?;
     stmt.execute(params![
         rec.request_id,
         rec.ts_ms,
@@ -79,27 +38,13 @@ pub(crate) fn insert_record(
     Ok(())
 }
 
-pub(crate) const INSERT_RECORD: &str = "INSERT INTO predictions
+const INSERT_RECORD: &str = "INSERT INTO predictions
     (request_id, ts_ms, model, epoch, variant, role, version, key_hash, outcome, status,
      latency_us, output, input, paired_version)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
 
 const SELECT_RECORD: &str = "SELECT request_id, ts_ms, model, epoch, variant, role, version,
     key_hash, outcome, status, latency_us, output, input, paired_version FROM predictions";
-
-fn corrupt(what: &'static str, reason: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        what,
-        reason: reason.to_string(),
-    }
-}
-
-/// A stored record; shadow records name the version they were paired with.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogRow {
-    pub record: PredictionRecord,
-    pub paired_version: Option<String>,
-}
 
 fn row_to_record(row: &rusqlite::Row<'_>) -> Result<Result<LogRow, StoreError>, rusqlite::Error> {
     let role: String = row.get(5)?;
@@ -131,7 +76,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> Result<Result<LogRow, StoreError>, 
 }
 
 /// Every record of one request, serving first.
-pub(crate) fn records_of(conn: &Connection, request_id: &str) -> Result<Vec<LogRow>, StoreError> {
+fn records_of(conn: &Connection, request_id: &str) -> Result<Vec<LogRow>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "{SELECT_RECORD} WHERE request_id = ?1 ORDER BY role DESC, id"
     ))?;
@@ -142,9 +87,6 @@ pub(crate) fn records_of(conn: &Connection, request_id: &str) -> Result<Vec<LogR
     }
     Ok(out)
 }
-
-/// Feedback of one request as stored: id, truth, business metrics.
-pub type FeedbackRow = (String, Truth, Vec<(String, f64)>);
 
 /// Reads the whole log in insertion order, with feedback per request id (for recounts,
 /// rebuilding aggregates after a restart, and reports).
@@ -167,24 +109,20 @@ pub fn read_log(conn: &Connection) -> Result<(Vec<LogRow>, Vec<FeedbackRow>), St
     let mut feedback = Vec::new();
     for row in rows {
         let (id, truth, metrics) = row?;
-        let truth: Truth = serde_json::from_str(&truth).map_err(|e| corrupt("truth", e))?;
-        let metrics: Vec<(String, f64)> =
-            serde_json::from_str(&metrics).map_err(|e| corrupt("metrics", e))?;
-        feedback.push((id, truth, metrics));
+        feedback.push(feedback_from_json(id, &truth, &metrics)?);
     }
     Ok((records, feedback))
 }
 
 /// Stores feedback unless the request already has some; `true` when it was new.
-pub(crate) fn insert_feedback(
+fn insert_feedback(
     conn: &Connection,
     request_id: &str,
     ts_ms: i64,
     truth: &Truth,
     metrics: &[(String, f64)],
 ) -> Result<bool, StoreError> {
-    let truth = serde_json::to_string(truth).map_err(|e| corrupt("truth", e))?;
-    let metrics = serde_json::to_string(metrics).map_err(|e| corrupt("metrics", e))?;
+    let (truth, metrics) = feedback_to_json(truth, metrics)?;
     let changed = conn
         .prepare_cached("INSERT OR IGNORE INTO feedback (request_id, ts_ms, truth, metrics) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![request_id, ts_ms, truth, metrics])?;
@@ -197,18 +135,6 @@ pub fn count_records(conn: &Connection) -> Result<u64, StoreError> {
         .query_row("SELECT COUNT(*) FROM predictions", [], |r| r.get(0))
         .optional()?;
     Ok(n.unwrap_or(0) as u64)
-}
-
-/// A request on which the serving version and its shadow answered differently.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Disagreement {
-    pub request_id: String,
-    pub ts_ms: i64,
-    /// The captured request body, when input capture sampled it.
-    pub input: Option<String>,
-    pub primary: Prediction,
-    pub shadow: Prediction,
-    pub truth: Option<Truth>,
 }
 
 /// The most recent disagreements between `primary` and `shadow` of `model`.
@@ -241,45 +167,59 @@ pub fn disagreements(
     let mut out = Vec::new();
     for row in rows {
         let (request_id, ts_ms, input, p, s, t) = row?;
-        out.push(Disagreement {
-            request_id,
-            ts_ms,
-            input,
-            primary: serde_json::from_str(&p).map_err(|e| corrupt("output", e))?,
-            shadow: serde_json::from_str(&s).map_err(|e| corrupt("output", e))?,
-            truth: t
-                .map(|t| serde_json::from_str(&t))
-                .transpose()
-                .map_err(|e| corrupt("truth", e))?,
-        });
+        out.push(Disagreement::from_columns(
+            request_id, ts_ms, input, &p, &s, t,
+        )?);
     }
     Ok(out)
 }
 
-/// [`disagreements`] in whichever store `url` names (PostgreSQL is queried from a thread of
-/// its own, so this may be called from async code).
-pub fn disagreements_at(
-    url: &crate::StoreUrl,
-    model: &str,
-    primary: &str,
-    shadow: &str,
-    limit: usize,
-) -> Result<Vec<Disagreement>, StoreError> {
-    match url {
-        crate::StoreUrl::Sqlite(path) => disagreements(&open(path)?, model, primary, shadow, limit),
-        crate::StoreUrl::Postgres(url) => {
-            let (url, model, primary, shadow) = (
-                url.clone(),
-                model.to_string(),
-                primary.to_string(),
-                shadow.to_string(),
-            );
-            std::thread::spawn(move || {
-                let mut client = crate::pg::connect(&url)?;
-                crate::pg_log::disagreements(&mut client, &model, &primary, &shadow, limit)
-            })
-            .join()
-            .map_err(|_| StoreError::WriterStopped)?
+/// The log writer's SQLite connection.
+pub(crate) struct SqliteSink(pub(crate) Connection);
+
+impl Sink for SqliteSink {
+    fn write_batch(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError> {
+        // IMMEDIATE: take the write lock first (waiting out the busy timeout while the control
+        // store's connection writes), never upgrade a read snapshot.
+        let tx = self
+            .0
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx.prepare_cached(INSERT_RECORD)?;
+            for rec in batch {
+                insert_record(&mut stmt, rec)?;
+            }
         }
+        tx.commit()?;
+        Ok(())
     }
+
+    fn feedback(&mut self, items: Vec<Feedback>, now_ms: i64) -> Result<Labelled, StoreError> {
+        // Reads then writes: a deferred transaction whose snapshot predates another
+        // connection's commit cannot be upgraded (SQLITE_BUSY_SNAPSHOT, "database is locked",
+        // without waiting), so the write lock is taken up front.
+        let mut tx = self
+            .0
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let labelled = store_feedback(&mut tx, items, now_ms)?;
+        tx.commit()?;
+        Ok(labelled)
+    }
+}
+
+impl FeedbackTx for rusqlite::Transaction<'_> {
+    fn records_of(&mut self, request_id: &str) -> Result<Vec<LogRow>, StoreError> {
+        records_of(self, request_id)
+    }
+
+    fn insert_feedback(&mut self, item: &Feedback, now_ms: i64) -> Result<bool, StoreError> {
+        insert_feedback(self, &item.request_id, now_ms, &item.truth, &item.metrics)
+    }
+}
+
+/// Recomputes the aggregates from the log: used at start-up and to check the incremental
+/// aggregates against a recount.
+pub fn rebuild_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
+    let (rows, feedback) = read_log(conn)?;
+    Ok(fold_log(rows, feedback, None))
 }

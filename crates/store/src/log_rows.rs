@@ -1,0 +1,210 @@
+//! The prediction log apart from any database: rows as read back, the [`Sink`] interface the
+//! log writer drives, and the logic both backends share (the feedback transaction's loop, the
+//! folds of rows into [`Aggregates`], shadow pairings, the JSON of feedback and
+//! disagreements). It exists so that the SQLite ([`crate::sqlite_log`]) and PostgreSQL
+//! ([`crate::pg_log`]) log backends depend on it and never on each other or on the writer
+//! ([`crate::log`]) that dispatches to them.
+
+use std::collections::HashMap;
+
+use switchyard_core::{Aggregates, Feedback, PairRef, Prediction, PredictionRecord, Role, Truth};
+
+use crate::error::corrupt;
+use crate::StoreError;
+
+/// A stored record; shadow records name the version they were paired with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogRow {
+    pub record: PredictionRecord,
+    pub paired_version: Option<String>,
+}
+
+/// Feedback of one request as stored: id, truth, business metrics.
+pub type FeedbackRow = (String, Truth, Vec<(String, f64)>);
+
+/// What happened to a batch of feedback.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedbackOutcome {
+    /// Newly attached.
+    pub accepted: u64,
+    /// Request ids that already had feedback (the first one stays; idempotent).
+    pub duplicates: u64,
+    /// Request ids with no prediction in the log.
+    pub unknown: Vec<String>,
+}
+
+/// What storing feedback did, and every record of each newly labelled request.
+pub(crate) type Labelled = (FeedbackOutcome, Vec<(Vec<LogRow>, Feedback)>);
+
+/// Where a writer commits batches: a SQLite file or a PostgreSQL session.
+pub(crate) trait Sink {
+    fn write_batch(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError>;
+    /// Stores feedback and returns, per newly labelled request, every record of it.
+    fn feedback(&mut self, items: Vec<Feedback>, now_ms: i64) -> Result<Labelled, StoreError>;
+}
+
+/// The two statements of a feedback transaction, run once per item by [`store_feedback`]: the
+/// SQL differs between SQLite and PostgreSQL, the loop does not.
+pub(crate) trait FeedbackTx {
+    /// Every record of one request, serving first.
+    fn records_of(&mut self, request_id: &str) -> Result<Vec<LogRow>, StoreError>;
+    /// Stores feedback unless the request already has some; `true` when it was new.
+    fn insert_feedback(&mut self, item: &Feedback, now_ms: i64) -> Result<bool, StoreError>;
+}
+
+/// Stores each item whose request is in the log, inside the caller's transaction (the caller
+/// commits): the first feedback of a request is kept, later ones count as duplicates, requests
+/// with no record as unknown. Returns every record of each newly labelled request.
+pub(crate) fn store_feedback(
+    tx: &mut impl FeedbackTx,
+    items: Vec<Feedback>,
+    now_ms: i64,
+) -> Result<Labelled, StoreError> {
+    let mut outcome = FeedbackOutcome::default();
+    let mut newly_labelled = Vec::new();
+    for item in items {
+        let rows = tx.records_of(&item.request_id)?;
+        if rows.is_empty() {
+            outcome.unknown.push(item.request_id);
+            continue;
+        }
+        if tx.insert_feedback(&item, now_ms)? {
+            outcome.accepted += 1;
+            newly_labelled.push((rows, item));
+        } else {
+            outcome.duplicates += 1;
+        }
+    }
+    Ok((outcome, newly_labelled))
+}
+
+/// Truth and business metrics as stored (JSON text).
+pub(crate) fn feedback_to_json(
+    truth: &Truth,
+    metrics: &[(String, f64)],
+) -> Result<(String, String), StoreError> {
+    let truth = serde_json::to_string(truth).map_err(|e| corrupt("truth", e))?;
+    let metrics = serde_json::to_string(metrics).map_err(|e| corrupt("metrics", e))?;
+    Ok((truth, metrics))
+}
+
+/// A feedback row from its stored columns.
+pub(crate) fn feedback_from_json(
+    request_id: String,
+    truth: &str,
+    metrics: &str,
+) -> Result<FeedbackRow, StoreError> {
+    let truth: Truth = serde_json::from_str(truth).map_err(|e| corrupt("truth", e))?;
+    let metrics: Vec<(String, f64)> =
+        serde_json::from_str(metrics).map_err(|e| corrupt("metrics", e))?;
+    Ok((request_id, truth, metrics))
+}
+
+/// A request on which the serving version and its shadow answered differently.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Disagreement {
+    pub request_id: String,
+    pub ts_ms: i64,
+    /// The captured request body, when input capture sampled it.
+    pub input: Option<String>,
+    pub primary: Prediction,
+    pub shadow: Prediction,
+    pub truth: Option<Truth>,
+}
+
+impl Disagreement {
+    /// A disagreement from the columns the disagreements query returns (both backends):
+    /// outputs and truth are JSON text.
+    pub(crate) fn from_columns(
+        request_id: String,
+        ts_ms: i64,
+        input: Option<String>,
+        primary: &str,
+        shadow: &str,
+        truth: Option<String>,
+    ) -> Result<Disagreement, StoreError> {
+        Ok(Disagreement {
+            request_id,
+            ts_ms,
+            input,
+            primary: serde_json::from_str::<Prediction>(primary)
+                .map_err(|e| corrupt("output", e))?,
+            shadow: serde_json::from_str::<Prediction>(shadow).map_err(|e| corrupt("output", e))?,
+            truth: truth
+                .map(|t| serde_json::from_str(&t))
+                .transpose()
+                .map_err(|e| corrupt("truth", e))?,
+        })
+    }
+}
+
+/// Restores each shadow row's pairing with the serving row of its request.
+pub(crate) fn with_pairs(rows: Vec<LogRow>) -> Vec<PredictionRecord> {
+    let serving = rows
+        .iter()
+        .find(|r| r.record.role == Role::Serving)
+        .map(|r| r.record.clone());
+    rows.into_iter()
+        .map(|row| {
+            let mut rec = row.record;
+            if rec.role == Role::Shadow {
+                rec.pair = match (&serving, row.paired_version) {
+                    (Some(s), Some(version)) if s.version == version => Some(PairRef {
+                        version,
+                        output: s.output.clone(),
+                    }),
+                    _ => None,
+                };
+            }
+            rec
+        })
+        .collect()
+}
+
+/// Folds records (grouped by request, in first-seen order) and then feedback into fresh
+/// aggregates. Feedback is matched against `labelled` when given (the records of the labelled
+/// requests, which may have been served elsewhere), else against `rows`.
+pub(crate) fn fold_log(
+    rows: Vec<LogRow>,
+    feedback: Vec<FeedbackRow>,
+    labelled: Option<Vec<LogRow>>,
+) -> Aggregates {
+    let mut agg = Aggregates::default();
+    let mut paired = HashMap::new();
+    for (id, records) in group_by_request(rows) {
+        records.iter().for_each(|r| agg.record(r));
+        if labelled.is_none() {
+            paired.insert(id, records);
+        }
+    }
+    if let Some(labelled) = labelled {
+        paired.extend(group_by_request(labelled));
+    }
+    for (id, truth, metrics) in feedback {
+        if let Some(records) = paired.get(&id) {
+            agg.record_feedback(records, &truth, &metrics);
+        }
+    }
+    agg
+}
+
+/// Rows grouped per request id in order of first appearance, with shadow pairings restored.
+fn group_by_request(rows: Vec<LogRow>) -> Vec<(String, Vec<PredictionRecord>)> {
+    let mut by_request: HashMap<String, Vec<LogRow>> = HashMap::new();
+    let mut order = Vec::new();
+    for row in rows {
+        let id = row.record.request_id.clone();
+        let entry = by_request.entry(id.clone()).or_default();
+        if entry.is_empty() {
+            order.push(id);
+        }
+        entry.push(row);
+    }
+    order
+        .into_iter()
+        .filter_map(|id| {
+            let rows = by_request.remove(&id)?;
+            Some((id, with_pairs(rows)))
+        })
+        .collect()
+}

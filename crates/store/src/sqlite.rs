@@ -1,0 +1,55 @@
+//! SQLite plumbing: the connection settings (WAL, `synchronous=NORMAL`, busy timeout) and the
+//! prediction log's tables, the counterpart of [`crate::pg`]. It exists so that the SQLite log
+//! ([`crate::sqlite_log`]) and the SQLite control store ([`crate::sqlite_control`]) open the
+//! shared file the same way without depending on each other.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS predictions (
+    id          INTEGER PRIMARY KEY,
+    request_id  TEXT    NOT NULL,
+    ts_ms       INTEGER NOT NULL,
+    model       TEXT    NOT NULL,
+    epoch       INTEGER NOT NULL,
+    variant     TEXT    NOT NULL,
+    role        TEXT    NOT NULL,
+    version     TEXT    NOT NULL,
+    key_hash    INTEGER,
+    outcome     TEXT    NOT NULL,
+    status      INTEGER NOT NULL,
+    latency_us  INTEGER NOT NULL,
+    output      TEXT    NOT NULL,
+    input       TEXT,
+    paired_version TEXT
+);
+CREATE INDEX IF NOT EXISTS predictions_request ON predictions(request_id);
+CREATE TABLE IF NOT EXISTS feedback (
+    request_id  TEXT PRIMARY KEY,
+    ts_ms       INTEGER NOT NULL,
+    truth       TEXT    NOT NULL,
+    metrics     TEXT    NOT NULL
+);
+";
+
+/// Opens (creating if needed) the store at `path`, in WAL mode.
+pub fn open(path: &Path) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Durable at commit in WAL mode except for the last transactions before a power loss;
+    // a process crash (kill -9) loses nothing committed.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
