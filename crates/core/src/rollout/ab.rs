@@ -9,6 +9,7 @@ use switchyard_stats::chi2::sample_ratio_mismatch;
 use switchyard_stats::sequential::MsprtConfig;
 use switchyard_stats::{bayes, power, proportions, ttest, Proportion};
 
+use super::raw::{bp, raw_fields, required};
 use super::{d, single, unit, Observations, Out, Phase, Recommendation, RolloutState};
 use crate::aggregate::VariantStats;
 use crate::audit::Severity;
@@ -41,6 +42,76 @@ pub struct AbSpec {
     /// Route everything to the winner when the test concludes.
     pub auto_promote: bool,
     pub srm_threshold: f64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// As written (`rollout_config`): percentages in percent.
+
+raw_fields! {
+    /// An A/B test as written.
+    pub struct RawAb {
+        control: Option<String>,
+        treatment: Option<String>,
+        /// Percent of traffic to the treatment.
+        treatment_weight: Option<f64>,
+        /// `accuracy` or `conversion:<metric name>`.
+        metric: Option<String>,
+        baseline: Option<f64>,
+        mde: Option<f64>,
+        alpha: Option<f64>,
+        power: Option<f64>,
+        sequential: Option<bool>,
+        auto_promote: Option<bool>,
+        srm_threshold: Option<f64>,
+    }
+}
+
+impl RawAb {
+    /// Builds the spec, adding its problems.
+    pub(crate) fn validate(self, problems: &mut Vec<String>) -> AbSpec {
+        let metric = match self.metric.as_deref() {
+            None | Some("accuracy") => AbMetric::Accuracy,
+            Some(m) => match m.strip_prefix("conversion:") {
+                Some(name) if !name.is_empty() => AbMetric::Conversion(name.to_string()),
+                _ => {
+                    problems.push(format!(
+                        "metric: '{m}' is not accuracy or conversion:<metric name>"
+                    ));
+                    AbMetric::Accuracy
+                }
+            },
+        };
+        let tw = bp(
+            "treatment_weight",
+            self.treatment_weight.unwrap_or(50.0),
+            problems,
+        );
+        AbSpec {
+            control: required(&self.control, "control", "ab", problems),
+            treatment: required(&self.treatment, "treatment", "ab", problems),
+            treatment_weight: tw,
+            metric,
+            baseline: self.baseline.unwrap_or_else(|| {
+                problems.push(
+                    "baseline: required for an ab rollout (the expected control rate)".into(),
+                );
+                0.5
+            }),
+            mde: self.mde.unwrap_or_else(|| {
+                problems.push(
+                    "mde: required for an ab rollout (the smallest effect worth detecting)".into(),
+                );
+                0.05
+            }),
+            alpha: self.alpha.unwrap_or(0.05),
+            power: self.power.unwrap_or(0.8),
+            sequential: self.sequential.unwrap_or(false),
+            auto_promote: self.auto_promote.unwrap_or(false),
+            srm_threshold: self
+                .srm_threshold
+                .unwrap_or(switchyard_stats::chi2::DEFAULT_SRM_THRESHOLD),
+        }
+    }
 }
 
 /// The A/B test's own problems.

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::raw::{nullable, raw_fields, required};
 use super::{
     d, default_min_p95_increase_ms, frac, opt, rollback, single, Observations, Out, Phase,
     RolloutState,
@@ -39,6 +40,57 @@ pub struct BlueGreenSpec {
     pub validation_set: Option<String>,
     /// Requests of the replay that must all succeed before anything else is judged.
     pub smoke_requests: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// As written (`rollout_config`): durations in milliseconds.
+
+/// Default retention of the old colour after a good switch.
+pub const DEFAULT_RETENTION_MS: u64 = 24 * 3_600_000;
+/// Blue-green: green's p95 over blue's that switches back.
+pub const DEFAULT_MAX_P95_RATIO: f64 = 1.5;
+
+raw_fields! {
+    /// A blue-green rollout as written.
+    pub struct RawBlueGreen {
+        active: Option<String>,
+        candidate: Option<String>,
+        min_accuracy: Option<f64>,
+        max_p95_ms: Option<f64>,
+        monitor_min_requests: Option<u64>,
+        monitor_duration_ms: Option<u64>,
+        max_error_rate: Option<f64>,
+        /// Green's p95 over blue's that switches back: not written, the default; `null`
+        /// disables the latency check.
+        max_p95_ratio: Option<Option<f64>> = nullable,
+        /// p95 increases below this many ms never switch back.
+        min_p95_increase_ms: Option<f64>,
+        retention_ms: Option<u64>,
+        validation_set: Option<String>,
+        smoke_requests: Option<u64>,
+    }
+}
+
+impl RawBlueGreen {
+    /// Builds the spec, adding its problems.
+    pub(crate) fn validate(self, problems: &mut Vec<String>) -> BlueGreenSpec {
+        BlueGreenSpec {
+            active: required(&self.active, "active", "blue_green", problems),
+            candidate: required(&self.candidate, "candidate", "blue_green", problems),
+            min_accuracy: self.min_accuracy,
+            max_p95_ms: self.max_p95_ms,
+            monitor_min_requests: self.monitor_min_requests.unwrap_or(100),
+            monitor_duration_ms: self.monitor_duration_ms.unwrap_or(300_000),
+            max_error_rate: self.max_error_rate.unwrap_or(0.05),
+            max_p95_ratio: self.max_p95_ratio.unwrap_or(Some(DEFAULT_MAX_P95_RATIO)),
+            min_p95_increase_ms: self
+                .min_p95_increase_ms
+                .unwrap_or(super::DEFAULT_MIN_P95_INCREASE_MS),
+            retention_ms: self.retention_ms.unwrap_or(DEFAULT_RETENTION_MS),
+            validation_set: self.validation_set,
+            smoke_requests: self.smoke_requests.unwrap_or(10),
+        }
+    }
 }
 
 /// The blue-green rollout's own problems.

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use switchyard_stats::proportions;
 
+use super::raw::{bp, raw_fields, required};
 use super::{
     d, rollback, single, Observations, Out, Phase, RolloutState, DEFAULT_MIN_P95_INCREASE_MS,
 };
@@ -73,6 +74,134 @@ pub struct CanarySpec {
     /// A step held longer than this raises an alert (and rolls back when `rollback_on_deadline`).
     pub step_deadline_ms: Option<u64>,
     pub rollback_on_deadline: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// As written (`rollout_config`): percentages in percent, durations in milliseconds.
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawStep {
+    /// Percent of traffic to the canary.
+    pub weight: f64,
+    pub min_requests: Option<u64>,
+    pub min_duration_ms: Option<u64>,
+    #[serde(default)]
+    pub require_approval: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawGate {
+    /// Absolute accuracy drop (0.05 = 5 points); `null` disables.
+    #[serde(default = "some_accuracy_drop")]
+    pub max_accuracy_drop: Option<f64>,
+    #[serde(default = "some_mae_increase")]
+    pub max_mae_increase: Option<f64>,
+    pub min_labelled: Option<u64>,
+    #[serde(default = "some_p95_increase")]
+    pub max_p95_increase: Option<f64>,
+    pub min_p95_increase_ms: Option<f64>,
+    #[serde(default = "some_error_ratio")]
+    pub max_error_ratio: Option<f64>,
+    pub min_error_rate: Option<f64>,
+    pub significance: Option<f64>,
+}
+
+fn some_accuracy_drop() -> Option<f64> {
+    GatePolicy::default().max_accuracy_drop
+}
+fn some_mae_increase() -> Option<f64> {
+    GatePolicy::default().max_mae_increase
+}
+fn some_p95_increase() -> Option<f64> {
+    GatePolicy::default().max_p95_increase
+}
+fn some_error_ratio() -> Option<f64> {
+    GatePolicy::default().max_error_ratio
+}
+
+raw_fields! {
+    /// A canary as written, alone or as a shadow's `then_canary`.
+    pub struct RawCanary {
+        stable: Option<String>,
+        candidate: Option<String>,
+        steps: Option<Vec<RawStep>>,
+        /// Defaults of every step.
+        min_requests: Option<u64>,
+        min_duration_ms: Option<u64>,
+        gate: Option<RawGate>,
+        step_deadline_ms: Option<u64>,
+        rollback_on_deadline: Option<bool>,
+    }
+}
+
+/// The seed's canary steps: 5 → 25 → 50 → 100%.
+pub const DEFAULT_STEPS: [f64; 4] = [5.0, 25.0, 50.0, 100.0];
+/// Default minimum requests and duration per step (the seed asks for 50–100 requests).
+pub const DEFAULT_STEP_REQUESTS: u64 = 100;
+pub const DEFAULT_STEP_DURATION_MS: u64 = 60_000;
+
+fn gate(raw: Option<RawGate>, problems: &mut Vec<String>) -> GatePolicy {
+    let d = GatePolicy::default();
+    let Some(g) = raw else { return d };
+    if let Some(s) = g.significance {
+        if !(s > 0.0 && s < 1.0) {
+            problems.push(format!(
+                "gate.significance: must be strictly between 0 and 1, got {s}"
+            ));
+        }
+    }
+    GatePolicy {
+        max_accuracy_drop: g.max_accuracy_drop,
+        max_mae_increase: g.max_mae_increase,
+        min_labelled: g.min_labelled.unwrap_or(d.min_labelled),
+        max_p95_increase: g.max_p95_increase,
+        min_p95_increase_ms: g.min_p95_increase_ms.unwrap_or(d.min_p95_increase_ms),
+        max_error_ratio: g.max_error_ratio,
+        min_error_rate: g.min_error_rate.unwrap_or(d.min_error_rate),
+        significance: g.significance,
+    }
+}
+
+impl RawCanary {
+    /// Builds the spec, adding its problems (each field's name prefixed with `prefix`).
+    pub(crate) fn validate(self, problems: &mut Vec<String>, prefix: &str) -> CanarySpec {
+        let min_requests = self.min_requests.unwrap_or(DEFAULT_STEP_REQUESTS);
+        let min_duration_ms = self.min_duration_ms.unwrap_or(DEFAULT_STEP_DURATION_MS);
+        let steps = match self.steps {
+            Some(steps) => steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Step {
+                    weight: bp(&format!("{prefix}steps[{i}].weight"), s.weight, problems),
+                    min_requests: s.min_requests.unwrap_or(min_requests),
+                    min_duration_ms: s.min_duration_ms.unwrap_or(min_duration_ms),
+                    require_approval: s.require_approval,
+                })
+                .collect(),
+            None => DEFAULT_STEPS
+                .iter()
+                .map(|&w| Step {
+                    weight: (w * 100.0) as u32,
+                    min_requests,
+                    min_duration_ms,
+                    require_approval: false,
+                })
+                .collect(),
+        };
+        CanarySpec {
+            stable: required(&self.stable, &format!("{prefix}stable"), "canary", problems),
+            candidate: required(
+                &self.candidate,
+                &format!("{prefix}candidate"),
+                "canary",
+                problems,
+            ),
+            steps,
+            gate: gate(self.gate, problems),
+            step_deadline_ms: self.step_deadline_ms,
+            rollback_on_deadline: self.rollback_on_deadline.unwrap_or(false),
+        }
+    }
 }
 
 /// The canary's own problems (the versions are checked by [`super::RolloutSpec::problems`]).

@@ -29,6 +29,7 @@ use crate::routing::{Colour, ShadowTarget, Strategy, BUCKETS};
 pub(crate) mod ab;
 pub(crate) mod blue_green;
 pub(crate) mod canary;
+pub(crate) mod raw;
 pub(crate) mod shadow;
 
 pub use ab::{ab_report, AbMetric, AbReport, AbSpec};

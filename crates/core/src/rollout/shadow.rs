@@ -8,6 +8,8 @@
 use serde::{Deserialize, Serialize};
 use switchyard_stats::{mcnemar, ttest};
 
+use super::canary::RawCanary;
+use super::raw::{bp, raw_fields, required};
 use super::{
     d, frac, opt, single, unit, Action, CanarySpec, Observations, Out, Phase, Recommendation,
     RolloutKind, RolloutSpec, RolloutState,
@@ -36,6 +38,51 @@ pub struct ShadowSpec {
     pub then_canary: Option<CanarySpec>,
     /// Wait for an operator before starting `then_canary`.
     pub chain_requires_approval: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// As written (`rollout_config`): percentages in percent, durations in milliseconds.
+
+raw_fields! {
+    /// A shadow as written.
+    pub struct RawShadow {
+        primary: Option<String>,
+        candidate: Option<String>,
+        /// Percent of requests mirrored.
+        sample: Option<f64>,
+        min_labelled: Option<u64>,
+        min_duration_ms: Option<u64>,
+        min_improvement: Option<f64>,
+        max_drop: Option<f64>,
+        alpha: Option<f64>,
+        min_agreement: Option<f64>,
+        max_error_rate: Option<f64>,
+        /// Takes a canary's fields.
+        then_canary: Option<RawCanary>,
+        chain_requires_approval: Option<bool>,
+    }
+}
+
+impl RawShadow {
+    /// Builds the spec, adding its problems.
+    pub(crate) fn validate(self, problems: &mut Vec<String>) -> ShadowSpec {
+        ShadowSpec {
+            primary: required(&self.primary, "primary", "shadow", problems),
+            candidate: required(&self.candidate, "candidate", "shadow", problems),
+            sample: bp("sample", self.sample.unwrap_or(100.0), problems),
+            min_labelled: self.min_labelled.unwrap_or(1_000),
+            min_duration_ms: self.min_duration_ms.unwrap_or(0),
+            min_improvement: self.min_improvement.unwrap_or(0.02),
+            max_drop: self.max_drop.unwrap_or(0.01),
+            alpha: self.alpha.unwrap_or(0.05),
+            min_agreement: self.min_agreement.unwrap_or(0.5),
+            max_error_rate: self.max_error_rate.unwrap_or(0.05),
+            then_canary: self
+                .then_canary
+                .map(|c| c.validate(problems, "then_canary.")),
+            chain_requires_approval: self.chain_requires_approval.unwrap_or(false),
+        }
+    }
 }
 
 /// The shadow's own problems, and its chained canary's prefixed with `then_canary: `.
