@@ -2,7 +2,8 @@
 //! from the baseline and the minimum detectable effect is reached (or an mSPRT boundary is
 //! crossed), guarded by a sample-ratio-mismatch check.
 //!
-//! Its spec ([`AbSpec`], [`AbMetric`]), report ([`ab_report`]) and state machine live here.
+//! Its spec ([`AbSpec`], [`AbMetric`], written as [`RawAb`]), report ([`ab_report`]) and state
+//! machine live here.
 
 use serde::{Deserialize, Serialize};
 use switchyard_stats::chi2::sample_ratio_mismatch;

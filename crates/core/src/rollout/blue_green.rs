@@ -2,7 +2,7 @@
 //! takes any traffic, switched to all at once, watched through a monitoring window (switched
 //! back on errors or latency), and the old colour is kept warm until the retention ends.
 //!
-//! Its spec ([`BlueGreenSpec`]) and state machine live here.
+//! Its spec ([`BlueGreenSpec`], written as [`RawBlueGreen`]) and state machine live here.
 
 use serde::{Deserialize, Serialize};
 

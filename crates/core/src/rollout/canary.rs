@@ -1,8 +1,8 @@
 //! The canary: the candidate takes a growing share of traffic, step by step, while a health
 //! gate compares it with the stable version and rolls back on the first failure.
 //!
-//! Its spec ([`CanarySpec`], [`Step`], [`GatePolicy`]), the gate ([`evaluate_gate`]) and its
-//! state machine live here; a shadow chains into one on PROMOTE.
+//! Its spec ([`CanarySpec`], [`Step`], [`GatePolicy`]; written as [`RawCanary`]), the gate
+//! ([`evaluate_gate`]) and its state machine live here; a shadow chains into one on PROMOTE.
 
 use serde::{Deserialize, Serialize};
 use switchyard_stats::proportions;

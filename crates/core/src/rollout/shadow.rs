@@ -3,7 +3,8 @@
 //! and never served; the comparison ends in a recommendation, and on PROMOTE it may chain a
 //! canary.
 //!
-//! Its spec ([`ShadowSpec`]), report ([`shadow_report`]) and state machine live here.
+//! Its spec ([`ShadowSpec`], written as [`RawShadow`]), report ([`shadow_report`]) and state
+//! machine live here.
 
 use serde::{Deserialize, Serialize};
 use switchyard_stats::{mcnemar, ttest};
