@@ -3,217 +3,188 @@
 //! returns every problem at once. Unknown fields are reported by the parsing edge (through
 //! `serde_ignored`) together with the validation problems.
 //!
+//! Each kind has its own raw struct, beside its spec in `rollout::<kind>` ([`RawCanary`],
+//! [`RawShadow`], [`RawAb`], [`RawBlueGreen`]). A spec is one flat mapping whose `kind` may come
+//! last, so [`RawRollout`] reads the fields every kind shares and hands each other field to the
+//! kinds that take it; a field only other kinds take is a problem that names them ("steps: a
+//! canary field; a shadow rollout does not take it"), a field no kind takes is left to the
+//! parsing edge.
+//!
 //! Percentages are written as percent (`weight: 5`), durations in milliseconds.
 
+use std::fmt;
+
+use serde::de::{Deserializer, Error as _, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::rollout::{
-    AbMetric, AbSpec, BlueGreenSpec, CanarySpec, GatePolicy, RolloutKind, RolloutSpec, ShadowSpec,
-    Step,
+use crate::rollout::raw::{Field, RawFields};
+use crate::rollout::{RolloutKind, RolloutSpec};
+
+pub use crate::rollout::ab::RawAb;
+pub use crate::rollout::blue_green::{RawBlueGreen, DEFAULT_MAX_P95_RATIO, DEFAULT_RETENTION_MS};
+pub use crate::rollout::canary::{
+    RawCanary, RawGate, RawStep, DEFAULT_STEPS, DEFAULT_STEP_DURATION_MS, DEFAULT_STEP_REQUESTS,
 };
+pub use crate::rollout::shadow::RawShadow;
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct RawStep {
-    /// Percent of traffic to the canary.
-    pub weight: f64,
-    pub min_requests: Option<u64>,
-    pub min_duration_ms: Option<u64>,
-    #[serde(default)]
-    pub require_approval: bool,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct RawGate {
-    /// Absolute accuracy drop (0.05 = 5 points); `null` disables.
-    #[serde(default = "some_accuracy_drop")]
-    pub max_accuracy_drop: Option<f64>,
-    #[serde(default = "some_mae_increase")]
-    pub max_mae_increase: Option<f64>,
-    pub min_labelled: Option<u64>,
-    #[serde(default = "some_p95_increase")]
-    pub max_p95_increase: Option<f64>,
-    pub min_p95_increase_ms: Option<f64>,
-    #[serde(default = "some_error_ratio")]
-    pub max_error_ratio: Option<f64>,
-    pub min_error_rate: Option<f64>,
-    pub significance: Option<f64>,
-}
-
-fn some_accuracy_drop() -> Option<f64> {
-    GatePolicy::default().max_accuracy_drop
-}
-fn some_mae_increase() -> Option<f64> {
-    GatePolicy::default().max_mae_increase
-}
-fn some_p95_increase() -> Option<f64> {
-    GatePolicy::default().max_p95_increase
-}
-fn some_p95_ratio() -> Option<f64> {
-    Some(DEFAULT_MAX_P95_RATIO)
-}
-fn some_error_ratio() -> Option<f64> {
-    GatePolicy::default().max_error_ratio
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct RawCanary {
-    pub stable: Option<String>,
-    pub candidate: Option<String>,
-    pub steps: Option<Vec<RawStep>>,
-    pub min_requests: Option<u64>,
-    pub min_duration_ms: Option<u64>,
-    pub gate: Option<RawGate>,
-    pub step_deadline_ms: Option<u64>,
-    #[serde(default)]
-    pub rollback_on_deadline: bool,
-}
-
-/// A rollout spec as written.
-#[derive(Debug, Clone, Deserialize)]
+/// A rollout spec as written: the fields every kind shares, and the others read into each kind
+/// that takes them.
+#[derive(Debug, Clone, Default)]
 pub struct RawRollout {
     pub name: String,
     pub model: String,
     pub kind: String,
-    // canary
-    pub stable: Option<String>,
-    pub candidate: Option<String>,
-    pub steps: Option<Vec<RawStep>>,
-    pub min_requests: Option<u64>,
-    pub min_duration_ms: Option<u64>,
-    pub gate: Option<RawGate>,
-    pub step_deadline_ms: Option<u64>,
-    #[serde(default)]
-    pub rollback_on_deadline: bool,
-    // shadow
-    pub primary: Option<String>,
-    pub sample: Option<f64>,
-    pub min_labelled: Option<u64>,
-    pub min_improvement: Option<f64>,
-    pub max_drop: Option<f64>,
-    pub alpha: Option<f64>,
-    pub min_agreement: Option<f64>,
-    pub max_error_rate: Option<f64>,
-    pub then_canary: Option<RawCanary>,
-    #[serde(default)]
-    pub chain_requires_approval: bool,
-    // a/b
-    pub control: Option<String>,
-    pub treatment: Option<String>,
-    pub treatment_weight: Option<f64>,
-    /// `accuracy` or `conversion:<metric name>`.
-    pub metric: Option<String>,
-    pub baseline: Option<f64>,
-    pub mde: Option<f64>,
-    pub power: Option<f64>,
-    #[serde(default)]
-    pub sequential: bool,
-    #[serde(default)]
-    pub auto_promote: bool,
-    pub srm_threshold: Option<f64>,
-    // blue-green
-    pub active: Option<String>,
-    pub min_accuracy: Option<f64>,
-    pub max_p95_ms: Option<f64>,
-    pub monitor_min_requests: Option<u64>,
-    pub monitor_duration_ms: Option<u64>,
-    /// Green's p95 over blue's that switches back; `null` disables the latency check.
-    #[serde(default = "some_p95_ratio")]
-    pub max_p95_ratio: Option<f64>,
-    /// Blue-green: p95 increases below this many ms never switch back.
-    pub min_p95_increase_ms: Option<f64>,
-    pub retention_ms: Option<u64>,
-    pub validation_set: Option<String>,
-    pub smoke_requests: Option<u64>,
+    pub canary: RawCanary,
+    pub shadow: RawShadow,
+    pub ab: RawAb,
+    pub blue_green: RawBlueGreen,
+    /// Every field written besides `name`, `model` and `kind`, in order.
+    pub written: Vec<String>,
 }
 
-/// The seed's canary steps: 5 → 25 → 50 → 100%.
-pub const DEFAULT_STEPS: [f64; 4] = [5.0, 25.0, 50.0, 100.0];
-/// Default minimum requests and duration per step (the seed asks for 50–100 requests).
-pub const DEFAULT_STEP_REQUESTS: u64 = 100;
-pub const DEFAULT_STEP_DURATION_MS: u64 = 60_000;
-pub const DEFAULT_RETENTION_MS: u64 = 24 * 3_600_000;
-/// Blue-green: green's p95 over blue's that switches back.
-pub const DEFAULT_MAX_P95_RATIO: f64 = 1.5;
+/// Each kind with the fields it takes.
+fn kinds() -> [(&'static str, &'static [&'static str]); 4] {
+    [
+        ("shadow", RawShadow::FIELDS),
+        ("canary", RawCanary::FIELDS),
+        ("ab", RawAb::FIELDS),
+        ("blue_green", RawBlueGreen::FIELDS),
+    ]
+}
 
-fn bp(name: &str, percent: f64, problems: &mut Vec<String>) -> u32 {
-    if !(percent.is_finite() && (0.0..=100.0).contains(&percent)) {
-        problems.push(format!(
-            "{name}: must be a percentage in [0, 100], got {percent}"
-        ));
-        return 0;
+impl<'de> Deserialize<'de> for RawRollout {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(RolloutVisitor)
     }
-    (percent * 100.0).round() as u32
 }
 
-fn required(field: &Option<String>, name: &str, kind: &str, problems: &mut Vec<String>) -> String {
-    field.clone().unwrap_or_else(|| {
-        problems.push(format!("{name}: required for a {kind} rollout"));
-        String::new()
-    })
-}
+struct RolloutVisitor;
 
-fn gate(raw: Option<RawGate>, problems: &mut Vec<String>) -> GatePolicy {
-    let d = GatePolicy::default();
-    let Some(g) = raw else { return d };
-    if let Some(s) = g.significance {
-        if !(s > 0.0 && s < 1.0) {
-            problems.push(format!(
-                "gate.significance: must be strictly between 0 and 1, got {s}"
-            ));
+impl<'de> Visitor<'de> for RolloutVisitor {
+    type Value = RawRollout;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a rollout spec (name, model, kind and the kind's fields)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRollout, A::Error> {
+        let mut raw = RawRollout::default();
+        let (mut name, mut model, mut kind) = (None, None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "name" => set(&mut name, "name", map.next_value()?)?,
+                "model" => set(&mut model, "model", map.next_value()?)?,
+                "kind" => set(&mut kind, "kind", map.next_value()?)?,
+                _ if raw.written.contains(&key) => {
+                    return Err(A::Error::custom(format_args!("duplicate field `{key}`")))
+                }
+                // Fields several kinds take: read once, given to each.
+                "candidate" => {
+                    let v: Option<String> = map.next_value()?;
+                    raw.canary.candidate.clone_from(&v);
+                    raw.shadow.candidate.clone_from(&v);
+                    raw.blue_green.candidate = v;
+                }
+                "min_duration_ms" => {
+                    let v: Option<u64> = map.next_value()?;
+                    raw.canary.min_duration_ms = v;
+                    raw.shadow.min_duration_ms = v;
+                }
+                "alpha" => {
+                    let v: Option<f64> = map.next_value()?;
+                    raw.shadow.alpha = v;
+                    raw.ab.alpha = v;
+                }
+                "max_error_rate" => {
+                    let v: Option<f64> = map.next_value()?;
+                    raw.shadow.max_error_rate = v;
+                    raw.blue_green.max_error_rate = v;
+                }
+                k if RawCanary::FIELDS.contains(&k) => map.next_value_seed(Field {
+                    raw: &mut raw.canary,
+                    key: k,
+                })?,
+                k if RawShadow::FIELDS.contains(&k) => map.next_value_seed(Field {
+                    raw: &mut raw.shadow,
+                    key: k,
+                })?,
+                k if RawAb::FIELDS.contains(&k) => map.next_value_seed(Field {
+                    raw: &mut raw.ab,
+                    key: k,
+                })?,
+                k if RawBlueGreen::FIELDS.contains(&k) => map.next_value_seed(Field {
+                    raw: &mut raw.blue_green,
+                    key: k,
+                })?,
+                // Unknown to every kind: skipped here, reported by a `serde_ignored` edge.
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            if !matches!(key.as_str(), "name" | "model" | "kind") {
+                raw.written.push(key);
+            }
         }
-    }
-    GatePolicy {
-        max_accuracy_drop: g.max_accuracy_drop,
-        max_mae_increase: g.max_mae_increase,
-        min_labelled: g.min_labelled.unwrap_or(d.min_labelled),
-        max_p95_increase: g.max_p95_increase,
-        min_p95_increase_ms: g.min_p95_increase_ms.unwrap_or(d.min_p95_increase_ms),
-        max_error_ratio: g.max_error_ratio,
-        min_error_rate: g.min_error_rate.unwrap_or(d.min_error_rate),
-        significance: g.significance,
+        raw.name = name.ok_or_else(|| A::Error::missing_field("name"))?;
+        raw.model = model.ok_or_else(|| A::Error::missing_field("model"))?;
+        raw.kind = kind.ok_or_else(|| A::Error::missing_field("kind"))?;
+        Ok(raw)
     }
 }
 
-fn canary(raw: RawCanary, problems: &mut Vec<String>, prefix: &str) -> CanarySpec {
-    let min_requests = raw.min_requests.unwrap_or(DEFAULT_STEP_REQUESTS);
-    let min_duration_ms = raw.min_duration_ms.unwrap_or(DEFAULT_STEP_DURATION_MS);
-    let steps = match raw.steps {
-        Some(steps) => steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| Step {
-                weight: bp(&format!("{prefix}steps[{i}].weight"), s.weight, problems),
-                min_requests: s.min_requests.unwrap_or(min_requests),
-                min_duration_ms: s.min_duration_ms.unwrap_or(min_duration_ms),
-                require_approval: s.require_approval,
-            })
-            .collect(),
-        None => DEFAULT_STEPS
-            .iter()
-            .map(|&w| Step {
-                weight: (w * 100.0) as u32,
-                min_requests,
-                min_duration_ms,
-                require_approval: false,
-            })
-            .collect(),
-    };
-    CanarySpec {
-        stable: required(&raw.stable, &format!("{prefix}stable"), "canary", problems),
-        candidate: required(
-            &raw.candidate,
-            &format!("{prefix}candidate"),
-            "canary",
-            problems,
-        ),
-        steps,
-        gate: gate(raw.gate, problems),
-        step_deadline_ms: raw.step_deadline_ms,
-        rollback_on_deadline: raw.rollback_on_deadline,
+/// Sets a common field, refusing it written twice.
+fn set<E: serde::de::Error>(
+    slot: &mut Option<String>,
+    name: &'static str,
+    v: String,
+) -> Result<(), E> {
+    if slot.is_some() {
+        return Err(E::duplicate_field(name));
+    }
+    *slot = Some(v);
+    Ok(())
+}
+
+/// "a canary", "an ab".
+fn article(word: &str) -> String {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        format!("an {word}")
+    } else {
+        format!("a {word}")
     }
 }
 
 impl RawRollout {
+    /// A problem for each field written that the rollout's kind does not take but another does.
+    fn fields_of_other_kinds(&self) -> Vec<String> {
+        let kinds = kinds();
+        let Some((_, own)) = kinds.iter().find(|(k, _)| *k == self.kind) else {
+            return Vec::new();
+        };
+        self.written
+            .iter()
+            .filter(|f| !own.contains(&f.as_str()))
+            .filter_map(|f| {
+                let owners: Vec<&str> = kinds
+                    .iter()
+                    .filter(|(_, fields)| fields.contains(&f.as_str()))
+                    .map(|(k, _)| *k)
+                    .collect();
+                let (last, rest) = owners.split_last()?;
+                let owners = if rest.is_empty() {
+                    last.to_string()
+                } else {
+                    format!("{} or {last}", rest.join(", "))
+                };
+                Some(format!(
+                    "{f}: {} field; {} rollout does not take it",
+                    article(&owners),
+                    article(&self.kind)
+                ))
+            })
+            .collect()
+    }
+
     /// Builds the spec, checking it against the model's declared versions. Every problem is
     /// returned, each prefixed with the rollout's name.
     pub fn validate(self, declared: &[&str]) -> Result<RolloutSpec, Vec<String>> {
@@ -229,99 +200,12 @@ impl RawRollout {
                 self.name
             ));
         }
+        problems.extend(self.fields_of_other_kinds());
         let kind = match self.kind.as_str() {
-            "canary" => RolloutKind::Canary(canary(
-                RawCanary {
-                    stable: self.stable,
-                    candidate: self.candidate,
-                    steps: self.steps,
-                    min_requests: self.min_requests,
-                    min_duration_ms: self.min_duration_ms,
-                    gate: self.gate,
-                    step_deadline_ms: self.step_deadline_ms,
-                    rollback_on_deadline: self.rollback_on_deadline,
-                },
-                &mut problems,
-                "",
-            )),
-            "shadow" => RolloutKind::Shadow(ShadowSpec {
-                primary: required(&self.primary, "primary", "shadow", &mut problems),
-                candidate: required(&self.candidate, "candidate", "shadow", &mut problems),
-                sample: bp("sample", self.sample.unwrap_or(100.0), &mut problems),
-                min_labelled: self.min_labelled.unwrap_or(1_000),
-                min_duration_ms: self.min_duration_ms.unwrap_or(0),
-                min_improvement: self.min_improvement.unwrap_or(0.02),
-                max_drop: self.max_drop.unwrap_or(0.01),
-                alpha: self.alpha.unwrap_or(0.05),
-                min_agreement: self.min_agreement.unwrap_or(0.5),
-                max_error_rate: self.max_error_rate.unwrap_or(0.05),
-                then_canary: self
-                    .then_canary
-                    .map(|c| canary(c, &mut problems, "then_canary.")),
-                chain_requires_approval: self.chain_requires_approval,
-            }),
-            "ab" => {
-                let metric = match self.metric.as_deref() {
-                    None | Some("accuracy") => AbMetric::Accuracy,
-                    Some(m) => match m.strip_prefix("conversion:") {
-                        Some(name) if !name.is_empty() => AbMetric::Conversion(name.to_string()),
-                        _ => {
-                            problems.push(format!(
-                                "metric: '{m}' is not accuracy or conversion:<metric name>"
-                            ));
-                            AbMetric::Accuracy
-                        }
-                    },
-                };
-                let tw = bp(
-                    "treatment_weight",
-                    self.treatment_weight.unwrap_or(50.0),
-                    &mut problems,
-                );
-                RolloutKind::Ab(AbSpec {
-                    control: required(&self.control, "control", "ab", &mut problems),
-                    treatment: required(&self.treatment, "treatment", "ab", &mut problems),
-                    treatment_weight: tw,
-                    metric,
-                    baseline: self.baseline.unwrap_or_else(|| {
-                        problems.push(
-                            "baseline: required for an ab rollout (the expected control rate)"
-                                .into(),
-                        );
-                        0.5
-                    }),
-                    mde: self.mde.unwrap_or_else(|| {
-                        problems.push(
-                            "mde: required for an ab rollout (the smallest effect worth detecting)"
-                                .into(),
-                        );
-                        0.05
-                    }),
-                    alpha: self.alpha.unwrap_or(0.05),
-                    power: self.power.unwrap_or(0.8),
-                    sequential: self.sequential,
-                    auto_promote: self.auto_promote,
-                    srm_threshold: self
-                        .srm_threshold
-                        .unwrap_or(switchyard_stats::chi2::DEFAULT_SRM_THRESHOLD),
-                })
-            }
-            "blue_green" => RolloutKind::BlueGreen(BlueGreenSpec {
-                active: required(&self.active, "active", "blue_green", &mut problems),
-                candidate: required(&self.candidate, "candidate", "blue_green", &mut problems),
-                min_accuracy: self.min_accuracy,
-                max_p95_ms: self.max_p95_ms,
-                monitor_min_requests: self.monitor_min_requests.unwrap_or(100),
-                monitor_duration_ms: self.monitor_duration_ms.unwrap_or(300_000),
-                max_error_rate: self.max_error_rate.unwrap_or(0.05),
-                max_p95_ratio: self.max_p95_ratio,
-                min_p95_increase_ms: self
-                    .min_p95_increase_ms
-                    .unwrap_or(crate::rollout::DEFAULT_MIN_P95_INCREASE_MS),
-                retention_ms: self.retention_ms.unwrap_or(DEFAULT_RETENTION_MS),
-                validation_set: self.validation_set,
-                smoke_requests: self.smoke_requests.unwrap_or(10),
-            }),
+            "canary" => RolloutKind::Canary(self.canary.validate(&mut problems, "")),
+            "shadow" => RolloutKind::Shadow(self.shadow.validate(&mut problems)),
+            "ab" => RolloutKind::Ab(self.ab.validate(&mut problems)),
+            "blue_green" => RolloutKind::BlueGreen(self.blue_green.validate(&mut problems)),
             other => {
                 problems.push(format!(
                     "kind: '{other}' is not one of shadow, canary, ab, blue_green"
@@ -340,5 +224,219 @@ impl RawRollout {
         } else {
             Err(problems)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::{CanarySpec, GatePolicy, Step};
+
+    /// Parses `yaml` as the server's edge does (unknown fields listed by `serde_ignored`), then
+    /// validates it against versions `v1` and `v2`.
+    fn parse(yaml: &str) -> Result<RolloutSpec, Vec<String>> {
+        let mut problems = Vec::new();
+        let raw: RawRollout =
+            serde_ignored::deserialize(serde_yaml::Deserializer::from_str(yaml), |path| {
+                problems.push(format!(
+                    "{}: unknown field",
+                    path.to_string().replace(".?", "").replace("?.", "")
+                ))
+            })
+            .map_err(|e| vec![e.to_string()])?;
+        match raw.validate(&["v1", "v2"]) {
+            Ok(spec) if problems.is_empty() => Ok(spec),
+            Ok(_) => Err(problems),
+            Err(more) => Err(problems.into_iter().chain(more).collect()),
+        }
+    }
+
+    /// Every problem of `yaml`: each expected one is found, and there are no others.
+    fn check(yaml: &str, expected: &[&str]) {
+        let problems = parse(yaml).err().unwrap_or_default();
+        for e in expected {
+            assert!(
+                problems.iter().any(|p| p.contains(e)),
+                "missing '{e}' in {problems:#?} for\n{yaml}"
+            );
+        }
+        assert_eq!(problems.len(), expected.len(), "{problems:#?} for\n{yaml}");
+    }
+
+    #[test]
+    fn fields_of_another_kind_are_reported_with_every_other_problem() {
+        for (yaml, expected) in [
+            (
+                "name: s\nmodel: m\nkind: shadow\nprimary: v1\ncandidate: v2\nsample: 0\n\
+                 steps: [{ weight: 50 }]\nbogus: 1\n",
+                &[
+                    "steps: a canary field; a shadow rollout does not take it",
+                    "sample must be in (0, 100]%, got 0%",
+                    "bogus: unknown field",
+                ][..],
+            ),
+            (
+                "name: a\nmodel: m\nkind: ab\ncontrol: v1\ntreatment: nope\nbaseline: 0.1\n\
+                 primary: v1\n",
+                &[
+                    "primary: a shadow field; an ab rollout does not take it",
+                    "mde: required for an ab rollout",
+                    "unknown version 'nope'",
+                ],
+            ),
+            (
+                "name: b\nmodel: m\nkind: blue_green\nactive: v1\ncandidate: v2\n\
+                 gate: { max_accuracy_drop: 0.1 }\nmin_accuracy: 2\n",
+                &[
+                    "gate: a canary field; a blue_green rollout does not take it",
+                    "min_accuracy must be in [0, 1], got 2",
+                ],
+            ),
+            // The kind may come last; a field several kinds share names them all.
+            (
+                "name: c\nmodel: m\nstable: v1\ncandidate: v2\nalpha: 0.05\nsample: 10\n\
+                 kind: canary\n",
+                &[
+                    "alpha: a shadow or ab field; a canary rollout does not take it",
+                    "sample: a shadow field; a canary rollout does not take it",
+                ],
+            ),
+            (
+                "name: a\nmodel: m\nkind: ab\ncontrol: v1\ntreatment: v2\nbaseline: 0.1\n\
+                 mde: 0.05\ncandidate: v2\nmax_p95_ratio: null\n",
+                &[
+                    "candidate: a shadow, canary or blue_green field; an ab rollout does not take it",
+                    "max_p95_ratio: a blue_green field; an ab rollout does not take it",
+                ],
+            ),
+            // A shadow's chained canary takes canary fields only.
+            (
+                "name: s\nmodel: m\nkind: shadow\nprimary: v1\ncandidate: v2\n\
+                 then_canary: { stable: v1, candidate: v2, steps: [{ weight: 50 }], sample: 5 }\n",
+                &[
+                    "then_canary.sample: unknown field",
+                    "then_canary: the last step must send 100% to the candidate",
+                ],
+            ),
+            // Unknown fields are still found at every depth, and an unknown kind is named.
+            (
+                "name: c\nmodel: m\nkind: canary\nstable: v1\ncandidate: nope\nbogus: 1\n\
+                 gate: { max_acuracy_drop: 0.1 }\n",
+                &[
+                    "bogus: unknown field",
+                    "gate.max_acuracy_drop: unknown field",
+                    "unknown version 'nope'",
+                ],
+            ),
+            (
+                "name: x\nmodel: m\nkind: linear\nsteps: []\n",
+                &["kind: 'linear' is not one of shadow, canary, ab, blue_green"],
+            ),
+            (
+                "name: x\nmodel: m\nkind: canary\nstable: v1\nstable: v2\n",
+                &["duplicate"],
+            ),
+            ("name: x\nmodel: m\nstable: v1\n", &["missing field `kind`"]),
+        ] {
+            check(yaml, expected);
+        }
+    }
+
+    #[test]
+    fn a_canary_takes_every_canary_field() {
+        let yaml = "name: c\nmodel: m\nkind: canary\nstable: v1\ncandidate: v2\n\
+            steps: [{ weight: 10, min_requests: 5, min_duration_ms: 6, require_approval: true },\n\
+            \x20 { weight: 100 }]\n\
+            min_requests: 7\nmin_duration_ms: 8\nstep_deadline_ms: 9\nrollback_on_deadline: true\n\
+            gate: { max_accuracy_drop: 0.1, max_mae_increase: null, min_labelled: 11,\n\
+            \x20 max_p95_increase: 0.2, min_p95_increase_ms: 3, max_error_ratio: 4,\n\
+            \x20 min_error_rate: 0.02, significance: 0.05 }\n";
+        let spec = parse(yaml).unwrap();
+        assert_eq!(
+            spec.kind,
+            RolloutKind::Canary(CanarySpec {
+                stable: "v1".into(),
+                candidate: "v2".into(),
+                steps: vec![
+                    Step {
+                        weight: 1_000,
+                        min_requests: 5,
+                        min_duration_ms: 6,
+                        require_approval: true,
+                    },
+                    Step {
+                        weight: 10_000,
+                        min_requests: 7,
+                        min_duration_ms: 8,
+                        require_approval: false,
+                    },
+                ],
+                gate: GatePolicy {
+                    max_accuracy_drop: Some(0.1),
+                    max_mae_increase: None,
+                    min_labelled: 11,
+                    max_p95_increase: Some(0.2),
+                    min_p95_increase_ms: 3.0,
+                    max_error_ratio: Some(4.0),
+                    min_error_rate: 0.02,
+                    significance: Some(0.05),
+                },
+                step_deadline_ms: Some(9),
+                rollback_on_deadline: true,
+            })
+        );
+    }
+
+    #[test]
+    fn shared_fields_reach_each_kind_that_takes_them() {
+        let spec = parse("name: s\nmodel: m\nkind: shadow\nprimary: v1\ncandidate: v2\nalpha: 0.01\nmin_duration_ms: 5\nmax_error_rate: 0.2\n").unwrap();
+        let RolloutKind::Shadow(s) = spec.kind else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(
+            (
+                s.candidate.as_str(),
+                s.alpha,
+                s.min_duration_ms,
+                s.max_error_rate
+            ),
+            ("v2", 0.01, 5, 0.2)
+        );
+        let spec = parse("name: a\nmodel: m\nkind: ab\ncontrol: v1\ntreatment: v2\nbaseline: 0.1\nmde: 0.05\nalpha: 0.01\n").unwrap();
+        let RolloutKind::Ab(a) = spec.kind else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(a.alpha, 0.01);
+        let spec = parse("name: b\nmodel: m\nkind: blue_green\nactive: v1\ncandidate: v2\nmax_error_rate: 0.2\nmax_p95_ratio: null\n").unwrap();
+        let RolloutKind::BlueGreen(b) = spec.kind else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(
+            (b.candidate.as_str(), b.max_error_rate, b.max_p95_ratio),
+            ("v2", 0.2, None)
+        );
+        let spec =
+            parse("name: b\nmodel: m\nkind: blue_green\nactive: v1\ncandidate: v2\n").unwrap();
+        let RolloutKind::BlueGreen(b) = spec.kind else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(b.max_p95_ratio, Some(DEFAULT_MAX_P95_RATIO));
+    }
+
+    /// `RawRollout`'s reader gives the fields several kinds take to each of them by name: the
+    /// list there must be exactly these.
+    #[test]
+    fn the_shared_fields_are_those_the_reader_gives_to_several_kinds() {
+        let mut shared: Vec<&str> = kinds()
+            .iter()
+            .flat_map(|(_, fields)| fields.iter().copied())
+            .filter(|f| kinds().iter().filter(|(_, fs)| fs.contains(f)).count() > 1)
+            .collect();
+        shared.sort_unstable();
+        shared.dedup();
+        assert_eq!(
+            shared,
+            ["alpha", "candidate", "max_error_rate", "min_duration_ms"]
+        );
     }
 }

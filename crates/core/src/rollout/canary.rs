@@ -1,0 +1,561 @@
+//! The canary: the candidate takes a growing share of traffic, step by step, while a health
+//! gate compares it with the stable version and rolls back on the first failure.
+//!
+//! Its spec ([`CanarySpec`], [`Step`], [`GatePolicy`]; written as [`RawCanary`]), the gate
+//! ([`evaluate_gate`]) and its state machine live here; a shadow chains into one on PROMOTE.
+
+use serde::{Deserialize, Serialize};
+use switchyard_stats::proportions;
+
+use super::raw::{bp, raw_fields, required};
+use super::{
+    d, rollback, single, Observations, Out, Phase, RolloutState, DEFAULT_MIN_P95_INCREASE_MS,
+};
+use crate::aggregate::VariantStats;
+use crate::audit::{Details, Severity};
+use crate::routing::{Strategy, BUCKETS};
+
+/// One canary step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// Canary share in basis points.
+    pub weight: u32,
+    pub min_requests: u64,
+    pub min_duration_ms: u64,
+    /// The step is applied only after an operator approves it.
+    pub require_approval: bool,
+}
+
+/// Thresholds of the canary health gate. `None` disables a check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatePolicy {
+    /// Largest tolerated drop of accuracy, in absolute terms (0.05 = five points).
+    pub max_accuracy_drop: Option<f64>,
+    /// Largest tolerated relative increase of MAE (regression models).
+    pub max_mae_increase: Option<f64>,
+    /// Labelled instances needed on each side before quality is judged.
+    pub min_labelled: u64,
+    /// Largest tolerated relative increase of p95 latency (0.5 = +50%).
+    pub max_p95_increase: Option<f64>,
+    /// Latency increases smaller than this (absolute, ms) never fail the gate: p95 of a few
+    /// hundred fast requests moves by a millisecond on a busy machine.
+    pub min_p95_increase_ms: f64,
+    /// Largest tolerated ratio of error rates, canary over stable.
+    pub max_error_ratio: Option<f64>,
+    /// Error rates below this never fail the ratio check (so 1 error in 200 against 0 does
+    /// not roll back).
+    pub min_error_rate: f64,
+    /// When set, an accuracy drop fails the gate only if a two-proportion z-test finds it
+    /// significant at this level.
+    pub significance: Option<f64>,
+}
+
+impl Default for GatePolicy {
+    fn default() -> Self {
+        GatePolicy {
+            max_accuracy_drop: Some(0.05),
+            max_mae_increase: Some(0.10),
+            min_labelled: 30,
+            max_p95_increase: Some(0.5),
+            min_p95_increase_ms: DEFAULT_MIN_P95_INCREASE_MS,
+            max_error_ratio: Some(2.0),
+            min_error_rate: 0.01,
+            significance: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanarySpec {
+    pub stable: String,
+    pub candidate: String,
+    pub steps: Vec<Step>,
+    pub gate: GatePolicy,
+    /// A step held longer than this raises an alert (and rolls back when `rollback_on_deadline`).
+    pub step_deadline_ms: Option<u64>,
+    pub rollback_on_deadline: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// As written (`rollout_config`): percentages in percent, durations in milliseconds.
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawStep {
+    /// Percent of traffic to the canary.
+    pub weight: f64,
+    pub min_requests: Option<u64>,
+    pub min_duration_ms: Option<u64>,
+    #[serde(default)]
+    pub require_approval: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawGate {
+    /// Absolute accuracy drop (0.05 = 5 points); `null` disables.
+    #[serde(default = "some_accuracy_drop")]
+    pub max_accuracy_drop: Option<f64>,
+    #[serde(default = "some_mae_increase")]
+    pub max_mae_increase: Option<f64>,
+    pub min_labelled: Option<u64>,
+    #[serde(default = "some_p95_increase")]
+    pub max_p95_increase: Option<f64>,
+    pub min_p95_increase_ms: Option<f64>,
+    #[serde(default = "some_error_ratio")]
+    pub max_error_ratio: Option<f64>,
+    pub min_error_rate: Option<f64>,
+    pub significance: Option<f64>,
+}
+
+fn some_accuracy_drop() -> Option<f64> {
+    GatePolicy::default().max_accuracy_drop
+}
+fn some_mae_increase() -> Option<f64> {
+    GatePolicy::default().max_mae_increase
+}
+fn some_p95_increase() -> Option<f64> {
+    GatePolicy::default().max_p95_increase
+}
+fn some_error_ratio() -> Option<f64> {
+    GatePolicy::default().max_error_ratio
+}
+
+raw_fields! {
+    /// A canary as written, alone or as a shadow's `then_canary`.
+    pub struct RawCanary {
+        stable: Option<String>,
+        candidate: Option<String>,
+        steps: Option<Vec<RawStep>>,
+        /// Defaults of every step.
+        min_requests: Option<u64>,
+        min_duration_ms: Option<u64>,
+        gate: Option<RawGate>,
+        step_deadline_ms: Option<u64>,
+        rollback_on_deadline: Option<bool>,
+    }
+}
+
+/// The seed's canary steps: 5 → 25 → 50 → 100%.
+pub const DEFAULT_STEPS: [f64; 4] = [5.0, 25.0, 50.0, 100.0];
+/// Default minimum requests and duration per step (the seed asks for 50–100 requests).
+pub const DEFAULT_STEP_REQUESTS: u64 = 100;
+pub const DEFAULT_STEP_DURATION_MS: u64 = 60_000;
+
+fn gate(raw: Option<RawGate>, problems: &mut Vec<String>) -> GatePolicy {
+    let d = GatePolicy::default();
+    let Some(g) = raw else { return d };
+    if let Some(s) = g.significance {
+        if !(s > 0.0 && s < 1.0) {
+            problems.push(format!(
+                "gate.significance: must be strictly between 0 and 1, got {s}"
+            ));
+        }
+    }
+    GatePolicy {
+        max_accuracy_drop: g.max_accuracy_drop,
+        max_mae_increase: g.max_mae_increase,
+        min_labelled: g.min_labelled.unwrap_or(d.min_labelled),
+        max_p95_increase: g.max_p95_increase,
+        min_p95_increase_ms: g.min_p95_increase_ms.unwrap_or(d.min_p95_increase_ms),
+        max_error_ratio: g.max_error_ratio,
+        min_error_rate: g.min_error_rate.unwrap_or(d.min_error_rate),
+        significance: g.significance,
+    }
+}
+
+impl RawCanary {
+    /// Builds the spec, adding its problems (each field's name prefixed with `prefix`).
+    pub(crate) fn validate(self, problems: &mut Vec<String>, prefix: &str) -> CanarySpec {
+        let min_requests = self.min_requests.unwrap_or(DEFAULT_STEP_REQUESTS);
+        let min_duration_ms = self.min_duration_ms.unwrap_or(DEFAULT_STEP_DURATION_MS);
+        let steps = match self.steps {
+            Some(steps) => steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| Step {
+                    weight: bp(&format!("{prefix}steps[{i}].weight"), s.weight, problems),
+                    min_requests: s.min_requests.unwrap_or(min_requests),
+                    min_duration_ms: s.min_duration_ms.unwrap_or(min_duration_ms),
+                    require_approval: s.require_approval,
+                })
+                .collect(),
+            None => DEFAULT_STEPS
+                .iter()
+                .map(|&w| Step {
+                    weight: (w * 100.0) as u32,
+                    min_requests,
+                    min_duration_ms,
+                    require_approval: false,
+                })
+                .collect(),
+        };
+        CanarySpec {
+            stable: required(&self.stable, &format!("{prefix}stable"), "canary", problems),
+            candidate: required(
+                &self.candidate,
+                &format!("{prefix}candidate"),
+                "canary",
+                problems,
+            ),
+            steps,
+            gate: gate(self.gate, problems),
+            step_deadline_ms: self.step_deadline_ms,
+            rollback_on_deadline: self.rollback_on_deadline.unwrap_or(false),
+        }
+    }
+}
+
+/// The canary's own problems (the versions are checked by [`super::RolloutSpec::problems`]).
+pub(super) fn problems(c: &CanarySpec, p: &mut Vec<String>) {
+    if c.steps.is_empty() {
+        p.push("a canary needs at least one step".into());
+    }
+    let mut last = 0;
+    for (i, s) in c.steps.iter().enumerate() {
+        if s.weight == 0 || s.weight > BUCKETS {
+            p.push(format!(
+                "steps[{i}]: weight must be in (0, 100]%, got {}%",
+                f64::from(s.weight) / 100.0
+            ));
+        }
+        if s.weight <= last {
+            p.push(format!(
+                "steps[{i}]: weights must increase ({}% after {}%)",
+                f64::from(s.weight) / 100.0,
+                f64::from(last) / 100.0
+            ));
+        }
+        last = s.weight;
+    }
+    if c.steps.last().is_some_and(|s| s.weight != BUCKETS) {
+        p.push("the last step must send 100% to the candidate".into());
+    }
+    gate_problems(&c.gate, p);
+}
+
+fn gate_problems(g: &GatePolicy, p: &mut Vec<String>) {
+    for (name, v) in [
+        ("gate.max_accuracy_drop", g.max_accuracy_drop),
+        ("gate.max_mae_increase", g.max_mae_increase),
+        ("gate.max_p95_increase", g.max_p95_increase),
+        ("gate.max_error_ratio", g.max_error_ratio),
+        ("gate.significance", g.significance),
+    ] {
+        if let Some(v) = v {
+            if !(v.is_finite() && v >= 0.0) {
+                p.push(format!("{name} must be a non-negative number, got {v}"));
+            }
+        }
+    }
+    if !(g.min_error_rate.is_finite() && g.min_error_rate >= 0.0) {
+        p.push(format!(
+            "gate.min_error_rate must be a non-negative number, got {}",
+            g.min_error_rate
+        ));
+    }
+}
+
+/// The verdict of one canary gate.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Pass(Details),
+    Fail {
+        reason: String,
+        severity: Severity,
+        details: Details,
+    },
+    Hold(String),
+}
+
+/// Compares the canary (this step) with the stable version (whole rollout).
+pub fn evaluate_gate(gate: &GatePolicy, canary: &VariantStats, stable: &VariantStats) -> Verdict {
+    if canary.requests == 0 {
+        return Verdict::Hold("no canary traffic yet".into());
+    }
+    if stable.requests == 0 {
+        return Verdict::Hold("no stable traffic to compare with".into());
+    }
+    let mut details = vec![
+        d("canary_requests", canary.requests),
+        d("stable_requests", stable.requests),
+    ];
+    // Errors.
+    let (ce, se) = (
+        canary.error_rate().unwrap_or(0.0),
+        stable.error_rate().unwrap_or(0.0),
+    );
+    details.push(d("canary_error_rate", ce));
+    details.push(d("stable_error_rate", se));
+    if let Some(ratio) = gate.max_error_ratio {
+        let limit = (se * ratio).max(gate.min_error_rate);
+        details.push(d("error_rate_limit", limit));
+        if ce > limit {
+            return Verdict::Fail {
+                reason: format!(
+                    "error rate {:.2}% exceeds {:.2}% ({ratio}x stable's {:.2}%)",
+                    ce * 100.0,
+                    limit * 100.0,
+                    se * 100.0
+                ),
+                severity: Severity::P0,
+                details,
+            };
+        }
+    }
+    // Latency.
+    if let Some(increase) = gate.max_p95_increase {
+        let (cp, sp) = (
+            canary.latency.p95().unwrap_or(0),
+            stable.latency.p95().unwrap_or(0),
+        );
+        details.push(d("canary_p95_us", cp));
+        details.push(d("stable_p95_us", sp));
+        let limit =
+            (sp as f64 * (1.0 + increase)).max(sp as f64 + gate.min_p95_increase_ms * 1000.0);
+        details.push(d("p95_limit_us", limit));
+        if cp as f64 > limit {
+            return Verdict::Fail {
+                reason: format!(
+                    "p95 latency {:.1} ms exceeds {:.1} ms (+{:.0}% over stable's {:.1} ms)",
+                    cp as f64 / 1000.0,
+                    limit / 1000.0,
+                    increase * 100.0,
+                    sp as f64 / 1000.0
+                ),
+                severity: Severity::P1,
+                details,
+            };
+        }
+    }
+    // Quality: classification if labels were scored as correct/incorrect, else regression.
+    let classification = canary.correct.trials > 0 || stable.correct.trials > 0;
+    if classification {
+        if let Some(max_drop) = gate.max_accuracy_drop {
+            let (c, s) = (canary.correct, stable.correct);
+            details.push(d("canary_labelled", c.trials));
+            details.push(d("stable_labelled", s.trials));
+            if c.trials < gate.min_labelled || s.trials < gate.min_labelled {
+                return Verdict::Hold(format!(
+                    "waiting for labels: canary {}/{}, stable {}/{}",
+                    c.trials, gate.min_labelled, s.trials, gate.min_labelled
+                ));
+            }
+            let (ca, sa) = (c.rate().unwrap_or(0.0), s.rate().unwrap_or(0.0));
+            details.push(d("canary_accuracy", ca));
+            details.push(d("stable_accuracy", sa));
+            details.push(d("max_accuracy_drop", max_drop));
+            let mut significant = true;
+            if let Some(alpha) = gate.significance {
+                if let Ok(z) = proportions::two_proportion_ztest(s, c, alpha) {
+                    details.push(d("z", z.z));
+                    details.push(d("p_value", z.p_value));
+                    significant = z.p_value < alpha;
+                }
+            }
+            if sa - ca > max_drop && significant {
+                return Verdict::Fail {
+                    reason: format!(
+                        "accuracy {:.1}% is {:.1} points below stable's {:.1}% (limit {:.1})",
+                        ca * 100.0,
+                        (sa - ca) * 100.0,
+                        sa * 100.0,
+                        max_drop * 100.0
+                    ),
+                    severity: Severity::P0,
+                    details,
+                };
+            }
+        }
+    } else if let Some(max_increase) = gate.max_mae_increase {
+        let (cn, sn) = (canary.abs_error.count(), stable.abs_error.count());
+        if cn < gate.min_labelled || sn < gate.min_labelled {
+            return Verdict::Hold(format!(
+                "waiting for labels: canary {cn}/{}, stable {sn}/{}",
+                gate.min_labelled, gate.min_labelled
+            ));
+        }
+        let (cm, sm) = (
+            canary.abs_error.mean().unwrap_or(0.0),
+            stable.abs_error.mean().unwrap_or(0.0),
+        );
+        details.push(d("canary_mae", cm));
+        details.push(d("stable_mae", sm));
+        if cm > sm * (1.0 + max_increase) {
+            return Verdict::Fail {
+                reason: format!(
+                    "MAE {cm:.3} exceeds stable's {sm:.3} by more than {:.0}%",
+                    max_increase * 100.0
+                ),
+                severity: Severity::P0,
+                details,
+            };
+        }
+    }
+    Verdict::Pass(details)
+}
+
+pub(super) fn tick_canary(
+    c: &CanarySpec,
+    state: &mut RolloutState,
+    obs: &Observations,
+    out: &mut Out<'_>,
+) {
+    if state.phase != Phase::Running {
+        return;
+    }
+    let Some(step) = c.steps.get(state.step) else {
+        return;
+    };
+    let elapsed = (out.now - state.step_started_ms).max(0) as u64;
+    let canary = obs.step_of(&c.candidate);
+    let stable = obs.total_of(&c.stable);
+    let ready = canary.requests >= step.min_requests && elapsed >= step.min_duration_ms;
+    let verdict = if ready {
+        evaluate_gate(&c.gate, &canary, &stable)
+    } else {
+        Verdict::Hold(format!(
+            "step {} needs {} requests and {} ms: has {} requests after {} ms",
+            state.step + 1,
+            step.min_requests,
+            step.min_duration_ms,
+            canary.requests,
+            elapsed
+        ))
+    };
+    match verdict {
+        Verdict::Fail {
+            reason,
+            severity,
+            mut details,
+        } => {
+            out.event(
+                "gate_failed",
+                format!("gate of step {} failed: {reason}", state.step + 1),
+                details.clone(),
+            );
+            details.push(d("step_percent", f64::from(step.weight) / 100.0));
+            rollback(state, out, single(&c.stable), &reason, severity, details);
+        }
+        Verdict::Hold(reason) => {
+            state.reason = Some(reason.clone());
+            if let Some(deadline) = c.step_deadline_ms {
+                if elapsed > deadline && !state.stuck_alerted {
+                    state.stuck_alerted = true;
+                    let details = vec![
+                        d("step", (state.step + 1) as u64),
+                        d("elapsed_ms", elapsed),
+                        d("deadline_ms", deadline),
+                        d("waiting_for", reason.as_str()),
+                    ];
+                    out.event(
+                        "step_stuck",
+                        format!("step {} held past its deadline: {reason}", state.step + 1),
+                        details.clone(),
+                    );
+                    out.alert(
+                        Severity::P2,
+                        "stuck_step",
+                        format!(
+                            "{} stuck at {}%: {reason}",
+                            out.spec.name,
+                            f64::from(step.weight) / 100.0
+                        ),
+                        details.clone(),
+                    );
+                    if c.rollback_on_deadline {
+                        rollback(
+                            state,
+                            out,
+                            single(&c.stable),
+                            "step deadline passed",
+                            Severity::P1,
+                            details,
+                        );
+                    }
+                }
+            }
+        }
+        Verdict::Pass(details) => {
+            out.event(
+                "gate_passed",
+                format!(
+                    "gate of step {} ({}%) passed",
+                    state.step + 1,
+                    f64::from(step.weight) / 100.0
+                ),
+                details,
+            );
+            match c.steps.get(state.step + 1) {
+                None => {
+                    out.set(state, single(&c.candidate));
+                    state.phase = Phase::Completed;
+                    state.reason = Some(format!("{} promoted to 100%", c.candidate));
+                    out.event(
+                        "promoted",
+                        format!("{} is now stable", c.candidate),
+                        vec![d("version", c.candidate.as_str())],
+                    );
+                    out.alert(
+                        Severity::P3,
+                        "completed",
+                        format!("{} completed: {} promoted", out.spec.name, c.candidate),
+                        vec![],
+                    );
+                }
+                Some(next) if next.require_approval => {
+                    state.phase = Phase::AwaitingApproval;
+                    state.reason = Some(format!(
+                        "approve to go to {}%",
+                        f64::from(next.weight) / 100.0
+                    ));
+                    out.event(
+                        "awaiting_approval",
+                        format!(
+                            "step {} ({}%) needs approval",
+                            state.step + 2,
+                            f64::from(next.weight) / 100.0
+                        ),
+                        vec![],
+                    );
+                    out.alert(
+                        Severity::P3,
+                        "approval_needed",
+                        format!(
+                            "{} waits for approval to go to {}%",
+                            out.spec.name,
+                            f64::from(next.weight) / 100.0
+                        ),
+                        vec![],
+                    );
+                }
+                Some(next) => advance_canary(c, state, out, next.weight),
+            }
+        }
+    }
+}
+
+pub(super) fn advance_canary(
+    c: &CanarySpec,
+    state: &mut RolloutState,
+    out: &mut Out<'_>,
+    weight: u32,
+) {
+    state.step += 1;
+    state.step_started_ms = out.now;
+    state.stuck_alerted = false;
+    state.phase = Phase::Running;
+    state.reason = None;
+    out.set(state, Strategy::canary(&c.stable, &c.candidate, weight));
+    out.event(
+        "step_advanced",
+        format!(
+            "canary at {}% (step {} of {})",
+            f64::from(weight) / 100.0,
+            state.step + 1,
+            c.steps.len()
+        ),
+        vec![
+            d("step", (state.step + 1) as u64),
+            d("weight_percent", f64::from(weight) / 100.0),
+        ],
+    );
+}

@@ -1,0 +1,639 @@
+//! Rollouts as pure state machines.
+//!
+//! A rollout moves one model from a current version to a candidate by one of four strategies
+//! (shadow, canary, A/B, blue-green). [`start`], [`tick`] and [`command`] take the spec, the
+//! current [`RolloutState`], [`Observations`] (statistics the driver merged from the aggregates)
+//! and the time, and return the next state plus [`Action`]s for the driver to carry out: swap
+//! the routing strategy, append audit events, send alerts, run a validation. Nothing here does
+//! I/O or reads a clock.
+//!
+//! This file holds what every kind shares: the spec envelope ([`RolloutSpec`], [`RolloutKind`]),
+//! the state, observations, actions and commands, the helpers that emit them, and the dispatch
+//! of [`start`], [`tick`] and [`command`]. Each kind's spec, written form (read by
+//! `crate::rollout_config`), state machine and report live in its own file (`canary`, `shadow`,
+//! `ab`, `blue_green`) and are re-exported here; `raw` holds the building blocks of the written
+//! forms.
+//!
+//! Invariants (property-tested): terminal phases absorb every tick and command; no step
+//! advances before its minimum requests and duration; no gate passes without data; every
+//! strategy emitted is valid (weights in range and summing to the whole).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use switchyard_stats::power;
+use switchyard_stats::sequential::SequentialMonitor;
+
+use crate::aggregate::{PairStats, VariantStats};
+use crate::audit::{AuditEvent, Detail, Details, Severity};
+use crate::routing::{Colour, ShadowTarget, Strategy, BUCKETS};
+
+pub(crate) mod ab;
+pub(crate) mod blue_green;
+pub(crate) mod canary;
+pub(crate) mod raw;
+pub(crate) mod shadow;
+
+pub use ab::{ab_report, AbMetric, AbReport, AbSpec};
+pub use blue_green::BlueGreenSpec;
+pub use canary::{evaluate_gate, CanarySpec, GatePolicy, Step, Verdict};
+pub use shadow::{shadow_report, ShadowReport, ShadowSpec};
+
+use ab::{ab_strategy, tick_ab};
+use blue_green::{blue_green, tick_blue_green};
+use canary::{advance_canary, tick_canary};
+use shadow::{chain, tick_shadow};
+
+// ---------------------------------------------------------------------------------------------
+// Specs.
+
+/// The smallest p95 increase (ms) a latency check acts on, for gates and monitoring windows.
+pub const DEFAULT_MIN_P95_INCREASE_MS: f64 = 2.0;
+
+fn default_min_p95_increase_ms() -> f64 {
+    DEFAULT_MIN_P95_INCREASE_MS
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RolloutKind {
+    Shadow(ShadowSpec),
+    Canary(CanarySpec),
+    Ab(AbSpec),
+    BlueGreen(BlueGreenSpec),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutSpec {
+    pub name: String,
+    pub model: String,
+    #[serde(flatten)]
+    pub kind: RolloutKind,
+}
+
+impl RolloutSpec {
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            RolloutKind::Shadow(_) => "shadow",
+            RolloutKind::Canary(_) => "canary",
+            RolloutKind::Ab(_) => "ab",
+            RolloutKind::BlueGreen(_) => "blue_green",
+        }
+    }
+
+    /// The version serving before the rollout, and the candidate.
+    pub fn versions(&self) -> (&str, &str) {
+        match &self.kind {
+            RolloutKind::Shadow(s) => (&s.primary, &s.candidate),
+            RolloutKind::Canary(c) => (&c.stable, &c.candidate),
+            RolloutKind::Ab(a) => (&a.control, &a.treatment),
+            RolloutKind::BlueGreen(b) => (&b.active, &b.candidate),
+        }
+    }
+
+    /// Every problem with the spec, given the model's declared versions.
+    pub fn problems(&self, declared: &[&str]) -> Vec<String> {
+        let mut p = Vec::new();
+        let (current, candidate) = self.versions();
+        for v in [current, candidate] {
+            if !declared.contains(&v) {
+                p.push(format!(
+                    "unknown version '{v}' of model '{}' (declared: {})",
+                    self.model,
+                    declared.join(", ")
+                ));
+            }
+        }
+        if current == candidate {
+            p.push(format!(
+                "the candidate '{candidate}' is the version already serving"
+            ));
+        }
+        match &self.kind {
+            RolloutKind::Canary(c) => canary::problems(c, &mut p),
+            RolloutKind::Shadow(s) => shadow::problems(self, s, declared, &mut p),
+            RolloutKind::Ab(a) => ab::problems(a, &mut p),
+            RolloutKind::BlueGreen(b) => blue_green::problems(b, &mut p),
+        }
+        p
+    }
+}
+
+/// Checks that `v` is a non-negative number.
+fn frac(name: &str, v: f64, p: &mut Vec<String>) {
+    if !(v.is_finite() && v >= 0.0) {
+        p.push(format!("{name} must be a non-negative number, got {v}"));
+    }
+}
+
+/// Checks that `v` lies strictly between 0 and 1.
+fn unit(name: &str, v: f64, p: &mut Vec<String>) {
+    if !(v.is_finite() && v > 0.0 && v < 1.0) {
+        p.push(format!("{name} must be strictly between 0 and 1, got {v}"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// State, observations, actions.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Collecting data / stepping.
+    Running,
+    /// Waiting for an operator's `approve`.
+    AwaitingApproval,
+    Paused,
+    /// Blue-green: waiting for the candidate's validation.
+    Validating,
+    /// Blue-green: watching the first traffic after the switch.
+    Monitoring,
+    /// Blue-green: switched; the old colour stays warm until the retention ends.
+    Retaining,
+    Completed,
+    RolledBack,
+    Aborted,
+}
+
+impl Phase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Completed | Phase::RolledBack | Phase::Aborted)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::AwaitingApproval => "awaiting_approval",
+            Phase::Paused => "paused",
+            Phase::Validating => "validating",
+            Phase::Monitoring => "monitoring",
+            Phase::Retaining => "retaining",
+            Phase::Completed => "completed",
+            Phase::RolledBack => "rolled_back",
+            Phase::Aborted => "aborted",
+        }
+    }
+}
+
+/// A/B and shadow conclusions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Recommendation {
+    Promote,
+    Neutral,
+    Reject,
+    Investigate,
+}
+
+impl Recommendation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Recommendation::Promote => "PROMOTE",
+            Recommendation::Neutral => "NEUTRAL",
+            Recommendation::Reject => "REJECT",
+            Recommendation::Investigate => "INVESTIGATE",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutState {
+    pub phase: Phase,
+    /// Index of the current canary step.
+    pub step: usize,
+    pub started_ms: i64,
+    pub step_started_ms: i64,
+    /// Observations count from this routing epoch on (set by the driver when it applies a
+    /// strategy); `start_epoch` is the first epoch of the rollout.
+    pub step_epoch: u64,
+    pub start_epoch: u64,
+    /// Phase to return to on `resume`.
+    pub paused_from: Option<Phase>,
+    /// The current step's deadline alert was sent.
+    pub stuck_alerted: bool,
+    pub srm_alerted: bool,
+    pub recommendation: Option<Recommendation>,
+    /// Why the rollout ended, or what it is waiting for.
+    pub reason: Option<String>,
+    /// Blue-green: when the switch happened and blue's p95 just before it.
+    pub switched_ms: Option<i64>,
+    pub baseline_p95_us: Option<u64>,
+    pub sequential: Option<SequentialMonitor>,
+    /// The strategy currently installed for the model.
+    pub strategy: Strategy,
+}
+
+/// Outcome of a blue-green validation run by the driver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    pub passed: bool,
+    pub smoke_ok: bool,
+    pub samples: u64,
+    pub accuracy: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub reason: String,
+}
+
+/// Statistics the driver hands to the state machine.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observations {
+    /// Serving statistics per version since the current step began.
+    pub step: BTreeMap<String, VariantStats>,
+    /// Serving statistics per version since the rollout began.
+    pub total: BTreeMap<String, VariantStats>,
+    /// Serving requests per variant name since the rollout began (for sample-ratio checks).
+    pub by_variant: BTreeMap<String, u64>,
+    /// Shadow: the candidate's shadow statistics and the pair comparison, since the start.
+    pub shadow: Option<VariantStats>,
+    pub pair: Option<PairStats>,
+    /// Blue-green: the validation result once it is known.
+    pub validation: Option<Validation>,
+}
+
+impl Observations {
+    fn step_of(&self, version: &str) -> VariantStats {
+        self.step.get(version).cloned().unwrap_or_default()
+    }
+
+    fn total_of(&self, version: &str) -> VariantStats {
+        self.total.get(version).cloned().unwrap_or_default()
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Install this strategy for the rollout's model, then set `step_epoch` to the new epoch.
+    SetStrategy(Strategy),
+    Event(AuditEvent),
+    Alert {
+        severity: Severity,
+        kind: String,
+        title: String,
+        details: Details,
+    },
+    /// Blue-green: validate the candidate and report through `Observations::validation`.
+    Validate {
+        version: String,
+    },
+    /// Start another rollout (a canary chained after a shadow).
+    Chain(Box<RolloutSpec>),
+}
+
+/// Operator commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    Promote,
+    Rollback,
+    Pause,
+    Resume,
+    Approve,
+    Abort,
+}
+
+impl Command {
+    pub fn parse(s: &str) -> Option<Command> {
+        match s {
+            "promote" => Some(Command::Promote),
+            "rollback" => Some(Command::Rollback),
+            "pause" => Some(Command::Pause),
+            "resume" => Some(Command::Resume),
+            "approve" => Some(Command::Approve),
+            "abort" => Some(Command::Abort),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Promote => "promote",
+            Command::Rollback => "rollback",
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Approve => "approve",
+            Command::Abort => "abort",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot {command} rollout '{rollout}' while it is {phase}")]
+pub struct CommandError {
+    pub rollout: String,
+    pub command: &'static str,
+    pub phase: &'static str,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+struct Out<'a> {
+    spec: &'a RolloutSpec,
+    now: i64,
+    actor: &'a str,
+    actions: Vec<Action>,
+}
+
+impl<'a> Out<'a> {
+    fn new(spec: &'a RolloutSpec, now: i64, actor: &'a str) -> Self {
+        Out {
+            spec,
+            now,
+            actor,
+            actions: Vec::new(),
+        }
+    }
+
+    fn event(&mut self, kind: &str, message: impl Into<String>, details: Details) {
+        self.actions.push(Action::Event(AuditEvent {
+            rollout: self.spec.name.clone(),
+            ts_ms: self.now,
+            kind: kind.into(),
+            actor: self.actor.into(),
+            message: message.into(),
+            details,
+        }));
+    }
+
+    fn alert(
+        &mut self,
+        severity: Severity,
+        kind: &str,
+        title: impl Into<String>,
+        details: Details,
+    ) {
+        self.actions.push(Action::Alert {
+            severity,
+            kind: kind.into(),
+            title: title.into(),
+            details,
+        });
+    }
+
+    fn set(&mut self, state: &mut RolloutState, strategy: Strategy) {
+        state.strategy = strategy.clone();
+        self.actions.push(Action::SetStrategy(strategy));
+    }
+}
+
+fn d(name: &str, v: impl Into<Detail>) -> (String, Detail) {
+    (name.to_string(), v.into())
+}
+
+fn opt(name: &str, v: Option<f64>) -> (String, Detail) {
+    (
+        name.to_string(),
+        v.map_or(Detail::Text("n/a".into()), Detail::Num),
+    )
+}
+
+fn single(version: &str) -> Strategy {
+    Strategy::Single {
+        version: version.to_string(),
+    }
+}
+
+/// The strategy in force when the rollout starts.
+fn initial_strategy(spec: &RolloutSpec) -> Strategy {
+    match &spec.kind {
+        RolloutKind::Shadow(s) => Strategy::Shadow {
+            primary: s.primary.clone(),
+            shadows: vec![ShadowTarget {
+                version: s.candidate.clone(),
+                sample: s.sample,
+            }],
+        },
+        RolloutKind::Canary(c) => Strategy::canary(
+            &c.stable,
+            &c.candidate,
+            c.steps.first().map_or(0, |s| s.weight),
+        ),
+        RolloutKind::Ab(a) => ab_strategy(a),
+        RolloutKind::BlueGreen(b) => blue_green(b, Colour::Blue),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transitions.
+
+/// Starts a rollout.
+pub fn start(spec: &RolloutSpec, now: i64, actor: &str) -> (RolloutState, Vec<Action>) {
+    let mut out = Out::new(spec, now, actor);
+    let (current, candidate) = spec.versions();
+    let mut state = RolloutState {
+        phase: Phase::Running,
+        step: 0,
+        started_ms: now,
+        step_started_ms: now,
+        step_epoch: 0,
+        start_epoch: 0,
+        paused_from: None,
+        stuck_alerted: false,
+        srm_alerted: false,
+        recommendation: None,
+        reason: None,
+        switched_ms: None,
+        baseline_p95_us: None,
+        sequential: None,
+        strategy: single(current),
+    };
+    let strategy = initial_strategy(spec);
+    out.set(&mut state, strategy);
+    let mut details = vec![
+        d("model", spec.model.as_str()),
+        d("current", current),
+        d("candidate", candidate),
+    ];
+    match &spec.kind {
+        RolloutKind::Canary(c) => {
+            details.push(d(
+                "first_step_percent",
+                f64::from(c.steps.first().map_or(0, |s| s.weight)) / 100.0,
+            ));
+        }
+        RolloutKind::Ab(a) => {
+            if let Ok(n) = power::sample_size_two_proportions(a.baseline, a.mde, a.alpha, a.power) {
+                details.push(d("required_per_arm", n.per_variant));
+            }
+            if a.sequential {
+                state.sequential = Some(SequentialMonitor::default());
+            }
+        }
+        RolloutKind::BlueGreen(b) => {
+            state.phase = Phase::Validating;
+            out.actions.push(Action::Validate {
+                version: b.candidate.clone(),
+            });
+        }
+        RolloutKind::Shadow(s) => details.push(d("sample_percent", f64::from(s.sample) / 100.0)),
+    }
+    out.event(
+        "started",
+        format!(
+            "{} rollout of {} started: {current} → {candidate}",
+            spec.kind_name(),
+            spec.model
+        ),
+        details,
+    );
+    (state, out.actions)
+}
+
+/// Advances a rollout on new observations.
+pub fn tick(
+    spec: &RolloutSpec,
+    state: &RolloutState,
+    obs: &Observations,
+    now: i64,
+) -> (RolloutState, Vec<Action>) {
+    let mut next = state.clone();
+    let mut out = Out::new(spec, now, "controller");
+    if state.phase.is_terminal() || state.phase == Phase::Paused {
+        return (next, vec![]);
+    }
+    match &spec.kind {
+        RolloutKind::Canary(c) => tick_canary(c, &mut next, obs, &mut out),
+        RolloutKind::Shadow(s) => tick_shadow(s, &mut next, obs, &mut out),
+        RolloutKind::Ab(a) => tick_ab(a, &mut next, obs, &mut out),
+        RolloutKind::BlueGreen(b) => tick_blue_green(b, &mut next, obs, &mut out),
+    }
+    (next, out.actions)
+}
+
+fn rollback(
+    state: &mut RolloutState,
+    out: &mut Out<'_>,
+    stable_strategy: Strategy,
+    reason: &str,
+    severity: Severity,
+    details: Details,
+) {
+    out.set(state, stable_strategy);
+    state.phase = Phase::RolledBack;
+    state.reason = Some(reason.to_string());
+    out.event(
+        "rolled_back",
+        format!("rolled back: {reason}"),
+        details.clone(),
+    );
+    out.alert(
+        severity,
+        "rollback",
+        format!(
+            "{} on {} rolled back: {reason}",
+            out.spec.name, out.spec.model
+        ),
+        details,
+    );
+}
+
+/// Applies an operator command.
+pub fn command(
+    spec: &RolloutSpec,
+    state: &RolloutState,
+    cmd: Command,
+    actor: &str,
+    now: i64,
+) -> Result<(RolloutState, Vec<Action>), CommandError> {
+    let refuse = || CommandError {
+        rollout: spec.name.clone(),
+        command: cmd.as_str(),
+        phase: state.phase.as_str(),
+    };
+    if state.phase.is_terminal() {
+        return Err(refuse());
+    }
+    let mut next = state.clone();
+    let mut out = Out::new(spec, now, actor);
+    let (current, candidate) = spec.versions();
+    match cmd {
+        Command::Pause => {
+            if state.phase == Phase::Paused {
+                return Err(refuse());
+            }
+            next.paused_from = Some(state.phase);
+            next.phase = Phase::Paused;
+            out.event(
+                "paused",
+                format!("paused by {actor}; traffic stays as it is"),
+                vec![],
+            );
+        }
+        Command::Resume => {
+            if state.phase != Phase::Paused {
+                return Err(refuse());
+            }
+            next.phase = state.paused_from.unwrap_or(Phase::Running);
+            next.paused_from = None;
+            out.event("resumed", format!("resumed by {actor}"), vec![]);
+        }
+        Command::Rollback => {
+            let back = match &spec.kind {
+                RolloutKind::BlueGreen(b) => blue_green(b, Colour::Blue),
+                _ => single(current),
+            };
+            rollback(
+                &mut next,
+                &mut out,
+                back,
+                &format!("manual rollback by {actor}"),
+                Severity::P1,
+                vec![d("actor", actor)],
+            );
+        }
+        Command::Abort => {
+            out.set(&mut next, single(current));
+            next.phase = Phase::Aborted;
+            next.reason = Some(format!("aborted by {actor}"));
+            out.event(
+                "aborted",
+                format!("aborted by {actor}; {current} serves all traffic"),
+                vec![],
+            );
+        }
+        Command::Promote => {
+            out.set(&mut next, single(candidate));
+            next.phase = Phase::Completed;
+            next.reason = Some(format!("{candidate} promoted by {actor}"));
+            out.event(
+                "promoted",
+                format!("{candidate} promoted by {actor}"),
+                vec![d("version", candidate)],
+            );
+        }
+        Command::Approve => {
+            if state.phase != Phase::AwaitingApproval {
+                return Err(refuse());
+            }
+            out.event("approved", format!("approved by {actor}"), vec![]);
+            match &spec.kind {
+                RolloutKind::Canary(c) => {
+                    let weight = c.steps.get(state.step + 1).map_or(BUCKETS, |s| s.weight);
+                    advance_canary(c, &mut next, &mut out, weight);
+                }
+                RolloutKind::Shadow(s) => {
+                    next.phase = Phase::Completed;
+                    if let Some(c) = &s.then_canary {
+                        chain(&mut out, c);
+                    }
+                }
+                RolloutKind::Ab(a) => {
+                    let keep = match next.recommendation {
+                        Some(Recommendation::Promote) => a.treatment.clone(),
+                        _ => a.control.clone(),
+                    };
+                    out.set(&mut next, single(&keep));
+                    next.phase = Phase::Completed;
+                    out.event(
+                        "promoted",
+                        format!("{keep} serves all traffic"),
+                        vec![d("version", keep.as_str())],
+                    );
+                }
+                RolloutKind::BlueGreen(_) => next.phase = Phase::Running,
+            }
+        }
+    }
+    Ok((next, out.actions))
+}
