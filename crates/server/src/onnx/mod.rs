@@ -161,6 +161,14 @@ impl OnnxModel {
         }
     }
 
+    /// The compiled tree ensemble, for a model that runs on the tree engine.
+    pub fn tree_ensemble(&self) -> Option<&TreeEnsemble> {
+        match &self.engine {
+            Engine::Trees(t) => Some(t),
+            Engine::Tract { .. } => None,
+        }
+    }
+
     /// A load-time estimate of the work per row, in tree-node visits: the sum over trees of
     /// their depth (an upper bound on the nodes one row visits). `None` for tract models, whose
     /// cost is not known before running them. See [`OnnxModel::runs_inline`].
