@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench/results
 mkdir -p "$out"
-cargo bench -p switchyard-server --bench onnx_engine -- --json "$out/engine.json"
+# The bench runs in crates/server: give it an absolute path.
+cargo bench -p switchyard-server --bench onnx_engine -- --json "$PWD/$out/engine.json"
 python3 bench/onnxruntime_bench.py --json "$out/onnxruntime.json"
 python3 - "$out" <<'PY'
 import json, sys

@@ -189,7 +189,9 @@ pub enum PostTransform {
 }
 
 /// One node. Branch: `a`/`b` are the true/false children (indices into the node array).
-/// Leaf: `value` is its first weight, `a..a + b` its range in the weight arrays.
+/// Leaf: `value` is its first weight and `a` = `b` = its own index, so a step from a leaf stays
+/// on it (rows walking a tree in lockstep need no per-row exit); its weights are in
+/// `TreeEnsemble::leaf_range`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Node {
     value: f32,
@@ -236,6 +238,8 @@ pub struct TreeEnsemble {
     nodes: Vec<Node>,
     weight_class: Vec<u32>,
     weight_value: Vec<f32>,
+    /// Per node: a leaf's (first, count) in the weight arrays; (0, 0) for branches.
+    leaf_range: Vec<(u32, u32)>,
     walk: Walk,
     /// Classifier: every weight is on one class (onnxruntime's `binary_case_` with 2 classes).
     single_weight_class: bool,
@@ -481,6 +485,7 @@ impl TreeEnsemble {
         let mut nodes: Vec<Node> = Vec::with_capacity(n_nodes);
         let mut weight_class = Vec::with_capacity(n_weights);
         let mut weight_value = Vec::with_capacity(n_weights);
+        let mut leaf_range: Vec<(u32, u32)> = Vec::with_capacity(n_nodes);
         let mut new_pos: Vec<u32> = vec![u32::MAX; n_nodes];
         let mut roots = Vec::with_capacity(root_pos.len());
         let mut min_features = 0usize;
@@ -530,11 +535,12 @@ impl TreeEnsemble {
                     nodes.push(Node {
                         value: first,
                         feature: 0,
-                        a: weight_class.len() as u32,
-                        b: ws.len() as u32,
+                        a: me as u32,
+                        b: me as u32,
                         mode,
                         missing_true: false,
                     });
+                    leaf_range.push((weight_class.len() as u32, ws.len() as u32));
                     for &(c, w) in ws {
                         weight_class.push(c);
                         weight_value.push(w);
@@ -573,6 +579,7 @@ impl TreeEnsemble {
                 };
                 let t = child("nodes_truenodeids", raw.nodes_truenodeids[at])?;
                 let f = child("nodes_falsenodeids", raw.nodes_falsenodeids[at])?;
+                leaf_range.push((0, 0));
                 nodes.push(Node {
                     value: raw.nodes_values[at],
                     feature: to_u32(raw, "nodes_featureids", feature as i64)?,
@@ -604,11 +611,14 @@ impl TreeEnsemble {
         for (t, &root) in roots.iter().enumerate() {
             let end = roots.get(t + 1).map_or(nodes.len(), |r| *r as usize);
             in_every_leaf.iter_mut().for_each(|x| *x = true);
-            for node in &nodes[root as usize..end] {
+            for (node, &(first, count)) in nodes[root as usize..end]
+                .iter()
+                .zip(&leaf_range[root as usize..end])
+            {
                 if node.mode != Mode::Leaf {
                     continue;
                 }
-                let range = node.a as usize..(node.a + node.b) as usize;
+                let range = first as usize..(first + count) as usize;
                 for (c, flag) in in_every_leaf.iter_mut().enumerate() {
                     let has = weight_class[range.clone()].contains(&(c as u32));
                     ever[c] |= has;
@@ -654,7 +664,8 @@ impl TreeEnsemble {
         Ok(TreeEnsemble {
             kind,
             n_out,
-            min_features,
+            // Leaves read feature 0 when stepped (and ignore it): every row needs one value.
+            min_features: min_features.max(1),
             aggregate,
             post,
             base_values: raw.base_values.clone(),
@@ -662,6 +673,7 @@ impl TreeEnsemble {
             nodes,
             weight_class,
             weight_value,
+            leaf_range,
             walk,
             single_weight_class,
             weights_all_positive,
@@ -753,19 +765,44 @@ impl TreeEnsemble {
                 &mut has[start * n_out..(start + chunk.len()) * n_out]
             };
             match self.walk {
-                Walk::Leq => self.accumulate(chunk, out, has, |n, at, r| {
-                    walk_same(n, at, r, |x, v| x <= v, false)
+                Walk::Leq => self.accumulate(chunk, out, has, |n: &Node, r: &[f32]| {
+                    if r[n.feature as usize] <= n.value {
+                        n.a
+                    } else {
+                        n.b
+                    }
                 }),
-                Walk::LeqMissing => self.accumulate(chunk, out, has, |n, at, r| {
-                    walk_same(n, at, r, |x, v| x <= v, true)
+                Walk::LeqMissing => self.accumulate(chunk, out, has, |n: &Node, r: &[f32]| {
+                    let x = r[n.feature as usize];
+                    if (x <= n.value) | (n.missing_true & x.is_nan()) {
+                        n.a
+                    } else {
+                        n.b
+                    }
                 }),
-                Walk::Lt => self.accumulate(chunk, out, has, |n, at, r| {
-                    walk_same(n, at, r, |x, v| x < v, false)
+                Walk::Lt => self.accumulate(chunk, out, has, |n: &Node, r: &[f32]| {
+                    if r[n.feature as usize] < n.value {
+                        n.a
+                    } else {
+                        n.b
+                    }
                 }),
-                Walk::LtMissing => self.accumulate(chunk, out, has, |n, at, r| {
-                    walk_same(n, at, r, |x, v| x < v, true)
+                Walk::LtMissing => self.accumulate(chunk, out, has, |n: &Node, r: &[f32]| {
+                    let x = r[n.feature as usize];
+                    if (x < n.value) | (n.missing_true & x.is_nan()) {
+                        n.a
+                    } else {
+                        n.b
+                    }
                 }),
-                Walk::Mixed => self.accumulate(chunk, out, has, walk_mixed),
+                Walk::Mixed => self.accumulate(chunk, out, has, |n: &Node, r: &[f32]| {
+                    let x = r[n.feature as usize];
+                    if n.mode.test(x, n.value) | (n.missing_true & x.is_nan()) {
+                        n.a
+                    } else {
+                        n.b
+                    }
+                }),
             }
         }
         match self.kind {
@@ -796,49 +833,65 @@ impl TreeEnsemble {
         Ok(())
     }
 
-    /// Adds every tree's leaf weights to the chunk's scores (tree-major).
+    /// Adds every tree's leaf weights to the chunk's scores: tree-major, rows four at a time
+    /// in lockstep (independent dependency chains the CPU overlaps), the rest one by one. Each
+    /// row's scores still add up in tree order, so batch and single-row results are identical.
     #[inline(always)]
     fn accumulate<R: AsRef<[f32]>>(
         &self,
         rows: &[R],
         out: &mut [f32],
         has: &mut [bool],
-        find_leaf: impl Fn(&[Node], usize, &[f32]) -> usize,
+        step: impl Fn(&Node, &[f32]) -> u32,
     ) {
         let nodes = &self.nodes[..];
         let n_out = self.n_out;
-        if n_out == 1 {
-            // One output: each leaf's first weight (onnxruntime's single-target path).
-            for (t, &root) in self.roots.iter().enumerate() {
-                for (row, o) in rows.iter().zip(out.iter_mut()) {
-                    let w = nodes[find_leaf(nodes, root as usize, row.as_ref())].value;
-                    *o = match self.aggregate {
-                        Aggregate::Sum | Aggregate::Average => *o + w,
-                        Aggregate::Min if t > 0 => o.min_ort(w),
-                        Aggregate::Max if t > 0 => o.max_ort(w),
-                        Aggregate::Min | Aggregate::Max => w,
-                    };
-                }
-            }
-            return;
-        }
-        for &root in &self.roots {
-            for (r, row) in rows.iter().enumerate() {
-                let leaf = nodes[find_leaf(nodes, root as usize, row.as_ref())];
-                let range = leaf.a as usize..(leaf.a + leaf.b) as usize;
-                let scores = &mut out[r * n_out..(r + 1) * n_out];
-                for (&c, &w) in self.weight_class[range.clone()]
-                    .iter()
-                    .zip(&self.weight_value[range])
-                {
-                    scores[c as usize] += w;
-                }
-                if !has.is_empty() {
-                    let has = &mut has[r * n_out..(r + 1) * n_out];
-                    for &c in &self.weight_class[leaf.a as usize..(leaf.a + leaf.b) as usize] {
-                        has[c as usize] = true;
+        for (t, &root) in self.roots.iter().enumerate() {
+            let root = root as usize;
+            let mut r = 0;
+            while r < rows.len() {
+                let (leaves, k) = if r + 4 <= rows.len() {
+                    let quad = [
+                        rows[r].as_ref(),
+                        rows[r + 1].as_ref(),
+                        rows[r + 2].as_ref(),
+                        rows[r + 3].as_ref(),
+                    ];
+                    (leaves_of_4(nodes, root, quad, &step), 4)
+                } else {
+                    ([leaf_of(nodes, root, rows[r].as_ref(), &step), 0, 0, 0], 1)
+                };
+                for (j, &leaf) in leaves[..k].iter().enumerate() {
+                    let row = r + j;
+                    let scores = &mut out[row * n_out..(row + 1) * n_out];
+                    if n_out == 1 {
+                        // One output: the leaf's first weight (onnxruntime's single-target
+                        // path).
+                        let w = nodes[leaf].value;
+                        scores[0] = match self.aggregate {
+                            Aggregate::Sum | Aggregate::Average => scores[0] + w,
+                            Aggregate::Min if t > 0 => scores[0].min_ort(w),
+                            Aggregate::Max if t > 0 => scores[0].max_ort(w),
+                            Aggregate::Min | Aggregate::Max => w,
+                        };
+                        continue;
+                    }
+                    let (first, count) = self.leaf_range[leaf];
+                    let range = first as usize..(first + count) as usize;
+                    for (&c, &w) in self.weight_class[range.clone()]
+                        .iter()
+                        .zip(&self.weight_value[range.clone()])
+                    {
+                        scores[c as usize] += w;
+                    }
+                    if !has.is_empty() {
+                        let has = &mut has[row * n_out..(row + 1) * n_out];
+                        for &c in &self.weight_class[range] {
+                            has[c as usize] = true;
+                        }
                     }
                 }
+                r += k;
             }
         }
     }
@@ -972,36 +1025,45 @@ impl OrtMinMax for f32 {
     }
 }
 
-/// Walks a tree whose branches all use one comparison. Terminates: the layout has no cycles.
+/// The leaf one row reaches. Terminates: the layout has no cycles.
 #[inline(always)]
-fn walk_same(
+fn leaf_of(
     nodes: &[Node],
     mut at: usize,
     row: &[f32],
-    test: impl Fn(f32, f32) -> bool,
-    missing: bool,
+    step: impl Fn(&Node, &[f32]) -> u32,
 ) -> usize {
-    let mut node = nodes[at];
-    while node.mode != Mode::Leaf {
-        let x = row[node.feature as usize];
-        let go_true = test(x, node.value) || (missing && node.missing_true && x.is_nan());
-        at = if go_true { node.a } else { node.b } as usize;
-        node = nodes[at];
+    loop {
+        let node = &nodes[at];
+        if node.mode == Mode::Leaf {
+            return at;
+        }
+        at = step(node, row) as usize;
     }
-    at
 }
 
-/// Walks a tree with any mix of comparisons.
+/// The leaves four rows reach, walking in lockstep; a row on its leaf steps onto itself.
 #[inline(always)]
-fn walk_mixed(nodes: &[Node], mut at: usize, row: &[f32]) -> usize {
-    let mut node = nodes[at];
-    while node.mode != Mode::Leaf {
-        let x = row[node.feature as usize];
-        let go_true = node.mode.test(x, node.value) || (node.missing_true && x.is_nan());
-        at = if go_true { node.a } else { node.b } as usize;
-        node = nodes[at];
+fn leaves_of_4(
+    nodes: &[Node],
+    root: usize,
+    rows: [&[f32]; 4],
+    step: impl Fn(&Node, &[f32]) -> u32,
+) -> [usize; 4] {
+    let mut at = [root; 4];
+    loop {
+        let n = [&nodes[at[0]], &nodes[at[1]], &nodes[at[2]], &nodes[at[3]]];
+        if (n[0].mode == Mode::Leaf)
+            & (n[1].mode == Mode::Leaf)
+            & (n[2].mode == Mode::Leaf)
+            & (n[3].mode == Mode::Leaf)
+        {
+            return at;
+        }
+        for k in 0..4 {
+            at[k] = step(n[k], rows[k]) as usize;
+        }
     }
-    at
 }
 
 /// onnxruntime's `ComputeLogistic`.
