@@ -3,12 +3,14 @@
 //!
 //! [`TreeEnsemble::compile`] turns the operator's attributes ([`RawEnsemble`], read from the
 //! ONNX node by the parent module or built in memory by tests) into flat arrays once, at load:
-//! every tree is laid out depth-first (true child first) in one `Vec<Node>` of 20-byte nodes,
-//! leaves point at a range of `(class, weight)` pairs in one weight array. Evaluation walks those
-//! arrays with no allocation per row: the caller hands in the output buffer, which doubles as the
-//! score accumulator. A batch is processed in chunks of [`CHUNK_ROWS`] rows, trees in the outer
-//! loop and rows in the inner one (a tree's nodes stay in cache while every row of the chunk goes
-//! through it); a row's scores are accumulated in tree order either way, so one row alone and the
+//! every tree is laid out depth-first (true child first) in one `Vec<Node>` of 20-byte nodes;
+//! each leaf's `(class, weight)` pairs are a range of one weight array, and a leaf's children are
+//! itself. Evaluation walks those arrays with no allocation per row: the caller hands in the
+//! output buffer, which doubles as the score accumulator. A batch is processed in chunks of
+//! [`CHUNK_ROWS`] rows, trees in the outer loop and rows in the inner one (a tree's nodes stay in
+//! cache while every row of the chunk goes through it), four rows walking a tree in lockstep
+//! (independent chains of loads the core overlaps; a row that reached its leaf steps onto
+//! itself). A row's scores are accumulated in tree order either way, so one row alone and the
 //! same row inside a batch give bit-identical results.
 //!
 //! # Semantics (onnxruntime 1.x, `tree_ensemble_common.h` / `tree_ensemble_aggregator.h` /
