@@ -224,7 +224,7 @@ impl OnnxModel {
 
 /// Upper bound on the estimated tree-node visits (rows x depth sum) of a call run inline on the
 /// async worker (see [`OnnxModel::runs_inline`]). Measured (BENCHMARKS.md, "Where inference
-/// runs"): a `spawn_blocking` hand-off costs 21-33 µs on the 2-vCPU bench machine, the engine
+/// runs"): a `spawn_blocking` hand-off costs 21-35 µs on the 2-vCPU bench machine, the engine
 /// 6-15 ns per estimated visit (same conditions), so 5,000 visits is 30-75 µs: every call
 /// cheaper than a hand-off runs inline, and none holds the worker for more than about two.
 pub const INLINE_MAX_NODE_VISITS: usize = 5_000;
