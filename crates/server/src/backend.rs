@@ -308,10 +308,16 @@ impl OnnxBackend {
                 body: None,
             }
         })?;
-        let model = self.model.clone();
-        let output = tokio::task::spawn_blocking(move || model.predict(&rows))
-            .await
-            .map_err(|e| BackendError::Internal(format!("inference task failed: {e}")))?;
+        // Small tree-model calls run right here: a thread hand-off would cost more than the
+        // model (the rule and its measurements: OnnxModel::runs_inline, BENCHMARKS.md).
+        let output = if self.model.runs_inline(rows.len()) {
+            self.model.predict(&rows)
+        } else {
+            let model = self.model.clone();
+            tokio::task::spawn_blocking(move || model.predict(&rows))
+                .await
+                .map_err(|e| BackendError::Internal(format!("inference task failed: {e}")))?
+        };
         let output = output.map_err(|e| match e {
             OnnxError::Shape { .. } => BackendError::Rejected {
                 status: 400,

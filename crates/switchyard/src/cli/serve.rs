@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use switchyard_core::config::BackendSpec;
+use switchyard_server::onnx::OnnxModel;
 use switchyard_server::{load_config, Gateway, StartOptions};
 use switchyard_store::StoreUrl;
 
@@ -48,12 +50,37 @@ pub struct CheckArgs {
 pub fn check(args: CheckArgs) -> Result<()> {
     let config =
         load_config(&args.config).map_err(|e| InputError::new("--config", e.to_string()))?;
+    // Load every in-process model the way `serve` would, so a bad file is reported here.
+    let mut problems = Vec::new();
+    let mut loaded = Vec::new();
+    for (name, model) in &config.models {
+        for (version, spec) in &model.versions {
+            if let BackendSpec::Onnx { path } = spec {
+                match OnnxModel::load(path) {
+                    Ok(m) => loaded.push(format!(
+                        "  {name}/{version}: {} ({:?}, {:?}, {} features)",
+                        path.display(),
+                        m.engine(),
+                        m.kind(),
+                        m.n_features()
+                    )),
+                    Err(e) => problems.push(format!("model {name} version {version}: {e}")),
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(InputError::new("--config", problems.join("; ")).into());
+    }
     println!(
         "{}: ok ({} model(s): {})",
         args.config.display(),
         config.models.len(),
         config.models.keys().cloned().collect::<Vec<_>>().join(", ")
     );
+    for line in loaded {
+        println!("{line}");
+    }
     Ok(())
 }
 
