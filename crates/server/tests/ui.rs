@@ -805,7 +805,7 @@ mod cdp {
 // The dashboard in a real browser.
 
 fn pct(v: &Value) -> String {
-    format!("{:.1}%", v.as_f64().expect("a rate") * 100.0)
+    format!("{}%", to_fixed(v.as_f64().expect("a rate") * 100.0, 1))
 }
 
 fn pval(v: &Value) -> String {
@@ -813,12 +813,43 @@ fn pval(v: &Value) -> String {
     if p != 0.0 && p < 1e-4 {
         format!("{p:.2e}")
     } else {
-        format!("{p:.4}")
+        to_fixed(p, 4)
     }
 }
 
 fn ms(v: &Value) -> String {
-    format!("{:.2} ms", v.as_f64().expect("milliseconds"))
+    format!("{} ms", to_fixed(v.as_f64().expect("milliseconds"), 2))
+}
+
+/// `x.toFixed(digits)` as the page's JavaScript prints it: the exact binary value rounded half
+/// up. Rust's `{:.2}` rounds an exact tie to even (0.125 -> "0.12" where the page shows
+/// "0.13"), which sub-millisecond latencies in whole microseconds hit often.
+fn to_fixed(x: f64, digits: usize) -> String {
+    assert!(
+        x >= 0.0 && x < 1e12,
+        "to_fixed is for small non-negative numbers: {x}"
+    );
+    let exact = format!("{x:.60}");
+    let (int, frac) = exact.split_once('.').unwrap();
+    let kept: u128 = format!("{int}{}", &frac[..digits]).parse().unwrap();
+    let up = frac.as_bytes()[digits] >= b'5';
+    let n = kept + u128::from(up);
+    let scale = 10u128.pow(digits as u32);
+    if digits == 0 {
+        n.to_string()
+    } else {
+        format!("{}.{:0digits$}", n / scale, n % scale)
+    }
+}
+
+#[test]
+fn to_fixed_rounds_exact_ties_up_like_javascript() {
+    assert_eq!(to_fixed(0.125, 2), "0.13");
+    assert_eq!(to_fixed(0.375, 2), "0.38");
+    assert_eq!(to_fixed(0.145, 2), "0.14"); // 0.1449999… in binary
+    assert_eq!(to_fixed(27.845, 2), "27.84"); // 27.84499…
+    assert_eq!(to_fixed(9.999, 2), "10.00");
+    assert_eq!(to_fixed(3.0, 0), "3");
 }
 
 /// A JavaScript expression: the text of `[data-k=key]` in the current view.
@@ -1300,18 +1331,18 @@ fn drive(
         &mut b,
         "green-sub",
         &format!(
-            "{} p95 · {:.2}% errors",
+            "{} p95 · {}% errors",
             ms(&bg["v2r"]["p95_ms"]),
-            bg["v2r"]["error_rate"].as_f64().unwrap() * 100.0
+            to_fixed(bg["v2r"]["error_rate"].as_f64().unwrap() * 100.0, 2)
         ),
     );
     expect_text(
         &mut b,
         "blue-sub",
         &format!(
-            "{} p95 · {:.2}% errors",
+            "{} p95 · {}% errors",
             ms(&bg["v2"]["p95_ms"]),
-            bg["v2"]["error_rate"].as_f64().unwrap() * 100.0
+            to_fixed(bg["v2"]["error_rate"].as_f64().unwrap() * 100.0, 2)
         ),
     );
     let switches = b.eval(&rows_of("switches"));
