@@ -54,9 +54,8 @@ pub struct DemoArgs {
     seed: u64,
     /// Latency increases (p95, ms) below this never fail a canary gate or switch a blue-green
     /// back, and the blue-green validation allows a p95 of at least this (default 250 ms). The
-    /// in-process gradient-boosted v2 is several times slower than the 10-tree v1, which the
-    /// rollouts' own default (+50%, at least 2 ms) would rightly flag. The demo's test sets it
-    /// far above anything a loaded machine produces: its verdicts are about accuracy.
+    /// rollouts' own default is 2 ms. The demo's test sets it far above anything a loaded
+    /// machine produces: its verdicts are about accuracy.
     #[arg(long, default_value_t = 100.0)]
     p95_floor_ms: f64,
 }
