@@ -826,7 +826,7 @@ fn ms(v: &Value) -> String {
 /// "0.13"), which sub-millisecond latencies in whole microseconds hit often.
 fn to_fixed(x: f64, digits: usize) -> String {
     assert!(
-        x >= 0.0 && x < 1e12,
+        (0.0..1e12).contains(&x),
         "to_fixed is for small non-negative numbers: {x}"
     );
     let exact = format!("{x:.60}");
