@@ -53,10 +53,10 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Latency increases (p95, ms) below this never fail a canary gate or switch a blue-green
-    /// back, and the blue-green validation allows a p95 of at least this (default 250 ms). The
-    /// rollouts' own default is 2 ms. The demo's test sets it far above anything a loaded
+    /// back, and the blue-green validation allows a p95 of at least this (else 250 ms). The
+    /// default is the rollouts' own. The demo's test sets it far above anything a loaded
     /// machine produces: its verdicts are about accuracy.
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, default_value_t = switchyard_core::rollout::DEFAULT_MIN_P95_INCREASE_MS)]
     p95_floor_ms: f64,
 }
 
