@@ -5,7 +5,9 @@ For every crate under crates/, the modules of each directory level (the files an
 of src/, then of every module directory such as src/rollout/) form a graph: an edge a -> b when a
 file of module a names `crate::…::b` or `super::b` (resolved to that level). A module directory
 counts as one node at its parent's level; its own `mod.rs` re-exporting its children is not an
-edge. Test modules (from `#[cfg(test)]` to the end of a file) and comments are ignored.
+edge. A name the crate root re-exports (`crate::StoreError`) counts as its module, and doc
+comments count (a doc link is a dependency too); test modules (from `#[cfg(test)]` to the end
+of a file) are ignored.
 
     python3 tools/check-module-cycles.py        # prints the layering, exits 1 on a cycle
 """
@@ -28,11 +30,26 @@ def module_path(src: Path, file: Path) -> tuple:
 
 
 def code_of(file: Path) -> str:
+    """The file up to its test module. Comments count: a doc link names a dependency too."""
     text = file.read_text()
     cut = text.find("#[cfg(test)]")
     if cut >= 0:
         text = text[:cut]
-    return "\n".join(re.sub(r"//.*", "", line) for line in text.splitlines())
+    return text
+
+
+def root_reexports(src: Path) -> dict:
+    """Names the crate root re-exports (`pub use a::{B, C}`) -> the module they come from."""
+    root = src / "lib.rs" if (src / "lib.rs").exists() else src / "main.rs"
+    names = {}
+    text = re.sub(r"//.*", "", root.read_text())
+    for m in re.finditer(r"pub use\s+([a-z_][a-z0-9_]*)::(\{[^}]*\}|[A-Za-z_][A-Za-z0-9_]*)", text):
+        module, items = m.group(1), m.group(2).strip("{}")
+        for item in items.split(","):
+            name = item.strip().split(" as ")[-1].strip()
+            if name:
+                names[name] = module
+    return names
 
 
 def references(code: str, here: tuple) -> set:
@@ -94,6 +111,7 @@ def check_crate(crate: Path) -> list:
     src = crate / "src"
     files = sorted(src.rglob("*.rs"))
     modules = {module_path(src, f): f for f in files}
+    reexports = root_reexports(src)
     problems = []
     # Every directory level that holds modules: the crate root, then each module directory.
     levels = {()} | {m[:-1] for m in modules if m}
@@ -105,6 +123,8 @@ def check_crate(crate: Path) -> list:
                 continue
             here_child = path[len(level)]
             for ref in references(code_of(file), path):
+                if len(ref) == 1 and ref[0] in reexports:
+                    ref = (reexports[ref[0]],)
                 if len(ref) <= len(level) or ref[: len(level)] != level:
                     continue
                 target = ref[len(level)]

@@ -165,7 +165,7 @@ impl Metrics {
     }
 
     /// The series of one (model, version, role, outcome), resolved once so that a hot path can
-    /// count without building label sets (see [`crate::backend::ModelRuntime::served_ok`]).
+    /// count without building label sets (see `backend::ModelRuntime::served_ok`).
     pub fn call_handles(
         &self,
         model: &str,

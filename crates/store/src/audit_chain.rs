@@ -1,10 +1,10 @@
 //! The audit chain and the control rows, apart from any database: what the SQLite
-//! ([`crate::sqlite_control`]) and PostgreSQL ([`crate::pg_control`]) control backends both
+//! (`sqlite_control`) and PostgreSQL (`pg_control`) control backends both
 //! store and read back. It exists so that the two backends share one definition of the chain
 //! (and of the rows) and never depend on each other or on the dispatching
-//! [`crate::control::ControlStore`].
+//! `control::ControlStore`.
 //!
-//! The chain's format is documented with [`crate::control`]; [`chain`] places new events after
+//! The chain's format is documented with `control`; [`chain`] places new events after
 //! the stored head, [`verify_rows`] recomputes a stored chain and names its first break.
 
 use sha2::{Digest, Sha256};
@@ -34,7 +34,7 @@ pub struct RolloutRow {
     pub updated_ms: i64,
 }
 
-/// Outcome of [`crate::ControlStore::verify_chain`].
+/// Outcome of `ControlStore::verify_chain`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainReport {
     /// Events read.

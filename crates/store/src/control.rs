@@ -2,7 +2,7 @@
 //! the record of every decision, kept tamper-evident.
 //!
 //! Both live in the same SQLite file as the prediction log, on their own connection (the log
-//! writer thread has another one; WAL mode and the busy timeout set by [`crate::open`] let
+//! writer thread has another one; WAL mode and the busy timeout set by `open` let
 //! them share the file), or in PostgreSQL.
 //!
 //! This module only dispatches: [`ControlStore`] holds either backend and calls the SQLite or

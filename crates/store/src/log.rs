@@ -302,7 +302,7 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     sqlite::open(path)
 }
 
-/// [`crate::disagreements`] in whichever store `url` names (PostgreSQL is queried from a
+/// `disagreements` in whichever store `url` names (PostgreSQL is queried from a
 /// thread of its own, so this may be called from async code).
 pub fn disagreements_at(
     url: &StoreUrl,

@@ -1,9 +1,9 @@
 //! The prediction log apart from any database: rows as read back, the [`Sink`] interface the
 //! log writer drives, and the logic both backends share (the feedback transaction's loop, the
 //! folds of rows into [`Aggregates`], shadow pairings, the JSON of feedback and
-//! disagreements). It exists so that the SQLite ([`crate::sqlite_log`]) and PostgreSQL
-//! ([`crate::pg_log`]) log backends depend on it and never on each other or on the writer
-//! ([`crate::log`]) that dispatches to them.
+//! disagreements). It exists so that the SQLite (`sqlite_log`) and PostgreSQL
+//! (`pg_log`) log backends depend on it and never on each other or on the writer
+//! (`log`) that dispatches to them.
 
 use std::collections::HashMap;
 

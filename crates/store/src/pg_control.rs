@@ -1,7 +1,7 @@
 //! Rollout state, the audit chain and alerts in PostgreSQL: the same tables and rules as in
-//! SQLite ([`crate::sqlite_control`]), written by whichever replica holds the controller lock.
-//! It exists so that [`crate::control::ControlStore`] only dispatches; it depends on the
-//! neutral [`crate::audit_chain`] and the PostgreSQL plumbing ([`crate::pg`]), never on the
+//! SQLite (`sqlite_control`), written by whichever replica holds the controller lock.
+//! It exists so that `control::ControlStore` only dispatches; it depends on the
+//! neutral `audit_chain` and the PostgreSQL plumbing (`pg`), never on the
 //! SQLite backend or on the dispatcher.
 //!
 //! The audit chain is appended under a transaction-scoped advisory lock, so two writers can

@@ -1,7 +1,7 @@
 //! The prediction log in PostgreSQL: every replica appends its own rows (tagged with its name)
 //! in one round trip per batch, and rebuilds only its own aggregates at start-up. It exists so
-//! that the writer ([`crate::log`]) only dispatches; like [`crate::sqlite_log`], it depends on
-//! the neutral [`crate::log_rows`] and the PostgreSQL plumbing ([`crate::pg`]), never on the
+//! that the writer (`log`) only dispatches; like `sqlite_log`, it depends on
+//! the neutral `log_rows` and the PostgreSQL plumbing (`pg`), never on the
 //! SQLite backend or on the writer.
 
 use postgres::{Client, Statement, Transaction};
@@ -239,7 +239,7 @@ impl FeedbackTx for PgFeedback<'_, '_> {
     }
 }
 
-/// [`crate::disagreements`] in PostgreSQL.
+/// `disagreements` in PostgreSQL.
 pub(crate) fn disagreements(
     client: &mut Client,
     model: &str,

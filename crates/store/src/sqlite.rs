@@ -1,6 +1,6 @@
 //! SQLite plumbing: the connection settings (WAL, `synchronous=NORMAL`, busy timeout) and the
-//! prediction log's tables, the counterpart of [`crate::pg`]. It exists so that the SQLite log
-//! ([`crate::sqlite_log`]) and the SQLite control store ([`crate::sqlite_control`]) open the
+//! prediction log's tables, the counterpart of `pg`. It exists so that the SQLite log
+//! (`sqlite_log`) and the SQLite control store (`sqlite_control`) open the
 //! shared file the same way without depending on each other.
 
 use std::path::Path;

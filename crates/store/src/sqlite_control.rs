@@ -1,8 +1,8 @@
 //! Rollout state, the audit chain, alerts and their deliveries in SQLite: the tables (with
 //! append-only triggers on `audit_events`) and every query the control store runs on one
-//! connection. It exists so that [`crate::control::ControlStore`] only dispatches; like
-//! [`crate::pg_control`], it depends on the neutral [`crate::audit_chain`] (chain, rows) and on
-//! the SQLite plumbing ([`crate::sqlite`]), never on the other backend.
+//! connection. It exists so that `control::ControlStore` only dispatches; like
+//! `pg_control`, it depends on the neutral `audit_chain` (chain, rows) and on
+//! the SQLite plumbing (`sqlite`), never on the other backend.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS alert_deliveries (
 CREATE INDEX IF NOT EXISTS alert_deliveries_alert ON alert_deliveries(alert_seq);
 ";
 
-/// How long [`crate::ControlStore::open`] retries a file that is locked while being set up.
+/// How long `ControlStore::open` retries a file that is locked while being set up.
 pub const OPEN_RETRY_FOR: Duration = Duration::from_secs(5);
 
 /// Opens (creating if needed) the control tables in the SQLite file at `path`, with the same
@@ -247,7 +247,7 @@ pub(crate) fn raw_events(
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Every audit row in sequence order, for [`crate::audit_chain::verify_rows`] (an uncached
+/// Every audit row in sequence order, for `audit_chain::verify_rows` (an uncached
 /// statement: it runs rarely).
 pub(crate) fn chain_rows(conn: &Connection) -> Result<Vec<RawEvent>, StoreError> {
     let mut stmt = conn.prepare(&format!(

@@ -1,7 +1,7 @@
 //! The prediction log in SQLite: row encoding, the log writer's sink (one transaction per
 //! batch), feedback, and the reads (`read_log`, `disagreements`, recounts). It exists so that
-//! the writer ([`crate::log`]) only dispatches; like [`crate::pg_log`], it depends on the
-//! neutral [`crate::log_rows`] and on the SQLite plumbing ([`crate::sqlite`]), never on the
+//! the writer (`log`) only dispatches; like `pg_log`, it depends on the
+//! neutral `log_rows` and on the SQLite plumbing (`sqlite`), never on the
 //! other backend.
 
 use rusqlite::{params, Connection, OptionalExtension};

@@ -10,7 +10,7 @@
 //! This file holds what every kind shares: the spec envelope ([`RolloutSpec`], [`RolloutKind`]),
 //! the state, observations, actions and commands, the helpers that emit them, and the dispatch
 //! of [`start`], [`tick`] and [`command`]. Each kind's spec, written form (read by
-//! `crate::rollout_config`), state machine and report live in its own file (`canary`, `shadow`,
+//! `rollout_config`), state machine and report live in its own file (`canary`, `shadow`,
 //! `ab`, `blue_green`) and are re-exported here; `raw` holds the building blocks of the written
 //! forms.
 //!

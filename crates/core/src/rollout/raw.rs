@@ -1,4 +1,4 @@
-//! Building blocks of the rollout specs as written (`crate::rollout_config`).
+//! Building blocks of the rollout specs as written (`rollout_config`).
 //!
 //! Each kind declares its written fields once, with [`raw_fields!`]: that gives the struct, the
 //! list of its field names and a reader by name. A spec can then be read field by field before
