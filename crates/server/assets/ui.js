@@ -718,8 +718,8 @@
 
   function renderShadow(data) {
     const { rollout: r, report, history } = data;
-    const a = report.analysis || {};
-    const sh = a.shadow || {};
+    const a = (report.analysis || {}).shadow || {};
+    const sh = a.report || {};
     const mc = sh.mcnemar || {};
     const primary = r.current; const cand = r.candidate;
     const out = [rolloutHead(r)];
@@ -740,7 +740,7 @@
       })));
     const pairPts = history.filter((p) => p.pair);
     const gain = (p) => (p.pair.labelled > 0 ? (p.pair.c - p.pair.b) / p.pair.labelled : null);
-    const lat = a.latency || {};
+    const lat = { primary: a.primary_stats, shadow: a.shadow_stats };
     const grid = h('div', { class: 'grid' },
       chartCard('Agreement rate over time', 'agreement', [
         series(pairPts, 'agreement ' + primary + ' vs ' + cand, COLOR.current, (p) => p.pair.agreement),
@@ -789,7 +789,7 @@
 
   function renderCanary(data) {
     const { rollout: r, report, history } = data;
-    const a = report.analysis || {};
+    const a = (report.analysis || {}).canary || {};
     const steps = a.steps || [];
     const stable = r.current; const cand = r.candidate;
     const vs = report.versions || {};
@@ -861,8 +861,8 @@
 
   function renderAb(data) {
     const { rollout: r, report, history } = data;
-    const a = report.analysis || {};
-    const ab = a.ab || {};
+    const a = (report.analysis || {}).ab || {};
+    const ab = a.report || {};
     const spec = r.spec || {};
     const control = r.current; const treat = r.candidate;
     const wb = isNum(spec.treatment_weight) ? spec.treatment_weight / 10000 : null;
@@ -920,7 +920,7 @@
 
   function renderBlueGreen(data) {
     const { rollout: r, report, history } = data;
-    const a = report.analysis || {};
+    const a = (report.analysis || {}).blue_green || {};
     const st = r.strategy || {};
     const blue = r.current; const green = r.candidate;
     const active = st.kind === 'blue_green' ? st.active : (st.version === green ? 'green' : 'blue');

@@ -9,9 +9,14 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Json;
-use serde_json::{json, Value};
 use switchyard_core::config::RawStrategy;
 use switchyard_core::{Role, VariantStats};
+
+use crate::api::{
+    ChainCheck, ClusterView, DryRun, EventView, LeaderView, ModelStats, PairView, ReplicaView,
+    RolloutEvents, RolloutHistory, RolloutList, RolloutView, RouteChanged, RoutesView, SeriesView,
+    VersionStats,
+};
 
 use crate::controller::Controller;
 use crate::error::ApiError;
@@ -57,9 +62,16 @@ pub async fn require_token(
     Ok(next.run(request).await)
 }
 
-pub async fn get_routes(State(admin): State<AdminState>) -> Json<Value> {
+pub async fn get_routes(State(admin): State<AdminState>) -> Json<RoutesView> {
     let table = admin.app.table.load();
-    Json(json!({ "epoch": table.epoch, "routes": table.routes }))
+    Json(RoutesView {
+        epoch: table.epoch,
+        routes: table
+            .routes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    })
 }
 
 /// Replaces a model's strategy (same shape as `serve:` in the config file).
@@ -67,7 +79,7 @@ pub async fn put_route(
     State(admin): State<AdminState>,
     Path(model): Path<String>,
     body: String,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RouteChanged>, ApiError> {
     let (raw, unknown): (RawStrategy, Vec<String>) =
         crate::config_file::from_yaml_listing_unknown(&body)
             .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_strategy", e))?;
@@ -104,24 +116,10 @@ pub async fn put_route(
             format!("the routing change was not made: {e}"),
         )
     })?;
-    Ok(Json(
-        json!({ "epoch": next.epoch, "route": next.routes.get(&model) }),
-    ))
-}
-
-fn variant_json(s: &VariantStats) -> Value {
-    json!({
-        "requests": s.requests,
-        "errors": s.errors,
-        "error_rate": s.error_rate(),
-        "latency_us": { "p50": s.latency.p50(), "p95": s.latency.p95(), "p99": s.latency.p99(), "mean": s.latency.mean() },
-        "labelled": s.correct.trials,
-        "correct": s.correct.successes,
-        "accuracy": s.correct.rate(),
-        "mae": s.abs_error.mean(),
-        "rmse": s.sq_error.mean().map(f64::sqrt),
-        "metrics": s.metrics.iter().map(|(k, m)| (k.clone(), json!({"count": m.count(), "mean": m.mean()}))).collect::<BTreeMap<_, _>>(),
-    })
+    Ok(Json(RouteChanged {
+        epoch: next.epoch,
+        route: next.routes.get(&model).cloned(),
+    }))
 }
 
 /// Live statistics of one model over all epochs (or `?epoch=N`).
@@ -129,7 +127,7 @@ pub async fn model_stats(
     State(admin): State<AdminState>,
     Path(model): Path<String>,
     axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ModelStats>, ApiError> {
     if !admin.app.models.contains_key(&model) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -171,39 +169,25 @@ pub async fn model_stats(
             .or_default()
             .merge(v);
     }
-    let variants: Vec<Value> = variants
+    let variants = variants
         .iter()
-        .map(|((version, variant, role), s)| {
-            let mut v = variant_json(s);
-            v["version"] = json!(version);
-            v["variant"] = json!(variant);
-            v["role"] = json!(role.as_str());
-            v
+        .map(|((version, variant, role), s)| SeriesView {
+            version: version.clone(),
+            variant: variant.clone(),
+            role: *role,
+            stats: VersionStats::from(s),
         })
         .collect();
-    let pairs: Vec<Value> = pairs
+    let pairs = pairs
         .iter()
-        .map(|((primary, shadow), p)| {
-            let m = switchyard_stats::mcnemar::mcnemar(p.primary_only, p.shadow_only);
-            json!({
-                "primary": primary,
-                "shadow": shadow,
-                "compared": p.agreement.trials,
-                "agreement": p.agreement.rate(),
-                "labelled": p.labelled(),
-                "both_correct": p.both_correct,
-                "primary_only_correct": p.primary_only,
-                "shadow_only_correct": p.shadow_only,
-                "both_wrong": p.both_wrong,
-                "mcnemar": m,
-                "shadow_calls": p.shadow_calls,
-                "shadow_errors": p.shadow_errors,
-            })
-        })
+        .map(|((primary, shadow), p)| PairView::of(primary, shadow, p))
         .collect();
-    Ok(Json(
-        json!({ "model": model, "epoch": epoch, "variants": variants, "pairs": pairs }),
-    ))
+    Ok(Json(ModelStats {
+        model,
+        epoch,
+        variants,
+        pairs,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -242,8 +226,10 @@ fn actor(headers: &axum::http::HeaderMap) -> String {
         .map_or_else(|| "admin".to_string(), |a| format!("admin:{a}"))
 }
 
-pub async fn list_rollouts(State(admin): State<AdminState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "rollouts": admin.controller.list() })))
+pub async fn list_rollouts(State(admin): State<AdminState>) -> Json<RolloutList> {
+    Json(RolloutList {
+        rollouts: admin.controller.list(),
+    })
 }
 
 /// Marks a command forwarded by another replica (a forwarded command is never forwarded again).
@@ -326,7 +312,7 @@ pub async fn apply_rollout(
     let c = admin.controller;
     if q.get("dry_run").is_some_and(|v| v == "true" || v == "1") {
         let spec = c.dry_run(&body)?;
-        return Ok(Json(json!({ "valid": true, "spec": spec })).into_response());
+        return Ok(Json(DryRun { valid: true, spec }).into_response());
     }
     match c.apply(&body, &actor(&headers)).await {
         Ok(view) => Ok((StatusCode::CREATED, Json(view)).into_response()),
@@ -340,7 +326,7 @@ pub async fn apply_rollout(
 pub async fn get_rollout(
     State(admin): State<AdminState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RolloutView>, ApiError> {
     admin
         .controller
         .view(&name)
@@ -373,15 +359,16 @@ pub async fn rollout_command(
 pub async fn rollout_events(
     State(admin): State<AdminState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RolloutEvents>, ApiError> {
     let c = admin.controller;
     if c.view(&name).is_none() {
         return Err(ControlError::NotFound(name).into());
     }
     let events = c.events(Some(&name)).map_err(ControlError::from)?;
-    Ok(Json(
-        json!({ "rollout": name, "events": crate::views::events_json(&events) }),
-    ))
+    Ok(Json(RolloutEvents {
+        rollout: name,
+        events: events.iter().map(EventView::from).collect(),
+    }))
 }
 
 pub async fn rollout_report(
@@ -421,41 +408,44 @@ pub async fn rollout_report(
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-pub async fn audit_verify(State(admin): State<AdminState>) -> Result<Json<Value>, ApiError> {
+pub async fn audit_verify(State(admin): State<AdminState>) -> Result<Json<ChainCheck>, ApiError> {
     let report = admin
         .controller
         .verify_chain()
         .map_err(ControlError::from)?;
-    Ok(Json(
-        json!({ "events": report.events, "ok": report.ok, "first_bad_seq": report.first_bad_seq, "problem": report.problem }),
-    ))
+    Ok(Json(ChainCheck::from(report)))
 }
 
 /// Snapshots of a rollout's statistics over time (for charts).
 pub async fn rollout_history(
     State(admin): State<AdminState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RolloutHistory>, ApiError> {
     let c = admin.controller;
     if c.view(&name).is_none() {
         return Err(ControlError::NotFound(name).into());
     }
-    Ok(Json(json!({ "rollout": name, "points": c.history(&name) })))
+    let points = c.history(&name);
+    Ok(Json(RolloutHistory {
+        rollout: name,
+        points,
+    }))
 }
 
 /// This replica, the controller, the shared routing epoch and every replica's published
 /// window (a single gateway reports itself as its own controller).
-pub async fn cluster(State(admin): State<AdminState>) -> Result<Json<Value>, ApiError> {
+pub async fn cluster(State(admin): State<AdminState>) -> Result<Json<ClusterView>, ApiError> {
     let is_controller = admin.controller.is_leader();
     let epoch = admin.app.table.load().epoch;
     let Some(cluster) = admin.app.cluster.clone() else {
-        return Ok(Json(json!({
-            "replica": admin.app.replica,
-            "store": admin.app.store.to_string(),
-            "is_controller": is_controller,
-            "routing_epoch": epoch,
-            "replicas": [],
-        })));
+        return Ok(Json(ClusterView {
+            replica: admin.app.replica.clone(),
+            store: admin.app.store.to_string(),
+            is_controller,
+            controller: None,
+            routing_epoch: epoch,
+            replicas: Vec::new(),
+        }));
     };
     let (leader, windows) = tokio::task::spawn_blocking(move || {
         Ok::<_, switchyard_store::StoreError>((cluster.leader()?, cluster.aggregate_windows()?))
@@ -469,26 +459,30 @@ pub async fn cluster(State(admin): State<AdminState>) -> Result<Json<Value>, Api
             e.to_string(),
         )
     })?;
-    let replicas: Vec<Value> = windows
+    let replicas = windows
         .iter()
-        .map(|(name, updated_ms, agg)| {
-            let serving: u64 = agg
+        .map(|(name, updated_ms, agg)| ReplicaView {
+            replica: name.clone(),
+            updated_ms: *updated_ms,
+            serving_requests: agg
                 .series
                 .iter()
                 .filter(|(k, _)| k.role == Role::Serving)
                 .map(|(_, v)| v.requests)
-                .sum();
-            json!({ "replica": name, "updated_ms": updated_ms, "serving_requests": serving })
+                .sum(),
         })
         .collect();
-    Ok(Json(json!({
-        "replica": admin.app.replica,
-        "store": admin.app.store.to_string(),
-        "is_controller": is_controller,
-        "controller": leader.map(|l| json!({
-            "replica": l.replica, "admin_url": l.admin_url, "term": l.term, "since_ms": l.since_ms,
-        })),
-        "routing_epoch": epoch,
-        "replicas": replicas,
-    })))
+    Ok(Json(ClusterView {
+        replica: admin.app.replica.clone(),
+        store: admin.app.store.to_string(),
+        is_controller,
+        controller: leader.map(|l| LeaderView {
+            replica: l.replica,
+            admin_url: l.admin_url,
+            term: l.term,
+            since_ms: l.since_ms,
+        }),
+        routing_epoch: epoch,
+        replicas,
+    }))
 }

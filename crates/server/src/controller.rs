@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use serde_json::{json, Value};
+use serde_json::json;
+
+use crate::api::{AbPoint, HistoryPoint, PairPoint, RolloutView, VersionStats};
 use switchyard_core::audit::{Alert, AuditEvent, Detail};
 use switchyard_core::rollout::{
     self, Action, Command, Observations, Phase, RolloutKind, RolloutSpec, RolloutState, Validation,
@@ -108,7 +110,7 @@ const HISTORY_EVERY: std::time::Duration = std::time::Duration::from_millis(250)
 
 #[derive(Debug)]
 struct History {
-    points: VecDeque<Value>,
+    points: VecDeque<HistoryPoint>,
     last: Option<Instant>,
 }
 
@@ -344,12 +346,12 @@ impl Controller {
     }
 
     /// Starts a rollout.
-    pub async fn apply(&self, text: &str, actor: &str) -> Result<Value, ControlError> {
+    pub async fn apply(&self, text: &str, actor: &str) -> Result<RolloutView, ControlError> {
         let spec = self.parse_spec(text)?;
         self.start(spec, actor).await
     }
 
-    async fn start(&self, spec: RolloutSpec, actor: &str) -> Result<Value, ControlError> {
+    async fn start(&self, spec: RolloutSpec, actor: &str) -> Result<RolloutView, ControlError> {
         let _turn = self.turn.lock().await;
         if !self.is_leader() {
             return Err(self.not_leader());
@@ -357,7 +359,7 @@ impl Controller {
         self.start_locked(spec, actor)
     }
 
-    fn start_locked(&self, spec: RolloutSpec, actor: &str) -> Result<Value, ControlError> {
+    fn start_locked(&self, spec: RolloutSpec, actor: &str) -> Result<RolloutView, ControlError> {
         if let Some(e) = self.conflict(&spec) {
             return Err(e);
         }
@@ -374,7 +376,7 @@ impl Controller {
         name: &str,
         cmd: Command,
         actor: &str,
-    ) -> Result<Value, ControlError> {
+    ) -> Result<RolloutView, ControlError> {
         let _turn = self.turn.lock().await;
         if !self.is_leader() {
             return Err(self.not_leader());
@@ -446,41 +448,43 @@ impl Controller {
             } => switchyard_core::routing::BUCKETS,
             _ => 0,
         };
-        let versions: BTreeMap<&String, Value> = obs
-            .total
-            .iter()
-            .map(|(v, s)| (v, crate::views::stats_json(s)))
-            .collect();
-        let mut point = json!({
-            "ts_ms": now,
-            "phase": state.phase.as_str(),
-            "step": state.step + 1,
-            "candidate_percent": f64::from(weight) / 100.0,
-            "versions": versions,
-        });
-        if let Some(pair) = &obs.pair {
-            point["pair"] = json!({
-                "agreement": pair.agreement.rate(),
-                "compared": pair.agreement.trials,
-                "labelled": pair.labelled(),
-                "b": pair.primary_only,
-                "c": pair.shadow_only,
-                "mcnemar_p": switchyard_stats::mcnemar::mcnemar(pair.primary_only, pair.shadow_only).p_value,
-            });
-        }
-        if let RolloutKind::Ab(a) = &spec.kind {
-            let r = rollout::ab_report(a, obs);
-            point["ab"] = json!({
-                "control_rate": r.control.rate(),
-                "treatment_rate": r.treatment.rate(),
-                "control_trials": r.control.trials,
-                "treatment_trials": r.treatment.trials,
-                "p_value": r.test.map(|t| t.p_value),
-                "prob_b_beats_a": r.bayes.map(|b| b.prob_b_beats_a),
-                "srm_p": r.srm.as_ref().map(|s| s.p_value),
-                "observed_split": obs.by_variant,
-            });
-        }
+        let ab = match &spec.kind {
+            RolloutKind::Ab(a) => {
+                let r = rollout::ab_report(a, obs);
+                Some(AbPoint {
+                    control_rate: r.control.rate(),
+                    treatment_rate: r.treatment.rate(),
+                    control_trials: r.control.trials,
+                    treatment_trials: r.treatment.trials,
+                    p_value: r.test.map(|t| t.p_value),
+                    prob_b_beats_a: r.bayes.map(|b| b.prob_b_beats_a),
+                    srm_p: r.srm.as_ref().map(|s| s.p_value),
+                    observed_split: obs.by_variant.clone(),
+                })
+            }
+            _ => None,
+        };
+        let point = HistoryPoint {
+            ts_ms: now,
+            phase: state.phase,
+            step: state.step + 1,
+            candidate_percent: f64::from(weight) / 100.0,
+            versions: obs
+                .total
+                .iter()
+                .map(|(v, s)| (v.clone(), VersionStats::from(s)))
+                .collect(),
+            pair: obs.pair.as_ref().map(|pair| PairPoint {
+                agreement: pair.agreement.rate(),
+                compared: pair.agreement.trials,
+                labelled: pair.labelled(),
+                b: pair.primary_only,
+                c: pair.shadow_only,
+                mcnemar_p: switchyard_stats::mcnemar::mcnemar(pair.primary_only, pair.shadow_only)
+                    .p_value,
+            }),
+            ab,
+        };
         h.points.push_back(point);
         while h.points.len() > HISTORY_POINTS {
             h.points.pop_front();
@@ -488,7 +492,7 @@ impl Controller {
     }
 
     /// The snapshots recorded for a rollout, oldest first.
-    pub fn history(&self, name: &str) -> Vec<Value> {
+    pub fn history(&self, name: &str) -> Vec<HistoryPoint> {
         self.history
             .lock()
             .get(name)
@@ -650,30 +654,30 @@ impl Controller {
     }
 
     /// A JSON view of one rollout.
-    pub fn view(&self, name: &str) -> Option<Value> {
+    pub fn view(&self, name: &str) -> Option<RolloutView> {
         let entry = self.rollouts.lock().get(name).cloned()?;
         Some(self.view_entry(&entry))
     }
 
-    fn view_entry(&self, e: &Entry) -> Value {
+    fn view_entry(&self, e: &Entry) -> RolloutView {
         let (current, candidate) = e.spec.versions();
-        json!({
-            "name": e.spec.name,
-            "model": e.spec.model,
-            "kind": e.spec.kind_name(),
-            "current": current,
-            "candidate": candidate,
-            "phase": e.state.phase.as_str(),
-            "step": e.state.step + 1,
-            "strategy": e.state.strategy,
-            "recommendation": e.state.recommendation.map(|r| r.as_str()),
-            "reason": e.state.reason,
-            "started_ms": e.state.started_ms,
-            "spec": e.spec,
-        })
+        RolloutView {
+            name: e.spec.name.clone(),
+            model: e.spec.model.clone(),
+            kind: e.spec.kind_name().to_string(),
+            current: current.to_string(),
+            candidate: candidate.to_string(),
+            phase: e.state.phase,
+            step: e.state.step + 1,
+            strategy: e.state.strategy.clone(),
+            recommendation: e.state.recommendation,
+            reason: e.state.reason.clone(),
+            started_ms: e.state.started_ms,
+            spec: e.spec.clone(),
+        }
     }
 
-    pub fn list(&self) -> Vec<Value> {
+    pub fn list(&self) -> Vec<RolloutView> {
         let entries: Vec<Entry> = self.rollouts.lock().values().cloned().collect();
         entries.iter().map(|e| self.view_entry(e)).collect()
     }

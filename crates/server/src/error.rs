@@ -2,7 +2,8 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+
+use crate::api::{ErrorBody, ErrorDetail};
 
 /// An error answered to an HTTP client as `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone)]
@@ -34,13 +35,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": { "code": self.code, "message": self.message } });
-        if let Some(id) = &self.request_id {
-            body["request_id"] = json!(id);
-        }
-        if !self.problems.is_empty() {
-            body["error"]["problems"] = json!(self.problems);
-        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                problems: self.problems,
+            },
+            request_id: self.request_id.clone(),
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(id) = self.request_id.and_then(|id| id.parse().ok()) {
             response.headers_mut().insert("x-request-id", id);

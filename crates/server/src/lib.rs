@@ -6,8 +6,10 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod api;
 pub mod app;
 pub mod backend;
+pub mod client;
 pub mod config_file;
 pub mod controller;
 pub mod dataplane;
@@ -22,7 +24,6 @@ pub mod runtime;
 pub mod shadow;
 pub mod state;
 pub mod ui;
-pub mod views;
 
 pub use app::{Gateway, StartOptions};
 pub use config_file::{load_config, parse_config, ConfigError};

@@ -1,47 +1,56 @@
 //! Deployment reports: what a rollout did and the statistics behind it, as JSON, text,
 //! Markdown or a self-contained HTML page.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 use switchyard_core::rollout::{ab_report, shadow_report, RolloutKind};
-use switchyard_core::{Prediction, Truth, VariantStats};
+use switchyard_core::{Prediction, Truth};
 
+use crate::api::{
+    AbAnalysis, Analysis, BlueGreenAnalysis, CanaryAnalysis, Disagreement, EventView, Report,
+    ShadowAnalysis, StepView, SwitchView, VersionStats,
+};
 use crate::controller::Controller;
 use crate::state::AppState;
-use crate::views::{events_json, stats_json};
 
-fn prediction_json(p: &Prediction) -> Value {
+fn prediction_json(p: &Prediction) -> Vec<Value> {
     match p {
-        Prediction::Classes(c) => json!(c),
-        Prediction::Values(v) => json!(v),
-        Prediction::None => Value::Null,
+        Prediction::Classes(c) => c.iter().map(|x| json!(x)).collect(),
+        Prediction::Values(v) => v.iter().map(|x| json!(x)).collect(),
+        Prediction::None => Vec::new(),
     }
 }
 
-fn truth_json(t: &Option<Truth>) -> Value {
+fn truth_json(t: &Option<Truth>) -> Option<Vec<Value>> {
     match t {
-        Some(Truth::Labels(l)) => json!(l),
-        Some(Truth::Values(v)) => json!(v),
-        _ => Value::Null,
+        Some(Truth::Labels(l)) => Some(l.iter().map(|x| json!(x)).collect()),
+        Some(Truth::Values(v)) => Some(v.iter().map(|x| json!(x)).collect()),
+        _ => None,
     }
 }
 
 /// The full report of one rollout.
-pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Value> {
+pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Report> {
     let (spec, state, obs) = controller.observations(name)?;
-    let view = controller.view(name)?;
-    let events = controller.events(Some(name)).unwrap_or_default();
-    let versions: BTreeMap<&String, Value> =
-        obs.total.iter().map(|(v, s)| (v, stats_json(s))).collect();
-    let mut analysis = json!({});
+    let rollout = controller.view(name)?;
+    let events: Vec<EventView> = controller
+        .events(Some(name))
+        .unwrap_or_default()
+        .iter()
+        .map(EventView::from)
+        .collect();
+    let versions = obs
+        .total
+        .iter()
+        .map(|(v, s)| (v.clone(), VersionStats::from(s)))
+        .collect();
+    let mut analysis = Analysis::default();
     match &spec.kind {
         RolloutKind::Shadow(s) => {
             let pair = obs.pair.clone().unwrap_or_default();
             let shadow = obs.shadow.clone().unwrap_or_default();
             let primary = obs.total.get(&s.primary).cloned().unwrap_or_default();
-            let report = shadow_report(s, &pair, &primary, &shadow);
             let cases = switchyard_store::disagreements_at(
                 &app.store,
                 &spec.model,
@@ -50,61 +59,87 @@ pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Valu
                 20,
             )
             .unwrap_or_default();
-            let latency = |v: &VariantStats| json!({"p50_ms": v.latency.p50().map(|u| u as f64 / 1000.0), "p95_ms": v.latency.p95().map(|u| u as f64 / 1000.0), "p99_ms": v.latency.p99().map(|u| u as f64 / 1000.0)});
-            analysis = json!({
-                "shadow": report,
-                "shadow_stats": stats_json(&shadow),
-                "latency": { "primary": latency(&primary), "shadow": latency(&shadow) },
-                "disagreements": cases.iter().map(|c| json!({
-                    "request_id": c.request_id,
-                    "input": c.input.as_deref().and_then(|i| serde_json::from_str::<Value>(i).ok()),
-                    "primary": prediction_json(&c.primary),
-                    "shadow": prediction_json(&c.shadow),
-                    "truth": truth_json(&c.truth),
-                })).collect::<Vec<_>>(),
+            analysis.shadow = Some(ShadowAnalysis {
+                report: shadow_report(s, &pair, &primary, &shadow),
+                shadow_stats: VersionStats::from(&shadow),
+                primary_stats: VersionStats::from(&primary),
+                disagreements: cases
+                    .iter()
+                    .map(|c| Disagreement {
+                        request_id: c.request_id.clone(),
+                        input: c
+                            .input
+                            .as_deref()
+                            .and_then(|i| serde_json::from_str::<Value>(i).ok()),
+                        primary: prediction_json(&c.primary),
+                        shadow: prediction_json(&c.shadow),
+                        truth: truth_json(&c.truth),
+                    })
+                    .collect(),
             });
         }
         RolloutKind::Ab(a) => {
-            let r = ab_report(a, &obs);
-            analysis = json!({ "ab": r, "observed_split": obs.by_variant });
+            analysis.ab = Some(AbAnalysis {
+                report: ab_report(a, &obs),
+                observed_split: obs.by_variant.clone(),
+            });
         }
         RolloutKind::Canary(c) => {
-            let current = obs.step.get(&c.candidate).map(stats_json);
-            analysis = json!({
-                "steps": c.steps.iter().map(|s| json!({"percent": f64::from(s.weight) / 100.0, "min_requests": s.min_requests, "min_duration_ms": s.min_duration_ms, "require_approval": s.require_approval})).collect::<Vec<_>>(),
-                "gate": c.gate,
-                "current_step": state.step + 1,
-                "candidate_this_step": current,
+            analysis.canary = Some(CanaryAnalysis {
+                steps: c
+                    .steps
+                    .iter()
+                    .map(|s| StepView {
+                        percent: f64::from(s.weight) / 100.0,
+                        min_requests: s.min_requests,
+                        min_duration_ms: s.min_duration_ms,
+                        require_approval: s.require_approval,
+                    })
+                    .collect(),
+                gate: c.gate.clone(),
+                current_step: state.step + 1,
+                candidate_this_step: obs.step.get(&c.candidate).map(VersionStats::from),
             });
         }
         RolloutKind::BlueGreen(b) => {
-            analysis = json!({
-                "active": b.active, "candidate": b.candidate,
-                "switches": events.iter().filter(|e| matches!(e.event.kind.as_str(), "switched" | "rolled_back" | "retired")).map(|e| json!({
-                    "kind": e.event.kind, "ts_ms": e.event.ts_ms,
-                    "routing_swap_us": e.event.details.iter().find(|(k, _)| k == "routing_swap_us").map(|(_, v)| v.clone()),
-                })).collect::<Vec<_>>(),
+            analysis.blue_green = Some(BlueGreenAnalysis {
+                active: b.active.clone(),
+                candidate: b.candidate.clone(),
+                switches: events
+                    .iter()
+                    .filter(|e| matches!(e.kind.as_str(), "switched" | "rolled_back" | "retired"))
+                    .map(|e| SwitchView {
+                        kind: e.kind.clone(),
+                        ts_ms: e.ts_ms,
+                        routing_swap_us: e.num("routing_swap_us"),
+                    })
+                    .collect(),
             });
         }
     }
-    Some(json!({
-        "rollout": view,
-        "versions": versions,
-        "analysis": analysis,
-        "events": events_json(&events),
-    }))
+    Some(Report {
+        rollout,
+        versions,
+        analysis,
+        events,
+    })
 }
 
-fn num(v: &Value, digits: usize) -> String {
-    match v.as_f64() {
-        Some(x) => format!("{x:.digits$}"),
-        None => v.as_str().map_or("—".to_string(), str::to_string),
-    }
+/// A number with `digits` decimals, `—` when absent.
+fn num(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "—".to_string(), |x| format!("{x:.digits$}"))
 }
 
-fn pct(v: &Value) -> String {
-    v.as_f64()
-        .map_or("—".to_string(), |x| format!("{:.2}%", x * 100.0))
+fn int(v: u64) -> String {
+    v.to_string()
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("—".to_string(), |x| format!("{:.2}%", x * 100.0))
+}
+
+fn text(v: Option<&str>) -> String {
+    v.map_or_else(|| "—".to_string(), str::to_string)
 }
 
 /// Key-value rows.
@@ -113,19 +148,22 @@ type Pairs = Vec<(String, String)>;
 type Table = Vec<Vec<String>>;
 
 /// Summary, versions, events and analysis, shared by the text, Markdown and HTML renderings.
-fn tables(r: &Value) -> (Pairs, Table, Table, Pairs) {
-    let ro = &r["rollout"];
+fn tables(r: &Report) -> (Pairs, Table, Table, Pairs) {
+    let ro = &r.rollout;
     let summary = vec![
-        ("rollout".into(), num(&ro["name"], 0)),
-        ("model".into(), num(&ro["model"], 0)),
-        ("kind".into(), num(&ro["kind"], 0)),
+        ("rollout".into(), ro.name.clone()),
+        ("model".into(), ro.model.clone()),
+        ("kind".into(), ro.kind.clone()),
         (
             "versions".into(),
-            format!("{} → {}", num(&ro["current"], 0), num(&ro["candidate"], 0)),
+            format!("{} → {}", ro.current, ro.candidate),
         ),
-        ("phase".into(), num(&ro["phase"], 0)),
-        ("recommendation".into(), num(&ro["recommendation"], 0)),
-        ("reason".into(), num(&ro["reason"], 0)),
+        ("phase".into(), ro.phase.as_str().to_string()),
+        (
+            "recommendation".into(),
+            text(ro.recommendation.map(|r| r.as_str())),
+        ),
+        ("reason".into(), text(ro.reason.as_deref())),
     ];
     let mut versions = vec![vec![
         "version".into(),
@@ -138,20 +176,18 @@ fn tables(r: &Value) -> (Pairs, Table, Table, Pairs) {
         "accuracy".into(),
         "MAE".into(),
     ]];
-    if let Some(map) = r["versions"].as_object() {
-        for (v, s) in map {
-            versions.push(vec![
-                v.clone(),
-                num(&s["requests"], 0),
-                num(&s["errors"], 0),
-                num(&s["p50_ms"], 2),
-                num(&s["p95_ms"], 2),
-                num(&s["p99_ms"], 2),
-                num(&s["labelled"], 0),
-                pct(&s["accuracy"]),
-                num(&s["mae"], 3),
-            ]);
-        }
+    for (v, s) in &r.versions {
+        versions.push(vec![
+            v.clone(),
+            int(s.requests),
+            int(s.errors),
+            num(s.p50_ms, 2),
+            num(s.p95_ms, 2),
+            num(s.p99_ms, 2),
+            int(s.labelled),
+            pct(s.accuracy),
+            num(s.mae, 3),
+        ]);
     }
     let mut events = vec![vec![
         "seq".into(),
@@ -160,128 +196,140 @@ fn tables(r: &Value) -> (Pairs, Table, Table, Pairs) {
         "by".into(),
         "message".into(),
     ]];
-    for e in r["events"].as_array().into_iter().flatten() {
+    for e in &r.events {
         events.push(vec![
-            num(&e["seq"], 0),
-            num(&e["ts_ms"], 0),
-            num(&e["kind"], 0),
-            num(&e["actor"], 0),
-            num(&e["message"], 0),
+            int(e.seq),
+            e.ts_ms.to_string(),
+            e.kind.clone(),
+            e.actor.clone(),
+            e.message.clone(),
         ]);
     }
-    let a = &r["analysis"];
+    let a = &r.analysis;
     let mut analysis = Vec::new();
-    if let Some(s) = a.get("shadow") {
-        analysis.push(("agreement".into(), pct(&s["agreement"])));
-        analysis.push(("labelled pairs".into(), num(&s["labelled"], 0)));
-        analysis.push(("primary accuracy".into(), pct(&s["primary_accuracy"])));
-        analysis.push(("shadow accuracy".into(), pct(&s["shadow_accuracy"])));
-        analysis.push((
-            "McNemar χ² (b, c)".into(),
-            format!(
-                "{} ({}, {})",
-                num(&s["mcnemar"]["statistic"], 3),
-                num(&s["mcnemar"]["b"], 0),
-                num(&s["mcnemar"]["c"], 0)
-            ),
-        ));
-        analysis.push((
-            "McNemar p (exact p)".into(),
-            format!(
-                "{} ({})",
-                num(&s["mcnemar"]["p_value"], 4),
-                num(&s["mcnemar"]["exact_p_value"], 4)
-            ),
-        ));
+    if let Some(sa) = &a.shadow {
+        let s = &sa.report;
+        analysis.push(("agreement".into(), pct(s.agreement)));
+        analysis.push(("labelled pairs".into(), int(s.labelled)));
+        analysis.push(("primary accuracy".into(), pct(s.primary_accuracy)));
+        analysis.push(("shadow accuracy".into(), pct(s.shadow_accuracy)));
+        if let Some(m) = &s.mcnemar {
+            analysis.push((
+                "McNemar χ² (b, c)".into(),
+                format!("{} ({}, {})", num(Some(m.statistic), 3), m.b, m.c),
+            ));
+            analysis.push((
+                "McNemar p (exact p)".into(),
+                format!(
+                    "{} ({})",
+                    num(Some(m.p_value), 4),
+                    num(Some(m.exact_p_value), 4)
+                ),
+            ));
+        }
+        if s.primary_mae.is_some() || s.shadow_mae.is_some() {
+            analysis.push((
+                "primary / shadow MAE".into(),
+                format!("{} / {}", num(s.primary_mae, 3), num(s.shadow_mae, 3)),
+            ));
+        }
+        if let Some(t) = &s.paired_t {
+            analysis.push((
+                "paired t (p)".into(),
+                format!("{} ({})", num(Some(t.t), 3), num(Some(t.p_value), 4)),
+            ));
+        }
         analysis.push((
             "primary / shadow p95 ms".into(),
             format!(
                 "{} / {}",
-                num(&a["latency"]["primary"]["p95_ms"], 2),
-                num(&a["latency"]["shadow"]["p95_ms"], 2)
+                num(sa.primary_stats.p95_ms, 2),
+                num(sa.shadow_stats.p95_ms, 2)
             ),
         ));
         analysis.push((
             "disagreement cases shown".into(),
-            a["disagreements"]
-                .as_array()
-                .map_or(0, Vec::len)
-                .to_string(),
+            sa.disagreements.len().to_string(),
         ));
-        analysis.push(("recommendation".into(), num(&s["recommendation"], 0)));
+        analysis.push((
+            "recommendation".into(),
+            s.recommendation.as_str().to_string(),
+        ));
     }
-    if let Some(ab) = a.get("ab") {
+    if let Some(aa) = &a.ab {
+        let ab = &aa.report;
         analysis.push((
             "control (successes/trials)".into(),
-            format!(
-                "{}/{}",
-                num(&ab["control"]["successes"], 0),
-                num(&ab["control"]["trials"], 0)
-            ),
+            format!("{}/{}", ab.control.successes, ab.control.trials),
         ));
         analysis.push((
             "treatment (successes/trials)".into(),
-            format!(
-                "{}/{}",
-                num(&ab["treatment"]["successes"], 0),
-                num(&ab["treatment"]["trials"], 0)
-            ),
+            format!("{}/{}", ab.treatment.successes, ab.treatment.trials),
         ));
-        analysis.push(("required per arm".into(), num(&ab["required_per_arm"], 0)));
+        analysis.push((
+            "required per arm".into(),
+            ab.required_per_arm.map_or_else(|| "—".into(), int),
+        ));
         analysis.push((
             "difference (z, p)".into(),
             format!(
                 "{} ({}, {})",
-                num(&ab["test"]["diff"], 4),
-                num(&ab["test"]["z"], 3),
-                num(&ab["test"]["p_value"], 4)
+                num(ab.test.map(|t| t.diff), 4),
+                num(ab.test.map(|t| t.z), 3),
+                num(ab.test.map(|t| t.p_value), 4)
             ),
         ));
         analysis.push((
             "95% CI".into(),
             format!(
                 "[{}, {}]",
-                num(&ab["test"]["ci_low"], 4),
-                num(&ab["test"]["ci_high"], 4)
+                num(ab.test.map(|t| t.ci_low), 4),
+                num(ab.test.map(|t| t.ci_high), 4)
             ),
         ));
-        analysis.push(("P(B > A)".into(), num(&ab["bayes"]["prob_b_beats_a"], 4)));
+        analysis.push((
+            "P(B > A)".into(),
+            num(ab.bayes.map(|b| b.prob_b_beats_a), 4),
+        ));
         analysis.push((
             "SRM p-value (mismatch)".into(),
             format!(
                 "{} ({})",
-                num(&ab["srm"]["p_value"], 4),
-                ab["srm"]["mismatch"]
+                num(ab.srm.as_ref().map(|s| s.p_value), 4),
+                ab.srm
+                    .as_ref()
+                    .map_or_else(|| "—".to_string(), |s| s.mismatch.to_string())
             ),
         ));
-        if !ab["mae_welch"].is_null() {
+        if let Some(w) = &ab.mae_welch {
             analysis.push((
                 "MAE diff B−A (Welch t, p)".into(),
                 format!(
                     "{} ({}, {})",
-                    num(&ab["mae_welch"]["mean_diff"], 3),
-                    num(&ab["mae_welch"]["t"], 3),
-                    num(&ab["mae_welch"]["p_value"], 4)
+                    num(Some(w.mean_diff), 3),
+                    num(Some(w.t), 3),
+                    num(Some(w.p_value), 4)
                 ),
             ));
         }
     }
-    if let Some(steps) = a.get("steps").and_then(Value::as_array) {
-        let list: Vec<String> = steps
+    if let Some(c) = &a.canary {
+        let list: Vec<String> = c
+            .steps
             .iter()
-            .map(|s| format!("{}%", num(&s["percent"], 0)))
+            .map(|s| format!("{}%", num(Some(s.percent), 0)))
             .collect();
         analysis.push(("steps".into(), list.join(" → ")));
-        analysis.push(("current step".into(), num(&a["current_step"], 0)));
+        analysis.push(("current step".into(), c.current_step.to_string()));
     }
-    if let Some(sw) = a.get("switches").and_then(Value::as_array) {
-        for s in sw {
+    if let Some(b) = &a.blue_green {
+        for s in &b.switches {
             analysis.push((
-                num(&s["kind"], 0),
+                s.kind.clone(),
                 format!(
                     "at {} ms, routing swap {} µs",
-                    num(&s["ts_ms"], 0),
-                    num(&s["routing_swap_us"], 0)
+                    s.ts_ms,
+                    num(s.routing_swap_us, 0)
                 ),
             ));
         }
@@ -289,7 +337,7 @@ fn tables(r: &Value) -> (Pairs, Table, Table, Pairs) {
     (summary, versions, events, analysis)
 }
 
-pub fn render_text(r: &Value) -> String {
+pub fn render_text(r: &Report) -> String {
     let (summary, versions, events, analysis) = tables(r);
     let mut out = String::new();
     for (k, v) in &summary {
@@ -330,9 +378,9 @@ pub fn render_text(r: &Value) -> String {
     out
 }
 
-pub fn render_markdown(r: &Value) -> String {
+pub fn render_markdown(r: &Report) -> String {
     let (summary, versions, events, analysis) = tables(r);
-    let mut out = format!("# Deployment report: {}\n\n", num(&r["rollout"]["name"], 0));
+    let mut out = format!("# Deployment report: {}\n\n", r.rollout.name);
     let table = |rows: &[Vec<String>], out: &mut String| {
         if let Some(head) = rows.first() {
             let _ = writeln!(out, "| {} |", head.join(" | "));
@@ -375,7 +423,7 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-pub fn render_html(r: &Value) -> String {
+pub fn render_html(r: &Report) -> String {
     let (summary, versions, events, analysis) = tables(r);
     let table = |rows: &[Vec<String>]| -> String {
         let mut t = String::from("<table>");
@@ -412,7 +460,7 @@ pub fn render_html(r: &Value) -> String {
 body{{font-family:system-ui,sans-serif;margin:2rem;color:#1d2330}}table{{border-collapse:collapse;margin:.5rem 0 1.5rem}}\
 td,th{{border:1px solid #d0d5dd;padding:.3rem .6rem;text-align:left}}th{{background:#f2f4f7}}h1{{font-size:1.4rem}}</style></head><body>\
 <h1>Deployment report: {name}</h1>{summary}<h2>Versions</h2>{versions}<h2>Analysis</h2>{analysis}<h2>Audit trail</h2>{events}</body></html>",
-        name = escape(&num(&r["rollout"]["name"], 0)),
+        name = escape(&r.rollout.name),
         summary = kv(&summary),
         versions = table(&versions),
         analysis = kv(&analysis),

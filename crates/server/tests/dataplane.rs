@@ -105,18 +105,16 @@ models:
     );
 
     // Ramp to 50% through the admin API while the table is live.
-    let r = tg
-        .client
-        .send(
-            "PUT",
-            &tg.url("/admin/v1/routes/canary"),
-            &[("content-type", "application/json")],
-            json!({"kind": "canary", "stable": "stable", "canary": "next", "weight": 50})
+    let changed = tg
+        .admin()
+        .put_route(
+            "canary",
+            &json!({"kind": "canary", "stable": "stable", "canary": "next", "weight": 50})
                 .to_string(),
         )
-        .await;
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(r.json()["epoch"], 2);
+        .await
+        .unwrap();
+    assert_eq!(changed.epoch, 2);
     let mut canary_after = 0u64;
     for w in 0..n {
         let r = tg
@@ -467,40 +465,27 @@ models:
             _ => {}
         }
     }
-    let stats = tg
-        .client
-        .get(&tg.url("/admin/v1/models/yield/stats"))
-        .await
-        .json();
-    let pair = &stats["pairs"][0];
-    assert_eq!(pair["compared"], inputs.len());
+    let stats = tg.admin().model_stats("yield", None).await.unwrap();
+    let pair = &stats.pairs[0];
+    assert_eq!(pair.compared, inputs.len() as u64);
+    assert_eq!(pair.agreement, Some(agree as f64 / inputs.len() as f64));
     assert_eq!(
-        pair["agreement"].as_f64().unwrap(),
-        agree as f64 / inputs.len() as f64
-    );
-    assert_eq!(
-        (
-            pair["primary_only_correct"].as_u64().unwrap(),
-            pair["shadow_only_correct"].as_u64().unwrap()
-        ),
+        (pair.primary_only_correct, pair.shadow_only_correct),
         (b, c)
     );
     let mcnemar = switchyard_stats::mcnemar::mcnemar(b, c);
-    assert_eq!(
-        pair["mcnemar"]["p_value"].as_f64().unwrap(),
-        mcnemar.p_value
-    );
+    assert_eq!(pair.mcnemar.p_value, mcnemar.p_value);
     let variant = |version: &str| {
-        stats["variants"]
-            .as_array()
-            .unwrap()
+        stats
+            .variants
             .iter()
-            .find(|v| v["version"] == version)
+            .find(|v| v.version == version)
             .unwrap()
+            .stats
             .clone()
     };
-    assert_eq!(variant("v1")["correct"], v1_right);
-    assert_eq!(variant("v2")["correct"], v2_right);
+    assert_eq!(variant("v1").correct, v1_right);
+    assert_eq!(variant("v2").correct, v2_right);
 
     // The incremental aggregates equal a recount from the log on disk.
     let incremental = tg.gateway.state.log.aggregates().lock().clone();

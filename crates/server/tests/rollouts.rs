@@ -13,9 +13,14 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
+use hyper::Method;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use support::{eventually, TestGateway};
+use switchyard_core::rollout::Phase;
+use switchyard_core::Strategy;
+use switchyard_server::api::{ErrorDetail, EventView, RolloutView};
+use switchyard_server::client::ClientError;
 
 /// A model server whose answers are right `accuracy`% of the time, fail `errors`% of the time
 /// and take `delay_ms`. Rates are exact over the requests it receives (the n-th request fails
@@ -141,18 +146,23 @@ min_duration_ms: 60000
 gate: { min_labelled: 15, max_p95_increase: null }
 "#;
 
-async fn admin(tg: &TestGateway, method: &str, path: &str, body: &str) -> support::Reply {
-    tg.client
-        .send(
-            method,
-            &tg.url(&format!("/admin/v1{path}")),
-            &[
-                ("content-type", "application/yaml"),
-                ("x-switchyard-actor", "test"),
-            ],
-            body.to_string(),
-        )
+async fn apply(tg: &TestGateway, spec: &str) -> RolloutView {
+    tg.admin()
+        .apply(spec)
         .await
+        .unwrap_or_else(|e| panic!("applying {spec}: {e}"))
+}
+
+async fn events(tg: &TestGateway, name: &str) -> Vec<EventView> {
+    tg.admin().events(name).await.unwrap().events
+}
+
+/// The status and error body of a call the gateway must refuse.
+fn refusal<T: std::fmt::Debug>(answer: Result<T, ClientError>) -> (u16, ErrorDetail) {
+    match answer {
+        Err(ClientError::Refused { status, error }) => (status.as_u16(), error),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 /// Sends `n` requests (8 at a time), then the ground truth for each.
@@ -187,43 +197,41 @@ async fn traffic(tg: &TestGateway, round: u64, n: u64) {
     tg.gateway.state.log.flush().await.unwrap();
 }
 
-async fn phase(tg: &TestGateway, name: &str) -> Value {
-    admin(tg, "GET", &format!("/rollouts/{name}"), "")
-        .await
-        .json()
+async fn phase(tg: &TestGateway, name: &str) -> RolloutView {
+    tg.admin().rollout(name).await.unwrap()
 }
 
 /// Runs rounds of traffic and ticks until the rollout ends; returns its final view and the
 /// canary weights seen after each tick.
-async fn drive(tg: &TestGateway, name: &str) -> (Value, Vec<f64>) {
+async fn drive(tg: &TestGateway, name: &str) -> (RolloutView, Vec<f64>) {
     let mut weights = vec![];
     for round in 0..30 {
         traffic(tg, round, 160).await;
         tg.tick(61_000).await;
         let view = phase(tg, name).await;
-        let w = match view["strategy"]["kind"].as_str() {
-            Some("split") => view["strategy"]["arms"][0]["weight"].as_f64().unwrap() / 100.0,
-            Some("single") if view["strategy"]["version"] == "candidate" => 100.0,
+        let w = match &view.strategy {
+            Strategy::Split { arms } => f64::from(arms[0].weight) / 100.0,
+            Strategy::Single { version } if version == "candidate" => 100.0,
             _ => 0.0,
         };
         weights.push(w);
         if matches!(
-            view["phase"].as_str(),
-            Some("completed" | "rolled_back" | "aborted")
+            view.phase,
+            Phase::Completed | Phase::RolledBack | Phase::Aborted
         ) {
             return (view, weights);
         }
     }
-    panic!("rollout {name} did not finish: {}", phase(tg, name).await);
+    panic!("rollout {name} did not finish: {:?}", phase(tg, name).await);
 }
 
 /// The tests of this file compare latencies, so they run one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn audit_ok(tg: &TestGateway) {
-    let v = admin(tg, "GET", "/audit/verify", "").await.json();
-    assert_eq!(v["ok"], true, "{v}");
-    assert!(v["events"].as_u64().unwrap() >= 2);
+    let v = tg.admin().audit_verify().await.unwrap();
+    assert!(v.ok, "{v:?}");
+    assert!(v.events >= 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,10 +241,15 @@ async fn a_good_candidate_walks_5_25_50_100_and_is_promoted() {
     let candidate = QualityModel::start(92, 2, 5).await;
     let hook = Webhook::start().await;
     let tg = TestGateway::start(&gateway_yaml(&stable.url, &candidate.url, &hook.url)).await;
-    let r = admin(&tg, "POST", "/rollouts", CANARY).await;
+    // Started rollouts answer 201 Created.
+    let r = tg
+        .admin()
+        .send(Method::POST, "/rollouts", Some(CANARY.to_string()))
+        .await
+        .unwrap();
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let (view, weights) = drive(&tg, "m-canary").await;
-    assert_eq!(view["phase"], "completed", "{view}");
+    assert_eq!(view.phase, Phase::Completed, "{view:?}");
     let mut steps: Vec<f64> = weights.clone();
     steps.dedup();
     assert_eq!(steps.first(), Some(&5.0), "{weights:?}");
@@ -260,13 +273,10 @@ async fn a_good_candidate_walks_5_25_50_100_and_is_promoted() {
         )
         .await;
     assert_eq!(r.header("x-switchyard-model-version"), "candidate");
-    let events: Vec<String> = admin(&tg, "GET", "/rollouts/m-canary/events", "")
+    let events: Vec<String> = events(&tg, "m-canary")
         .await
-        .json()["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .into_iter()
+        .map(|e| e.kind)
         .collect();
     assert_eq!(
         events.iter().filter(|k| *k == "gate_passed").count(),
@@ -275,19 +285,17 @@ async fn a_good_candidate_walks_5_25_50_100_and_is_promoted() {
     );
     assert!(events.contains(&"promoted".to_string()));
     // The controller kept snapshots for the dashboard's charts.
-    let history = admin(&tg, "GET", "/rollouts/m-canary/history", "")
-        .await
-        .json();
-    let points = history["points"].as_array().unwrap();
+    let history = tg.admin().history("m-canary").await.unwrap();
+    let points = &history.points;
     assert!(
-        points.iter().any(|p| p["candidate_percent"] == 5.0),
-        "{history}"
+        points.iter().any(|p| p.candidate_percent == 5.0),
+        "{history:?}"
     );
     assert!(
         points
             .iter()
-            .all(|p| p["versions"]["stable"]["requests"].as_u64().is_some()),
-        "{history}"
+            .all(|p| p.versions.get("stable").is_some_and(|s| s.requests > 0)),
+        "{history:?}"
     );
     audit_ok(&tg).await;
     tg.gateway.controller.alerts().flush().await;
@@ -315,17 +323,18 @@ async fn rolled_back_at_first_gate(
     if reason == "p95 latency" {
         spec = spec.replace(", max_p95_increase: null", "");
     }
-    assert_eq!(admin(&tg, "POST", "/rollouts", &spec).await.status, 201);
+    apply(&tg, &spec).await;
     let (view, weights) = drive(&tg, "m-canary").await;
-    assert_eq!(view["phase"], "rolled_back", "{view}");
-    let events = admin(&tg, "GET", "/rollouts/m-canary/events", "")
-        .await
-        .json();
+    assert_eq!(view.phase, Phase::RolledBack, "{view:?}");
     assert!(
         weights[..weights.len() - 1].iter().all(|w| *w == 5.0),
-        "rolled back after the first step: {weights:?} {events:#}"
+        "rolled back after the first step: {weights:?} {:#?}",
+        events(&tg, "m-canary").await
     );
-    assert!(view["reason"].as_str().unwrap().contains(reason), "{view}");
+    assert!(
+        view.reason.as_deref().unwrap_or("").contains(reason),
+        "{view:?}"
+    );
     // Instant: the very next request goes to stable.
     for k in 0..50 {
         let r = tg
@@ -338,19 +347,14 @@ async fn rolled_back_at_first_gate(
             .await;
         assert_eq!(r.header("x-switchyard-model-version"), "stable");
     }
-    let events = admin(&tg, "GET", "/rollouts/m-canary/events", "")
+    let failed = events(&tg, "m-canary")
         .await
-        .json();
-    let failed = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "gate_failed")
-        .cloned()
+        .into_iter()
+        .find(|e| e.kind == "gate_failed")
         .expect("gate_failed event");
     assert!(
-        failed["details"].as_object().unwrap().len() >= 4,
-        "the event carries the gate's numbers: {failed}"
+        failed.details.len() >= 4,
+        "the event carries the gate's numbers: {failed:?}"
     );
     audit_ok(&tg).await;
     let hook_kinds = || hook.kinds();
@@ -409,14 +413,9 @@ candidate: nope
 steps: [{ weight: 50 }, { weight: 20 }, { weight: 120 }]
 gate: { max_accuracy_drop: -0.1 }
 "#;
-    let r = admin(&tg, "POST", "/rollouts", bad).await;
-    assert_eq!(r.status, 422);
-    let problems: Vec<String> = r.json()["error"]["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap().to_string())
-        .collect();
+    let (status, error) = refusal(tg.admin().apply(bad).await);
+    assert_eq!(status, 422);
+    let problems = error.problems;
     for expected in [
         "steps[2].weight",
         "weights must increase",
@@ -428,104 +427,58 @@ gate: { max_accuracy_drop: -0.1 }
             "missing '{expected}' in {problems:#?}"
         );
     }
-    let r = admin(
-        &tg,
-        "POST",
-        "/rollouts",
-        "name: x\nmodel: ghost\nkind: canary\n",
-    )
-    .await;
-    assert_eq!(r.status, 422);
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("unknown model 'ghost'"));
-    let r = admin(
-        &tg,
-        "POST",
-        "/rollouts",
-        "name: x\nmodel: m\nkind: canary\nstable: stable\ncandidate: candidate\nbogus: 1\n",
-    )
-    .await;
-    assert_eq!(r.status, 422);
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("bogus"));
+    let (status, error) = refusal(
+        tg.admin()
+            .apply("name: x\nmodel: ghost\nkind: canary\n")
+            .await,
+    );
+    assert_eq!(status, 422);
+    assert!(error.message.contains("unknown model 'ghost'"), "{error:?}");
+    let (status, error) = refusal(
+        tg.admin()
+            .apply(
+                "name: x\nmodel: m\nkind: canary\nstable: stable\ncandidate: candidate\nbogus: 1\n",
+            )
+            .await,
+    );
+    assert_eq!(status, 422);
+    assert!(error.message.contains("bogus"), "{error:?}");
     // An unknown field does not hide the other mistakes.
-    let r = admin(&tg, "POST", "/rollouts", "name: x\nmodel: m\nkind: canary\nstable: stable\ncandidate: nope\nbogus: 1\ngate: { max_acuracy_drop: 0.1 }\n").await;
-    let problems = r.json()["error"]["problems"].clone();
+    let (_, error) = refusal(tg.admin().apply("name: x\nmodel: m\nkind: canary\nstable: stable\ncandidate: nope\nbogus: 1\ngate: { max_acuracy_drop: 0.1 }\n").await);
+    let problems = error.problems;
     for expected in [
         "bogus: unknown field",
         "gate.max_acuracy_drop: unknown field",
         "unknown version 'nope'",
     ] {
         assert!(
-            problems
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|p| p.as_str().unwrap().contains(expected)),
-            "missing '{expected}' in {problems}"
+            problems.iter().any(|p| p.contains(expected)),
+            "missing '{expected}' in {problems:?}"
         );
     }
     // Dry run validates without starting.
-    let r = tg
-        .client
-        .send(
-            "POST",
-            &tg.url("/admin/v1/rollouts?dry_run=true"),
-            &[],
-            CANARY.to_string(),
-        )
-        .await;
-    assert_eq!((r.status, r.json()["valid"].as_bool()), (200, Some(true)));
-    assert_eq!(
-        admin(&tg, "GET", "/rollouts", "").await.json()["rollouts"]
-            .as_array()
-            .unwrap()
-            .len(),
-        0
-    );
+    let checked = tg.admin().dry_run(CANARY).await.unwrap();
+    assert!(checked.valid);
+    assert_eq!(checked.spec.name, "m-canary");
+    assert!(tg.admin().rollouts().await.unwrap().rollouts.is_empty());
     // Two rollouts on one model.
-    assert_eq!(admin(&tg, "POST", "/rollouts", CANARY).await.status, 201);
-    let r = admin(
-        &tg,
-        "POST",
-        "/rollouts",
-        &CANARY.replace("m-canary", "m-canary-2"),
-    )
-    .await;
-    assert_eq!(r.status, 409, "{}", String::from_utf8_lossy(&r.body));
+    apply(&tg, CANARY).await;
+    let (status, error) = refusal(
+        tg.admin()
+            .apply(&CANARY.replace("m-canary", "m-canary-2"))
+            .await,
+    );
+    assert_eq!(status, 409, "{error:?}");
     // Commands out of place are refused; a terminal rollout refuses everything.
+    let admin = tg.admin();
+    assert_eq!(refusal(admin.command("m-canary", "approve").await).0, 409);
     assert_eq!(
-        admin(&tg, "POST", "/rollouts/m-canary/approve", "")
-            .await
-            .status,
-        409
+        admin.command("m-canary", "rollback").await.unwrap().phase,
+        Phase::RolledBack
     );
-    assert_eq!(
-        admin(&tg, "POST", "/rollouts/m-canary/rollback", "")
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        admin(&tg, "POST", "/rollouts/m-canary/promote", "")
-            .await
-            .status,
-        409
-    );
-    assert_eq!(
-        admin(&tg, "POST", "/rollouts/ghost/pause", "").await.status,
-        404
-    );
-    assert_eq!(
-        admin(&tg, "POST", "/rollouts/m-canary/explode", "")
-            .await
-            .status,
-        404
-    );
+    assert_eq!(refusal(admin.command("m-canary", "promote").await).0, 409);
+    assert_eq!(refusal(admin.command("ghost", "pause").await).0, 404);
+    assert_eq!(refusal(admin.command("m-canary", "explode").await).0, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -536,32 +489,29 @@ async fn a_restarted_gateway_resumes_the_rollout_at_its_recorded_step() {
     let hook = Webhook::start().await;
     let yaml = gateway_yaml(&stable.url, &candidate.url, &hook.url);
     let tg = TestGateway::start(&yaml).await;
-    assert_eq!(admin(&tg, "POST", "/rollouts", CANARY).await.status, 201);
+    apply(&tg, CANARY).await;
     let mut round = 0;
-    while phase(&tg, "m-canary").await["step"] != 2 {
+    while phase(&tg, "m-canary").await.step != 2 {
         traffic(&tg, round, 160).await;
         tg.tick(61_000).await;
         round += 1;
         assert!(round < 10, "never reached step 2");
     }
-    let before = admin(&tg, "GET", "/routes", "").await.json()["routes"]["m"].clone();
+    let before = tg.admin().routes().await.unwrap().routes["m"].clone();
     let TestGateway { gateway, dir, .. } = tg;
     gateway.shutdown().await.unwrap();
     let tg = TestGateway::start_in(&yaml, None, dir).await;
     let view = phase(&tg, "m-canary").await;
+    assert_eq!((view.phase, view.step), (Phase::Running, 2));
     assert_eq!(
-        (view["phase"].as_str(), view["step"].as_u64()),
-        (Some("running"), Some(2))
-    );
-    assert_eq!(
-        admin(&tg, "GET", "/routes", "").await.json()["routes"]["m"],
+        tg.admin().routes().await.unwrap().routes["m"],
         before,
         "same weights after restart"
     );
     audit_ok(&tg).await;
     // And it carries on to the end.
     let (view, _) = drive(&tg, "m-canary").await;
-    assert_eq!(view["phase"], "completed");
+    assert_eq!(view.phase, Phase::Completed);
 }
 
 const BLUE_GREEN: &str = r#"
@@ -643,77 +593,53 @@ models:
     };
 
     // v3 fails validation (accuracy well below 85%): aborted, v1 keeps serving.
-    assert_eq!(
-        admin(
-            &tg,
-            "POST",
-            "/rollouts",
-            &blue_green
-                .replace("CANDIDATE", "v3")
-                .replace("yield-bg", "bg-v3")
-        )
-        .await
-        .status,
-        201
-    );
+    apply(
+        &tg,
+        &blue_green
+            .replace("CANDIDATE", "v3")
+            .replace("yield-bg", "bg-v3"),
+    )
+    .await;
     wait_validation(&tg, "bg-v3").await;
     let v = phase(&tg, "bg-v3").await;
-    assert_eq!(v["phase"], "aborted", "{v}");
-    assert!(v["reason"].as_str().unwrap().contains("accuracy"), "{v}");
+    assert_eq!(v.phase, Phase::Aborted, "{v:?}");
+    assert!(
+        v.reason.as_deref().unwrap_or("").contains("accuracy"),
+        "{v:?}"
+    );
     assert_eq!(version(&tg).await, "v1");
 
     // v2 passes, traffic switches atomically to green, the window passes, blue stays warm.
-    assert_eq!(
-        admin(
-            &tg,
-            "POST",
-            "/rollouts",
-            &blue_green.replace("CANDIDATE", "v2")
-        )
-        .await
-        .status,
-        201
-    );
+    apply(&tg, &blue_green.replace("CANDIDATE", "v2")).await;
     assert_eq!(
         version(&tg).await,
         "v1",
         "nothing switches before validation"
     );
     wait_validation(&tg, "yield-bg").await;
-    assert_eq!(phase(&tg, "yield-bg").await["phase"], "monitoring");
+    assert_eq!(phase(&tg, "yield-bg").await.phase, Phase::Monitoring);
     assert_eq!(version(&tg).await, "v2");
     for _ in 0..60 {
         version(&tg).await;
     }
     tg.gateway.state.log.flush().await.unwrap();
     tg.tick(61_000).await;
-    assert_eq!(phase(&tg, "yield-bg").await["phase"], "retaining");
+    assert_eq!(phase(&tg, "yield-bg").await.phase, Phase::Retaining);
     // Rollback drill: switch back to blue by hand, instantly.
-    assert_eq!(
-        admin(&tg, "POST", "/rollouts/yield-bg/rollback", "")
-            .await
-            .status,
-        200
-    );
+    tg.admin().command("yield-bg", "rollback").await.unwrap();
     assert_eq!(version(&tg).await, "v1");
 
     // A green that starts failing after the switch is switched back automatically.
-    assert_eq!(
-        admin(
-            &tg,
-            "POST",
-            "/rollouts",
-            &blue_green
-                .replace("CANDIDATE", "flaky")
-                .replace("yield-bg", "bg-flaky")
-                .replace("min_accuracy: 0.85", "min_accuracy: 0.5")
-        )
-        .await
-        .status,
-        201
-    );
+    apply(
+        &tg,
+        &blue_green
+            .replace("CANDIDATE", "flaky")
+            .replace("yield-bg", "bg-flaky")
+            .replace("min_accuracy: 0.85", "min_accuracy: 0.5"),
+    )
+    .await;
     wait_validation(&tg, "bg-flaky").await;
-    assert_eq!(phase(&tg, "bg-flaky").await["phase"], "monitoring");
+    assert_eq!(phase(&tg, "bg-flaky").await.phase, Phase::Monitoring);
     flaky.errors.store(100, Ordering::SeqCst);
     for _ in 0..20 {
         version(&tg).await;
@@ -721,22 +647,14 @@ models:
     tg.gateway.state.log.flush().await.unwrap();
     tg.tick(1_000).await;
     let v = phase(&tg, "bg-flaky").await;
-    assert_eq!(v["phase"], "rolled_back", "{v}");
+    assert_eq!(v.phase, Phase::RolledBack, "{v:?}");
     assert_eq!(version(&tg).await, "v1");
-    let events = admin(&tg, "GET", "/rollouts/yield-bg/events", "")
+    let switched = events(&tg, "yield-bg")
         .await
-        .json();
-    let switched = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["kind"] == "switched")
-        .unwrap()
-        .clone();
-    assert!(
-        switched["details"]["routing_swap_us"].as_f64().is_some(),
-        "{switched}"
-    );
+        .into_iter()
+        .find(|e| e.kind == "switched")
+        .unwrap();
+    assert!(switched.num("routing_swap_us").is_some(), "{switched:?}");
     audit_ok(&tg).await;
     let kinds = || hook.kinds();
     assert!(

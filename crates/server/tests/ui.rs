@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use support::{Reply, TestGateway};
+use support::TestGateway;
+use switchyard_server::api::{EventView, Report};
 
 const TOKEN: &str = "ui-test-token-7f3a";
 
@@ -112,52 +113,30 @@ const CANARY_V2: &str = "name: yield-v2-canary\nmodel: yield\nkind: canary\nstab
 const BLUE_GREEN: &str = "name: yield-fab2-bluegreen\nmodel: yield-fab2\nkind: blue_green\nactive: v2\ncandidate: v2r\nvalidation_set: models/validation_yield.csv\nmin_accuracy: 0.9\nsmoke_requests: 10\nmonitor_min_requests: 120\nmonitor_duration_ms: 60000\nmax_error_rate: 0.02\nmax_p95_ratio: null\n";
 const AB: &str = "name: testtime-ab\nmodel: testtime\nkind: ab\ncontrol: v1\ntreatment: v2\ntreatment_weight: 50\nmetric: conversion:within_spec\nbaseline: 0.45\nmde: 0.10\nalpha: 0.05\npower: 0.8\nauto_promote: true\n";
 
-async fn admin(tg: &TestGateway, method: &str, path: &str, body: &str) -> Reply {
-    let auth = format!("Bearer {TOKEN}");
-    tg.client
-        .send(
-            method,
-            &tg.url(&format!("/admin/v1{path}")),
-            &[
-                ("content-type", "application/yaml"),
-                ("authorization", &auth),
-                ("x-switchyard-actor", "test"),
-            ],
-            body.to_string(),
-        )
-        .await
-}
-
-async fn admin_json(tg: &TestGateway, path: &str) -> Value {
-    let r = admin(tg, "GET", path, "").await;
-    assert_eq!(
-        r.status,
-        200,
-        "{path}: {}",
-        String::from_utf8_lossy(&r.body)
-    );
-    r.json()
-}
-
 async fn apply(tg: &TestGateway, spec: &str) {
-    let r = admin(tg, "POST", "/rollouts", spec).await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    tg.admin()
+        .apply(spec)
+        .await
+        .unwrap_or_else(|e| panic!("applying {spec}: {e}"));
+}
+
+async fn events(tg: &TestGateway, name: &str) -> Vec<EventView> {
+    tg.admin().events(name).await.unwrap().events
 }
 
 /// A rollout's phase, step and why it is there (its last event's reason), so that a failed
 /// assertion on the phase explains itself.
-async fn phase(tg: &TestGateway, name: &str) -> (String, u64, String) {
-    let v = admin_json(tg, &format!("/rollouts/{name}")).await;
-    let events = admin_json(tg, &format!("/rollouts/{name}/events")).await;
-    let last = events["events"]
-        .as_array()
-        .and_then(|e| e.last())
-        .map(|e| format!("last event {}: {}", e["kind"], e["message"]))
+async fn phase(tg: &TestGateway, name: &str) -> (String, usize, String) {
+    let v = tg.admin().rollout(name).await.unwrap();
+    let last = events(tg, name)
+        .await
+        .last()
+        .map(|e| format!("last event {}: {}", e.kind, e.message))
         .unwrap_or_default();
     (
-        v["phase"].as_str().unwrap_or("").to_string(),
-        v["step"].as_u64().unwrap_or(0),
-        format!("reason {}; {last}", v["reason"]),
+        v.phase.as_str().to_string(),
+        v.step,
+        format!("reason {:?}; {last}", v.reason),
     )
 }
 
@@ -804,12 +783,11 @@ mod cdp {
 // ---------------------------------------------------------------------------------------------
 // The dashboard in a real browser.
 
-fn pct(v: &Value) -> String {
-    format!("{}%", to_fixed(v.as_f64().expect("a rate") * 100.0, 1))
+fn pct(v: Option<f64>) -> String {
+    format!("{}%", to_fixed(v.expect("a rate") * 100.0, 1))
 }
 
-fn pval(v: &Value) -> String {
-    let p = v.as_f64().expect("a p-value");
+fn pval(p: f64) -> String {
     if p != 0.0 && p < 1e-4 {
         format!("{p:.2e}")
     } else {
@@ -817,8 +795,8 @@ fn pval(v: &Value) -> String {
     }
 }
 
-fn ms(v: &Value) -> String {
-    format!("{} ms", to_fixed(v.as_f64().expect("milliseconds"), 2))
+fn ms(v: Option<f64>) -> String {
+    format!("{} ms", to_fixed(v.expect("milliseconds"), 2))
 }
 
 /// `x.toFixed(digits)` as the page's JavaScript prints it: the exact binary value rounded half
@@ -948,11 +926,11 @@ fn screenshot_dir() -> PathBuf {
 
 /// What the API says, for the page to show.
 struct Expected {
-    shadow: Value,
-    canary: Value,
-    canary_v3: Value,
-    bluegreen: Value,
-    ab: Value,
+    shadow: Report,
+    canary: Report,
+    canary_v3: Report,
+    bluegreen: Report,
+    ab: Report,
     rollouts: Vec<(String, String)>,
 }
 
@@ -968,25 +946,19 @@ async fn the_dashboard_shows_every_rollout_and_rolls_back_in_headless_chromium()
 
     let report = |name: &'static str| {
         let tg = tg.clone();
-        async move { admin_json(&tg, &format!("/rollouts/{name}/report?format=json")).await }
+        async move { tg.admin().report(name).await.unwrap() }
     };
-    let list = admin_json(&tg, "/rollouts").await;
+    let list = tg.admin().rollouts().await.unwrap();
     let expected = Expected {
         shadow: report("yield-v2-shadow").await,
         canary: report("yield-v2-canary").await,
         canary_v3: report("yield-v3-canary").await,
         bluegreen: report("yield-fab2-bluegreen").await,
         ab: report("testtime-ab").await,
-        rollouts: list["rollouts"]
-            .as_array()
-            .unwrap()
+        rollouts: list
+            .rollouts
             .iter()
-            .map(|r| {
-                (
-                    r["name"].as_str().unwrap().to_string(),
-                    r["phase"].as_str().unwrap().to_string(),
-                )
-            })
+            .map(|r| (r.name.clone(), r.phase.as_str().to_string()))
             .collect(),
     };
     assert_eq!(expected.rollouts.len(), 5);
@@ -1124,29 +1096,33 @@ fn drive(
 
     // 3. Shadow.
     open_view(&mut b, "shadow", Some("yield-v2-shadow"));
-    let s = &x.shadow["analysis"]["shadow"];
-    expect_text(&mut b, "agreement", &pct(&s["agreement"]));
-    expect_text(&mut b, "primary-accuracy", &pct(&s["primary_accuracy"]));
-    expect_text(&mut b, "shadow-accuracy", &pct(&s["shadow_accuracy"]));
-    expect_text(&mut b, "mcnemar-p", &pval(&s["mcnemar"]["p_value"]));
-    expect_text(
-        &mut b,
-        "shadow-recommendation",
-        s["recommendation"].as_str().unwrap(),
-    );
+    let shadow = x
+        .shadow
+        .analysis
+        .shadow
+        .as_ref()
+        .expect("a shadow analysis");
+    let s = &shadow.report;
+    let m = s.mcnemar.expect("McNemar on labelled pairs");
+    expect_text(&mut b, "agreement", &pct(s.agreement));
+    expect_text(&mut b, "primary-accuracy", &pct(s.primary_accuracy));
+    expect_text(&mut b, "shadow-accuracy", &pct(s.shadow_accuracy));
+    expect_text(&mut b, "mcnemar-p", &pval(m.p_value));
+    expect_text(&mut b, "shadow-recommendation", s.recommendation.as_str());
     expect_text(&mut b, "phase", "completed");
     let sub = b.eval(&text_of("mcnemar-p-sub"));
-    let (bb, cc) = (&s["mcnemar"]["b"], &s["mcnemar"]["c"]);
     assert!(
-        sub.as_str().unwrap().contains(&format!("b {bb} / c {cc}")),
+        sub.as_str()
+            .unwrap()
+            .contains(&format!("b {} / c {}", m.b, m.c)),
         "{sub}"
     );
-    let cases = x.shadow["analysis"]["disagreements"].as_array().unwrap();
+    let cases = &shadow.disagreements;
     assert!(!cases.is_empty());
     let rows = b.eval(&rows_of("disagreements"));
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), cases.len());
-    assert_eq!(rows[0][0], cases[0]["request_id"]);
+    assert_eq!(rows[0][0], cases[0].request_id.as_str());
     assert!(
         rows[0][1].as_str().unwrap().starts_with('['),
         "the input: {}",
@@ -1162,9 +1138,9 @@ fn drive(
 
     // 4. A/B, and live updates by polling.
     open_view(&mut b, "ab", Some("testtime-ab"));
-    let ab = &x.ab["analysis"]["ab"];
+    let ab = &x.ab.analysis.ab.as_ref().expect("an A/B analysis").report;
     expect_text(&mut b, "configured-split", "50% / 50%");
-    let required = ab["required_per_arm"].as_u64().unwrap();
+    let required = ab.required_per_arm.expect("a sample-size plan");
     let req_text = b.eval(&text_of("required"));
     assert!(
         req_text
@@ -1238,15 +1214,15 @@ fn drive(
     // 5. Canary: the running v2 canary, then the v3 one its gate rolled back.
     open_view(&mut b, "canary", Some("yield-v2-canary"));
     let c = &x.canary;
-    let (stable, cand) = (&c["versions"]["v1"], &c["versions"]["v2"]);
+    let (stable, cand) = (&c.versions["v1"], &c.versions["v2"]);
     expect_text(&mut b, "weight", "60%");
     expect_text(&mut b, "weight-sub", "step 3 of 4");
-    expect_text(&mut b, "stable-accuracy", &pct(&stable["accuracy"]));
-    expect_text(&mut b, "canary-accuracy", &pct(&cand["accuracy"]));
+    expect_text(&mut b, "stable-accuracy", &pct(stable.accuracy));
+    expect_text(&mut b, "canary-accuracy", &pct(cand.accuracy));
     expect_text(
         &mut b,
         "p95",
-        &format!("{} / {}", ms(&stable["p95_ms"]), ms(&cand["p95_ms"])),
+        &format!("{} / {}", ms(stable.p95_ms), ms(cand.p95_ms)),
     );
     expect_text(&mut b, "gates", "2 passed · 0 failed");
     let gates = b.eval(&rows_of("gates"));
@@ -1268,8 +1244,8 @@ fn drive(
     b.screenshot(&shots.join("canary-full.png"), 4000);
     open_view(&mut b, "canary", Some("yield-v3-canary"));
     expect_text(&mut b, "phase", "rolled_back");
-    let v3 = &x.canary_v3["versions"];
-    expect_text(&mut b, "canary-accuracy", &pct(&v3["v3"]["accuracy"]));
+    let v3 = &x.canary_v3.versions;
+    expect_text(&mut b, "canary-accuracy", &pct(v3["v3"].accuracy));
     expect_text(&mut b, "gates", "0 passed · 1 failed");
     let gates = b.eval(&rows_of("gates"));
     assert_eq!(gates[0][2], "failed", "{gates}");
@@ -1296,22 +1272,19 @@ fn drive(
         &format!("{} === 'rolled_back'", text_of("phase")),
         Duration::from_secs(15),
     );
-    let (phase_now, events) = handle.block_on(async {
+    let (phase_now, trail) = handle.block_on(async {
         (
             phase(tg, "yield-v2-canary").await.0,
-            admin_json(tg, "/rollouts/yield-v2-canary/events").await,
+            events(tg, "yield-v2-canary").await,
         )
     });
     assert_eq!(
         phase_now, "rolled_back",
         "the button rolled the canary back"
     );
-    let last = events["events"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!(last["kind"], "rolled_back");
-    assert_eq!(
-        last["actor"], "admin:ui",
-        "the page's command, with the token"
-    );
+    let last = trail.last().unwrap();
+    assert_eq!(last.kind, "rolled_back");
+    assert_eq!(last.actor, "admin:ui", "the page's command, with the token");
     b.wait_for(
         "the rollback in the events table",
         &format!("(() => {{ const r = {}; return r && r.some((x) => x[2] === 'rolled_back' && x[3] === 'admin:ui'); }})()", rows_of("events")),
@@ -1322,7 +1295,7 @@ fn drive(
 
     // 7. Blue-green.
     open_view(&mut b, "bluegreen", Some("yield-fab2-bluegreen"));
-    let bg = &x.bluegreen["versions"];
+    let bg = &x.bluegreen.versions;
     expect_text(&mut b, "active-colour", "green");
     expect_text(&mut b, "blue", "v2");
     expect_text(&mut b, "green", "v2r");
@@ -1332,8 +1305,8 @@ fn drive(
         "green-sub",
         &format!(
             "{} p95 · {}% errors",
-            ms(&bg["v2r"]["p95_ms"]),
-            to_fixed(bg["v2r"]["error_rate"].as_f64().unwrap() * 100.0, 2)
+            ms(bg["v2r"].p95_ms),
+            to_fixed(bg["v2r"].error_rate.unwrap() * 100.0, 2)
         ),
     );
     expect_text(
@@ -1341,8 +1314,8 @@ fn drive(
         "blue-sub",
         &format!(
             "{} p95 · {}% errors",
-            ms(&bg["v2"]["p95_ms"]),
-            to_fixed(bg["v2"]["error_rate"].as_f64().unwrap() * 100.0, 2)
+            ms(bg["v2"].p95_ms),
+            to_fixed(bg["v2"].error_rate.unwrap() * 100.0, 2)
         ),
     );
     let switches = b.eval(&rows_of("switches"));
@@ -1363,10 +1336,7 @@ fn drive(
     let total: usize = handle.block_on(async {
         let mut n = 0;
         for (name, _) in &x.rollouts {
-            n += admin_json(tg, &format!("/rollouts/{name}/events")).await["events"]
-                .as_array()
-                .unwrap()
-                .len();
+            n += events(tg, name).await.len();
         }
         n
     });

@@ -11,12 +11,12 @@
 //! `E[pB·1{pB > pA}] = E[pB] · P(B⁺ > A)` with `B⁺ ~ Beta(αB + 1, βB)`. Reference values come
 //! from numerical integration in scipy.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use statrs::function::beta::ln_beta;
 
 use crate::{Proportion, StatsError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct BayesAb {
     /// P(pB > pA) under the posteriors.
     pub prob_b_beats_a: f64,

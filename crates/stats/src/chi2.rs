@@ -3,13 +3,13 @@
 //! References: scipy `chi2_contingency(table)` with its defaults (Yates' correction when the
 //! table has one degree of freedom) and `chisquare(observed, f_exp)`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
 use crate::StatsError;
 
 /// Result of a chi-square test.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChiSquare {
     pub statistic: f64,
     pub p_value: f64,
@@ -137,7 +137,7 @@ pub fn goodness_of_fit(observed: &[u64], weights: &[f64]) -> Result<ChiSquare, S
 }
 
 /// Sample-ratio mismatch check: the observed split of traffic against the configured weights.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleRatioMismatch {
     pub statistic: f64,
     pub p_value: f64,

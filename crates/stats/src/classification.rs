@@ -5,18 +5,18 @@
 //! labels=range(k), zero_division=0)`; macro averages are the unweighted means over classes,
 //! as `average="macro"`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::StatsError;
 
 /// Counts of (true class, predicted class), for `k` classes numbered `0..k`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfusionMatrix {
     /// `counts[t][p]`: requests of true class `t` predicted as `p`.
     pub counts: Vec<Vec<u64>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ClassScores {
     pub precision: f64,
     pub recall: f64,

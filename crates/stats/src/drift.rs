@@ -9,14 +9,14 @@
 //! returns the *distance* (the square root of the divergence); both are given, natural log by
 //! default. JS needs no smoothing: it is computed on the raw proportions.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::StatsError;
 
 /// Share given to an empty bin in PSI.
 pub const EMPTY_BIN_SHARE: f64 = 1e-4;
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Drift {
     pub psi: f64,
     /// Jensen–Shannon divergence (natural log; at most ln 2).

@@ -4,11 +4,11 @@
 //! use_continuity=True)`: normal approximation with tie correction. `u` is U of the first
 //! sample.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{normal, StatsError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MannWhitney {
     /// U statistic of sample `a`.
     pub u: f64,

@@ -4,11 +4,11 @@
 //! statistic and `exact=True` for the binomial p-value. Only the discordant counts matter:
 //! `b` = primary right and shadow wrong, `c` = primary wrong and shadow right.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use statrs::distribution::{Binomial, ContinuousCDF, DiscreteCDF};
 
 /// Result of McNemar's test.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct McNemar {
     pub b: u64,
     pub c: u64,

@@ -10,12 +10,12 @@
 //! rounded up, as R's `power.prop.test` (whose root it approximates without the negligible
 //! lower tail). The seed notebook's table says 2,149 for 90% → 92%; the formula gives 3,213.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{check_open_unit, normal, StatsError};
 
 /// Required sample size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SampleSize {
     pub per_variant: u64,
     /// Both arms together.

@@ -6,12 +6,12 @@
 //! `proportion_confint(method="wilson")`. Differences are always `b − a`: the candidate minus
 //! the baseline.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{check_open_unit, normal, Proportion, StatsError};
 
 /// Result of comparing arm B against arm A.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TwoProportionTest {
     pub p_a: f64,
     pub p_b: f64,

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::{check_open_unit, Proportion, StatsError};
 
 /// Settings of the mSPRT.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MsprtConfig {
     /// Bound on the probability of ever rejecting a true null.
     pub alpha: f64,
@@ -55,7 +55,7 @@ impl MsprtConfig {
 }
 
 /// One look at the data.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SequentialLook {
     /// `p̂B − p̂A`.
     pub diff: f64,

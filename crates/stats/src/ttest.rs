@@ -3,13 +3,13 @@
 //! References: scipy `ttest_rel(a, b)` / `ttest_1samp(a − b, 0)` and
 //! `ttest_ind(a, b, equal_var=False)`; all two-sided, `t` for `a − b`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
 use crate::{Moments, StatsError};
 
 /// Result of a t-test.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TTest {
     pub t: f64,
     pub df: f64,

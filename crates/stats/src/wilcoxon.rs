@@ -10,12 +10,12 @@
 //! ties. `Auto` is scipy's choice: `Exact` for up to 50 differences without ties or zeros, else
 //! `Permutation` for up to 13 non-zero differences, else `Approx`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{normal, StatsError};
 
 /// How the p-value is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WilcoxonMethod {
     Auto,
@@ -24,7 +24,7 @@ pub enum WilcoxonMethod {
     Approx,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Wilcoxon {
     /// `min(R+, R-)`.
     pub statistic: f64,

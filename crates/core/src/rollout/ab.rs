@@ -147,7 +147,7 @@ pub(super) fn ab_strategy(a: &AbSpec) -> Strategy {
 }
 
 /// A/B analysis of the configured metric.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AbReport {
     pub control: Proportion,
     pub treatment: Proportion,

@@ -115,7 +115,7 @@ pub(super) fn problems(spec: &RolloutSpec, s: &ShadowSpec, declared: &[&str], p:
 }
 
 /// Shadow-mode comparison of the candidate against the primary.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShadowReport {
     pub compared: u64,
     pub agreement: Option<f64>,

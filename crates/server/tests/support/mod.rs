@@ -18,6 +18,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use switchyard_server::alerts::RetryPolicy;
+use switchyard_server::client::AdminClient;
 use switchyard_server::controller::ManualClock;
 use switchyard_server::{parse_config, Gateway, StartOptions};
 
@@ -149,6 +150,7 @@ pub struct TestGateway {
     pub client: HttpClient,
     /// The controller's clock: tests move time explicitly and call `tick`.
     pub clock: Arc<ManualClock>,
+    token: Option<String>,
 }
 
 impl TestGateway {
@@ -185,11 +187,23 @@ impl TestGateway {
             dir,
             client: HttpClient::new(),
             clock,
+            token: token.map(str::to_string),
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.gateway.url(), path)
+    }
+
+    /// The admin API's client, with the gateway's token and `test` as the actor.
+    pub fn admin(&self) -> AdminClient {
+        let client = AdminClient::new(&self.gateway.url())
+            .unwrap()
+            .with_actor("test");
+        match &self.token {
+            Some(t) => client.with_token(t).unwrap(),
+            None => client,
+        }
     }
 
     /// Moves the controller's clock and evaluates every rollout once.

@@ -4,7 +4,8 @@
 //!
 //! Every command takes `--url` (default `http://127.0.0.1:8080`, or `SWITCHYARD_URL`) and sends
 //! the bearer token from `SWITCHYARD_ADMIN_TOKEN` when it is set; the token is never printed.
-//! Requests go through hyper's client on a current-thread runtime, one command at a time.
+//! Requests go through the gateway's own admin client (`switchyard_server::client`), typed by
+//! `switchyard_server::api`, on a current-thread runtime, one command at a time.
 //!
 //! Exit codes (decided in `main`): a refusal by the gateway (4xx: invalid spec, conflict,
 //! unknown rollout, missing token) is a [`InputError`] and exits 2; an unreachable gateway,
@@ -12,18 +13,16 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use serde_json::{json, Value};
+use hyper::StatusCode;
+use switchyard_core::audit::Detail;
+use switchyard_core::rollout::RolloutKind;
+use switchyard_core::routing::Colour;
+use switchyard_core::Strategy;
+use switchyard_server::api::{ChainCheck, RolloutView};
+use switchyard_server::client::{AdminClient, ClientError};
 use switchyard_store::StoreUrl;
 
 use super::InputError;
@@ -34,8 +33,6 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
 pub const TOKEN_ENV: &str = "SWITCHYARD_ADMIN_TOKEN";
 /// Sent as `x-switchyard-actor`, so audit events read `admin:cli`.
 const ACTOR: &str = "cli";
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How to reach the gateway.
 #[derive(Debug, Clone, Args)]
@@ -207,94 +204,99 @@ fn apply(args: ApplyArgs) -> Result<()> {
     let spec = std::fs::read_to_string(&args.file)
         .map_err(|e| InputError::new("--file", format!("cannot read '{file}': {e}")))?;
     let api = Api::new(&args.conn)?;
-    let path = if args.dry_run {
-        "/rollouts?dry_run=true"
-    } else {
-        "/rollouts"
+    let invalid = |e: ClientError| match e {
+        ClientError::Refused { status, error } if status == StatusCode::UNPROCESSABLE_ENTITY => {
+            let problems = if error.problems.is_empty() {
+                vec![error.message]
+            } else {
+                error.problems
+            };
+            let count = match problems.len() {
+                1 => "1 problem".to_string(),
+                n => format!("{n} problems"),
+            };
+            Err(InputError::new(
+                file.clone(),
+                format!(
+                    "invalid rollout spec ({count}):\n  - {}",
+                    problems.join("\n  - ")
+                ),
+            )
+            .into())
+        }
+        other => Err(api.explain(other, &file)),
     };
-    let reply = api.send(Method::POST, path, Some(spec))?;
-    if reply.status == StatusCode::UNPROCESSABLE_ENTITY {
-        let err = reply.error();
-        let problems = if err.problems.is_empty() {
-            vec![err.message]
-        } else {
-            err.problems
-        };
-        let count = match problems.len() {
-            1 => "1 problem".to_string(),
-            n => format!("{n} problems"),
-        };
-        return Err(InputError::new(
-            file,
-            format!(
-                "invalid rollout spec ({count}):\n  - {}",
-                problems.join("\n  - ")
-            ),
-        )
-        .into());
-    }
-    let body = api.expect_json(&reply, &file)?;
-    if args.json {
-        return emit(&compact(&body));
-    }
     if args.dry_run {
-        let spec = &body["spec"];
-        emit(&format!(
+        let checked = match api.block(api.client.dry_run(&spec)) {
+            Ok(d) => d,
+            Err(e) => return invalid(e),
+        };
+        if args.json {
+            return emit(&compact(&checked));
+        }
+        let s = &checked.spec;
+        return emit(&format!(
             "{file}: valid {} rollout '{}' of model '{}' (dry run: nothing started)",
-            text(&spec["kind"]),
-            text(&spec["name"]),
-            text(&spec["model"]),
-        ))
-    } else {
-        emit(&format!(
-            "started {} rollout '{}' of model '{}' ({}): {}, traffic {}",
-            text(&body["kind"]),
-            text(&body["name"]),
-            text(&body["model"]),
-            versions(&body),
-            text(&body["phase"]),
-            traffic(&body["strategy"]),
-        ))
+            s.kind_name(),
+            s.name,
+            s.model,
+        ));
     }
+    let view = match api.block(api.client.apply(&spec)) {
+        Ok(v) => v,
+        Err(e) => return invalid(e),
+    };
+    if args.json {
+        return emit(&compact(&view));
+    }
+    emit(&format!(
+        "started {} rollout '{}' of model '{}' ({}): {}, traffic {}",
+        view.kind,
+        view.name,
+        view.model,
+        versions(&view),
+        view.phase.as_str(),
+        traffic(&view.strategy),
+    ))
 }
 
 fn status(args: StatusArgs) -> Result<()> {
     let api = Api::new(&args.conn)?;
-    let (path, subject) = match &args.name {
-        Some(name) => (format!("/rollouts/{}", segment(name)?), name.as_str()),
-        None => ("/rollouts".to_string(), "status"),
-    };
-    let reply = api.send(Method::GET, &path, None)?;
-    let body = api.expect_json(&reply, subject)?;
-    if args.json {
-        return emit(&compact(&body));
-    }
-    let mut rollouts: Vec<&Value> = match &args.name {
-        Some(_) => vec![&body],
-        None => body["rollouts"]
-            .as_array()
-            .map(|a| a.iter().collect())
-            .unwrap_or_default(),
+    let mut rollouts = match &args.name {
+        Some(name) => {
+            let view = api.call(name, api.client.rollout(named(name)?))?;
+            if args.json {
+                return emit(&compact(&view));
+            }
+            vec![view]
+        }
+        None => {
+            let list = api.call("status", api.client.rollouts())?;
+            if args.json {
+                return emit(&compact(&list));
+            }
+            list.rollouts
+        }
     };
     if rollouts.is_empty() {
         return emit("no rollouts");
     }
-    rollouts.sort_by(|a, b| text(&a["name"]).cmp(&text(&b["name"])));
+    rollouts.sort_by(|a, b| a.name.cmp(&b.name));
     let mut rows = vec![[
         "NAME", "MODEL", "KIND", "PHASE", "STEP", "VERSIONS", "TRAFFIC", "REASON",
     ]
     .map(String::from)
     .to_vec()];
-    for r in rollouts {
+    for r in &rollouts {
         rows.push(vec![
-            text(&r["name"]),
-            text(&r["model"]),
-            text(&r["kind"]),
-            text(&r["phase"]),
+            r.name.clone(),
+            r.model.clone(),
+            r.kind.clone(),
+            r.phase.as_str().to_string(),
             step(r),
             versions(r),
-            traffic(&r["strategy"]),
-            text(&r["reason"]),
+            traffic(&r.strategy),
+            r.reason.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
     emit(&table(&rows))
@@ -302,19 +304,17 @@ fn status(args: StatusArgs) -> Result<()> {
 
 fn action(verb: &'static str, args: ActionArgs) -> Result<()> {
     let api = Api::new(&args.conn)?;
-    let path = format!("/rollouts/{}/{verb}", segment(&args.name)?);
-    let reply = api.send(Method::POST, &path, None)?;
-    let view = api.expect_json(&reply, verb)?;
+    let view = api.call(verb, api.client.command(named(&args.name)?, verb))?;
     if args.json {
         return emit(&compact(&view));
     }
     let mut line = format!(
         "{}: {} (traffic {})",
-        text(&view["name"]),
-        text(&view["phase"]),
-        traffic(&view["strategy"])
+        view.name,
+        view.phase.as_str(),
+        traffic(&view.strategy)
     );
-    if let Some(reason) = view["reason"].as_str() {
+    if let Some(reason) = &view.reason {
         line.push_str(&format!("; {reason}"));
     }
     emit(&line)
@@ -322,32 +322,31 @@ fn action(verb: &'static str, args: ActionArgs) -> Result<()> {
 
 fn events(args: EventsArgs) -> Result<()> {
     let api = Api::new(&args.conn)?;
-    let path = format!("/rollouts/{}/events", segment(&args.name)?);
-    let reply = api.send(Method::GET, &path, None)?;
-    let body = api.expect_json(&reply, &args.name)?;
+    let body = api.call(&args.name, api.client.events(named(&args.name)?))?;
     if args.json {
         return emit(&compact(&body));
     }
-    let events = body["events"].as_array().cloned().unwrap_or_default();
-    if events.is_empty() {
+    if body.events.is_empty() {
         return emit(&format!("{}: no events", args.name));
     }
-    let rows: Vec<Vec<String>> = events
+    let rows: Vec<Vec<String>> = body
+        .events
         .iter()
         .map(|e| {
-            let mut message = text(&e["message"]);
-            if let Some(details) = e["details"].as_object().filter(|d| !d.is_empty()) {
-                let pairs: Vec<String> = details
+            let mut message = e.message.clone();
+            if !e.details.is_empty() {
+                let pairs: Vec<String> = e
+                    .details
                     .iter()
                     .map(|(k, v)| format!("{k}={}", detail(v)))
                     .collect();
                 message = format!("{message}  {}", pairs.join(" "));
             }
             vec![
-                text(&e["seq"]),
-                e["ts_ms"].as_i64().map_or_else(|| "-".into(), rfc3339_utc),
-                text(&e["kind"]),
-                text(&e["actor"]),
+                e.seq.to_string(),
+                rfc3339_utc(e.ts_ms),
+                e.kind.clone(),
+                e.actor.clone(),
                 message,
             ]
         })
@@ -357,22 +356,20 @@ fn events(args: EventsArgs) -> Result<()> {
 
 fn report(args: ReportArgs) -> Result<()> {
     let api = Api::new(&args.conn)?;
-    let path = format!(
-        "/rollouts/{}/report?format={}",
-        segment(&args.name)?,
-        args.format.as_str()
-    );
-    let reply = api.send(Method::GET, &path, None)?;
-    api.check(&reply, &args.name)?;
+    let body = api.call(
+        &args.name,
+        api.client
+            .report_as(named(&args.name)?, args.format.as_str()),
+    )?;
     match &args.output {
-        Some(file) => std::fs::write(file, &reply.body).map_err(|e| {
+        Some(file) => std::fs::write(file, &body).map_err(|e| {
             InputError::new(
                 "--output",
                 format!("cannot write '{}': {e}", file.display()),
             )
             .into()
         }),
-        None => emit(&String::from_utf8_lossy(&reply.body)),
+        None => emit(&String::from_utf8_lossy(&body)),
     }
 }
 
@@ -388,7 +385,7 @@ fn audit_verify(args: VerifyArgs) -> Result<()> {
         )),
         (None, None) => None,
     };
-    let report = match direct {
+    let report: ChainCheck = match direct {
         Some((flag, url)) => {
             if let Some(path) = url.sqlite_path().filter(|p| !p.is_file()) {
                 return Err(
@@ -397,33 +394,30 @@ fn audit_verify(args: VerifyArgs) -> Result<()> {
             }
             let store = switchyard_store::ControlStore::open(&url)
                 .with_context(|| format!("opening the store at '{url}'"))?;
-            let r = store
+            store
                 .verify_chain()
-                .with_context(|| format!("reading the audit trail in '{url}'"))?;
-            json!({ "events": r.events, "ok": r.ok, "first_bad_seq": r.first_bad_seq, "problem": r.problem })
+                .with_context(|| format!("reading the audit trail in '{url}'"))?
+                .into()
         }
         None => {
             let api = Api::new(&args.conn)?;
-            let reply = api.send(Method::GET, "/audit/verify", None)?;
-            api.expect_json(&reply, "audit verify")?
+            api.call("audit verify", api.client.audit_verify())?
         }
     };
-    let ok = report["ok"].as_bool() == Some(true);
     if args.json {
         emit(&compact(&report))?;
-    } else if ok {
-        emit(&format!(
-            "audit chain OK: {} events",
-            text(&report["events"])
-        ))?;
+    } else if report.ok {
+        emit(&format!("audit chain OK: {} events", report.events))?;
     } else {
         emit(&format!(
             "audit chain BROKEN at seq {}: {}",
-            text(&report["first_bad_seq"]),
-            text(&report["problem"])
+            report
+                .first_bad_seq
+                .map_or_else(|| "-".to_string(), |s| s.to_string()),
+            report.problem.as_deref().unwrap_or("-")
         ))?;
     }
-    if ok {
+    if report.ok {
         Ok(())
     } else {
         Err(anyhow!(
@@ -435,81 +429,22 @@ fn audit_verify(args: VerifyArgs) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // HTTP.
 
-/// A client of one gateway's admin API. Deliberately not `Debug`: it holds the token.
+/// The admin client on a current-thread runtime, one command at a time.
 struct Api {
-    base: String,
-    token: Option<HeaderValue>,
+    client: AdminClient,
     runtime: tokio::runtime::Runtime,
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-struct Reply {
-    status: StatusCode,
-    body: Bytes,
-}
-
-/// The `error` object of a refusal.
-struct ApiFailure {
-    code: String,
-    message: String,
-    problems: Vec<String>,
-}
-
-impl Reply {
-    fn error(&self) -> ApiFailure {
-        let body: Value = serde_json::from_slice(&self.body).unwrap_or(Value::Null);
-        let err = &body["error"];
-        let message = err["message"].as_str().map_or_else(
-            || {
-                let raw = String::from_utf8_lossy(&self.body);
-                let raw = raw.trim();
-                if raw.is_empty() {
-                    self.status
-                        .canonical_reason()
-                        .unwrap_or("no message")
-                        .to_string()
-                } else {
-                    raw.chars().take(300).collect()
-                }
-            },
-            str::to_string,
-        );
-        ApiFailure {
-            code: err["code"].as_str().unwrap_or("").to_string(),
-            message,
-            problems: err["problems"]
-                .as_array()
-                .map(|p| p.iter().map(text).collect())
-                .unwrap_or_default(),
-        }
-    }
 }
 
 impl Api {
     fn new(conn: &Connection) -> Result<Api> {
-        let mut base = conn.url.trim().trim_end_matches('/').to_string();
-        if !base.contains("://") {
-            base = format!("http://{base}");
-        }
-        let uri: Uri = base
-            .parse()
-            .map_err(|_| InputError::new("--url", format!("'{base}' is not a URL")))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(InputError::new(
-                "--url",
-                format!("'{base}' is not an http:// URL (https is not supported)"),
-            )
-            .into());
-        }
-        let token = match std::env::var(TOKEN_ENV) {
-            Ok(t) if !t.is_empty() => {
-                let mut value = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
-                    InputError::new(TOKEN_ENV, "holds characters an HTTP header cannot carry")
-                })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-            Ok(_) | Err(std::env::VarError::NotPresent) => None,
+        let client = AdminClient::new(&conn.url)
+            .map_err(|e| InputError::new("--url", e.to_string()))?
+            .with_actor(ACTOR);
+        let client = match std::env::var(TOKEN_ENV) {
+            Ok(t) if !t.is_empty() => client.with_token(&t).map_err(|_| {
+                InputError::new(TOKEN_ENV, "holds characters an HTTP header cannot carry")
+            })?,
+            Ok(_) | Err(std::env::VarError::NotPresent) => client,
             Err(std::env::VarError::NotUnicode(_)) => {
                 return Err(InputError::new(TOKEN_ENV, "is not valid UTF-8").into())
             }
@@ -518,157 +453,87 @@ impl Api {
             .enable_all()
             .build()
             .context("starting the async runtime")?;
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(Api {
-            base,
-            token,
-            runtime,
-            client,
-        })
+        Ok(Api { client, runtime })
     }
 
-    /// Sends a request to `/admin/v1{path}`. Only transport failures are errors here.
-    fn send(&self, method: Method, path: &str, body: Option<String>) -> Result<Reply> {
-        let url = format!("{}/admin/v1{path}", self.base);
-        let uri: Uri = url
-            .parse()
-            .map_err(|_| InputError::new("--url", format!("'{url}' is not a URL")))?;
-        let mut request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("x-switchyard-actor", ACTOR);
-        if let Some(token) = &self.token {
-            request = request.header(AUTHORIZATION, token.clone());
-        }
-        if body.is_some() {
-            request = request.header(CONTENT_TYPE, "application/yaml");
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .context("building the request")?;
-        let base = &self.base;
-        self.runtime.block_on(async {
-            let exchange = async {
-                let response = self.client.request(request).await?;
-                let status = response.status();
-                let body = response.into_body().collect().await?.to_bytes();
-                Ok::<_, anyhow::Error>(Reply { status, body })
-            };
-            match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-                Ok(Ok(reply)) => Ok(reply),
-                Ok(Err(e)) => Err(transport_error(base, &e)),
-                Err(_) => Err(anyhow!(
-                    "the gateway at {base} did not answer within {} s",
-                    REQUEST_TIMEOUT.as_secs()
-                )),
+    fn block<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        self.runtime.block_on(call)
+    }
+
+    /// Runs one call; a refusal concerns `subject`.
+    fn call<T>(
+        &self,
+        subject: &str,
+        call: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T> {
+        self.block(call).map_err(|e| self.explain(e, subject))
+    }
+
+    /// A failed call as the CLI reports it: a 4xx is a refusal (exit 2) concerning
+    /// `subject`, anything else a failure (exit 1).
+    fn explain(&self, e: ClientError, subject: &str) -> anyhow::Error {
+        let base = self.client.base();
+        match e {
+            ClientError::Refused { status, error } => {
+                if status == StatusCode::UNAUTHORIZED {
+                    let reason = if self.client.has_token() {
+                        format!("unauthorized: the gateway refused the admin token in {TOKEN_ENV}")
+                    } else {
+                        format!(
+                            "unauthorized: the gateway requires an admin token; set {TOKEN_ENV}"
+                        )
+                    };
+                    return InputError::new(TOKEN_ENV, reason).into();
+                }
+                if status == StatusCode::NOT_FOUND
+                    && (error.code.is_empty() || error.code == "not_found")
+                {
+                    return InputError::new(
+                        "--url",
+                        format!(
+                            "{base} has no switchyard admin API (404: {})",
+                            error.message
+                        ),
+                    )
+                    .into();
+                }
+                let mut message = error.message;
+                if !error.problems.is_empty() && !message.contains(&error.problems[0]) {
+                    message = format!("{message}:\n  - {}", error.problems.join("\n  - "));
+                }
+                if status.is_client_error() {
+                    InputError::new(subject, message).into()
+                } else {
+                    let code = if error.code.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {}", error.code)
+                    };
+                    anyhow!(
+                        "the gateway at {base} failed ({}{code}): {message}",
+                        status.as_u16()
+                    )
+                }
             }
-        })
-    }
-
-    /// Turns a non-2xx answer into an error: 4xx is a refusal (exit 2) concerning `subject`,
-    /// anything else a failure (exit 1).
-    fn check(&self, reply: &Reply, subject: &str) -> Result<()> {
-        if reply.status.is_success() {
-            return Ok(());
+            e @ ClientError::Unreachable { .. } => anyhow!(
+                "{e}\n  is it running? start one with `switchyard serve -c <config.yaml>`, or \
+                 point --url (or SWITCHYARD_URL) at it"
+            ),
+            other => anyhow!(other),
         }
-        let err = reply.error();
-        let status = reply.status.as_u16();
-        if reply.status == StatusCode::UNAUTHORIZED {
-            let reason = if self.token.is_some() {
-                format!("unauthorized: the gateway refused the admin token in {TOKEN_ENV}")
-            } else {
-                format!("unauthorized: the gateway requires an admin token; set {TOKEN_ENV}")
-            };
-            return Err(InputError::new(TOKEN_ENV, reason).into());
-        }
-        if reply.status == StatusCode::NOT_FOUND && (err.code.is_empty() || err.code == "not_found")
-        {
-            return Err(InputError::new(
-                "--url",
-                format!(
-                    "{} has no switchyard admin API (404: {})",
-                    self.base, err.message
-                ),
-            )
-            .into());
-        }
-        let mut message = err.message;
-        if !err.problems.is_empty() && !message.contains(&err.problems[0]) {
-            message = format!("{message}:\n  - {}", err.problems.join("\n  - "));
-        }
-        if reply.status.is_client_error() {
-            Err(InputError::new(subject, message).into())
-        } else {
-            let code = if err.code.is_empty() {
-                String::new()
-            } else {
-                format!(" {}", err.code)
-            };
-            Err(anyhow!(
-                "the gateway at {} failed ({status}{code}): {message}",
-                self.base
-            ))
-        }
-    }
-
-    /// The JSON body of a successful answer.
-    fn expect_json(&self, reply: &Reply, subject: &str) -> Result<Value> {
-        self.check(reply, subject)?;
-        serde_json::from_slice(&reply.body).map_err(|e| {
-            anyhow!(
-                "the gateway at {} answered with something that is not JSON ({e})",
-                self.base
-            )
-        })
     }
 }
 
-/// A transport failure, naming the URL (never the token, which only travels in a header).
-fn transport_error(base: &str, err: &anyhow::Error) -> anyhow::Error {
-    let mut causes = Vec::new();
-    let mut refused = false;
-    let mut connect = false;
-    for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<hyper_util::client::legacy::Error>() {
-            connect |= e.is_connect();
-        }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
-        }
-        causes.push(cause.to_string());
-    }
-    let detail = if refused {
-        "connection refused".to_string()
-    } else {
-        causes.last().cloned().unwrap_or_default()
-    };
-    if connect || refused {
-        anyhow!(
-            "cannot reach the gateway at {base}: {detail}\n  is it running? start one with \
-             `switchyard serve -c <config.yaml>`, or point --url (or SWITCHYARD_URL) at it"
-        )
-    } else {
-        anyhow!("talking to the gateway at {base}: {}", causes.join(": "))
-    }
-}
-
-/// A rollout name as one URL path segment.
-fn segment(name: &str) -> Result<String, InputError> {
+/// A rollout name given on the command line: never empty.
+fn named(name: &str) -> Result<&str, InputError> {
     if name.is_empty() {
-        return Err(InputError::new("<name>", "is empty"));
+        Err(InputError::new("<name>", "is empty"))
+    } else {
+        Ok(name)
     }
-    let all_dots = name.chars().all(|c| c == '.');
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || (matches!(b, b'-' | b'_' | b'.' | b'~') && !all_dots) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -689,31 +554,20 @@ fn emit(text: &str) -> Result<()> {
     }
 }
 
-fn compact(v: &Value) -> String {
+fn compact(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).unwrap_or_default()
 }
 
-/// A JSON value as plain text: strings unquoted, null as `-`.
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 /// A detail value of an event: integers without `.0`, strings with spaces quoted.
-fn detail(v: &Value) -> String {
+fn detail(v: &Detail) -> String {
     match v {
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
-            Some(f) => format!("{f}"),
-            None => n.to_string(),
-        },
-        Value::String(s) if s.is_empty() || s.chars().any(char::is_whitespace) => {
+        Detail::Num(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", *f as i64),
+        Detail::Num(f) => format!("{f}"),
+        Detail::Text(s) if s.is_empty() || s.chars().any(char::is_whitespace) => {
             format!("{s:?}")
         }
-        other => text(other),
+        Detail::Text(s) => s.clone(),
+        Detail::Bool(b) => b.to_string(),
     }
 }
 
@@ -747,62 +601,55 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-fn versions(view: &Value) -> String {
-    format!("{}→{}", text(&view["current"]), text(&view["candidate"]))
+fn versions(view: &RolloutView) -> String {
+    format!("{}→{}", view.current, view.candidate)
 }
 
 /// `2/4` for a canary (current step of all steps), the bare step otherwise.
-fn step(view: &Value) -> String {
-    match (view["step"].as_u64(), view["spec"]["steps"].as_array()) {
-        (Some(step), Some(steps)) => format!("{step}/{}", steps.len()),
-        (Some(step), None) => step.to_string(),
-        _ => "-".into(),
+fn step(view: &RolloutView) -> String {
+    match &view.spec.kind {
+        RolloutKind::Canary(c) => format!("{}/{}", view.step, c.steps.len()),
+        _ => view.step.to_string(),
     }
 }
 
 /// Basis points as a percentage: `5%`, `12.5%`.
-fn percent(bp: &Value) -> String {
-    let Some(bp) = bp.as_u64() else {
-        return "?%".into();
-    };
-    if bp % 100 == 0 {
+fn percent(bp: u32) -> String {
+    if bp.is_multiple_of(100) {
         format!("{}%", bp / 100)
     } else {
-        let s = format!("{:.2}", bp as f64 / 100.0);
+        let s = format!("{:.2}", f64::from(bp) / 100.0);
         format!("{}%", s.trim_end_matches('0'))
     }
 }
 
-/// Who gets traffic under a routing strategy (as serialised by `switchyard_core::Strategy`).
-fn traffic(strategy: &Value) -> String {
-    let empty = Vec::new();
-    match strategy["kind"].as_str() {
-        Some("single") => format!("{} 100%", text(&strategy["version"])),
-        Some("split") => strategy["arms"]
-            .as_array()
-            .unwrap_or(&empty)
+/// Who gets traffic under a routing strategy.
+fn traffic(strategy: &Strategy) -> String {
+    match strategy {
+        Strategy::Single { version } => format!("{version} 100%"),
+        Strategy::Split { arms } => arms
             .iter()
-            .map(|a| format!("{} {}", text(&a["version"]), percent(&a["weight"])))
+            .map(|a| format!("{} {}", a.version, percent(a.weight)))
             .collect::<Vec<_>>()
             .join(" / "),
-        Some("shadow") => {
-            let shadows: Vec<String> = strategy["shadows"]
-                .as_array()
-                .unwrap_or(&empty)
+        Strategy::Shadow { primary, shadows } => {
+            let shadows: Vec<String> = shadows
                 .iter()
-                .map(|s| format!("{} {}", text(&s["version"]), percent(&s["sample"])))
+                .map(|s| format!("{} {}", s.version, percent(s.sample)))
                 .collect();
-            format!(
-                "{} 100% (mirrored to {})",
-                text(&strategy["primary"]),
-                shadows.join(", ")
-            )
+            format!("{primary} 100% (mirrored to {})", shadows.join(", "))
         }
-        Some("blue_green") => {
-            let active = text(&strategy["active"]);
-            format!("{} 100% ({active})", text(&strategy[active.as_str()]))
+        Strategy::BlueGreen {
+            blue,
+            green,
+            active,
+        } => {
+            let serving = match active {
+                Colour::Blue => blue,
+                Colour::Green => green,
+            };
+            format!("{serving} 100% ({})", active.as_str())
         }
-        _ => "-".into(),
     }
 }
 
@@ -838,6 +685,7 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchyard_core::routing::ShadowTarget;
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
@@ -850,31 +698,33 @@ mod tests {
 
     #[test]
     fn traffic_of_each_strategy() {
-        let split = json!({"kind": "split", "arms": [
-            {"variant": "canary", "version": "v2", "weight": 500},
-            {"variant": "stable", "version": "v1", "weight": 9500}]});
-        assert_eq!(traffic(&split), "v2 5% / v1 95%");
         assert_eq!(
-            traffic(&json!({"kind": "single", "version": "v1"})),
+            traffic(&Strategy::canary("v1", "v2", 500)),
+            "v2 5% / v1 95%"
+        );
+        assert_eq!(
+            traffic(&Strategy::Single {
+                version: "v1".into()
+            }),
             "v1 100%"
         );
         assert_eq!(
-            traffic(
-                &json!({"kind": "shadow", "primary": "v1", "shadows": [{"version": "v2", "sample": 1250}]})
-            ),
+            traffic(&Strategy::Shadow {
+                primary: "v1".into(),
+                shadows: vec![ShadowTarget {
+                    version: "v2".into(),
+                    sample: 1250
+                }]
+            }),
             "v1 100% (mirrored to v2 12.5%)"
         );
         assert_eq!(
-            traffic(&json!({"kind": "blue_green", "blue": "v1", "green": "v2", "active": "green"})),
+            traffic(&Strategy::BlueGreen {
+                blue: "v1".into(),
+                green: "v2".into(),
+                active: Colour::Green
+            }),
             "v2 100% (green)"
         );
-    }
-
-    #[test]
-    fn names_become_one_path_segment() {
-        assert_eq!(segment("m-canary_1.2").ok(), Some("m-canary_1.2".into()));
-        assert_eq!(segment("a/b c").ok(), Some("a%2Fb%20c".into()));
-        assert_eq!(segment("..").ok(), Some("%2E%2E".into()));
-        assert!(segment("").is_err());
     }
 }

@@ -30,6 +30,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::{json, Value};
+use switchyard_server::api::{EventView, Report, RolloutView};
+use switchyard_server::client::AdminClient;
 use switchyard_server::controller::ScaledClock;
 use switchyard_server::{parse_config, Gateway, StartOptions};
 
@@ -103,6 +105,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
 
 struct Demo {
     base: String,
+    admin: AdminClient,
     client: Client<HttpConnector, Full<Bytes>>,
     wafers: WaferGenerator,
     rng: StdRng,
@@ -155,23 +158,23 @@ impl Demo {
         })
     }
 
-    async fn admin(&self, method: &str, path: &str, body: &str) -> Result<Value> {
-        let r = self
-            .call(
-                method,
-                &format!("/admin/v1{path}"),
-                &[("x-switchyard-actor", "demo".into())],
-                body.to_string(),
-            )
-            .await?;
-        if r.status >= 400 {
-            bail!("{method} {path}: {} {}", r.status, r.body);
-        }
-        Ok(r.body)
+    async fn apply(&self, spec: &str) -> Result<RolloutView> {
+        self.admin
+            .apply(spec)
+            .await
+            .context("the gateway refused a rollout of the demo")
     }
 
-    async fn rollout(&self, name: &str) -> Result<Value> {
-        self.admin("GET", &format!("/rollouts/{name}"), "").await
+    async fn rollout(&self, name: &str) -> Result<RolloutView> {
+        Ok(self.admin.rollout(name).await?)
+    }
+
+    async fn report(&self, name: &str) -> Result<Report> {
+        Ok(self.admin.report(name).await?)
+    }
+
+    async fn events(&self, name: &str) -> Result<Vec<EventView>> {
+        Ok(self.admin.events(name).await?.events)
     }
 
     /// Sends one batch of dies to `model`, 8 at a time; queues their ground truth.
@@ -232,8 +235,8 @@ impl Demo {
         name: &str,
         until: &[&str],
         bar: &ProgressBar,
-        label: impl Fn(&Value) -> String,
-    ) -> Result<Value> {
+        label: impl Fn(&RolloutView) -> String,
+    ) -> Result<RolloutView> {
         let started = Instant::now();
         loop {
             self.batch(model, self.sizes.batch).await?;
@@ -243,13 +246,17 @@ impl Demo {
             let view = self.rollout(name).await?;
             bar.set_message(label(&view));
             bar.inc(self.sizes.batch);
-            let phase = view["phase"].as_str().unwrap_or("");
+            let phase = view.phase.as_str();
             if until.contains(&phase) || matches!(phase, "completed" | "rolled_back" | "aborted") {
                 self.deliver_labels(true).await?;
                 return Ok(view);
             }
             if started.elapsed() > Duration::from_secs(180) {
-                bail!("rollout {name} did not finish: {view}");
+                bail!(
+                    "rollout {name} did not finish: {} ({})",
+                    phase,
+                    view.reason.as_deref().unwrap_or("")
+                );
             }
         }
     }
@@ -295,20 +302,16 @@ fn bar(len: u64, prefix: &str) -> ProgressBar {
     bar
 }
 
-fn f(v: &Value, digits: usize) -> String {
-    v.as_f64().map_or_else(
-        || v.as_str().unwrap_or("—").to_string(),
-        |x| format!("{x:.digits$}"),
-    )
+fn f(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "—".to_string(), |x| format!("{x:.digits$}"))
 }
 
 fn label(v: &Value) -> String {
     v.as_str().map_or_else(|| v.to_string(), str::to_string)
 }
 
-fn pct(v: &Value) -> String {
-    v.as_f64()
-        .map_or("—".into(), |x| format!("{:.1}%", x * 100.0))
+fn pct(v: Option<f64>) -> String {
+    v.map_or("—".into(), |x| format!("{:.1}%", x * 100.0))
 }
 
 fn heading(n: u32, title: &str) {
@@ -410,6 +413,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let gateway = Gateway::start(config, listener, options).await?;
     let mut d = Demo {
         base: gateway.url(),
+        admin: AdminClient::new(&gateway.url())?.with_actor("demo"),
         client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
         wafers: WaferGenerator::new(args.seed),
         rng: StdRng::seed_from_u64(args.seed ^ 0x5eed),
@@ -439,74 +443,78 @@ async fn demo(args: DemoArgs) -> Result<()> {
         "name: yield-v2-shadow\nmodel: yield\nkind: shadow\nprimary: v1\ncandidate: v2\nsample: 100\nmin_labelled: {}\nmin_duration_ms: 300000\nthen_canary:\n  stable: v1\n  candidate: v2\n  min_requests: {}\n  min_duration_ms: 60000\n  gate: {{ min_labelled: 30, min_p95_increase_ms: {} }}\n",
         sizes.shadow_labelled, sizes.step_requests, args.p95_floor_ms
     );
-    d.admin("POST", "/rollouts", &shadow).await?;
+    d.apply(&shadow).await?;
     let pb = bar(sizes.shadow_labelled, "shadow");
-    d.run_until("yield", "yield-v2-shadow", &[], &pb, |v| {
-        v["reason"].as_str().unwrap_or("").to_string()
-    })
-    .await?;
-    pb.finish_and_clear();
-    let report = d
-        .admin("GET", "/rollouts/yield-v2-shadow/report?format=json", "")
+    d.run_until("yield", "yield-v2-shadow", &[], &pb, reason)
         .await?;
-    let s = &report["analysis"]["shadow"];
+    pb.finish_and_clear();
+    let report = d.report("yield-v2-shadow").await?;
+    let analysis = report
+        .analysis
+        .shadow
+        .context("the shadow's report has no shadow analysis")?;
+    let s = &analysis.report;
     println!(
         "  compared {} requests, {} labelled pairs",
-        f(&s["compared"], 0),
-        f(&s["labelled"], 0)
+        s.compared, s.labelled
     );
-    println!("  agreement            {}", pct(&s["agreement"]));
+    println!("  agreement            {}", pct(s.agreement));
     println!(
         "  accuracy             v1 {}   v2 {}   ({:+.2} points)",
-        pct(&s["primary_accuracy"]),
-        pct(&s["shadow_accuracy"]),
-        s["improvement"].as_f64().unwrap_or(0.0) * 100.0
+        pct(s.primary_accuracy),
+        pct(s.shadow_accuracy),
+        s.improvement.unwrap_or(0.0) * 100.0
     );
-    println!(
-        "  McNemar              b = {} (only v1 right), c = {} (only v2 right), χ² = {}, p = {:.2e} (exact p = {:.2e})",
-        f(&s["mcnemar"]["b"], 0),
-        f(&s["mcnemar"]["c"], 0),
-        f(&s["mcnemar"]["statistic"], 2),
-        s["mcnemar"]["p_value"].as_f64().unwrap_or(1.0),
-        s["mcnemar"]["exact_p_value"].as_f64().unwrap_or(1.0)
-    );
-    let lat = &report["analysis"]["latency"];
-    println!(
-        "  latency p50 / p95    v1 {} / {} ms   v2 {} / {} ms",
-        f(&lat["primary"]["p50_ms"], 2),
-        f(&lat["primary"]["p95_ms"], 2),
-        f(&lat["shadow"]["p50_ms"], 2),
-        f(&lat["shadow"]["p95_ms"], 2)
-    );
-    for case in report["analysis"]["disagreements"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|c| !c["input"].is_null())
-        .take(3)
-    {
-        let x = &case["input"]["inputs"][0]["data"];
+    if let Some(m) = &s.mcnemar {
         println!(
-            "  disagreement {:<14} v1 says {} · v2 says {} · truth {}   (vdd {:.3}, idd {:.1}, freq {:.2}, temp {:.0}°C, die ({}, {}))",
-            case["request_id"].as_str().unwrap_or(""),
-            label(&case["primary"][0]),
-            label(&case["shadow"][0]),
-            label(&case["truth"][0]),
-            x[0].as_f64().unwrap_or(0.0),
-            x[1].as_f64().unwrap_or(0.0),
-            x[2].as_f64().unwrap_or(0.0),
-            x[3].as_f64().unwrap_or(0.0),
-            x[4],
-            x[5]
+            "  McNemar              b = {} (only v1 right), c = {} (only v2 right), χ² = {:.2}, p = {:.2e} (exact p = {:.2e})",
+            m.b, m.c, m.statistic, m.p_value, m.exact_p_value
         );
     }
-    let rec = report["rollout"]["recommendation"]
-        .as_str()
-        .unwrap_or("?")
+    let (p, c) = (&analysis.primary_stats, &analysis.shadow_stats);
+    println!(
+        "  latency p50 / p95    v1 {} / {} ms   v2 {} / {} ms",
+        f(p.p50_ms, 2),
+        f(p.p95_ms, 2),
+        f(c.p50_ms, 2),
+        f(c.p95_ms, 2)
+    );
+    for case in analysis
+        .disagreements
+        .iter()
+        .filter(|c| c.input.is_some())
+        .take(3)
+    {
+        let x = case
+            .input
+            .as_ref()
+            .and_then(|i| i.pointer("/inputs/0/data"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let at = |i: usize| x.get(i).and_then(Value::as_f64).unwrap_or(0.0);
+        println!(
+            "  disagreement {:<14} v1 says {} · v2 says {} · truth {}   (vdd {:.3}, idd {:.1}, freq {:.2}, temp {:.0}°C, die ({}, {}))",
+            case.request_id,
+            first(&case.primary),
+            first(&case.shadow),
+            case.truth.as_deref().map_or_else(|| "—".to_string(), first),
+            at(0),
+            at(1),
+            at(2),
+            at(3),
+            at(4),
+            at(5)
+        );
+    }
+    let rec = report
+        .rollout
+        .recommendation
+        .map_or("?", |r| r.as_str())
         .to_string();
     println!(
         "  recommendation       \x1b[1m{rec}\x1b[0m ({})",
-        report["rollout"]["reason"].as_str().unwrap_or("")
+        report.rollout.reason.as_deref().unwrap_or("")
     );
 
     heading(
@@ -519,42 +527,30 @@ async fn demo(args: DemoArgs) -> Result<()> {
         .run_until("yield", canary_name, &[], &pb, |v| {
             format!(
                 "step {} · {}",
-                v["step"],
-                v["reason"].as_str().unwrap_or("gate passed")
+                v.step,
+                v.reason.as_deref().unwrap_or("gate passed")
             )
         })
         .await?;
     pb.finish_and_clear();
     print_gates(&d, canary_name).await?;
-    println!(
-        "  outcome              \x1b[1m{}\x1b[0m — {}",
-        view["phase"].as_str().unwrap_or(""),
-        view["reason"].as_str().unwrap_or("")
-    );
+    outcome(&view);
 
     heading(
         3,
         "Canary of v3 (retrained on mislabelled hot-tester data) against v2",
     );
     let v3 = format!("name: yield-v3-canary\nmodel: yield\nkind: canary\nstable: v2\ncandidate: v3\nmin_requests: {}\nmin_duration_ms: 60000\ngate: {{ min_labelled: 30, min_p95_increase_ms: {} }}\n", sizes.step_requests, args.p95_floor_ms);
-    d.admin("POST", "/rollouts", &v3).await?;
+    d.apply(&v3).await?;
     let pb = bar(sizes.step_requests * 20, "canary v3");
     let view = d
         .run_until("yield", "yield-v3-canary", &[], &pb, |v| {
-            format!(
-                "step {} · {}",
-                v["step"],
-                v["reason"].as_str().unwrap_or("")
-            )
+            format!("step {} · {}", v.step, v.reason.as_deref().unwrap_or(""))
         })
         .await?;
     pb.finish_and_clear();
     print_gates(&d, "yield-v3-canary").await?;
-    println!(
-        "  outcome              \x1b[1m{}\x1b[0m — {}",
-        view["phase"].as_str().unwrap_or(""),
-        view["reason"].as_str().unwrap_or("")
-    );
+    outcome(&view);
     let rollback_alert = wait_for_alert(&d.alerts, "yield-v3-canary", "rollback").await;
     match &rollback_alert {
         Some(a) => println!(
@@ -570,103 +566,102 @@ async fn demo(args: DemoArgs) -> Result<()> {
         "A/B test of the test-time regressor: v1 vs v2, split by wafer",
     );
     let ab = "name: testtime-ab\nmodel: testtime\nkind: ab\ncontrol: v1\ntreatment: v2\ntreatment_weight: 50\nmetric: conversion:within_spec\nbaseline: 0.45\nmde: 0.15\nalpha: 0.05\npower: 0.8\nsequential: true\nauto_promote: true\n";
-    d.admin("POST", "/rollouts", ab).await?;
-    let plan = d
-        .admin("GET", "/rollouts/testtime-ab/report?format=json", "")
-        .await?;
+    d.apply(ab).await?;
+    let plan = d.report("testtime-ab").await?;
     println!("  metric               share of predictions within 5 ms of the measured test time");
-    println!("  sample-size plan     {} per arm to detect 45% → 60% (α = 0.05, power 0.8); mSPRT may stop earlier", f(&plan["analysis"]["ab"]["required_per_arm"], 0));
+    println!("  sample-size plan     {} per arm to detect 45% → 60% (α = 0.05, power 0.8); mSPRT may stop earlier", plan.analysis.ab.and_then(|a| a.report.required_per_arm).map_or_else(|| "—".to_string(), |n| n.to_string()));
     let pb = bar(1_000, "A/B");
     let view = d
-        .run_until("testtime", "testtime-ab", &[], &pb, |v| {
-            v["reason"].as_str().unwrap_or("").to_string()
-        })
+        .run_until("testtime", "testtime-ab", &[], &pb, reason)
         .await?;
     pb.finish_and_clear();
-    let r = d
-        .admin("GET", "/rollouts/testtime-ab/report?format=json", "")
-        .await?;
-    let a = &r["analysis"]["ab"];
+    let r = d.report("testtime-ab").await?;
+    let analysis = r
+        .analysis
+        .ab
+        .context("the A/B test's report has no A/B analysis")?;
+    let a = &analysis.report;
     println!(
         "  arms                 v1 {}/{} within spec, v2 {}/{}",
-        f(&a["control"]["successes"], 0),
-        f(&a["control"]["trials"], 0),
-        f(&a["treatment"]["successes"], 0),
-        f(&a["treatment"]["trials"], 0)
+        a.control.successes, a.control.trials, a.treatment.successes, a.treatment.trials
     );
+    let split: Vec<String> = analysis
+        .observed_split
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     println!(
         "  SRM check            observed split {} · p = {} · {}",
-        r["analysis"]["observed_split"],
-        f(&a["srm"]["p_value"], 3),
-        if a["srm"]["mismatch"] == true {
+        split.join(" "),
+        f(a.srm.as_ref().map(|s| s.p_value), 3),
+        if a.srm.as_ref().is_some_and(|s| s.mismatch) {
             "MISMATCH"
         } else {
             "ok"
         }
     );
-    println!("  z-test               diff {:+.1} points, z = {}, p = {:.2e}, 95% CI [{:+.1}, {:+.1}] points", a["test"]["diff"].as_f64().unwrap_or(0.0) * 100.0, f(&a["test"]["z"], 2), a["test"]["p_value"].as_f64().unwrap_or(1.0), a["test"]["ci_low"].as_f64().unwrap_or(0.0) * 100.0, a["test"]["ci_high"].as_f64().unwrap_or(0.0) * 100.0);
+    if let Some(t) = &a.test {
+        println!(
+            "  z-test               diff {:+.1} points, z = {:.2}, p = {:.2e}, 95% CI [{:+.1}, {:+.1}] points",
+            t.diff * 100.0,
+            t.z,
+            t.p_value,
+            t.ci_low * 100.0,
+            t.ci_high * 100.0
+        );
+    }
     println!(
         "  Bayesian             P(v2 beats v1) = {}",
-        f(&a["bayes"]["prob_b_beats_a"], 4)
+        f(a.bayes.map(|b| b.prob_b_beats_a), 4)
     );
-    println!(
-        "  MAE (Welch)          v2 − v1 = {} ms, p = {:.2e}",
-        f(&a["mae_welch"]["mean_diff"], 2),
-        a["mae_welch"]["p_value"].as_f64().unwrap_or(1.0)
-    );
-    println!(
-        "  outcome              \x1b[1m{}\x1b[0m — {}",
-        view["phase"].as_str().unwrap_or(""),
-        view["reason"].as_str().unwrap_or("")
-    );
+    if let Some(w) = &a.mae_welch {
+        println!(
+            "  MAE (Welch)          v2 − v1 = {:.2} ms, p = {:.2e}",
+            w.mean_diff, w.p_value
+        );
+    }
+    outcome(&view);
 
     heading(
         5,
         "Blue-green: v2 (blue) → v2r (green, the same model repackaged)",
     );
     let bg = format!("name: yield-bluegreen\nmodel: yield\nkind: blue_green\nactive: v2\ncandidate: v2r\nvalidation_set: models/validation_yield.csv\nmin_accuracy: 0.9\nmax_p95_ms: {}\nsmoke_requests: 10\nmonitor_min_requests: {}\nmonitor_duration_ms: 120000\nmax_error_rate: 0.02\nmin_p95_increase_ms: {}\n", args.p95_floor_ms.max(250.0), sizes.monitor_requests, args.p95_floor_ms);
-    d.admin("POST", "/rollouts", &bg).await?;
+    d.apply(&bg).await?;
     let pb = bar(sizes.monitor_requests * 4, "blue-green");
     let view = d
         .run_until("yield", "yield-bluegreen", &["retaining"], &pb, |v| {
-            v["phase"].as_str().unwrap_or("").to_string()
+            v.phase.as_str().to_string()
         })
         .await?;
     pb.finish_and_clear();
-    let events = d
-        .admin("GET", "/rollouts/yield-bluegreen/events", "")
-        .await?;
-    for e in events["events"].as_array().into_iter().flatten() {
-        match e["kind"].as_str() {
-            Some("validated") => println!(
+    for e in d.events("yield-bluegreen").await? {
+        match e.kind.as_str() {
+            "validated" => println!(
                 "  validation           {} labelled rows replayed against green: accuracy {}, p95 {} ms",
-                f(&e["details"]["samples"], 0),
-                pct(&e["details"]["accuracy"]),
-                f(&e["details"]["p95_ms"], 2)
+                f(e.num("samples"), 0),
+                pct(e.num("accuracy")),
+                f(e.num("p95_ms"), 2)
             ),
-            Some("switched") => println!("  switch               all traffic to green; routing table swapped in {} µs", f(&e["details"]["routing_swap_us"], 0)),
-            Some("monitor_passed") => println!("  monitoring window    passed: {} requests on green, error rate {}", f(&e["details"]["green_requests"], 0), pct(&e["details"]["green_error_rate"])),
+            "switched" => println!("  switch               all traffic to green; routing table swapped in {} µs", f(e.num("routing_swap_us"), 0)),
+            "monitor_passed" => println!("  monitoring window    passed: {} requests on green, error rate {}", f(e.num("green_requests"), 0), pct(e.num("green_error_rate"))),
             _ => {}
         }
     }
     println!(
         "  phase                {} (blue stays warm for 24 h)",
-        view["phase"].as_str().unwrap_or("")
+        view.phase.as_str()
     );
     let drill = Instant::now();
-    d.admin("POST", "/rollouts/yield-bluegreen/rollback", "")
-        .await?;
+    d.admin.command("yield-bluegreen", "rollback").await?;
     let back = d.batch("yield", 20).await?;
     let on_blue = back.iter().filter(|(v, _)| v == "v2").count();
-    let events = d
-        .admin("GET", "/rollouts/yield-bluegreen/events", "")
-        .await?;
-    let swap = events["events"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["kind"] == "rolled_back")
-        .map(|e| f(&e["details"]["routing_swap_us"], 0))
+    let swap = d
+        .events("yield-bluegreen")
+        .await?
+        .iter()
+        .filter(|e| e.kind == "rolled_back")
+        .map(|e| f(e.num("routing_swap_us"), 0))
         .next()
         .unwrap_or_default();
     println!(
@@ -677,33 +672,29 @@ async fn demo(args: DemoArgs) -> Result<()> {
 
     // 6. Summary.
     heading(6, "Summary");
-    let list = d.admin("GET", "/rollouts", "").await?;
+    let list = d.admin.rollouts().await?.rollouts;
     println!(
         "  {:<26} {:<11} {:<12} {:<12} outcome",
         "rollout", "kind", "versions", "phase"
     );
     let mut summary = Vec::new();
-    for r in list["rollouts"].as_array().into_iter().flatten() {
+    for r in &list {
         println!(
             "  {:<26} {:<11} {:<12} {:<12} {}",
-            r["name"].as_str().unwrap_or(""),
-            r["kind"].as_str().unwrap_or(""),
-            format!(
-                "{} → {}",
-                r["current"].as_str().unwrap_or(""),
-                r["candidate"].as_str().unwrap_or("")
-            ),
-            r["phase"].as_str().unwrap_or(""),
-            r["reason"].as_str().unwrap_or("")
+            r.name,
+            r.kind,
+            format!("{} → {}", r.current, r.candidate),
+            r.phase.as_str(),
+            r.reason.as_deref().unwrap_or("")
         );
-        summary.push(json!({"name": r["name"], "kind": r["kind"], "phase": r["phase"], "recommendation": r["recommendation"], "reason": r["reason"]}));
+        summary.push(json!({"name": r.name, "kind": r.kind, "phase": r.phase, "recommendation": r.recommendation, "reason": r.reason}));
     }
-    let audit = d.admin("GET", "/audit/verify", "").await?;
-    let audit_ok = audit["ok"] == true;
+    let audit = d.admin.audit_verify().await?;
+    let audit_ok = audit.ok;
     println!(
         "  audit chain          {} ({} events, hash-chained)",
         if audit_ok { "verified OK" } else { "BROKEN" },
-        f(&audit["events"], 0)
+        audit.events
     );
     let alerts: Vec<Value> = d.alerts.lock().clone();
     println!(
@@ -711,17 +702,10 @@ async fn demo(args: DemoArgs) -> Result<()> {
         alerts.len()
     );
     let mut html = String::from("<!doctype html><html><head><meta charset=\"utf-8\"><title>switchyard demo report</title></head><body>");
-    for r in list["rollouts"].as_array().into_iter().flatten() {
-        let name = r["name"].as_str().unwrap_or("");
-        let page = d
-            .call(
-                "GET",
-                &format!("/admin/v1/rollouts/{name}/report?format=html"),
-                &[],
-                String::new(),
-            )
-            .await?;
-        let text = page.body.as_str().unwrap_or("");
+    for r in &list {
+        let page = d.admin.report_as(&r.name, "html").await?;
+        let text = String::from_utf8_lossy(&page);
+        let text = text.as_ref();
         let body = text.split_once("<body>").map_or(text, |(_, b)| b);
         html.push_str(body.split_once("</body>").map_or(body, |(b, _)| b));
         html.push_str("<hr>");
@@ -733,7 +717,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let summary = json!({
         "rollouts": summary,
         "audit_ok": audit_ok,
-        "audit_events": audit["events"],
+        "audit_events": audit.events,
         "alerts": alerts,
         "shadow_recommendation": rec,
         "seconds": started.elapsed().as_secs_f64(),
@@ -760,39 +744,44 @@ async fn demo(args: DemoArgs) -> Result<()> {
 }
 
 async fn print_gates(d: &Demo, name: &str) -> Result<()> {
-    let events = d
-        .admin("GET", &format!("/rollouts/{name}/events"), "")
-        .await?;
-    for e in events["events"].as_array().into_iter().flatten() {
-        let det = &e["details"];
-        match e["kind"].as_str() {
-            Some("gate_passed") | Some("gate_failed") => println!(
+    for e in d.events(name).await? {
+        match e.kind.as_str() {
+            "gate_passed" | "gate_failed" => println!(
                 "  {:<20} {} · canary {} req, acc {} vs {}, p95 {} vs {} ms, errors {} vs {}",
-                e["kind"].as_str().unwrap_or(""),
-                e["message"].as_str().unwrap_or(""),
-                f(&det["canary_requests"], 0),
-                pct(&det["canary_accuracy"]),
-                pct(&det["stable_accuracy"]),
-                det["canary_p95_us"]
-                    .as_f64()
-                    .map_or("—".into(), |u| format!("{:.2}", u / 1000.0)),
-                det["stable_p95_us"]
-                    .as_f64()
-                    .map_or("—".into(), |u| format!("{:.2}", u / 1000.0)),
-                pct(&det["canary_error_rate"]),
-                pct(&det["stable_error_rate"]),
+                e.kind,
+                e.message,
+                f(e.num("canary_requests"), 0),
+                pct(e.num("canary_accuracy")),
+                pct(e.num("stable_accuracy")),
+                f(e.num("canary_p95_us").map(|u| u / 1000.0), 2),
+                f(e.num("stable_p95_us").map(|u| u / 1000.0), 2),
+                pct(e.num("canary_error_rate")),
+                pct(e.num("stable_error_rate")),
             ),
-            Some("step_advanced") | Some("promoted") | Some("rolled_back") => {
-                println!(
-                    "  {:<20} {}",
-                    e["kind"].as_str().unwrap_or(""),
-                    e["message"].as_str().unwrap_or("")
-                )
+            "step_advanced" | "promoted" | "rolled_back" => {
+                println!("  {:<20} {}", e.kind, e.message)
             }
             _ => {}
         }
     }
     Ok(())
+}
+
+fn reason(v: &RolloutView) -> String {
+    v.reason.clone().unwrap_or_default()
+}
+
+fn outcome(view: &RolloutView) {
+    println!(
+        "  outcome              \x1b[1m{}\x1b[0m — {}",
+        view.phase.as_str(),
+        view.reason.as_deref().unwrap_or("")
+    );
+}
+
+/// The first value of a prediction or label, as text.
+fn first(values: &[Value]) -> String {
+    values.first().map_or_else(|| "—".to_string(), label)
 }
 
 async fn wait_for_alert(alerts: &Mutex<Vec<Value>>, rollout: &str, kind: &str) -> Option<Value> {

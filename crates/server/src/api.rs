@@ -1,0 +1,444 @@
+//! The admin API's request and response bodies, as serde types: the server answers with
+//! them, and the CLI, the demo and the tests read them back through the `client` module.
+//!
+//! One shape per statistic, wherever it is shown: a version's statistics are always
+//! [`VersionStats`] (latencies in milliseconds, the unit in the field name), a shadow pair's
+//! always [`PairView`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use switchyard_core::audit::Detail;
+use switchyard_core::rollout::{
+    AbReport, GatePolicy, Phase, Recommendation, RolloutSpec, ShadowReport,
+};
+use switchyard_core::{ModelRoute, PairStats, Role, Strategy, VariantStats};
+use switchyard_stats::mcnemar::McNemar;
+
+/// The body of every refusal: `{"error": {"code", "message", "problems"?}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    /// Every problem, for validation errors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing.
+
+/// `GET /routes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoutesView {
+    pub epoch: u64,
+    pub routes: BTreeMap<String, ModelRoute>,
+}
+
+/// `PUT /routes/{model}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteChanged {
+    pub epoch: u64,
+    pub route: Option<ModelRoute>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics.
+
+/// Traffic, errors, latency and quality of one version (or one series of it).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VersionStats {
+    pub requests: u64,
+    pub errors: u64,
+    pub error_rate: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub mean_ms: Option<f64>,
+    /// Labelled instances (classification or regression).
+    pub labelled: u64,
+    /// Correct labelled classifications.
+    pub correct: u64,
+    pub accuracy: Option<f64>,
+    pub mae: Option<f64>,
+    pub rmse: Option<f64>,
+    /// Business metrics from feedback, by name.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, MetricSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricSummary {
+    pub count: u64,
+    pub mean: Option<f64>,
+}
+
+fn us_to_ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+impl From<&VariantStats> for VersionStats {
+    fn from(s: &VariantStats) -> Self {
+        VersionStats {
+            requests: s.requests,
+            errors: s.errors,
+            error_rate: s.error_rate(),
+            p50_ms: s.latency.p50().map(us_to_ms),
+            p95_ms: s.latency.p95().map(us_to_ms),
+            p99_ms: s.latency.p99().map(us_to_ms),
+            mean_ms: s.latency.mean().map(|us| us / 1000.0),
+            labelled: s.correct.trials.max(s.abs_error.count()),
+            correct: s.correct.successes,
+            accuracy: s.correct.rate(),
+            mae: s.abs_error.mean(),
+            rmse: s.sq_error.mean().map(f64::sqrt),
+            metrics: s
+                .metrics
+                .iter()
+                .map(|(k, m)| {
+                    (
+                        k.clone(),
+                        MetricSummary {
+                            count: m.count(),
+                            mean: m.mean(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One series of a model: a version in a role under a routing variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesView {
+    pub version: String,
+    pub variant: String,
+    pub role: Role,
+    #[serde(flatten)]
+    pub stats: VersionStats,
+}
+
+/// A serving version and its shadow, compared on the same requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairView {
+    pub primary: String,
+    pub shadow: String,
+    /// Requests both answered.
+    pub compared: u64,
+    pub agreement: Option<f64>,
+    pub labelled: u64,
+    pub both_correct: u64,
+    pub primary_only_correct: u64,
+    pub shadow_only_correct: u64,
+    pub both_wrong: u64,
+    pub mcnemar: McNemar,
+    pub shadow_calls: u64,
+    pub shadow_errors: u64,
+}
+
+impl PairView {
+    pub fn of(primary: &str, shadow: &str, p: &PairStats) -> Self {
+        PairView {
+            primary: primary.to_string(),
+            shadow: shadow.to_string(),
+            compared: p.agreement.trials,
+            agreement: p.agreement.rate(),
+            labelled: p.labelled(),
+            both_correct: p.both_correct,
+            primary_only_correct: p.primary_only,
+            shadow_only_correct: p.shadow_only,
+            both_wrong: p.both_wrong,
+            mcnemar: switchyard_stats::mcnemar::mcnemar(p.primary_only, p.shadow_only),
+            shadow_calls: p.shadow_calls,
+            shadow_errors: p.shadow_errors,
+        }
+    }
+}
+
+/// `GET /models/{model}/stats[?epoch=N]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelStats {
+    pub model: String,
+    pub epoch: Option<u64>,
+    pub variants: Vec<SeriesView>,
+    pub pairs: Vec<PairView>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rollouts.
+
+/// One rollout as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutView {
+    pub name: String,
+    pub model: String,
+    /// `shadow`, `canary`, `ab` or `blue_green`.
+    pub kind: String,
+    pub current: String,
+    pub candidate: String,
+    pub phase: Phase,
+    /// The current step, counted from 1.
+    pub step: usize,
+    /// The routing strategy the rollout holds now.
+    pub strategy: Strategy,
+    pub recommendation: Option<Recommendation>,
+    pub reason: Option<String>,
+    pub started_ms: i64,
+    pub spec: RolloutSpec,
+}
+
+/// `GET /rollouts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutList {
+    pub rollouts: Vec<RolloutView>,
+}
+
+/// `POST /rollouts?dry_run=true`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DryRun {
+    pub valid: bool,
+    pub spec: RolloutSpec,
+}
+
+/// One audit event with its place in the hash chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventView {
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub kind: String,
+    pub actor: String,
+    pub message: String,
+    pub details: BTreeMap<String, Detail>,
+    pub hash: String,
+}
+
+impl EventView {
+    /// A numeric detail.
+    pub fn num(&self, key: &str) -> Option<f64> {
+        match self.details.get(key) {
+            Some(Detail::Num(x)) => Some(*x),
+            _ => None,
+        }
+    }
+
+    /// A text detail.
+    pub fn text(&self, key: &str) -> Option<&str> {
+        match self.details.get(key) {
+            Some(Detail::Text(s)) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl From<&switchyard_store::StoredEvent> for EventView {
+    fn from(e: &switchyard_store::StoredEvent) -> Self {
+        EventView {
+            seq: e.seq,
+            ts_ms: e.event.ts_ms,
+            kind: e.event.kind.clone(),
+            actor: e.event.actor.clone(),
+            message: e.event.message.clone(),
+            details: e.event.details.iter().cloned().collect(),
+            hash: e.hash.clone(),
+        }
+    }
+}
+
+/// `GET /rollouts/{name}/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutEvents {
+    pub rollout: String,
+    pub events: Vec<EventView>,
+}
+
+/// `GET /audit/verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainCheck {
+    /// Events read.
+    pub events: u64,
+    pub ok: bool,
+    /// Where the chain first breaks.
+    pub first_bad_seq: Option<u64>,
+    pub problem: Option<String>,
+}
+
+impl From<switchyard_store::ChainReport> for ChainCheck {
+    fn from(r: switchyard_store::ChainReport) -> Self {
+        ChainCheck {
+            events: r.events,
+            ok: r.ok,
+            first_bad_seq: r.first_bad_seq,
+            problem: r.problem,
+        }
+    }
+}
+
+/// A snapshot of a rollout's statistics (for charts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    pub ts_ms: i64,
+    pub phase: Phase,
+    pub step: usize,
+    pub candidate_percent: f64,
+    pub versions: BTreeMap<String, VersionStats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<PairPoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ab: Option<AbPoint>,
+}
+
+/// A shadow pair in a history point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairPoint {
+    pub agreement: Option<f64>,
+    pub compared: u64,
+    pub labelled: u64,
+    /// McNemar's b: the primary right, the shadow wrong.
+    pub b: u64,
+    /// McNemar's c: the primary wrong, the shadow right.
+    pub c: u64,
+    pub mcnemar_p: f64,
+}
+
+/// An A/B test in a history point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AbPoint {
+    pub control_rate: Option<f64>,
+    pub treatment_rate: Option<f64>,
+    pub control_trials: u64,
+    pub treatment_trials: u64,
+    pub p_value: Option<f64>,
+    pub prob_b_beats_a: Option<f64>,
+    pub srm_p: Option<f64>,
+    pub observed_split: BTreeMap<String, u64>,
+}
+
+/// `GET /rollouts/{name}/history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutHistory {
+    pub rollout: String,
+    pub points: Vec<HistoryPoint>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reports.
+
+/// `GET /rollouts/{name}/report?format=json`: what a rollout did and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub rollout: RolloutView,
+    /// Serving statistics of each version over the whole rollout.
+    pub versions: BTreeMap<String, VersionStats>,
+    pub analysis: Analysis,
+    pub events: Vec<EventView>,
+}
+
+/// The analysis of the rollout's kind: exactly one part is present.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Analysis {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowAnalysis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ab: Option<AbAnalysis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryAnalysis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blue_green: Option<BlueGreenAnalysis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowAnalysis {
+    pub report: ShadowReport,
+    /// The candidate's own statistics as a shadow.
+    pub shadow_stats: VersionStats,
+    pub primary_stats: VersionStats,
+    /// Up to 20 requests where the two disagreed, newest first.
+    pub disagreements: Vec<Disagreement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Disagreement {
+    pub request_id: String,
+    /// The request body as logged, when inputs are logged.
+    pub input: Option<serde_json::Value>,
+    pub primary: Vec<serde_json::Value>,
+    pub shadow: Vec<serde_json::Value>,
+    pub truth: Option<Vec<serde_json::Value>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AbAnalysis {
+    pub report: AbReport,
+    /// Requests per arm (`a`, `b`).
+    pub observed_split: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanaryAnalysis {
+    pub steps: Vec<StepView>,
+    pub gate: GatePolicy,
+    /// Counted from 1.
+    pub current_step: usize,
+    pub candidate_this_step: Option<VersionStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepView {
+    pub percent: f64,
+    pub min_requests: u64,
+    pub min_duration_ms: u64,
+    pub require_approval: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BlueGreenAnalysis {
+    pub active: String,
+    pub candidate: String,
+    pub switches: Vec<SwitchView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwitchView {
+    /// `switched`, `rolled_back` or `retired`.
+    pub kind: String,
+    pub ts_ms: i64,
+    pub routing_swap_us: Option<f64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster.
+
+/// `GET /cluster`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterView {
+    pub replica: String,
+    pub store: String,
+    pub is_controller: bool,
+    #[serde(default)]
+    pub controller: Option<LeaderView>,
+    pub routing_epoch: u64,
+    pub replicas: Vec<ReplicaView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderView {
+    pub replica: String,
+    pub admin_url: String,
+    pub term: i64,
+    pub since_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaView {
+    pub replica: String,
+    pub updated_ms: i64,
+    pub serving_requests: u64,
+}
