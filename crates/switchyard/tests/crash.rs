@@ -11,7 +11,8 @@ use std::path::Path;
 use std::process::Child;
 use std::time::Duration;
 
-use support::{http, metric, repo, request_body, wait_for};
+use support::{http, metric, repo, request_body, wait_for, Admin};
+use switchyard_core::rollout::Phase;
 
 struct Serve {
     child: Child,
@@ -76,10 +77,8 @@ models:
     // A canary without quality checks (no labels needed), 50 requests and 0.3 s per step, and a
     // blue-green whose monitoring window lasts an hour.
     let canary = "name: c\nmodel: yield\nkind: canary\nstable: v1\ncandidate: v2\nmin_requests: 50\nmin_duration_ms: 300\nsteps: [{weight: 50}, {weight: 90, min_duration_ms: 3600000}, {weight: 100}]\ngate: { max_accuracy_drop: null, max_mae_increase: null, max_p95_increase: null }\n";
-    assert_eq!(
-        http("POST", &format!("{}/admin/v1/rollouts", s.url), canary).0,
-        201
-    );
+    let admin = Admin::new(&s.url);
+    admin.call(|a| a.apply(canary));
     // The first 100 rows of the shipped validation set: the replay's length in real time
     // depends on the machine, and this test is about the crash, not the validation.
     let validation = dir.path().join("validation_100.csv");
@@ -94,20 +93,17 @@ models:
         "name: bg\nmodel: other\nkind: blue_green\nactive: blue\ncandidate: green\nvalidation_set: {}\nsmoke_requests: 3\nmonitor_min_requests: 1000000\nmonitor_duration_ms: 3600000\n",
         validation.display()
     );
-    assert_eq!(
-        http("POST", &format!("{}/admin/v1/rollouts", s.url), &bg).0,
-        201
-    );
+    admin.call(|a| a.apply(&bg));
     let mut sent = 0;
     wait_for("the canary's step 2", Duration::from_secs(60), || {
         traffic(&s.url, sent, 40);
         sent += 40;
-        http("GET", &format!("{}/admin/v1/rollouts/c", s.url), "").2["step"] == 2
+        admin.call(|a| a.rollout("c")).step == 2
     });
     wait_for("the blue-green switch", Duration::from_secs(180), || {
-        http("GET", &format!("{}/admin/v1/rollouts/bg", s.url), "").2["phase"] == "monitoring"
+        admin.call(|a| a.rollout("bg")).phase == Phase::Monitoring
     });
-    let routes_before = http("GET", &format!("{}/admin/v1/routes", s.url), "").2["routes"].clone();
+    let routes_before = admin.call(|a| a.routes()).routes;
     let committed = metric(&s.url, "switchyard_log_written_records_total");
     assert!(committed > 0.0);
 
@@ -118,30 +114,22 @@ models:
     drop(s);
 
     let s = serve(&config, &data);
-    let c = http("GET", &format!("{}/admin/v1/rollouts/c", s.url), "").2;
-    assert_eq!(
-        (c["phase"].as_str(), c["step"].as_u64()),
-        (Some("running"), Some(2)),
-        "{c}"
-    );
-    let bg = http("GET", &format!("{}/admin/v1/rollouts/bg", s.url), "").2;
-    assert_eq!(bg["phase"], "monitoring", "{bg}");
-    let routes_after = http("GET", &format!("{}/admin/v1/routes", s.url), "").2["routes"].clone();
+    let admin = Admin::new(&s.url);
+    let c = admin.call(|a| a.rollout("c"));
+    assert_eq!((c.phase, c.step), (Phase::Running, 2), "{c:?}");
+    let bg = admin.call(|a| a.rollout("bg"));
+    assert_eq!(bg.phase, Phase::Monitoring, "{bg:?}");
+    let routes_after = admin.call(|a| a.routes()).routes;
     assert_eq!(
         routes_after, routes_before,
         "the same weights and colours after the restart"
     );
-    let audit = http("GET", &format!("{}/admin/v1/audit/verify", s.url), "").2;
-    assert_eq!(audit["ok"], true, "{audit}");
+    let audit = admin.call(|a| a.audit_verify());
+    assert!(audit.ok, "{audit:?}");
     // Every record committed before the kill survived: the aggregates are rebuilt from the log
     // (only the yield model had traffic; blue-green validation calls are not logged).
-    let stats = http("GET", &format!("{}/admin/v1/models/yield/stats", s.url), "").2;
-    let recovered: u64 = stats["variants"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["requests"].as_u64().unwrap())
-        .sum();
+    let stats = admin.call(|a| a.model_stats("yield", None));
+    let recovered: u64 = stats.variants.iter().map(|v| v.stats.requests).sum();
     assert!(
         recovered as f64 >= committed,
         "recovered {recovered} of {committed} committed"

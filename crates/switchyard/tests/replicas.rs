@@ -13,8 +13,11 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use support::{get, http, http_with, metric, repo, request_body, wait_for};
+use support::{http, http_with, metric, repo, request_body, wait_for, Admin};
+use switchyard_core::rollout::Phase;
+use switchyard_core::Strategy;
+use switchyard_server::api::{ChainCheck, RoutesView};
+use switchyard_server::client::ClientError;
 use switchyard_store::{Cluster, StoreUrl};
 
 struct Replica {
@@ -58,9 +61,10 @@ fn traffic(replica: &mut Replica, from: u64, n: u64) {
 }
 
 fn controller_of(url: &str) -> Option<String> {
-    get(&format!("{url}/admin/v1/cluster"))["controller"]["replica"]
-        .as_str()
-        .map(str::to_string)
+    Admin::new(url)
+        .call(|a| a.cluster())
+        .controller
+        .map(|c| c.replica)
 }
 
 #[test]
@@ -89,13 +93,14 @@ fn three_replicas_one_controller_takeover_after_kill_9() {
     let leader = controller_of(&replicas[0].url).unwrap();
     for r in &replicas {
         assert_eq!(controller_of(&r.url).as_deref(), Some(leader.as_str()));
-        let me = get(&format!("{}/admin/v1/cluster", r.url));
-        assert_eq!(me["is_controller"], r.name == leader, "{me}");
+        let me = Admin::new(&r.url).call(|a| a.cluster());
+        assert_eq!(me.is_controller, r.name == leader, "{me:?}");
     }
 
     // Applied through a replica that is not the controller: forwarded to it.
     let canary = "name: c\nmodel: yield\nkind: canary\nstable: v1\ncandidate: v2\nmin_requests: 60\nmin_duration_ms: 300\nsteps: [{weight: 30}, {weight: 60, min_duration_ms: 1500}, {weight: 100}]\ngate: { max_accuracy_drop: null, max_mae_increase: null, max_p95_increase: null }\n";
     let follower = replicas.iter().position(|r| r.name != leader).unwrap();
+    // (raw, to see which replica answered)
     let (status, headers, view) = http(
         "POST",
         &format!("{}/admin/v1/rollouts", replicas[follower].url),
@@ -104,25 +109,24 @@ fn three_replicas_one_controller_takeover_after_kill_9() {
     assert_eq!(status, 201, "{view}");
     assert_eq!(headers.get("x-switchyard-controller"), Some(&leader));
     // A second apply through another follower is refused by the controller as a conflict.
-    let (status, _, body) = http(
-        "POST",
-        &format!("{}/admin/v1/rollouts", replicas[follower].url),
-        canary,
-    );
-    assert_eq!(status, 409, "{body}");
+    let follower_admin = Admin::new(&replicas[follower].url);
+    match follower_admin.try_call(|a| a.apply(canary)) {
+        Err(ClientError::Refused { status, .. }) => assert_eq!(status.as_u16(), 409),
+        other => panic!("a second apply must conflict: {other:?}"),
+    }
 
     // The new routing reaches every replica, with the same epoch.
     wait_for(
         "the canary's routing on every replica",
         Duration::from_secs(10),
         || {
-            let tables: Vec<Value> = replicas
+            let tables: Vec<RoutesView> = replicas
                 .iter()
-                .map(|r| get(&format!("{}/admin/v1/routes", r.url)))
+                .map(|r| Admin::new(&r.url).call(|a| a.routes()))
                 .collect();
-            tables
-                .iter()
-                .all(|t| t == &tables[0] && t["routes"]["yield"]["strategy"]["kind"] == "split")
+            tables.iter().all(|t| {
+                t == &tables[0] && matches!(t.routes["yield"].strategy, Strategy::Split { .. })
+            })
         },
     );
 
@@ -155,7 +159,7 @@ fn three_replicas_one_controller_takeover_after_kill_9() {
             traffic(r, sent, 10);
             sent += 10;
         }
-        get(&format!("{}/admin/v1/rollouts/c", replicas[follower].url))["step"] == 2
+        follower_admin.call(|a| a.rollout("c")).step == 2
     });
 
     // Stop sending to the controller, let its log catch up with what it answered, then kill -9.
@@ -169,14 +173,14 @@ fn three_replicas_one_controller_takeover_after_kill_9() {
     let mut dead = replicas.remove(li);
     dead.child.kill().unwrap();
     dead.child.wait().unwrap();
-    let step_before = get(&format!("{}/admin/v1/rollouts/c", replicas[0].url))["step"].clone();
-    assert_eq!(step_before, 2);
+    let survivor = Admin::new(&replicas[0].url);
+    assert_eq!(survivor.call(|a| a.rollout("c")).step, 2);
 
     // Another replica takes over.
     let took = wait_for("a new controller", Duration::from_secs(30), || {
         replicas.iter().any(|r| {
-            let me = get(&format!("{}/admin/v1/cluster", r.url));
-            me["is_controller"] == true && me["controller"]["replica"] == r.name.as_str()
+            let me = Admin::new(&r.url).call(|a| a.cluster());
+            me.is_controller && me.controller.is_some_and(|c| c.replica == r.name)
         })
     });
     let new_leader = controller_of(&replicas[0].url).unwrap();
@@ -189,38 +193,32 @@ fn three_replicas_one_controller_takeover_after_kill_9() {
             traffic(r, sent, 10);
             sent += 10;
         }
-        get(&format!("{}/admin/v1/rollouts/c", replicas[0].url))["phase"] == "completed"
+        survivor.call(|a| a.rollout("c")).phase == Phase::Completed
     });
-    let routes: Vec<Value> = replicas
+    let routes: Vec<RoutesView> = replicas
         .iter()
         .map(|r| {
+            let admin = Admin::new(&r.url);
             wait_for("the final routing", Duration::from_secs(10), || {
-                get(&format!("{}/admin/v1/routes", r.url))["routes"]["yield"]["strategy"]
-                    == json!({"kind": "single", "version": "v2"})
+                admin.call(|a| a.routes()).routes["yield"].strategy
+                    == Strategy::Single {
+                        version: "v2".into(),
+                    }
             });
-            get(&format!("{}/admin/v1/routes", r.url))
+            admin.call(|a| a.routes())
         })
         .collect();
     assert_eq!(routes[0], routes[1], "one routing table");
 
     // One audit trail, intact, with the steps decided by both controllers.
-    let audit = get(&format!("{}/admin/v1/audit/verify", replicas[1].url));
-    assert_eq!(audit["ok"], true, "{audit}");
-    let events = get(&format!("{}/admin/v1/rollouts/c/events", replicas[1].url));
-    let kinds: Vec<&str> = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let other = Admin::new(&replicas[1].url);
+    let audit = other.call(|a| a.audit_verify());
+    assert!(audit.ok, "{audit:?}");
+    let events = other.call(|a| a.events("c")).events;
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds.last(), Some(&"promoted"), "{kinds:?}");
     // Each event names the replica that decided it: the first controller, then its successor.
-    let deciders: Vec<&str> = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["details"]["replica"].as_str().unwrap())
-        .collect();
+    let deciders: Vec<&str> = events.iter().map(|e| e.text("replica").unwrap()).collect();
     assert_eq!(deciders.first(), Some(&leader.as_str()), "{deciders:?}");
     assert_eq!(deciders.last(), Some(&new_leader.as_str()), "{deciders:?}");
     let switch = deciders.iter().position(|d| *d == new_leader).unwrap();
@@ -247,9 +245,9 @@ fn three_replicas_one_controller_takeover_after_kill_9() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let offline: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(offline["ok"], true, "{offline}");
-    assert_eq!(offline["events"], audit["events"]);
+    let offline: ChainCheck = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(offline.ok, "{offline:?}");
+    assert_eq!(offline.events, audit.events);
 
     // Every replica's log holds exactly what it answered; together, all the traffic sent.
     for r in &replicas {

@@ -144,3 +144,47 @@ pub fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) ->
     }
     start.elapsed()
 }
+
+/// The admin API of a gateway process, through the gateway's own client (the one the CLI
+/// uses), on a runtime of its own so that these std tests stay blocking.
+pub struct Admin {
+    client: switchyard_server::client::AdminClient,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Admin {
+    pub fn new(url: &str) -> Admin {
+        Admin {
+            client: switchyard_server::client::AdminClient::new(url)
+                .unwrap()
+                .with_actor("test"),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// Runs one call and returns its answer or its error.
+    pub fn try_call<'a, T, F>(
+        &'a self,
+        call: impl FnOnce(&'a switchyard_server::client::AdminClient) -> F,
+    ) -> Result<T, switchyard_server::client::ClientError>
+    where
+        F: std::future::Future<Output = Result<T, switchyard_server::client::ClientError>>,
+    {
+        self.runtime.block_on(call(&self.client))
+    }
+
+    /// Runs one call that must succeed.
+    pub fn call<'a, T, F>(
+        &'a self,
+        call: impl FnOnce(&'a switchyard_server::client::AdminClient) -> F,
+    ) -> T
+    where
+        F: std::future::Future<Output = Result<T, switchyard_server::client::ClientError>>,
+    {
+        self.try_call(call)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.client.base()))
+    }
+}
