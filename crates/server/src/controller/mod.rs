@@ -8,84 +8,34 @@
 //! the background, and starts chained rollouts. Time comes from a [`Clock`], so tests and the
 //! demo can drive it explicitly.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use serde_json::json;
 
-use crate::api::{AbPoint, HistoryPoint, PairPoint, RolloutView, VersionStats};
+use crate::api::{HistoryPoint, RolloutView};
 use switchyard_core::audit::{Alert, AuditEvent, Detail};
 use switchyard_core::rollout::{
     self, Action, Command, Observations, Phase, RolloutKind, RolloutSpec, RolloutState, Validation,
 };
 use switchyard_core::rollout_config::RawRollout;
-use switchyard_core::{Role, VariantStats};
+use switchyard_core::Role;
 use switchyard_store::{ControlStore, Leader, StoreError, StoreUrl, StoredEvent};
 
 use crate::alerts::AlertSender;
-use crate::backend::Call;
-use crate::protocol::{self, Wire};
 use crate::state::AppState;
 
-/// Where the controller's "now" comes from.
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    fn now_ms(&self) -> i64;
-}
+mod clock;
+mod history;
+mod validation;
 
-/// Wall-clock time.
-#[derive(Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        crate::runtime::now_ms()
-    }
-}
-
-/// A clock moved by hand (tests).
-#[derive(Debug, Default)]
-pub struct ManualClock(pub AtomicI64);
-
-impl ManualClock {
-    pub fn advance(&self, ms: i64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// Wall-clock time running `scale` times faster than real time from its creation (the demo
-/// compresses minutes into seconds this way).
-#[derive(Debug)]
-pub struct ScaledClock {
-    origin_ms: i64,
-    started: Instant,
-    scale: f64,
-}
-
-impl ScaledClock {
-    pub fn new(scale: f64) -> Self {
-        ScaledClock {
-            origin_ms: crate::runtime::now_ms(),
-            started: Instant::now(),
-            scale: scale.max(1.0),
-        }
-    }
-}
-
-impl Clock for ScaledClock {
-    fn now_ms(&self) -> i64 {
-        self.origin_ms + (self.started.elapsed().as_secs_f64() * 1000.0 * self.scale) as i64
-    }
-}
+pub use clock::{Clock, ManualClock, ScaledClock, SystemClock};
+use history::History;
+pub use validation::read_validation_set;
+use validation::validate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -102,16 +52,6 @@ pub enum ControlError {
     /// Another replica runs the controller (commands are forwarded to it).
     #[error("this replica is not the controller{}", match .0 { Some(l) => format!(" (replica '{}' at {} is)", l.replica, l.admin_url), None => " and no replica is right now; retry shortly".into() })]
     NotLeader(Option<Leader>),
-}
-
-/// Snapshots kept per rollout, and how often one is taken.
-const HISTORY_POINTS: usize = 600;
-const HISTORY_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-
-#[derive(Debug)]
-struct History {
-    points: VecDeque<HistoryPoint>,
-    last: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -422,73 +362,13 @@ impl Controller {
         }
     }
 
-    /// Records a snapshot for the charts, at most every [`HISTORY_EVERY`] of real time.
+    /// Records a snapshot for the charts (see `history`).
     fn sample(&self, spec: &RolloutSpec, state: &RolloutState, obs: &Observations, now: i64) {
-        let mut history = self.history.lock();
-        let h = history.entry(spec.name.clone()).or_insert_with(|| History {
-            points: VecDeque::new(),
-            last: None,
-        });
-        if h.last.is_some_and(|t: Instant| t.elapsed() < HISTORY_EVERY) {
-            return;
-        }
-        h.last = Some(Instant::now());
-        let (_, candidate) = spec.versions();
-        let weight = match &state.strategy {
-            switchyard_core::Strategy::Split { arms } => arms
-                .iter()
-                .find(|a| a.version == candidate)
-                .map_or(0, |a| a.weight),
-            switchyard_core::Strategy::Single { version } if version == candidate => {
-                switchyard_core::routing::BUCKETS
-            }
-            switchyard_core::Strategy::BlueGreen {
-                active: switchyard_core::routing::Colour::Green,
-                ..
-            } => switchyard_core::routing::BUCKETS,
-            _ => 0,
-        };
-        let ab = match &spec.kind {
-            RolloutKind::Ab(a) => {
-                let r = rollout::ab_report(a, obs);
-                Some(AbPoint {
-                    control_rate: r.control.rate(),
-                    treatment_rate: r.treatment.rate(),
-                    control_trials: r.control.trials,
-                    treatment_trials: r.treatment.trials,
-                    p_value: r.test.map(|t| t.p_value),
-                    prob_b_beats_a: r.bayes.map(|b| b.prob_b_beats_a),
-                    srm_p: r.srm.as_ref().map(|s| s.p_value),
-                    observed_split: obs.by_variant.clone(),
-                })
-            }
-            _ => None,
-        };
-        let point = HistoryPoint {
-            ts_ms: now,
-            phase: state.phase,
-            step: state.step + 1,
-            candidate_percent: f64::from(weight) / 100.0,
-            versions: obs
-                .total
-                .iter()
-                .map(|(v, s)| (v.clone(), VersionStats::from(s)))
-                .collect(),
-            pair: obs.pair.as_ref().map(|pair| PairPoint {
-                agreement: pair.agreement.rate(),
-                compared: pair.agreement.trials,
-                labelled: pair.labelled(),
-                b: pair.primary_only,
-                c: pair.shadow_only,
-                mcnemar_p: switchyard_stats::mcnemar::mcnemar(pair.primary_only, pair.shadow_only)
-                    .p_value,
-            }),
-            ab,
-        };
-        h.points.push_back(point);
-        while h.points.len() > HISTORY_POINTS {
-            h.points.pop_front();
-        }
+        self.history
+            .lock()
+            .entry(spec.name.clone())
+            .or_default()
+            .sample(spec, state, obs, now);
     }
 
     /// The snapshots recorded for a rollout, oldest first.
@@ -496,7 +376,7 @@ impl Controller {
         self.history
             .lock()
             .get(name)
-            .map(|h| h.points.iter().cloned().collect())
+            .map(History::points)
             .unwrap_or_default()
     }
 
@@ -726,135 +606,4 @@ fn load_rollouts(store: &ControlStore) -> Result<BTreeMap<String, Entry>, StoreE
         rollouts.insert(row.name, Entry { spec, state });
     }
     Ok(rollouts)
-}
-
-/// Replays a validation set (and smoke requests) against a backend that takes no traffic yet.
-#[allow(clippy::too_many_arguments)]
-async fn validate(
-    backend: &crate::backend::Backend,
-    model: &str,
-    version: &str,
-    task: switchyard_core::config::Task,
-    classes: Option<&[String]>,
-    path: Option<&Path>,
-    smoke: u64,
-    min_accuracy: Option<f64>,
-    max_p95_ms: Option<f64>,
-) -> Validation {
-    let fail = |reason: String| Validation {
-        passed: false,
-        smoke_ok: false,
-        samples: 0,
-        accuracy: None,
-        p95_ms: None,
-        reason,
-    };
-    let rows: Vec<(Vec<f32>, String)> = match path {
-        Some(p) => match read_validation_set(p) {
-            Ok(rows) => rows,
-            Err(e) => return fail(e),
-        },
-        None => return fail("no validation_set given".into()),
-    };
-    let mut latency = VariantStats::default().latency;
-    let (mut correct, mut samples) = (0u64, 0u64);
-    for (i, (row, label)) in rows.iter().enumerate() {
-        let body = protocol::JsonBody::from_value(protocol::rows_to_request(
-            Wire::V2,
-            std::slice::from_ref(row),
-        ));
-        let call = Call {
-            wire: Wire::V2,
-            model,
-            version,
-            body: &body,
-            task,
-            classes,
-        };
-        let started = Instant::now();
-        let result = backend.call(&call, backend.timeout()).await;
-        latency.record(started.elapsed().as_micros() as u64);
-        match result {
-            Ok(reply) => {
-                samples += 1;
-                if let switchyard_core::Prediction::Classes(c) = &reply.prediction {
-                    correct += u64::from(c.first() == Some(label));
-                }
-            }
-            Err(e) if (i as u64) < smoke => {
-                return fail(format!("smoke request {} failed: {e}", i + 1))
-            }
-            Err(_) => {}
-        }
-    }
-    let accuracy = (samples > 0).then(|| correct as f64 / samples as f64);
-    let p95_ms = latency.p95().map(|us| us as f64 / 1000.0);
-    let mut reasons = Vec::new();
-    if let (Some(min), Some(acc)) = (min_accuracy, accuracy) {
-        if acc < min {
-            reasons.push(format!(
-                "accuracy {:.1}% below {:.1}%",
-                acc * 100.0,
-                min * 100.0
-            ));
-        }
-    }
-    if let (Some(max), Some(p95)) = (max_p95_ms, p95_ms) {
-        if p95 > max {
-            reasons.push(format!("p95 {p95:.2} ms above {max:.2} ms"));
-        }
-    }
-    if samples < rows.len() as u64 {
-        reasons.push(format!(
-            "{} of {} requests failed",
-            rows.len() as u64 - samples,
-            rows.len()
-        ));
-    }
-    Validation {
-        passed: reasons.is_empty(),
-        smoke_ok: true,
-        samples,
-        accuracy,
-        p95_ms,
-        reason: if reasons.is_empty() {
-            "all thresholds met".into()
-        } else {
-            reasons.join("; ")
-        },
-    }
-}
-
-/// Reads a CSV whose last column is the label and the others numeric features.
-pub fn read_validation_set(path: &Path) -> Result<Vec<(Vec<f32>, String)>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut rows = Vec::new();
-    for (n, line) in text.lines().enumerate().skip(1) {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-        let Some((label, features)) = cells.split_last() else {
-            continue;
-        };
-        let features = features
-            .iter()
-            .map(|c| {
-                c.parse::<f32>().map_err(|_| {
-                    format!("{} line {}: '{c}' is not a number", path.display(), n + 1)
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let label = label
-            .parse::<f64>()
-            .ok()
-            .and_then(|f| protocol::label_of(&json!(f)))
-            .unwrap_or_else(|| label.to_string());
-        rows.push((features, label));
-    }
-    if rows.is_empty() {
-        return Err(format!("{} holds no rows", path.display()));
-    }
-    Ok(rows)
 }
