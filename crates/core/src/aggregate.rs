@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use switchyard_stats::{BottomK, LatencyHistogram, Moments, Proportion, SignedLogHistogram};
-use xxhash_rust::xxh3::xxh3_64_with_seed;
+use xxhash_rust::xxh3::Xxh3Default;
 
 use crate::record::{score, Prediction, PredictionRecord, Role, Scored, Tolerance, Truth};
 
@@ -89,11 +89,16 @@ pub struct PairKey {
     pub shadow: String,
 }
 
-/// The key of one instance of one request in the bottom-k samples: xxh3 of the request id,
-/// seeded with the instance's index. Stable across processes and replicas (never a
-/// per-process randomized hash), so every replica keeps the same items.
+/// The key of one instance of one request in the bottom-k samples: xxh3 (64 bits) of the
+/// request id's bytes followed by the instance's index as 8 little-endian bytes. Stable across
+/// processes and replicas (never a per-process randomized hash), so every replica keeps the
+/// same items. (Not the index as xxh3's seed: for short inputs xxh3 folds the seed into a few
+/// bits of the key, and `("v14", 1)` then hashes like `("v15", 0)`.)
 pub fn sample_hash(request_id: &str, instance: usize) -> u64 {
-    xxh3_64_with_seed(request_id.as_bytes(), instance as u64)
+    let mut h = Xxh3Default::new();
+    h.update(request_id.as_bytes());
+    h.update(&(instance as u64).to_le_bytes());
+    h.digest()
 }
 
 /// The two regression outputs of one compared instance.
@@ -556,6 +561,23 @@ mod tests {
         assert_eq!(v2.signed_error.count(), 4);
         assert_eq!(v2.signed_error.count_below(-1.0), 1);
         assert_eq!(v2.abs_error.count(), 4);
+    }
+
+    #[test]
+    fn sample_hashes_are_xxh3_of_the_id_and_the_instance() {
+        let one_shot = |id: &str, i: u64| {
+            let mut bytes = id.as_bytes().to_vec();
+            bytes.extend(i.to_le_bytes());
+            xxhash_rust::xxh3::xxh3_64(&bytes)
+        };
+        assert_eq!(sample_hash("req-1", 3), one_shot("req-1", 3));
+        // Short ids that differ in one bit, instances that differ in one bit: all distinct.
+        let mut all: Vec<u64> = (0..100)
+            .flat_map(|n| (0..4).map(move |i| sample_hash(&format!("v{n}"), i)))
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 400);
     }
 
     #[test]
