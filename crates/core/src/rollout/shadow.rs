@@ -941,6 +941,34 @@ mod tests {
         assert_eq!(r.accuracy_difference, Some(0.3));
     }
 
+    #[test]
+    fn stored_specs_round_trip_and_older_ones_load_with_the_seeds_rules() {
+        let spec = RolloutSpec {
+            name: "s".into(),
+            model: "m".into(),
+            kind: RolloutKind::Shadow(spec(ShadowRules {
+                test: RegressionTest::Wilcoxon,
+                max_underestimate: Some(Underestimate {
+                    by: 50.0,
+                    share: 0.01,
+                }),
+                ..Default::default()
+            })),
+        };
+        let text = serde_yaml::to_string(&spec).unwrap();
+        assert_eq!(serde_yaml::from_str::<RolloutSpec>(&text).unwrap(), spec);
+        // A spec stored before the rules were fields (JSON, as the control store keeps it).
+        let old = r#"{"name":"s","model":"m","kind":"shadow","primary":"v1","candidate":"v2",
+            "sample":10000,"min_labelled":1,"min_duration_ms":0,"min_improvement":0.02,
+            "max_drop":0.01,"alpha":0.05,"min_agreement":0.5,"max_error_rate":0.05,
+            "then_canary":null,"chain_requires_approval":false}"#;
+        let loaded: RolloutSpec = serde_yaml::from_str(old).unwrap();
+        let RolloutKind::Shadow(s) = loaded.kind else {
+            panic!("{loaded:?}")
+        };
+        assert_eq!(s.rules, ShadowRules::default());
+    }
+
     // ---- regression ----
 
     /// Deterministic noise in [−scale, scale].
