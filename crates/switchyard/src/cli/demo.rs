@@ -460,7 +460,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
         "  accuracy             v1 {}   v2 {}   ({:+.2} points)",
         pct(&s["primary_accuracy"]),
         pct(&s["shadow_accuracy"]),
-        s["improvement"].as_f64().unwrap_or(0.0) * 100.0
+        s["accuracy_difference"].as_f64().unwrap_or(0.0) * 100.0
     );
     println!(
         "  McNemar              b = {} (only v1 right), c = {} (only v2 right), χ² = {}, p = {:.2e} (exact p = {:.2e})",
