@@ -64,6 +64,23 @@ bayes.json        Beta(1+s, 1+n-s) posteriors (uniform prior).
                   2,000,000-draw Monte Carlo (within 4 standard errors).
 multiple.json     statsmodels.stats.multitest.multipletests adjusted p-values
                   for method='bonferroni' and method='holm'.
+shadow_pairs.json a shadow comparison end to end (read by
+                  crates/core/tests/shadow_reference.rs, which feeds the arrays
+                  through the aggregates and the shadow report). Regression
+                  cases: agreement = mean(np.isclose(shadow, primary,
+                  rtol=relative, atol=absolute)); MAE / RMSE of each from
+                  sklearn mean_absolute_error / sqrt(mean_squared_error);
+                  MAPE from sklearn mean_absolute_percentage_error on the
+                  instances whose truth is not 0 (a fraction; the others are
+                  counted as mape_skipped); scipy ttest_rel(|e_p|, |e_s|);
+                  scipy wilcoxon(|e_p|, |e_s|, zero_method='wilcox',
+                  correction=False, method='auto'); underestimates =
+                  sum(shadow - truth < -by), with `by` at least 2% away from
+                  every error (the histogram's buckets are 1% wide).
+                  Classification cases: sklearn accuracy_score of each,
+                  agreement = mean(primary == shadow), McNemar on the
+                  discordant labelled pairs (statsmodels, exact=False,
+                  correction=True).
 """
 
 import json
@@ -793,6 +810,145 @@ def gen_drift():
     )
 
 
+# --------------------------------------------------------------------------
+# 13. Shadow comparisons end to end (their own generator, so the fixtures above
+#     keep their bytes)
+# --------------------------------------------------------------------------
+
+rng3 = np.random.default_rng(20261215)
+
+
+def clear_margin(errors, by):
+    """A margin near `by` at least 2% away from every error's magnitude."""
+    neg = -np.asarray(errors)
+    while np.any(np.abs(neg - by) <= 0.02 * by):
+        by *= 1.037
+    return float(by)
+
+
+def regression_case(name, truth, primary, shadow, absolute, relative, by):
+    from sklearn.metrics import (
+        mean_absolute_error,
+        mean_absolute_percentage_error,
+        mean_squared_error,
+    )
+
+    truth = np.asarray(truth, dtype=float)
+    primary = np.asarray(primary, dtype=float)
+    shadow = np.asarray(shadow, dtype=float)
+    ep, es = np.abs(primary - truth), np.abs(shadow - truth)
+    nz = truth != 0
+    case = dict(
+        name=name,
+        kind="regression",
+        truth=flist(truth),
+        primary=flist(primary),
+        shadow=flist(shadow),
+        absolute=absolute,
+        relative=relative,
+        agreement=f(np.mean(np.isclose(shadow, primary, rtol=relative, atol=absolute))),
+        primary_mae=f(mean_absolute_error(truth, primary)),
+        shadow_mae=f(mean_absolute_error(truth, shadow)),
+        primary_rmse=f(math.sqrt(mean_squared_error(truth, primary))),
+        shadow_rmse=f(math.sqrt(mean_squared_error(truth, shadow))),
+        primary_mape=f(mean_absolute_percentage_error(truth[nz], primary[nz])),
+        shadow_mape=f(mean_absolute_percentage_error(truth[nz], shadow[nz])),
+        mape_skipped=int(np.sum(~nz)),
+    )
+    d = ep - es
+    if np.std(d) > 0:
+        t = st.ttest_rel(ep, es)
+        case["t"] = f(t.statistic)
+        case["t_p_value"] = f(t.pvalue)
+    if np.any(d != 0):
+        w = st.wilcoxon(ep, es, zero_method="wilcox", correction=False, alternative="two-sided")
+        case["wilcoxon_statistic"] = f(w.statistic)
+        case["wilcoxon_p_value"] = f(w.pvalue)
+    by = clear_margin(shadow - truth, by)
+    case["underestimate_by"] = by
+    case["underestimates"] = int(np.sum(shadow - truth < -by))
+    return case
+
+
+def classification_case(name, truth, primary, shadow):
+    from sklearn.metrics import accuracy_score
+
+    truth, primary, shadow = (np.asarray(a) for a in (truth, primary, shadow))
+    pc, sc = primary == truth, shadow == truth
+    b, c = int(np.sum(pc & ~sc)), int(np.sum(~pc & sc))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = mcnemar([[int(np.sum(pc & sc)), b], [c, int(np.sum(~pc & ~sc))]], exact=False, correction=True)
+    return dict(
+        name=name,
+        kind="classification",
+        truth=[str(int(v)) for v in truth],
+        primary=[str(int(v)) for v in primary],
+        shadow=[str(int(v)) for v in shadow],
+        agreement=f(np.mean(primary == shadow)),
+        primary_accuracy=f(accuracy_score(truth, primary)),
+        shadow_accuracy=f(accuracy_score(truth, shadow)),
+        mcnemar_b=b,
+        mcnemar_c=c,
+        mcnemar_p_value=f(m.pvalue) if b + c > 0 else 1.0,
+    )
+
+
+def gen_shadow_pairs():
+    cases = []
+    # Test time (ms): v2 about three times closer to the truth than v1.
+    truth = rng3.normal(120.0, 25.0, 400)
+    cases.append(regression_case(
+        "three_times_closer", truth, truth + rng3.normal(0, 6.0, 400), truth + rng3.normal(0, 2.0, 400),
+        0.0, 0.05, 5.0))
+    # A much worse candidate.
+    truth = rng3.normal(120.0, 25.0, 400)
+    cases.append(regression_case(
+        "much_worse", truth, truth + rng3.normal(0, 2.0, 400), truth + rng3.normal(-3.0, 8.0, 400),
+        0.0, 0.05, 10.0))
+    # Slightly better, small: Wilcoxon's exact distribution (no ties, n <= 50).
+    truth = rng3.normal(50.0, 10.0, 30)
+    cases.append(regression_case(
+        "small_exact", truth, truth + rng3.normal(0, 3.0, 30), truth + rng3.normal(0, 2.5, 30),
+        0.0, 0.05, 2.0))
+    # Yields in percent with zeros (MAPE skips them) and an absolute tolerance.
+    truth = np.clip(np.round(rng3.normal(85.0, 20.0, 600), 1), 0.0, 100.0)
+    truth[:25] = 0.0
+    cases.append(regression_case(
+        "with_zero_truths", truth, truth + rng3.normal(0, 4.0, 600), truth + rng3.normal(0.5, 3.5, 600),
+        0.5, 0.01, 3.0))
+    # Many instances (under the sample size), heavy tails.
+    truth = rng3.exponential(200.0, 3000)
+    cases.append(regression_case(
+        "heavy_tails", truth, truth + rng3.standard_t(3, 3000) * 10.0, truth + rng3.standard_t(3, 3000) * 9.0,
+        1.0, 0.02, 25.0))
+    # The shadow is closer on most instances and far off on two: the t-test sees no
+    # difference, Wilcoxon does.
+    truth = np.full(32, 100.0) + np.arange(32) * 0.5
+    primary = truth + 2.0
+    primary[30:] = truth[30:]
+    shadow = truth + 1.0
+    shadow[30:] = truth[30:] + 10.0
+    cases.append(regression_case("t_and_wilcoxon_disagree", truth, primary, shadow, 0.0, 0.05, 0.5))
+    # Classification: yield pass/fail.
+    truth = (rng3.random(500) < 0.9).astype(int)
+    primary = np.where(rng3.random(500) < 0.88, truth, 1 - truth)
+    shadow = np.where(rng3.random(500) < 0.95, truth, 1 - truth)
+    cases.append(classification_case("yield_pass_fail", truth, primary, shadow))
+    truth = rng3.integers(0, 4, 300)
+    primary = np.where(rng3.random(300) < 0.7, truth, rng3.integers(0, 4, 300))
+    shadow = np.where(rng3.random(300) < 0.68, truth, rng3.integers(0, 4, 300))
+    cases.append(classification_case("four_bins", truth, primary, shadow))
+    return write(
+        "shadow_pairs.json",
+        "numpy isclose; sklearn mean_absolute_error, mean_squared_error, "
+        "mean_absolute_percentage_error, accuracy_score; scipy ttest_rel, wilcoxon; "
+        "statsmodels mcnemar",
+        cases,
+        min_cases=MIN_CASES_NEW,
+    )
+
+
 def main():
     if not os.path.isdir(os.path.join("crates", "stats")):
         sys.exit("run from the repository root (crates/stats not found)")
@@ -814,6 +970,7 @@ def main():
     gen_wilcoxon()
     gen_classification()
     gen_drift()
+    gen_shadow_pairs()
 
     seed_ss = next(c for c in ss if c["baseline"] == 0.90 and c["mde"] == 0.02)
     seed_mc = next(c for c in mc if c["b"] == 50 and c["c"] == 30)

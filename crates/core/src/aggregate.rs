@@ -4,16 +4,22 @@
 //! Built from the mergeable summaries of `switchyard-stats`, so the controller reads them
 //! without rescanning the prediction log, and two `Aggregates` (two windows, two replicas)
 //! merge exactly.
+//!
+//! Aggregates are built where no rollout spec is known (the log writer, a replica), so nothing
+//! here may depend on a spec's thresholds. What a threshold chosen later needs is kept in a
+//! form that answers for any threshold: the agreement of regression outputs within a
+//! tolerance comes from a bounded uniform sample of the compared pairs ([`PairStats::values`],
+//! a bottom-k sample keyed by a stable hash of the request id), and "how many predictions
+//! fell short of the truth by more than X" from a histogram of signed errors
+//! ([`VariantStats::signed_error`]).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use switchyard_stats::{LatencyHistogram, Moments, Proportion};
+use switchyard_stats::{BottomK, LatencyHistogram, Moments, Proportion, SignedLogHistogram};
+use xxhash_rust::xxh3::Xxh3Default;
 
-use crate::record::{score, PredictionRecord, Role, Scored, Truth};
-
-/// Tolerance under which two regression outputs count as agreeing.
-pub const VALUE_AGREEMENT_TOLERANCE: f64 = 1e-6;
+use crate::record::{score, Prediction, PredictionRecord, Role, Scored, Tolerance, Truth};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct SeriesKey {
@@ -49,6 +55,9 @@ pub struct VariantStats {
     pub abs_error: Moments,
     /// Squared error of labelled regression instances.
     pub sq_error: Moments,
+    /// Signed error (`prediction − truth`) of labelled regression instances, for limits on
+    /// underestimates chosen by a spec (`max_underestimate`).
+    pub signed_error: SignedLogHistogram,
     /// Business metrics by name.
     pub metrics: BTreeMap<String, Moments>,
 }
@@ -65,6 +74,7 @@ impl VariantStats {
         self.correct.merge(&other.correct);
         self.abs_error.merge(&other.abs_error);
         self.sq_error.merge(&other.sq_error);
+        self.signed_error.merge(&other.signed_error);
         for (name, m) in &other.metrics {
             self.metrics.entry(name.clone()).or_default().merge(m);
         }
@@ -79,10 +89,122 @@ pub struct PairKey {
     pub shadow: String,
 }
 
+/// The key of one instance of one request in the bottom-k samples: xxh3 (64 bits) of the
+/// request id's bytes followed by the instance's index as 8 little-endian bytes. Stable across
+/// processes and replicas (never a per-process randomized hash), so every replica keeps the
+/// same items. (Not the index as xxh3's seed: for short inputs xxh3 folds the seed into a few
+/// bits of the key, and `("v14", 1)` then hashes like `("v15", 0)`.)
+pub fn sample_hash(request_id: &str, instance: usize) -> u64 {
+    let mut h = Xxh3Default::new();
+    h.update(request_id.as_bytes());
+    h.update(&(instance as u64).to_le_bytes());
+    h.digest()
+}
+
+/// The two regression outputs of one compared instance.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+pub struct ValuePair {
+    pub primary: f64,
+    pub shadow: f64,
+}
+
+/// The two regression outputs of one labelled instance, and its truth.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
+pub struct LabelledValues {
+    pub primary: f64,
+    pub shadow: f64,
+    pub truth: f64,
+}
+
+impl LabelledValues {
+    /// `|primary − truth|`, `|shadow − truth|`.
+    pub fn abs_errors(&self) -> (f64, f64) {
+        (
+            (self.primary - self.truth).abs(),
+            (self.shadow - self.truth).abs(),
+        )
+    }
+}
+
+/// Errors of the primary and the shadow on the same labelled regression instances (both
+/// answered, the truth arrived): exact, mergeable moments.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PairedErrors {
+    /// `|primary − truth|`: the primary's MAE is its mean.
+    pub primary_abs: Moments,
+    pub shadow_abs: Moments,
+    /// `(primary − truth)²`: the primary's RMSE is the square root of its mean.
+    pub primary_sq: Moments,
+    pub shadow_sq: Moments,
+    /// `|primary − truth| / |truth|` where the truth is not zero: the primary's MAPE
+    /// (a fraction) is its mean.
+    pub primary_ape: Moments,
+    pub shadow_ape: Moments,
+    /// Labelled instances left out of MAPE because their truth is zero.
+    pub ape_skipped: u64,
+    /// `|primary − truth| − |shadow − truth|`: positive where the shadow is closer. The paired
+    /// t-test runs on these.
+    pub abs_diff: Moments,
+}
+
+impl PairedErrors {
+    /// Accounts one labelled instance (finite values only).
+    pub fn push(&mut self, v: &LabelledValues) {
+        let (ep, es) = (v.primary - v.truth, v.shadow - v.truth);
+        self.primary_abs.push(ep.abs());
+        self.shadow_abs.push(es.abs());
+        self.primary_sq.push(ep * ep);
+        self.shadow_sq.push(es * es);
+        if v.truth == 0.0 {
+            self.ape_skipped += 1;
+        } else {
+            self.primary_ape.push(ep.abs() / v.truth.abs());
+            self.shadow_ape.push(es.abs() / v.truth.abs());
+        }
+        self.abs_diff.push(ep.abs() - es.abs());
+    }
+
+    /// Labelled instances accounted.
+    pub fn count(&self) -> u64 {
+        self.abs_diff.count()
+    }
+
+    pub fn merge(&mut self, other: &PairedErrors) {
+        self.primary_abs.merge(&other.primary_abs);
+        self.shadow_abs.merge(&other.shadow_abs);
+        self.primary_sq.merge(&other.primary_sq);
+        self.shadow_sq.merge(&other.shadow_sq);
+        self.primary_ape.merge(&other.primary_ape);
+        self.shadow_ape.merge(&other.shadow_ape);
+        self.ape_skipped += other.ape_skipped;
+        self.abs_diff.merge(&other.abs_diff);
+    }
+}
+
+/// Agreement of a pair, as far as it can be known.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Agreement {
+    /// Share of the instances looked at on which the two agree (fraction).
+    pub rate: Option<f64>,
+    /// Instances both answered comparably.
+    pub compared: u64,
+    /// Instances the rate was computed on: `compared`, or a uniform sample of them.
+    pub sample: u64,
+    /// Whether `sample` is every compared instance.
+    pub exact: bool,
+}
+
 /// Comparison of a serving version and its shadow on the same requests.
+///
+/// Classification pairs are counted exactly: agreement and the McNemar cells. Regression pairs
+/// keep their count, a bounded uniform sample of the compared outputs (agreement is computed
+/// from it with the tolerance a spec chooses), exact moments of the paired errors of the
+/// labelled ones, and a bounded uniform sample of those (for the Wilcoxon test). Each sample
+/// holds at most [`switchyard_stats::sample::DEFAULT_SAMPLE_SIZE`] instances, so a pair's
+/// memory is bounded (about 350 KB at most, whatever the traffic).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PairStats {
-    /// Instances where both answered: successes are agreements.
+    /// Classification instances where both answered: successes are agreements.
     pub agreement: Proportion,
     /// Labelled instances by (primary correct, shadow correct).
     pub both_correct: u64,
@@ -91,16 +213,87 @@ pub struct PairStats {
     /// McNemar's c: the primary wrong and the shadow right.
     pub shadow_only: u64,
     pub both_wrong: u64,
-    /// `|error of primary| − |error of shadow|` per labelled regression instance.
-    pub error_diff: Moments,
+    /// Regression instances where both answered with finite values.
+    pub values_compared: u64,
+    /// A uniform sample of those (bottom-k by [`sample_hash`]).
+    pub values: BottomK<ValuePair>,
+    /// Labelled regression instances: paired errors, exactly.
+    pub errors: PairedErrors,
+    /// A uniform sample of the labelled regression instances (bottom-k by [`sample_hash`]).
+    /// Filled when the label arrives, so it holds up to k labelled instances whatever share of
+    /// the traffic gets labels, and the replica that takes the label fills it.
+    pub labelled_values: BottomK<LabelledValues>,
     /// Shadow calls that failed.
     pub shadow_errors: u64,
     pub shadow_calls: u64,
 }
 
 impl PairStats {
+    /// Labelled pairs: classification (McNemar cells) and regression instances.
     pub fn labelled(&self) -> u64 {
-        self.both_correct + self.primary_only + self.shadow_only + self.both_wrong
+        self.both_correct
+            + self.primary_only
+            + self.shadow_only
+            + self.both_wrong
+            + self.errors.count()
+    }
+
+    /// Whether the pair compares classes (else values); by which kind has more compared
+    /// instances.
+    pub fn is_classification(&self) -> bool {
+        self.agreement.trials > 0 && self.agreement.trials >= self.values_compared
+    }
+
+    /// Agreement of the regression outputs within `tolerance`, from the sample: exact while
+    /// every compared instance fits in it, a uniform-sample estimate beyond.
+    pub fn value_agreement(&self, tolerance: &Tolerance) -> Agreement {
+        let mut agree = Proportion::default();
+        self.values
+            .values()
+            .for_each(|v| agree.record(tolerance.agree(v.primary, v.shadow)));
+        Agreement {
+            rate: agree.rate(),
+            compared: self.values_compared,
+            sample: agree.trials,
+            exact: agree.trials >= self.values_compared,
+        }
+    }
+
+    /// Agreement of the pair: exact counts for classes, [`PairStats::value_agreement`] for
+    /// values.
+    pub fn agreement_within(&self, tolerance: &Tolerance) -> Agreement {
+        if self.is_classification() {
+            Agreement {
+                rate: self.agreement.rate(),
+                compared: self.agreement.trials,
+                sample: self.agreement.trials,
+                exact: true,
+            }
+        } else {
+            self.value_agreement(tolerance)
+        }
+    }
+
+    /// Accounts the labelled regression instances of one request (finite values only).
+    fn record_labelled_values(
+        &mut self,
+        request_id: &str,
+        primary: &[f64],
+        shadow: &[f64],
+        truth: &[f64],
+    ) {
+        let instances = primary.iter().zip(shadow).zip(truth);
+        for (i, ((&primary, &shadow), &truth)) in instances.enumerate() {
+            if primary.is_finite() && shadow.is_finite() && truth.is_finite() {
+                let v = LabelledValues {
+                    primary,
+                    shadow,
+                    truth,
+                };
+                self.errors.push(&v);
+                self.labelled_values.offer(sample_hash(request_id, i), v);
+            }
+        }
     }
 
     pub fn merge(&mut self, other: &PairStats) {
@@ -109,7 +302,10 @@ impl PairStats {
         self.primary_only += other.primary_only;
         self.shadow_only += other.shadow_only;
         self.both_wrong += other.both_wrong;
-        self.error_diff.merge(&other.error_diff);
+        self.values_compared += other.values_compared;
+        self.values.merge(&other.values);
+        self.errors.merge(&other.errors);
+        self.labelled_values.merge(&other.labelled_values);
         self.shadow_errors += other.shadow_errors;
         self.shadow_calls += other.shadow_calls;
     }
@@ -140,11 +336,26 @@ impl Aggregates {
                 let p = self.pairs.entry(key).or_default();
                 p.shadow_calls += 1;
                 p.shadow_errors += u64::from(rec.outcome.counts_against_model());
-                if let Some(matches) = pair
-                    .output
-                    .agreement(&rec.output, VALUE_AGREEMENT_TOLERANCE)
-                {
-                    matches.into_iter().for_each(|m| p.agreement.record(m));
+                match (&pair.output, &rec.output) {
+                    (Prediction::Values(a), Prediction::Values(b))
+                        if a.len() == b.len() && !a.is_empty() =>
+                    {
+                        for (i, (&primary, &shadow)) in a.iter().zip(b).enumerate() {
+                            if primary.is_finite() && shadow.is_finite() {
+                                p.values_compared += 1;
+                                p.values.offer(
+                                    sample_hash(&rec.request_id, i),
+                                    ValuePair { primary, shadow },
+                                );
+                            }
+                        }
+                    }
+                    // Classes: exact counts (a tolerance applies to values only).
+                    (primary, shadow) => {
+                        if let Some(matches) = primary.agreement(shadow, &Tolerance::DEFAULT) {
+                            matches.into_iter().for_each(|m| p.agreement.record(m));
+                        }
+                    }
                 }
             }
         }
@@ -169,8 +380,9 @@ impl Aggregates {
             match score(&rec.output, truth) {
                 Some(Scored::Correct(c)) => c.into_iter().for_each(|ok| stats.correct.record(ok)),
                 Some(Scored::Errors(e)) => e.into_iter().for_each(|err| {
-                    stats.abs_error.push(err);
+                    stats.abs_error.push(err.abs());
                     stats.sq_error.push(err * err);
+                    stats.signed_error.record(err);
                 }),
                 None => {}
             }
@@ -196,10 +408,12 @@ impl Aggregates {
                         }
                     }
                 }
-                (Some(Scored::Errors(a)), Some(Scored::Errors(b))) => {
-                    a.iter()
-                        .zip(&b)
-                        .for_each(|(ea, eb)| p.error_diff.push(ea - eb));
+                (Some(Scored::Errors(_)), Some(Scored::Errors(_))) => {
+                    if let (Prediction::Values(a), Prediction::Values(b), Truth::Values(t)) =
+                        (&serving.output, &shadow.output, truth)
+                    {
+                        p.record_labelled_values(&shadow.request_id, a, b, t);
+                    }
                 }
                 _ => {}
             }
@@ -287,6 +501,118 @@ mod tests {
                 output: Prediction::Classes(p.iter().map(|s| s.to_string()).collect()),
             }),
         }
+    }
+
+    fn value_rec(
+        id: &str,
+        role: Role,
+        version: &str,
+        v: &[f64],
+        pair: Option<&[f64]>,
+    ) -> PredictionRecord {
+        PredictionRecord {
+            output: Prediction::Values(v.to_vec()),
+            pair: pair.map(|p| PairRef {
+                version: "v1".into(),
+                output: Prediction::Values(p.to_vec()),
+            }),
+            ..rec(id, role, version, &[], None)
+        }
+    }
+
+    #[test]
+    fn regression_pairs_are_labelled_pairs_and_agree_within_a_tolerance() {
+        let mut agg = Aggregates::default();
+        // (primary, shadow, truth) in two requests of two instances.
+        let rows = [
+            ([100.0, 10.0], [104.0, 10.7], [101.0, 0.0]),
+            ([50.0, 0.0], [50.0, 0.1], [55.0, 0.2]),
+        ];
+        for (i, (p, s, t)) in rows.iter().enumerate() {
+            let id = format!("r{i}");
+            let serving = value_rec(&id, Role::Serving, "v1", p, None);
+            let shadow = value_rec(&id, Role::Shadow, "v2", s, Some(p));
+            agg.record(&serving);
+            agg.record(&shadow);
+            agg.record_feedback(&[serving, shadow], &Truth::Values(t.to_vec()), &[]);
+        }
+        let pair = agg.pair("yield", "v1", "v2", |_| true);
+        assert_eq!((pair.labelled(), pair.values_compared), (4, 4));
+        assert!(!pair.is_classification());
+        // Within 5%: 104 vs 100 and 50 vs 50 agree; 10.7 vs 10 and 0.1 vs 0 do not; with 0.15
+        // absolute slack besides, 0.1 vs 0 does too.
+        let within = |absolute, relative| {
+            pair.value_agreement(&Tolerance { absolute, relative })
+                .rate
+                .unwrap()
+        };
+        assert_eq!(within(0.0, 0.05), 0.5);
+        assert_eq!(within(0.15, 0.05), 0.75);
+        assert_eq!(within(0.0, 0.0), 0.25);
+        let e = &pair.errors;
+        // |e_p| = 1, 10, 5, 0.2 and |e_s| = 3, 10.7, 5, 0.1.
+        assert!((e.primary_abs.mean().unwrap() - 16.2 / 4.0).abs() < 1e-12);
+        assert!((e.shadow_abs.mean().unwrap() - 18.8 / 4.0).abs() < 1e-12);
+        assert_eq!(e.ape_skipped, 1);
+        assert_eq!(e.primary_ape.count(), 3);
+        assert_eq!(pair.labelled_values.len(), 4);
+        // The series keep signed errors: the shadow underestimated one instance by 5.
+        let v2 = agg.variant("yield", "v2", Role::Shadow, |_| true);
+        assert_eq!(v2.signed_error.count(), 4);
+        assert_eq!(v2.signed_error.count_below(-1.0), 1);
+        assert_eq!(v2.abs_error.count(), 4);
+    }
+
+    #[test]
+    fn sample_hashes_are_xxh3_of_the_id_and_the_instance() {
+        let one_shot = |id: &str, i: u64| {
+            let mut bytes = id.as_bytes().to_vec();
+            bytes.extend(i.to_le_bytes());
+            xxhash_rust::xxh3::xxh3_64(&bytes)
+        };
+        assert_eq!(sample_hash("req-1", 3), one_shot("req-1", 3));
+        // Short ids that differ in one bit, instances that differ in one bit: all distinct.
+        let mut all: Vec<u64> = (0..100)
+            .flat_map(|n| (0..4).map(move |i| sample_hash(&format!("v{n}"), i)))
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 400);
+    }
+
+    #[test]
+    fn the_samples_stay_bounded_and_estimate_beyond_their_size() {
+        let k = switchyard_stats::sample::DEFAULT_SAMPLE_SIZE;
+        let n = 3 * k;
+        let mut agg = Aggregates::default();
+        for i in 0..n {
+            let id = format!("req-{i:06}");
+            // Every third shadow answer is 10% off.
+            let s = if i % 3 == 0 { 110.0 } else { 100.0 };
+            let serving = value_rec(&id, Role::Serving, "v1", &[100.0], None);
+            let shadow = value_rec(&id, Role::Shadow, "v2", &[s], Some(&[100.0]));
+            agg.record(&serving);
+            agg.record(&shadow);
+            agg.record_feedback(&[serving, shadow], &Truth::Values(vec![101.0]), &[]);
+        }
+        let pair = agg.pair("yield", "v1", "v2", |_| true);
+        assert_eq!(pair.values.len(), k);
+        assert_eq!(pair.labelled_values.len(), k);
+        assert_eq!(pair.errors.count(), n as u64);
+        let a = pair.value_agreement(&Tolerance::DEFAULT);
+        assert_eq!((a.compared, a.sample, a.exact), (n as u64, k as u64, false));
+        // A uniform sample of 4096 from a 2/3 rate: within 5 standard errors (0.0037 each).
+        let rate = a.rate.unwrap();
+        assert!((rate - 2.0 / 3.0).abs() < 0.02, "{rate}");
+        // The kept items are the k smallest hashes of the request ids.
+        let mut hashes: Vec<u64> = (0..n)
+            .map(|i| sample_hash(&format!("req-{i:06}"), 0))
+            .collect();
+        hashes.sort_unstable();
+        assert_eq!(
+            pair.values.iter().map(|(h, _)| h).collect::<Vec<_>>(),
+            hashes[..k]
+        );
     }
 
     #[test]

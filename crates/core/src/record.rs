@@ -105,10 +105,11 @@ impl Prediction {
         self.len() == 0
     }
 
-    /// Instance-wise agreement with another prediction: `Some(matches)` per instance when both
-    /// are comparable and of the same shape. Values agree within `tolerance` (absolute).
-    pub fn agreement(&self, other: &Prediction, tolerance: f64) -> Option<Vec<bool>> {
-        match (self, other) {
+    /// Instance-wise agreement of this (primary) prediction with a shadow's: `Some(matches)`
+    /// per instance when both are comparable and of the same shape. Classes agree when equal,
+    /// values within `tolerance` (see [`Tolerance::agree`]).
+    pub fn agreement(&self, shadow: &Prediction, tolerance: &Tolerance) -> Option<Vec<bool>> {
+        match (self, shadow) {
             (Prediction::Classes(a), Prediction::Classes(b))
                 if a.len() == b.len() && !a.is_empty() =>
             {
@@ -120,12 +121,47 @@ impl Prediction {
                 Some(
                     a.iter()
                         .zip(b)
-                        .map(|(x, y)| (x - y).abs() <= tolerance)
+                        .map(|(primary, shadow)| tolerance.agree(*primary, *shadow))
                         .collect(),
                 )
             }
             _ => None,
         }
+    }
+}
+
+/// How close a shadow's regression output must be to the primary's to agree with it:
+/// `|shadow − primary| ≤ absolute + relative · |primary|`, numpy's
+/// `isclose(shadow, primary, rtol=relative, atol=absolute)`. Never exact equality: two good
+/// regressors almost never return the same float.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Tolerance {
+    /// In the output's unit.
+    pub absolute: f64,
+    /// A fraction of the primary's output (0.05 = 5%).
+    pub relative: f64,
+}
+
+impl Tolerance {
+    /// The default of a shadow spec: within 5% of the primary's output, with no absolute
+    /// slack. Relative, so it means the same for a yield in percent and a test time in
+    /// milliseconds; 5% is about the spread two regressors of similar quality show on the same
+    /// input, so agreement falls when one of them moves by more than its own noise. Outputs
+    /// that hover around zero need an `absolute` part.
+    pub const DEFAULT: Tolerance = Tolerance {
+        absolute: 0.0,
+        relative: 0.05,
+    };
+
+    /// Whether `shadow` agrees with `primary`. Non-finite values never agree.
+    pub fn agree(&self, primary: f64, shadow: f64) -> bool {
+        (shadow - primary).abs() <= self.absolute + self.relative * primary.abs()
+    }
+}
+
+impl Default for Tolerance {
+    fn default() -> Self {
+        Tolerance::DEFAULT
     }
 }
 
@@ -187,7 +223,7 @@ pub struct Feedback {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Scored {
     Correct(Vec<bool>),
-    /// Absolute errors per instance.
+    /// Signed errors per instance, `prediction − truth` (negative: an underestimate).
     Errors(Vec<f64>),
 }
 
@@ -199,7 +235,7 @@ pub fn score(prediction: &Prediction, truth: &Truth) -> Option<Scored> {
             Scored::Correct(p.iter().zip(t).map(|(a, b)| a == b).collect()),
         ),
         (Prediction::Values(p), Truth::Values(t)) if p.len() == t.len() && !p.is_empty() => Some(
-            Scored::Errors(p.iter().zip(t).map(|(a, b)| (a - b).abs()).collect()),
+            Scored::Errors(p.iter().zip(t).map(|(a, b)| a - b).collect()),
         ),
         _ => None,
     }

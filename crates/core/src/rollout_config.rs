@@ -230,7 +230,10 @@ impl RawRollout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::{CanarySpec, GatePolicy, Step};
+    use crate::record::Tolerance;
+    use crate::rollout::{
+        CanarySpec, GatePolicy, RegressionTest, ShadowRules, ShadowSpec, Step, Underestimate,
+    };
 
     /// Parses `yaml` as the server's edge does (unknown fields listed by `serde_ignored`), then
     /// validates it against versions `v1` and `v2`.
@@ -350,7 +353,7 @@ mod tests {
             min_requests: 7\nmin_duration_ms: 8\nstep_deadline_ms: 9\nrollback_on_deadline: true\n\
             gate: { max_accuracy_drop: 0.1, max_mae_increase: null, min_labelled: 11,\n\
             \x20 max_p95_increase: 0.2, min_p95_increase_ms: 3, max_error_ratio: 4,\n\
-            \x20 min_error_rate: 0.02, significance: 0.05 }\n";
+            \x20 min_error_rate: 0.02, significance: 0.05, max_underestimate: { by: 50, share: 0.01 } }\n";
         let spec = parse(yaml).unwrap();
         assert_eq!(
             spec.kind,
@@ -374,6 +377,10 @@ mod tests {
                 gate: GatePolicy {
                     max_accuracy_drop: Some(0.1),
                     max_mae_increase: None,
+                    max_underestimate: Some(Underestimate {
+                        by: 50.0,
+                        share: 0.01
+                    }),
                     min_labelled: 11,
                     max_p95_increase: Some(0.2),
                     min_p95_increase_ms: 3.0,
@@ -384,6 +391,97 @@ mod tests {
                 step_deadline_ms: Some(9),
                 rollback_on_deadline: true,
             })
+        );
+    }
+
+    #[test]
+    fn a_shadow_takes_every_shadow_field() {
+        let yaml = "name: s\nmodel: m\nkind: shadow\nprimary: v1\ncandidate: v2\nsample: 50\n\
+            min_labelled: 400\nmin_duration_ms: 7\nalpha: 0.01\nmax_error_rate: 0.1\n\
+            promote_min_improvement: 0.03\npromote_min_agreement: 0.9\nneutral_max_change: 0.02\n\
+            neutral_min_agreement: 0.97\nreject_max_drop: 0.015\n\
+            regression_promote_mae_decrease: 0.2\nregression_reject_mae_increase: 0.25\n\
+            test: wilcoxon\nagreement_tolerance: { absolute: 0.5 }\n\
+            max_underestimate: { by: 50, share: 0.02 }\nchain_requires_approval: true\n";
+        let spec = parse(yaml).unwrap();
+        assert_eq!(
+            spec.kind,
+            RolloutKind::Shadow(ShadowSpec {
+                primary: "v1".into(),
+                candidate: "v2".into(),
+                sample: 5_000,
+                min_labelled: 400,
+                min_duration_ms: 7,
+                alpha: 0.01,
+                max_error_rate: 0.1,
+                rules: ShadowRules {
+                    promote_min_improvement: 0.03,
+                    promote_min_agreement: 0.9,
+                    neutral_max_change: 0.02,
+                    neutral_min_agreement: 0.97,
+                    reject_max_drop: 0.015,
+                    regression_promote_mae_decrease: 0.2,
+                    regression_reject_mae_increase: 0.25,
+                    test: RegressionTest::Wilcoxon,
+                    // The relative part keeps its default.
+                    agreement_tolerance: Tolerance {
+                        absolute: 0.5,
+                        relative: 0.05
+                    },
+                    max_underestimate: Some(Underestimate {
+                        by: 50.0,
+                        share: 0.02
+                    }),
+                },
+                then_canary: None,
+                chain_requires_approval: true,
+            })
+        );
+        // Unwritten, the rules are the seed's.
+        let spec = parse("name: s\nmodel: m\nkind: shadow\nprimary: v1\ncandidate: v2\n").unwrap();
+        let RolloutKind::Shadow(s) = spec.kind else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(s.rules, ShadowRules::default());
+        assert_eq!(
+            (
+                s.rules.promote_min_improvement,
+                s.rules.promote_min_agreement,
+                s.rules.neutral_max_change,
+                s.rules.neutral_min_agreement,
+                s.rules.reject_max_drop,
+                s.rules.regression_promote_mae_decrease
+            ),
+            (0.02, 0.95, 0.01, 0.98, 0.01, 0.10)
+        );
+    }
+
+    #[test]
+    fn bad_shadow_thresholds_are_listed_with_the_other_problems() {
+        check(
+            "name: s\nmodel: m\nkind: shadow\nprimary: v1\ncandidate: v2\n\
+             promote_min_improvement: -0.1\npromote_min_agreement: 1.5\n\
+             neutral_min_agreement: -0.2\nregression_reject_mae_increase: .nan\n\
+             test: anova\nagreement_tolerance: { absolute: -1, relative: -0.05, bogus: 1 }\n\
+             max_underestimate: { by: -5, share: 2 }\nmax_error_rate: 1.5\n\
+             then_canary: { stable: v1, candidate: v2, gate: { max_underestimate: { by: 1, share: -0.5 } } }\n\
+             min_improvement: 0.02\n",
+            &[
+                "promote_min_improvement must be a non-negative number, got -0.1",
+                "promote_min_agreement must be a fraction in [0, 1], got 1.5",
+                "neutral_min_agreement must be a fraction in [0, 1], got -0.2",
+                "regression_reject_mae_increase must be a non-negative number, got NaN",
+                "test: must be t_test or wilcoxon, got 'anova'",
+                "agreement_tolerance.absolute must be a non-negative number, got -1",
+                "agreement_tolerance.relative must be a non-negative number, got -0.05",
+                "agreement_tolerance.bogus: unknown field",
+                "max_underestimate.by must be a non-negative number, got -5",
+                "max_underestimate.share must be a fraction in [0, 1], got 2",
+                "max_error_rate must be a fraction in [0, 1], got 1.5",
+                "then_canary: gate.max_underestimate.share must be a fraction in [0, 1], got -0.5",
+                // The old, absolute threshold is no longer a field.
+                "min_improvement: unknown field",
+            ],
         );
     }
 

@@ -5,13 +5,14 @@
 use proptest::prelude::*;
 use proptest::strategy::Strategy as _;
 use switchyard_core::aggregate::{PairStats, VariantStats};
-use switchyard_core::audit::Severity;
+use switchyard_core::audit::{Detail, Severity};
 use switchyard_core::rollout::{
-    command, start, tick, AbMetric, AbSpec, Action, BlueGreenSpec, CanarySpec, Command, GatePolicy,
-    Observations, Phase, Recommendation, RolloutKind, RolloutSpec, RolloutState, ShadowSpec, Step,
-    Validation,
+    command, evaluate_gate, start, tick, AbMetric, AbSpec, Action, BlueGreenSpec, CanarySpec,
+    Command, GatePolicy, Observations, Phase, Recommendation, RolloutKind, RolloutSpec,
+    RolloutState, ShadowRules, ShadowSpec, Step, Underestimate, Validation, Verdict,
 };
 use switchyard_core::routing::{Strategy, BUCKETS};
+use switchyard_core::{Aggregates, Outcome, PairRef, Prediction, PredictionRecord, Role, Truth};
 use switchyard_stats::Proportion;
 
 fn steps() -> Vec<Step> {
@@ -276,11 +277,9 @@ fn shadow_spec() -> RolloutSpec {
             sample: BUCKETS,
             min_labelled: 200,
             min_duration_ms: 1_000,
-            min_improvement: 0.02,
-            max_drop: 0.01,
             alpha: 0.05,
-            min_agreement: 0.5,
             max_error_rate: 0.05,
+            rules: ShadowRules::default(),
             then_canary: None,
             chain_requires_approval: false,
         }),
@@ -316,10 +315,18 @@ fn shadow_recommendations_follow_the_seed_thresholds() {
     let (s, _) = tick(&spec, &state, &pair(100, 5, 10, 5), 5_000);
     assert_eq!(s.phase, Phase::Running);
     for (o, expected) in [
-        (pair(800, 20, 80, 100), Recommendation::Promote), // +6 points, McNemar p tiny
-        (pair(800, 60, 40, 100), Recommendation::Reject),  // −2 points
-        (pair(800, 30, 35, 100), Recommendation::Neutral), // +0.5 points
-        (pair(100, 300, 350, 250), Recommendation::Investigate), // agreement 35%
+        // 82% → 88%: +7.3% relative, McNemar p tiny.
+        (pair(800, 20, 80, 100), Recommendation::Promote),
+        // 86% → 84%: −2.3% relative.
+        (pair(800, 60, 40, 100), Recommendation::Reject),
+        // 90.2% → 90.6%: +0.4% relative with agreement 99.2% above 95%.
+        (pair(900, 2, 6, 92), Recommendation::Promote),
+        // 90.6% → 90.2%: −0.4% relative with agreement 99.2% above 98%.
+        (pair(900, 6, 2, 92), Recommendation::Neutral),
+        // 83% → 83.5%: +0.6% relative, but agreement 93% is neither 95% nor 98%.
+        (pair(800, 30, 35, 100), Recommendation::Investigate),
+        // 40% → 45%: +12.5% relative, McNemar p = 0.055, agreement 35%.
+        (pair(100, 300, 350, 250), Recommendation::Investigate),
     ] {
         let (s, _) = tick(&spec, &state, &o, 5_000);
         assert_eq!(
@@ -328,6 +335,157 @@ fn shadow_recommendations_follow_the_seed_thresholds() {
             "{o:?}"
         );
     }
+}
+
+/// Regression shadow observations: `n` labelled requests where v1 is within ±6 of the truth
+/// and v2 within ±2.
+fn regression_obs(n: usize) -> Observations {
+    let wiggle = |i: usize, scale: f64| ((i as f64 * 12.9898).sin() * 43_758.545_3).fract() * scale;
+    let mut agg = Aggregates::default();
+    for i in 0..n {
+        let t = 120.0 + wiggle(i, 25.0);
+        let (p, s) = (t + wiggle(i + 1_000, 6.0), t + wiggle(i + 2_000, 2.0));
+        let rec = |role, version: &str, v: f64, pair: Option<f64>| PredictionRecord {
+            request_id: format!("r{i}"),
+            ts_ms: 0,
+            model: "yield".into(),
+            epoch: 1,
+            variant: "x".into(),
+            role,
+            version: version.into(),
+            key_hash: None,
+            outcome: Outcome::Ok,
+            status: 200,
+            latency_us: 1_000,
+            output: Prediction::Values(vec![v]),
+            input: None,
+            pair: pair.map(|p| PairRef {
+                version: "v1".into(),
+                output: Prediction::Values(vec![p]),
+            }),
+        };
+        let serving = rec(Role::Serving, "v1", p, None);
+        let shadow = rec(Role::Shadow, "v2", s, Some(p));
+        agg.record(&serving);
+        agg.record(&shadow);
+        agg.record_feedback(&[serving, shadow], &Truth::Values(vec![t]), &[]);
+    }
+    let mut o = Observations {
+        pair: Some(agg.pair("yield", "v1", "v2", |_| true)),
+        shadow: Some(agg.variant("yield", "v2", Role::Shadow, |_| true)),
+        ..Default::default()
+    };
+    o.total.insert(
+        "v1".into(),
+        agg.variant("yield", "v1", Role::Serving, |_| true),
+    );
+    o
+}
+
+#[test]
+fn regression_shadows_wait_for_labelled_pairs_then_conclude_with_their_numbers() {
+    let spec = shadow_spec();
+    let (state, _) = start(&spec, 0, "cli");
+    let (s, a) = tick(&spec, &state, &regression_obs(150), 5_000);
+    assert_eq!(s.phase, Phase::Running);
+    assert_eq!(
+        s.reason.as_deref(),
+        Some("150/200 labelled pairs after 5000/1000 ms")
+    );
+    assert!(a.is_empty());
+    let (s, a) = tick(&spec, &state, &regression_obs(250), 5_000);
+    assert_eq!(
+        (s.phase, s.recommendation),
+        (Phase::Completed, Some(Recommendation::Promote)),
+        "{:?}",
+        s.reason
+    );
+    let concluded = a
+        .iter()
+        .find_map(|x| match x {
+            Action::Event(e) if e.kind == "shadow_concluded" => Some(e),
+            _ => None,
+        })
+        .unwrap();
+    let detail = |name: &str| {
+        concluded
+            .details
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("{name} missing in {:?}", concluded.details))
+    };
+    assert_eq!(detail("labelled_pairs"), Detail::Num(250.0));
+    assert_eq!(detail("output"), Detail::Text("regression".into()));
+    assert_eq!(detail("test"), Detail::Text("t_test".into()));
+    for name in [
+        "agreement",
+        "primary_mae",
+        "shadow_mae",
+        "primary_rmse",
+        "shadow_rmse",
+        "primary_mape",
+        "shadow_mape",
+        "mae_change",
+        "p_value",
+        "paired_t",
+        "wilcoxon_p_value",
+    ] {
+        assert!(matches!(detail(name), Detail::Num(_)), "{name}");
+    }
+}
+
+#[test]
+fn a_canary_that_underestimates_too_often_is_rolled_back() {
+    // MAEs within 10% of each other (1.88 and 1.75); the canary is short of the truth by 3 on
+    // 10% of its answers.
+    let regression = |under: usize| {
+        let mut s = stats(200, 0, 10_000, 0, 0);
+        for i in 0..100 {
+            let e = if i < under {
+                -3.0
+            } else if i % 2 == 0 {
+                2.0
+            } else {
+                -1.5
+            };
+            s.abs_error.push(f64::abs(e));
+            s.sq_error.push(e * e);
+            s.signed_error.record(e);
+        }
+        s
+    };
+    let gate = GatePolicy {
+        max_underestimate: Some(Underestimate {
+            by: 2.5,
+            share: 0.05,
+        }),
+        ..Default::default()
+    };
+    match evaluate_gate(&gate, &regression(10), &regression(0)) {
+        Verdict::Fail {
+            reason,
+            severity,
+            details,
+        } => {
+            assert_eq!(severity, Severity::P0);
+            assert_eq!(
+                reason,
+                "10.0% of 100 labelled predictions are below the truth by more than 2.5 (limit 5.0%)"
+            );
+            assert!(details.iter().any(|(n, _)| n == "underestimate_share"));
+        }
+        v => panic!("{v:?}"),
+    }
+    assert!(matches!(
+        evaluate_gate(&gate, &regression(4), &regression(0)),
+        Verdict::Pass(_)
+    ));
+    // Off by default.
+    assert!(matches!(
+        evaluate_gate(&GatePolicy::default(), &regression(10), &regression(0)),
+        Verdict::Pass(_)
+    ));
 }
 
 fn ab_spec() -> RolloutSpec {

@@ -729,7 +729,7 @@
       reg ? tile('production MAE · ' + primary, sig(sh.primary_mae), { k: 'primary-mae' })
         : tile('production accuracy · ' + primary, pct(sh.primary_accuracy), { k: 'primary-accuracy', sub: int(sh.labelled) + ' labelled pairs' }),
       reg ? tile('shadow MAE · ' + cand, sig(sh.shadow_mae), { k: 'shadow-mae' })
-        : tile('shadow accuracy · ' + cand, pct(sh.shadow_accuracy), { k: 'shadow-accuracy', sub: pts(sh.improvement) }),
+        : tile('shadow accuracy · ' + cand, pct(sh.shadow_accuracy), { k: 'shadow-accuracy', sub: pts(sh.accuracy_difference) }),
       tile('McNemar p', pval(mc.p_value), {
         k: 'mcnemar-p',
         sub: 'χ² ' + sig(mc.statistic) + ' · b ' + int(mc.b) + ' / c ' + int(mc.c) + ' · exact p ' + pval(mc.exact_p_value),

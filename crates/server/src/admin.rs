@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use axum::Json;
 use switchyard_core::config::RawStrategy;
+use switchyard_core::record::Tolerance;
 use switchyard_core::{Role, VariantStats};
 
 use crate::api::{
@@ -122,7 +123,9 @@ pub async fn put_route(
     }))
 }
 
-/// Live statistics of one model over all epochs (or `?epoch=N`).
+/// Live statistics of one model over all epochs (or `?epoch=N`). Regression pairs agree within
+/// the shadow spec's default tolerance (5% of the primary's output); a shadow rollout's report
+/// uses its own.
 pub async fn model_stats(
     State(admin): State<AdminState>,
     Path(model): Path<String>,
@@ -180,7 +183,7 @@ pub async fn model_stats(
         .collect();
     let pairs = pairs
         .iter()
-        .map(|((primary, shadow), p)| PairView::of(primary, shadow, p))
+        .map(|((primary, shadow), p)| PairView::of(primary, shadow, p, Tolerance::DEFAULT))
         .collect();
     Ok(Json(ModelStats {
         model,

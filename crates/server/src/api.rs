@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use switchyard_core::audit::Detail;
+use switchyard_core::record::Tolerance;
 use switchyard_core::rollout::{
     AbReport, GatePolicy, Phase, Recommendation, RolloutSpec, ShadowReport,
 };
@@ -131,32 +132,46 @@ pub struct SeriesView {
 pub struct PairView {
     pub primary: String,
     pub shadow: String,
-    /// Requests both answered.
+    /// Instances both answered comparably.
     pub compared: u64,
+    /// Equal classes, or values within `agreement_tolerance`.
     pub agreement: Option<f64>,
+    pub agreement_tolerance: Tolerance,
+    /// Regression beyond the sample size: the agreement is a uniform-sample estimate.
+    pub agreement_exact: bool,
+    /// Labelled pairs: both answered and the truth arrived.
     pub labelled: u64,
     pub both_correct: u64,
     pub primary_only_correct: u64,
     pub shadow_only_correct: u64,
     pub both_wrong: u64,
     pub mcnemar: McNemar,
+    /// Regression: mean absolute error of each on the labelled pairs.
+    pub primary_mae: Option<f64>,
+    pub shadow_mae: Option<f64>,
     pub shadow_calls: u64,
     pub shadow_errors: u64,
 }
 
 impl PairView {
-    pub fn of(primary: &str, shadow: &str, p: &PairStats) -> Self {
+    /// The pair's numbers, regression outputs agreeing within `tolerance`.
+    pub fn of(primary: &str, shadow: &str, p: &PairStats, tolerance: Tolerance) -> Self {
+        let agreement = p.agreement_within(&tolerance);
         PairView {
             primary: primary.to_string(),
             shadow: shadow.to_string(),
-            compared: p.agreement.trials,
-            agreement: p.agreement.rate(),
+            compared: agreement.compared,
+            agreement: agreement.rate,
+            agreement_tolerance: tolerance,
+            agreement_exact: agreement.exact,
             labelled: p.labelled(),
             both_correct: p.both_correct,
             primary_only_correct: p.primary_only,
             shadow_only_correct: p.shadow_only,
             both_wrong: p.both_wrong,
             mcnemar: switchyard_stats::mcnemar::mcnemar(p.primary_only, p.shadow_only),
+            primary_mae: p.errors.primary_abs.mean(),
+            shadow_mae: p.errors.shadow_abs.mean(),
             shadow_calls: p.shadow_calls,
             shadow_errors: p.shadow_errors,
         }

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
-use switchyard_core::rollout::{ab_report, shadow_report, RolloutKind};
+use switchyard_core::rollout::{ab_report, shadow_report, OutputKind, RolloutKind};
 use switchyard_core::{Prediction, Truth};
 
 use crate::api::{
@@ -209,10 +209,32 @@ fn tables(r: &Report) -> (Pairs, Table, Table, Pairs) {
     let mut analysis = Vec::new();
     if let Some(sa) = &a.shadow {
         let s = &sa.report;
-        analysis.push(("agreement".into(), pct(s.agreement)));
+        let regression = s.output == OutputKind::Regression;
+        let tol = &s.agreement_tolerance;
+        let agreement = if regression {
+            format!(
+                "{} (within {} + {:.1}% of the primary; {} of {} compared{})",
+                pct(s.agreement),
+                tol.absolute,
+                tol.relative * 100.0,
+                s.agreement_sample,
+                s.compared,
+                if s.agreement_exact {
+                    ""
+                } else {
+                    ", a uniform sample"
+                }
+            )
+        } else {
+            pct(s.agreement)
+        };
+        analysis.push(("agreement".into(), agreement));
         analysis.push(("labelled pairs".into(), int(s.labelled)));
-        analysis.push(("primary accuracy".into(), pct(s.primary_accuracy)));
-        analysis.push(("shadow accuracy".into(), pct(s.shadow_accuracy)));
+        if !regression {
+            analysis.push(("primary accuracy".into(), pct(s.primary_accuracy)));
+            analysis.push(("shadow accuracy".into(), pct(s.shadow_accuracy)));
+            analysis.push(("relative improvement".into(), pct(s.accuracy_improvement)));
+        }
         if let Some(m) = &s.mcnemar {
             analysis.push((
                 "McNemar χ² (b, c)".into(),
@@ -227,18 +249,61 @@ fn tables(r: &Report) -> (Pairs, Table, Table, Pairs) {
                 ),
             ));
         }
-        if s.primary_mae.is_some() || s.shadow_mae.is_some() {
+        if regression {
             analysis.push((
                 "primary / shadow MAE".into(),
-                format!("{} / {}", num(s.primary_mae, 3), num(s.shadow_mae, 3)),
+                format!("{} / {}", num(s.primary_mae, 4), num(s.shadow_mae, 4)),
             ));
-        }
-        if let Some(t) = &s.paired_t {
             analysis.push((
-                "paired t (p)".into(),
-                format!("{} ({})", num(Some(t.t), 3), num(Some(t.p_value), 4)),
+                "primary / shadow RMSE".into(),
+                format!("{} / {}", num(s.primary_rmse, 4), num(s.shadow_rmse, 4)),
             ));
+            analysis.push((
+                "primary / shadow MAPE".into(),
+                format!(
+                    "{} / {}{}",
+                    pct(s.primary_mape),
+                    pct(s.shadow_mape),
+                    if s.mape_skipped > 0 {
+                        format!(" ({} with truth 0 left out)", s.mape_skipped)
+                    } else {
+                        String::new()
+                    }
+                ),
+            ));
+            analysis.push(("MAE change (shadow vs primary)".into(), pct(s.mae_change)));
+            if let Some(t) = &s.paired_t {
+                analysis.push((
+                    "paired t on |errors| (p)".into(),
+                    format!("{} ({})", num(Some(t.t), 3), num(Some(t.p_value), 4)),
+                ));
+            }
+            if let Some(w) = &s.wilcoxon {
+                analysis.push((
+                    "Wilcoxon signed-rank (p)".into(),
+                    format!(
+                        "{} ({}), {} pairs",
+                        num(Some(w.statistic), 1),
+                        num(Some(w.p_value), 4),
+                        s.wilcoxon_sample
+                    ),
+                ));
+            }
+            if let Some(u) = &s.underestimate {
+                analysis.push((
+                    format!("underestimates by > {}", u.by),
+                    format!(
+                        "{} of {} ({}, limit {}){}",
+                        u.count,
+                        u.labelled,
+                        pct(Some(u.share)),
+                        pct(Some(u.max_share)),
+                        if u.exceeded { ": EXCEEDED" } else { "" }
+                    ),
+                ));
+            }
         }
+        analysis.push(("p-value the rules used".into(), num(s.p_value, 4)));
         analysis.push((
             "primary / shadow p95 ms".into(),
             format!(

@@ -17,10 +17,11 @@ use hyper::Method;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use support::{eventually, TestGateway};
-use switchyard_core::rollout::Phase;
-use switchyard_core::Strategy;
-use switchyard_server::api::{ErrorDetail, EventView, RolloutView};
+use switchyard_core::rollout::{OutputKind, Phase, Recommendation};
+use switchyard_core::{Role, Strategy};
+use switchyard_server::api::{ErrorDetail, EventView, ModelStats, Report, RolloutView};
 use switchyard_server::client::ClientError;
+use switchyard_wafer::WaferGenerator;
 
 /// A model server whose answers are right `accuracy`% of the time, fail `errors`% of the time
 /// and take `delay_ms`. Rates are exact over the requests it receives (the n-th request fails
@@ -669,4 +670,158 @@ models:
         "{:?}",
         hook.kinds()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Regression shadows through the gateway: the shipped test-time models (v2, gradient boosting,
+// is about three times closer to the truth than v1, a small random forest), real traffic,
+// labels through /v1/feedback, spec defaults.
+
+const REGRESSION_MODELS: &str = r#"
+models:
+  testtime:
+    versions:
+      v1: { onnx: models/testtime_v1.onnx }
+      v1-copy: { onnx: models/testtime_v1.onnx }
+      v2: { onnx: models/testtime_v2.onnx }
+    serve: { kind: single, version: v1 }
+"#;
+
+/// Runs a shadow of `candidate` behind `primary` over `n` dies with their measured test times as
+/// labels, and returns the concluded rollout and its report.
+async fn regression_shadow(
+    tg: &TestGateway,
+    wafers: &mut WaferGenerator,
+    name: &str,
+    primary: &str,
+    candidate: &str,
+    n: u64,
+) -> (RolloutView, Report) {
+    apply(
+        tg,
+        &format!(
+            "name: {name}\nmodel: testtime\nkind: shadow\nprimary: {primary}\ncandidate: {candidate}\nmin_labelled: {n}\n"
+        ),
+    )
+    .await;
+    let mut labels = Vec::new();
+    for _ in 0..n {
+        let die = wafers.die();
+        let id = format!("{name}-{}", die.id);
+        let body = json!({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": die.features}]});
+        let r = tg
+            .client
+            .post_json(
+                &tg.url("/v2/models/testtime/infer"),
+                &[("x-request-id", &id)],
+                &body,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.header("x-switchyard-model-version"), primary);
+        labels.push(json!({"request_id": id, "value": die.test_time_ms}));
+    }
+    // The shadow's answers are mirrored off the request path: wait until every one is logged
+    // before the labels arrive.
+    let admin = tg.admin();
+    let mirrored = |stats: &ModelStats| {
+        stats
+            .variants
+            .iter()
+            .filter(|v| v.version == candidate && v.role == Role::Shadow)
+            .map(|v| v.stats.requests)
+            .sum::<u64>()
+    };
+    let mut seen = 0;
+    for _ in 0..2_000 {
+        tg.gateway.state.log.flush().await.unwrap();
+        seen = mirrored(&admin.model_stats("testtime", None).await.unwrap());
+        if seen >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen >= n, "{name}: {seen} of {n} shadow answers logged");
+    let r = tg
+        .client
+        .post_json(&tg.url("/v1/feedback"), &[], &Value::Array(labels))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    tg.gateway.state.log.flush().await.unwrap();
+    tg.tick(1_000).await;
+    let view = phase(tg, name).await;
+    assert_eq!(view.phase, Phase::Completed, "{name}: {view:?}");
+    (view, admin.report(name).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regression_shadows_promote_a_better_model_reject_a_worse_one_and_call_a_copy_neutral() {
+    let tg = TestGateway::start(REGRESSION_MODELS).await;
+    let mut wafers = WaferGenerator::new(11);
+    let n = 400;
+
+    // Much better: v2 behind v1.
+    let (view, report) = regression_shadow(&tg, &mut wafers, "tt-better", "v1", "v2", n).await;
+    let s = report.analysis.shadow.expect("a shadow analysis").report;
+    assert_eq!(s.output, OutputKind::Regression);
+    assert_eq!(s.labelled, n, "{s:?}");
+    let (pm, sm) = (s.primary_mae.unwrap(), s.shadow_mae.unwrap());
+    assert!(
+        sm < pm / 2.0,
+        "v2 is much closer to the truth: {sm} vs {pm}"
+    );
+    assert!(s.mae_change.unwrap() < -0.10, "{s:?}");
+    assert!(s.paired_t.unwrap().p_value < 0.05, "{s:?}");
+    assert_eq!(
+        view.recommendation,
+        Some(Recommendation::Promote),
+        "{view:?}"
+    );
+    assert_eq!(s.recommendation, Recommendation::Promote);
+    let reason = view.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("MAE"),
+        "the reason names the numbers: {reason}"
+    );
+
+    // Much worse: v1 behind v2 (the routing serves v2 first).
+    tg.admin()
+        .put_route("testtime", "kind: single\nversion: v2\n")
+        .await
+        .unwrap();
+    let (view, report) = regression_shadow(&tg, &mut wafers, "tt-worse", "v2", "v1", n).await;
+    let s = report.analysis.shadow.expect("a shadow analysis").report;
+    assert!(s.mae_change.unwrap() > 0.10, "{s:?}");
+    assert_eq!(
+        view.recommendation,
+        Some(Recommendation::Reject),
+        "{view:?}"
+    );
+
+    // The same model under two names: identical answers, no difference at all.
+    tg.admin()
+        .put_route("testtime", "kind: single\nversion: v1\n")
+        .await
+        .unwrap();
+    let (view, report) = regression_shadow(&tg, &mut wafers, "tt-same", "v1", "v1-copy", n).await;
+    let s = report.analysis.shadow.expect("a shadow analysis").report;
+    assert_eq!(s.agreement, Some(1.0), "{s:?}");
+    assert_eq!(s.mae_change, Some(0.0), "{s:?}");
+    assert_eq!(
+        view.recommendation,
+        Some(Recommendation::Neutral),
+        "{view:?}"
+    );
+
+    // The text report shows the regression numbers.
+    let text = tg.admin().report_as("tt-better", "text").await.unwrap();
+    let text = String::from_utf8_lossy(&text);
+    for line in [
+        "primary / shadow MAE",
+        "primary / shadow RMSE",
+        "primary / shadow MAPE",
+        "paired t on |errors|",
+    ] {
+        assert!(text.contains(line), "missing '{line}' in\n{text}");
+    }
 }

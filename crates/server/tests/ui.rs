@@ -19,65 +19,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use support::TestGateway;
 use switchyard_server::api::{EventView, Report};
+use switchyard_wafer::{Die, WaferGenerator};
 
 const TOKEN: &str = "ui-test-token-7f3a";
 
 // ---------------------------------------------------------------------------------------------
 // Data: wafer-test records from the distribution the shipped models were trained on
-// (models/README.md), with their true bin and test time.
+// (`switchyard-wafer`, the demo's generator), with their true bin and test time.
 
-struct Die {
-    features: [f32; 8],
-    pass: u8,
-    test_time_ms: f64,
-}
-
-struct Wafers {
-    rng: StdRng,
-}
-
-impl Wafers {
-    fn normal(&mut self, mean: f64, sd: f64) -> f64 {
-        let u1: f64 = self.rng.random::<f64>().max(f64::MIN_POSITIVE);
-        let u2: f64 = self.rng.random();
-        mean + sd * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    }
-
-    fn die(&mut self) -> Die {
-        let vdd = self.normal(1.0, 0.03);
-        let idd = self.normal(50.0, 5.0);
-        let freq = self.normal(2.0, 0.15);
-        let temp = self.rng.random_range(25.0..85.0);
-        let die_x = f64::from(self.rng.random_range(-10i32..=10));
-        let die_y = f64::from(self.rng.random_range(-10i32..=10));
-        let leakage = self.normal(0.0, 0.5).exp();
-        let ring_osc = self.normal(1000.0, 40.0);
-        let (z_vdd, z_idd, z_freq) = ((vdd - 1.0) / 0.03, (idd - 50.0) / 5.0, (freq - 2.0) / 0.15);
-        let (z_temp, z_leak, z_ro) = (
-            (temp - 55.0) / 30.0,
-            leakage.ln() / 0.5,
-            (ring_osc - 1000.0) / 40.0,
-        );
-        let r = (die_x * die_x + die_y * die_y).sqrt() / 10.0;
-        let score = 12.0 + 3.0 * z_vdd - 3.0 * z_idd + 4.0 * z_freq - 2.0 * z_temp - 5.0 * z_leak
-            + 3.0 * z_ro
-            - 25.0 * (r - 0.9).max(0.0);
-        let pass = u8::from(self.rng.random::<f64>() < 1.0 / (1.0 + (-score).exp()));
-        let test_time_ms = 120.0 + 0.4 * (temp - 55.0) + 20.0 * r * r - 6.0 * z_freq
-            + 8.0 * z_leak.max(0.0)
-            + self.normal(0.0, 3.0);
-        Die {
-            features: [vdd, idd, freq, temp, die_x, die_y, leakage, ring_osc].map(|x| x as f32),
-            pass,
-            test_time_ms,
-        }
-    }
-}
+type Wafers = WaferGenerator;
 
 fn gateway_yaml() -> String {
     r#"
@@ -146,8 +99,8 @@ async fn traffic(tg: &TestGateway, wafers: &parking_lot::Mutex<Wafers>, model: &
         let mut w = wafers.lock();
         (0..n)
             .map(|_| {
-                let id = format!("{model}-{:016x}", w.rng.random::<u64>());
-                (id, w.die())
+                let die = w.die();
+                (format!("{model}-{}", die.id), die)
             })
             .collect()
     };
@@ -276,9 +229,7 @@ async fn scenario(tg: &TestGateway, wafers: &parking_lot::Mutex<Wafers>) {
 }
 
 fn new_wafers(seed: u64) -> parking_lot::Mutex<Wafers> {
-    parking_lot::Mutex::new(Wafers {
-        rng: StdRng::seed_from_u64(seed),
-    })
+    parking_lot::Mutex::new(WaferGenerator::new(seed))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -18,13 +18,15 @@ pub mod mcnemar;
 pub mod multiple;
 pub mod power;
 pub mod proportions;
+pub mod sample;
 pub mod sequential;
 pub mod summary;
 pub mod ttest;
 pub mod wilcoxon;
 
 pub use error::StatsError;
-pub use summary::{LatencyHistogram, Moments, Proportion};
+pub use sample::BottomK;
+pub use summary::{LatencyHistogram, Moments, Proportion, SignedLogHistogram};
 
 /// Standard normal helpers shared by the tests.
 pub(crate) mod normal {

@@ -5,6 +5,8 @@
 //! exact: merging the summaries of any split of a stream equals the summary of the whole
 //! stream (up to floating-point rounding for [`Moments`]). Property tests check this.
 
+use std::collections::BTreeMap;
+
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
@@ -271,6 +273,111 @@ impl LatencyHistogram {
     }
 }
 
+/// Relative width of a [`SignedLogHistogram`] bucket: values within 1% of each other may share
+/// one.
+pub const SIGNED_HISTOGRAM_RESOLUTION: f64 = 0.01;
+
+/// Counts of signed values (errors `prediction − truth`) in logarithmic buckets of the
+/// magnitude, 1% wide, one set per sign, plus exact zeros. Merges exactly (counts add), keeps
+/// only the buckets it has seen (an error distribution spanning three decades fills at most
+/// ~700 per sign), and answers "how many values lie below `x`" for an `x` chosen after the
+/// fact (a spec's limit), to within one bucket of `x`: see [`SignedLogHistogram::count_below`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedLogHistogram {
+    /// Buckets of negative values by the bucket index of their magnitude.
+    negative: BTreeMap<i32, u64>,
+    zero: u64,
+    positive: BTreeMap<i32, u64>,
+}
+
+/// `(negative buckets, zeros, positive buckets)`, for storage.
+pub type SignedHistogramParts = (Vec<(i32, u64)>, u64, Vec<(i32, u64)>);
+
+impl SignedLogHistogram {
+    /// Bucket `i` holds the magnitudes in `[(1 + r)^i, (1 + r)^(i + 1))`.
+    fn bucket(magnitude: f64) -> i32 {
+        (magnitude.ln() / SIGNED_HISTOGRAM_RESOLUTION.ln_1p()).floor() as i32
+    }
+
+    /// Adds one value. Non-finite values are the caller's bug and are ignored.
+    pub fn record(&mut self, x: f64) {
+        if !x.is_finite() {
+            return;
+        }
+        if x == 0.0 {
+            self.zero += 1;
+        } else if x < 0.0 {
+            *self.negative.entry(Self::bucket(-x)).or_default() += 1;
+        } else {
+            *self.positive.entry(Self::bucket(x)).or_default() += 1;
+        }
+    }
+
+    pub fn merge(&mut self, other: &SignedLogHistogram) {
+        for (mine, theirs) in [
+            (&mut self.negative, &other.negative),
+            (&mut self.positive, &other.positive),
+        ] {
+            for (b, n) in theirs {
+                *mine.entry(*b).or_default() += n;
+            }
+        }
+        self.zero += other.zero;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.negative.values().sum::<u64>() + self.zero + self.positive.values().sum::<u64>()
+    }
+
+    /// The number of values below `x`, never fewer: every value `< x` counts, and so may a
+    /// value `>= x` that shares `x`'s bucket (within 1% of `x`). `x = 0` counts the negative
+    /// values exactly; `x = −∞` counts none and `x = +∞` all.
+    pub fn count_below(&self, x: f64) -> u64 {
+        if x.is_nan() || x == f64::NEG_INFINITY {
+            return 0;
+        }
+        if x == f64::INFINITY {
+            return self.count();
+        }
+        let negatives: u64 = self.negative.values().sum();
+        if x == 0.0 {
+            return negatives;
+        }
+        let b = Self::bucket(x.abs());
+        if x < 0.0 {
+            // Magnitudes from x's bucket up.
+            self.negative.range(b..).map(|(_, n)| n).sum()
+        } else {
+            negatives + self.zero + self.positive.range(..=b).map(|(_, n)| n).sum::<u64>()
+        }
+    }
+
+    /// The non-empty buckets, for storage.
+    pub fn parts(&self) -> SignedHistogramParts {
+        (
+            self.negative.iter().map(|(b, n)| (*b, *n)).collect(),
+            self.zero,
+            self.positive.iter().map(|(b, n)| (*b, *n)).collect(),
+        )
+    }
+
+    /// Rebuilds a histogram from [`SignedLogHistogram::parts`].
+    pub fn from_parts(parts: SignedHistogramParts) -> Self {
+        let (negative, zero, positive) = parts;
+        let mut h = SignedLogHistogram {
+            zero,
+            ..Default::default()
+        };
+        for (b, n) in negative.into_iter().filter(|(_, n)| *n > 0) {
+            *h.negative.entry(b).or_default() += n;
+        }
+        for (b, n) in positive.into_iter().filter(|(_, n)| *n > 0) {
+            *h.positive.entry(b).or_default() += n;
+        }
+        h
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,7 +458,52 @@ mod tests {
         );
     }
 
+    #[test]
+    fn signed_histogram_counts_below_within_one_bucket_and_never_fewer() {
+        let xs = [
+            -80.0, -51.0, -50.2, -49.0, -10.0, -0.5, 0.0, 0.0, 0.3, 12.0, 50.0, 120.0,
+        ];
+        let mut h = SignedLogHistogram::default();
+        xs.iter().for_each(|&x| h.record(x));
+        h.record(f64::NAN);
+        assert_eq!(h.count(), 12);
+        let exact = |t: f64| xs.iter().filter(|&&x| x < t).count() as u64;
+        // Thresholds away from every value (more than a bucket): exact.
+        for t in [-100.0, -60.0, -30.0, -1.0, 0.0, 0.1, 1.0, 20.0, 80.0, 1e9] {
+            assert_eq!(h.count_below(t), exact(t), "below {t}");
+        }
+        // -49.8 shares a bucket with -50.2 (1% wide): that value may count, never one fewer.
+        let near = h.count_below(-49.8);
+        assert!((exact(-49.8)..=exact(-49.8) + 1).contains(&near), "{near}");
+        assert_eq!(h.count_below(f64::NEG_INFINITY), 0);
+        assert_eq!(h.count_below(f64::INFINITY), 12);
+        assert_eq!(h.count_below(f64::NAN), 0);
+        assert_eq!(SignedLogHistogram::from_parts(h.parts()), h);
+    }
+
     proptest! {
+        #[test]
+        fn signed_histogram_merge_is_exact_and_bounds_the_count(
+            xs in proptest::collection::vec(-1e4f64..1e4, 0..300),
+            cut in 0usize..300,
+            t in -2e4f64..2e4,
+        ) {
+            let cut = cut.min(xs.len());
+            let mut whole = SignedLogHistogram::default();
+            xs.iter().for_each(|&x| whole.record(x));
+            let (mut a, mut b) = (SignedLogHistogram::default(), SignedLogHistogram::default());
+            xs[..cut].iter().for_each(|&x| a.record(x));
+            xs[cut..].iter().for_each(|&x| b.record(x));
+            b.merge(&a);
+            prop_assert_eq!(&b, &whole);
+            // Every value below t counts; a value at or above t counts only within 1% of t.
+            let below = xs.iter().filter(|&&x| x < t).count() as u64;
+            let slack = t.abs() * 1.011;
+            let upper = xs.iter().filter(|&&x| x < t || (x - t).abs() <= slack - t.abs()).count() as u64;
+            let got = whole.count_below(t);
+            prop_assert!(below <= got && got <= upper, "{} <= {} <= {}", below, got, upper);
+        }
+
         #[test]
         fn moments_merge_equals_one_pass(
             xs in proptest::collection::vec(-1e6f64..1e6, 0..200),

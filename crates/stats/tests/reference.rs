@@ -299,3 +299,26 @@ fn drift_matches_scipy_jensenshannon_and_the_psi_formula() {
         check("js_distance", &case, d.js_distance, f(&case, "js_distance"));
     }
 }
+
+#[test]
+fn signed_histogram_counts_underestimates_as_numpy() {
+    let mut checked = 0;
+    for case in cases_at_least("shadow_pairs", 6) {
+        if case["kind"] != "regression" {
+            continue;
+        }
+        let mut h = switchyard_stats::SignedLogHistogram::default();
+        for (s, t) in floats(&case, "shadow").iter().zip(floats(&case, "truth")) {
+            h.record(s - t);
+        }
+        // `by` is at least 2% away from every error: no bucket straddles it.
+        assert_eq!(
+            h.count_below(-f(&case, "underestimate_by")),
+            u(&case, "underestimates"),
+            "{}",
+            case["name"]
+        );
+        checked += 1;
+    }
+    assert!(checked >= 5);
+}

@@ -2,12 +2,17 @@
 //!
 //! Counts and histograms round-trip exactly (a histogram as its non-empty buckets); moments as
 //! their parts (count, mean, M2, min, max), which `serde_json` writes in shortest round-trip
-//! form.
+//! form; bottom-k samples as their size and `(hash, values…)` entries. Fields added since the
+//! first version default when absent, so a window published by an older replica still reads.
 
 use serde::{Deserialize, Serialize};
-use switchyard_core::aggregate::{PairKey, PairStats, SeriesKey, VariantStats};
+use switchyard_core::aggregate::{
+    LabelledValues, PairKey, PairStats, PairedErrors, SeriesKey, ValuePair, VariantStats,
+};
 use switchyard_core::{Aggregates, Role};
-use switchyard_stats::{LatencyHistogram, Moments, Proportion};
+use switchyard_stats::sample::DEFAULT_SAMPLE_SIZE;
+use switchyard_stats::summary::SignedHistogramParts;
+use switchyard_stats::{BottomK, LatencyHistogram, Moments, Proportion, SignedLogHistogram};
 
 use crate::error::corrupt;
 use crate::StoreError;
@@ -33,6 +38,8 @@ struct WireSeries {
     correct: Proportion,
     abs_error: Option<MomentParts>,
     sq_error: Option<MomentParts>,
+    #[serde(default)]
+    signed_error: Option<SignedHistogramParts>,
     metrics: Vec<(String, MomentParts)>,
 }
 
@@ -47,9 +54,80 @@ struct WirePair {
     primary_only: u64,
     shadow_only: u64,
     both_wrong: u64,
-    error_diff: Option<MomentParts>,
+    #[serde(default)]
+    values_compared: u64,
+    #[serde(default)]
+    values: Option<WireSample<(u64, f64, f64)>>,
+    #[serde(default)]
+    errors: Option<WireErrors>,
+    #[serde(default)]
+    labelled_values: Option<WireSample<(u64, f64, f64, f64)>>,
     shadow_errors: u64,
     shadow_calls: u64,
+}
+
+/// A bottom-k sample: its size and its entries.
+#[derive(Serialize, Deserialize)]
+struct WireSample<E> {
+    k: usize,
+    entries: Vec<E>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireErrors {
+    primary_abs: Option<MomentParts>,
+    shadow_abs: Option<MomentParts>,
+    primary_sq: Option<MomentParts>,
+    shadow_sq: Option<MomentParts>,
+    primary_ape: Option<MomentParts>,
+    shadow_ape: Option<MomentParts>,
+    ape_skipped: u64,
+    abs_diff: Option<MomentParts>,
+}
+
+fn sample_of<T, E>(s: &BottomK<T>, entry: impl Fn(u64, &T) -> E) -> Option<WireSample<E>> {
+    (!s.is_empty()).then(|| WireSample {
+        k: s.k(),
+        entries: s.iter().map(|(h, v)| entry(h, v)).collect(),
+    })
+}
+
+fn sample<T: Clone + PartialOrd, E>(
+    w: Option<WireSample<E>>,
+    item: impl Fn(E) -> (u64, T),
+) -> BottomK<T> {
+    w.map_or_else(BottomK::default, |w| {
+        BottomK::from_entries(
+            w.k.min(DEFAULT_SAMPLE_SIZE),
+            w.entries.into_iter().map(item),
+        )
+    })
+}
+
+fn errors_of(e: &PairedErrors) -> Option<WireErrors> {
+    (e.count() > 0 || e.ape_skipped > 0).then(|| WireErrors {
+        primary_abs: parts(&e.primary_abs),
+        shadow_abs: parts(&e.shadow_abs),
+        primary_sq: parts(&e.primary_sq),
+        shadow_sq: parts(&e.shadow_sq),
+        primary_ape: parts(&e.primary_ape),
+        shadow_ape: parts(&e.shadow_ape),
+        ape_skipped: e.ape_skipped,
+        abs_diff: parts(&e.abs_diff),
+    })
+}
+
+fn errors(w: Option<WireErrors>) -> PairedErrors {
+    w.map_or_else(PairedErrors::default, |w| PairedErrors {
+        primary_abs: moments(w.primary_abs),
+        shadow_abs: moments(w.shadow_abs),
+        primary_sq: moments(w.primary_sq),
+        shadow_sq: moments(w.shadow_sq),
+        primary_ape: moments(w.primary_ape),
+        shadow_ape: moments(w.shadow_ape),
+        ape_skipped: w.ape_skipped,
+        abs_diff: moments(w.abs_diff),
+    })
 }
 
 fn parts(m: &Moments) -> Option<MomentParts> {
@@ -79,6 +157,7 @@ pub fn encode_aggregates(agg: &Aggregates) -> Result<String, StoreError> {
                 correct: v.correct,
                 abs_error: parts(&v.abs_error),
                 sq_error: parts(&v.sq_error),
+                signed_error: (v.signed_error.count() > 0).then(|| v.signed_error.parts()),
                 metrics: v
                     .metrics
                     .iter()
@@ -99,7 +178,12 @@ pub fn encode_aggregates(agg: &Aggregates) -> Result<String, StoreError> {
                 primary_only: p.primary_only,
                 shadow_only: p.shadow_only,
                 both_wrong: p.both_wrong,
-                error_diff: parts(&p.error_diff),
+                values_compared: p.values_compared,
+                values: sample_of(&p.values, |h, v| (h, v.primary, v.shadow)),
+                errors: errors_of(&p.errors),
+                labelled_values: sample_of(&p.labelled_values, |h, v| {
+                    (h, v.primary, v.shadow, v.truth)
+                }),
                 shadow_errors: p.shadow_errors,
                 shadow_calls: p.shadow_calls,
             })
@@ -129,6 +213,9 @@ pub fn decode_aggregates(text: &str) -> Result<Aggregates, StoreError> {
                 correct: s.correct,
                 abs_error: moments(s.abs_error),
                 sq_error: moments(s.sq_error),
+                signed_error: s
+                    .signed_error
+                    .map_or_else(SignedLogHistogram::default, SignedLogHistogram::from_parts),
                 metrics: s
                     .metrics
                     .into_iter()
@@ -151,7 +238,21 @@ pub fn decode_aggregates(text: &str) -> Result<Aggregates, StoreError> {
                 primary_only: p.primary_only,
                 shadow_only: p.shadow_only,
                 both_wrong: p.both_wrong,
-                error_diff: moments(p.error_diff),
+                values_compared: p.values_compared,
+                values: sample(p.values, |(h, primary, shadow)| {
+                    (h, ValuePair { primary, shadow })
+                }),
+                errors: errors(p.errors),
+                labelled_values: sample(p.labelled_values, |(h, primary, shadow, truth)| {
+                    (
+                        h,
+                        LabelledValues {
+                            primary,
+                            shadow,
+                            truth,
+                        },
+                    )
+                }),
                 shadow_errors: p.shadow_errors,
                 shadow_calls: p.shadow_calls,
             },

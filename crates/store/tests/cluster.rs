@@ -8,6 +8,7 @@ mod support;
 use support::Db;
 use switchyard_core::{Aggregates, Feedback, Outcome, PairRef, Prediction, PredictionRecord};
 use switchyard_core::{Role, Truth};
+use switchyard_stats::Moments;
 use switchyard_store::wire::{decode_aggregates, encode_aggregates};
 use switchyard_store::{spawn_log_writer, Cluster, LogWriterConfig, StoreUrl};
 
@@ -40,6 +41,22 @@ fn record(id: &str, role: Role, version: &str, class: &str, latency_us: u64) -> 
             output: Prediction::Classes(vec!["1".into()]),
         }),
     }
+}
+
+/// The serving and shadow records of one request to a regression model.
+fn regression(id: &str, i: u64) -> [PredictionRecord; 2] {
+    let primary = Prediction::Values(vec![100.0 + (i % 13) as f64 * 0.9, (i % 7) as f64]);
+    let mut serving = record(id, Role::Serving, "v1", "0", 700 + i);
+    serving.model = "testtime".into();
+    serving.output = primary.clone();
+    let mut shadow = record(id, Role::Shadow, "v2", "0", 800 + i);
+    shadow.model = "testtime".into();
+    shadow.output = Prediction::Values(vec![99.0 + (i % 11) as f64, (i % 3) as f64 * 0.5]);
+    shadow.pair = Some(PairRef {
+        version: "v1".into(),
+        output: primary,
+    });
+    [serving, shadow]
 }
 
 fn label(id: &str, class: &str, revenue: f64) -> Feedback {
@@ -89,6 +106,15 @@ async fn merged_replica_windows_equal_one_writer_of_all_traffic() {
             assert!(all.record(r.clone()));
         }
     }
+    // A regression model shadowed the same way (two instances per request).
+    for i in 0..300u64 {
+        let recs = regression(&format!("tt-{i}"), i);
+        let (_, (log, _)) = &replicas[(i % 3) as usize];
+        for r in &recs {
+            assert!(log.record(r.clone()));
+            assert!(all.record(r.clone()));
+        }
+    }
     for (_, (log, _)) in &replicas {
         log.flush().await.unwrap();
     }
@@ -105,6 +131,24 @@ async fn merged_replica_windows_equal_one_writer_of_all_traffic() {
         assert_eq!(out.accepted, 1);
         all.feedback(vec![item], 5).await.unwrap();
     }
+    for i in (0..300u64).step_by(3) {
+        let item = Feedback {
+            request_id: format!("tt-{i}"),
+            truth: Truth::Values(vec![100.0 + (i % 17) as f64, (i % 5) as f64]),
+            metrics: vec![],
+        };
+        let (_, (log, _)) = &replicas[((i + 1) % 3) as usize];
+        assert_eq!(
+            log.feedback(vec![item.clone()], 5).await.unwrap().accepted,
+            1
+        );
+        all.feedback(vec![item], 5).await.unwrap();
+    }
+    let tt = all
+        .aggregates()
+        .lock()
+        .pair("testtime", "v1", "v2", |_| true);
+    assert_eq!((tt.values.len(), tt.labelled_values.len()), (600, 200));
     // A duplicate label sent to a third replica is recognised as such.
     let (_, (log, _)) = &replicas[2];
     let dup = log
@@ -142,8 +186,8 @@ async fn merged_replica_windows_equal_one_writer_of_all_traffic() {
         .filter(|c| c.1 == "serving")
         .map(|c| c.2)
         .sum();
-    assert_eq!(serving, 300);
-    assert!(counts.iter().all(|c| c.2 == 100), "{counts:?}");
+    assert_eq!(serving, 600);
+    assert!(counts.iter().all(|c| c.2 == 200), "{counts:?}");
 
     // A restarted replica rebuilds exactly its own window (its records, the labels it took).
     let before = replicas[1].1 .0.aggregates().lock().clone();
@@ -159,10 +203,58 @@ async fn merged_replica_windows_equal_one_writer_of_all_traffic() {
     all_thread.join().unwrap();
 }
 
-/// Equal counts, histograms and proportions; moments equal up to float rounding (Welford's
-/// updates depend on the order values arrive in).
+/// Equal counts, histograms, proportions and samples; moments equal up to float rounding
+/// (Welford's updates depend on the order values arrive in).
 fn assert_same(got: &Aggregates, want: &Aggregates) {
-    assert_eq!(got.pairs, want.pairs);
+    assert_eq!(
+        got.pairs.keys().collect::<Vec<_>>(),
+        want.pairs.keys().collect::<Vec<_>>()
+    );
+    for (key, w) in &want.pairs {
+        let g = &got.pairs[key];
+        assert_eq!(
+            (
+                g.agreement,
+                g.both_correct,
+                g.primary_only,
+                g.shadow_only,
+                g.both_wrong
+            ),
+            (
+                w.agreement,
+                w.both_correct,
+                w.primary_only,
+                w.shadow_only,
+                w.both_wrong
+            ),
+            "{key:?}"
+        );
+        assert_eq!(
+            (
+                g.values_compared,
+                g.shadow_errors,
+                g.shadow_calls,
+                g.errors.ape_skipped
+            ),
+            (
+                w.values_compared,
+                w.shadow_errors,
+                w.shadow_calls,
+                w.errors.ape_skipped
+            ),
+            "{key:?}"
+        );
+        assert_eq!(g.values, w.values, "{key:?}");
+        assert_eq!(g.labelled_values, w.labelled_values, "{key:?}");
+        for (gm, wm) in [
+            (&g.errors.primary_abs, &w.errors.primary_abs),
+            (&g.errors.shadow_sq, &w.errors.shadow_sq),
+            (&g.errors.shadow_ape, &w.errors.shadow_ape),
+            (&g.errors.abs_diff, &w.errors.abs_diff),
+        ] {
+            close(gm, wm);
+        }
+    }
     assert_eq!(
         got.series.keys().collect::<Vec<_>>(),
         want.series.keys().collect::<Vec<_>>()
@@ -176,12 +268,21 @@ fn assert_same(got: &Aggregates, want: &Aggregates) {
             g.metrics.keys().collect::<Vec<_>>(),
             w.metrics.keys().collect::<Vec<_>>()
         );
+        assert_eq!(g.signed_error, w.signed_error, "{key:?}");
+        close(&g.abs_error, &w.abs_error);
         for (name, wm) in &w.metrics {
-            let gm = &g.metrics[name];
-            assert_eq!(gm.count(), wm.count());
-            assert!((gm.mean().unwrap() - wm.mean().unwrap()).abs() < 1e-9);
-            assert!((gm.variance().unwrap() - wm.variance().unwrap()).abs() < 1e-6);
+            close(&g.metrics[name], wm);
         }
+    }
+}
+
+fn close(g: &Moments, w: &Moments) {
+    assert_eq!(g.count(), w.count());
+    if w.count() > 0 {
+        assert!((g.mean().unwrap() - w.mean().unwrap()).abs() < 1e-9);
+    }
+    if w.count() > 1 {
+        assert!((g.variance().unwrap() - w.variance().unwrap()).abs() < 1e-6);
     }
 }
 
@@ -197,8 +298,44 @@ fn aggregates_survive_their_text_form() {
             &[("m".into(), i as f64)],
         );
     }
+    // Regression pairs: samples, paired errors and signed errors (with a zero truth, for MAPE).
+    for i in 0..40u64 {
+        let id = format!("v{i}");
+        let (p, s, t) = (
+            100.0 + i as f64 * 0.7,
+            101.5 - i as f64 * 0.3,
+            (i % 9) as f64 * 12.5,
+        );
+        let mut serving = record(&id, Role::Serving, "v1", "0", 10 + i);
+        serving.output = Prediction::Values(vec![p, p / 3.0]);
+        let mut shadow = record(&id, Role::Shadow, "v2", "0", 20 + i);
+        shadow.output = Prediction::Values(vec![s, s / 3.0]);
+        shadow.pair = Some(PairRef {
+            version: "v1".into(),
+            output: serving.output.clone(),
+        });
+        agg.record(&serving);
+        agg.record(&shadow);
+        agg.record_feedback(&[serving, shadow], &Truth::Values(vec![t, t / 3.0]), &[]);
+    }
+    let pair = agg.pair("yield", "v1", "v2", |_| true);
+    assert_eq!(
+        (
+            pair.values.len(),
+            pair.labelled_values.len(),
+            pair.errors.ape_skipped
+        ),
+        (80, 80, 10)
+    );
     let text = encode_aggregates(&agg).unwrap();
+    // Floats read back bit for bit (serde_json's `float_roundtrip`).
     assert_eq!(decode_aggregates(&text).unwrap(), agg);
+    // A window written before the regression fields existed still reads.
+    let old = r#"{"series":[],"pairs":[{"model":"m","epoch":1,"primary":"v1","shadow":"v2",
+        "agreement":{"successes":1,"trials":2},"both_correct":1,"primary_only":0,"shadow_only":1,
+        "both_wrong":0,"error_diff":null,"shadow_errors":0,"shadow_calls":2}]}"#;
+    let back = decode_aggregates(old).unwrap();
+    assert_eq!(back.pair("m", "v1", "v2", |_| true).labelled(), 2);
     let err = decode_aggregates("{\"series\": 3}").unwrap_err();
     assert!(err.to_string().contains("aggregates"), "{err}");
 }

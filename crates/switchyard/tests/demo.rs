@@ -1,5 +1,6 @@
 //! Runs `switchyard demo --fast` end to end as a process and checks its outcome from the summary
-//! it writes: v2 recommended by the shadow comparison and promoted by the canary, v3 rolled
+//! it writes: v2 recommended by the shadow comparison and promoted by the canary, the test-time
+//! regressor's v2 recommended by its shadow on MAE, v3 rolled
 //! back with an alert delivered to the demo's webhook listener, the A/B test concluded, and the
 //! audit chain verified.
 
@@ -38,6 +39,8 @@ fn the_demo_tells_the_whole_story() {
             .unwrap_or_default()
     };
     assert_eq!(summary["shadow_recommendation"], "PROMOTE", "{stdout}");
+    // The regressor's shadow: v2 is about three times closer to the measured test times.
+    assert_eq!(summary["regression_recommendation"], "PROMOTE", "{stdout}");
     assert_eq!(
         phase("yield-v2-shadow-canary"),
         "completed",
@@ -62,6 +65,7 @@ fn the_demo_tells_the_whole_story() {
     for needle in [
         "McNemar",
         "PROMOTE",
+        "paired t on |errors|",
         "rolled_back",
         "sample-size plan",
         "rollback drill",

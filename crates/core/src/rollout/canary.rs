@@ -31,8 +31,13 @@ pub struct Step {
 pub struct GatePolicy {
     /// Largest tolerated drop of accuracy, in absolute terms (0.05 = five points).
     pub max_accuracy_drop: Option<f64>,
-    /// Largest tolerated relative increase of MAE (regression models).
+    /// Largest tolerated relative increase of MAE (regression models): the gate fails when
+    /// `(canary MAE − stable MAE) / stable MAE` exceeds it ([`relative_change`]).
     pub max_mae_increase: Option<f64>,
+    /// Regression models: at most a share of the canary's labelled predictions may fall below
+    /// the truth by more than a margin. Off unless written.
+    #[serde(default)]
+    pub max_underestimate: Option<Underestimate>,
     /// Labelled instances needed on each side before quality is judged.
     pub min_labelled: u64,
     /// Largest tolerated relative increase of p95 latency (0.5 = +50%).
@@ -55,6 +60,7 @@ impl Default for GatePolicy {
         GatePolicy {
             max_accuracy_drop: Some(0.05),
             max_mae_increase: Some(0.10),
+            max_underestimate: None,
             min_labelled: 30,
             max_p95_increase: Some(0.5),
             min_p95_increase_ms: DEFAULT_MIN_P95_INCREASE_MS,
@@ -96,6 +102,8 @@ pub struct RawGate {
     pub max_accuracy_drop: Option<f64>,
     #[serde(default = "some_mae_increase")]
     pub max_mae_increase: Option<f64>,
+    /// `{by, share}`; absent or `null` disables.
+    pub max_underestimate: Option<Underestimate>,
     pub min_labelled: Option<u64>,
     #[serde(default = "some_p95_increase")]
     pub max_p95_increase: Option<f64>,
@@ -153,6 +161,7 @@ fn gate(raw: Option<RawGate>, problems: &mut Vec<String>) -> GatePolicy {
     GatePolicy {
         max_accuracy_drop: g.max_accuracy_drop,
         max_mae_increase: g.max_mae_increase,
+        max_underestimate: g.max_underestimate,
         min_labelled: g.min_labelled.unwrap_or(d.min_labelled),
         max_p95_increase: g.max_p95_increase,
         min_p95_increase_ms: g.min_p95_increase_ms.unwrap_or(d.min_p95_increase_ms),
@@ -251,6 +260,102 @@ fn gate_problems(g: &GatePolicy, p: &mut Vec<String>) {
             "gate.min_error_rate must be a non-negative number, got {}",
             g.min_error_rate
         ));
+    }
+    if let Some(u) = &g.max_underestimate {
+        u.problems("gate.max_underestimate", p);
+    }
+}
+
+/// An asymmetric limit on a regression candidate, the seed's "never underestimate test time by
+/// more than X": at most `share` of its labelled predictions may fall below the truth by more
+/// than `by`. The same definition serves the shadow (→ REJECT) and the canary gate (→ roll
+/// back).
+///
+/// Counted from [`VariantStats::signed_error`], a mergeable histogram of `prediction − truth`
+/// in 1%-wide buckets: every prediction short by more than `by` counts, and one short by
+/// slightly less (within 1% of `by`) may count too, so the check errs on the safe side.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Underestimate {
+    /// Margin, in the output's unit (e.g. ms of test time).
+    pub by: f64,
+    /// Largest tolerated fraction of labelled predictions short by more than `by` (0.01 = 1%).
+    pub share: f64,
+}
+
+/// How a candidate fares against an [`Underestimate`] limit.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct UnderestimateCheck {
+    /// The limit's margin (output unit) and largest share (fraction).
+    pub by: f64,
+    pub max_share: f64,
+    /// Labelled predictions below the truth by more than `by`.
+    pub count: u64,
+    /// Labelled regression predictions of the candidate.
+    pub labelled: u64,
+    /// `count / labelled` (fraction).
+    pub share: f64,
+    pub exceeded: bool,
+}
+
+impl Underestimate {
+    /// The check on the candidate's labelled predictions; `None` before the first label.
+    pub fn check(&self, candidate: &VariantStats) -> Option<UnderestimateCheck> {
+        let labelled = candidate.signed_error.count();
+        if labelled == 0 {
+            return None;
+        }
+        let count = candidate.signed_error.count_below(-self.by);
+        let share = count as f64 / labelled as f64;
+        Some(UnderestimateCheck {
+            by: self.by,
+            max_share: self.share,
+            count,
+            labelled,
+            share,
+            exceeded: share > self.share,
+        })
+    }
+
+    pub(super) fn problems(&self, name: &str, p: &mut Vec<String>) {
+        if !(self.by.is_finite() && self.by >= 0.0) {
+            p.push(format!(
+                "{name}.by must be a non-negative number, got {}",
+                self.by
+            ));
+        }
+        if !(self.share.is_finite() && (0.0..=1.0).contains(&self.share)) {
+            p.push(format!(
+                "{name}.share must be a fraction in [0, 1], got {}",
+                self.share
+            ));
+        }
+    }
+}
+
+impl UnderestimateCheck {
+    /// "3.2% of 400 labelled predictions are below the truth by more than 50 (limit 1.0%)".
+    pub fn describe(&self) -> String {
+        format!(
+            "{:.1}% of {} labelled predictions are below the truth by more than {} (limit {:.1}%)",
+            self.share * 100.0,
+            self.labelled,
+            self.by,
+            self.max_share * 100.0
+        )
+    }
+}
+
+/// `(after − before) / before`: the relative change of an error measure (MAE) from the current
+/// version (`before`) to the candidate (`after`); negative when the candidate's errors are
+/// smaller. `0` when both are zero and `+∞` when only `before` is, so a perfect current version
+/// is never "matched" by a worse candidate. Used by the canary gate and the shadow rules alike.
+pub fn relative_change(before: f64, after: f64) -> f64 {
+    if before > 0.0 {
+        (after - before) / before
+    } else if after == before {
+        0.0
+    } else {
+        f64::INFINITY
     }
 }
 
@@ -365,7 +470,7 @@ pub fn evaluate_gate(gate: &GatePolicy, canary: &VariantStats, stable: &VariantS
                 };
             }
         }
-    } else if let Some(max_increase) = gate.max_mae_increase {
+    } else if gate.max_mae_increase.is_some() || gate.max_underestimate.is_some() {
         let (cn, sn) = (canary.abs_error.count(), stable.abs_error.count());
         if cn < gate.min_labelled || sn < gate.min_labelled {
             return Verdict::Hold(format!(
@@ -379,15 +484,34 @@ pub fn evaluate_gate(gate: &GatePolicy, canary: &VariantStats, stable: &VariantS
         );
         details.push(d("canary_mae", cm));
         details.push(d("stable_mae", sm));
-        if cm > sm * (1.0 + max_increase) {
-            return Verdict::Fail {
-                reason: format!(
-                    "MAE {cm:.3} exceeds stable's {sm:.3} by more than {:.0}%",
-                    max_increase * 100.0
-                ),
-                severity: Severity::P0,
-                details,
-            };
+        let change = relative_change(sm, cm);
+        if change.is_finite() {
+            details.push(d("mae_change", change));
+        }
+        if let Some(max_increase) = gate.max_mae_increase {
+            if change > max_increase {
+                return Verdict::Fail {
+                    reason: format!(
+                        "MAE {cm:.3} exceeds stable's {sm:.3} by more than {:.0}%",
+                        max_increase * 100.0
+                    ),
+                    severity: Severity::P0,
+                    details,
+                };
+            }
+        }
+        if let Some(check) = gate.max_underestimate.and_then(|u| u.check(canary)) {
+            details.push(d("underestimate_by", check.by));
+            details.push(d("underestimate_count", check.count));
+            details.push(d("underestimate_share", check.share));
+            details.push(d("underestimate_max_share", check.max_share));
+            if check.exceeded {
+                return Verdict::Fail {
+                    reason: check.describe(),
+                    severity: Severity::P0,
+                    details,
+                };
+            }
         }
     }
     Verdict::Pass(details)

@@ -36,8 +36,13 @@ pub(crate) mod shadow;
 
 pub use ab::{ab_report, AbMetric, AbReport, AbSpec};
 pub use blue_green::BlueGreenSpec;
-pub use canary::{evaluate_gate, CanarySpec, GatePolicy, Step, Verdict};
-pub use shadow::{shadow_report, ShadowReport, ShadowSpec};
+pub use canary::{
+    evaluate_gate, relative_change, CanarySpec, GatePolicy, Step, Underestimate,
+    UnderestimateCheck, Verdict,
+};
+pub use shadow::{
+    shadow_report, OutputKind, RegressionTest, ShadowReport, ShadowRules, ShadowSpec,
+};
 
 use ab::{ab_strategy, tick_ab};
 use blue_green::{blue_green, tick_blue_green};
@@ -123,6 +128,13 @@ impl RolloutSpec {
 fn frac(name: &str, v: f64, p: &mut Vec<String>) {
     if !(v.is_finite() && v >= 0.0) {
         p.push(format!("{name} must be a non-negative number, got {v}"));
+    }
+}
+
+/// Checks that `v` is a fraction in [0, 1].
+fn share(name: &str, v: f64, p: &mut Vec<String>) {
+    if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+        p.push(format!("{name} must be a fraction in [0, 1], got {v}"));
     }
 }
 

@@ -1,22 +1,26 @@
 //! The shadow: the candidate sees a sample of live traffic mirrored, its answers are compared
-//! with the primary's (agreement, McNemar on labelled pairs, a paired t-test for regression)
-//! and never served; the comparison ends in a recommendation, and on PROMOTE it may chain a
-//! canary.
+//! with the primary's and never served; the comparison ends in a recommendation (the seed
+//! notebook's rules, [`ShadowRules`]), and on PROMOTE it may chain a canary.
 //!
-//! Its spec ([`ShadowSpec`], written as [`RawShadow`]), report ([`shadow_report`]) and state
-//! machine live here.
+//! Classification pairs are judged on accuracy (McNemar's test on the discordant labelled
+//! pairs) and agreement; regression pairs on the paired errors of the labelled instances (MAE,
+//! RMSE, MAPE, a paired t-test or Wilcoxon's signed-rank test on `|e_primary| − |e_shadow|`)
+//! and agreement within the spec's tolerance. Its spec ([`ShadowSpec`], written as
+//! [`RawShadow`]), report ([`shadow_report`]) and state machine live here.
 
 use serde::{Deserialize, Serialize};
-use switchyard_stats::{mcnemar, ttest};
+use switchyard_stats::wilcoxon::{wilcoxon, Wilcoxon, WilcoxonMethod};
+use switchyard_stats::{mcnemar, ttest, StatsError};
 
-use super::canary::RawCanary;
+use super::canary::{relative_change, RawCanary, Underestimate, UnderestimateCheck};
 use super::raw::{bp, raw_fields, required};
 use super::{
-    d, frac, opt, single, unit, Action, CanarySpec, Observations, Out, Phase, Recommendation,
-    RolloutKind, RolloutSpec, RolloutState,
+    d, frac, opt, share, single, unit, Action, CanarySpec, Observations, Out, Phase,
+    Recommendation, RolloutKind, RolloutSpec, RolloutState,
 };
 use crate::aggregate::{PairStats, VariantStats};
-use crate::audit::Severity;
+use crate::audit::{Details, Severity};
+use crate::record::Tolerance;
 use crate::routing::BUCKETS;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,24 +29,112 @@ pub struct ShadowSpec {
     pub candidate: String,
     /// Share of requests mirrored, basis points.
     pub sample: u32,
+    /// Labelled pairs (classification or regression instances) to wait for.
     pub min_labelled: u64,
     pub min_duration_ms: u64,
-    /// Accuracy gain (absolute) needed, with significance, to recommend promotion.
-    pub min_improvement: f64,
-    /// Accuracy loss (absolute) that gets the candidate rejected.
-    pub max_drop: f64,
+    /// Significance level of McNemar's test and of the regression test.
     pub alpha: f64,
-    /// Agreement below this, or a shadow error rate above `max_error_rate`, needs a human.
-    pub min_agreement: f64,
+    /// A shadow error rate above this needs a human (INVESTIGATE), whatever the numbers say.
     pub max_error_rate: f64,
+    /// The thresholds of the recommendation.
+    #[serde(flatten)]
+    pub rules: ShadowRules,
     /// On PROMOTE, continue with this canary.
     pub then_canary: Option<CanarySpec>,
     /// Wait for an operator before starting `then_canary`.
     pub chain_requires_approval: bool,
 }
 
+/// Which paired test decides a regression shadow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegressionTest {
+    /// Paired t-test on `|e_primary| − |e_shadow|` (scipy `ttest_rel`), from exact moments.
+    #[default]
+    TTest,
+    /// Wilcoxon signed-rank test on the same differences (scipy `wilcoxon`), on the sample of
+    /// labelled pairs (every pair up to its size).
+    Wilcoxon,
+}
+
+impl RegressionTest {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegressionTest::TTest => "t_test",
+            RegressionTest::Wilcoxon => "wilcoxon",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RegressionTest> {
+        match s {
+            "t_test" => Some(RegressionTest::TTest),
+            "wilcoxon" => Some(RegressionTest::Wilcoxon),
+            _ => None,
+        }
+    }
+}
+
+/// The thresholds of the shadow's recommendation. The defaults are the seed notebook's
+/// numbers; every change is relative, as in the seed (`(shadow − primary) / primary`), and
+/// written as a fraction (0.02 = 2%). The rules themselves are on [`shadow_report`] and in the
+/// README's table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShadowRules {
+    /// Classification: PROMOTE when accuracy improves by more than this (relative) and
+    /// McNemar's p < alpha. Seed: 2%.
+    pub promote_min_improvement: f64,
+    /// Classification: PROMOTE also when accuracy improves at all and agreement exceeds this.
+    /// Seed: 95%.
+    pub promote_min_agreement: f64,
+    /// Both kinds: NEUTRAL when accuracy (MAE) changes by less than this, relative, and
+    /// agreement exceeds `neutral_min_agreement`. Seed: 1% and 98%.
+    pub neutral_max_change: f64,
+    pub neutral_min_agreement: f64,
+    /// Classification: REJECT when accuracy falls by more than this (relative). Seed: 1%.
+    pub reject_max_drop: f64,
+    /// Regression: PROMOTE when MAE falls by more than this (relative) with p < alpha.
+    /// Seed: 10%.
+    pub regression_promote_mae_decrease: f64,
+    /// Regression: REJECT when MAE rises by more than this (relative) with p < alpha. The seed
+    /// is silent; 10%, the mirror of the promotion rule (and the canary gate's default).
+    pub regression_reject_mae_increase: f64,
+    /// Regression: the paired test (`t_test` or `wilcoxon`).
+    pub test: RegressionTest,
+    /// Regression: how close the outputs must be to agree.
+    pub agreement_tolerance: Tolerance,
+    /// Regression: REJECT when more than a share of the candidate's labelled predictions fall
+    /// below the truth by more than a margin. Off unless written.
+    pub max_underestimate: Option<Underestimate>,
+}
+
+impl Default for ShadowRules {
+    fn default() -> Self {
+        ShadowRules {
+            promote_min_improvement: 0.02,
+            promote_min_agreement: 0.95,
+            neutral_max_change: 0.01,
+            neutral_min_agreement: 0.98,
+            reject_max_drop: 0.01,
+            regression_promote_mae_decrease: 0.10,
+            regression_reject_mae_increase: 0.10,
+            test: RegressionTest::TTest,
+            agreement_tolerance: Tolerance::DEFAULT,
+            max_underestimate: None,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
-// As written (`rollout_config`): percentages in percent, durations in milliseconds.
+// As written (`rollout_config`): percentages in percent, durations in milliseconds, thresholds
+// of the rules as fractions.
+
+/// A regression agreement tolerance as written; each part defaults on its own.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawTolerance {
+    pub absolute: Option<f64>,
+    pub relative: Option<f64>,
+}
 
 raw_fields! {
     /// A shadow as written.
@@ -53,11 +145,19 @@ raw_fields! {
         sample: Option<f64>,
         min_labelled: Option<u64>,
         min_duration_ms: Option<u64>,
-        min_improvement: Option<f64>,
-        max_drop: Option<f64>,
         alpha: Option<f64>,
-        min_agreement: Option<f64>,
         max_error_rate: Option<f64>,
+        promote_min_improvement: Option<f64>,
+        promote_min_agreement: Option<f64>,
+        neutral_max_change: Option<f64>,
+        neutral_min_agreement: Option<f64>,
+        reject_max_drop: Option<f64>,
+        regression_promote_mae_decrease: Option<f64>,
+        regression_reject_mae_increase: Option<f64>,
+        /// `t_test` or `wilcoxon`.
+        test: Option<String>,
+        agreement_tolerance: Option<RawTolerance>,
+        max_underestimate: Option<Underestimate>,
         /// Takes a canary's fields.
         then_canary: Option<RawCanary>,
         chain_requires_approval: Option<bool>,
@@ -67,17 +167,48 @@ raw_fields! {
 impl RawShadow {
     /// Builds the spec, adding its problems.
     pub(crate) fn validate(self, problems: &mut Vec<String>) -> ShadowSpec {
+        let d = ShadowRules::default();
+        let test = match self.test.as_deref() {
+            None => d.test,
+            Some(t) => RegressionTest::parse(t).unwrap_or_else(|| {
+                problems.push(format!("test: must be t_test or wilcoxon, got '{t}'"));
+                d.test
+            }),
+        };
+        let tolerance = self.agreement_tolerance.unwrap_or_default();
         ShadowSpec {
             primary: required(&self.primary, "primary", "shadow", problems),
             candidate: required(&self.candidate, "candidate", "shadow", problems),
             sample: bp("sample", self.sample.unwrap_or(100.0), problems),
             min_labelled: self.min_labelled.unwrap_or(1_000),
             min_duration_ms: self.min_duration_ms.unwrap_or(0),
-            min_improvement: self.min_improvement.unwrap_or(0.02),
-            max_drop: self.max_drop.unwrap_or(0.01),
             alpha: self.alpha.unwrap_or(0.05),
-            min_agreement: self.min_agreement.unwrap_or(0.5),
             max_error_rate: self.max_error_rate.unwrap_or(0.05),
+            rules: ShadowRules {
+                promote_min_improvement: self
+                    .promote_min_improvement
+                    .unwrap_or(d.promote_min_improvement),
+                promote_min_agreement: self
+                    .promote_min_agreement
+                    .unwrap_or(d.promote_min_agreement),
+                neutral_max_change: self.neutral_max_change.unwrap_or(d.neutral_max_change),
+                neutral_min_agreement: self
+                    .neutral_min_agreement
+                    .unwrap_or(d.neutral_min_agreement),
+                reject_max_drop: self.reject_max_drop.unwrap_or(d.reject_max_drop),
+                regression_promote_mae_decrease: self
+                    .regression_promote_mae_decrease
+                    .unwrap_or(d.regression_promote_mae_decrease),
+                regression_reject_mae_increase: self
+                    .regression_reject_mae_increase
+                    .unwrap_or(d.regression_reject_mae_increase),
+                test,
+                agreement_tolerance: Tolerance {
+                    absolute: tolerance.absolute.unwrap_or(d.agreement_tolerance.absolute),
+                    relative: tolerance.relative.unwrap_or(d.agreement_tolerance.relative),
+                },
+                max_underestimate: self.max_underestimate,
+            },
             then_canary: self
                 .then_canary
                 .map(|c| c.validate(problems, "then_canary.")),
@@ -94,11 +225,37 @@ pub(super) fn problems(spec: &RolloutSpec, s: &ShadowSpec, declared: &[&str], p:
             f64::from(s.sample) / 100.0
         ));
     }
-    frac("min_improvement", s.min_improvement, p);
-    frac("max_drop", s.max_drop, p);
     unit("alpha", s.alpha, p);
-    frac("min_agreement", s.min_agreement, p);
-    frac("max_error_rate", s.max_error_rate, p);
+    share("max_error_rate", s.max_error_rate, p);
+    let r = &s.rules;
+    frac("promote_min_improvement", r.promote_min_improvement, p);
+    share("promote_min_agreement", r.promote_min_agreement, p);
+    frac("neutral_max_change", r.neutral_max_change, p);
+    share("neutral_min_agreement", r.neutral_min_agreement, p);
+    frac("reject_max_drop", r.reject_max_drop, p);
+    frac(
+        "regression_promote_mae_decrease",
+        r.regression_promote_mae_decrease,
+        p,
+    );
+    frac(
+        "regression_reject_mae_increase",
+        r.regression_reject_mae_increase,
+        p,
+    );
+    frac(
+        "agreement_tolerance.absolute",
+        r.agreement_tolerance.absolute,
+        p,
+    );
+    frac(
+        "agreement_tolerance.relative",
+        r.agreement_tolerance.relative,
+        p,
+    );
+    if let Some(u) = &r.max_underestimate {
+        u.problems("max_underestimate", p);
+    }
     if let Some(c) = &s.then_canary {
         let chained = RolloutSpec {
             name: spec.name.clone(),
@@ -114,114 +271,434 @@ pub(super) fn problems(spec: &RolloutSpec, s: &ShadowSpec, declared: &[&str], p:
     }
 }
 
-/// Shadow-mode comparison of the candidate against the primary.
+// ---------------------------------------------------------------------------------------------
+// The report and its recommendation.
+
+/// What the two versions answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    /// Nothing comparable yet.
+    None,
+    Classification,
+    Regression,
+}
+
+/// Shadow-mode comparison of the candidate against the primary. Fractions are fractions
+/// (0.05 = 5%), errors are in the model's output unit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShadowReport {
+    /// Which rules applied.
+    pub output: OutputKind,
+    /// Instances both versions answered comparably.
     pub compared: u64,
+    /// Share of those where they agree: equal classes, or values within `agreement_tolerance`.
     pub agreement: Option<f64>,
+    /// Instances the agreement was computed on: every compared one, or (regression, beyond the
+    /// sample size) a uniform sample of them.
+    pub agreement_sample: u64,
+    pub agreement_exact: bool,
+    pub agreement_tolerance: Tolerance,
+    /// Labelled pairs: both answered and the truth arrived.
     pub labelled: u64,
     pub primary_accuracy: Option<f64>,
     pub shadow_accuracy: Option<f64>,
-    pub improvement: Option<f64>,
+    /// `shadow_accuracy − primary_accuracy` (0.05 = five points).
+    pub accuracy_difference: Option<f64>,
+    /// `(shadow_accuracy − primary_accuracy) / primary_accuracy`, the seed's improvement (0 when
+    /// the primary's accuracy is 0, as in the seed).
+    pub accuracy_improvement: Option<f64>,
     pub mcnemar: Option<mcnemar::McNemar>,
-    /// Regression: mean absolute error of each and the paired t-test on |e_p| − |e_s|.
+    /// Regression, on the labelled pairs: mean absolute error, root mean squared error, mean
+    /// absolute percentage error (a fraction; instances whose truth is 0 are left out and
+    /// counted in `mape_skipped`).
     pub primary_mae: Option<f64>,
     pub shadow_mae: Option<f64>,
+    pub primary_rmse: Option<f64>,
+    pub shadow_rmse: Option<f64>,
+    pub primary_mape: Option<f64>,
+    pub shadow_mape: Option<f64>,
+    pub mape_skipped: u64,
+    /// `(shadow_mae − primary_mae) / primary_mae`: negative when the shadow is closer to the
+    /// truth. `None` when the primary's MAE is 0 and the shadow's is not.
+    pub mae_change: Option<f64>,
+    /// Paired t-test on `|e_primary| − |e_shadow|` (positive `t`: the shadow is closer).
     pub paired_t: Option<ttest::TTest>,
+    /// Wilcoxon signed-rank test on the same differences, over `wilcoxon_sample` pairs.
+    pub wilcoxon: Option<Wilcoxon>,
+    pub wilcoxon_sample: u64,
+    /// The regression test the rules use.
+    pub test: RegressionTest,
+    /// The p-value the rules used: McNemar's (classification) or `test`'s (regression). A
+    /// regression test whose differences are all equal has no variance: p = 1 when they are
+    /// all zero (the same answers), 0 otherwise.
+    pub p_value: Option<f64>,
+    /// The candidate against `max_underestimate`, when set and labels arrived.
+    pub underestimate: Option<UnderestimateCheck>,
+    /// Failed calls over calls, of the primary (serving) and of the shadow.
+    pub primary_error_rate: Option<f64>,
     pub shadow_error_rate: Option<f64>,
     pub recommendation: Recommendation,
     pub reason: String,
 }
 
-/// Computes the shadow report and its recommendation from the pair statistics.
+/// The p-value of a test whose differences may all be equal (zero variance): 1 when they are
+/// all zero, 0 when they are all the same non-zero number.
+fn degenerate_p(all_zero: bool) -> f64 {
+    if all_zero {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Computes the shadow report and its recommendation from the pair statistics, the primary's
+/// serving statistics and the candidate's shadow statistics.
+///
+/// The rules, in order (thresholds from `s.rules`, defaults the seed's):
+/// 1. the shadow's error rate above `max_error_rate` → INVESTIGATE;
+/// 2. no labelled pair → INVESTIGATE;
+/// 3. regression with `max_underestimate` exceeded → REJECT;
+/// 4. classification, `Δ = (shadow_acc − primary_acc) / primary_acc`: `Δ >
+///    promote_min_improvement` and McNemar p < alpha → PROMOTE; `Δ > 0` and agreement >
+///    `promote_min_agreement` → PROMOTE; `|Δ| < neutral_max_change` and agreement >
+///    `neutral_min_agreement` → NEUTRAL; `Δ < −reject_max_drop` → REJECT; else INVESTIGATE;
+/// 5. regression, `Δ = (shadow_mae − primary_mae) / primary_mae`: `Δ <
+///    −regression_promote_mae_decrease` and p < alpha → PROMOTE; `Δ >
+///    regression_reject_mae_increase` and p < alpha → REJECT; `|Δ| < neutral_max_change` and
+///    agreement > `neutral_min_agreement` → NEUTRAL; else INVESTIGATE.
 pub fn shadow_report(
     s: &ShadowSpec,
     pair: &PairStats,
     primary: &VariantStats,
     shadow: &VariantStats,
 ) -> ShadowReport {
+    let rules = &s.rules;
+    let tolerance = rules.agreement_tolerance;
+    let agreement = pair.agreement_within(&tolerance);
     let labelled = pair.labelled();
+    let output = if pair.is_classification() || pair.labelled() > pair.errors.count() {
+        OutputKind::Classification
+    } else if pair.values_compared > 0 || pair.errors.count() > 0 {
+        OutputKind::Regression
+    } else {
+        OutputKind::None
+    };
     let shadow_error_rate =
         (pair.shadow_calls > 0).then(|| pair.shadow_errors as f64 / pair.shadow_calls as f64);
     let mut r = ShadowReport {
-        compared: pair.agreement.trials,
-        agreement: pair.agreement.rate(),
+        output,
+        compared: agreement.compared,
+        agreement: agreement.rate,
+        agreement_sample: agreement.sample,
+        agreement_exact: agreement.exact,
+        agreement_tolerance: tolerance,
         labelled,
         primary_accuracy: None,
         shadow_accuracy: None,
-        improvement: None,
+        accuracy_difference: None,
+        accuracy_improvement: None,
         mcnemar: None,
-        primary_mae: primary.abs_error.mean(),
-        shadow_mae: shadow.abs_error.mean(),
+        primary_mae: None,
+        shadow_mae: None,
+        primary_rmse: None,
+        shadow_rmse: None,
+        primary_mape: None,
+        shadow_mape: None,
+        mape_skipped: 0,
+        mae_change: None,
         paired_t: None,
+        wilcoxon: None,
+        wilcoxon_sample: 0,
+        test: rules.test,
+        p_value: None,
+        underestimate: None,
+        primary_error_rate: primary.error_rate(),
         shadow_error_rate,
-        recommendation: Recommendation::Neutral,
+        recommendation: Recommendation::Investigate,
         reason: String::new(),
     };
-    let (improvement, p_value) = if labelled > 0 {
-        let pa = (pair.both_correct + pair.primary_only) as f64 / labelled as f64;
-        let sa = (pair.both_correct + pair.shadow_only) as f64 / labelled as f64;
-        let m = mcnemar::mcnemar(pair.primary_only, pair.shadow_only);
-        r.primary_accuracy = Some(pa);
-        r.shadow_accuracy = Some(sa);
-        r.improvement = Some(sa - pa);
-        r.mcnemar = Some(m);
-        (sa - pa, m.p_value)
-    } else if pair.error_diff.count() >= 2 {
-        // Positive differences mean the shadow's errors are smaller.
-        let t = ttest::paired_from_moments(&pair.error_diff).ok();
-        r.paired_t = t;
-        let rel = match (r.primary_mae, r.shadow_mae) {
-            (Some(p), Some(s)) if p > 0.0 => (p - s) / p,
-            _ => 0.0,
-        };
-        r.improvement = Some(rel);
-        (rel, t.map_or(1.0, |t| t.p_value))
-    } else {
-        r.reason = "no labelled pairs".into();
-        return r;
-    };
-    (r.recommendation, r.reason) = if shadow_error_rate.is_some_and(|e| e > s.max_error_rate) {
-        (
-            Recommendation::Investigate,
-            format!(
-                "shadow error rate {:.1}% above {:.1}%",
-                shadow_error_rate.unwrap_or(0.0) * 100.0,
-                s.max_error_rate * 100.0
-            ),
-        )
-    } else if r.agreement.is_some_and(|a| a < s.min_agreement) {
-        (
-            Recommendation::Investigate,
-            format!(
-                "agreement {:.1}% below {:.1}%",
-                r.agreement.unwrap_or(0.0) * 100.0,
-                s.min_agreement * 100.0
-            ),
-        )
-    } else if improvement > s.min_improvement && p_value < s.alpha {
-        (
-            Recommendation::Promote,
-            format!(
-                "improvement {:+.2} points, p = {p_value:.2e}",
-                improvement * 100.0
-            ),
-        )
-    } else if improvement < -s.max_drop {
-        (
-            Recommendation::Reject,
-            format!("drop of {:.2} points", -improvement * 100.0),
-        )
-    } else {
-        (
-            Recommendation::Neutral,
-            format!(
-                "improvement {:+.2} points, p = {p_value:.2e}: not conclusive",
-                improvement * 100.0
-            ),
-        )
-    };
+    match output {
+        OutputKind::Classification => classification_numbers(pair, &mut r),
+        OutputKind::Regression => {
+            regression_numbers(pair, &mut r);
+            r.underestimate = rules.max_underestimate.and_then(|u| u.check(shadow));
+        }
+        OutputKind::None => {}
+    }
+    (r.recommendation, r.reason) = recommend(s, &r);
     r
+}
+
+fn classification_numbers(pair: &PairStats, r: &mut ShadowReport) {
+    let n = pair.both_correct + pair.primary_only + pair.shadow_only + pair.both_wrong;
+    if n == 0 {
+        return;
+    }
+    let pa = (pair.both_correct + pair.primary_only) as f64 / n as f64;
+    let sa = (pair.both_correct + pair.shadow_only) as f64 / n as f64;
+    let m = mcnemar::mcnemar(pair.primary_only, pair.shadow_only);
+    r.primary_accuracy = Some(pa);
+    r.shadow_accuracy = Some(sa);
+    r.accuracy_difference = Some(sa - pa);
+    // The seed: `(shadow − prod) / prod if prod > 0 else 0`.
+    r.accuracy_improvement = Some(if pa > 0.0 { (sa - pa) / pa } else { 0.0 });
+    r.mcnemar = Some(m);
+    r.p_value = Some(m.p_value);
+}
+
+fn regression_numbers(pair: &PairStats, r: &mut ShadowReport) {
+    let e = &pair.errors;
+    if e.count() == 0 {
+        return;
+    }
+    r.primary_mae = e.primary_abs.mean();
+    r.shadow_mae = e.shadow_abs.mean();
+    r.primary_rmse = e.primary_sq.mean().map(f64::sqrt);
+    r.shadow_rmse = e.shadow_sq.mean().map(f64::sqrt);
+    r.primary_mape = e.primary_ape.mean();
+    r.shadow_mape = e.shadow_ape.mean();
+    r.mape_skipped = e.ape_skipped;
+    if let (Some(p), Some(s)) = (r.primary_mae, r.shadow_mae) {
+        r.mae_change = Some(relative_change(p, s)).filter(|c| c.is_finite());
+    }
+    // Paired t-test on |e_p| − |e_s|, from the exact moments.
+    let t_p = match ttest::paired_from_moments(&e.abs_diff) {
+        Ok(t) => {
+            r.paired_t = Some(t);
+            Some(t.p_value)
+        }
+        Err(StatsError::Undefined(_)) => Some(degenerate_p(
+            e.abs_diff.min() == Some(0.0) && e.abs_diff.max() == Some(0.0),
+        )),
+        Err(StatsError::InvalidInput { .. }) => None,
+    };
+    // Wilcoxon on the same differences, over the sample of labelled pairs.
+    let (x, y): (Vec<f64>, Vec<f64>) = pair
+        .labelled_values
+        .values()
+        .map(|v| v.abs_errors())
+        .unzip();
+    r.wilcoxon_sample = x.len() as u64;
+    let w_p = match wilcoxon(&x, &y, WilcoxonMethod::Auto) {
+        Ok(w) => {
+            r.wilcoxon = Some(w);
+            Some(w.p_value)
+        }
+        // Every difference zero: no evidence of a difference.
+        Err(StatsError::Undefined(_)) if !x.is_empty() => Some(degenerate_p(true)),
+        Err(_) => None,
+    };
+    r.p_value = match r.test {
+        RegressionTest::TTest => t_p,
+        RegressionTest::Wilcoxon => w_p,
+    };
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.1}%", v * 100.0)
+}
+
+fn signed_pct(v: f64) -> String {
+    format!("{:+.1}%", v * 100.0)
+}
+
+/// The recommendation and its reason (rules on [`shadow_report`]).
+fn recommend(s: &ShadowSpec, r: &ShadowReport) -> (Recommendation, String) {
+    use Recommendation::{Investigate, Neutral, Promote, Reject};
+    let rules = &s.rules;
+    if let Some(e) = r.shadow_error_rate.filter(|e| *e > s.max_error_rate) {
+        return (
+            Investigate,
+            format!(
+                "shadow error rate {} above {}",
+                pct(e),
+                pct(s.max_error_rate)
+            ),
+        );
+    }
+    if r.labelled == 0 {
+        return (Investigate, "no labelled pairs".into());
+    }
+    let agreement = r.agreement.unwrap_or(0.0);
+    let agreement_text = format!("agreement {}", pct(agreement));
+    let p = r.p_value.unwrap_or(1.0);
+    let significant = r.p_value.is_some_and(|p| p < s.alpha);
+    match r.output {
+        OutputKind::Classification => {
+            let delta = r.accuracy_improvement.unwrap_or(0.0);
+            let change = format!(
+                "accuracy {} relative ({} → {})",
+                signed_pct(delta),
+                pct(r.primary_accuracy.unwrap_or(0.0)),
+                pct(r.shadow_accuracy.unwrap_or(0.0))
+            );
+            if delta > rules.promote_min_improvement && significant {
+                (
+                    Promote,
+                    format!(
+                        "{change} above {}, McNemar p = {p:.2e} < {}",
+                        signed_pct(rules.promote_min_improvement),
+                        s.alpha
+                    ),
+                )
+            } else if delta > 0.0 && agreement > rules.promote_min_agreement {
+                (
+                    Promote,
+                    format!(
+                        "{change} with {agreement_text} above {}",
+                        pct(rules.promote_min_agreement)
+                    ),
+                )
+            } else if delta.abs() < rules.neutral_max_change
+                && agreement > rules.neutral_min_agreement
+            {
+                (
+                    Neutral,
+                    format!(
+                        "{change} within ±{} with {agreement_text} above {}",
+                        pct(rules.neutral_max_change),
+                        pct(rules.neutral_min_agreement)
+                    ),
+                )
+            } else if delta < -rules.reject_max_drop {
+                (
+                    Reject,
+                    format!("{change} below {}", signed_pct(-rules.reject_max_drop)),
+                )
+            } else {
+                (
+                    Investigate,
+                    format!("mixed results: {change}, McNemar p = {p:.2e}, {agreement_text}"),
+                )
+            }
+        }
+        OutputKind::Regression => {
+            if let Some(u) = r.underestimate.filter(|u| u.exceeded) {
+                return (Reject, u.describe());
+            }
+            let (pm, sm) = (r.primary_mae.unwrap_or(0.0), r.shadow_mae.unwrap_or(0.0));
+            let delta = relative_change(pm, sm);
+            let test = r.test.as_str();
+            let change = if delta.is_finite() {
+                format!("MAE {} ({pm:.4} → {sm:.4})", signed_pct(delta))
+            } else {
+                format!("MAE {pm:.4} → {sm:.4}")
+            };
+            if delta < -rules.regression_promote_mae_decrease && significant {
+                (
+                    Promote,
+                    format!(
+                        "{change}, a decrease of more than {}, {test} p = {p:.2e} < {}",
+                        pct(rules.regression_promote_mae_decrease),
+                        s.alpha
+                    ),
+                )
+            } else if delta > rules.regression_reject_mae_increase && significant {
+                (
+                    Reject,
+                    format!(
+                        "{change}, an increase of more than {}, {test} p = {p:.2e} < {}",
+                        pct(rules.regression_reject_mae_increase),
+                        s.alpha
+                    ),
+                )
+            } else if delta.abs() < rules.neutral_max_change
+                && agreement > rules.neutral_min_agreement
+            {
+                (
+                    Neutral,
+                    format!(
+                        "{change} within ±{} with {agreement_text} above {}",
+                        pct(rules.neutral_max_change),
+                        pct(rules.neutral_min_agreement)
+                    ),
+                )
+            } else {
+                (
+                    Investigate,
+                    format!("mixed results: {change}, {test} p = {p:.2e}, {agreement_text}"),
+                )
+            }
+        }
+        OutputKind::None => (Investigate, "nothing comparable".into()),
+    }
+}
+
+/// The report's numbers as audit details.
+fn report_details(r: &ShadowReport) -> Details {
+    let mut details = vec![
+        d("output", format!("{:?}", r.output).to_lowercase()),
+        d("compared", r.compared),
+        opt("agreement", r.agreement),
+        d("agreement_sample", r.agreement_sample),
+        d("agreement_exact", r.agreement_exact),
+        d("labelled_pairs", r.labelled),
+    ];
+    match r.output {
+        OutputKind::Classification => {
+            details.extend([
+                opt("primary_accuracy", r.primary_accuracy),
+                opt("shadow_accuracy", r.shadow_accuracy),
+                opt("accuracy_difference", r.accuracy_difference),
+                opt("accuracy_improvement", r.accuracy_improvement),
+            ]);
+            if let Some(m) = r.mcnemar {
+                details.extend([
+                    d("mcnemar_b", m.b),
+                    d("mcnemar_c", m.c),
+                    d("mcnemar_statistic", m.statistic),
+                    d("mcnemar_p_value", m.p_value),
+                ]);
+            }
+        }
+        OutputKind::Regression => {
+            details.extend([
+                d(
+                    "agreement_tolerance_absolute",
+                    r.agreement_tolerance.absolute,
+                ),
+                d(
+                    "agreement_tolerance_relative",
+                    r.agreement_tolerance.relative,
+                ),
+                opt("primary_mae", r.primary_mae),
+                opt("shadow_mae", r.shadow_mae),
+                opt("primary_rmse", r.primary_rmse),
+                opt("shadow_rmse", r.shadow_rmse),
+                opt("primary_mape", r.primary_mape),
+                opt("shadow_mape", r.shadow_mape),
+                d("mape_skipped", r.mape_skipped),
+                opt("mae_change", r.mae_change),
+                d("test", r.test.as_str()),
+                opt("p_value", r.p_value),
+            ]);
+            if let Some(t) = r.paired_t {
+                details.extend([d("paired_t", t.t), d("paired_t_p_value", t.p_value)]);
+            }
+            if let Some(w) = r.wilcoxon {
+                details.extend([
+                    d("wilcoxon_statistic", w.statistic),
+                    d("wilcoxon_p_value", w.p_value),
+                    d("wilcoxon_sample", r.wilcoxon_sample),
+                ]);
+            }
+            if let Some(u) = r.underestimate {
+                details.extend([
+                    d("underestimate_by", u.by),
+                    d("underestimate_count", u.count),
+                    d("underestimate_share", u.share),
+                    d("underestimate_max_share", u.max_share),
+                ]);
+            }
+        }
+        OutputKind::None => {}
+    }
+    details.extend([
+        opt("shadow_error_rate", r.shadow_error_rate),
+        d("recommendation", r.recommendation.as_str()),
+    ]);
+    details
 }
 
 pub(super) fn tick_shadow(
@@ -234,7 +711,7 @@ pub(super) fn tick_shadow(
         return;
     }
     let pair = obs.pair.clone().unwrap_or_default();
-    let labelled = pair.labelled().max(pair.error_diff.count());
+    let labelled = pair.labelled();
     let elapsed = (out.now - state.started_ms).max(0) as u64;
     if labelled < s.min_labelled || elapsed < s.min_duration_ms {
         state.reason = Some(format!(
@@ -249,26 +726,7 @@ pub(super) fn tick_shadow(
         &obs.total_of(&s.primary),
         &obs.shadow.clone().unwrap_or_default(),
     );
-    let mut details = vec![
-        d("labelled_pairs", report.labelled),
-        opt("agreement", report.agreement),
-        opt("primary_accuracy", report.primary_accuracy),
-        opt("shadow_accuracy", report.shadow_accuracy),
-        opt("primary_mae", report.primary_mae),
-        opt("shadow_mae", report.shadow_mae),
-        opt("improvement", report.improvement),
-        d("recommendation", report.recommendation.as_str()),
-    ];
-    if let Some(m) = report.mcnemar {
-        details.push(d("mcnemar_b", m.b));
-        details.push(d("mcnemar_c", m.c));
-        details.push(d("mcnemar_statistic", m.statistic));
-        details.push(d("mcnemar_p_value", m.p_value));
-    }
-    if let Some(t) = report.paired_t {
-        details.push(d("paired_t", t.t));
-        details.push(d("paired_t_p_value", t.p_value));
-    }
+    let details = report_details(&report);
     state.recommendation = Some(report.recommendation);
     state.reason = Some(report.reason.clone());
     out.event(
@@ -332,4 +790,375 @@ pub(super) fn chain(out: &mut Out<'_>, canary: &CanarySpec) {
         vec![d("rollout", spec.name.as_str())],
     );
     out.actions.push(Action::Chain(Box::new(spec)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::Aggregates;
+    use crate::record::{Outcome, PairRef, Prediction, PredictionRecord, Role, Truth};
+    use switchyard_stats::Proportion;
+    use Recommendation::{Investigate, Neutral, Promote, Reject};
+
+    fn spec(rules: ShadowRules) -> ShadowSpec {
+        ShadowSpec {
+            primary: "v1".into(),
+            candidate: "v2".into(),
+            sample: BUCKETS,
+            min_labelled: 1,
+            min_duration_ms: 0,
+            alpha: 0.05,
+            max_error_rate: 0.05,
+            rules,
+            then_canary: None,
+            chain_requires_approval: false,
+        }
+    }
+
+    /// Labelled classification pairs by McNemar cell; the unlabelled compared instances agree
+    /// as the labelled ones do.
+    fn classes(both: u64, b: u64, c: u64, neither: u64) -> PairStats {
+        let n = both + b + c + neither;
+        PairStats {
+            both_correct: both,
+            primary_only: b,
+            shadow_only: c,
+            both_wrong: neither,
+            agreement: Proportion {
+                successes: both + neither,
+                trials: n,
+            },
+            shadow_calls: n,
+            ..Default::default()
+        }
+    }
+
+    fn classify(pair: &PairStats, rules: ShadowRules) -> ShadowReport {
+        shadow_report(
+            &spec(rules),
+            pair,
+            &VariantStats::default(),
+            &VariantStats::default(),
+        )
+    }
+
+    #[track_caller]
+    fn expect(r: &ShadowReport, rec: Recommendation, reason: &str) {
+        assert_eq!(r.recommendation, rec, "{}", r.reason);
+        assert!(
+            r.reason.contains(reason),
+            "'{reason}' not in '{}'",
+            r.reason
+        );
+    }
+
+    #[test]
+    fn classification_promotes_a_significant_relative_improvement() {
+        // 40% → 41%: one point, but +2.5% relative (the seed's measure) with McNemar
+        // p = 1e-5; agreement exactly 95% is not above 95%, so only the first rule applies.
+        let pair = classes(3_800, 200, 300, 5_700);
+        let r = classify(&pair, ShadowRules::default());
+        expect(&r, Promote, "McNemar p = ");
+        assert!((r.accuracy_improvement.unwrap() - 0.025).abs() < 1e-12);
+        assert!((r.accuracy_difference.unwrap() - 0.01).abs() < 1e-12);
+        // The threshold is the spec's.
+        let strict = ShadowRules {
+            promote_min_improvement: 0.03,
+            ..Default::default()
+        };
+        expect(&classify(&pair, strict), Investigate, "mixed results");
+    }
+
+    #[test]
+    fn classification_promotes_any_improvement_with_high_agreement() {
+        // 90.2% → 90.6% (+0.4%, not significant) with agreement 99.2% above 95%.
+        let r = classify(&classes(900, 2, 6, 92), ShadowRules::default());
+        expect(&r, Promote, "agreement 99.2% above 95.0%");
+        assert!(r.p_value.unwrap() > 0.05);
+    }
+
+    #[test]
+    fn classification_is_neutral_within_one_percent_at_high_agreement() {
+        // 90.6% → 90.2% (−0.4%) with agreement 99.2% above 98%.
+        let r = classify(&classes(900, 6, 2, 92), ShadowRules::default());
+        expect(&r, Neutral, "within ±1.0%");
+        // Agreement 97.9% is not above 98%: mixed.
+        let r = classify(&classes(880, 13, 8, 99), ShadowRules::default());
+        expect(&r, Investigate, "mixed results");
+    }
+
+    #[test]
+    fn classification_rejects_a_drop_beyond_one_percent() {
+        // 86% → 84%: −2.3% relative.
+        let r = classify(&classes(800, 60, 40, 100), ShadowRules::default());
+        expect(&r, Reject, "below -1.0%");
+        // A laxer spec lets it through to INVESTIGATE.
+        let lax = ShadowRules {
+            reject_max_drop: 0.05,
+            ..Default::default()
+        };
+        expect(
+            &classify(&classes(800, 60, 40, 100), lax),
+            Investigate,
+            "mixed",
+        );
+    }
+
+    #[test]
+    fn classification_investigates_mixed_results() {
+        // +0.6% with agreement 93%; +12.5% with p = 0.055 and agreement 35%.
+        for pair in [classes(800, 30, 35, 100), classes(100, 300, 350, 250)] {
+            expect(
+                &classify(&pair, ShadowRules::default()),
+                Investigate,
+                "mixed",
+            );
+        }
+    }
+
+    #[test]
+    fn a_failing_shadow_or_no_labels_needs_a_human() {
+        let mut pair = classes(300, 10, 40, 50);
+        pair.shadow_errors = pair.shadow_calls / 10;
+        expect(
+            &classify(&pair, ShadowRules::default()),
+            Investigate,
+            "shadow error rate 10.0% above 5.0%",
+        );
+        let mut unlabelled = PairStats::default();
+        unlabelled.agreement.record(true);
+        expect(
+            &classify(&unlabelled, ShadowRules::default()),
+            Investigate,
+            "no labelled pairs",
+        );
+    }
+
+    #[test]
+    fn a_primary_that_is_never_right_gives_the_seeds_zero_improvement() {
+        let r = classify(&classes(0, 0, 30, 70), ShadowRules::default());
+        assert_eq!(r.accuracy_improvement, Some(0.0));
+        assert_eq!(r.accuracy_difference, Some(0.3));
+    }
+
+    #[test]
+    fn stored_specs_round_trip_and_older_ones_load_with_the_seeds_rules() {
+        let spec = RolloutSpec {
+            name: "s".into(),
+            model: "m".into(),
+            kind: RolloutKind::Shadow(spec(ShadowRules {
+                test: RegressionTest::Wilcoxon,
+                max_underestimate: Some(Underestimate {
+                    by: 50.0,
+                    share: 0.01,
+                }),
+                ..Default::default()
+            })),
+        };
+        let text = serde_yaml::to_string(&spec).unwrap();
+        assert_eq!(serde_yaml::from_str::<RolloutSpec>(&text).unwrap(), spec);
+        // A spec stored before the rules were fields (JSON, as the control store keeps it).
+        let old = r#"{"name":"s","model":"m","kind":"shadow","primary":"v1","candidate":"v2",
+            "sample":10000,"min_labelled":1,"min_duration_ms":0,"min_improvement":0.02,
+            "max_drop":0.01,"alpha":0.05,"min_agreement":0.5,"max_error_rate":0.05,
+            "then_canary":null,"chain_requires_approval":false}"#;
+        let loaded: RolloutSpec = serde_yaml::from_str(old).unwrap();
+        let RolloutKind::Shadow(s) = loaded.kind else {
+            panic!("{loaded:?}")
+        };
+        assert_eq!(s.rules, ShadowRules::default());
+    }
+
+    // ---- regression ----
+
+    /// Deterministic noise in [−scale, scale].
+    fn wiggle(i: usize, scale: f64) -> f64 {
+        ((i as f64 * 12.9898).sin() * 43_758.545_3).fract() * scale
+    }
+
+    fn rec(id: &str, role: Role, version: &str, v: f64, pair: Option<f64>) -> PredictionRecord {
+        PredictionRecord {
+            request_id: id.into(),
+            ts_ms: 0,
+            model: "m".into(),
+            epoch: 1,
+            variant: role.as_str().into(),
+            role,
+            version: version.into(),
+            key_hash: None,
+            outcome: Outcome::Ok,
+            status: 200,
+            latency_us: 1_000,
+            output: Prediction::Values(vec![v]),
+            input: None,
+            pair: pair.map(|p| PairRef {
+                version: "v1".into(),
+                output: Prediction::Values(vec![p]),
+            }),
+        }
+    }
+
+    /// The pair and the shadow's statistics after (primary, shadow, truth) per request.
+    fn values(rows: impl IntoIterator<Item = (f64, f64, f64)>) -> (PairStats, VariantStats) {
+        let mut agg = Aggregates::default();
+        for (i, (p, s, t)) in rows.into_iter().enumerate() {
+            let id = format!("r{i}");
+            let serving = rec(&id, Role::Serving, "v1", p, None);
+            let shadow = rec(&id, Role::Shadow, "v2", s, Some(p));
+            agg.record(&serving);
+            agg.record(&shadow);
+            agg.record_feedback(&[serving, shadow], &Truth::Values(vec![t]), &[]);
+        }
+        (
+            agg.pair("m", "v1", "v2", |_| true),
+            agg.variant("m", "v2", Role::Shadow, |_| true),
+        )
+    }
+
+    fn regress(data: &(PairStats, VariantStats), rules: ShadowRules) -> ShadowReport {
+        shadow_report(&spec(rules), &data.0, &VariantStats::default(), &data.1)
+    }
+
+    fn truth(i: usize) -> f64 {
+        120.0 + wiggle(i, 25.0)
+    }
+
+    /// v1 within ±6 of the truth, v2 within ±2: about three times closer.
+    fn three_times_closer() -> (PairStats, VariantStats) {
+        values((0..300).map(|i| {
+            let t = truth(i);
+            (t + wiggle(i + 1_000, 6.0), t + wiggle(i + 2_000, 2.0), t)
+        }))
+    }
+
+    #[test]
+    fn regression_promotes_a_significant_mae_decrease_beyond_ten_percent() {
+        let data = three_times_closer();
+        let r = regress(&data, ShadowRules::default());
+        expect(&r, Promote, "a decrease of more than 10.0%, t_test p = ");
+        assert_eq!((r.output, r.labelled), (OutputKind::Regression, 300));
+        assert!(r.mae_change.unwrap() < -0.5, "{r:?}");
+        // Both agree on well under 95% of the requests: agreement does not hold a better
+        // regressor back (it did, with exact equality as the agreement).
+        assert!(r.agreement.unwrap() < 0.95);
+        // The same with Wilcoxon.
+        let wilcoxon = ShadowRules {
+            test: RegressionTest::Wilcoxon,
+            ..Default::default()
+        };
+        expect(&regress(&data, wilcoxon), Promote, "wilcoxon p = ");
+    }
+
+    #[test]
+    fn regression_rejects_a_significant_mae_increase_beyond_ten_percent() {
+        let data = values((0..300).map(|i| {
+            let t = truth(i);
+            (t + wiggle(i + 2_000, 2.0), t + wiggle(i + 1_000, 6.0), t)
+        }));
+        expect(
+            &regress(&data, ShadowRules::default()),
+            Reject,
+            "an increase of more than 10.0%",
+        );
+    }
+
+    #[test]
+    fn the_same_model_twice_is_neutral() {
+        let data = values((0..300).map(|i| {
+            let t = truth(i);
+            let p = t + wiggle(i + 1_000, 6.0);
+            (p, p, t)
+        }));
+        let r = regress(&data, ShadowRules::default());
+        expect(&r, Neutral, "agreement 100.0%");
+        // Every difference is zero: no t statistic, and no evidence of a difference.
+        assert_eq!((r.paired_t, r.wilcoxon, r.p_value), (None, None, Some(1.0)));
+        assert_eq!(r.mae_change, Some(0.0));
+    }
+
+    #[test]
+    fn regression_investigates_a_small_or_unclear_change() {
+        // Every error 5% smaller: significant, but neither a 10% decrease nor within 1%.
+        let data = values((0..300).map(|i| {
+            let t = truth(i);
+            let e = wiggle(i + 1_000, 6.0);
+            (t + e, t + 0.95 * e, t)
+        }));
+        let r = regress(&data, ShadowRules::default());
+        expect(&r, Investigate, "mixed results: MAE -5.0%");
+        assert!(r.p_value.unwrap() < 1e-10);
+        // Within 1% and agreeing on 100% of the requests within 5%: neutral.
+        let data = values((0..300).map(|i| {
+            let t = truth(i);
+            let e = wiggle(i + 1_000, 6.0);
+            (t + e, t + 0.995 * e, t)
+        }));
+        expect(&regress(&data, ShadowRules::default()), Neutral, "within");
+        // The same with a tolerance too tight for the 0.5% differences: mixed.
+        let tight = ShadowRules {
+            agreement_tolerance: Tolerance {
+                absolute: 0.0,
+                relative: 1e-6,
+            },
+            ..Default::default()
+        };
+        expect(&regress(&data, tight), Investigate, "mixed");
+    }
+
+    #[test]
+    fn regression_rejects_a_candidate_that_underestimates_too_often() {
+        // v2 is closer on average but always below the truth, by up to 3.
+        let data = values((0..300).map(|i| {
+            let t = truth(i);
+            (
+                t + wiggle(i + 1_000, 6.0),
+                t - wiggle(i + 2_000, 3.0).abs(),
+                t,
+            )
+        }));
+        let limit = |share| ShadowRules {
+            max_underestimate: Some(Underestimate { by: 2.0, share }),
+            ..Default::default()
+        };
+        let r = regress(&data, limit(0.05));
+        expect(&r, Reject, "below the truth by more than 2 (limit 5.0%)");
+        let u = r.underestimate.unwrap();
+        assert!(u.exceeded && u.labelled == 300 && u.share > 0.2, "{u:?}");
+        // Allowed half of them, it is promoted on its MAE.
+        expect(&regress(&data, limit(0.5)), Promote, "decrease");
+    }
+
+    #[test]
+    fn the_spec_chooses_the_paired_test() {
+        // Closer by 1 on 30 requests, 10 off on two: the t-test sees nothing (p = 0.52),
+        // the signed-rank test does (p = 3e-5); MAE falls 16.7%.
+        let data = values((0..32).map(|i| {
+            let t = 100.0 + i as f64 * 0.5;
+            if i < 30 {
+                (t + 2.0, t + 1.0, t)
+            } else {
+                (t, t + 10.0, t)
+            }
+        }));
+        let r = regress(&data, ShadowRules::default());
+        expect(&r, Investigate, "t_test p = 5.18e-1");
+        let wilcoxon = ShadowRules {
+            test: RegressionTest::Wilcoxon,
+            ..Default::default()
+        };
+        let r = regress(&data, wilcoxon);
+        expect(&r, Promote, "wilcoxon p = 2.75e-5");
+    }
+
+    #[test]
+    fn equal_nonzero_differences_are_conclusive() {
+        // The shadow is exactly 1 closer every time: zero variance, p = 0.
+        let data = values((0..50).map(|i| {
+            let t = truth(i);
+            (t + 2.0, t + 1.0, t)
+        }));
+        let r = regress(&data, ShadowRules::default());
+        assert_eq!((r.paired_t, r.p_value), (None, Some(0.0)));
+        expect(&r, Promote, "MAE -50.0%");
+    }
 }

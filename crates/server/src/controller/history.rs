@@ -6,6 +6,8 @@ use std::time::Instant;
 
 use switchyard_core::rollout::{self, Observations, RolloutKind, RolloutSpec, RolloutState};
 
+use switchyard_core::record::Tolerance;
+
 use crate::api::{AbPoint, HistoryPoint, PairPoint, VersionStats};
 
 /// Snapshots kept per rollout, and how often one is taken.
@@ -64,6 +66,10 @@ impl History {
             }
             _ => None,
         };
+        let tolerance = match &spec.kind {
+            RolloutKind::Shadow(s) => s.rules.agreement_tolerance,
+            _ => Tolerance::DEFAULT,
+        };
         let point = HistoryPoint {
             ts_ms: now,
             phase: state.phase,
@@ -74,14 +80,20 @@ impl History {
                 .iter()
                 .map(|(v, s)| (v.clone(), VersionStats::from(s)))
                 .collect(),
-            pair: obs.pair.as_ref().map(|pair| PairPoint {
-                agreement: pair.agreement.rate(),
-                compared: pair.agreement.trials,
-                labelled: pair.labelled(),
-                b: pair.primary_only,
-                c: pair.shadow_only,
-                mcnemar_p: switchyard_stats::mcnemar::mcnemar(pair.primary_only, pair.shadow_only)
+            pair: obs.pair.as_ref().map(|pair| {
+                let agreement = pair.agreement_within(&tolerance);
+                PairPoint {
+                    agreement: agreement.rate,
+                    compared: agreement.compared,
+                    labelled: pair.labelled(),
+                    b: pair.primary_only,
+                    c: pair.shadow_only,
+                    mcnemar_p: switchyard_stats::mcnemar::mcnemar(
+                        pair.primary_only,
+                        pair.shadow_only,
+                    )
                     .p_value,
+                }
             }),
             ab,
         };

@@ -4,8 +4,8 @@
 //! The demo writes the embedded ONNX models into a data directory, starts the gateway on an
 //! ephemeral loopback port with a webhook listener for alerts, and plays: a shadow comparison
 //! of yield v1 and v2 that chains into a canary of v2, a canary of the regressed v3 that is
-//! rolled back, an A/B test of the test-time regressor, and a blue-green switch with a rollback
-//! drill. Rollouts are applied and inspected through the admin HTTP API, traffic and labels go
+//! rolled back, a shadow of the test-time regressor decided on MAE, an A/B test of it, and a
+//! blue-green switch with a rollback drill. Rollouts are applied and inspected through the admin HTTP API, traffic and labels go
 //! through the data plane, and the controller runs its normal loop on a clock that runs
 //! `--scale` times faster than real time.
 
@@ -35,7 +35,7 @@ use switchyard_server::client::AdminClient;
 use switchyard_server::controller::ScaledClock;
 use switchyard_server::{parse_config, Gateway, StartOptions};
 
-use super::wafer::WaferGenerator;
+use switchyard_wafer::WaferGenerator;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -463,7 +463,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
         "  accuracy             v1 {}   v2 {}   ({:+.2} points)",
         pct(s.primary_accuracy),
         pct(s.shadow_accuracy),
-        s.improvement.unwrap_or(0.0) * 100.0
+        s.accuracy_difference.unwrap_or(0.0) * 100.0
     );
     if let Some(m) = &s.mcnemar {
         println!(
@@ -563,6 +563,58 @@ async fn demo(args: DemoArgs) -> Result<()> {
 
     heading(
         4,
+        "Shadow of the test-time regressor: v2 (gradient boosting) behind v1 (random forest)",
+    );
+    println!("  Labels are the measured test times; the two agree when within 5% of each other.");
+    let tt_shadow = format!(
+        "name: testtime-v2-shadow\nmodel: testtime\nkind: shadow\nprimary: v1\ncandidate: v2\nsample: 100\nmin_labelled: {}\n",
+        sizes.shadow_labelled / 2
+    );
+    d.apply(&tt_shadow).await?;
+    let pb = bar(sizes.shadow_labelled / 2, "shadow");
+    let view = d
+        .run_until("testtime", "testtime-v2-shadow", &[], &pb, reason)
+        .await?;
+    pb.finish_and_clear();
+    let report = d.report("testtime-v2-shadow").await?;
+    let s = report
+        .analysis
+        .shadow
+        .context("the shadow's report has no shadow analysis")?
+        .report;
+    println!(
+        "  compared {} requests, {} labelled pairs, agreement {}",
+        s.compared,
+        s.labelled,
+        pct(s.agreement)
+    );
+    println!(
+        "  MAE                  v1 {} ms   v2 {} ms   ({} change)",
+        f(s.primary_mae, 2),
+        f(s.shadow_mae, 2),
+        pct(s.mae_change)
+    );
+    println!(
+        "  RMSE / MAPE          v1 {} ms / {}   v2 {} ms / {}",
+        f(s.primary_rmse, 2),
+        pct(s.primary_mape),
+        f(s.shadow_rmse, 2),
+        pct(s.shadow_mape)
+    );
+    if let Some(t) = &s.paired_t {
+        println!(
+            "  paired t on |errors| t = {:.2}, p = {:.2e} (rule: PROMOTE when MAE falls > 10% with p < 0.05)",
+            t.t, t.p_value
+        );
+    }
+    let regression_rec = view.recommendation.map_or("?", |r| r.as_str()).to_string();
+    println!(
+        "  recommendation       \x1b[1m{regression_rec}\x1b[0m ({})",
+        view.reason.as_deref().unwrap_or("")
+    );
+
+    heading(
+        5,
         "A/B test of the test-time regressor: v1 vs v2, split by wafer",
     );
     let ab = "name: testtime-ab\nmodel: testtime\nkind: ab\ncontrol: v1\ntreatment: v2\ntreatment_weight: 50\nmetric: conversion:within_spec\nbaseline: 0.45\nmde: 0.15\nalpha: 0.05\npower: 0.8\nsequential: true\nauto_promote: true\n";
@@ -623,7 +675,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     outcome(&view);
 
     heading(
-        5,
+        6,
         "Blue-green: v2 (blue) → v2r (green, the same model repackaged)",
     );
     let bg = format!("name: yield-bluegreen\nmodel: yield\nkind: blue_green\nactive: v2\ncandidate: v2r\nvalidation_set: models/validation_yield.csv\nmin_accuracy: 0.9\nmax_p95_ms: {}\nsmoke_requests: 10\nmonitor_min_requests: {}\nmonitor_duration_ms: 120000\nmax_error_rate: 0.02\nmin_p95_increase_ms: {}\n", args.p95_floor_ms.max(250.0), sizes.monitor_requests, args.p95_floor_ms);
@@ -670,8 +722,8 @@ async fn demo(args: DemoArgs) -> Result<()> {
     );
     d.deliver_labels(true).await?;
 
-    // 6. Summary.
-    heading(6, "Summary");
+    // 7. Summary.
+    heading(7, "Summary");
     let list = d.admin.rollouts().await?.rollouts;
     println!(
         "  {:<26} {:<11} {:<12} {:<12} outcome",
@@ -720,6 +772,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
         "audit_events": audit.events,
         "alerts": alerts,
         "shadow_recommendation": rec,
+        "regression_recommendation": regression_rec,
         "seconds": started.elapsed().as_secs_f64(),
     });
     std::fs::write(

@@ -4,7 +4,6 @@ pub mod admin;
 pub mod demo;
 pub mod serve;
 pub mod stats;
-pub mod wafer;
 
 /// Bad input from the user: reported with the flag it concerns, exit code 2 (as clap's own
 /// usage errors).

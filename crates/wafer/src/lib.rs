@@ -1,6 +1,7 @@
-//! Synthetic wafer-test records for the demo: the same distribution the shipped models were
-//! trained on (`tools/make_models.py`, formula in `models/README.md`), ported so the demo needs
-//! no Python. Deterministic for a seed.
+//! Synthetic wafer-test records: the same distribution the shipped models were trained on
+//! (`tools/make_models.py`, formula in `models/README.md`), ported so the demo and the tests
+//! need no Python. Each die comes with its ground truth (pass/fail and test time).
+//! Deterministic for a seed.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
