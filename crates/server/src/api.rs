@@ -375,7 +375,8 @@ pub struct ShadowAnalysis {
     /// The candidate's own statistics as a shadow.
     pub shadow_stats: VersionStats,
     pub primary_stats: VersionStats,
-    /// Up to 20 requests where the two disagreed, newest first.
+    /// Up to 20 requests where the two disagreed (different classes, or values outside the
+    /// agreement tolerance), newest first, among the last 500 whose answers differ.
     pub disagreements: Vec<Disagreement>,
 }
 

@@ -30,6 +30,11 @@ fn truth_json(t: &Option<Truth>) -> Option<Vec<Value>> {
     }
 }
 
+/// Disagreements a shadow report shows, and the most recent differing answers it looks at to
+/// find them.
+const DISAGREEMENTS_SHOWN: usize = 20;
+const DISAGREEMENTS_SCANNED: usize = 500;
+
 /// The full report of one rollout.
 pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Report> {
     let (spec, state, obs) = controller.observations(name)?;
@@ -51,14 +56,25 @@ pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Repo
             let pair = obs.pair.clone().unwrap_or_default();
             let shadow = obs.shadow.clone().unwrap_or_default();
             let primary = obs.total.get(&s.primary).cloned().unwrap_or_default();
-            let cases = switchyard_store::disagreements_at(
+            // The store finds answers that differ as text; regression answers within the
+            // spec's tolerance agree, so the most recent differing ones are filtered here.
+            let tolerance = s.rules.agreement_tolerance;
+            let cases: Vec<_> = switchyard_store::disagreements_at(
                 &app.store,
                 &spec.model,
                 &s.primary,
                 &s.candidate,
-                20,
+                DISAGREEMENTS_SCANNED,
             )
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| {
+                c.primary
+                    .agreement(&c.shadow, &tolerance)
+                    .is_some_and(|agree| agree.contains(&false))
+            })
+            .take(DISAGREEMENTS_SHOWN)
+            .collect();
             analysis.shadow = Some(ShadowAnalysis {
                 report: shadow_report(s, &pair, &primary, &shadow),
                 shadow_stats: VersionStats::from(&shadow),

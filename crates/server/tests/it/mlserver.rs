@@ -14,7 +14,7 @@
 //! scikit-learn's `predict`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::fs::File;
 use std::net::TcpListener;

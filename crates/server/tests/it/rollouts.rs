@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -762,7 +762,18 @@ async fn regression_shadows_promote_a_better_model_reject_a_worse_one_and_call_a
 
     // Much better: v2 behind v1.
     let (view, report) = regression_shadow(&tg, &mut wafers, "tt-better", "v1", "v2", n).await;
-    let s = report.analysis.shadow.expect("a shadow analysis").report;
+    let analysis = report.analysis.shadow.expect("a shadow analysis");
+    // The cases shown are answers outside the tolerance (5% of the primary's), not every
+    // answer that differs in the last digit.
+    assert!(!analysis.disagreements.is_empty());
+    for case in &analysis.disagreements {
+        let (p, c) = (
+            case.primary[0].as_f64().unwrap(),
+            case.shadow[0].as_f64().unwrap(),
+        );
+        assert!((c - p).abs() > 0.05 * p.abs(), "{case:?}");
+    }
+    let s = analysis.report;
     assert_eq!(s.output, OutputKind::Regression);
     assert_eq!(s.labelled, n, "{s:?}");
     let (pm, sm) = (s.primary_mae.unwrap(), s.shadow_mae.unwrap());
@@ -804,7 +815,13 @@ async fn regression_shadows_promote_a_better_model_reject_a_worse_one_and_call_a
         .await
         .unwrap();
     let (view, report) = regression_shadow(&tg, &mut wafers, "tt-same", "v1", "v1-copy", n).await;
-    let s = report.analysis.shadow.expect("a shadow analysis").report;
+    let analysis = report.analysis.shadow.expect("a shadow analysis");
+    assert!(
+        analysis.disagreements.is_empty(),
+        "{:?}",
+        analysis.disagreements
+    );
+    let s = analysis.report;
     assert_eq!(s.agreement, Some(1.0), "{s:?}");
     assert_eq!(s.mae_change, Some(0.0), "{s:?}");
     assert_eq!(

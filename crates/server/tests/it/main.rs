@@ -1,0 +1,16 @@
+//! The gateway's integration tests, one binary (one link of the gateway and its engines):
+//! real sockets, real SQLite files, real ONNX models, a real MLServer and a real browser.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod alerts;
+mod dataplane;
+mod limits;
+mod mlserver;
+mod onnx_engine;
+mod onnx_sklearn;
+mod rollouts;
+mod tree_engine_props;
+mod ui;
