@@ -21,6 +21,7 @@ mod pg_log;
 mod sqlite;
 mod sqlite_control;
 mod sqlite_log;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod url;
 pub mod wire;

@@ -1,5 +1,5 @@
-//! Helpers for tests that need a real PostgreSQL (used by this crate's, the server's and the
-//! binary's test suites; nothing here runs in a gateway).
+//! Helpers for tests that need a real PostgreSQL (used by this crate's and the binary's test
+//! suites), behind the `testing` feature: no gateway build compiles them.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

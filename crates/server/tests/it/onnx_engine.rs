@@ -5,10 +5,8 @@
 //! the compiled tree engine, everything else on tract. Bad models fail at load, naming the
 //! file, the node and the attribute.
 
-use std::path::{Path, PathBuf};
-
+use crate::support::fixtures::{fixtures, models_dir};
 use prost::Message;
-use serde::Deserialize;
 use switchyard_server::onnx::{EngineKind, ModelKind, OnnxError, OnnxModel, OnnxPrediction};
 use tract_onnx::pb;
 
@@ -17,58 +15,6 @@ const PROB_TOLERANCE: f64 = 1e-5;
 /// engine; the libraries sum in f64.
 const ORT_REL_TOLERANCE: f64 = 1e-6;
 const LIBRARY_REL_TOLERANCE: f64 = 1e-4;
-
-#[derive(Debug, Deserialize)]
-struct Fixture {
-    model: String,
-    kind: String,
-    inputs: Vec<Vec<f32>>,
-    sklearn: Library,
-    onnxruntime: Ort,
-}
-
-#[derive(Debug, Deserialize)]
-struct Library {
-    predictions: Vec<f64>,
-    #[serde(default)]
-    probabilities: Option<Vec<Vec<f64>>>,
-    #[serde(default)]
-    classes: Option<Vec<i64>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Ort {
-    #[serde(default)]
-    label: Option<Vec<i64>>,
-    #[serde(default)]
-    probabilities: Option<Vec<Vec<f64>>>,
-    #[serde(default)]
-    predictions: Option<Vec<f64>>,
-}
-
-fn models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models")
-}
-
-fn fixtures() -> Vec<(String, Fixture)> {
-    let dir = models_dir().join("fixtures");
-    let mut out: Vec<(String, Fixture)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).unwrap();
-            let fixture: Fixture = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("parsing {}: {e}", p.display()));
-            (
-                p.file_stem().unwrap().to_string_lossy().into_owned(),
-                fixture,
-            )
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
 
 /// Models that are not tree ensembles (they run through tract).
 const TRACT_MODELS: [&str; 1] = ["yield_logreg"];

@@ -5,62 +5,11 @@
 //! with scikit-learn's own `predict` / `predict_proba` outputs; every model in that directory is
 //! loaded from `models/<model>.onnx` and compared row by row.
 
-use std::path::{Path, PathBuf};
-
-use serde::Deserialize;
+use crate::support::fixtures::{fixtures, models_dir, Fixture};
 use switchyard_server::onnx::{ModelKind, OnnxError, OnnxModel, OnnxPrediction};
 
 const PROB_TOLERANCE: f32 = 1e-5;
 const REGRESSION_REL_TOLERANCE: f64 = 1e-3;
-
-#[derive(Debug, Deserialize)]
-struct Fixture {
-    model: String,
-    kind: String,
-    features: Vec<String>,
-    inputs: Vec<Vec<f32>>,
-    sklearn: Sklearn,
-}
-
-#[derive(Debug, Deserialize)]
-struct Sklearn {
-    predictions: Vec<f64>,
-    #[serde(default)]
-    probabilities: Option<Vec<Vec<f64>>>,
-    #[serde(default)]
-    classes: Option<Vec<i64>>,
-}
-
-fn models_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models")
-}
-
-/// (fixture name, fixture) for every file in models/fixtures, sorted by name.
-fn fixtures() -> Vec<(String, Fixture)> {
-    let dir = models_dir().join("fixtures");
-    let mut out: Vec<(String, Fixture)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).unwrap();
-            let fixture: Fixture = serde_json::from_str(&text)
-                .unwrap_or_else(|e| panic!("parsing {}: {e}", p.display()));
-            (
-                p.file_stem().unwrap().to_string_lossy().into_owned(),
-                fixture,
-            )
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    assert!(
-        out.len() >= 5,
-        "expected the 5 demo fixtures in {}, found {}",
-        dir.display(),
-        out.len()
-    );
-    out
-}
 
 fn load(fixture: &Fixture) -> OnnxModel {
     let path = models_dir().join(&fixture.model);

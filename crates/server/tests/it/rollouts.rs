@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use support::{eventually, TestGateway};
 use switchyard_core::rollout::{OutputKind, Phase, Recommendation};
 use switchyard_core::{Role, Strategy};
-use switchyard_server::api::{ErrorDetail, EventView, ModelStats, Report, RolloutView};
+use switchyard_server::api::{ErrorDetail, ModelStats, Report, RolloutView};
 use switchyard_server::client::ClientError;
 use switchyard_wafer::WaferGenerator;
 
@@ -147,17 +147,6 @@ min_duration_ms: 60000
 gate: { min_labelled: 15, max_p95_increase: null }
 "#;
 
-async fn apply(tg: &TestGateway, spec: &str) -> RolloutView {
-    tg.admin()
-        .apply(spec)
-        .await
-        .unwrap_or_else(|e| panic!("applying {spec}: {e}"))
-}
-
-async fn events(tg: &TestGateway, name: &str) -> Vec<EventView> {
-    tg.admin().events(name).await.unwrap().events
-}
-
 /// The status and error body of a call the gateway must refuse.
 fn refusal<T: std::fmt::Debug>(answer: Result<T, ClientError>) -> (u16, ErrorDetail) {
     match answer {
@@ -274,7 +263,8 @@ async fn a_good_candidate_walks_5_25_50_100_and_is_promoted() {
         )
         .await;
     assert_eq!(r.header("x-switchyard-model-version"), "candidate");
-    let events: Vec<String> = events(&tg, "m-canary")
+    let events: Vec<String> = tg
+        .events("m-canary")
         .await
         .into_iter()
         .map(|e| e.kind)
@@ -324,13 +314,13 @@ async fn rolled_back_at_first_gate(
     if reason == "p95 latency" {
         spec = spec.replace(", max_p95_increase: null", "");
     }
-    apply(&tg, &spec).await;
+    tg.apply(&spec).await;
     let (view, weights) = drive(&tg, "m-canary").await;
     assert_eq!(view.phase, Phase::RolledBack, "{view:?}");
     assert!(
         weights[..weights.len() - 1].iter().all(|w| *w == 5.0),
         "rolled back after the first step: {weights:?} {:#?}",
-        events(&tg, "m-canary").await
+        tg.events("m-canary").await
     );
     assert!(
         view.reason.as_deref().unwrap_or("").contains(reason),
@@ -348,7 +338,8 @@ async fn rolled_back_at_first_gate(
             .await;
         assert_eq!(r.header("x-switchyard-model-version"), "stable");
     }
-    let failed = events(&tg, "m-canary")
+    let failed = tg
+        .events("m-canary")
         .await
         .into_iter()
         .find(|e| e.kind == "gate_failed")
@@ -463,7 +454,7 @@ gate: { max_accuracy_drop: -0.1 }
     assert_eq!(checked.spec.name, "m-canary");
     assert!(tg.admin().rollouts().await.unwrap().rollouts.is_empty());
     // Two rollouts on one model.
-    apply(&tg, CANARY).await;
+    tg.apply(CANARY).await;
     let (status, error) = refusal(
         tg.admin()
             .apply(&CANARY.replace("m-canary", "m-canary-2"))
@@ -490,7 +481,7 @@ async fn a_restarted_gateway_resumes_the_rollout_at_its_recorded_step() {
     let hook = Webhook::start().await;
     let yaml = gateway_yaml(&stable.url, &candidate.url, &hook.url);
     let tg = TestGateway::start(&yaml).await;
-    apply(&tg, CANARY).await;
+    tg.apply(CANARY).await;
     let mut round = 0;
     while phase(&tg, "m-canary").await.step != 2 {
         traffic(&tg, round, 160).await;
@@ -594,8 +585,7 @@ models:
     };
 
     // v3 fails validation (accuracy well below 85%): aborted, v1 keeps serving.
-    apply(
-        &tg,
+    tg.apply(
         &blue_green
             .replace("CANDIDATE", "v3")
             .replace("yield-bg", "bg-v3"),
@@ -611,7 +601,7 @@ models:
     assert_eq!(version(&tg).await, "v1");
 
     // v2 passes, traffic switches atomically to green, the window passes, blue stays warm.
-    apply(&tg, &blue_green.replace("CANDIDATE", "v2")).await;
+    tg.apply(&blue_green.replace("CANDIDATE", "v2")).await;
     assert_eq!(
         version(&tg).await,
         "v1",
@@ -631,8 +621,7 @@ models:
     assert_eq!(version(&tg).await, "v1");
 
     // A green that starts failing after the switch is switched back automatically.
-    apply(
-        &tg,
+    tg.apply(
         &blue_green
             .replace("CANDIDATE", "flaky")
             .replace("yield-bg", "bg-flaky")
@@ -650,7 +639,8 @@ models:
     let v = phase(&tg, "bg-flaky").await;
     assert_eq!(v.phase, Phase::RolledBack, "{v:?}");
     assert_eq!(version(&tg).await, "v1");
-    let switched = events(&tg, "yield-bg")
+    let switched = tg
+        .events("yield-bg")
         .await
         .into_iter()
         .find(|e| e.kind == "switched")
@@ -697,9 +687,7 @@ async fn regression_shadow(
     candidate: &str,
     n: u64,
 ) -> (RolloutView, Report) {
-    apply(
-        tg,
-        &format!(
+    tg.apply(&format!(
             "name: {name}\nmodel: testtime\nkind: shadow\nprimary: {primary}\ncandidate: {candidate}\nmin_labelled: {n}\n"
         ),
     )

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::TestGateway;
-use switchyard_server::api::{EventView, Report};
+use switchyard_server::api::Report;
 use switchyard_wafer::{Die, WaferGenerator};
 
 const TOKEN: &str = "ui-test-token-7f3a";
@@ -66,22 +66,12 @@ const CANARY_V2: &str = "name: yield-v2-canary\nmodel: yield\nkind: canary\nstab
 const BLUE_GREEN: &str = "name: yield-fab2-bluegreen\nmodel: yield-fab2\nkind: blue_green\nactive: v2\ncandidate: v2r\nvalidation_set: models/validation_yield.csv\nmin_accuracy: 0.9\nsmoke_requests: 10\nmonitor_min_requests: 120\nmonitor_duration_ms: 60000\nmax_error_rate: 0.02\nmax_p95_ratio: null\n";
 const AB: &str = "name: testtime-ab\nmodel: testtime\nkind: ab\ncontrol: v1\ntreatment: v2\ntreatment_weight: 50\nmetric: conversion:within_spec\nbaseline: 0.45\nmde: 0.10\nalpha: 0.05\npower: 0.8\nauto_promote: true\n";
 
-async fn apply(tg: &TestGateway, spec: &str) {
-    tg.admin()
-        .apply(spec)
-        .await
-        .unwrap_or_else(|e| panic!("applying {spec}: {e}"));
-}
-
-async fn events(tg: &TestGateway, name: &str) -> Vec<EventView> {
-    tg.admin().events(name).await.unwrap().events
-}
-
 /// A rollout's phase, step and why it is there (its last event's reason), so that a failed
 /// assertion on the phase explains itself.
 async fn phase(tg: &TestGateway, name: &str) -> (String, usize, String) {
     let v = tg.admin().rollout(name).await.unwrap();
-    let last = events(tg, name)
+    let last = tg
+        .events(name)
         .await
         .last()
         .map(|e| format!("last event {}: {}", e.kind, e.message))
@@ -156,7 +146,7 @@ async fn tick(tg: &TestGateway, advance_ms: i64) {
 /// Plays every rollout far enough for each view to have numbers and history.
 async fn scenario(tg: &TestGateway, wafers: &parking_lot::Mutex<Wafers>) {
     // 1. Shadow of yield v2 behind v1, until it concludes.
-    apply(tg, SHADOW).await;
+    tg.apply(SHADOW).await;
     for round in 0.. {
         traffic(tg, wafers, "yield", 100).await;
         tick(tg, 60_000).await;
@@ -168,7 +158,7 @@ async fn scenario(tg: &TestGateway, wafers: &parking_lot::Mutex<Wafers>) {
         assert!(round < 30, "the shadow did not conclude: {why}");
     }
     // 2. Canary of the regressed v3: its gate fails and it is rolled back.
-    apply(tg, CANARY_V3).await;
+    tg.apply(CANARY_V3).await;
     for round in 0.. {
         traffic(tg, wafers, "yield", 100).await;
         tick(tg, 30_000).await;
@@ -184,7 +174,7 @@ async fn scenario(tg: &TestGateway, wafers: &parking_lot::Mutex<Wafers>) {
         assert!(round < 30, "the v3 canary did not end: {why}");
     }
     // 3. Canary of v2, left running at its third step (60%).
-    apply(tg, CANARY_V2).await;
+    tg.apply(CANARY_V2).await;
     for round in 0.. {
         traffic(tg, wafers, "yield", 80).await;
         tick(tg, 30_000).await;
@@ -197,7 +187,7 @@ async fn scenario(tg: &TestGateway, wafers: &parking_lot::Mutex<Wafers>) {
     }
     // 4. Blue-green on the second fab's deployment: validate, switch, monitor, retain.
     traffic(tg, wafers, "yield-fab2", 120).await;
-    apply(tg, BLUE_GREEN).await;
+    tg.apply(BLUE_GREEN).await;
     for round in 0.. {
         let (p, _, why) = phase(tg, "yield-fab2-bluegreen").await;
         if p == "retaining" {
@@ -219,7 +209,7 @@ async fn scenario(tg: &TestGateway, wafers: &parking_lot::Mutex<Wafers>) {
         assert!(round < 200, "blue-green did not switch: {why}");
     }
     // 5. A/B test of the test-time regressor, short of its sample size (it keeps running).
-    apply(tg, AB).await;
+    tg.apply(AB).await;
     for _ in 0..6 {
         traffic(tg, wafers, "testtime", 48).await;
         tick(tg, 30_000).await;
@@ -1226,7 +1216,7 @@ fn drive(
     let (phase_now, trail) = handle.block_on(async {
         (
             phase(tg, "yield-v2-canary").await.0,
-            events(tg, "yield-v2-canary").await,
+            tg.events("yield-v2-canary").await,
         )
     });
     assert_eq!(
@@ -1287,7 +1277,7 @@ fn drive(
     let total: usize = handle.block_on(async {
         let mut n = 0;
         for (name, _) in &x.rollouts {
-            n += events(tg, name).await.len();
+            n += tg.events(name).await.len();
         }
         n
     });

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod fixtures;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -18,6 +20,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use switchyard_server::alerts::RetryPolicy;
+use switchyard_server::api::{EventView, RolloutView};
 use switchyard_server::client::AdminClient;
 use switchyard_server::controller::ManualClock;
 use switchyard_server::{parse_config, Gateway, StartOptions};
@@ -193,6 +196,19 @@ impl TestGateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.gateway.url(), path)
+    }
+
+    /// Starts a rollout through the admin API; panics (naming the spec) if it is refused.
+    pub async fn apply(&self, spec: &str) -> RolloutView {
+        self.admin()
+            .apply(spec)
+            .await
+            .unwrap_or_else(|e| panic!("applying {spec}: {e}"))
+    }
+
+    /// A rollout's audit events, oldest first.
+    pub async fn events(&self, name: &str) -> Vec<EventView> {
+        self.admin().events(name).await.unwrap().events
     }
 
     /// The admin API's client, with the gateway's token and `test` as the actor.
