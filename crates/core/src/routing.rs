@@ -123,6 +123,28 @@ impl Strategy {
         }
     }
 
+    /// The versions that answer clients under this strategy (not the mirrored ones): what
+    /// must be up for the model to be ready.
+    pub fn serving_versions(&self) -> Vec<&str> {
+        match self {
+            Strategy::Single { version } => vec![version],
+            Strategy::Shadow { primary, .. } => vec![primary],
+            Strategy::Split { arms } => arms
+                .iter()
+                .filter(|a| a.weight > 0)
+                .map(|a| a.version.as_str())
+                .collect(),
+            Strategy::BlueGreen {
+                blue,
+                green,
+                active,
+            } => vec![match active {
+                Colour::Blue => blue,
+                Colour::Green => green,
+            }],
+        }
+    }
+
     /// Every version this strategy may send traffic to (serving or mirrored).
     pub fn versions(&self) -> Vec<&str> {
         match self {
@@ -194,6 +216,10 @@ pub struct ModelRoute {
     pub salt: String,
     pub strategy: Strategy,
 }
+
+/// The variant recorded for a request that named its version (`/v2/models/{m}/versions/{v}/infer`):
+/// it bypassed the routing, so rollouts leave it out of their statistics.
+pub const PINNED_VARIANT: &str = "pinned";
 
 /// What to do with one request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -33,7 +33,7 @@ use crate::controller::{Clock, Controller, SystemClock};
 use crate::metrics::Metrics;
 use crate::shadow::ShadowDispatcher;
 use crate::state::{decode_table, AppState};
-use crate::{admin, dataplane, feedback};
+use crate::{admin, dataplane, feedback, oip};
 
 /// A running gateway.
 #[derive(Debug)]
@@ -467,7 +467,27 @@ pub fn router(state: Arc<AppState>, controller: Arc<Controller>) -> Router {
         .with_state(admin_state);
     Router::new()
         .route("/v2/models/{model}/infer", post(dataplane::infer_v2))
-        .route("/v1/models/{model}", post(dataplane::predict_v1))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(dataplane::infer_v2_version),
+        )
+        .route("/v2", get(oip::server_metadata))
+        .route("/v2/health/live", get(oip::live))
+        .route("/v2/health/ready", get(oip::ready))
+        .route("/v2/models/{model}", get(oip::model_metadata))
+        .route("/v2/models/{model}/ready", get(oip::model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(oip::version_metadata),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(oip::version_ready),
+        )
+        .route(
+            "/v1/models/{model}",
+            post(dataplane::predict_v1).get(oip::v1_model_ready),
+        )
         .route("/v1/feedback", post(feedback::post_feedback))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -476,8 +496,18 @@ pub fn router(state: Arc<AppState>, controller: Arc<Controller>) -> Router {
         .route("/ui/", get(crate::ui::page))
         .route("/ui/{file}", get(crate::ui::file))
         .nest("/admin/v1", admin)
-        .fallback(|| async {
-            crate::error::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+        .fallback(|uri: axum::http::Uri| async move {
+            let e = crate::error::ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no such route: {}", uri.path()),
+            );
+            // The inference protocol's clients read `error` as a string.
+            if uri.path() == "/v2" || uri.path().starts_with("/v2/") {
+                e.oip()
+            } else {
+                e
+            }
         })
         .layer(axum::middleware::map_request_with_state(
             state.clone(),

@@ -138,6 +138,11 @@ pub struct HttpBackend {
     client: HttpClient,
     /// The endpoint of every call, parsed once (`Err`: the text that did not parse).
     uri: Result<hyper::Uri, String>,
+    /// Where readiness is asked: the OIP model-ready route, KServe v1's model route, or (plain
+    /// JSON) the endpoint itself, where any HTTP answer means the server is up.
+    ready_uri: Option<hyper::Uri>,
+    /// OIP backends: the model-metadata route.
+    metadata_uri: Option<hyper::Uri>,
     protocol: Protocol,
     pub timeout: Duration,
 }
@@ -168,8 +173,17 @@ impl Backend {
                     Protocol::KserveV1 => format!("{url}/v1/models/{remote_model}:predict"),
                     Protocol::Json { .. } => url.clone(),
                 };
+                let ready = match protocol {
+                    Protocol::Oip => format!("{url}/v2/models/{remote_model}/ready"),
+                    Protocol::KserveV1 => format!("{url}/v1/models/{remote_model}"),
+                    Protocol::Json { .. } => url.clone(),
+                };
+                let metadata = matches!(protocol, Protocol::Oip)
+                    .then(|| format!("{url}/v2/models/{remote_model}"));
                 Backend::Http(Box::new(HttpBackend {
                     client: client.clone(),
+                    ready_uri: ready.parse().ok(),
+                    metadata_uri: metadata.and_then(|m| m.parse().ok()),
                     uri: endpoint.parse().map_err(|_| endpoint),
                     protocol: protocol.clone(),
                     timeout: Duration::from_millis(*timeout_ms),
@@ -201,7 +215,72 @@ impl Backend {
     }
 }
 
+/// How long a readiness or metadata probe of a backend may take.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Backend {
+    /// Whether the backend can serve now: an in-process model always can; an HTTP backend is
+    /// asked (its OIP or KServe v1 readiness route answering 200, or a plain JSON endpoint
+    /// answering at all) within [`PROBE_TIMEOUT`].
+    pub async fn ready(&self) -> bool {
+        match self {
+            Backend::Onnx(_) => true,
+            Backend::Http(b) => b.ready().await,
+        }
+    }
+
+    /// The backend's own OIP model metadata (HTTP OIP backends), or `None`.
+    pub async fn remote_metadata(&self) -> Option<Value> {
+        match self {
+            Backend::Onnx(_) => None,
+            Backend::Http(b) => b.metadata().await,
+        }
+    }
+
+    /// The in-process model, if this version runs one.
+    pub fn onnx_model(&self) -> Option<&OnnxModel> {
+        match self {
+            Backend::Onnx(b) => Some(&b.model),
+            Backend::Http(_) => None,
+        }
+    }
+}
+
 impl HttpBackend {
+    async fn get(&self, uri: &hyper::Uri) -> Option<(hyper::StatusCode, Bytes)> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(uri.clone())
+            .body(Full::new(Bytes::new()))
+            .ok()?;
+        let exchange = async {
+            let response = self.client.request(request).await.ok()?;
+            let status = response.status();
+            let body = response.into_body().collect().await.ok()?.to_bytes();
+            Some((status, body))
+        };
+        tokio::time::timeout(PROBE_TIMEOUT, exchange).await.ok()?
+    }
+
+    async fn ready(&self) -> bool {
+        let Some(uri) = &self.ready_uri else {
+            return false;
+        };
+        match (self.get(uri).await, &self.protocol) {
+            (Some(_), Protocol::Json { .. }) => true,
+            (Some((status, _)), _) => status.is_success(),
+            (None, _) => false,
+        }
+    }
+
+    async fn metadata(&self) -> Option<Value> {
+        let (status, body) = self.get(self.metadata_uri.as_ref()?).await?;
+        if !status.is_success() {
+            return None;
+        }
+        serde_json::from_slice(&body).ok()
+    }
+
     async fn call(&self, call: &Call<'_>) -> Result<Reply, BackendError> {
         let backend_wire = match &self.protocol {
             Protocol::Oip => Some(Wire::V2),

@@ -17,7 +17,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use switchyard_core::config::KeySource;
-use switchyard_core::routing::{key_hash, BUCKETS};
+use switchyard_core::routing::{key_hash, BUCKETS, PINNED_VARIANT};
 use switchyard_core::{Prediction, PredictionRecord, Role};
 
 use crate::backend::{BackendError, Call};
@@ -35,7 +35,18 @@ pub async fn infer_v2(
     Path(model): Path<String>,
     request: Request,
 ) -> Response {
-    handle(state, Wire::V2, model, request).await
+    handle(state, Wire::V2, model, None, request).await
+}
+
+/// `POST /v2/models/{m}/versions/{v}/infer`: the version the client names serves, whatever the
+/// routing says; no shadow gets a copy, and the record's variant is `pinned` (the controller
+/// leaves pinned traffic out of every rollout's statistics).
+pub async fn infer_v2_version(
+    State(state): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    handle(state, Wire::V2, model, Some(version), request).await
 }
 
 pub async fn predict_v1(
@@ -44,7 +55,7 @@ pub async fn predict_v1(
     request: Request,
 ) -> Response {
     match segment.strip_suffix(":predict") {
-        Some(model) => handle(state, Wire::V1, model.to_string(), request).await,
+        Some(model) => handle(state, Wire::V1, model.to_string(), None, request).await,
         None => {
             state.metrics.reject("not_found");
             ApiError::new(
@@ -75,14 +86,34 @@ fn routing_key(
     }
 }
 
-async fn handle(state: Arc<AppState>, wire: Wire, model: String, request: Request) -> Response {
+async fn handle(
+    state: Arc<AppState>,
+    wire: Wire,
+    model: String,
+    pinned: Option<String>,
+    request: Request,
+) -> Response {
     let (parts, body) = request.into_parts();
     let id = request_id(&parts.headers);
-    match serve(&state, wire, &model, &parts.headers, body, &id).await {
+    match serve(
+        &state,
+        wire,
+        &model,
+        pinned.as_deref(),
+        &parts.headers,
+        body,
+        &id,
+    )
+    .await
+    {
         Ok(response) => response,
         Err(e) => {
             state.metrics.reject(e.code);
-            e.with_request_id(&id).into_response()
+            let e = e.with_request_id(&id);
+            match wire {
+                Wire::V2 => e.oip().into_response(),
+                Wire::V1 => e.into_response(),
+            }
         }
     }
 }
@@ -91,6 +122,7 @@ async fn serve(
     state: &Arc<AppState>,
     wire: Wire,
     model: &str,
+    pinned: Option<&str>,
     headers: &HeaderMap,
     body: Body,
     id: &str,
@@ -112,6 +144,10 @@ async fn serve(
         };
         ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
     })?;
+    if wire == Wire::V2 {
+        crate::protocol::validate_v2_tensors(body.bytes())
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_tensor", e.0))?;
+    }
 
     // Phase: route.
     let table = state.table.load();
@@ -125,7 +161,32 @@ async fn serve(
 
     // Phase: pick.
     let key = routing_key(runtime.config.routing_key.as_ref(), headers, &body);
-    let decision = route.decide(key.as_deref(), rand::random::<u32>() % BUCKETS);
+    let decision = match pinned {
+        None => route.decide(key.as_deref(), rand::random::<u32>() % BUCKETS),
+        Some(version) => {
+            let Some((version, _)) = runtime.backends.get_key_value(version) else {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "unknown_version",
+                    format!(
+                        "model '{model}' has no version '{version}' (versions: {})",
+                        runtime
+                            .config
+                            .versions
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            };
+            switchyard_core::Decision {
+                variant: PINNED_VARIANT,
+                version: version.as_str(),
+                shadows: Vec::new(),
+            }
+        }
+    };
     let Some(backend) = runtime.backends.get(decision.version) else {
         return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -173,12 +234,17 @@ async fn serve(
                     *r.status_mut() = status;
                     r
                 }
-                _ => ApiError::new(
-                    status,
-                    error_code(&e),
-                    format!("{} {}: {e}", model, decision.version),
-                )
-                .into_response(),
+                _ => {
+                    let error = ApiError::new(
+                        status,
+                        error_code(&e),
+                        format!("{} {}: {e}", model, decision.version),
+                    );
+                    match wire {
+                        Wire::V2 => error.oip().into_response(),
+                        Wire::V1 => error.into_response(),
+                    }
+                }
             };
             (e.outcome(), status, Prediction::None, response)
         }

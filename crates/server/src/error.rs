@@ -2,10 +2,13 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 
 use crate::api::{ErrorBody, ErrorDetail};
 
-/// An error answered to an HTTP client as `{"error": {"code", "message"}}`.
+/// An error answered to an HTTP client: `{"error": {"code", "message"}}` on switchyard's own
+/// routes, `{"error": "<message>", "code": ...}` on the Open Inference Protocol's (`/v2/...`),
+/// whose clients read `error` as a string.
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -14,6 +17,27 @@ pub struct ApiError {
     pub request_id: Option<String>,
     /// Every problem, for validation errors.
     pub problems: Vec<String>,
+    pub style: ErrorStyle,
+}
+
+/// The shape of an error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorStyle {
+    /// `{"error": {"code", "message", "problems"?}, "request_id"?}`.
+    #[default]
+    Switchyard,
+    /// The Open Inference Protocol's `{"error": "<message>"}`, with `code` and `request_id`
+    /// as extra fields.
+    Oip,
+}
+
+/// The OIP error body.
+#[derive(Debug, Serialize)]
+struct OipErrorBody<'a> {
+    error: &'a str,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
 }
 
 impl ApiError {
@@ -24,6 +48,7 @@ impl ApiError {
             message: message.into(),
             request_id: None,
             problems: Vec::new(),
+            style: ErrorStyle::Switchyard,
         }
     }
 
@@ -31,19 +56,42 @@ impl ApiError {
         self.request_id = Some(id.to_string());
         self
     }
+
+    /// Answered in the Open Inference Protocol's form.
+    pub fn oip(mut self) -> Self {
+        self.style = ErrorStyle::Oip;
+        self
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_string(),
-                message: self.message,
-                problems: self.problems,
-            },
-            request_id: self.request_id.clone(),
+        let mut response = match self.style {
+            ErrorStyle::Switchyard => {
+                let body = ErrorBody {
+                    error: ErrorDetail {
+                        code: self.code.to_string(),
+                        message: self.message,
+                        problems: self.problems,
+                    },
+                    request_id: self.request_id.clone(),
+                };
+                (self.status, axum::Json(body)).into_response()
+            }
+            ErrorStyle::Oip => {
+                let message = if self.problems.is_empty() {
+                    self.message
+                } else {
+                    format!("{}: {}", self.message, self.problems.join("; "))
+                };
+                let body = OipErrorBody {
+                    error: &message,
+                    code: self.code,
+                    request_id: self.request_id.as_deref(),
+                };
+                (self.status, axum::Json(body)).into_response()
+            }
         };
-        let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(id) = self.request_id.and_then(|id| id.parse().ok()) {
             response.headers_mut().insert("x-request-id", id);
         }

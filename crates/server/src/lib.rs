@@ -17,6 +17,7 @@ pub mod error;
 pub mod feedback;
 pub mod http_util;
 pub mod metrics;
+pub mod oip;
 pub mod onnx;
 pub mod protocol;
 pub mod report;

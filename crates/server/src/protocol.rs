@@ -129,6 +129,218 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// The tensor datatypes of the Open Inference Protocol.
+pub const DATATYPES: [&str; 13] = [
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16",
+    "FP32", "FP64", "BYTES",
+];
+
+/// The most elements one request tensor may declare (a request body is bounded anyway; this
+/// only words the refusal of an absurd shape before counting).
+const MAX_TENSOR_ELEMENTS: u64 = 1 << 32;
+
+/// An OIP v2 request as far as validation reads it; everything else is ignored.
+#[derive(serde::Deserialize)]
+struct V2Request {
+    inputs: Option<Vec<TensorDecl>>,
+}
+
+#[derive(serde::Deserialize)]
+struct TensorDecl {
+    name: Option<Value>,
+    shape: Option<Vec<Value>>,
+    datatype: Option<Value>,
+    data: Option<Leaves>,
+    parameters: Option<serde_json::Map<String, Value>>,
+}
+
+/// What a tensor's `data` holds, counted without building it: nested arrays are flattened
+/// (the protocol allows both flat and nested data).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Leaves {
+    numbers: u64,
+    strings: u64,
+    bools: u64,
+    /// Objects and nulls.
+    other: u64,
+}
+
+impl Leaves {
+    fn total(&self) -> u64 {
+        self.numbers + self.strings + self.bools + self.other
+    }
+
+    fn add(&mut self, o: Leaves) {
+        self.numbers += o.numbers;
+        self.strings += o.strings;
+        self.bools += o.bools;
+        self.other += o.other;
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Leaves {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Leaves;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("tensor data")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Leaves, E> {
+                Ok(Leaves {
+                    bools: 1,
+                    ..Leaves::default()
+                })
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Leaves, E> {
+                Ok(Leaves {
+                    numbers: 1,
+                    ..Leaves::default()
+                })
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Leaves, E> {
+                Ok(Leaves {
+                    numbers: 1,
+                    ..Leaves::default()
+                })
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Leaves, E> {
+                Ok(Leaves {
+                    numbers: 1,
+                    ..Leaves::default()
+                })
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Leaves, E> {
+                Ok(Leaves {
+                    strings: 1,
+                    ..Leaves::default()
+                })
+            }
+            fn visit_unit<E>(self) -> Result<Leaves, E> {
+                Ok(Leaves {
+                    other: 1,
+                    ..Leaves::default()
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Leaves, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Leaves {
+                    other: 1,
+                    ..Leaves::default()
+                })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Leaves, A::Error> {
+                let mut total = Leaves::default();
+                while let Some(item) = seq.next_element::<Leaves>()? {
+                    total.add(item);
+                }
+                Ok(total)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// Checks an OIP v2 request's tensor declarations: every input has a name, a known datatype
+/// and a concrete shape whose element count its data fills exactly, with values of that
+/// datatype. Reads the client's bytes once without building the body's tree. The error names
+/// the input.
+pub fn validate_v2_tensors(bytes: &[u8]) -> Result<(), BadRequest> {
+    let request: V2Request = serde_json::from_slice(bytes)
+        .map_err(|e| BadRequest(format!("not an inference request: {e}")))?;
+    let inputs = request.inputs.filter(|i| !i.is_empty()).ok_or_else(|| {
+        BadRequest("body needs an \"inputs\" array with at least one tensor".into())
+    })?;
+    for (i, input) in inputs.iter().enumerate() {
+        let name = match &input.name {
+            Some(Value::String(n)) if !n.is_empty() => n.as_str(),
+            _ => return Err(BadRequest(format!("inputs[{i}] needs a \"name\""))),
+        };
+        let at = format!("inputs[{i}] ('{name}')");
+        let datatype = match &input.datatype {
+            Some(Value::String(d)) if DATATYPES.contains(&d.as_str()) => d.as_str(),
+            Some(Value::String(d)) => {
+                return Err(BadRequest(format!(
+                    "{at}: unknown datatype '{d}' (one of {})",
+                    DATATYPES.join(", ")
+                )))
+            }
+            _ => return Err(BadRequest(format!("{at} needs a \"datatype\""))),
+        };
+        let shape = input
+            .shape
+            .as_ref()
+            .ok_or_else(|| BadRequest(format!("{at} needs a \"shape\"")))?;
+        let mut elements: u64 = 1;
+        for d in shape {
+            let dim = match d.as_i64() {
+                Some(x) if x >= 0 => x as u64,
+                Some(_) => {
+                    return Err(BadRequest(format!(
+                        "{at}: shape {} has a negative dimension; a request's shape is concrete",
+                        Value::Array(shape.clone())
+                    )))
+                }
+                None => {
+                    return Err(BadRequest(format!(
+                        "{at}: shape {} must hold integers",
+                        Value::Array(shape.clone())
+                    )))
+                }
+            };
+            elements = elements
+                .checked_mul(dim)
+                .filter(|n| *n <= MAX_TENSOR_ELEMENTS)
+                .ok_or_else(|| {
+                    BadRequest(format!(
+                        "{at}: shape {} declares more than {MAX_TENSOR_ELEMENTS} elements",
+                        Value::Array(shape.clone())
+                    ))
+                })?;
+        }
+        if input
+            .parameters
+            .as_ref()
+            .is_some_and(|p| p.contains_key("binary_data_size"))
+        {
+            return Err(BadRequest(format!(
+                "{at}: the binary tensor data extension (binary_data_size) is not supported; send the data as JSON"
+            )));
+        }
+        let data = input
+            .data
+            .ok_or_else(|| BadRequest(format!("{at} needs \"data\"")))?;
+        if data.total() != elements {
+            return Err(BadRequest(format!(
+                "{at}: shape {} needs {elements} values, data holds {}",
+                Value::Array(shape.clone()),
+                data.total()
+            )));
+        }
+        let (wanted, right) = match datatype {
+            "BYTES" => ("strings", data.strings),
+            "BOOL" => ("booleans", data.bools),
+            _ => ("numbers", data.numbers),
+        };
+        if right != elements {
+            return Err(BadRequest(format!(
+                "{at}: {datatype} data must hold {wanted}; {} of {elements} values are not",
+                elements - right
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Reads a request as a batch of numeric rows (for ONNX models and protocol translation).
 pub fn request_rows(wire: Wire, body: &Value) -> Result<Vec<Vec<f32>>, BadRequest> {
     match wire {

@@ -22,6 +22,7 @@ use switchyard_core::rollout::{
     self, Action, Command, Observations, Phase, RolloutKind, RolloutSpec, RolloutState, Validation,
 };
 use switchyard_core::rollout_config::RawRollout;
+use switchyard_core::routing::PINNED_VARIANT;
 use switchyard_core::Role;
 use switchyard_store::{ControlStore, Leader, StoreError, StoreUrl, StoredEvent};
 
@@ -395,7 +396,12 @@ impl Controller {
             &merged
         };
         let mut obs = Observations::default();
-        for (k, v) in agg.series.iter().filter(|(k, _)| k.model == spec.model) {
+        // Pinned requests chose their version themselves: not a sample of any split.
+        for (k, v) in agg
+            .series
+            .iter()
+            .filter(|(k, _)| k.model == spec.model && k.variant != PINNED_VARIANT)
+        {
             if k.role == Role::Serving {
                 if k.epoch >= state.step_epoch {
                     obs.step.entry(k.version.clone()).or_default().merge(v);

@@ -645,15 +645,14 @@ models:
             "{what}: {}",
             String::from_utf8_lossy(&r.body)
         );
+        // The inference protocol's error form: `error` is the message.
         let json = r.json();
         assert!(
-            json["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
+            json["error"].as_str().is_some_and(|m| !m.is_empty()),
             "{what}: {json}"
         );
         if !code.is_empty() {
-            assert_eq!(json["error"]["code"], code, "{what}");
+            assert_eq!(json["code"], code, "{what}");
         }
         assert!(
             !r.header("x-request-id").is_empty(),
@@ -665,7 +664,7 @@ models:
         .post_json(&tg.url("/v2/models/nope/infer"), &[], &good)
         .await;
     assert_eq!(
-        (r.status, r.json()["error"]["code"].as_str().unwrap()),
+        (r.status, r.json()["code"].as_str().unwrap()),
         (404, "unknown_model")
     );
     let r = tg
@@ -782,7 +781,7 @@ models:
             "{model}: {}",
             String::from_utf8_lossy(&r.body)
         );
-        assert_eq!(r.json()["error"]["code"], code, "{model}");
+        assert_eq!(r.json()["code"], code, "{model}");
         assert_eq!(r.header("x-switchyard-model-version"), "v");
     }
     tg.gateway.state.log.flush().await.unwrap();
@@ -834,5 +833,264 @@ async fn admin_routes_need_the_token_and_health_endpoints_answer() {
     assert_eq!(
         (ready.status, ready.json()["ready"].as_bool()),
         (200, Some(true))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The Open Inference Protocol's REST surface: what a standard OIP client calls besides infer.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oip_health_readiness_and_metadata_answer_as_the_protocol_says() {
+    let mock = MockModel::start(1).await;
+    // A port nothing listens on: the backend of a model that is down.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let yaml = format!(
+        r#"
+models:
+  yield:
+    versions:
+      v1: {{ onnx: models/yield_v1.onnx }}
+      v2: {{ onnx: models/yield_v2.onnx }}
+    serve: {{ kind: single, version: v1 }}
+  remote:
+    versions:
+      a: {{ url: "{}" }}
+    serve: {{ kind: single, version: a }}
+  down:
+    versions:
+      a: {{ url: "http://{closed}", timeout_ms: 500 }}
+    serve: {{ kind: single, version: a }}
+"#,
+        mock.url()
+    );
+    let tg = TestGateway::start(&yaml).await;
+    let get = |path: &str| {
+        let (client, url) = (tg.client.clone(), tg.url(path));
+        async move { client.get(&url).await }
+    };
+
+    let r = get("/v2").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["name"], "switchyard");
+    assert!(r.json()["extensions"].is_array());
+    assert_eq!(get("/v2/health/live").await.status, 200);
+    // One model is down: the server is not ready, and says which model.
+    let r = get("/v2/health/ready").await;
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["not_ready"], json!(["down"]));
+    assert_eq!(get("/v2/models/yield/ready").await.status, 200);
+    assert_eq!(get("/v2/models/remote/ready").await.status, 200);
+    assert_eq!(get("/v2/models/down/ready").await.status, 400);
+    assert_eq!(get("/v2/models/yield/versions/v2/ready").await.status, 200);
+    // A failing backend is not ready either.
+    mock.set(Mode::Fail);
+    assert_eq!(get("/v2/models/remote/ready").await.status, 400);
+    mock.set(Mode::Ok);
+    // KServe v1's readiness.
+    let r = get("/v1/models/yield").await;
+    assert_eq!(
+        (r.status, r.json()),
+        (200, json!({"name": "yield", "ready": true}))
+    );
+    assert_eq!(get("/v1/models/down").await.status, 503);
+
+    // Metadata from the ONNX model: its features and outputs.
+    let r = get("/v2/models/yield").await;
+    assert_eq!(r.status, 200);
+    let m = r.json();
+    assert_eq!(m["name"], "yield");
+    assert_eq!(m["versions"], json!(["v1", "v2"]));
+    assert_eq!(
+        m["inputs"],
+        json!([{"name": "input", "datatype": "FP32", "shape": [-1, 8]}])
+    );
+    assert_eq!(m["outputs"][1]["name"], "probabilities");
+    assert_eq!(m["outputs"][1]["shape"], json!([-1, 2]));
+    // From the backend's own metadata route, under the gateway's name.
+    let m = get("/v2/models/remote/versions/a").await.json();
+    assert_eq!(
+        (m["name"].as_str(), m["platform"].as_str()),
+        (Some("remote"), Some("mock"))
+    );
+    assert_eq!(m["inputs"][0]["name"], "x");
+
+    // Errors in the protocol's form: `error` is a string.
+    for (path, code) in [
+        ("/v2/models/nope", "unknown_model"),
+        ("/v2/models/nope/ready", "unknown_model"),
+        ("/v2/models/yield/versions/zzz", "unknown_version"),
+        ("/v2/models/yield/versions/zzz/ready", "unknown_version"),
+        ("/v2/no/such/route", "not_found"),
+    ] {
+        let r = get(path).await;
+        assert_eq!(r.status, 404, "{path}");
+        let e = r.json();
+        assert!(
+            e["error"].as_str().is_some_and(|m| !m.is_empty()),
+            "{path}: {e}"
+        );
+        assert_eq!(e["code"], code, "{path}");
+    }
+    // The admin API keeps its own error form.
+    let r = get("/admin/v1/no/such/route").await;
+    assert_eq!(r.json()["error"]["code"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_version_serves_and_is_logged_outside_every_split() {
+    let yaml = r#"
+models:
+  yield:
+    versions:
+      v1: { onnx: models/yield_v1.onnx }
+      v2: { onnx: models/yield_v2.onnx }
+    serve: { kind: shadow, primary: v1, shadows: [{ version: v2, sample: 100 }] }
+"#;
+    let tg = TestGateway::start(yaml).await;
+    let row = oip_row(&[1.0, 50.0, 2.0, 40.0, 1.0, 2.0, 1.0, 1000.0]);
+    let r = tg
+        .client
+        .post_json(
+            &tg.url("/v2/models/yield/versions/v2/infer"),
+            &[("x-request-id", "pinned-1")],
+            &row,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-switchyard-model-version"), "v2");
+    assert_eq!(r.header("x-switchyard-variant"), "pinned");
+    let r = tg
+        .client
+        .post_json(&tg.url("/v2/models/yield/versions/v9/infer"), &[], &row)
+        .await;
+    assert_eq!(
+        (r.status, r.json()["code"].as_str()),
+        (404, Some("unknown_version"))
+    );
+    tg.gateway.state.log.flush().await.unwrap();
+    let agg = tg.gateway.state.log.aggregates().lock().clone();
+    let pinned: Vec<_> = agg
+        .series
+        .keys()
+        .filter(|k| k.variant == "pinned")
+        .map(|k| (k.version.as_str(), k.role))
+        .collect();
+    assert_eq!(pinned, [("v2", Role::Serving)], "logged as pinned");
+    // No shadow copy of a pinned request.
+    assert!(
+        agg.series.keys().all(|k| k.role != Role::Shadow),
+        "{:?}",
+        agg.series.keys()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tensor_declarations_are_refused_naming_the_input_and_never_counted() {
+    let yaml = r#"
+models:
+  yield:
+    versions:
+      v1: { onnx: models/yield_v1.onnx }
+    serve: { kind: single, version: v1 }
+"#;
+    let tg = TestGateway::start(yaml).await;
+    let url = tg.url("/v2/models/yield/infer");
+    let eight = json!([1.0, 50.0, 2.0, 40.0, 1.0, 2.0, 1.0, 1000.0]);
+    let tensor = |shape: Value, datatype: &str, data: Value| json!({"inputs": [{"name": "features", "shape": shape, "datatype": datatype, "data": data}]});
+    let cases = [
+        (
+            "too few values",
+            tensor(json!([2, 8]), "FP32", eight.clone()),
+            "needs 16 values, data holds 8",
+        ),
+        (
+            "a wildcard shape",
+            tensor(json!([-1, 8]), "FP32", eight.clone()),
+            "negative dimension",
+        ),
+        (
+            "an absurd shape",
+            tensor(json!([1_000_000_000u64, 8]), "FP32", eight.clone()),
+            "declares more than 4294967296 elements",
+        ),
+        (
+            "an overflowing shape",
+            tensor(json!([u64::MAX, 8]), "FP32", eight.clone()),
+            "integers",
+        ),
+        (
+            "an unknown datatype",
+            tensor(json!([1, 8]), "QQQ", eight.clone()),
+            "unknown datatype 'QQQ'",
+        ),
+        (
+            "strings as FP32",
+            tensor(json!([1, 2]), "FP32", json!(["a", "b"])),
+            "FP32 data must hold numbers",
+        ),
+        (
+            "numbers as BYTES",
+            tensor(json!([2]), "BYTES", json!([1, 2])),
+            "BYTES data must hold strings",
+        ),
+        (
+            "a nested shape mismatch",
+            tensor(json!([1, 8]), "FP32", json!([[1.0, 2.0], [3.0]])),
+            "needs 8 values, data holds 3",
+        ),
+        (
+            "no shape",
+            json!({"inputs": [{"name": "features", "datatype": "FP32", "data": [1.0]}]}),
+            "needs a \"shape\"",
+        ),
+        (
+            "no name",
+            json!({"inputs": [{"shape": [1], "datatype": "FP32", "data": [1.0]}]}),
+            "inputs[0] needs a \"name\"",
+        ),
+        (
+            "binary data",
+            json!({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32", "parameters": {"binary_data_size": 32}}]}),
+            "binary tensor data extension",
+        ),
+    ];
+    for (what, body, says) in cases {
+        let r = tg.client.post_json(&url, &[], &body).await;
+        assert_eq!(
+            r.status,
+            400,
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let e = r.json();
+        let message = e["error"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{what}: {message}");
+        if what != "no name" {
+            assert!(
+                message.contains("'features'"),
+                "{what} names the input: {message}"
+            );
+        }
+        assert_eq!(e["code"], "invalid_tensor", "{what}");
+    }
+    // Nested data of the right size and a good request still work.
+    let nested = tensor(json!([2, 8]), "FP32", json!([eight.clone(), eight.clone()]));
+    let r = tg.client.post_json(&url, &[], &nested).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    tg.gateway.state.log.flush().await.unwrap();
+    let s = tg
+        .gateway
+        .state
+        .log
+        .aggregates()
+        .lock()
+        .variant("yield", "v1", Role::Serving, |_| true);
+    assert_eq!(
+        (s.requests, s.errors),
+        (1, 0),
+        "refusals never reach the model's numbers"
     );
 }

@@ -343,6 +343,25 @@ models:
         .variant("yield", "onnx", Role::Shadow, |_| true);
     assert_eq!((onnx.requests, onnx.errors), (51, 0));
 
+    // The OIP surface in front of a real OIP server: readiness asks MLServer, and the
+    // metadata are MLServer's own, under the gateway's model name.
+    let ready = tg.client.get(&tg.url("/v2/models/yield/ready")).await;
+    assert_eq!(
+        ready.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&ready.body)
+    );
+    let meta = tg.client.get(&tg.url("/v2/models/yield/versions/v1")).await;
+    assert_eq!(meta.status, 200, "{}", String::from_utf8_lossy(&meta.body));
+    let meta = meta.json();
+    assert_eq!(meta["name"], "yield", "{meta}");
+    assert_eq!(meta["versions"], json!(["onnx", "v1"]), "{meta}");
+    assert!(
+        meta.get("platform").is_some(),
+        "MLServer's metadata: {meta}"
+    );
+
     drop(tg);
     drop(mlserver);
     eprintln!("mlserver test took {:?}", started.elapsed());

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Path as UrlPath, State};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
@@ -108,6 +108,27 @@ impl MockModel {
         let app = Router::new()
             .route("/v2/models/{m}/infer", post(mock_infer))
             .route("/v1/models/{m}", post(mock_infer))
+            // The OIP model routes: ready unless failing, and metadata naming one tensor.
+            .route(
+                "/v2/models/{m}/ready",
+                axum::routing::get(|State(s): State<MockState>| async move {
+                    if s.mode.load(Ordering::SeqCst) == Mode::Fail as u8 {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        axum::http::StatusCode::OK
+                    }
+                }),
+            )
+            .route(
+                "/v2/models/{m}",
+                axum::routing::get(|UrlPath(m): UrlPath<String>| async move {
+                    axum::Json(serde_json::json!({
+                        "name": m, "platform": "mock",
+                        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}],
+                        "outputs": [{"name": "predict", "datatype": "INT64", "shape": [-1]}],
+                    }))
+                }),
+            )
             .with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
