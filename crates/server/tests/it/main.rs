@@ -9,6 +9,7 @@ mod alerts;
 mod dataplane;
 mod limits;
 mod mlserver;
+mod oip_client;
 mod onnx_engine;
 mod onnx_sklearn;
 mod rollouts;
