@@ -35,5 +35,5 @@ pub use log::{
 };
 pub use log_rows::{Disagreement, FeedbackRow, LogRow};
 pub use sqlite::open;
-pub use sqlite_log::{count_records, disagreements, read_log};
+pub use sqlite_log::{count_records, disagreements, read_log, rebuild_aggregates_in_memory};
 pub use url::StoreUrl;

@@ -188,6 +188,48 @@ pub(crate) fn fold_log(
     agg
 }
 
+/// Folds a stream of rows sorted by request id, each with its request's feedback (when any),
+/// into aggregates while holding only one request's rows at a time: the start-up rebuild's
+/// memory no longer grows with the log (the in-memory `fold_log` held every record).
+#[derive(Debug, Default)]
+pub(crate) struct StreamFold {
+    agg: Aggregates,
+    rows: Vec<LogRow>,
+    feedback: Option<(Truth, Vec<(String, f64)>)>,
+}
+
+impl StreamFold {
+    /// Adds one row; rows of one request must come together.
+    pub(crate) fn push(&mut self, row: LogRow, feedback: Option<(Truth, Vec<(String, f64)>)>) {
+        if self
+            .rows
+            .first()
+            .is_some_and(|r| r.record.request_id != row.record.request_id)
+        {
+            self.flush();
+        }
+        if self.feedback.is_none() {
+            self.feedback = feedback;
+        }
+        self.rows.push(row);
+    }
+
+    fn flush(&mut self) {
+        let records = with_pairs(std::mem::take(&mut self.rows));
+        records.iter().for_each(|r| self.agg.record(r));
+        if let Some((truth, metrics)) = self.feedback.take() {
+            self.agg.record_feedback(&records, &truth, &metrics);
+        }
+    }
+
+    pub(crate) fn finish(mut self) -> Aggregates {
+        if !self.rows.is_empty() {
+            self.flush();
+        }
+        self.agg
+    }
+}
+
 /// Rows grouped per request id in order of first appearance, with shadow pairings restored.
 fn group_by_request(rows: Vec<LogRow>) -> Vec<(String, Vec<PredictionRecord>)> {
     let mut by_request: HashMap<String, Vec<LogRow>> = HashMap::new();

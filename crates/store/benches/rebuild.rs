@@ -1,0 +1,187 @@
+//! Start-up rebuild of the aggregates from a long prediction log: time and memory of the
+//! streamed rebuild (`rebuild_aggregates`, what a gateway runs at start) against the former
+//! in-memory one (`rebuild_aggregates_in_memory`: every record and every label read first),
+//! on the same SQLite file, each in a fresh process so its peak and resident memory are its
+//! own.
+//!
+//!     cargo bench -p switchyard-store --bench rebuild -- 1000000
+//!
+//! Writes N requests (one serving record each, every fifth also shadowed, a captured input on
+//! each, labels for a third of them) through the log writer into a temp file, then runs each
+//! rebuild in a child process and prints elapsed time, peak RSS (VmHWM) and RSS with the
+//! aggregates built (VmRSS). Both rebuilds must give the same aggregates.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    clippy::print_stdout
+)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use switchyard_core::{Feedback, Outcome, PairRef, Prediction, PredictionRecord, Role, Truth};
+use switchyard_store::{spawn_log_writer, LogWriterConfig, StoreUrl};
+
+fn status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn record(i: u64, role: Role) -> PredictionRecord {
+    let class = if i.is_multiple_of(3) { "1" } else { "0" };
+    PredictionRecord {
+        request_id: format!("01J9Z3KQ4V{i:016}"),
+        ts_ms: 1_700_000_000_000 + i as i64,
+        model: "yield".into(),
+        epoch: 1 + i / 100_000,
+        variant: if role == Role::Shadow { "shadow" } else { "primary" }.into(),
+        role,
+        version: if role == Role::Shadow { "v2" } else { "v1" }.into(),
+        key_hash: Some(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+        outcome: Outcome::Ok,
+        status: 200,
+        latency_us: 900 + i % 700,
+        output: Prediction::Classes(vec![class.into()]),
+        input: Some(format!(
+            "{{\"inputs\":[{{\"name\":\"input\",\"shape\":[1,8],\"datatype\":\"FP32\",\"data\":[1.0,50.0,2.0,40.0,1.0,2.0,1.0,{i}]}}]}}"
+        )),
+        pair: (role == Role::Shadow).then(|| PairRef {
+            version: "v1".into(),
+            output: Prediction::Classes(vec![class.into()]),
+        }),
+    }
+}
+
+fn write_log(path: &std::path::Path, n: u64) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (log, thread) = spawn_log_writer(LogWriterConfig {
+        store: StoreUrl::sqlite(path),
+        replica: "bench".into(),
+        queue_capacity: 1 << 20,
+        batch_size: 4_096,
+        commit_interval: Duration::from_millis(5),
+    })
+    .unwrap();
+    runtime.block_on(async {
+        for chunk in (0..n).collect::<Vec<_>>().chunks(100_000) {
+            for &i in chunk {
+                assert!(log.record(record(i, Role::Serving)));
+                if i.is_multiple_of(5) {
+                    assert!(log.record(record(i, Role::Shadow)));
+                }
+            }
+            log.flush().await.unwrap();
+            let labels: Vec<Feedback> = chunk
+                .iter()
+                .filter(|i| *i % 3 == 1)
+                .map(|&i| Feedback {
+                    request_id: format!("01J9Z3KQ4V{i:016}"),
+                    truth: Truth::Labels(vec![if i.is_multiple_of(7) { "0" } else { "1" }.into()]),
+                    metrics: vec![],
+                })
+                .collect();
+            log.feedback(labels, 1_700_000_100_000).await.unwrap();
+        }
+    });
+    drop(log);
+    thread.join().unwrap();
+}
+
+/// In the child: one rebuild, then its numbers on one line.
+fn child(path: &str, mode: &str) {
+    let conn = switchyard_store::open_reader(std::path::Path::new(path)).unwrap();
+    let started = Instant::now();
+    let agg = match mode {
+        "stream" => switchyard_store::rebuild_aggregates(&conn).unwrap(),
+        _ => switchyard_store::rebuild_aggregates_in_memory(&conn).unwrap(),
+    };
+    let elapsed = started.elapsed();
+    let digest = format!(
+        "{:?}",
+        agg.pairs
+            .values()
+            .next()
+            .map(|p| (p.agreement, p.both_correct, p.shadow_only))
+    ) + &format!(
+        "{:?}",
+        agg.series
+            .values()
+            .map(|s| (s.requests, s.correct))
+            .collect::<Vec<_>>()
+    );
+    println!(
+        "{mode} {:.3} {} {} {:x}",
+        elapsed.as_secs_f64(),
+        status_kb("VmHWM:"),
+        status_kb("VmRSS:"),
+        digest
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--child") {
+        child(&args[i + 1], &args[i + 2]);
+        return;
+    }
+    let n: u64 = args
+        .iter()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("log.sqlite");
+    let started = Instant::now();
+    write_log(&path, n);
+    let records = n + n.div_ceil(5);
+    println!(
+        "wrote {n} requests ({records} records, {} labels) in {:.1} s, {:.0} MB on disk",
+        n / 3,
+        started.elapsed().as_secs_f64(),
+        std::fs::metadata(&path).unwrap().len() as f64 / 1e6
+    );
+    let exe = std::env::current_exe().unwrap();
+    let mut digests = Vec::new();
+    println!("rebuild      seconds   peak RSS MB   RSS after MB   bytes/record (after)");
+    for mode in ["memory", "stream"] {
+        let out = Command::new(&exe)
+            .args(["--child", path.to_str().unwrap(), mode])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8_lossy(&out.stdout);
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (secs, hwm, rss): (f64, f64, f64) = (
+            f[1].parse().unwrap(),
+            f[2].parse().unwrap(),
+            f[3].parse().unwrap(),
+        );
+        digests.push(f[4].to_string());
+        println!(
+            "{mode:<10} {secs:>9.2} {:>13.1} {:>14.1} {:>22.0}",
+            hwm / 1024.0,
+            rss / 1024.0,
+            rss * 1024.0 / records as f64
+        );
+    }
+    assert_eq!(
+        digests[0], digests[1],
+        "both rebuilds give the same aggregates"
+    );
+}
