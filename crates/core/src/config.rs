@@ -85,6 +85,8 @@ pub struct RawLog {
     /// `false` records no predictions at all (no log, no statistics, so no rollout can
     /// decide): only for measuring what the log costs (`bench/run.sh`). Default `true`.
     pub enabled: Option<bool>,
+    /// `group` (default) or `sync`: see [`Durability`].
+    pub durability: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -196,6 +198,22 @@ pub struct LogSettings {
     pub max_input_bytes: usize,
     /// Whether predictions are recorded (see [`RawLog::enabled`]).
     pub enabled: bool,
+    pub durability: Durability,
+}
+
+/// When an answered prediction is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// The response goes out at once; its record commits with the next group commit (a few
+    /// milliseconds later). A crash loses the records of that window, and a full queue drops
+    /// records (counted) rather than slow the data plane.
+    #[default]
+    Group,
+    /// The response waits until its record is committed (group commit still batches the
+    /// records of concurrent requests); a full queue makes requests wait; a record that
+    /// cannot be committed turns the answer into a 503. Every answered prediction is on disk.
+    Sync,
 }
 
 impl Default for LogSettings {
@@ -207,6 +225,7 @@ impl Default for LogSettings {
             capture_inputs: 0.0,
             max_input_bytes: 4_096,
             enabled: true,
+            durability: Durability::Group,
         }
     }
 }
@@ -384,6 +403,16 @@ impl RawConfig {
                 .max_input_bytes
                 .unwrap_or(defaults.max_input_bytes as u64) as usize,
             enabled: self.log.enabled.unwrap_or(defaults.enabled),
+            durability: match self.log.durability.as_deref() {
+                None | Some("group") => Durability::Group,
+                Some("sync") => Durability::Sync,
+                Some(other) => {
+                    problems.push(format!(
+                        "log.durability: must be group or sync, got '{other}'"
+                    ));
+                    Durability::Group
+                }
+            },
         };
         let sd = ShadowSettings::default();
         let shadow = ShadowSettings {
@@ -823,6 +852,7 @@ mod tests {
         ]);
         c.listen = Some("localhost".into());
         c.log.capture_inputs = Some(2.0);
+        c.log.durability = Some("always".into());
         c.limits.header_read_timeout_ms = Some(0);
         c.limits.body_read_timeout_ms = Some(0);
         c.limits.max_header_bytes = Some(100);
@@ -830,6 +860,7 @@ mod tests {
         let expect = [
             "listen",
             "log.capture_inputs",
+            "log.durability: must be group or sync, got 'always'",
             "limits.header_read_timeout_ms: must be greater than 0",
             "limits.body_read_timeout_ms: must be greater than 0",
             "limits.max_header_bytes: must be between 8192 and 1048576",

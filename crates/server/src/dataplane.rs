@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use switchyard_core::config::KeySource;
+use switchyard_core::config::{Durability, KeySource};
 use switchyard_core::routing::{key_hash, BUCKETS, PINNED_VARIANT};
 use switchyard_core::{Prediction, PredictionRecord, Role};
 
@@ -296,7 +296,7 @@ async fn serve(
         latency.as_secs_f64(),
     );
     if log_on {
-        state.log.record(PredictionRecord {
+        let record = PredictionRecord {
             request_id: id.to_string(),
             ts_ms,
             model: model.to_string(),
@@ -311,7 +311,23 @@ async fn serve(
             output,
             input,
             pair: None,
-        });
+        };
+        match state.log_settings.durability {
+            Durability::Group => {
+                state.log.record(record);
+            }
+            // The answer waits for its record's commit; one that is not on disk is not given.
+            Durability::Sync => {
+                if let Err(e) = state.log.record_durable(record).await {
+                    tracing::error!(model, request_id = id, error = %e, "prediction not recorded");
+                    return Err(ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not_recorded",
+                        format!("the prediction could not be recorded ({e}); with log.durability sync it is not answered"),
+                    ));
+                }
+            }
+        }
     }
 
     let mut response = response;

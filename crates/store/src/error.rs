@@ -15,6 +15,9 @@ pub enum StoreError {
     },
     #[error("corrupt {what} in the log: {reason}")]
     Corrupt { what: &'static str, reason: String },
+    /// The batch holding a record waited for (durability `sync`) could not be written.
+    #[error("the record could not be committed to the log")]
+    NotCommitted,
     #[error("the log writer has stopped")]
     WriterStopped,
     /// A change the caller refused to make (its reason).

@@ -53,7 +53,9 @@ pub struct LogStats {
 }
 
 enum Command {
-    Record(Box<PredictionRecord>),
+    /// A record, and who waits for its commit (durability `sync`): told `true` once its batch
+    /// committed, `false` if the batch was lost.
+    Record(Box<PredictionRecord>, Option<oneshot::Sender<bool>>),
     Feedback {
         items: Vec<Feedback>,
         now_ms: i64,
@@ -74,7 +76,7 @@ pub struct LogHandle {
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::Record(r) => write!(f, "Record({})", r.request_id),
+            Command::Record(r, _) => write!(f, "Record({})", r.request_id),
             Command::Feedback { items, .. } => write!(f, "Feedback({} items)", items.len()),
             Command::Flush(_) => write!(f, "Flush"),
         }
@@ -85,7 +87,7 @@ impl LogHandle {
     /// Enqueues a record without waiting. Returns `false` (and counts a drop) when the queue
     /// is full or the writer has stopped.
     pub fn record(&self, rec: PredictionRecord) -> bool {
-        match self.tx.try_send(Command::Record(Box::new(rec))) {
+        match self.tx.try_send(Command::Record(Box::new(rec), None)) {
             Ok(()) => {
                 self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
                 true
@@ -94,6 +96,22 @@ impl LogHandle {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 false
             }
+        }
+    }
+
+    /// Enqueues a record and returns once it is committed (durability `sync`): waits for room
+    /// when the queue is full rather than drop it. An error means the record is not on disk.
+    pub async fn record_durable(&self, rec: PredictionRecord) -> Result<(), StoreError> {
+        let (reply, committed) = oneshot::channel();
+        self.tx
+            .send(Command::Record(Box::new(rec), Some(reply)))
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        self.stats.enqueued.fetch_add(1, Ordering::Relaxed);
+        match committed.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StoreError::NotCommitted),
+            Err(_) => Err(StoreError::WriterStopped),
         }
     }
 
@@ -212,6 +230,12 @@ pub fn spawn_log_writer(
     ))
 }
 
+/// The records of the next transaction, and the requests waiting for it to commit.
+struct Batch {
+    records: Vec<PredictionRecord>,
+    waiters: Vec<oneshot::Sender<bool>>,
+}
+
 struct Writer {
     sink: Box<dyn Sink>,
     rx: mpsc::Receiver<Command>,
@@ -223,13 +247,19 @@ struct Writer {
 
 impl Writer {
     fn run(mut self) {
-        let mut batch: Vec<PredictionRecord> = Vec::with_capacity(self.batch_size);
+        let mut batch = Batch {
+            records: Vec::with_capacity(self.batch_size),
+            waiters: Vec::new(),
+        };
         while let Some(first) = self.rx.blocking_recv() {
             let mut next = Some(first);
             // Drain what is already queued, up to a batch, without waiting.
             while let Some(cmd) = next.take() {
                 match cmd {
-                    Command::Record(rec) => batch.push(*rec),
+                    Command::Record(rec, waiter) => {
+                        batch.records.push(*rec);
+                        batch.waiters.extend(waiter);
+                    }
                     Command::Feedback {
                         items,
                         now_ms,
@@ -243,12 +273,12 @@ impl Writer {
                         let _ = reply.send(());
                     }
                 }
-                if batch.len() >= self.batch_size {
+                if batch.records.len() >= self.batch_size {
                     self.commit(&mut batch);
                 }
                 next = self.rx.try_recv().ok();
             }
-            let committed = batch.len();
+            let committed = batch.records.len();
             self.commit(&mut batch);
             // The queue ran dry with a partial batch: let the next records gather.
             if committed > 0 && committed < self.batch_size && !self.commit_interval.is_zero() {
@@ -258,28 +288,34 @@ impl Writer {
         self.commit(&mut batch);
     }
 
-    fn commit(&mut self, batch: &mut Vec<PredictionRecord>) {
-        if batch.is_empty() {
+    fn commit(&mut self, batch: &mut Batch) {
+        if batch.records.is_empty() {
             return;
         }
-        match self.sink.write_batch(batch) {
+        let records = &batch.records;
+        let ok = match self.sink.write_batch(records) {
             Ok(()) => {
                 self.stats
                     .written
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 let mut agg = self.aggregates.lock();
-                batch.iter().for_each(|rec| agg.record(rec));
+                records.iter().for_each(|rec| agg.record(rec));
+                true
             }
             Err(e) => {
                 self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .dropped
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                tracing::error!(error = %e, records = batch.len(), "prediction log batch lost");
+                    .fetch_add(records.len() as u64, Ordering::Relaxed);
+                tracing::error!(error = %e, records = records.len(), "prediction log batch lost");
+                false
             }
+        };
+        for waiter in batch.waiters.drain(..) {
+            let _ = waiter.send(ok);
         }
-        batch.clear();
+        batch.records.clear();
     }
 
     fn feedback(

@@ -137,3 +137,97 @@ models:
     // And the rollouts carry on: traffic keeps flowing to the canary's weights.
     traffic(&s.url, sent, 20);
 }
+
+/// One inference with request id `id`; `None` when the connection fails or breaks (the
+/// gateway is being killed).
+fn try_infer(host: &str, id: &str, body: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(host).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    write!(
+        stream,
+        "POST /v2/models/yield/infer HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nx-request-id: {id}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.get(9..12)?.parse().ok()
+}
+
+#[test]
+fn with_sync_durability_every_answered_prediction_survives_kill_9() {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("switchyard.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "log: {{ durability: sync, batch_size: 64 }}\nmodels:\n  yield:\n    versions:\n      v1: {{ onnx: {}/yield_v1.onnx }}\n    serve: {{ kind: single, version: v1 }}\n",
+            repo().join("models").display()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let mut s = serve(&config, &data);
+    let host = s.url.strip_prefix("http://").unwrap().to_string();
+    let answered = Arc::new(Mutex::new(BTreeSet::new()));
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Four clients send until the gateway dies under them.
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let (host, answered, sent, stop) =
+                (host.clone(), answered.clone(), sent.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let id = format!("sync-{c}-{i}");
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    match try_infer(&host, &id, &request_body(i)) {
+                        Some(200) => {
+                            answered.lock().unwrap().insert(id);
+                        }
+                        Some(other) => panic!("{id}: status {other}"),
+                        None => return,
+                    }
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    wait_for("400 answered predictions", Duration::from_secs(60), || {
+        answered.lock().unwrap().len() >= 400
+    });
+    // kill -9 while the clients are still sending.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    drop(s);
+    let answered = answered.lock().unwrap().clone();
+    let conn = switchyard_store::open_reader(&data.join("switchyard.sqlite")).unwrap();
+    let (rows, _) = switchyard_store::read_log(&conn).unwrap();
+    let logged: BTreeSet<String> = rows.into_iter().map(|r| r.record.request_id).collect();
+    let lost: Vec<&String> = answered.difference(&logged).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} answered predictions are not in the log: {:?}",
+        lost.len(),
+        answered.len(),
+        &lost[..lost.len().min(5)]
+    );
+    eprintln!(
+        "sync durability: {} answered, {} logged, {} sent before the kill",
+        answered.len(),
+        logged.len(),
+        sent.load(Ordering::SeqCst)
+    );
+}
