@@ -380,6 +380,16 @@ impl RawConfig {
                 "log.capture_inputs: must be a fraction in [0, 1], got {capture_inputs}"
             ));
         }
+        let durability = match self.log.durability.as_deref() {
+            None | Some("group") => Durability::Group,
+            Some("sync") => Durability::Sync,
+            Some(other) => {
+                problems.push(format!(
+                    "log.durability: must be group or sync, got '{other}'"
+                ));
+                Durability::Group
+            }
+        };
         let log = LogSettings {
             queue_capacity: positive(
                 "log.queue_capacity",
@@ -393,26 +403,19 @@ impl RawConfig {
                 defaults.batch_size as u64,
                 &mut problems,
             ) as usize,
-            commit_interval_ms: self
-                .log
-                .commit_interval_ms
-                .unwrap_or(defaults.commit_interval_ms),
+            // With `sync` the requests wait for the commit anyway, and records of concurrent
+            // requests gather while one commits: waiting longer only adds latency.
+            commit_interval_ms: self.log.commit_interval_ms.unwrap_or(match durability {
+                Durability::Group => defaults.commit_interval_ms,
+                Durability::Sync => 0,
+            }),
             capture_inputs,
             max_input_bytes: self
                 .log
                 .max_input_bytes
                 .unwrap_or(defaults.max_input_bytes as u64) as usize,
             enabled: self.log.enabled.unwrap_or(defaults.enabled),
-            durability: match self.log.durability.as_deref() {
-                None | Some("group") => Durability::Group,
-                Some("sync") => Durability::Sync,
-                Some(other) => {
-                    problems.push(format!(
-                        "log.durability: must be group or sync, got '{other}'"
-                    ));
-                    Durability::Group
-                }
-            },
+            durability,
         };
         let sd = ShadowSettings::default();
         let shadow = ShadowSettings {
