@@ -6,6 +6,7 @@
 mod support;
 
 mod admin_cli;
+mod check;
 mod crash;
 mod demo;
 mod replicas;
