@@ -18,8 +18,8 @@
 //! (primary's × candidate's class) each keep at most
 //! [`switchyard_stats::classification::MAX_CLASSES`] names and count the rest as `other`. A
 //! model's declared classes are not known here (the gateway's config is not), so a label no
-//! model declares is counted like any other and set apart when the report is made
-//! (`crate::classes`). Regression outputs are kept in log-bucket histograms per version and per
+//! model declares is counted like any other and set apart when the report is made (in the
+//! classes module). Regression outputs are kept in log-bucket histograms per version and per
 //! pair, for the drift of the prediction distributions.
 
 use std::collections::BTreeMap;

@@ -61,6 +61,36 @@ impl ClassTable {
             .map(|j| self.counts.iter().map(|r| r[j]).sum())
             .collect()
     }
+
+    /// The same table with the `declared` classes first, in their order (the others after, as
+    /// they were; `other` stays last).
+    pub fn in_declared_order(&self, declared: Option<&[String]>) -> ClassTable {
+        let Some(declared) = declared else {
+            return self.clone();
+        };
+        let k = self.classes.len();
+        let mut order: Vec<usize> = declared
+            .iter()
+            .filter_map(|d| self.classes.iter().position(|c| c == d))
+            .collect();
+        let rest: Vec<usize> = (0..k).filter(|i| !order.contains(i)).collect();
+        order.extend(rest);
+        if self.other {
+            order.push(k);
+        }
+        ClassTable {
+            classes: order
+                .iter()
+                .filter(|&&i| i < k)
+                .map(|&i| self.classes[i].clone())
+                .collect(),
+            other: self.other,
+            counts: order
+                .iter()
+                .map(|&i| order.iter().map(|&j| self.counts[i][j]).collect())
+                .collect(),
+        }
+    }
 }
 
 /// Precision, recall, F1 and support of one class.
@@ -393,6 +423,31 @@ mod tests {
         // A declared class past the bound may be in `other`: it stays.
         let s = classification_summary(&m, Some(&names(&["a", "b", "c"]))).unwrap();
         assert_eq!((s.unknown_labels, s.labelled), (0, 5));
+    }
+
+    #[test]
+    fn tables_follow_the_declared_order() {
+        let mut m = ClassMatrix::new(3);
+        for (a, b) in [
+            ("speed", "pass"),
+            ("pass", "pass"),
+            ("edge", "speed"),
+            ("zz", "zz"),
+        ] {
+            m.add(a, b);
+        }
+        let t = table_of(&m).in_declared_order(Some(&names(&["pass", "speed"])));
+        assert_eq!(t.classes, names(&["pass", "speed", "edge"]));
+        assert!(t.other);
+        assert_eq!(
+            t.counts,
+            vec![
+                vec![1, 0, 0, 0],
+                vec![1, 0, 0, 0],
+                vec![0, 1, 0, 0],
+                vec![0, 0, 0, 1]
+            ]
+        );
     }
 
     #[test]

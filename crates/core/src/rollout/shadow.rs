@@ -46,7 +46,8 @@ pub struct ShadowSpec {
     #[serde(flatten)]
     pub rules: ShadowRules,
     /// On PROMOTE, continue with this canary.
-    pub then_canary: Option<CanarySpec>,
+    /// Boxed: a canary spec inside every shadow spec would make every rollout kind as large.
+    pub then_canary: Option<Box<CanarySpec>>,
     /// Wait for an operator before starting `then_canary`.
     pub chain_requires_approval: bool,
 }
@@ -224,7 +225,7 @@ impl RawShadow {
             },
             then_canary: self
                 .then_canary
-                .map(|c| c.validate(problems, "then_canary.")),
+                .map(|c| Box::new(c.validate(problems, "then_canary."))),
             chain_requires_approval: self.chain_requires_approval.unwrap_or(false),
         }
     }
@@ -276,7 +277,7 @@ pub(super) fn problems(spec: &RolloutSpec, s: &ShadowSpec, declared: &[&str], p:
         let chained = RolloutSpec {
             name: spec.name.clone(),
             model: spec.model.clone(),
-            kind: RolloutKind::Canary(c.clone()),
+            kind: RolloutKind::Canary(c.as_ref().clone()),
         };
         p.extend(
             chained
