@@ -64,6 +64,14 @@ bayes.json        Beta(1+s, 1+n-s) posteriors (uniform prior).
                   2,000,000-draw Monte Carlo (within 4 standard errors).
 multiple.json     statsmodels.stats.multitest.multipletests adjusted p-values
                   for method='bonferroni' and method='holm'.
+value_drift.json  PSI and Jensen-Shannon of binned values (switchyard's value_drift):
+                  each value replaced by its log-bucket key (bucket
+                  floor(ln|x| / ln 1.01), key -(2^32 + b) below zero, 0 at
+                  zero, 2^32 + b above), cut points q_i (i = 1..9) the
+                  smallest expected key whose cumulative count reaches
+                  i*n/10 (numpy sort; the inverted-CDF decile), bins by
+                  np.digitize(key, q, right=True), then PSI and
+                  jensenshannon on the 10 bin counts as in drift.json.
 shadow_pairs.json a shadow comparison end to end (read by
                   crates/core/tests/shadow_reference.rs, which feeds the arrays
                   through the aggregates and the shadow report). Regression
@@ -77,10 +85,25 @@ shadow_pairs.json a shadow comparison end to end (read by
                   correction=False, method='auto'); underestimates =
                   sum(shadow - truth < -by), with `by` at least 2% away from
                   every error (the histogram's buckets are 1% wide).
+                  Regression cases also carry the value drift of the
+                  shadow's outputs from the primary's (as value_drift.json).
                   Classification cases: sklearn accuracy_score of each,
                   agreement = mean(primary == shadow), McNemar on the
                   discordant labelled pairs (statsmodels, exact=False,
-                  correction=True).
+                  correction=True); per version the confusion matrix and
+                  precision/recall/F1/support (sklearn confusion_matrix and
+                  precision_recall_fscore_support with the default labels,
+                  the sorted union of truth and predictions, zero_division=0,
+                  and average='macro') and accuracy with its Wilson 95%
+                  interval (statsmodels proportion_confint(method='wilson')),
+                  on the instances whose truth is one of `declared` when the
+                  case declares classes (the others are `unknown_labels`);
+                  the transition matrix (sklearn confusion_matrix(primary,
+                  shadow) over the sorted union of both), the seed's
+                  chi-square of the two prediction distributions (scipy
+                  chi2_contingency on the 2 x k class counts, primary row
+                  first) and PSI / jensenshannon of the shadow's class
+                  distribution from the primary's (as drift.json).
 """
 
 import json
@@ -96,7 +119,11 @@ import scipy.stats as st
 import statsmodels
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+from statsmodels.stats.proportion import (
+    confint_proportions_2indep,
+    proportion_confint,
+    proportions_ztest,
+)
 
 GENERATOR = "tools/gen_stats_fixtures.py"
 OUT_DIR = os.path.join("crates", "stats", "tests", "fixtures")
@@ -765,19 +792,65 @@ def gen_classification():
         cm = confusion_matrix(truth, pred, labels=list(range(k)))
         p, r, f1, sup = precision_recall_fscore_support(truth, pred, labels=list(range(k)), zero_division=0)
         mp, mr, mf, _ = precision_recall_fscore_support(truth, pred, labels=list(range(k)), average="macro", zero_division=0)
+        right = int(np.sum(truth == pred))
+        lo, hi = proportion_confint(right, n, alpha=0.05, method="wilson")
         cases.append(dict(
             k=k, truth=[int(t) for t in truth], predicted=[int(q) for q in pred],
             counts=[[int(c) for c in row] for row in cm],
             precision=flist(p), recall=flist(r), f1=flist(f1), support=[int(s) for s in sup],
             macro=[f(mp), f(mr), f(mf)],
+            accuracy=f(right / n), accuracy_ci=[f(lo), f(hi)],
         ))
     return write(
         "classification.json",
         "sklearn.metrics.confusion_matrix(labels=range(k)), "
-        "precision_recall_fscore_support(labels=range(k), zero_division=0) and average='macro'",
+        "precision_recall_fscore_support(labels=range(k), zero_division=0) and average='macro'; "
+        "accuracy's Wilson 95% interval from statsmodels proportion_confint(method='wilson')",
         cases,
         min_cases=MIN_CASES_NEW,
     )
+
+
+PSI_EMPTY_SHARE = 1e-4
+
+
+def psi_js(expected, actual):
+    """PSI (empty bins at 1e-4) and scipy's Jensen-Shannon distance of two count vectors."""
+    from scipy.spatial.distance import jensenshannon
+
+    e = np.asarray(expected, dtype=float)
+    a = np.asarray(actual, dtype=float)
+    pe, pa = e / e.sum(), a / a.sum()
+    se, sa = np.maximum(pe, PSI_EMPTY_SHARE), np.maximum(pa, PSI_EMPTY_SHARE)
+    return f(np.sum((sa - se) * np.log(sa / se))), f(jensenshannon(pe, pa))
+
+
+LOG_BUCKET = math.log1p(0.01)
+KEY_OFFSET = 1 << 32
+
+
+def bucket_key(x):
+    """The key of x's 1%-wide log bucket, ordered like the values (see value_drift.json)."""
+    if x == 0:
+        return 0
+    b = math.floor(math.log(abs(x)) / LOG_BUCKET)
+    return KEY_OFFSET + b if x > 0 else -(KEY_OFFSET + b)
+
+
+def value_drift_ref(expected, actual):
+    """(psi, js_distance, expected bin counts, actual bin counts) over the expected's deciles."""
+    ke = np.sort(np.array([bucket_key(float(x)) for x in expected], dtype=np.int64))
+    ka = np.array([bucket_key(float(x)) for x in actual], dtype=np.int64)
+    n = len(ke)
+    q = np.array([ke[-(-i * n // 10) - 1] for i in range(1, 10)], dtype=np.int64)
+    for i in range(1, 10):
+        if (i * n) % 10:
+            # Away from exact ties the cut is numpy's inverted-CDF quantile.
+            assert q[i - 1] == np.quantile(ke, i / 10, method="inverted_cdf"), (i, n)
+    be = np.bincount(np.digitize(ke, q, right=True), minlength=10)
+    ba = np.bincount(np.digitize(ka, q, right=True), minlength=10)
+    psi, js = psi_js(be, ba)
+    return psi, js, [int(c) for c in be], [int(c) for c in ba]
 
 
 def gen_drift():
@@ -805,6 +878,34 @@ def gen_drift():
         "drift.json",
         "PSI = sum((a-e) ln(a/e)) on shares with empty bins at 1e-4 (numpy); "
         "scipy.spatial.distance.jensenshannon(p, q) (natural log)",
+        cases,
+        min_cases=MIN_CASES_NEW,
+    )
+
+
+rng4 = np.random.default_rng(20261220)
+
+
+def gen_value_drift():
+    inputs = [
+        ("same_distribution", rng4.normal(100.0, 10.0, 500), rng4.normal(100.0, 10.0, 400)),
+        ("shifted_mean", rng4.normal(100.0, 10.0, 500), rng4.normal(105.0, 10.0, 500)),
+        ("wider", rng4.normal(100.0, 10.0, 400), rng4.normal(100.0, 20.0, 400)),
+        ("around_zero", rng4.normal(0.0, 5.0, 300), rng4.normal(1.0, 5.0, 300)),
+        ("ties_and_zeros", rng4.integers(0, 5, 200).astype(float), rng4.integers(0, 7, 150).astype(float)),
+        ("heavy_tails", rng4.exponential(200.0, 1000), rng4.exponential(260.0, 1000)),
+        ("tiny", rng4.normal(10.0, 1.0, 7), rng4.normal(10.0, 1.0, 5)),
+        ("disjoint", rng4.uniform(10.0, 20.0, 100), rng4.uniform(30.0, 40.0, 100)),
+    ]
+    cases = []
+    for name, e, a in inputs:
+        psi, js, be, ba = value_drift_ref(e, a)
+        cases.append(dict(name=name, expected=flist(e), actual=flist(a), psi=psi, js_distance=js,
+                          expected_bins=be, actual_bins=ba))
+    return write(
+        "value_drift.json",
+        "numpy sort/digitize(right=True) of log-bucket keys at the expected's inverted-CDF deciles; "
+        "PSI with empty bins at 1e-4; scipy.spatial.distance.jensenshannon (natural log)",
         cases,
         min_cases=MIN_CASES_NEW,
     )
@@ -864,34 +965,79 @@ def regression_case(name, truth, primary, shadow, absolute, relative, by):
         w = st.wilcoxon(ep, es, zero_method="wilcox", correction=False, alternative="two-sided")
         case["wilcoxon_statistic"] = f(w.statistic)
         case["wilcoxon_p_value"] = f(w.pvalue)
+    case["psi"], case["js_distance"], _, _ = value_drift_ref(primary, shadow)
     by = clear_margin(shadow - truth, by)
     case["underestimate_by"] = by
     case["underestimates"] = int(np.sum(shadow - truth < -by))
     return case
 
 
-def classification_case(name, truth, primary, shadow):
-    from sklearn.metrics import accuracy_score
+def version_detail(truth, pred, declared):
+    """Confusion matrix, per-class scores and accuracy of one version (see the docstring)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-    truth, primary, shadow = (np.asarray(a) for a in (truth, primary, shadow))
+    keep = np.isin(truth, declared) if declared is not None else np.ones(len(truth), dtype=bool)
+    t, p = truth[keep], pred[keep]
+    labels = sorted(set(t.tolist()) | set(p.tolist()))
+    assert labels == list(np.unique(np.concatenate([t, p]))), "sklearn's default labels"
+    cm = confusion_matrix(t, p, labels=labels)
+    pr, rc, f1, sup = precision_recall_fscore_support(t, p, zero_division=0)
+    mp, mr, mf, _ = precision_recall_fscore_support(t, p, average="macro", zero_division=0)
+    right = int(np.sum(t == p))
+    lo, hi = proportion_confint(right, len(t), alpha=0.05, method="wilson")
+    return dict(
+        classes=labels,
+        confusion=[[int(c) for c in row] for row in cm],
+        precision=flist(pr),
+        recall=flist(rc),
+        f1=flist(f1),
+        support=[int(x) for x in sup],
+        macro=[f(mp), f(mr), f(mf)],
+        accuracy=f(accuracy_score(t, p)),
+        accuracy_ci=[f(lo), f(hi)],
+        unknown_labels=int(np.sum(~keep)),
+    )
+
+
+def classification_case(name, truth, primary, shadow, declared=None):
+    from sklearn.metrics import accuracy_score, confusion_matrix
+
+    truth, primary, shadow = (np.asarray([str(v) for v in a]) for a in (truth, primary, shadow))
     pc, sc = primary == truth, shadow == truth
     b, c = int(np.sum(pc & ~sc)), int(np.sum(~pc & sc))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m = mcnemar([[int(np.sum(pc & sc)), b], [c, int(np.sum(~pc & ~sc))]], exact=False, correction=True)
-    return dict(
+    predicted = sorted(set(primary.tolist()) | set(shadow.tolist()))
+    counts = np.array([[int(np.sum(primary == k)) for k in predicted],
+                       [int(np.sum(shadow == k)) for k in predicted]])
+    chi = st.chi2_contingency(counts)
+    psi, js = psi_js(counts[0], counts[1])
+    case = dict(
         name=name,
         kind="classification",
-        truth=[str(int(v)) for v in truth],
-        primary=[str(int(v)) for v in primary],
-        shadow=[str(int(v)) for v in shadow],
+        truth=truth.tolist(),
+        primary=primary.tolist(),
+        shadow=shadow.tolist(),
         agreement=f(np.mean(primary == shadow)),
         primary_accuracy=f(accuracy_score(truth, primary)),
         shadow_accuracy=f(accuracy_score(truth, shadow)),
         mcnemar_b=b,
         mcnemar_c=c,
         mcnemar_p_value=f(m.pvalue) if b + c > 0 else 1.0,
+        predicted_classes=predicted,
+        transitions=[[int(x) for x in row] for row in confusion_matrix(primary, shadow, labels=predicted)],
+        chi2_statistic=f(chi.statistic),
+        chi2_p_value=f(chi.pvalue),
+        chi2_dof=int(chi.dof),
+        psi=psi,
+        js_distance=js,
+        primary_detail=version_detail(truth, primary, declared),
+        shadow_detail=version_detail(truth, shadow, declared),
     )
+    if declared is not None:
+        case["declared"] = list(declared)
+    return case
 
 
 def gen_shadow_pairs():
@@ -939,11 +1085,26 @@ def gen_shadow_pairs():
     primary = np.where(rng3.random(300) < 0.7, truth, rng3.integers(0, 4, 300))
     shadow = np.where(rng3.random(300) < 0.68, truth, rng3.integers(0, 4, 300))
     cases.append(classification_case("four_bins", truth, primary, shadow))
+    # The die bins with a model that declares them: some labels name no declared bin (a typo
+    # upstream) and are reported, not counted, in the per-version detail.
+    truth = rng3.choice(["pass", "leakage", "speed", "edge"], 400, p=[0.7, 0.1, 0.1, 0.1])
+    primary = np.where(rng3.random(400) < 0.85, truth, rng3.choice(["pass", "leakage", "speed", "edge"], 400))
+    shadow = np.where(rng3.random(400) < 0.9, truth, rng3.choice(["pass", "leakage", "speed", "edge"], 400))
+    truth = np.where(rng3.random(400) < 0.05, "leakgae", truth)
+    cases.append(classification_case("bins_with_unknown_labels", truth, primary, shadow,
+                                     declared=["pass", "leakage", "speed", "edge"]))
+    # A candidate that calls far more dies "pass": its prediction distribution has moved.
+    truth = rng3.integers(0, 4, 300)
+    primary = np.where(rng3.random(300) < 0.8, truth, rng3.integers(0, 4, 300))
+    shadow = np.where(rng3.random(300) < 0.5, 0, primary)
+    cases.append(classification_case("shifted_to_pass", truth, primary, shadow))
     return write(
         "shadow_pairs.json",
         "numpy isclose; sklearn mean_absolute_error, mean_squared_error, "
         "mean_absolute_percentage_error, accuracy_score; scipy ttest_rel, wilcoxon; "
-        "statsmodels mcnemar",
+        "statsmodels mcnemar, proportion_confint(method='wilson'); sklearn confusion_matrix, "
+        "precision_recall_fscore_support; scipy chi2_contingency, jensenshannon; PSI and value "
+        "bins as value_drift.json",
         cases,
         min_cases=MIN_CASES_NEW,
     )
@@ -971,6 +1132,7 @@ def main():
     gen_classification()
     gen_drift()
     gen_shadow_pairs()
+    gen_value_drift()
 
     seed_ss = next(c for c in ss if c["baseline"] == 0.90 and c["mde"] == 0.02)
     seed_mc = next(c for c in mc if c["b"] == 50 and c["c"] == 30)

@@ -30,8 +30,10 @@ fixtures/<model>.json
                    200 held-out rows with scikit-learn's own ``predict`` (and
                    ``predict_proba`` for classifiers) outputs (for LightGBM / XGBoost:
                    the library's own outputs, under the same key), onnxruntime's
-                   outputs for the same rows, and held-out metrics; the Rust tests
-                   compare switchyard against both.
+                   outputs for the same rows, the rows' ground truth (``truth``: the
+                   label, the die bin or the test time the model was scored
+                   against), and held-out metrics; the Rust tests compare switchyard
+                   against both and use the truth as feedback.
 validation_yield.csv
                    1000 fresh rows (8 features + ``label``) for blue-green
                    validation replay.
@@ -400,6 +402,7 @@ def main() -> int:
                 "label": [int(p) for p in ort_label],
                 "probabilities": [[exact(p) for p in row] for row in ort_proba],
             },
+            "truth": [int(t) for t in truth[:N_FIXTURE]],
             "metrics": {"accuracy": acc, "n_test": N_TEST},
         }
         write_json(os.path.join(FIXTURE_DIR, f"{name}.json"), fixture)
@@ -437,6 +440,7 @@ def main() -> int:
                 "version": ort.__version__,
                 "predictions": [exact(p) for p in ort_pred],
             },
+            "truth": [float(t) for t in t_test[:N_FIXTURE]],
             "metrics": {"mae": mae, "n_test": N_TEST},
         }
         write_json(os.path.join(FIXTURE_DIR, f"{name}.json"), fixture)

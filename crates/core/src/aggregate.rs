@@ -12,10 +12,20 @@
 //! a bottom-k sample keyed by a stable hash of the request id), and "how many predictions
 //! fell short of the truth by more than X" from a histogram of signed errors
 //! ([`VariantStats::signed_error`]).
+//!
+//! Classes are counted by name with bounded memory: a version's confusion matrix (true ×
+//! predicted class, from labelled instances), its predicted classes, and a pair's transitions
+//! (primary's × candidate's class) each keep at most
+//! [`switchyard_stats::classification::MAX_CLASSES`] names and count the rest as `other`. A
+//! model's declared classes are not known here (the gateway's config is not), so a label no
+//! model declares is counted like any other and set apart when the report is made (in the
+//! classes module). Regression outputs are kept in log-bucket histograms per version and per
+//! pair, for the drift of the prediction distributions.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
+use switchyard_stats::classification::{ClassCounts, ClassMatrix};
 use switchyard_stats::{BottomK, LatencyHistogram, Moments, Proportion, SignedLogHistogram};
 use xxhash_rust::xxh3::Xxh3Default;
 
@@ -60,6 +70,12 @@ pub struct VariantStats {
     pub signed_error: SignedLogHistogram,
     /// Business metrics by name.
     pub metrics: BTreeMap<String, Moments>,
+    /// Labelled classification instances by (true class, predicted class).
+    pub confusion: ClassMatrix,
+    /// Every class predicted, labelled or not (the prediction distribution).
+    pub predicted: ClassCounts,
+    /// Every finite regression output (the prediction distribution).
+    pub values: SignedLogHistogram,
 }
 
 impl VariantStats {
@@ -78,6 +94,9 @@ impl VariantStats {
         for (name, m) in &other.metrics {
             self.metrics.entry(name.clone()).or_default().merge(m);
         }
+        self.confusion.merge(&other.confusion);
+        self.predicted.merge(&other.predicted);
+        self.values.merge(&other.values);
     }
 }
 
@@ -201,7 +220,9 @@ pub struct Agreement {
 /// from it with the tolerance a spec chooses), exact moments of the paired errors of the
 /// labelled ones, and a bounded uniform sample of those (for the Wilcoxon test). Each sample
 /// holds at most [`switchyard_stats::sample::DEFAULT_SAMPLE_SIZE`] instances, so a pair's
-/// memory is bounded (about 350 KB at most, whatever the traffic).
+/// memory is bounded (about 350 KB at most, whatever the traffic). Classification pairs also
+/// keep their transitions (at most 65 × 65 counts), regression pairs a histogram of each side's
+/// outputs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct PairStats {
     /// Classification instances where both answered: successes are agreements.
@@ -226,6 +247,11 @@ pub struct PairStats {
     /// Shadow calls that failed.
     pub shadow_errors: u64,
     pub shadow_calls: u64,
+    /// Compared classification instances by (primary's class, candidate's class).
+    pub transitions: ClassMatrix,
+    /// The outputs of the compared regression instances, the primary's and the candidate's.
+    pub primary_values: SignedLogHistogram,
+    pub shadow_values: SignedLogHistogram,
 }
 
 impl PairStats {
@@ -308,6 +334,9 @@ impl PairStats {
         self.labelled_values.merge(&other.labelled_values);
         self.shadow_errors += other.shadow_errors;
         self.shadow_calls += other.shadow_calls;
+        self.transitions.merge(&other.transitions);
+        self.primary_values.merge(&other.primary_values);
+        self.shadow_values.merge(&other.shadow_values);
     }
 }
 
@@ -325,6 +354,11 @@ impl Aggregates {
         stats.requests += 1;
         stats.errors += u64::from(rec.outcome.counts_against_model());
         stats.latency.record(rec.latency_us);
+        match &rec.output {
+            Prediction::Classes(c) => c.iter().for_each(|c| stats.predicted.add(c)),
+            Prediction::Values(v) => v.iter().for_each(|&v| stats.values.record(v)),
+            Prediction::None => {}
+        }
         if rec.role == Role::Shadow {
             if let Some(pair) = &rec.pair {
                 let key = PairKey {
@@ -343,6 +377,8 @@ impl Aggregates {
                         for (i, (&primary, &shadow)) in a.iter().zip(b).enumerate() {
                             if primary.is_finite() && shadow.is_finite() {
                                 p.values_compared += 1;
+                                p.primary_values.record(primary);
+                                p.shadow_values.record(shadow);
                                 p.values.offer(
                                     sample_hash(&rec.request_id, i),
                                     ValuePair { primary, shadow },
@@ -354,6 +390,12 @@ impl Aggregates {
                     (primary, shadow) => {
                         if let Some(matches) = primary.agreement(shadow, &Tolerance::DEFAULT) {
                             matches.into_iter().for_each(|m| p.agreement.record(m));
+                        }
+                        if let (Prediction::Classes(a), Prediction::Classes(b)) = (primary, shadow)
+                        {
+                            if a.len() == b.len() {
+                                a.iter().zip(b).for_each(|(a, b)| p.transitions.add(a, b));
+                            }
                         }
                     }
                 }
@@ -378,7 +420,12 @@ impl Aggregates {
                 }
             }
             match score(&rec.output, truth) {
-                Some(Scored::Correct(c)) => c.into_iter().for_each(|ok| stats.correct.record(ok)),
+                Some(Scored::Correct(c)) => {
+                    c.into_iter().for_each(|ok| stats.correct.record(ok));
+                    if let (Prediction::Classes(p), Truth::Labels(t)) = (&rec.output, truth) {
+                        t.iter().zip(p).for_each(|(t, p)| stats.confusion.add(t, p));
+                    }
+                }
                 Some(Scored::Errors(e)) => e.into_iter().for_each(|err| {
                     stats.abs_error.push(err.abs());
                     stats.sq_error.push(err * err);
@@ -667,5 +714,51 @@ mod tests {
                 trials: 5
             }
         );
+        // Classes by name: truth × prediction per version, primary × candidate per pair.
+        assert_eq!(v1.confusion.classes(), ["0", "1"]);
+        assert_eq!(
+            v1.confusion.counts(),
+            [vec![0, 0, 0], vec![3, 2, 0], vec![0, 0, 0]]
+        );
+        assert_eq!((v1.predicted.get("0"), v1.predicted.get("1")), (3, 2));
+        assert_eq!((v2.predicted.get("0"), v2.predicted.get("1")), (2, 3));
+        assert_eq!(
+            pair.transitions.counts(),
+            [vec![1, 2, 0], vec![1, 1, 0], vec![0, 0, 0]]
+        );
+    }
+
+    #[test]
+    fn values_are_kept_for_the_drift_of_predictions() {
+        let mut agg = Aggregates::default();
+        let serving = value_rec("r", Role::Serving, "v1", &[1.0, f64::NAN, 3.0], None);
+        let shadow = value_rec(
+            "r",
+            Role::Shadow,
+            "v2",
+            &[1.5, 2.0, 3.5],
+            Some(&[1.0, f64::NAN, 3.0]),
+        );
+        agg.record(&serving);
+        agg.record(&shadow);
+        let pair = agg.pair("yield", "v1", "v2", |_| true);
+        // The instance the primary answered with NaN is not compared.
+        assert_eq!(
+            (pair.primary_values.count(), pair.shadow_values.count()),
+            (2, 2)
+        );
+        assert_eq!(
+            agg.variant("yield", "v2", Role::Shadow, |_| true)
+                .values
+                .count(),
+            3
+        );
+        assert_eq!(
+            agg.variant("yield", "v1", Role::Serving, |_| true)
+                .values
+                .count(),
+            2
+        );
+        assert_eq!(pair.transitions.total(), 0);
     }
 }

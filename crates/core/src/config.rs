@@ -581,6 +581,20 @@ impl RawModel {
             if classes.is_empty() {
                 problems.push(format!("{at}.classes: empty list"));
             }
+            if task == Task::Regression {
+                problems.push(format!(
+                    "{at}.classes: a regression model has no classes (task: regression)"
+                ));
+            }
+            for (i, class) in classes.iter().enumerate() {
+                if class.trim().is_empty() {
+                    problems.push(format!("{at}.classes[{i}]: empty class name"));
+                } else if classes[..i].contains(class) {
+                    problems.push(format!(
+                        "{at}.classes[{i}]: '{class}' is declared twice (labels are matched by name)"
+                    ));
+                }
+            }
         }
         let salt = self.serve.salt.clone().unwrap_or_else(|| name.to_string());
         (problems.len() == before).then_some(ModelConfig {
@@ -848,10 +862,22 @@ mod tests {
         ];
         let mut bad_shadow = strategy("shadow");
         bad_shadow.primary = Some("v1".into());
+        let mut bins = model(strategy_single());
+        bins.classes = Some(vec![
+            "pass".into(),
+            "edge".into(),
+            " ".into(),
+            "pass".into(),
+        ]);
+        let mut times = model(strategy_single());
+        times.task = Some("regression".into());
+        times.classes = Some(vec!["fast".into()]);
         let mut c = config(vec![
             ("yield", model(ab)),
             ("other", model(bad_shadow)),
             ("x y", model(strategy("nope"))),
+            ("bins", bins),
+            ("times", times),
         ]);
         c.listen = Some("localhost".into());
         c.log.capture_inputs = Some(2.0);
@@ -872,6 +898,9 @@ mod tests {
             "models.other.serve: shadow strategy needs at least one shadow",
             "models.x y: model names",
             "models.x y.serve.kind",
+            "models.bins.classes[2]: empty class name",
+            "models.bins.classes[3]: 'pass' is declared twice",
+            "models.times.classes: a regression model has no classes",
         ];
         for e in expect {
             assert!(

@@ -7,6 +7,7 @@
 
 pub mod aggregate;
 pub mod audit;
+pub mod classes;
 pub mod config;
 pub mod record;
 pub mod rollout;

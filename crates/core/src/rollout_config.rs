@@ -353,7 +353,8 @@ mod tests {
             min_requests: 7\nmin_duration_ms: 8\nstep_deadline_ms: 9\nrollback_on_deadline: true\n\
             gate: { max_accuracy_drop: 0.1, max_mae_increase: null, min_labelled: 11,\n\
             \x20 max_p95_increase: 0.2, min_p95_increase_ms: 3, max_error_ratio: 4,\n\
-            \x20 min_error_rate: 0.02, significance: 0.05, max_underestimate: { by: 50, share: 0.01 } }\n";
+            \x20 min_error_rate: 0.02, significance: 0.05, max_underestimate: { by: 50, share: 0.01 },\n\
+            \x20 max_psi: 0.2 }\n";
         let spec = parse(yaml).unwrap();
         assert_eq!(
             spec.kind,
@@ -387,6 +388,7 @@ mod tests {
                     max_error_ratio: Some(4.0),
                     min_error_rate: 0.02,
                     significance: Some(0.05),
+                    max_psi: Some(0.2),
                 },
                 step_deadline_ms: Some(9),
                 rollback_on_deadline: true,
@@ -402,7 +404,7 @@ mod tests {
             neutral_min_agreement: 0.97\nreject_max_drop: 0.015\n\
             regression_promote_mae_decrease: 0.2\nregression_reject_mae_increase: 0.25\n\
             test: wilcoxon\nagreement_tolerance: { absolute: 0.5 }\n\
-            max_underestimate: { by: 50, share: 0.02 }\nchain_requires_approval: true\n";
+            max_underestimate: { by: 50, share: 0.02 }\nmax_psi: 0.25\nchain_requires_approval: true\n";
         let spec = parse(yaml).unwrap();
         assert_eq!(
             spec.kind,
@@ -432,6 +434,7 @@ mod tests {
                         by: 50.0,
                         share: 0.02
                     }),
+                    max_psi: Some(0.25),
                 },
                 then_canary: None,
                 chain_requires_approval: true,
@@ -463,8 +466,8 @@ mod tests {
              promote_min_improvement: -0.1\npromote_min_agreement: 1.5\n\
              neutral_min_agreement: -0.2\nregression_reject_mae_increase: .nan\n\
              test: anova\nagreement_tolerance: { absolute: -1, relative: -0.05, bogus: 1 }\n\
-             max_underestimate: { by: -5, share: 2 }\nmax_error_rate: 1.5\n\
-             then_canary: { stable: v1, candidate: v2, gate: { max_underestimate: { by: 1, share: -0.5 } } }\n\
+             max_underestimate: { by: -5, share: 2 }\nmax_error_rate: 1.5\nmax_psi: -0.1\n\
+             then_canary: { stable: v1, candidate: v2, gate: { max_underestimate: { by: 1, share: -0.5 }, max_psi: -1 } }\n\
              min_improvement: 0.02\n",
             &[
                 "promote_min_improvement must be a non-negative number, got -0.1",
@@ -478,6 +481,8 @@ mod tests {
                 "max_underestimate.by must be a non-negative number, got -5",
                 "max_underestimate.share must be a fraction in [0, 1], got 2",
                 "max_error_rate must be a fraction in [0, 1], got 1.5",
+                "max_psi must be a non-negative number, got -0.1",
+                "then_canary: gate.max_psi must be a non-negative number, got -1",
                 "then_canary: gate.max_underestimate.share must be a fraction in [0, 1], got -0.5",
                 // The old, absolute threshold is no longer a field.
                 "min_improvement: unknown field",

@@ -181,6 +181,68 @@ fn no_gate_passes_without_data() {
     assert!(s.reason.unwrap().contains("waiting for labels"));
 }
 
+/// `pass`/`fail` predictions in these numbers.
+fn predicting(mut s: VariantStats, pass: u64, fail: u64) -> VariantStats {
+    s.predicted.add_n("pass", pass);
+    s.predicted.add_n("fail", fail);
+    s
+}
+
+#[test]
+fn a_canary_whose_predictions_moved_is_rolled_back_only_when_max_psi_is_set() {
+    // Stable says "fail" for 10% of the dies, the canary for 40%: PSI 0.538, as accurate.
+    let moved = obs(
+        predicting(stats(200, 0, 10_000, 100, 95), 120, 80),
+        predicting(stats(2_000, 0, 10_000, 500, 475), 1_800, 200),
+    );
+    let (canary, stable) = (&moved.step["v2"], &moved.total["v1"]);
+    let Verdict::Pass(details) = evaluate_gate(&GatePolicy::default(), canary, stable) else {
+        panic!("off by default")
+    };
+    let psi = details
+        .iter()
+        .find(|(k, _)| k == "psi")
+        .map(|(_, v)| v.clone());
+    // PSI = (0.4 − 0.1) ln 4 + (0.6 − 0.9) ln(2/3).
+    let want = 0.3 * 4f64.ln() - 0.3 * (2.0f64 / 3.0).ln();
+    assert!(
+        matches!(psi, Some(Detail::Num(p)) if (p - want).abs() < 1e-12),
+        "{psi:?}"
+    );
+    let gate = GatePolicy {
+        max_psi: Some(0.25),
+        ..Default::default()
+    };
+    let Verdict::Fail {
+        reason, severity, ..
+    } = evaluate_gate(&gate, canary, stable)
+    else {
+        panic!("PSI {want} above 0.25")
+    };
+    assert!(
+        reason.contains("PSI 0.538 above 0.25 over 2 bins"),
+        "{reason}"
+    );
+    assert_eq!(severity, Severity::P1);
+    // The state machine rolls back on it.
+    let mut spec = canary_spec();
+    if let RolloutKind::Canary(c) = &mut spec.kind {
+        c.gate = gate.clone();
+    }
+    let (state, _) = start(&spec, 0, "cli");
+    let (s, _) = tick(&spec, &state, &moved, 61_000);
+    assert_eq!(s.phase, Phase::RolledBack, "{:?}", s.reason);
+    // The same prediction mix passes.
+    let same = obs(
+        predicting(stats(200, 0, 10_000, 100, 95), 180, 20),
+        predicting(stats(2_000, 0, 10_000, 500, 475), 1_800, 200),
+    );
+    assert!(matches!(
+        evaluate_gate(&gate, &same.step["v2"], &same.total["v1"]),
+        Verdict::Pass(_)
+    ));
+}
+
 #[test]
 fn a_step_held_past_its_deadline_alerts_once() {
     let spec = canary_spec();

@@ -2,11 +2,14 @@
 //! truths go through the aggregates as the gateway records them (a serving record, a shadow
 //! record, late feedback), and the report's numbers are compared with numpy / scikit-learn /
 //! scipy / statsmodels (`tools/gen_stats_fixtures.py` writes
-//! `crates/stats/tests/fixtures/shadow_pairs.json`).
+//! `crates/stats/tests/fixtures/shadow_pairs.json`): the seed's numbers, the per-version
+//! classification detail, the transitions, the chi-square of the prediction distributions and
+//! the drift of the candidate's predictions.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_yaml::Value;
+use switchyard_core::classes::{classification_summary, ClassificationSummary, DriftBasis};
 use switchyard_core::record::Tolerance;
 use switchyard_core::rollout::{
     shadow_report, OutputKind, Recommendation, RegressionTest, ShadowReport, ShadowRules,
@@ -193,7 +196,41 @@ fn shadow_reports_match_numpy_sklearn_scipy_and_statsmodels() {
         let n = case["truth"].as_sequence().unwrap().len() as u64;
         assert_eq!((r.compared, r.labelled), (n, n), "{}", name(&case));
         check("agreement", &case, r.agreement, f(&case, "agreement"));
+        let drift = r.drift.clone().expect("a drift");
+        check("psi", &case, Some(drift.psi), f(&case, "psi"));
+        check(
+            "js_distance",
+            &case,
+            Some(drift.js_distance),
+            f(&case, "js_distance"),
+        );
         if case["kind"].as_str() == Some("classification") {
+            assert_eq!(drift.basis, DriftBasis::Classes);
+            let t = r.transitions.clone().expect("transitions");
+            assert_eq!(t.classes, strings(&case, "predicted_classes"));
+            assert!(!t.other);
+            let want: Vec<Vec<u64>> = serde_yaml::from_value(case["transitions"].clone()).unwrap();
+            assert_eq!(t.counts, want, "{}", name(&case));
+            let chi = r.prediction_chi2.clone().expect("a chi-square");
+            check(
+                "chi2",
+                &case,
+                Some(chi.statistic),
+                f(&case, "chi2_statistic"),
+            );
+            check("chi2 p", &case, Some(chi.p_value), f(&case, "chi2_p_value"));
+            assert_eq!(chi.dof, u(&case, "chi2_dof"));
+            let declared = case["declared"]
+                .as_sequence()
+                .map(|_| strings(&case, "declared"));
+            for (role, version, key) in [
+                (Role::Serving, "v1", "primary_detail"),
+                (Role::Shadow, "v2", "shadow_detail"),
+            ] {
+                let stats = agg.variant("m", version, role, |_| true);
+                let s = classification_summary(&stats.confusion, declared.as_deref()).unwrap();
+                check_detail(&case, &case[key], &s);
+            }
             assert_eq!(r.output, OutputKind::Classification);
             check(
                 "primary accuracy",
@@ -218,6 +255,8 @@ fn shadow_reports_match_numpy_sklearn_scipy_and_statsmodels() {
             continue;
         }
         assert_eq!(r.output, OutputKind::Regression);
+        assert_eq!(drift.basis, DriftBasis::Values);
+        assert!(r.transitions.is_none() && r.prediction_chi2.is_none());
         // Under the sample size the agreement is exact.
         assert!(r.agreement_exact && r.agreement_sample == n, "{r:?}");
         for (what, got) in [
@@ -272,6 +311,68 @@ fn shadow_reports_match_numpy_sklearn_scipy_and_statsmodels() {
     }
 }
 
+/// A version's confusion matrix, per-class scores and accuracy against scikit-learn's and
+/// statsmodels'.
+#[track_caller]
+fn check_detail(case: &Value, want: &Value, s: &ClassificationSummary) {
+    let seq = |key: &str| -> Vec<f64> {
+        want[key]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    // scikit-learn's labels are sorted; ours follow the declared order, so compare by name.
+    let classes: Vec<String> = serde_yaml::from_value(want["classes"].clone()).unwrap();
+    let confusion: Vec<Vec<u64>> = serde_yaml::from_value(want["confusion"].clone()).unwrap();
+    let mut ours = s.confusion.classes.clone();
+    ours.sort();
+    assert_eq!(ours, classes, "{}", name(case));
+    assert!(!s.confusion.other);
+    let at = |c: &str| s.confusion.classes.iter().position(|x| x == c).unwrap();
+    for (i, ci) in classes.iter().enumerate() {
+        for (j, cj) in classes.iter().enumerate() {
+            assert_eq!(
+                s.confusion.counts[at(ci)][at(cj)],
+                confusion[i][j],
+                "{}",
+                name(case)
+            );
+        }
+        let score = &s.scores[at(ci)];
+        assert_eq!(&score.class, ci);
+        check(
+            "precision",
+            case,
+            Some(score.precision),
+            seq("precision")[i],
+        );
+        check("recall", case, Some(score.recall), seq("recall")[i]);
+        check("f1", case, Some(score.f1), seq("f1")[i]);
+        assert_eq!(score.support, seq("support")[i] as u64);
+    }
+    let macro_ = seq("macro");
+    check("macro precision", case, Some(s.macro_precision), macro_[0]);
+    check("macro recall", case, Some(s.macro_recall), macro_[1]);
+    check("macro f1", case, Some(s.macro_f1), macro_[2]);
+    check(
+        "accuracy",
+        case,
+        s.accuracy,
+        want["accuracy"].as_f64().unwrap(),
+    );
+    let ci = seq("accuracy_ci");
+    check("accuracy low", case, s.accuracy_low, ci[0]);
+    check("accuracy high", case, s.accuracy_high, ci[1]);
+    assert_eq!(
+        s.unknown_labels,
+        want["unknown_labels"].as_u64().unwrap(),
+        "{}",
+        name(case)
+    );
+}
+
 /// Records spread over three replicas, each label accepted by a replica that did not log the
 /// request: the merged windows give the report one window of everything gives, and the
 /// samples are the same items.
@@ -297,11 +398,30 @@ fn merged_replica_windows_report_what_one_window_reports() {
         );
         assert_eq!(a.values, b.values);
         assert_eq!(a.labelled_values, b.labelled_values);
+        assert_eq!(a.transitions, b.transitions);
+        assert_eq!(
+            (&a.primary_values, &a.shadow_values),
+            (&b.primary_values, &b.shadow_values)
+        );
+        for (version, role) in [("v1", Role::Serving), ("v2", Role::Shadow)] {
+            let (x, y) = (
+                one.variant("m", version, role, |_| true),
+                merged.variant("m", version, role, |_| true),
+            );
+            assert_eq!(
+                (&x.confusion, &x.predicted, &x.values),
+                (&y.confusion, &y.predicted, &y.values)
+            );
+        }
         let spec = spec(&case, RegressionTest::Wilcoxon);
         let (ra, rb) = (report_of(&one, &spec), report_of(&merged, &spec));
         assert_eq!(
             (ra.recommendation, ra.agreement, ra.labelled, ra.wilcoxon),
             (rb.recommendation, rb.agreement, rb.labelled, rb.wilcoxon)
+        );
+        assert_eq!(
+            (&ra.transitions, &ra.prediction_chi2, &ra.drift),
+            (&rb.transitions, &rb.prediction_chi2, &rb.drift)
         );
         for (x, y) in [
             (ra.primary_mae, rb.primary_mae),

@@ -737,7 +737,11 @@
       tile('recommendation', sh.recommendation || '—', {
         k: 'shadow-recommendation', sub: sh.reason || '',
         tone: sh.recommendation === 'PROMOTE' ? 'good' : sh.recommendation === 'REJECT' ? 'bad' : null,
-      })));
+      }),
+      driftTile(sh.drift, 'psi', 'prediction drift (PSI) · ' + cand + ' vs ' + primary),
+      sh.prediction_chi2 ? tile('χ² of the predictions', pval(sh.prediction_chi2.p_value), {
+        k: 'prediction-chi2', sub: 'χ² ' + sig(sh.prediction_chi2.statistic) + ' · dof ' + int(sh.prediction_chi2.dof) + ' (as the seed; not paired)',
+      }) : null));
     const pairPts = history.filter((p) => p.pair);
     const gain = (p) => (p.pair.labelled > 0 ? (p.pair.c - p.pair.b) / p.pair.labelled : null);
     const lat = { primary: a.primary_stats, shadow: a.shadow_stats };
@@ -759,6 +763,8 @@
         [cand, 'shadow', a.shadow_stats],
       ])));
     out.push(grid);
+    const classes = classCards(primary, cand, sh.transitions, a.primary_stats, a.shadow_stats);
+    if (classes.length) out.push(h('div', { class: 'grid' }, classes));
     const cases = a.disagreements || [];
     out.push(card('Disagreements (' + cases.length + ' most recent)', table(
       ['request', 'input', primary + ' says', cand + ' says', 'truth'],
@@ -769,6 +775,52 @@
           mark(answer(c.primary)), mark(answer(c.shadow)), truth];
       }), { k: 'disagreements', empty: 'no disagreements recorded' })));
     out.push(card('Events', eventsTable(report.events || [])));
+    return out;
+  }
+
+  /** The drift tile: PSI, with the JS distance and what it was computed over. */
+  function driftTile(d, k, label) {
+    if (!d) return null;
+    const over = d.basis === 'values' ? d.bins.length + ' value deciles' : d.bins.length + ' classes';
+    return tile(label, isNum(d.psi) ? d.psi.toFixed(3) : '—', {
+      k: k, sub: 'JS distance ' + (isNum(d.js_distance) ? d.js_distance.toFixed(3) : '—') + ' · over ' + over,
+      tone: isNum(d.psi) && d.psi > 0.25 ? 'bad' : null,
+    });
+  }
+
+  /** A table of counts by class (`other` last when the classes overflowed). */
+  function classTable(t, corner, k) {
+    const labels = t.classes.concat(t.other ? ['(other)'] : []);
+    return table([corner].concat(labels), labels.map((l, i) => [h('b', {}, l)].concat(t.counts[i].map((c) => String(c)))), { k: k });
+  }
+
+  /** Transitions and per-class scores of a shadow's two classifiers. */
+  function classCards(primary, cand, transitions, pst, sst) {
+    const out = [];
+    if (transitions) {
+      out.push(card('Transitions: ' + primary + ' (rows) → ' + cand + ' (columns)',
+        classTable(transitions, primary + ' \\ ' + cand, 'transitions')));
+    }
+    const pc = pst && pst.classification; const sc = sst && sst.classification;
+    if (pc || sc) {
+      const names = [];
+      for (const c of [pc, sc]) for (const x of (c ? c.scores : [])) if (!names.includes(x.class)) names.push(x.class);
+      const score = (c, n) => (c ? c.scores.find((x) => x.class === n) : null);
+      const f = (x) => (x && isNum(x) ? x.toFixed(3) : '—');
+      const rows = names.map((n) => {
+        const a = score(pc, n); const b = score(sc, n);
+        return [h('b', {}, n), f(a && a.precision), f(a && a.recall), f(a && a.f1), f(b && b.precision), f(b && b.recall), f(b && b.f1), int((a || b).support)];
+      });
+      rows.push([h('b', {}, 'macro'), f(pc && pc.macro_precision), f(pc && pc.macro_recall), f(pc && pc.macro_f1),
+        f(sc && sc.macro_precision), f(sc && sc.macro_recall), f(sc && sc.macro_f1), int(pc ? pc.labelled : sc.labelled)]);
+      const unknown = Math.max(pc ? pc.unknown_labels : 0, sc ? sc.unknown_labels : 0);
+      out.push(card('Per-class precision / recall / F1',
+        table(['class', primary + ' P', primary + ' R', primary + ' F1', cand + ' P', cand + ' R', cand + ' F1', 'support'], rows, { k: 'class-scores' }),
+        h('p', { class: 'muted', 'data-k': 'class-accuracy' },
+          primary + ' accuracy ' + pct(pc && pc.accuracy) + ' [' + pct(pc && pc.accuracy_low) + ', ' + pct(pc && pc.accuracy_high) + '] · ' +
+          cand + ' accuracy ' + pct(sc && sc.accuracy) + ' [' + pct(sc && sc.accuracy_low) + ', ' + pct(sc && sc.accuracy_high) + '] (95% Wilson)' +
+          (unknown > 0 ? ' · ' + unknown + ' labels of undeclared classes left out' : ''))));
+    }
     return out;
   }
 
@@ -811,6 +863,7 @@
       }),
       tile('p95 · stable / canary', ms(st.p95_ms) + ' / ' + ms(ca.p95_ms), { k: 'p95', sub: 'p99 ' + ms(st.p99_ms) + ' / ' + ms(ca.p99_ms) }),
       tile('error rate · stable / canary', pct(st.error_rate, 2) + ' / ' + pct(ca.error_rate, 2), { k: 'error-rate' }),
+      driftTile(a.drift, 'canary-psi', 'prediction drift (PSI) · canary vs stable, rollout'),
       tile('gate verdicts', gates.filter((g) => g.kind === 'gate_passed').length + ' passed · ' +
         gates.filter((g) => g.kind === 'gate_failed').length + ' failed', {
         k: 'gates', tone: gates.some((g) => g.kind === 'gate_failed') ? 'bad' : null,
@@ -844,7 +897,7 @@
           status === '—' ? '—' : badge(status, 'phase-' + (status === 'current' ? 'running' : status === 'passed' ? 'completed' : status === 'pending' ? 'none' : status))];
       }), { k: 'steps' })));
     out.push(card('Gate verdicts', table(
-      ['time', 'step', 'verdict', 'canary acc.', 'stable acc.', 'canary p95', 'stable p95', 'canary errors', 'stable errors', 'message'],
+      ['time', 'step', 'verdict', 'canary acc.', 'stable acc.', 'canary p95', 'stable p95', 'canary errors', 'stable errors', 'PSI', 'message'],
       gates.map((g) => {
         const d = g.details || {};
         const us = (x) => (isNum(x) ? ms(x / 1000) : '—');
@@ -853,7 +906,7 @@
         return [when(g.ts_ms), stepText,
           badge(g.kind === 'gate_passed' ? 'passed' : 'failed', g.kind === 'gate_passed' ? 'phase-completed' : 'phase-rolled_back'),
           pct(d.canary_accuracy), pct(d.stable_accuracy), us(d.canary_p95_us), us(d.stable_p95_us),
-          pct(d.canary_error_rate, 2), pct(d.stable_error_rate, 2), g.message];
+          pct(d.canary_error_rate, 2), pct(d.stable_error_rate, 2), isNum(d.psi) ? d.psi.toFixed(3) : '—', g.message];
       }), { k: 'gates', empty: 'no gate evaluated yet' })));
     out.push(card('Events', eventsTable(report.events || [])));
     return out;

@@ -172,13 +172,18 @@ pub async fn model_stats(
             .or_default()
             .merge(v);
     }
+    let declared = admin
+        .app
+        .models
+        .get(&model)
+        .and_then(|m| m.config.classes.as_deref());
     let variants = variants
         .iter()
         .map(|((version, variant, role), s)| SeriesView {
             version: version.clone(),
             variant: variant.clone(),
             role: *role,
-            stats: VersionStats::from(s),
+            stats: VersionStats::with_classes(s, declared),
         })
         .collect();
     let pairs = pairs

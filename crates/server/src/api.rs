@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use switchyard_core::audit::Detail;
+use switchyard_core::classes::{classification_summary, ClassificationSummary, PredictionDrift};
 use switchyard_core::record::Tolerance;
 use switchyard_core::rollout::{
     AbReport, GatePolicy, Phase, Recommendation, RolloutSpec, ShadowReport,
@@ -73,6 +74,11 @@ pub struct VersionStats {
     /// Business metrics from feedback, by name.
     #[serde(default)]
     pub metrics: BTreeMap<String, MetricSummary>,
+    /// A classifier's labelled predictions in detail (confusion matrix, per-class scores,
+    /// accuracy with its interval, unknown labels); in reports and model statistics, not in
+    /// chart snapshots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<ClassificationSummary>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -113,6 +119,18 @@ impl From<&VariantStats> for VersionStats {
                     )
                 })
                 .collect(),
+            classification: None,
+        }
+    }
+}
+
+impl VersionStats {
+    /// The statistics with the classification detail, `declared` being the model's classes
+    /// when its configuration names them (labels of other classes are `unknown_labels`).
+    pub fn with_classes(s: &VariantStats, declared: Option<&[String]>) -> Self {
+        VersionStats {
+            classification: classification_summary(&s.confusion, declared),
+            ..VersionStats::from(s)
         }
     }
 }
@@ -404,6 +422,11 @@ pub struct CanaryAnalysis {
     /// Counted from 1.
     pub current_step: usize,
     pub candidate_this_step: Option<VersionStats>,
+    /// PSI and Jensen–Shannon of the candidate's predictions from the stable's, both over the
+    /// rollout so far. Each gate's own (this step's predictions against the stable's, what
+    /// `gate.max_psi` judges) is in its event's details (`psi`, `js_distance`).
+    #[serde(default)]
+    pub drift: Option<PredictionDrift>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
+use switchyard_core::classes::{prediction_drift, ClassTable, DriftBasis, PredictionDrift};
 use switchyard_core::rollout::{ab_report, shadow_report, OutputKind, RolloutKind};
 use switchyard_core::{Prediction, Truth};
 
@@ -45,10 +46,14 @@ pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Repo
         .iter()
         .map(EventView::from)
         .collect();
+    let declared = app
+        .models
+        .get(&spec.model)
+        .and_then(|m| m.config.classes.as_deref());
     let versions = obs
         .total
         .iter()
-        .map(|(v, s)| (v.clone(), VersionStats::from(s)))
+        .map(|(v, s)| (v.clone(), VersionStats::with_classes(s, declared)))
         .collect();
     let mut analysis = Analysis::default();
     match &spec.kind {
@@ -75,10 +80,12 @@ pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Repo
             })
             .take(DISAGREEMENTS_SHOWN)
             .collect();
+            let mut report = shadow_report(s, &pair, &primary, &shadow);
+            report.transitions = report.transitions.map(|t| t.in_declared_order(declared));
             analysis.shadow = Some(ShadowAnalysis {
-                report: shadow_report(s, &pair, &primary, &shadow),
-                shadow_stats: VersionStats::from(&shadow),
-                primary_stats: VersionStats::from(&primary),
+                report,
+                shadow_stats: VersionStats::with_classes(&shadow, declared),
+                primary_stats: VersionStats::with_classes(&primary, declared),
                 disagreements: cases
                     .iter()
                     .map(|c| Disagreement {
@@ -115,6 +122,11 @@ pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Repo
                 gate: c.gate.clone(),
                 current_step: state.step + 1,
                 candidate_this_step: obs.step.get(&c.candidate).map(VersionStats::from),
+                drift: obs
+                    .total
+                    .get(&c.stable)
+                    .zip(obs.total.get(&c.candidate))
+                    .and_then(|(stable, candidate)| prediction_drift(stable, candidate)),
             });
         }
         RolloutKind::BlueGreen(b) => {
@@ -163,8 +175,112 @@ type Pairs = Vec<(String, String)>;
 /// A table: the header row, then data rows.
 type Table = Vec<Vec<String>>;
 
+/// What every rendering shows: summary, versions, analysis, detail tables and events.
+struct Tables {
+    summary: Pairs,
+    versions: Table,
+    events: Table,
+    analysis: Pairs,
+    /// Titled tables after the analysis: confusion matrices, per-class scores, transitions.
+    detail: Vec<(String, Table)>,
+}
+
+/// A class table with its row and column names; `corner` names the axes.
+fn class_table(corner: String, t: &ClassTable) -> Table {
+    let labels = t.labels();
+    let mut rows = vec![std::iter::once(corner).chain(labels.clone()).collect()];
+    for (label, counts) in labels.iter().zip(&t.counts) {
+        rows.push(
+            std::iter::once(label.clone())
+                .chain(counts.iter().map(|c| c.to_string()))
+                .collect(),
+        );
+    }
+    rows
+}
+
+/// What the drift was computed over.
+fn drift_text(d: &PredictionDrift) -> String {
+    let over = match d.basis {
+        DriftBasis::Classes => format!("{} classes", d.bins.len()),
+        DriftBasis::Values => format!("{} bins at the deciles of the reference", d.bins.len()),
+    };
+    format!(
+        "{} / {} over {over}",
+        num(Some(d.psi), 4),
+        num(Some(d.js_distance), 4)
+    )
+}
+
+/// A version's classification detail: accuracy, macro means and unknown labels as analysis
+/// lines, the confusion matrix and the per-class scores as tables.
+fn class_detail(
+    version: &str,
+    s: &VersionStats,
+    analysis: &mut Pairs,
+    detail: &mut Vec<(String, Table)>,
+) {
+    let Some(c) = &s.classification else { return };
+    analysis.push((
+        format!("{version}: accuracy (95% CI)"),
+        format!(
+            "{} [{}, {}] of {} labelled",
+            pct(c.accuracy),
+            pct(c.accuracy_low),
+            pct(c.accuracy_high),
+            c.labelled
+        ),
+    ));
+    analysis.push((
+        format!("{version}: macro precision / recall / F1"),
+        format!(
+            "{} / {} / {}",
+            num(Some(c.macro_precision), 4),
+            num(Some(c.macro_recall), 4),
+            num(Some(c.macro_f1), 4)
+        ),
+    ));
+    if c.unknown_labels > 0 {
+        analysis.push((
+            format!("{version}: unknown labels"),
+            format!(
+                "{} (no declared class; left out of the matrix)",
+                c.unknown_labels
+            ),
+        ));
+    }
+    detail.push((
+        format!("Confusion matrix: {version} (true class in rows, predicted in columns)"),
+        class_table("true \\ predicted".into(), &c.confusion),
+    ));
+    let mut scores = vec![vec![
+        "class".into(),
+        "precision".into(),
+        "recall".into(),
+        "F1".into(),
+        "support".into(),
+    ]];
+    for x in &c.scores {
+        scores.push(vec![
+            x.class.clone(),
+            num(Some(x.precision), 4),
+            num(Some(x.recall), 4),
+            num(Some(x.f1), 4),
+            int(x.support),
+        ]);
+    }
+    scores.push(vec![
+        "macro".into(),
+        num(Some(c.macro_precision), 4),
+        num(Some(c.macro_recall), 4),
+        num(Some(c.macro_f1), 4),
+        int(c.confusion.row_sums().iter().sum()),
+    ]);
+    detail.push((format!("Per-class scores: {version}"), scores));
+}
+
 /// Summary, versions, events and analysis, shared by the text, Markdown and HTML renderings.
-fn tables(r: &Report) -> (Pairs, Table, Table, Pairs) {
+fn tables(r: &Report) -> Tables {
     let ro = &r.rollout;
     let summary = vec![
         ("rollout".into(), ro.name.clone()),
@@ -223,6 +339,7 @@ fn tables(r: &Report) -> (Pairs, Table, Table, Pairs) {
     }
     let a = &r.analysis;
     let mut analysis = Vec::new();
+    let mut detail = Vec::new();
     if let Some(sa) = &a.shadow {
         let s = &sa.report;
         let regression = s.output == OutputKind::Regression;
@@ -319,6 +436,31 @@ fn tables(r: &Report) -> (Pairs, Table, Table, Pairs) {
                 ));
             }
         }
+        if let Some(d) = &s.drift {
+            analysis.push(("prediction drift: PSI / JS distance".into(), drift_text(d)));
+        }
+        if let Some(c) = &s.prediction_chi2 {
+            analysis.push((
+                "χ² of the prediction distributions (dof, p)".into(),
+                format!(
+                    "{} ({}, {})",
+                    num(Some(c.statistic), 3),
+                    c.dof,
+                    num(Some(c.p_value), 4)
+                ),
+            ));
+        }
+        if let Some(t) = &s.transitions {
+            detail.push((
+                format!(
+                    "Transitions: {} (rows) → {} (columns), compared requests",
+                    ro.current, ro.candidate
+                ),
+                class_table(format!("{} \\ {}", ro.current, ro.candidate), t),
+            ));
+        }
+        class_detail(&ro.current, &sa.primary_stats, &mut analysis, &mut detail);
+        class_detail(&ro.candidate, &sa.shadow_stats, &mut analysis, &mut detail);
         analysis.push(("p-value the rules used".into(), num(s.p_value, 4)));
         analysis.push((
             "primary / shadow p95 ms".into(),
@@ -402,6 +544,17 @@ fn tables(r: &Report) -> (Pairs, Table, Table, Pairs) {
             .collect();
         analysis.push(("steps".into(), list.join(" → ")));
         analysis.push(("current step".into(), c.current_step.to_string()));
+        if let Some(d) = &c.drift {
+            analysis.push((
+                "prediction drift, canary vs stable over the rollout: PSI / JS distance".into(),
+                drift_text(d),
+            ));
+        }
+    }
+    if a.shadow.is_none() {
+        for (v, s) in &r.versions {
+            class_detail(v, s, &mut analysis, &mut detail);
+        }
     }
     if let Some(b) = &a.blue_green {
         for s in &b.switches {
@@ -415,26 +568,28 @@ fn tables(r: &Report) -> (Pairs, Table, Table, Pairs) {
             ));
         }
     }
-    (summary, versions, events, analysis)
+    Tables {
+        summary,
+        versions,
+        events,
+        analysis,
+        detail,
+    }
 }
 
-pub fn render_text(r: &Report) -> String {
-    let (summary, versions, events, analysis) = tables(r);
-    let mut out = String::new();
-    for (k, v) in &summary {
-        let _ = writeln!(out, "{k:<16} {v}");
-    }
-    out.push('\n');
-    let widths: Vec<usize> = (0..versions[0].len())
+/// A table as right-aligned columns.
+fn aligned(rows: &Table, out: &mut String) {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
         .map(|i| {
-            versions
-                .iter()
-                .map(|row| row[i].chars().count())
+            rows.iter()
+                .filter_map(|row| row.get(i))
+                .map(|c| c.chars().count())
                 .max()
                 .unwrap_or(0)
         })
         .collect();
-    for row in &versions {
+    for row in rows {
         let cells: Vec<String> = row
             .iter()
             .zip(&widths)
@@ -442,11 +597,36 @@ pub fn render_text(r: &Report) -> String {
             .collect();
         let _ = writeln!(out, "{}", cells.join("  "));
     }
+}
+
+pub fn render_text(r: &Report) -> String {
+    let Tables {
+        summary,
+        versions,
+        events,
+        analysis,
+        detail,
+    } = tables(r);
+    let mut out = String::new();
+    for (k, v) in &summary {
+        let _ = writeln!(out, "{k:<16} {v}");
+    }
+    out.push('\n');
+    aligned(&versions, &mut out);
     if !analysis.is_empty() {
         out.push('\n');
+        let w = analysis
+            .iter()
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0);
         for (k, v) in &analysis {
-            let _ = writeln!(out, "{k:<28} {v}");
+            let _ = writeln!(out, "{k:<w$} {v}");
         }
+    }
+    for (title, table) in &detail {
+        let _ = writeln!(out, "\n{title}");
+        aligned(table, &mut out);
     }
     out.push_str("\nevents\n");
     for row in events.iter().skip(1) {
@@ -460,7 +640,13 @@ pub fn render_text(r: &Report) -> String {
 }
 
 pub fn render_markdown(r: &Report) -> String {
-    let (summary, versions, events, analysis) = tables(r);
+    let Tables {
+        summary,
+        versions,
+        events,
+        analysis,
+        detail,
+    } = tables(r);
     let mut out = format!("# Deployment report: {}\n\n", r.rollout.name);
     let table = |rows: &[Vec<String>], out: &mut String| {
         if let Some(head) = rows.first() {
@@ -492,6 +678,10 @@ pub fn render_markdown(r: &Report) -> String {
                 .collect();
         table(&kv, &mut out);
     }
+    for (title, rows) in &detail {
+        let _ = writeln!(out, "\n### {title}\n");
+        table(rows, &mut out);
+    }
     out.push_str("\n## Audit trail\n\n");
     table(&events, &mut out);
     out
@@ -505,7 +695,13 @@ fn escape(s: &str) -> String {
 }
 
 pub fn render_html(r: &Report) -> String {
-    let (summary, versions, events, analysis) = tables(r);
+    let Tables {
+        summary,
+        versions,
+        events,
+        analysis,
+        detail,
+    } = tables(r);
     let table = |rows: &[Vec<String>]| -> String {
         let mut t = String::from("<table>");
         for (i, row) in rows.iter().enumerate() {
@@ -540,11 +736,15 @@ pub fn render_html(r: &Report) -> String {
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>switchyard report: {name}</title><style>\
 body{{font-family:system-ui,sans-serif;margin:2rem;color:#1d2330}}table{{border-collapse:collapse;margin:.5rem 0 1.5rem}}\
 td,th{{border:1px solid #d0d5dd;padding:.3rem .6rem;text-align:left}}th{{background:#f2f4f7}}h1{{font-size:1.4rem}}</style></head><body>\
-<h1>Deployment report: {name}</h1>{summary}<h2>Versions</h2>{versions}<h2>Analysis</h2>{analysis}<h2>Audit trail</h2>{events}</body></html>",
+<h1>Deployment report: {name}</h1>{summary}<h2>Versions</h2>{versions}<h2>Analysis</h2>{analysis}{detail}<h2>Audit trail</h2>{events}</body></html>",
         name = escape(&r.rollout.name),
         summary = kv(&summary),
         versions = table(&versions),
         analysis = kv(&analysis),
+        detail = detail
+            .iter()
+            .map(|(title, rows)| format!("<h3>{}</h3>{}", escape(title), table(rows)))
+            .collect::<String>(),
         events = table(&events),
     )
 }

@@ -96,6 +96,15 @@ pub fn two_proportion_ztest(
     })
 }
 
+/// Wilson score interval of a proportion at level `1 − alpha`, as statsmodels
+/// `proportion_confint(successes, trials, alpha, method="wilson")`.
+pub fn wilson_interval(p: Proportion, alpha: f64) -> Result<(f64, f64), StatsError> {
+    check_open_unit("alpha", alpha)?;
+    let rate = check_arm("successes", "trials", p)?;
+    let (low, high) = wilson(rate, p.trials as f64, normal::ppf(1.0 - alpha / 2.0));
+    Ok((low.max(0.0), high.min(1.0)))
+}
+
 /// Wilson score interval for a proportion `p` observed on `n` trials, with critical value `crit`.
 pub fn wilson(p: f64, n: f64, crit: f64) -> (f64, f64) {
     let crit2 = crit * crit;

@@ -352,6 +352,25 @@ impl SignedLogHistogram {
         }
     }
 
+    /// The non-empty buckets in the order of their values, each as `(key, count)`: a negative
+    /// bucket `b` (magnitudes in `[(1 + r)^b, (1 + r)^(b + 1))`) has key `−(2³² + b)`, zero has
+    /// key 0, a positive bucket `b` has key `2³² + b`. Keys order like the values they hold, so
+    /// quantiles of the values can be taken on the keys (to within a bucket).
+    pub fn ordered_buckets(&self) -> Vec<(i64, u64)> {
+        const OFFSET: i64 = 1 << 32;
+        let negative = self
+            .negative
+            .iter()
+            .rev()
+            .map(|(b, n)| (-(OFFSET + i64::from(*b)), *n));
+        let zero = (self.zero > 0).then_some((0, self.zero));
+        let positive = self
+            .positive
+            .iter()
+            .map(|(b, n)| (OFFSET + i64::from(*b), *n));
+        negative.chain(zero).chain(positive).collect()
+    }
+
     /// The non-empty buckets, for storage.
     pub fn parts(&self) -> SignedHistogramParts {
         (

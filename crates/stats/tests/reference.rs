@@ -288,6 +288,47 @@ fn confusion_matrix_and_scores_match_scikit_learn() {
         check("macro precision", &case, p, macro_[0]);
         check("macro recall", &case, r, macro_[1]);
         check("macro f1", &case, f1, macro_[2]);
+        check(
+            "accuracy",
+            &case,
+            m.accuracy().unwrap(),
+            f(&case, "accuracy"),
+        );
+        let right = (0..k).map(|i| m.counts[i][i]).sum();
+        let (lo, hi) =
+            proportions::wilson_interval(Proportion::new(right, m.total()).unwrap(), 0.05).unwrap();
+        let ci = floats(&case, "accuracy_ci");
+        check("accuracy ci low", &case, lo, ci[0]);
+        check("accuracy ci high", &case, hi, ci[1]);
+    }
+}
+
+/// The bounded, named counts give the matrix and scores scikit-learn gives on the same pairs.
+#[test]
+fn named_class_matrices_match_scikit_learn() {
+    use switchyard_stats::classification::ClassMatrix;
+    for case in cases_at_least("classification", 6) {
+        let k = u(&case, "k") as usize;
+        let mut m = ClassMatrix::default();
+        // Names that sort like the indices: c0, c1, …
+        for (t, p) in indices(&case, "truth")
+            .iter()
+            .zip(indices(&case, "predicted"))
+        {
+            m.add(&format!("c{t}"), &format!("c{p}"));
+        }
+        let want: Vec<Vec<u64>> = serde_json::from_value(case["counts"].clone()).unwrap();
+        // Kept classes are those seen; sklearn's rows cover 0..k.
+        let seen: Vec<usize> = (0..k)
+            .filter(|&i| m.classes().contains(&format!("c{i}")))
+            .collect();
+        for (a, &i) in seen.iter().enumerate() {
+            for (b, &j) in seen.iter().enumerate() {
+                assert_eq!(m.counts()[a][b], want[i][j], "{case}");
+            }
+        }
+        assert_eq!(m.total(), want.iter().flatten().sum::<u64>());
+        assert_eq!(m.same(), (0..k).map(|i| want[i][i]).sum::<u64>());
     }
 }
 
@@ -297,6 +338,28 @@ fn drift_matches_scipy_jensenshannon_and_the_psi_formula() {
         let d = drift::drift(&floats(&case, "expected"), &floats(&case, "actual")).unwrap();
         check("psi", &case, d.psi, f(&case, "psi"));
         check("js_distance", &case, d.js_distance, f(&case, "js_distance"));
+    }
+}
+
+#[test]
+fn value_drift_matches_numpy_deciles_and_scipy_jensenshannon() {
+    for case in cases_at_least("value_drift", 6) {
+        let hist = |key: &str| {
+            let mut h = switchyard_stats::SignedLogHistogram::default();
+            floats(&case, key).iter().for_each(|&x| h.record(x));
+            h
+        };
+        let d = drift::value_drift(&hist("expected"), &hist("actual")).unwrap();
+        let bins = |key: &str| -> Vec<u64> { serde_json::from_value(case[key].clone()).unwrap() };
+        assert_eq!(d.expected, bins("expected_bins"), "{}", case["name"]);
+        assert_eq!(d.actual, bins("actual_bins"), "{}", case["name"]);
+        check("psi", &case, d.drift.psi, f(&case, "psi"));
+        check(
+            "js_distance",
+            &case,
+            d.drift.js_distance,
+            f(&case, "js_distance"),
+        );
     }
 }
 

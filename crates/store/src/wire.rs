@@ -2,14 +2,18 @@
 //!
 //! Counts and histograms round-trip exactly (a histogram as its non-empty buckets); moments as
 //! their parts (count, mean, M2, min, max), which `serde_json` writes in shortest round-trip
-//! form; bottom-k samples as their size and `(hash, values…)` entries. Fields added since the
-//! first version default when absent, so a window published by an older replica still reads.
+//! form; bottom-k samples as their size and `(hash, values…)` entries; class counts as their
+//! names and non-zero cells. Fields added since the first version default when absent, so a
+//! window published by an older replica still reads.
 
 use serde::{Deserialize, Serialize};
 use switchyard_core::aggregate::{
     LabelledValues, PairKey, PairStats, PairedErrors, SeriesKey, ValuePair, VariantStats,
 };
 use switchyard_core::{Aggregates, Role};
+use switchyard_stats::classification::{
+    ClassCounts, ClassCountsParts, ClassMatrix, ClassMatrixParts,
+};
 use switchyard_stats::sample::DEFAULT_SAMPLE_SIZE;
 use switchyard_stats::summary::SignedHistogramParts;
 use switchyard_stats::{BottomK, LatencyHistogram, Moments, Proportion, SignedLogHistogram};
@@ -41,6 +45,12 @@ struct WireSeries {
     #[serde(default)]
     signed_error: Option<SignedHistogramParts>,
     metrics: Vec<(String, MomentParts)>,
+    #[serde(default)]
+    confusion: Option<ClassMatrixParts>,
+    #[serde(default)]
+    predicted: Option<ClassCountsParts>,
+    #[serde(default)]
+    values: Option<SignedHistogramParts>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -64,6 +74,12 @@ struct WirePair {
     labelled_values: Option<WireSample<(u64, f64, f64, f64)>>,
     shadow_errors: u64,
     shadow_calls: u64,
+    #[serde(default)]
+    transitions: Option<ClassMatrixParts>,
+    #[serde(default)]
+    primary_values: Option<SignedHistogramParts>,
+    #[serde(default)]
+    shadow_values: Option<SignedHistogramParts>,
 }
 
 /// A bottom-k sample: its size and its entries.
@@ -130,6 +146,32 @@ fn errors(w: Option<WireErrors>) -> PairedErrors {
     })
 }
 
+fn histogram_parts(h: &SignedLogHistogram) -> Option<SignedHistogramParts> {
+    (h.count() > 0).then(|| h.parts())
+}
+
+fn histogram(p: Option<SignedHistogramParts>) -> SignedLogHistogram {
+    p.map_or_else(SignedLogHistogram::default, SignedLogHistogram::from_parts)
+}
+
+fn matrix_parts(m: &ClassMatrix) -> Option<ClassMatrixParts> {
+    (m.total() > 0).then(|| m.parts())
+}
+
+fn matrix(p: Option<ClassMatrixParts>) -> Result<ClassMatrix, StoreError> {
+    p.map_or_else(
+        || Ok(ClassMatrix::default()),
+        |p| ClassMatrix::from_parts(p).map_err(|e| corrupt("aggregates", e)),
+    )
+}
+
+fn counts(p: Option<ClassCountsParts>) -> Result<ClassCounts, StoreError> {
+    p.map_or_else(
+        || Ok(ClassCounts::default()),
+        |p| ClassCounts::from_parts(p).map_err(|e| corrupt("aggregates", e)),
+    )
+}
+
 fn parts(m: &Moments) -> Option<MomentParts> {
     (m.count() > 0).then(|| m.parts())
 }
@@ -157,12 +199,15 @@ pub fn encode_aggregates(agg: &Aggregates) -> Result<String, StoreError> {
                 correct: v.correct,
                 abs_error: parts(&v.abs_error),
                 sq_error: parts(&v.sq_error),
-                signed_error: (v.signed_error.count() > 0).then(|| v.signed_error.parts()),
+                signed_error: histogram_parts(&v.signed_error),
                 metrics: v
                     .metrics
                     .iter()
                     .filter_map(|(n, m)| Some((n.clone(), parts(m)?)))
                     .collect(),
+                confusion: matrix_parts(&v.confusion),
+                predicted: (v.predicted.total() > 0).then(|| v.predicted.parts()),
+                values: histogram_parts(&v.values),
             })
             .collect(),
         pairs: agg
@@ -186,6 +231,9 @@ pub fn encode_aggregates(agg: &Aggregates) -> Result<String, StoreError> {
                 }),
                 shadow_errors: p.shadow_errors,
                 shadow_calls: p.shadow_calls,
+                transitions: matrix_parts(&p.transitions),
+                primary_values: histogram_parts(&p.primary_values),
+                shadow_values: histogram_parts(&p.shadow_values),
             })
             .collect(),
     };
@@ -213,14 +261,15 @@ pub fn decode_aggregates(text: &str) -> Result<Aggregates, StoreError> {
                 correct: s.correct,
                 abs_error: moments(s.abs_error),
                 sq_error: moments(s.sq_error),
-                signed_error: s
-                    .signed_error
-                    .map_or_else(SignedLogHistogram::default, SignedLogHistogram::from_parts),
+                signed_error: histogram(s.signed_error),
                 metrics: s
                     .metrics
                     .into_iter()
                     .map(|(n, p)| (n, moments(Some(p))))
                     .collect(),
+                confusion: matrix(s.confusion)?,
+                predicted: counts(s.predicted)?,
+                values: histogram(s.values),
             },
         );
     }
@@ -255,6 +304,9 @@ pub fn decode_aggregates(text: &str) -> Result<Aggregates, StoreError> {
                 }),
                 shadow_errors: p.shadow_errors,
                 shadow_calls: p.shadow_calls,
+                transitions: matrix(p.transitions)?,
+                primary_values: histogram(p.primary_values),
+                shadow_values: histogram(p.shadow_values),
             },
         );
     }

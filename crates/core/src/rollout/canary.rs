@@ -13,6 +13,7 @@ use super::{
 };
 use crate::aggregate::VariantStats;
 use crate::audit::{Details, Severity};
+use crate::classes::prediction_drift;
 use crate::routing::{Strategy, BUCKETS};
 
 /// One canary step.
@@ -53,6 +54,10 @@ pub struct GatePolicy {
     /// When set, an accuracy drop fails the gate only if a two-proportion z-test finds it
     /// significant at this level.
     pub significance: Option<f64>,
+    /// Largest tolerated PSI of the canary's predictions (this step) from the stable's (the
+    /// rollout): classes, or the deciles of the stable's values. Off unless written.
+    #[serde(default)]
+    pub max_psi: Option<f64>,
 }
 
 impl Default for GatePolicy {
@@ -67,6 +72,7 @@ impl Default for GatePolicy {
             max_error_ratio: Some(2.0),
             min_error_rate: 0.01,
             significance: None,
+            max_psi: None,
         }
     }
 }
@@ -112,6 +118,8 @@ pub struct RawGate {
     pub max_error_ratio: Option<f64>,
     pub min_error_rate: Option<f64>,
     pub significance: Option<f64>,
+    /// Off unless written.
+    pub max_psi: Option<f64>,
 }
 
 fn some_accuracy_drop() -> Option<f64> {
@@ -168,6 +176,7 @@ fn gate(raw: Option<RawGate>, problems: &mut Vec<String>) -> GatePolicy {
         max_error_ratio: g.max_error_ratio,
         min_error_rate: g.min_error_rate.unwrap_or(d.min_error_rate),
         significance: g.significance,
+        max_psi: g.max_psi,
     }
 }
 
@@ -248,6 +257,7 @@ fn gate_problems(g: &GatePolicy, p: &mut Vec<String>) {
         ("gate.max_p95_increase", g.max_p95_increase),
         ("gate.max_error_ratio", g.max_error_ratio),
         ("gate.significance", g.significance),
+        ("gate.max_psi", g.max_psi),
     ] {
         if let Some(v) = v {
             if !(v.is_finite() && v >= 0.0) {
@@ -371,7 +381,9 @@ pub enum Verdict {
     Hold(String),
 }
 
-/// Compares the canary (this step) with the stable version (whole rollout).
+/// Compares the canary (this step) with the stable version (whole rollout). Checks in order:
+/// error ratio, p95 latency, prediction drift (`max_psi`), then accuracy (classification) or
+/// MAE and underestimates (regression); the first that fails decides.
 pub fn evaluate_gate(gate: &GatePolicy, canary: &VariantStats, stable: &VariantStats) -> Verdict {
     if canary.requests == 0 {
         return Verdict::Hold("no canary traffic yet".into());
@@ -429,6 +441,25 @@ pub fn evaluate_gate(gate: &GatePolicy, canary: &VariantStats, stable: &VariantS
                 severity: Severity::P1,
                 details,
             };
+        }
+    }
+    // Prediction drift: in the details always, a failure only above `max_psi`.
+    if let Some(drift) = prediction_drift(stable, canary) {
+        details.push(d("psi", drift.psi));
+        details.push(d("js_distance", drift.js_distance));
+        if let Some(max) = gate.max_psi {
+            details.push(d("max_psi", max));
+            if drift.psi > max {
+                return Verdict::Fail {
+                    reason: format!(
+                        "prediction distribution moved: PSI {:.3} above {max} over {} bins",
+                        drift.psi,
+                        drift.bins.len()
+                    ),
+                    severity: Severity::P1,
+                    details,
+                };
+            }
         }
     }
     // Quality: classification if labels were scored as correct/incorrect, else regression.

@@ -5,10 +5,15 @@
 //! Classification pairs are judged on accuracy (McNemar's test on the discordant labelled
 //! pairs) and agreement; regression pairs on the paired errors of the labelled instances (MAE,
 //! RMSE, MAPE, a paired t-test or Wilcoxon's signed-rank test on `|e_primary| − |e_shadow|`)
-//! and agreement within the spec's tolerance. Its spec ([`ShadowSpec`], written as
-//! [`RawShadow`]), report ([`shadow_report`]) and state machine live here.
+//! and agreement within the spec's tolerance. Both kinds also report the drift of the
+//! candidate's prediction distribution from the primary's (PSI, Jensen–Shannon), which an
+//! optional rule (`max_psi`) turns into INVESTIGATE; classifiers their transitions (primary's ×
+//! candidate's class) and the seed's chi-square test of the two prediction distributions. Its
+//! spec ([`ShadowSpec`], written as [`RawShadow`]), report ([`shadow_report`]) and state machine
+//! live here.
 
 use serde::{Deserialize, Serialize};
+use switchyard_stats::chi2::ChiSquare;
 use switchyard_stats::wilcoxon::{wilcoxon, Wilcoxon, WilcoxonMethod};
 use switchyard_stats::{mcnemar, ttest, StatsError};
 
@@ -20,6 +25,7 @@ use super::{
 };
 use crate::aggregate::{PairStats, VariantStats};
 use crate::audit::{Details, Severity};
+use crate::classes::{pair_drift, prediction_chi2, transition_table, ClassTable, PredictionDrift};
 use crate::record::Tolerance;
 use crate::routing::BUCKETS;
 
@@ -40,7 +46,8 @@ pub struct ShadowSpec {
     #[serde(flatten)]
     pub rules: ShadowRules,
     /// On PROMOTE, continue with this canary.
-    pub then_canary: Option<CanarySpec>,
+    /// Boxed: a canary spec inside every shadow spec would make every rollout kind as large.
+    pub then_canary: Option<Box<CanarySpec>>,
     /// Wait for an operator before starting `then_canary`.
     pub chain_requires_approval: bool,
 }
@@ -106,6 +113,10 @@ pub struct ShadowRules {
     /// Regression: REJECT when more than a share of the candidate's labelled predictions fall
     /// below the truth by more than a margin. Off unless written.
     pub max_underestimate: Option<Underestimate>,
+    /// Both kinds: a PROMOTE or NEUTRAL becomes INVESTIGATE when the PSI of the candidate's
+    /// predictions from the primary's exceeds this (0.25 is the usual "major shift"). Off
+    /// unless written.
+    pub max_psi: Option<f64>,
 }
 
 impl Default for ShadowRules {
@@ -121,6 +132,7 @@ impl Default for ShadowRules {
             test: RegressionTest::TTest,
             agreement_tolerance: Tolerance::DEFAULT,
             max_underestimate: None,
+            max_psi: None,
         }
     }
 }
@@ -158,6 +170,7 @@ raw_fields! {
         test: Option<String>,
         agreement_tolerance: Option<RawTolerance>,
         max_underestimate: Option<Underestimate>,
+        max_psi: Option<f64>,
         /// Takes a canary's fields.
         then_canary: Option<RawCanary>,
         chain_requires_approval: Option<bool>,
@@ -208,10 +221,11 @@ impl RawShadow {
                     relative: tolerance.relative.unwrap_or(d.agreement_tolerance.relative),
                 },
                 max_underestimate: self.max_underestimate,
+                max_psi: self.max_psi,
             },
             then_canary: self
                 .then_canary
-                .map(|c| c.validate(problems, "then_canary.")),
+                .map(|c| Box::new(c.validate(problems, "then_canary."))),
             chain_requires_approval: self.chain_requires_approval.unwrap_or(false),
         }
     }
@@ -256,11 +270,14 @@ pub(super) fn problems(spec: &RolloutSpec, s: &ShadowSpec, declared: &[&str], p:
     if let Some(u) = &r.max_underestimate {
         u.problems("max_underestimate", p);
     }
+    if let Some(v) = r.max_psi {
+        frac("max_psi", v, p);
+    }
     if let Some(c) = &s.then_canary {
         let chained = RolloutSpec {
             name: spec.name.clone(),
             model: spec.model.clone(),
-            kind: RolloutKind::Canary(c.clone()),
+            kind: RolloutKind::Canary(c.as_ref().clone()),
         };
         p.extend(
             chained
@@ -335,6 +352,18 @@ pub struct ShadowReport {
     pub p_value: Option<f64>,
     /// The candidate against `max_underestimate`, when set and labels arrived.
     pub underestimate: Option<UnderestimateCheck>,
+    /// Classification: the compared instances by (primary's class, candidate's class).
+    #[serde(default)]
+    pub transitions: Option<ClassTable>,
+    /// Classification: the seed's chi-square test of the two prediction distributions (scipy
+    /// `chi2_contingency` on the primary's and the candidate's class counts; the rows are the
+    /// same requests, so it is indicative, McNemar's is the paired test).
+    #[serde(default)]
+    pub prediction_chi2: Option<ChiSquare>,
+    /// PSI and Jensen–Shannon of the candidate's predictions from the primary's, over classes
+    /// or the deciles of the primary's values.
+    #[serde(default)]
+    pub drift: Option<PredictionDrift>,
     /// Failed calls over calls, of the primary (serving) and of the shadow.
     pub primary_error_rate: Option<f64>,
     pub shadow_error_rate: Option<f64>,
@@ -366,7 +395,9 @@ fn degenerate_p(all_zero: bool) -> f64 {
 /// 5. regression, `Δ = (shadow_mae − primary_mae) / primary_mae`: `Δ <
 ///    −regression_promote_mae_decrease` and p < alpha → PROMOTE; `Δ >
 ///    regression_reject_mae_increase` and p < alpha → REJECT; `|Δ| < neutral_max_change` and
-///    agreement > `neutral_min_agreement` → NEUTRAL; else INVESTIGATE.
+///    agreement > `neutral_min_agreement` → NEUTRAL; else INVESTIGATE;
+/// 6. both kinds, when `max_psi` is set: a PROMOTE or NEUTRAL whose prediction drift has a PSI
+///    above it → INVESTIGATE (a REJECT stays).
 pub fn shadow_report(
     s: &ShadowSpec,
     pair: &PairStats,
@@ -413,13 +444,20 @@ pub fn shadow_report(
         test: rules.test,
         p_value: None,
         underestimate: None,
+        transitions: None,
+        prediction_chi2: None,
+        drift: pair_drift(pair),
         primary_error_rate: primary.error_rate(),
         shadow_error_rate,
         recommendation: Recommendation::Investigate,
         reason: String::new(),
     };
     match output {
-        OutputKind::Classification => classification_numbers(pair, &mut r),
+        OutputKind::Classification => {
+            classification_numbers(pair, &mut r);
+            r.transitions = transition_table(pair);
+            r.prediction_chi2 = prediction_chi2(pair);
+        }
         OutputKind::Regression => {
             regression_numbers(pair, &mut r);
             r.underestimate = rules.max_underestimate.and_then(|u| u.check(shadow));
@@ -505,6 +543,26 @@ fn signed_pct(v: f64) -> String {
 
 /// The recommendation and its reason (rules on [`shadow_report`]).
 fn recommend(s: &ShadowSpec, r: &ShadowReport) -> (Recommendation, String) {
+    let (recommendation, reason) = recommend_on_quality(s, r);
+    let shifted = s
+        .rules
+        .max_psi
+        .zip(r.drift.as_ref())
+        .filter(|(max, d)| d.psi > *max);
+    match (recommendation, shifted) {
+        (Recommendation::Promote | Recommendation::Neutral, Some((max, d))) => (
+            Recommendation::Investigate,
+            format!(
+                "prediction distribution moved: PSI {:.3} above {max} ({} would have said: {reason})",
+                d.psi,
+                recommendation.as_str()
+            ),
+        ),
+        _ => (recommendation, reason),
+    }
+}
+
+fn recommend_on_quality(s: &ShadowSpec, r: &ShadowReport) -> (Recommendation, String) {
     use Recommendation::{Investigate, Neutral, Promote, Reject};
     let rules = &s.rules;
     if let Some(e) = r.shadow_error_rate.filter(|e| *e > s.max_error_rate) {
@@ -693,6 +751,16 @@ fn report_details(r: &ShadowReport) -> Details {
             }
         }
         OutputKind::None => {}
+    }
+    if let Some(c) = &r.prediction_chi2 {
+        details.extend([
+            d("prediction_chi2", c.statistic),
+            d("prediction_chi2_dof", c.dof),
+            d("prediction_chi2_p_value", c.p_value),
+        ]);
+    }
+    if let Some(drift) = &r.drift {
+        details.extend([d("psi", drift.psi), d("js_distance", drift.js_distance)]);
     }
     details.extend([
         opt("shadow_error_rate", r.shadow_error_rate),
@@ -932,6 +1000,42 @@ mod tests {
             Investigate,
             "no labelled pairs",
         );
+    }
+
+    #[test]
+    fn a_moved_prediction_distribution_needs_a_human_when_max_psi_is_set() {
+        // PROMOTE on agreement; the candidate says "1" half the time, the primary 30%.
+        let mut pair = classes(900, 2, 6, 92);
+        pair.transitions.add_n("0", "0", 500);
+        pair.transitions.add_n("1", "1", 300);
+        pair.transitions.add_n("0", "1", 200);
+        let r = classify(&pair, ShadowRules::default());
+        expect(&r, Promote, "agreement");
+        // PSI = (0.5 − 0.7) ln(5/7) + (0.5 − 0.3) ln(5/3).
+        let psi = -0.2 * (5.0f64 / 7.0).ln() + 0.2 * (5.0f64 / 3.0).ln();
+        assert!((r.drift.as_ref().unwrap().psi - psi).abs() < 1e-12);
+        let t = r.transitions.as_ref().unwrap();
+        assert_eq!(t.counts, vec![vec![500, 200], vec![0, 300]]);
+        let chi = r.prediction_chi2.as_ref().unwrap();
+        assert_eq!((chi.dof, chi.p_value < 1e-10), (1, true));
+        let strict = ShadowRules {
+            max_psi: Some(0.15),
+            ..Default::default()
+        };
+        expect(
+            &classify(&pair, strict.clone()),
+            Investigate,
+            "prediction distribution moved: PSI 0.169 above 0.15 (PROMOTE would have said",
+        );
+        let lax = ShadowRules {
+            max_psi: Some(0.2),
+            ..Default::default()
+        };
+        expect(&classify(&pair, lax), Promote, "agreement");
+        // A REJECT stays a REJECT.
+        let mut worse = classes(800, 60, 40, 100);
+        worse.transitions = pair.transitions.clone();
+        expect(&classify(&worse, strict), Reject, "below");
     }
 
     #[test]

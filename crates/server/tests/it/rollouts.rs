@@ -830,3 +830,225 @@ async fn regression_shadows_promote_a_better_model_reject_a_worse_one_and_call_a
         assert!(text.contains(line), "missing '{line}' in\n{text}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Classification depth through the gateway: the shipped die-bin models (v1 gradient boosting,
+// v2 XGBoost, four bins) on the 200 held-out rows of their fixtures, with each row's true bin
+// (`truth` in the fixture) as its label. The expected numbers are computed here from the
+// fixtures' own predictions (scikit-learn's, which onnxruntime and the gateway's engine match
+// row for row), never from the gateway's output.
+
+const BIN_MODELS: &str = r#"
+models:
+  bins:
+    classes: [pass, leakage, speed, edge]
+    versions:
+      v1: { onnx: models/bin_v1.onnx }
+      v2: { onnx: models/bin_v2.onnx }
+    serve: { kind: single, version: v1 }
+"#;
+
+const BINS: [&str; 4] = ["pass", "leakage", "speed", "edge"];
+
+/// A fixture's rows, the library's predicted bins and the true bins.
+fn bin_fixture(name: &str) -> (Vec<Value>, Vec<usize>, Vec<usize>) {
+    let path = support::fixtures::models_dir().join(format!("fixtures/{name}.json"));
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let ints = |v: &Value| -> Vec<usize> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect()
+    };
+    (
+        doc["inputs"].as_array().unwrap().clone(),
+        ints(&doc["sklearn"]["predictions"]),
+        ints(&doc["truth"]),
+    )
+}
+
+/// scikit-learn's `precision_recall_fscore_support(truth, predicted, zero_division=0)`: per
+/// class of the sorted union of both, (class, precision, recall, F1, support).
+fn sklearn_scores(truth: &[usize], predicted: &[usize]) -> Vec<(usize, f64, f64, f64, u64)> {
+    let mut labels: Vec<usize> = truth.iter().chain(predicted).copied().collect();
+    labels.sort_unstable();
+    labels.dedup();
+    labels
+        .into_iter()
+        .map(|c| {
+            let pairs = || truth.iter().zip(predicted);
+            let tp = pairs().filter(|(t, p)| **t == c && **p == c).count() as f64;
+            let predicted_c = predicted.iter().filter(|p| **p == c).count() as f64;
+            let support = truth.iter().filter(|t| **t == c).count() as u64;
+            let ratio = |n: f64, d: f64| if d == 0.0 { 0.0 } else { n / d };
+            let (precision, recall) = (ratio(tp, predicted_c), ratio(tp, support as f64));
+            let f1 = ratio(2.0 * precision * recall, precision + recall);
+            (c, precision, recall, f1, support)
+        })
+        .collect()
+}
+
+#[track_caller]
+fn close(what: &str, got: f64, want: f64) {
+    assert!((got - want).abs() <= 1e-12, "{what}: {got} vs {want}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multiclass_shadow_reports_confusion_matrices_per_class_scores_transitions_and_drift() {
+    let (rows, v1, truth) = bin_fixture("bin_v1");
+    let (rows2, v2, truth2) = bin_fixture("bin_v2");
+    assert_eq!((rows.len(), &rows, &truth), (200, &rows2, &truth2));
+    // Three more requests whose label names no declared bin (a typo upstream).
+    const UNKNOWN: usize = 3;
+    let n = rows.len() + UNKNOWN;
+    let tg = TestGateway::start(BIN_MODELS).await;
+    tg.apply(&format!(
+        "name: bins-v2-shadow\nmodel: bins\nkind: shadow\nprimary: v1\ncandidate: v2\nmin_labelled: {n}\n"
+    ))
+    .await;
+    let mut labels = Vec::new();
+    for i in 0..n {
+        let row = &rows[i % rows.len()];
+        let id = format!("bins-{i}");
+        let body = json!({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": row}]});
+        let r = tg
+            .client
+            .post_json(
+                &tg.url("/v2/models/bins/infer"),
+                &[("x-request-id", &id)],
+                &body,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let label = if i < rows.len() {
+            BINS[truth[i]]
+        } else {
+            "leakgae"
+        };
+        labels.push(json!({"request_id": id, "label": label}));
+    }
+    let admin = tg.admin();
+    let mut seen = 0;
+    for _ in 0..2_000 {
+        tg.gateway.state.log.flush().await.unwrap();
+        seen = admin
+            .model_stats("bins", None)
+            .await
+            .unwrap()
+            .variants
+            .iter()
+            .filter(|v| v.version == "v2" && v.role == Role::Shadow)
+            .map(|v| v.stats.requests)
+            .sum::<u64>();
+        if seen >= n as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, n as u64, "every shadow answer logged");
+    let r = tg
+        .client
+        .post_json(&tg.url("/v1/feedback"), &[], &Value::Array(labels))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    tg.gateway.state.log.flush().await.unwrap();
+    tg.tick(1_000).await;
+    assert_eq!(phase(&tg, "bins-v2-shadow").await.phase, Phase::Completed);
+    let report = admin.report("bins-v2-shadow").await.unwrap();
+    let analysis = report.analysis.shadow.expect("a shadow analysis");
+    let s = &analysis.report;
+    assert_eq!(s.output, OutputKind::Classification);
+    assert_eq!((s.compared, s.labelled), (n as u64, n as u64));
+
+    // Per version: the confusion matrix holds the 200 labelled rows, the 3 unknown labels are
+    // reported apart, and every per-class score is scikit-learn's on the same pairs.
+    for (version, stats, predicted) in [
+        ("v1", &analysis.primary_stats, &v1),
+        ("v2", &analysis.shadow_stats, &v2),
+    ] {
+        let c = stats
+            .classification
+            .as_ref()
+            .expect("classification detail");
+        assert_eq!(c.unknown_labels, UNKNOWN as u64, "{version}");
+        assert_eq!(c.labelled, rows.len() as u64, "{version}");
+        assert_eq!(c.confusion.total(), rows.len() as u64, "{version}");
+        assert!(!c.confusion.other);
+        // Declared order, for the bins that occur.
+        let want = sklearn_scores(&truth, predicted);
+        let names: Vec<&str> = want.iter().map(|(k, ..)| BINS[*k]).collect();
+        assert_eq!(c.confusion.classes, names, "{version}");
+        for (i, &(k, precision, recall, f1, support)) in want.iter().enumerate() {
+            let got = &c.scores[i];
+            assert_eq!((got.class.as_str(), got.support), (BINS[k], support));
+            close(
+                &format!("{version} {} precision", BINS[k]),
+                got.precision,
+                precision,
+            );
+            close(&format!("{version} {} recall", BINS[k]), got.recall, recall);
+            close(&format!("{version} {} F1", BINS[k]), got.f1, f1);
+            // Row k of the matrix: the true bin k by predicted bin.
+            for (j, &(kj, ..)) in want.iter().enumerate() {
+                let count = truth
+                    .iter()
+                    .zip(predicted)
+                    .filter(|(t, p)| **t == k && **p == kj)
+                    .count() as u64;
+                assert_eq!(c.confusion.counts[i][j], count, "{version} {k}→{kj}");
+            }
+        }
+        let macro_f1 = want.iter().map(|w| w.3).sum::<f64>() / want.len() as f64;
+        close(&format!("{version} macro F1"), c.macro_f1, macro_f1);
+        let right = truth.iter().zip(predicted).filter(|(t, p)| t == p).count();
+        assert_eq!(c.correct, right as u64);
+        let (lo, hi) = (c.accuracy_low.unwrap(), c.accuracy_high.unwrap());
+        assert!(
+            lo < c.accuracy.unwrap() && c.accuracy.unwrap() < hi,
+            "{c:?}"
+        );
+    }
+
+    // The pair: transitions over every compared request, the chi-square of the two
+    // prediction distributions and their drift.
+    let t = s.transitions.as_ref().expect("transitions");
+    assert_eq!(t.total(), n as u64);
+    let bin_of = |i: usize, p: &[usize]| p[i % rows.len()];
+    for (a, from) in t.classes.iter().enumerate() {
+        for (b, to) in t.classes.iter().enumerate() {
+            let count = (0..n)
+                .filter(|&i| BINS[bin_of(i, &v1)] == from && BINS[bin_of(i, &v2)] == to)
+                .count() as u64;
+            assert_eq!(t.counts[a][b], count, "{from}→{to}");
+        }
+    }
+    let chi = s.prediction_chi2.as_ref().expect("the seed's chi-square");
+    assert_eq!(chi.dof, t.classes.len() as u64 - 1);
+    assert!((0.0..=1.0).contains(&chi.p_value), "{chi:?}");
+    let drift = s.drift.as_ref().expect("a prediction drift");
+    let (rows_by, columns_by) = (t.row_sums(), t.column_sums());
+    for (bin, (expected, actual)) in drift
+        .bins
+        .iter()
+        .zip(drift.expected.iter().zip(&drift.actual))
+    {
+        let at = t.classes.iter().position(|c| c == bin).unwrap();
+        assert_eq!((*expected, *actual), (rows_by[at], columns_by[at]), "{bin}");
+    }
+    assert!(drift.psi >= 0.0 && drift.js_distance >= 0.0, "{drift:?}");
+
+    // The text report shows them.
+    let text = admin.report_as("bins-v2-shadow", "text").await.unwrap();
+    let text = String::from_utf8_lossy(&text);
+    for line in [
+        "Confusion matrix: v1 (true class in rows, predicted in columns)",
+        "Per-class scores: v2",
+        "Transitions: v1 (rows) → v2 (columns)",
+        "χ² of the prediction distributions",
+        "prediction drift: PSI / JS distance",
+        "v1: unknown labels",
+    ] {
+        assert!(text.contains(line), "missing '{line}' in\n{text}");
+    }
+}

@@ -1069,6 +1069,28 @@ fn drive(
         "the input: {}",
         rows[0]
     );
+    // The drift of the shadow's predictions, its transitions and per-class scores.
+    let drift = s.drift.as_ref().expect("a prediction drift");
+    expect_text(&mut b, "psi", &to_fixed(drift.psi, 3));
+    let transitions = s.transitions.as_ref().expect("transitions");
+    let rows = b.eval(&rows_of("transitions"));
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), transitions.labels().len(), "{rows:?}");
+    assert_eq!(
+        rows[0][1],
+        transitions.counts[0][0].to_string().as_str(),
+        "{rows:?}"
+    );
+    let scores = shadow
+        .shadow_stats
+        .classification
+        .as_ref()
+        .expect("classes");
+    let rows = b.eval(&rows_of("class-scores"));
+    let rows = rows.as_array().unwrap();
+    let last = rows.last().unwrap();
+    assert_eq!(last[0], "macro");
+    assert_eq!(last[6], to_fixed(scores.macro_f1, 3).as_str(), "{last}");
     min_points(&mut b, "agreement", 1, 3);
     min_points(&mut b, "gain", 1, 3);
     let bars =
@@ -1166,9 +1188,30 @@ fn drive(
         &format!("{} / {}", ms(stable.p95_ms), ms(cand.p95_ms)),
     );
     expect_text(&mut b, "gates", "2 passed · 0 failed");
+    let canary_drift = c
+        .analysis
+        .canary
+        .as_ref()
+        .and_then(|a| a.drift.as_ref())
+        .expect("the canary's prediction drift");
+    expect_text(&mut b, "canary-psi", &to_fixed(canary_drift.psi, 3));
     let gates = b.eval(&rows_of("gates"));
     let gates = gates.as_array().unwrap();
     assert_eq!(gates.len(), 2);
+    // Each gate's PSI (this step against the rollout's stable) from its event.
+    let passed: Vec<_> = c
+        .events
+        .iter()
+        .filter(|e| e.kind == "gate_passed")
+        .collect();
+    assert_eq!(passed.len(), 2);
+    for event in passed {
+        let psi = to_fixed(event.num("psi").expect("a gate's PSI"), 3);
+        assert!(
+            gates.iter().any(|row| row[9] == psi.as_str()),
+            "{psi} in {gates:?}"
+        );
+    }
     assert!(gates.iter().all(|g| g[2] == "passed"), "{gates:?}");
     let steps = b.eval(&rows_of("steps"));
     let status: Vec<&str> = steps

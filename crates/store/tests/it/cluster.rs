@@ -318,7 +318,18 @@ fn aggregates_survive_their_text_form() {
         agg.record(&shadow);
         agg.record_feedback(&[serving, shadow], &Truth::Values(vec![t, t / 3.0]), &[]);
     }
+    // More class names than the aggregates keep: the rest travel as `other`.
+    for i in 0..70u64 {
+        let class = format!("c{i:02}");
+        let r = record(&format!("k{i}"), Role::Shadow, "v2", &class, 11);
+        agg.record(&r);
+        agg.record_feedback(&[r], &Truth::Labels(vec![class]), &[]);
+    }
+    let shadow = agg.variant("yield", "v2", Role::Shadow, |_| true);
+    assert_eq!(shadow.confusion.classes().len(), 64);
+    assert!(shadow.confusion.other_same() > 0 && shadow.predicted.other() > 0);
     let pair = agg.pair("yield", "v1", "v2", |_| true);
+    assert!(pair.transitions.total() > 0 && pair.primary_values.count() > 0);
     assert_eq!(
         (
             pair.values.len(),
@@ -338,6 +349,13 @@ fn aggregates_survive_their_text_form() {
     assert_eq!(back.pair("m", "v1", "v2", |_| true).labelled(), 2);
     let err = decode_aggregates("{\"series\": 3}").unwrap_err();
     assert!(err.to_string().contains("aggregates"), "{err}");
+    // Class counts that do not decode are refused, not read as something else.
+    let bad = r#"{"series":[],"pairs":[{"model":"m","epoch":1,"primary":"v1","shadow":"v2",
+        "agreement":{"successes":1,"trials":2},"both_correct":1,"primary_only":0,"shadow_only":1,
+        "both_wrong":0,"shadow_errors":0,"shadow_calls":2,
+        "transitions":{"limit":64,"classes":["b","a"],"cells":[[0,0,1]],"other_same":0}}]}"#;
+    let err = decode_aggregates(bad).unwrap_err();
+    assert!(err.to_string().contains("sorted"), "{err}");
 }
 
 #[test]
