@@ -2,82 +2,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use axum::Router;
-use bytes::Bytes;
-use parking_lot::Mutex;
-use serde_json::{json, Value};
+use serde_json::json;
 use switchyard_core::audit::{Alert, Detail, Severity};
 use switchyard_server::alerts::{AlertSender, RetryPolicy, WebhookConfig};
+
+use crate::support::webhook::WebhookReceiver as Listener;
 use switchyard_store::{ControlStore, DeliveryRow};
-use tokio::sync::Semaphore;
-
-/// A webhook receiver that records what it is sent.
-#[derive(Clone)]
-struct Listener {
-    addr: SocketAddr,
-    /// Bodies of the requests it answered with 200.
-    bodies: Arc<Mutex<Vec<Value>>>,
-    content_types: Arc<Mutex<Vec<String>>>,
-    /// Every request, including failed ones.
-    hits: Arc<AtomicU32>,
-    /// Requests answered with 500 before it starts accepting.
-    fail_first: u32,
-    /// Requests wait for a permit before being answered.
-    gate: Option<Arc<Semaphore>>,
-}
-
-impl Listener {
-    async fn start(fail_first: u32, gated: bool) -> Listener {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let me = Listener {
-            addr: listener.local_addr().unwrap(),
-            bodies: Arc::default(),
-            content_types: Arc::default(),
-            hits: Arc::default(),
-            fail_first,
-            gate: gated.then(|| Arc::new(Semaphore::new(0))),
-        };
-        let app = Router::new()
-            .route("/hook", post(receive))
-            .with_state(me.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        me
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
-    }
-
-    fn bodies(&self) -> Vec<Value> {
-        self.bodies.lock().clone()
-    }
-}
-
-async fn receive(State(l): State<Listener>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let n = l.hits.fetch_add(1, Ordering::SeqCst) + 1;
-    if let Some(gate) = &l.gate {
-        gate.acquire().await.unwrap().forget();
-    }
-    if n <= l.fail_first {
-        return StatusCode::INTERNAL_SERVER_ERROR;
-    }
-    let content_type = headers
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    l.content_types.lock().push(content_type);
-    l.bodies.lock().push(serde_json::from_slice(&body).unwrap());
-    StatusCode::OK
-}
 
 /// A URL on which nothing listens.
 fn dead_url() -> String {

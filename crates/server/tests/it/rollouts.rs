@@ -14,8 +14,8 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use hyper::Method;
-use parking_lot::Mutex;
 use serde_json::{json, Value};
+use support::webhook::WebhookReceiver;
 use support::{eventually, TestGateway};
 use switchyard_core::rollout::{OutputKind, Phase, Recommendation};
 use switchyard_core::{Role, Strategy};
@@ -77,46 +77,6 @@ impl QualityModel {
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         QualityModel { url, errors }
-    }
-}
-
-/// A webhook receiver that keeps every alert it is sent.
-struct Webhook {
-    url: String,
-    received: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Webhook {
-    async fn start() -> Webhook {
-        let received: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let app = Router::new()
-            .route(
-                "/hook",
-                post(
-                    |State(r): State<Arc<Mutex<Vec<Value>>>>, Json(v): Json<Value>| async move {
-                        r.lock().push(v);
-                        "ok"
-                    },
-                ),
-            )
-            .with_state(received.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Webhook { url, received }
-    }
-
-    fn kinds(&self) -> Vec<(String, String)> {
-        self.received
-            .lock()
-            .iter()
-            .map(|a| {
-                (
-                    a["severity"].as_str().unwrap_or("").to_string(),
-                    a["kind"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect()
     }
 }
 
@@ -229,8 +189,8 @@ async fn a_good_candidate_walks_5_25_50_100_and_is_promoted() {
     let _serial = SERIAL.lock().await;
     let stable = QualityModel::start(90, 2, 5).await;
     let candidate = QualityModel::start(92, 2, 5).await;
-    let hook = Webhook::start().await;
-    let tg = TestGateway::start(&gateway_yaml(&stable.url, &candidate.url, &hook.url)).await;
+    let hook = WebhookReceiver::start(0, false).await;
+    let tg = TestGateway::start(&gateway_yaml(&stable.url, &candidate.url, &hook.url())).await;
     // Started rollouts answer 201 Created.
     let r = tg
         .admin()
@@ -308,8 +268,8 @@ async fn rolled_back_at_first_gate(
 ) {
     let _serial = SERIAL.lock().await;
     let stable = QualityModel::start(90, 2, stable_delay_ms).await;
-    let hook = Webhook::start().await;
-    let tg = TestGateway::start(&gateway_yaml(&stable.url, &candidate.url, &hook.url)).await;
+    let hook = WebhookReceiver::start(0, false).await;
+    let tg = TestGateway::start(&gateway_yaml(&stable.url, &candidate.url, &hook.url())).await;
     let mut spec = CANARY.replace("min_requests: 20", &format!("min_requests: {min_requests}"));
     if reason == "p95 latency" {
         spec = spec.replace(", max_p95_increase: null", "");
@@ -394,8 +354,8 @@ async fn a_candidate_with_3x_errors_is_rolled_back() {
 async fn invalid_specs_are_rejected_with_every_problem_and_conflicts_refused() {
     let _serial = SERIAL.lock().await;
     let stable = QualityModel::start(90, 0, 0).await;
-    let hook = Webhook::start().await;
-    let tg = TestGateway::start(&gateway_yaml(&stable.url, &stable.url, &hook.url)).await;
+    let hook = WebhookReceiver::start(0, false).await;
+    let tg = TestGateway::start(&gateway_yaml(&stable.url, &stable.url, &hook.url())).await;
     let bad = r#"
 name: bad
 model: m
@@ -478,8 +438,8 @@ async fn a_restarted_gateway_resumes_the_rollout_at_its_recorded_step() {
     let _serial = SERIAL.lock().await;
     let stable = QualityModel::start(90, 1, 1).await;
     let candidate = QualityModel::start(92, 1, 1).await;
-    let hook = Webhook::start().await;
-    let yaml = gateway_yaml(&stable.url, &candidate.url, &hook.url);
+    let hook = WebhookReceiver::start(0, false).await;
+    let yaml = gateway_yaml(&stable.url, &candidate.url, &hook.url());
     let tg = TestGateway::start(&yaml).await;
     tg.apply(CANARY).await;
     let mut round = 0;
@@ -525,7 +485,7 @@ retention_ms: 3600000
 async fn blue_green_switches_aborts_on_failed_validation_and_switches_back_on_errors() {
     let _serial = SERIAL.lock().await;
     let flaky = QualityModel::start(90, 0, 0).await;
-    let hook = Webhook::start().await;
+    let hook = WebhookReceiver::start(0, false).await;
     let yaml = format!(
         r#"
 alerts: {{ webhooks: [{{ url: "{}" }}] }}
@@ -538,7 +498,8 @@ models:
       flaky: {{ url: "{}" }}
     serve: {{ kind: single, version: v1 }}
 "#,
-        hook.url, flaky.url
+        hook.url(),
+        flaky.url
     );
     let tg = TestGateway::start(&yaml).await;
     // The first 300 rows of the shipped validation set: enough to tell v3 (accuracy well below
