@@ -232,7 +232,8 @@ mod tests {
     use super::*;
     use crate::record::Tolerance;
     use crate::rollout::{
-        CanarySpec, GatePolicy, RegressionTest, ShadowRules, ShadowSpec, Step, Underestimate,
+        CanarySpec, GatePolicy, LiveAlerts, RegressionTest, ShadowRules, ShadowSpec, Step,
+        Underestimate,
     };
 
     /// Parses `yaml` as the server's edge does (unknown fields listed by `serde_ignored`), then
@@ -404,7 +405,8 @@ mod tests {
             neutral_min_agreement: 0.97\nreject_max_drop: 0.015\n\
             regression_promote_mae_decrease: 0.2\nregression_reject_mae_increase: 0.25\n\
             test: wilcoxon\nagreement_tolerance: { absolute: 0.5 }\n\
-            max_underestimate: { by: 50, share: 0.02 }\nmax_psi: 0.25\nchain_requires_approval: true\n";
+            max_underestimate: { by: 50, share: 0.02 }\nmax_psi: 0.25\nchain_requires_approval: true\n\
+            live_alerts: { min_agreement: 0.8, max_p95_ms: 50, min_samples: 30 }\n";
         let spec = parse(yaml).unwrap();
         assert_eq!(
             spec.kind,
@@ -438,6 +440,13 @@ mod tests {
                 },
                 then_canary: None,
                 chain_requires_approval: true,
+                // max_error_rate unwritten: the spec's own applies.
+                live_alerts: LiveAlerts {
+                    min_agreement: Some(0.8),
+                    max_p95_ms: Some(50.0),
+                    max_error_rate: None,
+                    min_samples: 30,
+                },
             })
         );
         // Unwritten, the rules are the seed's.
@@ -468,7 +477,8 @@ mod tests {
              test: anova\nagreement_tolerance: { absolute: -1, relative: -0.05, bogus: 1 }\n\
              max_underestimate: { by: -5, share: 2 }\nmax_error_rate: 1.5\nmax_psi: -0.1\n\
              then_canary: { stable: v1, candidate: v2, gate: { max_underestimate: { by: 1, share: -0.5 }, max_psi: -1 } }\n\
-             min_improvement: 0.02\n",
+             min_improvement: 0.02\n\
+             live_alerts: { min_agreement: 1.5, max_p95_ms: -1, max_error_rate: 2, often: 3 }\n",
             &[
                 "promote_min_improvement must be a non-negative number, got -0.1",
                 "promote_min_agreement must be a fraction in [0, 1], got 1.5",
@@ -486,6 +496,10 @@ mod tests {
                 "then_canary: gate.max_underestimate.share must be a fraction in [0, 1], got -0.5",
                 // The old, absolute threshold is no longer a field.
                 "min_improvement: unknown field",
+                "live_alerts.min_agreement must be a fraction in [0, 1], got 1.5",
+                "live_alerts.max_p95_ms must be a non-negative number, got -1",
+                "live_alerts.max_error_rate must be a fraction in [0, 1], got 2",
+                "live_alerts.often: unknown field",
             ],
         );
     }

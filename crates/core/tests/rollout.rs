@@ -8,7 +8,7 @@ use switchyard_core::aggregate::{PairStats, VariantStats};
 use switchyard_core::audit::{Detail, Severity};
 use switchyard_core::rollout::{
     command, evaluate_gate, start, tick, AbMetric, AbSpec, Action, BlueGreenSpec, CanarySpec,
-    Command, GatePolicy, Observations, Phase, Recommendation, RolloutKind, RolloutSpec,
+    Command, GatePolicy, LiveAlerts, Observations, Phase, Recommendation, RolloutKind, RolloutSpec,
     RolloutState, ShadowRules, ShadowSpec, Step, Underestimate, Validation, Verdict,
 };
 use switchyard_core::routing::{Strategy, BUCKETS};
@@ -344,6 +344,7 @@ fn shadow_spec() -> RolloutSpec {
             rules: ShadowRules::default(),
             then_canary: None,
             chain_requires_approval: false,
+            live_alerts: LiveAlerts::default(),
         }),
     }
 }
@@ -887,4 +888,95 @@ proptest! {
             state = next;
         }
     }
+}
+
+/// The shadow spec with live alerts: agreement below 90%, p95 above 50 ms, errors above the
+/// spec's 5%, after 50 samples.
+fn shadow_with_live_alerts() -> RolloutSpec {
+    let mut spec = shadow_spec();
+    if let RolloutKind::Shadow(s) = &mut spec.kind {
+        s.live_alerts = LiveAlerts {
+            min_agreement: Some(0.9),
+            max_p95_ms: Some(50.0),
+            max_error_rate: None,
+            min_samples: 50,
+        };
+    }
+    spec
+}
+
+#[test]
+fn a_running_shadow_alerts_once_per_condition_and_keeps_running() {
+    let spec = shadow_with_live_alerts();
+    let (state, _) = start(&spec, 0, "cli");
+    // 100 compared, 60 agree (below 90%); 10 of 100 shadow calls failed (above 5%); the
+    // shadow's p95 is 80 ms (above 50 ms). Too few labels to conclude (min_labelled 200).
+    let mut obs = pair(50, 20, 20, 10);
+    if let Some(p) = obs.pair.as_mut() {
+        p.shadow_errors = 10;
+    }
+    let mut shadow = VariantStats {
+        requests: 100,
+        ..Default::default()
+    };
+    shadow.latency.record_n(80_000, 100);
+    obs.shadow = Some(shadow);
+    let (state, actions) = tick(&spec, &state, &obs, 10_000);
+    assert_eq!(state.phase, Phase::Running, "live alerts never decide");
+    let mut kinds: Vec<String> = alerts(&actions).into_iter().map(|(_, k)| k).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["shadow_agreement", "shadow_errors", "shadow_latency"]
+    );
+    assert!(alerts(&actions).iter().all(|(s, _)| *s == Severity::P2));
+    let events: Vec<&str> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event(e) if e.kind == "shadow_alert" => Some(e.message.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|m| m.contains("agreement 60.0% below 90.0%")),
+        "{events:?}"
+    );
+    // The same conditions on the next tick: no second alert.
+    let (state, actions) = tick(&spec, &state, &obs, 20_000);
+    assert!(alerts(&actions).is_empty(), "{actions:?}");
+    assert_eq!(state.shadow_alerts.len(), 3);
+}
+
+#[test]
+fn live_alerts_wait_for_their_samples_and_are_off_unless_written() {
+    // Below min_samples: nothing, however bad the numbers.
+    let spec = shadow_with_live_alerts();
+    let (state, _) = start(&spec, 0, "cli");
+    let mut obs = pair(10, 10, 10, 10);
+    if let Some(p) = obs.pair.as_mut() {
+        p.shadow_errors = 20;
+    }
+    let (_, actions) = tick(&spec, &state, &obs, 10_000);
+    assert!(alerts(&actions).is_empty(), "{actions:?}");
+    // Defaults: agreement and latency checks off, the error check at the spec's max_error_rate.
+    let spec = shadow_spec();
+    let (state, _) = start(&spec, 0, "cli");
+    let mut obs = pair(50, 20, 20, 10);
+    if let Some(p) = obs.pair.as_mut() {
+        p.shadow_errors = 4;
+    }
+    let (state, actions) = tick(&spec, &state, &obs, 10_000);
+    assert!(
+        alerts(&actions).is_empty(),
+        "4% errors, 60% agreement: {actions:?}"
+    );
+    if let Some(p) = obs.pair.as_mut() {
+        p.shadow_errors = 6;
+    }
+    let (_, actions) = tick(&spec, &state, &obs, 20_000);
+    let kinds: Vec<String> = alerts(&actions).into_iter().map(|(_, k)| k).collect();
+    assert_eq!(kinds, ["shadow_errors"]);
 }

@@ -12,8 +12,8 @@ use serde_yaml::Value;
 use switchyard_core::classes::{classification_summary, ClassificationSummary, DriftBasis};
 use switchyard_core::record::Tolerance;
 use switchyard_core::rollout::{
-    shadow_report, OutputKind, Recommendation, RegressionTest, ShadowReport, ShadowRules,
-    ShadowSpec, Underestimate,
+    shadow_report, LiveAlerts, OutputKind, Recommendation, RegressionTest, ShadowReport,
+    ShadowRules, ShadowSpec, Underestimate,
 };
 use switchyard_core::{
     Aggregates, Outcome, PairRef, Prediction, PredictionRecord, Role, Truth, VariantStats,
@@ -171,6 +171,7 @@ fn spec(case: &Value, test: RegressionTest) -> ShadowSpec {
         rules,
         then_canary: None,
         chain_requires_approval: false,
+        live_alerts: LiveAlerts::default(),
     }
 }
 

@@ -41,7 +41,7 @@ pub use canary::{
     UnderestimateCheck, Verdict,
 };
 pub use shadow::{
-    shadow_report, OutputKind, RegressionTest, ShadowReport, ShadowRules, ShadowSpec,
+    shadow_report, LiveAlerts, OutputKind, RegressionTest, ShadowReport, ShadowRules, ShadowSpec,
 };
 
 use ab::{ab_strategy, tick_ab};
@@ -224,6 +224,9 @@ pub struct RolloutState {
     /// The current step's deadline alert was sent.
     pub stuck_alerted: bool,
     pub srm_alerted: bool,
+    /// Shadow: the live alerts already sent (`agreement`, `latency`, `errors`), each once.
+    #[serde(default)]
+    pub shadow_alerts: Vec<String>,
     pub recommendation: Option<Recommendation>,
     /// Why the rollout ended, or what it is waiting for.
     pub reason: Option<String>,
@@ -443,6 +446,7 @@ pub fn start(spec: &RolloutSpec, now: i64, actor: &str) -> (RolloutState, Vec<Ac
         paused_from: None,
         stuck_alerted: false,
         srm_alerted: false,
+        shadow_alerts: Vec::new(),
         recommendation: None,
         reason: None,
         switched_ms: None,

@@ -50,6 +50,36 @@ pub struct ShadowSpec {
     pub then_canary: Option<Box<CanarySpec>>,
     /// Wait for an operator before starting `then_canary`.
     pub chain_requires_approval: bool,
+    /// Alerts while the shadow runs, before it concludes.
+    #[serde(default)]
+    pub live_alerts: LiveAlerts,
+}
+
+/// The seed's live checks while a shadow runs: each sends one alert (and one audit event) the
+/// first time its condition holds, with its numbers, and none again for that rollout. They never
+/// change the recommendation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LiveAlerts {
+    /// Agreement of the two versions below this (off unless written).
+    pub min_agreement: Option<f64>,
+    /// The shadow's p95 latency above this many milliseconds (off unless written).
+    pub max_p95_ms: Option<f64>,
+    /// The shadow's error rate above this (default: the spec's `max_error_rate`).
+    pub max_error_rate: Option<f64>,
+    /// Compared requests (or shadow calls) needed before any check speaks.
+    pub min_samples: u64,
+}
+
+impl Default for LiveAlerts {
+    fn default() -> Self {
+        LiveAlerts {
+            min_agreement: None,
+            max_p95_ms: None,
+            max_error_rate: None,
+            min_samples: 100,
+        }
+    }
 }
 
 /// Which paired test decides a regression shadow.
@@ -174,6 +204,18 @@ raw_fields! {
         /// Takes a canary's fields.
         then_canary: Option<RawCanary>,
         chain_requires_approval: Option<bool>,
+        /// `{min_agreement, max_p95_ms, max_error_rate, min_samples}`.
+        live_alerts: Option<RawLiveAlerts>,
+    }
+}
+
+raw_fields! {
+    /// A shadow's live alerts as written.
+    pub struct RawLiveAlerts {
+        min_agreement: Option<f64>,
+        max_p95_ms: Option<f64>,
+        max_error_rate: Option<f64>,
+        min_samples: Option<u64>,
     }
 }
 
@@ -227,6 +269,14 @@ impl RawShadow {
                 .then_canary
                 .map(|c| Box::new(c.validate(problems, "then_canary."))),
             chain_requires_approval: self.chain_requires_approval.unwrap_or(false),
+            live_alerts: self
+                .live_alerts
+                .map_or_else(LiveAlerts::default, |l| LiveAlerts {
+                    min_agreement: l.min_agreement,
+                    max_p95_ms: l.max_p95_ms,
+                    max_error_rate: l.max_error_rate,
+                    min_samples: l.min_samples.unwrap_or(LiveAlerts::default().min_samples),
+                }),
         }
     }
 }
@@ -272,6 +322,16 @@ pub(super) fn problems(spec: &RolloutSpec, s: &ShadowSpec, declared: &[&str], p:
     }
     if let Some(v) = r.max_psi {
         frac("max_psi", v, p);
+    }
+    let l = &s.live_alerts;
+    if let Some(v) = l.min_agreement {
+        share("live_alerts.min_agreement", v, p);
+    }
+    if let Some(v) = l.max_p95_ms {
+        frac("live_alerts.max_p95_ms", v, p);
+    }
+    if let Some(v) = l.max_error_rate {
+        share("live_alerts.max_error_rate", v, p);
     }
     if let Some(c) = &s.then_canary {
         let chained = RolloutSpec {
@@ -769,6 +829,89 @@ fn report_details(r: &ShadowReport) -> Details {
     details
 }
 
+/// The live checks of a running shadow (see [`LiveAlerts`]).
+fn live_alerts(
+    s: &ShadowSpec,
+    state: &mut RolloutState,
+    pair: &PairStats,
+    shadow: Option<&VariantStats>,
+    out: &mut Out<'_>,
+) {
+    let l = &s.live_alerts;
+    let mut fire = |state: &mut RolloutState, key: &str, title: String, details: Details| {
+        if state.shadow_alerts.iter().any(|k| k == key) {
+            return;
+        }
+        state.shadow_alerts.push(key.to_string());
+        out.event("shadow_alert", title.clone(), details.clone());
+        out.alert(
+            Severity::P2,
+            &format!("shadow_{key}"),
+            format!("{}: {title}", out.spec.name),
+            details,
+        );
+    };
+    let agreement = pair.agreement_within(&s.rules.agreement_tolerance);
+    if let (Some(min), Some(rate)) = (l.min_agreement, agreement.rate) {
+        if agreement.compared >= l.min_samples && rate < min {
+            fire(
+                state,
+                "agreement",
+                format!(
+                    "agreement {:.1}% below {:.1}% over {} compared requests",
+                    rate * 100.0,
+                    min * 100.0,
+                    agreement.compared
+                ),
+                vec![
+                    d("agreement", rate),
+                    d("min_agreement", min),
+                    d("compared", agreement.compared),
+                ],
+            );
+        }
+    }
+    if let (Some(max_ms), Some(shadow)) = (l.max_p95_ms, shadow) {
+        if let Some(p95_us) = shadow.latency.p95() {
+            let p95_ms = p95_us as f64 / 1000.0;
+            if shadow.requests >= l.min_samples && p95_ms > max_ms {
+                fire(
+                    state,
+                    "latency",
+                    format!("shadow p95 {p95_ms:.1} ms above {max_ms:.1} ms"),
+                    vec![
+                        d("shadow_p95_ms", p95_ms),
+                        d("max_p95_ms", max_ms),
+                        d("shadow_requests", shadow.requests),
+                    ],
+                );
+            }
+        }
+    }
+    let max_errors = l.max_error_rate.unwrap_or(s.max_error_rate);
+    if pair.shadow_calls >= l.min_samples {
+        let rate = pair.shadow_errors as f64 / pair.shadow_calls as f64;
+        if rate > max_errors {
+            fire(
+                state,
+                "errors",
+                format!(
+                    "shadow error rate {:.1}% above {:.1}% ({} of {} calls)",
+                    rate * 100.0,
+                    max_errors * 100.0,
+                    pair.shadow_errors,
+                    pair.shadow_calls
+                ),
+                vec![
+                    d("shadow_error_rate", rate),
+                    d("max_error_rate", max_errors),
+                    d("shadow_calls", pair.shadow_calls),
+                ],
+            );
+        }
+    }
+}
+
 pub(super) fn tick_shadow(
     s: &ShadowSpec,
     state: &mut RolloutState,
@@ -779,6 +922,7 @@ pub(super) fn tick_shadow(
         return;
     }
     let pair = obs.pair.clone().unwrap_or_default();
+    live_alerts(s, state, &pair, obs.shadow.as_ref(), out);
     let labelled = pair.labelled();
     let elapsed = (out.now - state.started_ms).max(0) as u64;
     if labelled < s.min_labelled || elapsed < s.min_duration_ms {
@@ -880,6 +1024,7 @@ mod tests {
             rules,
             then_canary: None,
             chain_requires_approval: false,
+            live_alerts: LiveAlerts::default(),
         }
     }
 

@@ -1013,3 +1013,62 @@ async fn a_multiclass_shadow_reports_confusion_matrices_per_class_scores_transit
         assert!(text.contains(line), "missing '{line}' in\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_shadow_raises_a_live_alert_at_the_webhook_before_any_conclusion() {
+    let _serial = SERIAL.lock().await;
+    let stable = QualityModel::start(90, 0, 1).await;
+    // A candidate failing 30% of its calls.
+    let candidate = QualityModel::start(90, 30, 1).await;
+    let hook = WebhookReceiver::start(0, false).await;
+    let tg = TestGateway::start(&gateway_yaml(&stable.url, &candidate.url, &hook.url())).await;
+    tg.apply(
+        "name: m-shadow\nmodel: m\nkind: shadow\nprimary: stable\ncandidate: candidate\n\
+         min_labelled: 100000\nlive_alerts: { min_samples: 50 }\n",
+    )
+    .await;
+    let mut round = 0;
+    let raised = loop {
+        traffic(&tg, round, 80).await;
+        tg.tick(1_000).await;
+        tg.gateway.controller.alerts().flush().await;
+        if hook
+            .kinds()
+            .contains(&("P2".into(), "shadow_errors".into()))
+        {
+            break true;
+        }
+        round += 1;
+        if round > 20 {
+            break false;
+        }
+    };
+    assert!(raised, "no shadow_errors alert: {:?}", hook.kinds());
+    let view = phase(&tg, "m-shadow").await;
+    assert_eq!(
+        view.phase,
+        Phase::Running,
+        "an alert does not conclude: {view:?}"
+    );
+    let alert = tg
+        .events("m-shadow")
+        .await
+        .into_iter()
+        .find(|e| e.kind == "shadow_alert")
+        .expect("the alert is in the audit trail");
+    assert!(alert.message.contains("shadow error rate"), "{alert:?}");
+    assert!(
+        alert.num("shadow_error_rate").is_some_and(|r| r > 0.05),
+        "{alert:?}"
+    );
+    // Once per condition.
+    traffic(&tg, 99, 80).await;
+    tg.tick(1_000).await;
+    tg.gateway.controller.alerts().flush().await;
+    let sent = hook
+        .kinds()
+        .iter()
+        .filter(|k| k.1 == "shadow_errors")
+        .count();
+    assert_eq!(sent, 1, "{:?}", hook.kinds());
+}
