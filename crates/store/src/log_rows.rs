@@ -162,23 +162,14 @@ pub(crate) fn with_pairs(rows: Vec<LogRow>) -> Vec<PredictionRecord> {
 }
 
 /// Folds records (grouped by request, in first-seen order) and then feedback into fresh
-/// aggregates. Feedback is matched against `labelled` when given (the records of the labelled
-/// requests, which may have been served elsewhere), else against `rows`.
-pub(crate) fn fold_log(
-    rows: Vec<LogRow>,
-    feedback: Vec<FeedbackRow>,
-    labelled: Option<Vec<LogRow>>,
-) -> Aggregates {
+/// aggregates, everything in memory: the former SQLite rebuild, kept as the baseline of the
+/// rebuild benchmark (`StreamFold` is what runs).
+pub(crate) fn fold_log(rows: Vec<LogRow>, feedback: Vec<FeedbackRow>) -> Aggregates {
     let mut agg = Aggregates::default();
     let mut paired = HashMap::new();
     for (id, records) in group_by_request(rows) {
         records.iter().for_each(|r| agg.record(r));
-        if labelled.is_none() {
-            paired.insert(id, records);
-        }
-    }
-    if let Some(labelled) = labelled {
-        paired.extend(group_by_request(labelled));
+        paired.insert(id, records);
     }
     for (id, truth, metrics) in feedback {
         if let Some(records) = paired.get(&id) {
@@ -191,14 +182,33 @@ pub(crate) fn fold_log(
 /// Folds a stream of rows sorted by request id, each with its request's feedback (when any),
 /// into aggregates while holding only one request's rows at a time: the start-up rebuild's
 /// memory no longer grows with the log (the in-memory `fold_log` held every record).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct StreamFold {
     agg: Aggregates,
     rows: Vec<LogRow>,
     feedback: Option<(Truth, Vec<(String, f64)>)>,
+    /// `false`: the rows only carry the records a label is scored against (they were counted
+    /// by another pass, or on another replica).
+    record_rows: bool,
+}
+
+impl Default for StreamFold {
+    fn default() -> Self {
+        StreamFold::onto(Aggregates::default(), true)
+    }
 }
 
 impl StreamFold {
+    /// Folds into `agg`; with `record_rows` false only the labels are accounted.
+    pub(crate) fn onto(agg: Aggregates, record_rows: bool) -> Self {
+        StreamFold {
+            agg,
+            rows: Vec::new(),
+            feedback: None,
+            record_rows,
+        }
+    }
+
     /// Adds one row; rows of one request must come together.
     pub(crate) fn push(&mut self, row: LogRow, feedback: Option<(Truth, Vec<(String, f64)>)>) {
         if self
@@ -216,7 +226,9 @@ impl StreamFold {
 
     fn flush(&mut self) {
         let records = with_pairs(std::mem::take(&mut self.rows));
-        records.iter().for_each(|r| self.agg.record(r));
+        if self.record_rows {
+            records.iter().for_each(|r| self.agg.record(r));
+        }
         if let Some((truth, metrics)) = self.feedback.take() {
             self.agg.record_feedback(&records, &truth, &metrics);
         }

@@ -4,13 +4,14 @@
 //! the neutral `log_rows` and the PostgreSQL plumbing (`pg`), never on the
 //! SQLite backend or on the writer.
 
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, Statement, Transaction};
 use switchyard_core::{Aggregates, Feedback, Outcome, Prediction, PredictionRecord, Role};
 
 use crate::error::corrupt;
 use crate::log_rows::{
-    feedback_from_json, feedback_to_json, fold_log, store_feedback, Disagreement, FeedbackRow,
-    FeedbackTx, Labelled, LogRow, Sink,
+    feedback_from_json, feedback_to_json, store_feedback, Disagreement, FeedbackTx, Labelled,
+    LogRow, Sink, StreamFold,
 };
 use crate::pg;
 use crate::StoreError;
@@ -18,6 +19,11 @@ use crate::StoreError;
 const SELECT_RECORD: &str = "SELECT p.request_id, p.ts_ms, p.model, p.epoch, p.variant, p.role,
     p.version, p.key_hash, p.outcome, p.status, p.latency_us, p.output, p.input, p.paired_version
     FROM predictions p";
+
+/// The columns of `SELECT_RECORD` without the captured input (the rebuild does not need it);
+/// callers add the `FROM`.
+const SELECT_STREAMED: &str = "SELECT p.request_id, p.ts_ms, p.model, p.epoch, p.variant, p.role,
+    p.version, p.key_hash, p.outcome, p.status, p.latency_us, p.output, NULL::text, p.paired_version";
 
 /// One batch, as one `INSERT … SELECT FROM unnest(arrays)`.
 const INSERT_BATCH: &str = "INSERT INTO predictions
@@ -54,20 +60,6 @@ pub(crate) fn row_to_log_row(row: &postgres::Row) -> Result<LogRow, StoreError> 
     })
 }
 
-fn rows_of(client: &mut Client, sql: &str, replica: &str) -> Result<Vec<LogRow>, StoreError> {
-    client
-        .query(sql, &[&replica])?
-        .iter()
-        .map(row_to_log_row)
-        .collect()
-}
-
-fn feedback_row(row: &postgres::Row) -> Result<FeedbackRow, StoreError> {
-    let truth: String = row.try_get(1)?;
-    let metrics: String = row.try_get(2)?;
-    feedback_from_json(row.try_get(0)?, &truth, &metrics)
-}
-
 /// The writer's PostgreSQL session.
 pub(crate) struct PgSink {
     client: Client,
@@ -95,33 +87,40 @@ impl PgSink {
     }
 
     /// This replica's aggregates: its own records, and the feedback it accepted scored against
-    /// the records of those requests, wherever they were served.
+    /// the records of those requests, wherever they were served. Two streamed passes in
+    /// request-id order (one request in memory at a time, captured inputs not read): this
+    /// replica's records, then the labels it took joined to their requests' records.
     pub(crate) fn rebuild_aggregates(&mut self) -> Result<Aggregates, StoreError> {
         let replica = self.replica.clone();
         let client = self.client()?;
-        let rows = rows_of(
-            client,
-            &format!("{SELECT_RECORD} WHERE p.replica = $1 ORDER BY p.id"),
-            &replica,
-        )?;
-        let feedback = client
-            .query(
-                "SELECT request_id, truth, metrics FROM feedback WHERE replica = $1
-                 ORDER BY ts_ms, request_id",
-                &[&replica],
-            )?
-            .iter()
-            .map(feedback_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let labelled = rows_of(
-            client,
+        let params = [&replica as &(dyn postgres::types::ToSql + Sync)];
+        let mut records = StreamFold::default();
+        let mut rows = client.query_raw(
             &format!(
-                "{SELECT_RECORD} JOIN feedback f ON f.request_id = p.request_id
-                 WHERE f.replica = $1 ORDER BY p.id"
+                "{SELECT_STREAMED} FROM predictions p WHERE p.replica = $1
+                 ORDER BY p.request_id, p.id"
             ),
-            &replica,
+            params,
         )?;
-        Ok(fold_log(rows, feedback, Some(labelled)))
+        while let Some(row) = rows.next()? {
+            records.push(row_to_log_row(&row)?, None);
+        }
+        drop(rows);
+        let mut labels = StreamFold::onto(records.finish(), false);
+        let mut rows = client.query_raw(
+            &format!(
+                "{SELECT_STREAMED}, f.truth, f.metrics FROM predictions p
+                 JOIN feedback f ON f.request_id = p.request_id
+                 WHERE f.replica = $1 ORDER BY p.request_id, p.id"
+            ),
+            params,
+        )?;
+        while let Some(row) = rows.next()? {
+            let (truth, metrics): (String, String) = (row.try_get(14)?, row.try_get(15)?);
+            let (_, truth, metrics) = feedback_from_json(String::new(), &truth, &metrics)?;
+            labels.push(row_to_log_row(&row)?, Some((truth, metrics)));
+        }
+        Ok(labels.finish())
     }
 
     fn insert(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError> {

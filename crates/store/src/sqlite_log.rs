@@ -252,5 +252,5 @@ pub fn rebuild_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
 /// then folded. Kept as the baseline of the rebuild benchmark (`benches/rebuild.rs`).
 pub fn rebuild_aggregates_in_memory(conn: &Connection) -> Result<Aggregates, StoreError> {
     let (rows, feedback) = read_log(conn)?;
-    Ok(fold_log(rows, feedback, None))
+    Ok(fold_log(rows, feedback))
 }
