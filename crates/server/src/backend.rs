@@ -455,6 +455,16 @@ pub struct ModelRuntime {
 }
 
 impl ModelRuntime {
+    /// Why `version` cannot be served: it is not one of this model's, which are listed.
+    pub fn unknown_version(&self, version: &str) -> String {
+        let versions: Vec<&str> = self.config.versions.keys().map(String::as_str).collect();
+        format!(
+            "model '{}' has no version '{version}' (versions: {})",
+            self.name,
+            versions.join(", ")
+        )
+    }
+
     /// Counts one serving call of `version` in the metrics; a successful one through the
     /// series resolved on first use, anything else by label set.
     pub fn count_serving(

@@ -137,17 +137,18 @@ async fn serve(
         ));
     }
     let bytes = read_body(body, state.max_body_bytes).await?;
-    let body = JsonBody::validate(bytes).map_err(|e| {
+    let body = match wire {
+        Wire::V2 => JsonBody::validate_v2(bytes),
+        Wire::V1 => JsonBody::validate(bytes),
+    }
+    .map_err(|e| {
         let code = match e {
             InvalidBody::NotJson(_) => "invalid_json",
             InvalidBody::NotAnObject => "invalid_request",
+            InvalidBody::BadTensor(_) => "invalid_tensor",
         };
         ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
     })?;
-    if wire == Wire::V2 {
-        crate::protocol::validate_v2_tensors(body.bytes())
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_tensor", e.0))?;
-    }
 
     // Phase: route.
     let table = state.table.load();
@@ -168,16 +169,7 @@ async fn serve(
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
                     "unknown_version",
-                    format!(
-                        "model '{model}' has no version '{version}' (versions: {})",
-                        runtime
-                            .config
-                            .versions
-                            .keys()
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
+                    runtime.unknown_version(version),
                 ));
             };
             switchyard_core::Decision {

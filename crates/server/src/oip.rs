@@ -51,17 +51,7 @@ fn unknown_version(runtime: &ModelRuntime, version: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "unknown_version",
-        format!(
-            "model '{}' has no version '{version}' (versions: {})",
-            runtime.name,
-            runtime
-                .config
-                .versions
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        runtime.unknown_version(version),
     )
     .oip()
 }

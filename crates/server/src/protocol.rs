@@ -44,6 +44,29 @@ impl JsonBody {
         })
     }
 
+    /// Checks that `bytes` is an Open Inference Protocol v2 request: one JSON object whose
+    /// tensor declarations hold (see [`InvalidBody::BadTensor`]), in one pass over the bytes
+    /// that builds no tree.
+    pub fn validate_v2(bytes: bytes::Bytes) -> Result<JsonBody, InvalidBody> {
+        let object = bytes.trim_ascii_start().first() == Some(&b'{');
+        let request: V2Request = match serde_json::from_slice(&bytes) {
+            Ok(request) if object => request,
+            Ok(_) => return Err(InvalidBody::NotAnObject),
+            Err(e) if e.is_data() && !object => return Err(InvalidBody::NotAnObject),
+            Err(e) if e.is_data() => {
+                return Err(InvalidBody::BadTensor(format!(
+                    "not an inference request: {e}"
+                )))
+            }
+            Err(e) => return Err(InvalidBody::NotJson(e.to_string())),
+        };
+        check_tensors(request).map_err(|e| InvalidBody::BadTensor(e.0))?;
+        Ok(JsonBody {
+            bytes,
+            tree: std::sync::OnceLock::new(),
+        })
+    }
+
     /// A body built by switchyard itself (validation calls), tree already at hand.
     pub fn from_value(value: Value) -> JsonBody {
         JsonBody {
@@ -85,6 +108,11 @@ pub enum InvalidBody {
     NotJson(String),
     #[error("request body must be a JSON object")]
     NotAnObject,
+    /// An OIP v2 request whose tensors are not declared as the protocol says: an input without
+    /// a name, an unknown datatype, a shape that is not concrete or that its data does not fill
+    /// with values of its type. The message names the input.
+    #[error("{0}")]
+    BadTensor(String),
 }
 
 /// Why a request body cannot be used: the client's fault, answered with 400.
@@ -252,11 +280,8 @@ impl<'de> serde::Deserialize<'de> for Leaves {
 
 /// Checks an OIP v2 request's tensor declarations: every input has a name, a known datatype
 /// and a concrete shape whose element count its data fills exactly, with values of that
-/// datatype. Reads the client's bytes once without building the body's tree. The error names
-/// the input.
-pub fn validate_v2_tensors(bytes: &[u8]) -> Result<(), BadRequest> {
-    let request: V2Request = serde_json::from_slice(bytes)
-        .map_err(|e| BadRequest(format!("not an inference request: {e}")))?;
+/// datatype. The error names the input.
+fn check_tensors(request: V2Request) -> Result<(), BadRequest> {
     let inputs = request.inputs.filter(|i| !i.is_empty()).ok_or_else(|| {
         BadRequest("body needs an \"inputs\" array with at least one tensor".into())
     })?;
@@ -962,5 +987,31 @@ mod tests {
         let v1 =
             translate_response(Wire::V2, Wire::V1, &v2, Task::Classification, None, "m").unwrap();
         assert_eq!(v1, json!({"predictions": [1]}));
+    }
+
+    #[test]
+    fn a_v2_body_is_checked_in_one_pass_and_each_fault_named() {
+        let v2 = |text: &str| JsonBody::validate_v2(bytes::Bytes::from(text.to_string()));
+        let good = r#"{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}], "id": "a"}"#;
+        assert!(v2(good).is_ok());
+        assert!(matches!(
+            v2(r#"{"inputs": ["#),
+            Err(InvalidBody::NotJson(_))
+        ));
+        assert!(matches!(v2("garbage"), Err(InvalidBody::NotJson(_))));
+        assert!(matches!(
+            v2(&format!("{good} x")),
+            Err(InvalidBody::NotJson(_))
+        ));
+        // serde reads a struct from an array too: still not an object.
+        assert_eq!(v2("[null]").err(), Some(InvalidBody::NotAnObject));
+        assert_eq!(v2("[1, 2]").err(), Some(InvalidBody::NotAnObject));
+        assert!(
+            matches!(v2(r#"{"inputs": 5}"#), Err(InvalidBody::BadTensor(m)) if m.contains("not an inference request"))
+        );
+        assert!(matches!(
+            v2(r#"{"inputs": []}"#),
+            Err(InvalidBody::BadTensor(_))
+        ));
     }
 }
