@@ -40,6 +40,7 @@ fn record(role: Role, version: &str, epoch: u64, latency_us: u64) -> PredictionR
             version: "v1".into(),
             output: Prediction::Classes(vec!["pass".into()]),
         }),
+        segments: Vec::new(),
     }
 }
 

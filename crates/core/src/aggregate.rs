@@ -29,7 +29,9 @@ use switchyard_stats::classification::{ClassCounts, ClassMatrix};
 use switchyard_stats::{BottomK, LatencyHistogram, Moments, Proportion, SignedLogHistogram};
 use xxhash_rust::xxh3::Xxh3Default;
 
+pub use crate::paired::{LabelledValues, PairedErrors};
 use crate::record::{score, Prediction, PredictionRecord, Role, Scored, Tolerance, Truth};
+use crate::segments::{merge_segments, SegmentPairStats, SegmentStats, Segments};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct SeriesKey {
@@ -76,6 +78,8 @@ pub struct VariantStats {
     pub predicted: ClassCounts,
     /// Every finite regression output (the prediction distribution).
     pub values: SignedLogHistogram,
+    /// Requests, errors and quality per value of each segment field the records carry.
+    pub segments: Segments<SegmentStats>,
 }
 
 impl VariantStats {
@@ -97,6 +101,7 @@ impl VariantStats {
         self.confusion.merge(&other.confusion);
         self.predicted.merge(&other.predicted);
         self.values.merge(&other.values);
+        merge_segments(&mut self.segments, &other.segments);
     }
 }
 
@@ -125,79 +130,6 @@ pub fn sample_hash(request_id: &str, instance: usize) -> u64 {
 pub struct ValuePair {
     pub primary: f64,
     pub shadow: f64,
-}
-
-/// The two regression outputs of one labelled instance, and its truth.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Serialize)]
-pub struct LabelledValues {
-    pub primary: f64,
-    pub shadow: f64,
-    pub truth: f64,
-}
-
-impl LabelledValues {
-    /// `|primary − truth|`, `|shadow − truth|`.
-    pub fn abs_errors(&self) -> (f64, f64) {
-        (
-            (self.primary - self.truth).abs(),
-            (self.shadow - self.truth).abs(),
-        )
-    }
-}
-
-/// Errors of the primary and the shadow on the same labelled regression instances (both
-/// answered, the truth arrived): exact, mergeable moments.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct PairedErrors {
-    /// `|primary − truth|`: the primary's MAE is its mean.
-    pub primary_abs: Moments,
-    pub shadow_abs: Moments,
-    /// `(primary − truth)²`: the primary's RMSE is the square root of its mean.
-    pub primary_sq: Moments,
-    pub shadow_sq: Moments,
-    /// `|primary − truth| / |truth|` where the truth is not zero: the primary's MAPE
-    /// (a fraction) is its mean.
-    pub primary_ape: Moments,
-    pub shadow_ape: Moments,
-    /// Labelled instances left out of MAPE because their truth is zero.
-    pub ape_skipped: u64,
-    /// `|primary − truth| − |shadow − truth|`: positive where the shadow is closer. The paired
-    /// t-test runs on these.
-    pub abs_diff: Moments,
-}
-
-impl PairedErrors {
-    /// Accounts one labelled instance (finite values only).
-    pub fn push(&mut self, v: &LabelledValues) {
-        let (ep, es) = (v.primary - v.truth, v.shadow - v.truth);
-        self.primary_abs.push(ep.abs());
-        self.shadow_abs.push(es.abs());
-        self.primary_sq.push(ep * ep);
-        self.shadow_sq.push(es * es);
-        if v.truth == 0.0 {
-            self.ape_skipped += 1;
-        } else {
-            self.primary_ape.push(ep.abs() / v.truth.abs());
-            self.shadow_ape.push(es.abs() / v.truth.abs());
-        }
-        self.abs_diff.push(ep.abs() - es.abs());
-    }
-
-    /// Labelled instances accounted.
-    pub fn count(&self) -> u64 {
-        self.abs_diff.count()
-    }
-
-    pub fn merge(&mut self, other: &PairedErrors) {
-        self.primary_abs.merge(&other.primary_abs);
-        self.shadow_abs.merge(&other.shadow_abs);
-        self.primary_sq.merge(&other.primary_sq);
-        self.shadow_sq.merge(&other.shadow_sq);
-        self.primary_ape.merge(&other.primary_ape);
-        self.shadow_ape.merge(&other.shadow_ape);
-        self.ape_skipped += other.ape_skipped;
-        self.abs_diff.merge(&other.abs_diff);
-    }
 }
 
 /// Agreement of a pair, as far as it can be known.
@@ -252,6 +184,8 @@ pub struct PairStats {
     /// The outputs of the compared regression instances, the primary's and the candidate's.
     pub primary_values: SignedLogHistogram,
     pub shadow_values: SignedLogHistogram,
+    /// Agreement and labelled comparisons per value of each segment field.
+    pub segments: Segments<SegmentPairStats>,
 }
 
 impl PairStats {
@@ -337,6 +271,7 @@ impl PairStats {
         self.transitions.merge(&other.transitions);
         self.primary_values.merge(&other.primary_values);
         self.shadow_values.merge(&other.shadow_values);
+        merge_segments(&mut self.segments, &other.segments);
     }
 }
 
@@ -354,6 +289,15 @@ impl Aggregates {
         stats.requests += 1;
         stats.errors += u64::from(rec.outcome.counts_against_model());
         stats.latency.record(rec.latency_us);
+        for (field, value) in &rec.segments {
+            let seg = stats
+                .segments
+                .entry(field.clone())
+                .or_default()
+                .entry(value);
+            seg.requests += 1;
+            seg.errors += u64::from(rec.outcome.counts_against_model());
+        }
         match &rec.output {
             Prediction::Classes(c) => c.iter().for_each(|c| stats.predicted.add(c)),
             Prediction::Values(v) => v.iter().for_each(|&v| stats.values.record(v)),
@@ -370,6 +314,16 @@ impl Aggregates {
                 let p = self.pairs.entry(key).or_default();
                 p.shadow_calls += 1;
                 p.shadow_errors += u64::from(rec.outcome.counts_against_model());
+                let compared = pair.output.agreement(&rec.output, &Tolerance::DEFAULT);
+                for (field, value) in &rec.segments {
+                    let seg = p.segments.entry(field.clone()).or_default().entry(value);
+                    if let Some(matches) = &compared {
+                        seg.compared += matches.len() as u64;
+                        if matches!(rec.output, Prediction::Classes(_)) {
+                            matches.iter().for_each(|m| seg.agreement.record(*m));
+                        }
+                    }
+                }
                 match (&pair.output, &rec.output) {
                     (Prediction::Values(a), Prediction::Values(b))
                         if a.len() == b.len() && !a.is_empty() =>
@@ -419,7 +373,22 @@ impl Aggregates {
                     stats.metrics.entry(name.clone()).or_default().push(*value);
                 }
             }
-            match score(&rec.output, truth) {
+            let scored = score(&rec.output, truth);
+            for (field, value) in &rec.segments {
+                let seg = stats
+                    .segments
+                    .entry(field.clone())
+                    .or_default()
+                    .entry(value);
+                match &scored {
+                    Some(Scored::Correct(c)) => c.iter().for_each(|ok| seg.correct.record(*ok)),
+                    Some(Scored::Errors(e)) => {
+                        e.iter().for_each(|err| seg.abs_error.push(err.abs()))
+                    }
+                    None => {}
+                }
+            }
+            match scored {
                 Some(Scored::Correct(c)) => {
                     c.into_iter().for_each(|ok| stats.correct.record(ok));
                     if let (Prediction::Classes(p), Truth::Labels(t)) = (&rec.output, truth) {
@@ -447,11 +416,22 @@ impl Aggregates {
             match (&primary_score, score(&shadow.output, truth)) {
                 (Some(Scored::Correct(a)), Some(Scored::Correct(b))) => {
                     for (pa, sb) in a.iter().zip(&b) {
-                        match (pa, sb) {
-                            (true, true) => p.both_correct += 1,
-                            (true, false) => p.primary_only += 1,
-                            (false, true) => p.shadow_only += 1,
-                            (false, false) => p.both_wrong += 1,
+                        let cell = match (pa, sb) {
+                            (true, true) => &mut p.both_correct,
+                            (true, false) => &mut p.primary_only,
+                            (false, true) => &mut p.shadow_only,
+                            (false, false) => &mut p.both_wrong,
+                        };
+                        *cell += 1;
+                        for (field, value) in &serving.segments {
+                            let seg = p.segments.entry(field.clone()).or_default().entry(value);
+                            let cell = match (pa, sb) {
+                                (true, true) => &mut seg.both_correct,
+                                (true, false) => &mut seg.primary_only,
+                                (false, true) => &mut seg.shadow_only,
+                                (false, false) => &mut seg.both_wrong,
+                            };
+                            *cell += 1;
                         }
                     }
                 }
@@ -460,6 +440,18 @@ impl Aggregates {
                         (&serving.output, &shadow.output, truth)
                     {
                         p.record_labelled_values(&shadow.request_id, a, b, t);
+                        for (field, value) in &serving.segments {
+                            let seg = p.segments.entry(field.clone()).or_default().entry(value);
+                            for ((&primary, &shadow), &truth) in a.iter().zip(b).zip(t) {
+                                if primary.is_finite() && shadow.is_finite() && truth.is_finite() {
+                                    seg.errors.push(&LabelledValues {
+                                        primary,
+                                        shadow,
+                                        truth,
+                                    });
+                                }
+                            }
+                        }
                     }
                 }
                 _ => {}
@@ -547,6 +539,7 @@ mod tests {
                 version: "v1".into(),
                 output: Prediction::Classes(p.iter().map(|s| s.to_string()).collect()),
             }),
+            segments: Vec::new(),
         }
     }
 
@@ -726,6 +719,64 @@ mod tests {
             pair.transitions.counts(),
             [vec![1, 2, 0], vec![1, 1, 0], vec![0, 0, 0]]
         );
+    }
+
+    #[test]
+    fn segments_are_counted_per_value_and_merge_like_one_pass() {
+        // (tester, primary, shadow, truth)
+        let cases = [
+            ("T1", "1", "1", "1"),
+            ("T1", "0", "1", "1"),
+            ("T1", "1", "0", "0"),
+            ("T2", "1", "0", "1"),
+            ("T2", "1", "1", "1"),
+            ("", "0", "0", "1"),
+        ];
+        let mut one = Aggregates::default();
+        let mut halves = [Aggregates::default(), Aggregates::default()];
+        for (i, (tester, p, s, t)) in cases.iter().enumerate() {
+            let id = format!("r{i}");
+            let segments = vec![("tester".to_string(), tester.to_string())];
+            let serving = PredictionRecord {
+                segments: segments.clone(),
+                ..rec(&id, Role::Serving, "v1", &[p], None)
+            };
+            let shadow = PredictionRecord {
+                segments,
+                ..rec(&id, Role::Shadow, "v2", &[s], Some(&[p]))
+            };
+            let truth = Truth::Labels(vec![t.to_string()]);
+            for agg in [&mut one, &mut halves[i % 2]] {
+                agg.record(&serving);
+                agg.record(&shadow);
+                agg.record_feedback(&[serving.clone(), shadow.clone()], &truth, &[]);
+            }
+        }
+        let pair = one.pair("yield", "v1", "v2", |_| true);
+        let t1 = &pair.segments["tester"].values()["T1"];
+        // T1: both right once, the candidate only right twice (b = 0, c = 2).
+        assert_eq!(
+            (
+                t1.both_correct,
+                t1.primary_only,
+                t1.shadow_only,
+                t1.both_wrong
+            ),
+            (1, 0, 2, 0)
+        );
+        assert_eq!((t1.compared, t1.agreement.successes), (3, 1));
+        let missing = &pair.segments["tester"].values()[""];
+        assert_eq!(missing.both_wrong, 1);
+        let v1 = one.variant("yield", "v1", Role::Serving, |_| true);
+        let t2 = &v1.segments["tester"].values()["T2"];
+        assert_eq!(
+            (t2.requests, t2.correct.successes, t2.correct.trials),
+            (2, 2, 2)
+        );
+        let mut merged = Aggregates::default();
+        merged.merge(&halves[1]);
+        merged.merge(&halves[0]);
+        assert_eq!(merged, one);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::routing::{Arm, Colour, ShadowTarget, Strategy};
+use crate::segments::MAX_SEGMENT_FIELDS;
 
 // ---------------------------------------------------------------------------------------------
 // Raw shapes, as written in YAML.
@@ -106,6 +107,8 @@ pub struct RawModel {
     pub serve: RawStrategy,
     /// Class names by index, for models whose output is probabilities or class indices.
     pub classes: Option<Vec<String>>,
+    /// Request fields whose values split the statistics (`tester: {header: x-tester}`).
+    pub segments: Option<BTreeMap<String, RawKey>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -292,6 +295,8 @@ pub struct ModelConfig {
     pub task: Task,
     pub routing_key: Option<KeySource>,
     pub classes: Option<Vec<String>>,
+    /// Segment fields by name and where each is read from.
+    pub segments: Vec<(String, KeySource)>,
     pub versions: BTreeMap<String, BackendSpec>,
     pub strategy: Strategy,
     pub salt: String,
@@ -535,21 +540,28 @@ impl RawModel {
                 Task::Classification
             }
         };
-        let routing_key = match self.routing_key {
-            None => None,
-            Some(RawKey {
-                header: Some(h),
-                json_pointer: None,
-            }) if !h.is_empty() => Some(KeySource::Header(h.to_ascii_lowercase())),
-            Some(RawKey {
-                header: None,
-                json_pointer: Some(p),
-            }) if p.starts_with('/') => Some(KeySource::JsonPointer(p)),
-            Some(_) => {
-                problems.push(format!("{at}.routing_key: give exactly one of header or json_pointer (a pointer starts with '/')"));
-                None
+        let routing_key = self
+            .routing_key
+            .and_then(|k| k.validate(&format!("{at}.routing_key"), problems));
+        let mut segments = Vec::new();
+        let raw_segments = self.segments.unwrap_or_default();
+        if raw_segments.len() > MAX_SEGMENT_FIELDS {
+            problems.push(format!(
+                "{at}.segments: at most {MAX_SEGMENT_FIELDS} fields, got {}",
+                raw_segments.len()
+            ));
+        }
+        for (field, key) in raw_segments {
+            let fat = format!("{at}.segments.{field}");
+            if !valid_name(&field) {
+                problems.push(format!(
+                    "{fat}: segment names use letters, digits, '-', '_' and '.'"
+                ));
             }
-        };
+            if let Some(source) = key.validate(&fat, problems) {
+                segments.push((field, source));
+            }
+        }
         if self.versions.is_empty() {
             problems.push(format!("{at}.versions: at least one version is required"));
         }
@@ -601,10 +613,34 @@ impl RawModel {
             task,
             routing_key,
             classes: self.classes,
+            segments,
             versions,
             strategy: strategy?,
             salt,
         })
+    }
+}
+
+impl RawKey {
+    /// Where a routing key or a segment value is read from: exactly one of a header or a JSON
+    /// pointer.
+    fn validate(self, at: &str, problems: &mut Vec<String>) -> Option<KeySource> {
+        match self {
+            RawKey {
+                header: Some(h),
+                json_pointer: None,
+            } if !h.is_empty() => Some(KeySource::Header(h.to_ascii_lowercase())),
+            RawKey {
+                header: None,
+                json_pointer: Some(p),
+            } if p.starts_with('/') => Some(KeySource::JsonPointer(p)),
+            _ => {
+                problems.push(format!(
+                    "{at}: give exactly one of header or json_pointer (a pointer starts with '/')"
+                ));
+                None
+            }
+        }
     }
 }
 
@@ -808,6 +844,7 @@ mod tests {
             .into(),
             serve,
             classes: None,
+            segments: None,
         }
     }
 
@@ -872,6 +909,22 @@ mod tests {
         let mut times = model(strategy_single());
         times.task = Some("regression".into());
         times.classes = Some(vec!["fast".into()]);
+        times.segments = Some(BTreeMap::from([
+            (
+                "tester".to_string(),
+                RawKey {
+                    header: Some("X-Tester".into()),
+                    json_pointer: None,
+                },
+            ),
+            (
+                "lot id".to_string(),
+                RawKey {
+                    header: None,
+                    json_pointer: Some("parameters/lot".into()),
+                },
+            ),
+        ]));
         let mut c = config(vec![
             ("yield", model(ab)),
             ("other", model(bad_shadow)),
@@ -901,6 +954,8 @@ mod tests {
             "models.bins.classes[2]: empty class name",
             "models.bins.classes[3]: 'pass' is declared twice",
             "models.times.classes: a regression model has no classes",
+            "models.times.segments.lot id: segment names use",
+            "models.times.segments.lot id: give exactly one of header or json_pointer",
         ];
         for e in expect {
             assert!(
@@ -908,6 +963,38 @@ mod tests {
                 "missing '{e}' in {problems:#?}"
             );
         }
+    }
+
+    #[test]
+    fn segments_are_read_from_a_header_or_a_json_pointer() {
+        let mut m = model(strategy_single());
+        m.segments = Some(BTreeMap::from([
+            (
+                "tester".to_string(),
+                RawKey {
+                    header: Some("X-Tester".into()),
+                    json_pointer: None,
+                },
+            ),
+            (
+                "lot".to_string(),
+                RawKey {
+                    header: None,
+                    json_pointer: Some("/parameters/lot".into()),
+                },
+            ),
+        ]));
+        let c = config(vec![("yield", m)]).validate().unwrap();
+        assert_eq!(
+            c.models["yield"].segments,
+            [
+                (
+                    "lot".into(),
+                    KeySource::JsonPointer("/parameters/lot".into())
+                ),
+                ("tester".into(), KeySource::Header("x-tester".into())),
+            ]
+        );
     }
 
     #[test]

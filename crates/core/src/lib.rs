@@ -9,10 +9,12 @@ pub mod aggregate;
 pub mod audit;
 pub mod classes;
 pub mod config;
+pub mod paired;
 pub mod record;
 pub mod rollout;
 pub mod rollout_config;
 pub mod routing;
+pub mod segments;
 
 pub use aggregate::{Aggregates, PairKey, PairStats, SeriesKey, VariantStats};
 pub use record::{Feedback, Outcome, PairRef, Prediction, PredictionRecord, Role, Truth};

@@ -196,6 +196,10 @@ pub struct PredictionRecord {
     pub input: Option<String>,
     /// For shadow records: the serving answer to compare with.
     pub pair: Option<PairRef>,
+    /// The model's declared segment fields and this request's value of each (empty when the
+    /// request did not carry it), in the configuration's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<(String, String)>,
 }
 
 /// Ground truth for a request, arriving late and in any order.

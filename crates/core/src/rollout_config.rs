@@ -188,6 +188,16 @@ impl RawRollout {
     /// Builds the spec, checking it against the model's declared versions. Every problem is
     /// returned, each prefixed with the rollout's name.
     pub fn validate(self, declared: &[&str]) -> Result<RolloutSpec, Vec<String>> {
+        self.validate_for(declared, None)
+    }
+
+    /// [`RawRollout::validate`], and when `segments` is given (the model's declared segment
+    /// fields) the spec's segment gates are checked against them too.
+    pub fn validate_for(
+        self,
+        declared: &[&str],
+        segments: Option<&[&str]>,
+    ) -> Result<RolloutSpec, Vec<String>> {
         let mut problems = Vec::new();
         if self.name.is_empty()
             || !self
@@ -219,6 +229,9 @@ impl RawRollout {
             kind,
         };
         problems.extend(spec.problems(declared));
+        if let Some(segments) = segments {
+            problems.extend(spec.segment_problems(segments));
+        }
         if problems.is_empty() {
             Ok(spec)
         } else {
@@ -235,6 +248,7 @@ mod tests {
         CanarySpec, GatePolicy, LiveAlerts, RegressionTest, ShadowRules, ShadowSpec, Step,
         Underestimate,
     };
+    use crate::segments::SegmentGate;
 
     /// Parses `yaml` as the server's edge does (unknown fields listed by `serde_ignored`), then
     /// validates it against versions `v1` and `v2`.
@@ -355,7 +369,7 @@ mod tests {
             gate: { max_accuracy_drop: 0.1, max_mae_increase: null, min_labelled: 11,\n\
             \x20 max_p95_increase: 0.2, min_p95_increase_ms: 3, max_error_ratio: 4,\n\
             \x20 min_error_rate: 0.02, significance: 0.05, max_underestimate: { by: 50, share: 0.01 },\n\
-            \x20 max_psi: 0.2 }\n";
+            \x20 max_psi: 0.2, segment_gate: { fields: [tester], min_samples: 50 } }\n";
         let spec = parse(yaml).unwrap();
         assert_eq!(
             spec.kind,
@@ -390,6 +404,13 @@ mod tests {
                     min_error_rate: 0.02,
                     significance: Some(0.05),
                     max_psi: Some(0.2),
+                    // The limits keep their defaults.
+                    segment_gate: Some(SegmentGate {
+                        fields: vec!["tester".into()],
+                        max_accuracy_drop: 0.05,
+                        max_mae_increase: 0.10,
+                        min_samples: 50,
+                    }),
                 },
                 step_deadline_ms: Some(9),
                 rollback_on_deadline: true,
@@ -406,6 +427,7 @@ mod tests {
             regression_promote_mae_decrease: 0.2\nregression_reject_mae_increase: 0.25\n\
             test: wilcoxon\nagreement_tolerance: { absolute: 0.5 }\n\
             max_underestimate: { by: 50, share: 0.02 }\nmax_psi: 0.25\nchain_requires_approval: true\n\
+            segment_gate: { max_accuracy_drop: 0.02, max_mae_increase: 0.2 }\n\
             live_alerts: { min_agreement: 0.8, max_p95_ms: 50, min_samples: 30 }\n";
         let spec = parse(yaml).unwrap();
         assert_eq!(
@@ -437,6 +459,12 @@ mod tests {
                         share: 0.02
                     }),
                     max_psi: Some(0.25),
+                    segment_gate: Some(SegmentGate {
+                        fields: vec![],
+                        max_accuracy_drop: 0.02,
+                        max_mae_increase: 0.2,
+                        min_samples: 100,
+                    }),
                 },
                 then_canary: None,
                 chain_requires_approval: true,

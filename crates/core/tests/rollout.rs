@@ -426,6 +426,7 @@ fn regression_obs(n: usize) -> Observations {
                 version: "v1".into(),
                 output: Prediction::Values(vec![p]),
             }),
+            segments: Vec::new(),
         };
         let serving = rec(Role::Serving, "v1", p, None);
         let shadow = rec(Role::Shadow, "v2", s, Some(p));

@@ -108,6 +108,7 @@ fn record(
             version: "v1".into(),
             output: p.clone(),
         }),
+        segments: Vec::new(),
     }
 }
 

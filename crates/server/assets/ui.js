@@ -774,8 +774,27 @@
         return [h('code', {}, c.request_id), h('code', { class: 'input' }, inputText(c.input)),
           mark(answer(c.primary)), mark(answer(c.shadow)), truth];
       }), { k: 'disagreements', empty: 'no disagreements recorded' })));
+    for (const c of segmentCards(sh.segments, primary, cand)) out.push(c);
     out.push(card('Events', eventsTable(report.events || [])));
     return out;
+  }
+
+  /** One card per segment field: each value's two numbers, the change and its p-value. */
+  function segmentCards(breakdowns, baseline, cand) {
+    return (breakdowns || []).map((b) => {
+      const acc = b.metric === 'accuracy';
+      const val = (v) => (acc ? pct(v) : sig(v));
+      const chg = (c) => (!isNum(c) ? '—' : acc ? pts(c, 1) : (c > 0 ? '+' : '') + (c * 100).toFixed(1) + '%');
+      const rows = b.rows.concat([b.overall]).map((r) => {
+        const tone = r.direction === 'worse' ? 'wrong' : r.direction === 'better' ? 'right' : '';
+        return [h('b', {}, r.value), int(r.samples), val(r.baseline), val(r.candidate),
+          h('span', { class: tone }, chg(r.change)), pval(r.p_value)];
+      });
+      const metric = acc ? 'accuracy' : 'MAE';
+      return card('Segments: ' + b.field + ' (' + b.values + ' values)',
+        table([b.field, 'labelled', baseline + ' ' + metric, cand + ' ' + metric, 'change', 'p'], rows, { k: 'segments-' + b.field }),
+        b.reversal ? h('p', { class: 'muted', 'data-k': 'reversal-' + b.field }, '⚠ ' + b.reversal.summary) : null);
+    });
   }
 
   /** The drift tile: PSI, with the JS distance and what it was computed over. */
@@ -908,6 +927,7 @@
           pct(d.canary_accuracy), pct(d.stable_accuracy), us(d.canary_p95_us), us(d.stable_p95_us),
           pct(d.canary_error_rate, 2), pct(d.stable_error_rate, 2), isNum(d.psi) ? d.psi.toFixed(3) : '—', g.message];
       }), { k: 'gates', empty: 'no gate evaluated yet' })));
+    for (const c of segmentCards(a.segments, stable, cand)) out.push(c);
     out.push(card('Events', eventsTable(report.events || [])));
     return out;
   }
@@ -967,6 +987,7 @@
         ], { yMin: 0, yMax: 1, fmt: sig })),
       card('Arms', versionsTable([[control, 'A (control)', (report.versions || {})[control]], [treat, 'B (treatment)', (report.versions || {})[treat]]]),
         ab.mae_welch ? h('p', { class: 'muted', 'data-k': 'welch' }, 'MAE ' + treat + ' − ' + control + ' = ' + sig(ab.mae_welch.mean_diff) + ' (Welch t = ' + sig(ab.mae_welch.t) + ', p = ' + pval(ab.mae_welch.p_value) + ')') : null)));
+    for (const c of segmentCards(a.segments, control, treat)) out.push(c);
     out.push(card('Events', eventsTable(report.events || [])));
     return out;
   }

@@ -14,6 +14,7 @@ use switchyard_core::record::Tolerance;
 use switchyard_core::rollout::{
     AbReport, GatePolicy, Phase, Recommendation, RolloutSpec, ShadowReport,
 };
+use switchyard_core::segments::SegmentBreakdown;
 use switchyard_core::{ModelRoute, PairStats, Role, Strategy, VariantStats};
 use switchyard_stats::mcnemar::McNemar;
 
@@ -413,6 +414,9 @@ pub struct AbAnalysis {
     pub report: AbReport,
     /// Requests per arm (`a`, `b`).
     pub observed_split: BTreeMap<String, u64>,
+    /// The treatment against the control per value of each segment field the model declares.
+    #[serde(default)]
+    pub segments: Vec<SegmentBreakdown>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -427,6 +431,10 @@ pub struct CanaryAnalysis {
     /// `gate.max_psi` judges) is in its event's details (`psi`, `js_distance`).
     #[serde(default)]
     pub drift: Option<PredictionDrift>,
+    /// The candidate against the stable per value of each segment field the model declares,
+    /// both over the rollout so far (`gate.segment_gate` judges each step's).
+    #[serde(default)]
+    pub segments: Vec<SegmentBreakdown>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use switchyard_core::config::{Durability, KeySource};
 use switchyard_core::routing::{key_hash, BUCKETS, PINNED_VARIANT};
+use switchyard_core::segments::clip_value;
 use switchyard_core::{Prediction, PredictionRecord, Role};
 
 use crate::backend::{BackendError, Call};
@@ -84,6 +85,32 @@ fn routing_key(
             _ => None,
         },
     }
+}
+
+/// The request's value of each segment field the model declares (empty when absent), cut to
+/// the longest value kept.
+fn segment_values(
+    fields: &[(String, KeySource)],
+    headers: &HeaderMap,
+    body: &JsonBody,
+) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .map(|(field, source)| {
+            let value = match source {
+                KeySource::Header(name) => headers
+                    .get(name.as_str())
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                KeySource::JsonPointer(pointer) => match body.value().pointer(pointer) {
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(v @ (Value::Number(_) | Value::Bool(_))) => Some(v.to_string()),
+                    _ => None,
+                },
+            };
+            let value = value.unwrap_or_default();
+            (field.clone(), clip_value(&value).to_string())
+        })
+        .collect()
 }
 
 async fn handle(
@@ -162,6 +189,7 @@ async fn serve(
 
     // Phase: pick.
     let key = routing_key(runtime.config.routing_key.as_ref(), headers, &body);
+    let segments = segment_values(&runtime.config.segments, headers, &body);
     let decision = match pinned {
         None => route.decide(key.as_deref(), rand::random::<u32>() % BUCKETS),
         Some(version) => {
@@ -266,6 +294,7 @@ async fn serve(
                 classes: runtime.classes.clone(),
                 primary_version: decision.version.to_string(),
                 primary_output: output.clone(),
+                segments: segments.clone(),
                 record: state.log_settings.enabled,
             });
         }
@@ -303,6 +332,7 @@ async fn serve(
             output,
             input,
             pair: None,
+            segments,
         };
         match state.log_settings.durability {
             Durability::Group => {

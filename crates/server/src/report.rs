@@ -5,7 +5,11 @@ use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 use switchyard_core::classes::{prediction_drift, ClassTable, DriftBasis, PredictionDrift};
+use switchyard_core::rollout::Observations;
 use switchyard_core::rollout::{ab_report, shadow_report, OutputKind, RolloutKind};
+use switchyard_core::segments::{
+    unpaired_breakdown, SegmentBreakdown, SegmentFailure, SegmentMetric,
+};
 use switchyard_core::{Prediction, Truth};
 
 use crate::api::{
@@ -105,6 +109,7 @@ pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Repo
             analysis.ab = Some(AbAnalysis {
                 report: ab_report(a, &obs),
                 observed_split: obs.by_variant.clone(),
+                segments: segments_of(&obs, &a.control, &a.treatment),
             });
         }
         RolloutKind::Canary(c) => {
@@ -127,6 +132,7 @@ pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Repo
                     .get(&c.stable)
                     .zip(obs.total.get(&c.candidate))
                     .and_then(|(stable, candidate)| prediction_drift(stable, candidate)),
+                segments: segments_of(&obs, &c.stable, &c.candidate),
             });
         }
         RolloutKind::BlueGreen(b) => {
@@ -154,6 +160,77 @@ pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Repo
 }
 
 /// A number with `digits` decimals, `—` when absent.
+/// Two versions' serving statistics over the rollout compared per segment.
+fn segments_of(obs: &Observations, baseline: &str, candidate: &str) -> Vec<SegmentBreakdown> {
+    match (obs.total.get(baseline), obs.total.get(candidate)) {
+        (Some(b), Some(c)) => unpaired_breakdown(&b.segments, &c.segments),
+        _ => Vec::new(),
+    }
+}
+
+/// One table per segment field, and the lines a reader must not miss: a reversal, a segment
+/// past the gate.
+fn segment_detail(
+    breakdowns: &[SegmentBreakdown],
+    baseline: &str,
+    candidate: &str,
+    failure: Option<&SegmentFailure>,
+    analysis: &mut Pairs,
+    detail: &mut Vec<(String, Table)>,
+) {
+    let value = |metric: SegmentMetric, v: Option<f64>| match metric {
+        SegmentMetric::Accuracy => pct(v),
+        SegmentMetric::Mae => num(v, 4),
+    };
+    let change = |metric: SegmentMetric, v: Option<f64>| match (metric, v) {
+        (SegmentMetric::Accuracy, Some(c)) => format!("{:+.1} pts", c * 100.0),
+        (SegmentMetric::Mae, Some(c)) => format!("{:+.1}%", c * 100.0),
+        (_, None) => "—".into(),
+    };
+    for b in breakdowns {
+        let metric = match b.metric {
+            SegmentMetric::Accuracy => "accuracy",
+            SegmentMetric::Mae => "MAE",
+        };
+        let mut rows = vec![vec![
+            b.field.clone(),
+            "labelled".into(),
+            format!("{baseline} {metric}"),
+            format!("{candidate} {metric}"),
+            "change".into(),
+            "p".into(),
+        ]];
+        for r in b.rows.iter().chain([&b.overall]) {
+            rows.push(vec![
+                r.value.clone(),
+                int(r.samples),
+                value(b.metric, r.baseline),
+                value(b.metric, r.candidate),
+                change(b.metric, r.change),
+                num(r.p_value, 4),
+            ]);
+        }
+        detail.push((
+            format!(
+                "Segments: {} ({} values, the largest {} shown)",
+                b.field,
+                b.values,
+                b.rows.iter().filter(|r| !r.other).count()
+            ),
+            rows,
+        ));
+        if let Some(rev) = &b.reversal {
+            analysis.push((
+                format!("segment reversal ({})", b.field),
+                rev.summary.clone(),
+            ));
+        }
+    }
+    if let Some(f) = failure {
+        analysis.push(("segment gate".into(), format!("FAILED: {}", f.describe())));
+    }
+}
+
 fn num(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "—".to_string(), |x| format!("{x:.digits$}"))
 }
@@ -461,6 +538,14 @@ fn tables(r: &Report) -> Tables {
         }
         class_detail(&ro.current, &sa.primary_stats, &mut analysis, &mut detail);
         class_detail(&ro.candidate, &sa.shadow_stats, &mut analysis, &mut detail);
+        segment_detail(
+            &s.segments,
+            &ro.current,
+            &ro.candidate,
+            s.segment_failure.as_ref(),
+            &mut analysis,
+            &mut detail,
+        );
         analysis.push(("p-value the rules used".into(), num(s.p_value, 4)));
         analysis.push((
             "primary / shadow p95 ms".into(),
@@ -535,6 +620,14 @@ fn tables(r: &Report) -> Tables {
                 ),
             ));
         }
+        segment_detail(
+            &aa.segments,
+            &ro.current,
+            &ro.candidate,
+            None,
+            &mut analysis,
+            &mut detail,
+        );
     }
     if let Some(c) = &a.canary {
         let list: Vec<String> = c
@@ -550,6 +643,14 @@ fn tables(r: &Report) -> Tables {
                 drift_text(d),
             ));
         }
+        segment_detail(
+            &c.segments,
+            &ro.current,
+            &ro.candidate,
+            None,
+            &mut analysis,
+            &mut detail,
+        );
     }
     if a.shadow.is_none() {
         for (v, s) in &r.versions {

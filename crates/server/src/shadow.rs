@@ -38,6 +38,8 @@ pub struct ShadowJob {
     pub classes: Option<Arc<[String]>>,
     pub primary_version: String,
     pub primary_output: Prediction,
+    /// The request's segment values (the serving record's).
+    pub segments: Vec<(String, String)>,
     /// Whether to write the prediction record (false only when the log is switched off).
     pub record: bool,
 }
@@ -249,6 +251,7 @@ async fn run(job: ShadowJob, timeout: Duration, log: &LogHandle, metrics: &Metri
             version: job.primary_version,
             output: job.primary_output,
         }),
+        segments: job.segments,
     });
     outcome.is_ok()
 }

@@ -51,6 +51,7 @@ fn records() -> Vec<PredictionRecord> {
                     version: "v1".into(),
                     output: Prediction::Classes(vec![class.into()]),
                 }),
+                segments: Vec::new(),
             }
         })
         .collect()

@@ -56,6 +56,7 @@ fn record(i: u64, role: Role) -> PredictionRecord {
             version: "v1".into(),
             output: Prediction::Classes(vec![class.into()]),
         }),
+        segments: Vec::new(),
     }
 }
 

@@ -78,6 +78,26 @@ pub(crate) fn store_feedback(
     Ok((outcome, newly_labelled))
 }
 
+/// A record's segment values as stored: JSON `[[field, value], …]`, NULL when it has none.
+pub(crate) fn segments_to_text(
+    segments: &[(String, String)],
+) -> Result<Option<String>, StoreError> {
+    if segments.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(segments)
+        .map(Some)
+        .map_err(|e| corrupt("segments", e))
+}
+
+/// A record's segment values from their stored column.
+pub(crate) fn segments_from_text(text: Option<&str>) -> Result<Vec<(String, String)>, StoreError> {
+    match text {
+        None => Ok(Vec::new()),
+        Some(t) => serde_json::from_str(t).map_err(|e| corrupt("segments", e)),
+    }
+}
+
 /// Truth and business metrics as stored (JSON text).
 pub(crate) fn feedback_to_json(
     truth: &Truth,

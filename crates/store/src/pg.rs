@@ -35,8 +35,10 @@ CREATE TABLE IF NOT EXISTS predictions (
     latency_us  BIGINT  NOT NULL,
     output      TEXT    NOT NULL,
     input       TEXT,
-    paired_version TEXT
+    paired_version TEXT,
+    segments    TEXT
 );
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS segments TEXT;
 CREATE INDEX IF NOT EXISTS predictions_request ON predictions(request_id);
 CREATE INDEX IF NOT EXISTS predictions_replica ON predictions(replica, id);
 CREATE TABLE IF NOT EXISTS feedback (

@@ -10,33 +10,35 @@ use switchyard_core::{Aggregates, Feedback, Outcome, Prediction, PredictionRecor
 
 use crate::error::corrupt;
 use crate::log_rows::{
-    feedback_from_json, feedback_to_json, store_feedback, Disagreement, FeedbackTx, Labelled,
-    LogRow, Sink, StreamFold,
+    feedback_from_json, feedback_to_json, segments_from_text, segments_to_text, store_feedback,
+    Disagreement, FeedbackTx, Labelled, LogRow, Sink, StreamFold,
 };
 use crate::pg;
 use crate::StoreError;
 
 const SELECT_RECORD: &str = "SELECT p.request_id, p.ts_ms, p.model, p.epoch, p.variant, p.role,
-    p.version, p.key_hash, p.outcome, p.status, p.latency_us, p.output, p.input, p.paired_version
-    FROM predictions p";
+    p.version, p.key_hash, p.outcome, p.status, p.latency_us, p.output, p.input, p.paired_version,
+    p.segments FROM predictions p";
 
 /// The columns of `SELECT_RECORD` without the captured input (the rebuild does not need it);
 /// callers add the `FROM`.
 const SELECT_STREAMED: &str = "SELECT p.request_id, p.ts_ms, p.model, p.epoch, p.variant, p.role,
-    p.version, p.key_hash, p.outcome, p.status, p.latency_us, p.output, NULL::text, p.paired_version";
+    p.version, p.key_hash, p.outcome, p.status, p.latency_us, p.output, NULL::text, p.paired_version,
+    p.segments";
 
 /// One batch, as one `INSERT … SELECT FROM unnest(arrays)`.
 const INSERT_BATCH: &str = "INSERT INTO predictions
     (replica, request_id, ts_ms, model, epoch, variant, role, version, key_hash, outcome,
-     status, latency_us, output, input, paired_version)
+     status, latency_us, output, input, paired_version, segments)
     SELECT $1, * FROM unnest($2::text[], $3::int8[], $4::text[], $5::int8[], $6::text[],
         $7::text[], $8::text[], $9::int8[], $10::text[], $11::int4[], $12::int8[], $13::text[],
-        $14::text[], $15::text[])";
+        $14::text[], $15::text[], $16::text[])";
 
 pub(crate) fn row_to_log_row(row: &postgres::Row) -> Result<LogRow, StoreError> {
     let role: String = row.try_get(5)?;
     let outcome: String = row.try_get(8)?;
     let output: String = row.try_get(11)?;
+    let segments: Option<String> = row.try_get(14)?;
     Ok(LogRow {
         record: PredictionRecord {
             request_id: row.try_get(0)?,
@@ -55,6 +57,7 @@ pub(crate) fn row_to_log_row(row: &postgres::Row) -> Result<LogRow, StoreError> 
                 .map_err(|e| corrupt("output", e))?,
             input: row.try_get(12)?,
             pair: None,
+            segments: segments_from_text(segments.as_deref())?,
         },
         paired_version: row.try_get(13)?,
     })
@@ -116,7 +119,7 @@ impl PgSink {
             params,
         )?;
         while let Some(row) = rows.next()? {
-            let (truth, metrics): (String, String) = (row.try_get(14)?, row.try_get(15)?);
+            let (truth, metrics): (String, String) = (row.try_get(15)?, row.try_get(16)?);
             let (_, truth, metrics) = feedback_from_json(String::new(), &truth, &metrics)?;
             labels.push(row_to_log_row(&row)?, Some((truth, metrics)));
         }
@@ -149,6 +152,10 @@ impl PgSink {
             .iter()
             .map(|r| r.pair.as_ref().map(|p| p.version.as_str()))
             .collect();
+        let segments = batch
+            .iter()
+            .map(|r| segments_to_text(&r.segments))
+            .collect::<Result<Vec<_>, _>>()?;
         let replica = self.replica.clone();
         self.client()?.execute(
             INSERT_BATCH,
@@ -168,6 +175,7 @@ impl PgSink {
                 &output,
                 &input,
                 &paired,
+                &segments,
             ],
         )?;
         Ok(())

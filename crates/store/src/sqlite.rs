@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     latency_us  INTEGER NOT NULL,
     output      TEXT    NOT NULL,
     input       TEXT,
-    paired_version TEXT
+    paired_version TEXT,
+    segments    TEXT
 );
 CREATE INDEX IF NOT EXISTS predictions_request ON predictions(request_id);
 CREATE TABLE IF NOT EXISTS feedback (
@@ -51,5 +52,25 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
+    add_segments_column(&conn)?;
     Ok(conn)
+}
+
+/// Logs written before records carried segment values have no `segments` column: it is added
+/// (NULL for the old rows, which then have no segments). Two connections opening the same old
+/// file at once may both try; the loser finds the column there.
+fn add_segments_column(conn: &Connection) -> Result<(), StoreError> {
+    let present: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('predictions') WHERE name = 'segments'",
+        [],
+        |r| r.get(0),
+    )?;
+    if present == 0 {
+        if let Err(e) = conn.execute("ALTER TABLE predictions ADD COLUMN segments TEXT", []) {
+            if !e.to_string().contains("duplicate column") {
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(())
 }

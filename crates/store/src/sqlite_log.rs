@@ -9,8 +9,8 @@ use switchyard_core::{Aggregates, Feedback, Outcome, Prediction, PredictionRecor
 
 use crate::error::corrupt;
 use crate::log_rows::{
-    feedback_from_json, feedback_to_json, fold_log, store_feedback, Disagreement, FeedbackRow,
-    FeedbackTx, Labelled, LogRow, Sink, StreamFold,
+    feedback_from_json, feedback_to_json, fold_log, segments_from_text, segments_to_text,
+    store_feedback, Disagreement, FeedbackRow, FeedbackTx, Labelled, LogRow, Sink, StreamFold,
 };
 use crate::StoreError;
 
@@ -19,6 +19,7 @@ fn insert_record(
     rec: &PredictionRecord,
 ) -> Result<(), StoreError> {
     let output = serde_json::to_string(&rec.output).map_err(|e| corrupt("output", e))?;
+    let segments = segments_to_text(&rec.segments)?;
     stmt.execute(params![
         rec.request_id,
         rec.ts_ms,
@@ -34,22 +35,25 @@ fn insert_record(
         output,
         rec.input,
         rec.pair.as_ref().map(|p| p.version.as_str()),
+        segments,
     ])?;
     Ok(())
 }
 
 const INSERT_RECORD: &str = "INSERT INTO predictions
     (request_id, ts_ms, model, epoch, variant, role, version, key_hash, outcome, status,
-     latency_us, output, input, paired_version)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+     latency_us, output, input, paired_version, segments)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
 const SELECT_RECORD: &str = "SELECT request_id, ts_ms, model, epoch, variant, role, version,
-    key_hash, outcome, status, latency_us, output, input, paired_version FROM predictions";
+    key_hash, outcome, status, latency_us, output, input, paired_version, segments
+    FROM predictions";
 
 fn row_to_record(row: &rusqlite::Row<'_>) -> Result<Result<LogRow, StoreError>, rusqlite::Error> {
     let role: String = row.get(5)?;
     let outcome: String = row.get(8)?;
     let output: String = row.get(11)?;
+    let segments: Option<String> = row.get(14)?;
     let build = || -> Result<LogRow, StoreError> {
         Ok(LogRow {
             record: PredictionRecord {
@@ -68,6 +72,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> Result<Result<LogRow, StoreError>, 
                     .map_err(|e| corrupt("output", e))?,
                 input: row.get(12)?,
                 pair: None,
+                segments: segments_from_text(segments.as_deref())?,
             },
             paired_version: row.get(13)?,
         })
@@ -225,7 +230,7 @@ pub fn rebuild_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT p.request_id, p.ts_ms, p.model, p.epoch, p.variant, p.role, p.version,
                 p.key_hash, p.outcome, p.status, p.latency_us, p.output, NULL, p.paired_version,
-                f.truth, f.metrics
+                p.segments, f.truth, f.metrics
          FROM predictions p LEFT JOIN feedback f ON f.request_id = p.request_id
          ORDER BY p.request_id, p.id",
     )?;
@@ -234,8 +239,8 @@ pub fn rebuild_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
     while let Some(row) = rows.next()? {
         let log_row = row_to_record(row)??;
         let feedback = match (
-            row.get::<_, Option<String>>(14)?,
             row.get::<_, Option<String>>(15)?,
+            row.get::<_, Option<String>>(16)?,
         ) {
             (Some(truth), Some(metrics)) => {
                 let (_, truth, metrics) = feedback_from_json(String::new(), &truth, &metrics)?;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use switchyard_core::aggregate::{
     LabelledValues, PairKey, PairStats, PairedErrors, SeriesKey, ValuePair, VariantStats,
 };
+use switchyard_core::segments::{Bounded, Merge, SegmentPairStats, SegmentStats, Segments};
 use switchyard_core::{Aggregates, Role};
 use switchyard_stats::classification::{
     ClassCounts, ClassCountsParts, ClassMatrix, ClassMatrixParts,
@@ -51,6 +52,90 @@ struct WireSeries {
     predicted: Option<ClassCountsParts>,
     #[serde(default)]
     values: Option<SignedHistogramParts>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    segments: Vec<WireSegments<WireSegmentStats>>,
+}
+
+/// One field's segment table: kept values, `other` and how often it was hit.
+#[derive(Serialize, Deserialize)]
+struct WireSegments<E> {
+    field: String,
+    values: Vec<(String, E)>,
+    other: E,
+    other_hits: u64,
+}
+
+/// A version's segment: requests, errors, correct, absolute errors.
+type WireSegmentStats = (u64, u64, Proportion, Option<MomentParts>);
+
+#[derive(Serialize, Deserialize)]
+struct WireSegmentPair {
+    compared: u64,
+    agreement: Proportion,
+    cells: (u64, u64, u64, u64),
+    errors: Option<WireErrors>,
+}
+
+fn segments_of<V: Merge, E>(s: &Segments<V>, entry: impl Fn(&V) -> E) -> Vec<WireSegments<E>> {
+    s.iter()
+        .map(|(field, t)| WireSegments {
+            field: field.clone(),
+            values: t
+                .values()
+                .iter()
+                .map(|(k, v)| (k.clone(), entry(v)))
+                .collect(),
+            other: entry(t.other()),
+            other_hits: t.other_hits(),
+        })
+        .collect()
+}
+
+fn segments<V: Merge, E>(w: Vec<WireSegments<E>>, item: impl Fn(E) -> V) -> Segments<V> {
+    w.into_iter()
+        .map(|f| {
+            let values: Vec<(String, V)> =
+                f.values.into_iter().map(|(k, e)| (k, item(e))).collect();
+            (
+                f.field,
+                Bounded::from_parts(values, item(f.other), f.other_hits),
+            )
+        })
+        .collect()
+}
+
+fn segment_stats_of(v: &SegmentStats) -> WireSegmentStats {
+    (v.requests, v.errors, v.correct, parts(&v.abs_error))
+}
+
+fn segment_stats((requests, errors, correct, abs): WireSegmentStats) -> SegmentStats {
+    SegmentStats {
+        requests,
+        errors,
+        correct,
+        abs_error: moments(abs),
+    }
+}
+
+fn segment_pair_of(v: &SegmentPairStats) -> WireSegmentPair {
+    WireSegmentPair {
+        compared: v.compared,
+        agreement: v.agreement,
+        cells: (v.both_correct, v.primary_only, v.shadow_only, v.both_wrong),
+        errors: errors_of(&v.errors),
+    }
+}
+
+fn segment_pair(w: WireSegmentPair) -> SegmentPairStats {
+    SegmentPairStats {
+        compared: w.compared,
+        agreement: w.agreement,
+        both_correct: w.cells.0,
+        primary_only: w.cells.1,
+        shadow_only: w.cells.2,
+        both_wrong: w.cells.3,
+        errors: errors(w.errors),
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -80,6 +165,8 @@ struct WirePair {
     primary_values: Option<SignedHistogramParts>,
     #[serde(default)]
     shadow_values: Option<SignedHistogramParts>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    segments: Vec<WireSegments<WireSegmentPair>>,
 }
 
 /// A bottom-k sample: its size and its entries.
@@ -208,6 +295,7 @@ pub fn encode_aggregates(agg: &Aggregates) -> Result<String, StoreError> {
                 confusion: matrix_parts(&v.confusion),
                 predicted: (v.predicted.total() > 0).then(|| v.predicted.parts()),
                 values: histogram_parts(&v.values),
+                segments: segments_of(&v.segments, segment_stats_of),
             })
             .collect(),
         pairs: agg
@@ -234,6 +322,7 @@ pub fn encode_aggregates(agg: &Aggregates) -> Result<String, StoreError> {
                 transitions: matrix_parts(&p.transitions),
                 primary_values: histogram_parts(&p.primary_values),
                 shadow_values: histogram_parts(&p.shadow_values),
+                segments: segments_of(&p.segments, segment_pair_of),
             })
             .collect(),
     };
@@ -270,6 +359,7 @@ pub fn decode_aggregates(text: &str) -> Result<Aggregates, StoreError> {
                 confusion: matrix(s.confusion)?,
                 predicted: counts(s.predicted)?,
                 values: histogram(s.values),
+                segments: segments(s.segments, segment_stats),
             },
         );
     }
@@ -307,6 +397,7 @@ pub fn decode_aggregates(text: &str) -> Result<Aggregates, StoreError> {
                 transitions: matrix(p.transitions)?,
                 primary_values: histogram(p.primary_values),
                 shadow_values: histogram(p.shadow_values),
+                segments: segments(p.segments, segment_pair),
             },
         );
     }

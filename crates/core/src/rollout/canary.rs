@@ -15,6 +15,7 @@ use crate::aggregate::VariantStats;
 use crate::audit::{Details, Severity};
 use crate::classes::prediction_drift;
 use crate::routing::{Strategy, BUCKETS};
+use crate::segments::{unpaired_breakdown, RawSegmentGate, SegmentGate};
 
 /// One canary step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,6 +59,10 @@ pub struct GatePolicy {
     /// rollout): classes, or the deciles of the stable's values. Off unless written.
     #[serde(default)]
     pub max_psi: Option<f64>,
+    /// No segment of the model's declared fields with enough labelled samples may regress by
+    /// more than a limit (this step's canary against the stable). Off unless written.
+    #[serde(default)]
+    pub segment_gate: Option<SegmentGate>,
 }
 
 impl Default for GatePolicy {
@@ -73,6 +78,7 @@ impl Default for GatePolicy {
             min_error_rate: 0.01,
             significance: None,
             max_psi: None,
+            segment_gate: None,
         }
     }
 }
@@ -120,6 +126,8 @@ pub struct RawGate {
     pub significance: Option<f64>,
     /// Off unless written.
     pub max_psi: Option<f64>,
+    /// `{fields, max_accuracy_drop, max_mae_increase, min_samples}`; off unless written.
+    pub segment_gate: Option<RawSegmentGate>,
 }
 
 fn some_accuracy_drop() -> Option<f64> {
@@ -177,6 +185,9 @@ fn gate(raw: Option<RawGate>, problems: &mut Vec<String>) -> GatePolicy {
         min_error_rate: g.min_error_rate.unwrap_or(d.min_error_rate),
         significance: g.significance,
         max_psi: g.max_psi,
+        segment_gate: g
+            .segment_gate
+            .map(|r| r.validate("gate.segment_gate", problems)),
     }
 }
 
@@ -545,6 +556,26 @@ pub fn evaluate_gate(gate: &GatePolicy, canary: &VariantStats, stable: &VariantS
             }
         }
     }
+    // Segments: the worst one past its limit fails the gate.
+    if let Some(segment_gate) = &gate.segment_gate {
+        let breakdown = unpaired_breakdown(&stable.segments, &canary.segments);
+        if let Some(f) = segment_gate.check(&breakdown) {
+            details.extend([
+                d("segment_field", f.field.clone()),
+                d("segment_value", f.value.clone()),
+                d("segment_samples", f.samples),
+                d("segment_stable", f.baseline),
+                d("segment_canary", f.candidate),
+                d("segment_change", f.change),
+                d("segment_limit", f.limit),
+            ]);
+            return Verdict::Fail {
+                reason: f.describe(),
+                severity: Severity::P1,
+                details,
+            };
+        }
+    }
     Verdict::Pass(details)
 }
 
@@ -713,4 +744,61 @@ pub(super) fn advance_canary(
             d("weight_percent", f64::from(weight) / 100.0),
         ],
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segments::SegmentStats;
+    use switchyard_stats::Proportion;
+
+    /// A version with labelled requests per tester: (tester, correct, labelled).
+    fn version(testers: &[(&str, u64, u64)]) -> VariantStats {
+        let mut v = VariantStats::default();
+        for &(tester, correct, labelled) in testers {
+            v.requests += labelled;
+            v.correct.merge(&Proportion {
+                successes: correct,
+                trials: labelled,
+            });
+            *v.segments.entry("tester".into()).or_default().entry(tester) = SegmentStats {
+                requests: labelled,
+                errors: 0,
+                correct: Proportion {
+                    successes: correct,
+                    trials: labelled,
+                },
+                abs_error: Default::default(),
+            };
+        }
+        v
+    }
+
+    #[test]
+    fn the_segment_gate_fails_a_canary_worse_on_one_tester() {
+        // Overall 90.0% against 89.3%: within the accuracy limit; T2 alone drops 12 points.
+        let stable = version(&[("T1", 850, 1_000), ("T2", 490, 500)]);
+        let canary = version(&[("T1", 900, 1_000), ("T2", 430, 500)]);
+        let plain = GatePolicy::default();
+        assert!(matches!(
+            evaluate_gate(&plain, &canary, &stable),
+            Verdict::Pass(_)
+        ));
+        let gated = GatePolicy {
+            segment_gate: Some(SegmentGate::default()),
+            ..GatePolicy::default()
+        };
+        match evaluate_gate(&gated, &canary, &stable) {
+            Verdict::Fail {
+                reason, details, ..
+            } => {
+                assert!(
+                    reason.contains("segment tester=T2: accuracy 86.0% vs 98.0%"),
+                    "{reason}"
+                );
+                assert!(details.iter().any(|(k, _)| k == "segment_value"));
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
 }

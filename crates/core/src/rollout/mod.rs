@@ -122,6 +122,32 @@ impl RolloutSpec {
         }
         p
     }
+
+    /// Problems of the spec's segment gates against the model's declared segment fields.
+    pub fn segment_problems(&self, declared: &[&str]) -> Vec<String> {
+        let mut p = Vec::new();
+        let (own, chained) = match &self.kind {
+            RolloutKind::Canary(c) => (c.gate.segment_gate.as_ref(), None),
+            RolloutKind::Shadow(s) => (
+                s.rules.segment_gate.as_ref(),
+                s.then_canary
+                    .as_ref()
+                    .and_then(|c| c.gate.segment_gate.as_ref()),
+            ),
+            RolloutKind::Ab(_) | RolloutKind::BlueGreen(_) => (None, None),
+        };
+        let at = match self.kind {
+            RolloutKind::Canary(_) => "gate.segment_gate",
+            _ => "segment_gate",
+        };
+        if let Some(g) = own {
+            g.problems(at, declared, &mut p);
+        }
+        if let Some(g) = chained {
+            g.problems("then_canary.gate.segment_gate", declared, &mut p);
+        }
+        p
+    }
 }
 
 /// Checks that `v` is a non-negative number.

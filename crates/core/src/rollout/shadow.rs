@@ -28,6 +28,9 @@ use crate::audit::{Details, Severity};
 use crate::classes::{pair_drift, prediction_chi2, transition_table, ClassTable, PredictionDrift};
 use crate::record::Tolerance;
 use crate::routing::BUCKETS;
+use crate::segments::{
+    paired_breakdown, RawSegmentGate, SegmentBreakdown, SegmentFailure, SegmentGate,
+};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShadowSpec {
@@ -147,6 +150,9 @@ pub struct ShadowRules {
     /// predictions from the primary's exceeds this (0.25 is the usual "major shift"). Off
     /// unless written.
     pub max_psi: Option<f64>,
+    /// Both kinds: no segment with enough labelled pairs may regress by more than a limit; a
+    /// segment past it turns any recommendation into REJECT. Off unless written.
+    pub segment_gate: Option<SegmentGate>,
 }
 
 impl Default for ShadowRules {
@@ -163,6 +169,7 @@ impl Default for ShadowRules {
             agreement_tolerance: Tolerance::DEFAULT,
             max_underestimate: None,
             max_psi: None,
+            segment_gate: None,
         }
     }
 }
@@ -201,6 +208,8 @@ raw_fields! {
         agreement_tolerance: Option<RawTolerance>,
         max_underestimate: Option<Underestimate>,
         max_psi: Option<f64>,
+        /// `{fields, max_accuracy_drop, max_mae_increase, min_samples}`.
+        segment_gate: Option<RawSegmentGate>,
         /// Takes a canary's fields.
         then_canary: Option<RawCanary>,
         chain_requires_approval: Option<bool>,
@@ -264,6 +273,9 @@ impl RawShadow {
                 },
                 max_underestimate: self.max_underestimate,
                 max_psi: self.max_psi,
+                segment_gate: self
+                    .segment_gate
+                    .map(|g| g.validate("segment_gate", problems)),
             },
             then_canary: self
                 .then_canary
@@ -424,6 +436,13 @@ pub struct ShadowReport {
     /// or the deciles of the primary's values.
     #[serde(default)]
     pub drift: Option<PredictionDrift>,
+    /// Per segment field: the two versions on each value's labelled pairs, and the reversal
+    /// flag.
+    #[serde(default)]
+    pub segments: Vec<SegmentBreakdown>,
+    /// The worst segment past `segment_gate`'s limit, when the gate is set.
+    #[serde(default)]
+    pub segment_failure: Option<SegmentFailure>,
     /// Failed calls over calls, of the primary (serving) and of the shadow.
     pub primary_error_rate: Option<f64>,
     pub shadow_error_rate: Option<f64>,
@@ -507,6 +526,8 @@ pub fn shadow_report(
         transitions: None,
         prediction_chi2: None,
         drift: pair_drift(pair),
+        segments: paired_breakdown(&pair.segments),
+        segment_failure: None,
         primary_error_rate: primary.error_rate(),
         shadow_error_rate,
         recommendation: Recommendation::Investigate,
@@ -524,6 +545,10 @@ pub fn shadow_report(
         }
         OutputKind::None => {}
     }
+    r.segment_failure = rules
+        .segment_gate
+        .as_ref()
+        .and_then(|g| g.check(&r.segments));
     (r.recommendation, r.reason) = recommend(s, &r);
     r
 }
@@ -603,6 +628,25 @@ fn signed_pct(v: f64) -> String {
 
 /// The recommendation and its reason (rules on [`shadow_report`]).
 fn recommend(s: &ShadowSpec, r: &ShadowReport) -> (Recommendation, String) {
+    let (recommendation, reason) = recommend_on_drift(s, r);
+    match (&r.segment_failure, recommendation) {
+        (
+            Some(f),
+            Recommendation::Promote | Recommendation::Neutral | Recommendation::Investigate,
+        ) => (
+            Recommendation::Reject,
+            format!(
+                "{} ({} would have said: {reason})",
+                f.describe(),
+                recommendation.as_str()
+            ),
+        ),
+        _ => (recommendation, reason),
+    }
+}
+
+/// Rule 6: a PROMOTE or NEUTRAL whose predictions moved past `max_psi` needs a human.
+fn recommend_on_drift(s: &ShadowSpec, r: &ShadowReport) -> (Recommendation, String) {
     let (recommendation, reason) = recommend_on_quality(s, r);
     let shifted = s
         .rules
@@ -821,6 +865,25 @@ fn report_details(r: &ShadowReport) -> Details {
     }
     if let Some(drift) = &r.drift {
         details.extend([d("psi", drift.psi), d("js_distance", drift.js_distance)]);
+    }
+    if let Some(f) = &r.segment_failure {
+        details.extend([
+            d("segment_field", f.field.clone()),
+            d("segment_value", f.value.clone()),
+            d("segment_samples", f.samples),
+            d("segment_primary", f.baseline),
+            d("segment_candidate", f.candidate),
+            d("segment_change", f.change),
+            d("segment_limit", f.limit),
+        ]);
+    }
+    for b in &r.segments {
+        if let Some(rev) = &b.reversal {
+            details.push(d(
+                &format!("segment_reversal_{}", b.field),
+                rev.summary.clone(),
+            ));
+        }
     }
     details.extend([
         opt("shadow_error_rate", r.shadow_error_rate),
@@ -1066,6 +1129,37 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_past_the_gate_turns_a_promote_into_reject() {
+        use crate::segments::{SegmentGate, SegmentPairStats};
+        // Overall a clear improvement (McNemar on 50 vs 300), but on tester T2 (400 pairs) the
+        // candidate is 10 points worse: 100 of its 200 discordant pairs go the primary's way.
+        let mut pair = classes(3_800, 200, 300, 5_700);
+        let cells = |both, b, c, neither| SegmentPairStats {
+            compared: both + b + c + neither,
+            both_correct: both,
+            primary_only: b,
+            shadow_only: c,
+            both_wrong: neither,
+            ..Default::default()
+        };
+        let t = pair.segments.entry("tester".into()).or_default();
+        *t.entry("T1") = cells(3_600, 100, 290, 5_610);
+        *t.entry("T2") = cells(200, 100, 10, 90);
+        let without = classify(&pair, ShadowRules::default());
+        expect(&without, Promote, "McNemar");
+        assert_eq!(without.segments.len(), 1);
+        assert!(without.segment_failure.is_none());
+        let gated = ShadowRules {
+            segment_gate: Some(SegmentGate::default()),
+            ..ShadowRules::default()
+        };
+        let r = classify(&pair, gated);
+        expect(&r, Reject, "segment tester=T2: accuracy 52.5% vs 75.0%");
+        assert!(r.reason.contains("PROMOTE would have said"), "{}", r.reason);
+        assert_eq!(r.segment_failure.as_ref().unwrap().samples, 400);
+    }
+
+    #[test]
     fn classification_promotes_a_significant_relative_improvement() {
         // 40% → 41%: one point, but +2.5% relative (the seed's measure) with McNemar
         // p = 1e-5; agreement exactly 95% is not above 95%, so only the first rule applies.
@@ -1244,6 +1338,7 @@ mod tests {
                 version: "v1".into(),
                 output: Prediction::Values(vec![p]),
             }),
+            segments: Vec::new(),
         }
     }
 

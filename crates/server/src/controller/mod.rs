@@ -222,7 +222,13 @@ impl Controller {
             return Err(ControlError::Invalid(problems));
         };
         let declared: Vec<&str> = model.config.versions.keys().map(String::as_str).collect();
-        let spec = match raw.validate(&declared) {
+        let segments: Vec<&str> = model
+            .config
+            .segments
+            .iter()
+            .map(|(f, _)| f.as_str())
+            .collect();
+        let spec = match raw.validate_for(&declared, Some(&segments)) {
             Ok(spec) if problems.is_empty() => spec,
             Ok(_) => return Err(ControlError::Invalid(problems)),
             Err(more) => {

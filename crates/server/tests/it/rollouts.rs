@@ -793,6 +793,185 @@ async fn regression_shadows_promote_a_better_model_reject_a_worse_one_and_call_a
 }
 
 // ---------------------------------------------------------------------------------------------
+// Segments through the gateway: the test-time models with a tester (header) and a lot (JSON
+// pointer into the request's parameters). On tester T1 the labels are the dies' measured test
+// times (v2 is far closer); on tester T2 they are v1's own answer plus 1 ms, so there v1 is off
+// by exactly 1 ms and v2 by however far it is from v1. Overall v2 wins; on T2 it loses.
+
+const SEGMENTED_MODELS: &str = r#"
+models:
+  testtime:
+    segments:
+      tester: { header: X-Tester }
+      lot: { json_pointer: /parameters/lot }
+    versions:
+      v1: { onnx: models/testtime_v1.onnx }
+      v2: { onnx: models/testtime_v2.onnx }
+    serve: { kind: single, version: v1 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_better_overall_but_worse_for_one_tester_is_rejected_by_the_segment_gate() {
+    let tg = TestGateway::start(SEGMENTED_MODELS).await;
+    let admin = tg.admin();
+
+    // A gate naming a field the model does not declare is refused with the spec's other
+    // problems.
+    let bad = "name: bad\nmodel: testtime\nkind: shadow\nprimary: v1\ncandidate: v2\nalpha: 2\n\
+               segment_gate: { fields: [operator], min_samples: 0 }\n";
+    let (status, error) = refusal(admin.apply(bad).await);
+    assert_eq!(status, 422);
+    for want in [
+        "alpha",
+        "segment_gate.min_samples must be greater than 0",
+        "no segment 'operator' (declared: lot, tester)",
+    ] {
+        assert!(
+            error.problems.iter().any(|p| p.contains(want)),
+            "missing '{want}' in {:?}",
+            error.problems
+        );
+    }
+
+    let n = 400u64;
+    tg.apply(&format!(
+        "name: tt-segments\nmodel: testtime\nkind: shadow\nprimary: v1\ncandidate: v2\n\
+         min_labelled: {n}\nsegment_gate: {{ fields: [tester] }}\n"
+    ))
+    .await;
+    let mut wafers = WaferGenerator::new(23);
+    let mut labels = Vec::new();
+    // Per tester: |v1 − truth| and |v2 − truth|, from the answers themselves (v2's through its
+    // pinned route, which no rollout counts).
+    let mut errors: std::collections::BTreeMap<&str, (Vec<f64>, Vec<f64>)> = Default::default();
+    let mut lots: std::collections::BTreeMap<String, u64> = Default::default();
+    for i in 0..n {
+        let die = wafers.die();
+        let id = format!("seg-{i}");
+        let tester = if i % 4 == 0 { "T2" } else { "T1" };
+        let lot = format!("L{}", i % 3);
+        let body = json!({
+            "inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32", "data": die.features}],
+            "parameters": {"lot": lot},
+        });
+        let answer = |r: &support::Reply| r.json()["outputs"][0]["data"][0].as_f64().unwrap();
+        let r = tg
+            .client
+            .post_json(
+                &tg.url("/v2/models/testtime/infer"),
+                &[("x-request-id", &id), ("x-tester", tester)],
+                &body,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let v1 = answer(&r);
+        let r = tg
+            .client
+            .post_json(&tg.url("/v2/models/testtime/versions/v2/infer"), &[], &body)
+            .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let v2 = answer(&r);
+        let truth = if tester == "T2" {
+            v1 + 1.0
+        } else {
+            die.test_time_ms
+        };
+        let e = errors.entry(tester).or_default();
+        e.0.push((v1 - truth).abs());
+        e.1.push((v2 - truth).abs());
+        *lots.entry(lot).or_default() += 1;
+        labels.push(json!({"request_id": id, "value": truth}));
+    }
+    let mut seen = 0;
+    for _ in 0..2_000 {
+        tg.gateway.state.log.flush().await.unwrap();
+        seen = admin
+            .model_stats("testtime", None)
+            .await
+            .unwrap()
+            .variants
+            .iter()
+            .filter(|v| v.version == "v2" && v.role == Role::Shadow)
+            .map(|v| v.stats.requests)
+            .sum::<u64>();
+        if seen >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, n, "every shadow answer logged");
+    let r = tg
+        .client
+        .post_json(&tg.url("/v1/feedback"), &[], &Value::Array(labels))
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    tg.gateway.state.log.flush().await.unwrap();
+    tg.tick(1_000).await;
+    let view = phase(&tg, "tt-segments").await;
+    assert_eq!(view.phase, Phase::Completed, "{view:?}");
+    assert_eq!(
+        view.recommendation,
+        Some(Recommendation::Reject),
+        "{view:?}"
+    );
+    let reason = view.reason.clone().unwrap_or_default();
+    assert!(reason.contains("segment tester=T2"), "{reason}");
+    assert!(reason.contains("PROMOTE would have said"), "{reason}");
+
+    let report = admin.report("tt-segments").await.unwrap();
+    let s = report.analysis.shadow.expect("a shadow analysis").report;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let tester = s
+        .segments
+        .iter()
+        .find(|b| b.field == "tester")
+        .expect("the tester breakdown");
+    for (value, (e1, e2)) in &errors {
+        let row = tester
+            .rows
+            .iter()
+            .find(|r| r.value == *value)
+            .unwrap_or_else(|| panic!("no row {value}: {tester:?}"));
+        assert_eq!(row.samples, e1.len() as u64, "{value}");
+        let (b, c) = (row.baseline.unwrap(), row.candidate.unwrap());
+        // The answers as printed (f32 in JSON) and as logged differ by an f32 rounding at most.
+        let near = |got: f64, want: f64| (got - want).abs() <= 1e-3 + 1e-6 * want;
+        assert!(near(b, mean(e1)), "{value}: {b} vs {}", mean(e1));
+        assert!(near(c, mean(e2)), "{value}: {c} vs {}", mean(e2));
+    }
+    let failure = s.segment_failure.as_ref().expect("T2 fails the gate");
+    assert_eq!(
+        (failure.field.as_str(), failure.value.as_str()),
+        ("tester", "T2")
+    );
+    assert!(failure.change > 0.10, "{failure:?}");
+    // The lot, read from the body: every value with its labelled pairs.
+    let lot = s
+        .segments
+        .iter()
+        .find(|b| b.field == "lot")
+        .expect("the lot breakdown");
+    let got: std::collections::BTreeMap<String, u64> = lot
+        .rows
+        .iter()
+        .map(|r| (r.value.clone(), r.samples))
+        .collect();
+    assert_eq!(got, lots);
+
+    // Every rendering shows the segments.
+    let text = admin.report_as("tt-segments", "text").await.unwrap();
+    let text = String::from_utf8_lossy(&text);
+    for line in [
+        "Segments: tester",
+        "Segments: lot",
+        "segment gate",
+        "FAILED: segment tester=T2",
+    ] {
+        assert!(text.contains(line), "missing '{line}' in\n{text}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Classification depth through the gateway: the shipped die-bin models (v1 gradient boosting,
 // v2 XGBoost, four bins) on the 200 held-out rows of their fixtures, with each row's true bin
 // (`truth` in the fixture) as its label. The expected numbers are computed here from the

@@ -40,6 +40,8 @@ fn record(id: &str, role: Role, version: &str, class: &str, latency_us: u64) -> 
             version: "v1".into(),
             output: Prediction::Classes(vec!["1".into()]),
         }),
+        // A lot per latency bucket, so the replicas' segment tables merge too.
+        segments: vec![("lot".into(), format!("L{}", latency_us % 5))],
     }
 }
 
@@ -325,6 +327,14 @@ fn aggregates_survive_their_text_form() {
         agg.record(&r);
         agg.record_feedback(&[r], &Truth::Labels(vec![class]), &[]);
     }
+    // More segment values than the aggregates keep: the rest travel as `other`.
+    for i in 0..300u64 {
+        let mut r = record(&format!("w{i}"), Role::Serving, "v1", "0", 13);
+        r.segments = vec![("wafer".into(), format!("W{i:03}"))];
+        agg.record(&r);
+    }
+    let wafers = &agg.variant("yield", "v1", Role::Serving, |_| true).segments["wafer"];
+    assert!(wafers.has_other() && wafers.other().requests == 44);
     let shadow = agg.variant("yield", "v2", Role::Shadow, |_| true);
     assert_eq!(shadow.confusion.classes().len(), 64);
     assert!(shadow.confusion.other_same() > 0 && shadow.predicted.other() > 0);

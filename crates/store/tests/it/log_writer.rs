@@ -61,6 +61,15 @@ fn record(
             version: "v1".into(),
             output: Prediction::Classes(vec![p.into()]),
         }),
+        // Two testers, by the id's parity.
+        segments: vec![(
+            "tester".into(),
+            if id.ends_with(['0', '2', '4', '6', '8']) {
+                "even".into()
+            } else {
+                "odd".into()
+            },
+        )],
     }
 }
 
@@ -122,6 +131,25 @@ async fn feedback_joins_by_id_and_aggregates_match_a_recount(db: &Db) {
         ),
         (b, c, agree, 40)
     );
+    // The same pairs per tester: the even ids (the primary always says 1) and the odd ones.
+    let testers = &pair.segments["tester"];
+    for (tester, parity) in [("even", 0), ("odd", 1)] {
+        let seg = &testers.values()[tester];
+        let (mut b, mut c) = (0, 0);
+        for i in (0..40).filter(|i| i % 2 == parity) {
+            let (p, s, t) = (i % 2 == 0, i % 3 == 0, i % 5 != 0);
+            match (p == t, s == t) {
+                (true, false) => b += 1,
+                (false, true) => c += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(
+            (seg.compared, seg.primary_only, seg.shadow_only),
+            (20, b, c),
+            "{tester}"
+        );
+    }
 
     drop(log);
     thread.join().unwrap();
@@ -247,4 +275,43 @@ fn an_unreachable_postgres_is_an_error() {
     let url = StoreUrl::parse("postgres://sy:pw@127.0.0.1:1/none").unwrap();
     let err = spawn_log_writer(config(url, "r1", 4, 2)).unwrap_err();
     assert!(err.to_string().starts_with("postgres:"), "{err}");
+}
+
+/// A log written before records carried segments (no `segments` column) opens, gains the
+/// column, keeps its old rows (counted without segments) and takes new ones with them.
+#[tokio::test]
+async fn a_log_from_before_segments_gains_the_column_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE predictions (
+                id INTEGER PRIMARY KEY, request_id TEXT NOT NULL, ts_ms INTEGER NOT NULL,
+                model TEXT NOT NULL, epoch INTEGER NOT NULL, variant TEXT NOT NULL,
+                role TEXT NOT NULL, version TEXT NOT NULL, key_hash INTEGER,
+                outcome TEXT NOT NULL, status INTEGER NOT NULL, latency_us INTEGER NOT NULL,
+                output TEXT NOT NULL, input TEXT, paired_version TEXT);
+             INSERT INTO predictions (request_id, ts_ms, model, epoch, variant, role, version,
+                outcome, status, latency_us, output)
+             VALUES ('old', 1, 'yield', 3, 'primary', 'serving', 'v1', 'ok', 200, 10,
+                '{\"classes\":[\"1\"]}');",
+        )
+        .unwrap();
+    }
+    let url = StoreUrl::parse(path.to_str().unwrap()).unwrap();
+    let (log, thread) = spawn_log_writer(config(url.clone(), "r1", 16, 4)).unwrap();
+    assert!(log.record(record("new1", Role::Serving, "v1", "1", None)));
+    log.flush().await.unwrap();
+    drop(log);
+    thread.join().unwrap();
+    let (log, thread) = spawn_log_writer(config(url, "r1", 16, 4)).unwrap();
+    let agg = log.aggregates().lock().clone();
+    let v1 = agg.variant("yield", "v1", Role::Serving, |_| true);
+    assert_eq!(v1.requests, 2);
+    let testers = &v1.segments["tester"];
+    assert_eq!(testers.values().len(), 1);
+    assert_eq!(testers.values()["odd"].requests, 1);
+    drop(log);
+    thread.join().unwrap();
 }
