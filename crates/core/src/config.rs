@@ -88,6 +88,28 @@ pub struct RawLog {
     pub enabled: Option<bool>,
     /// `group` (default) or `sync`: see [`Durability`].
     pub durability: Option<String>,
+    /// Records and labels between two snapshots of the aggregates (0: none; default 100 000).
+    pub snapshot_every: Option<u64>,
+    /// `{max_age_hours, max_records, batch}`: what the log keeps (everything by default).
+    pub retention: Option<RawRetention>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawRetention {
+    pub max_age_hours: Option<f64>,
+    pub max_records: Option<u64>,
+    /// Records deleted per step (default 5 000).
+    pub batch: Option<u64>,
+}
+
+/// What the prediction log keeps: records older than `max_age_ms` or beyond the newest
+/// `max_records` go, `batch` at a time, once a snapshot covers them (see the store's
+/// retention).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RetentionSettings {
+    pub max_age_ms: Option<u64>,
+    pub max_records: Option<u64>,
+    pub batch: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -202,6 +224,9 @@ pub struct LogSettings {
     /// Whether predictions are recorded (see [`RawLog::enabled`]).
     pub enabled: bool,
     pub durability: Durability,
+    /// Records and labels between two snapshots of the aggregates; 0 = none.
+    pub snapshot_every: u64,
+    pub retention: Option<RetentionSettings>,
 }
 
 /// When an answered prediction is on disk.
@@ -229,6 +254,8 @@ impl Default for LogSettings {
             max_input_bytes: 4_096,
             enabled: true,
             durability: Durability::Group,
+            snapshot_every: 100_000,
+            retention: None,
         }
     }
 }
@@ -421,7 +448,46 @@ impl RawConfig {
                 .unwrap_or(defaults.max_input_bytes as u64) as usize,
             enabled: self.log.enabled.unwrap_or(defaults.enabled),
             durability,
+            snapshot_every: self.log.snapshot_every.unwrap_or(defaults.snapshot_every),
+            retention: None,
         };
+        let mut log = log;
+        if let Some(r) = &self.log.retention {
+            let max_age_ms = match r.max_age_hours {
+                Some(h) if h.is_finite() && h > 0.0 => Some((h * 3_600_000.0) as u64),
+                Some(h) => {
+                    problems.push(format!(
+                        "log.retention.max_age_hours: must be a positive number of hours, got {h}"
+                    ));
+                    None
+                }
+                None => None,
+            };
+            let max_records = match r.max_records {
+                Some(0) => {
+                    problems.push("log.retention.max_records: must be greater than 0".into());
+                    None
+                }
+                other => other,
+            };
+            if r.max_age_hours.is_none() && r.max_records.is_none() {
+                problems.push(
+                    "log.retention: give max_age_hours, max_records or both (or leave retention out to keep everything)"
+                        .into(),
+                );
+            }
+            if log.snapshot_every == 0 {
+                problems.push(
+                    "log.retention: needs snapshots (log.snapshot_every > 0): only what a snapshot covers is deleted"
+                        .into(),
+                );
+            }
+            log.retention = Some(RetentionSettings {
+                max_age_ms,
+                max_records,
+                batch: positive("log.retention.batch", r.batch, 5_000, &mut problems),
+            });
+        }
         let sd = ShadowSettings::default();
         let shadow = ShadowSettings {
             queue_capacity: positive(
@@ -935,6 +1001,12 @@ mod tests {
         c.listen = Some("localhost".into());
         c.log.capture_inputs = Some(2.0);
         c.log.durability = Some("always".into());
+        c.log.snapshot_every = Some(0);
+        c.log.retention = Some(RawRetention {
+            max_age_hours: Some(-1.0),
+            max_records: Some(0),
+            batch: Some(0),
+        });
         c.limits.header_read_timeout_ms = Some(0);
         c.limits.body_read_timeout_ms = Some(0);
         c.limits.max_header_bytes = Some(100);
@@ -943,6 +1015,10 @@ mod tests {
             "listen",
             "log.capture_inputs",
             "log.durability: must be group or sync, got 'always'",
+            "log.retention.max_age_hours: must be a positive number of hours, got -1",
+            "log.retention.max_records: must be greater than 0",
+            "log.retention.batch: must be greater than 0",
+            "log.retention: needs snapshots",
             "limits.header_read_timeout_ms: must be greater than 0",
             "limits.body_read_timeout_ms: must be greater than 0",
             "limits.max_header_bytes: must be between 8192 and 1048576",

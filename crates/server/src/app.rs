@@ -150,6 +150,12 @@ impl Gateway {
             queue_capacity: config.log.queue_capacity,
             batch_size: config.log.batch_size,
             commit_interval: Duration::from_millis(config.log.commit_interval_ms),
+            snapshot_every: config.log.snapshot_every,
+            retention: config.log.retention.map(|r| switchyard_store::Retention {
+                max_age_ms: r.max_age_ms,
+                max_records: r.max_records,
+                batch: r.batch as usize,
+            }),
         })
         .with_context(|| format!("opening the store at {}", options.store))?;
         let metrics = Arc::new(Metrics::new());
@@ -529,6 +535,8 @@ fn sync_log_metrics(state: &AppState) {
     catch_up(&m.log_dropped, stats.dropped.load(Ordering::Relaxed));
     catch_up(&m.log_written, stats.written.load(Ordering::Relaxed));
     catch_up(&m.log_batches, stats.batches.load(Ordering::Relaxed));
+    catch_up(&m.log_snapshots, stats.snapshots.load(Ordering::Relaxed));
+    catch_up(&m.log_pruned, stats.pruned.load(Ordering::Relaxed));
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {

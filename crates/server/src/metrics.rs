@@ -60,6 +60,8 @@ pub struct Metrics {
     pub breaker_open: Family<VersionLabels, Gauge>,
     pub log_queue_depth: Gauge,
     pub log_dropped: Counter,
+    pub log_snapshots: Counter,
+    pub log_pruned: Counter,
     pub log_written: Counter,
     pub log_batches: Counter,
     pub feedback: Family<ReasonLabels, Counter>,
@@ -130,6 +132,18 @@ impl Metrics {
             "Transactions committed by the log writer (written records / batches = mean batch)",
             log_batches.clone(),
         );
+        let log_snapshots = Counter::default();
+        registry.register(
+            "switchyard_log_snapshots",
+            "Aggregate snapshots saved (a start-up replays only what came after the newest)",
+            log_snapshots.clone(),
+        );
+        let log_pruned = Counter::default();
+        registry.register(
+            "switchyard_log_pruned_records",
+            "Prediction records deleted by the retention policy",
+            log_pruned.clone(),
+        );
         let feedback = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "switchyard_feedback_items",
@@ -147,6 +161,8 @@ impl Metrics {
             log_dropped,
             log_written,
             log_batches,
+            log_snapshots,
+            log_pruned,
             feedback,
         }
     }

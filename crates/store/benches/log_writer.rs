@@ -73,6 +73,8 @@ fn write_once(
         batch_size,
         // Commit throughput of the writer itself: no pause between batches.
         commit_interval: Duration::ZERO,
+        snapshot_every: 0,
+        retention: None,
     })
     .unwrap();
     let start = Instant::now();

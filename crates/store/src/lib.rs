@@ -30,8 +30,9 @@ pub use cluster::{Cluster, Leader};
 pub use control::{ChainReport, ControlStore, DeliveryRow, RolloutRow, StoredEvent};
 pub use error::StoreError;
 pub use log::{
-    disagreements_at, open_reader, rebuild_aggregates, spawn_log_writer, FeedbackOutcome,
-    LogHandle, LogStats, LogWriterConfig,
+    disagreements_at, open_reader, rebuild_aggregates, restore_aggregates, spawn_log_writer,
+    FeedbackOutcome, LogHandle, LogStats, LogWriterConfig, Retention, DEFAULT_RETENTION_BATCH,
+    DEFAULT_SNAPSHOT_EVERY,
 };
 pub use log_rows::{Disagreement, FeedbackRow, LogRow};
 pub use sqlite::open;

@@ -19,12 +19,12 @@ use rusqlite::Connection;
 use switchyard_core::{Aggregates, Feedback, PredictionRecord};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::log_rows::{with_pairs, Disagreement, Sink};
+use crate::log_rows::{with_pairs, Disagreement, Prune, Sink};
 use crate::sqlite_log::SqliteSink;
 use crate::{pg, pg_log, sqlite, sqlite_log, StoreError, StoreUrl};
 
 pub use crate::log_rows::FeedbackOutcome;
-pub use crate::sqlite_log::rebuild_aggregates;
+pub use crate::sqlite_log::{rebuild_aggregates, restore_aggregates};
 
 /// Settings of the writer.
 #[derive(Debug, Clone)]
@@ -40,7 +40,34 @@ pub struct LogWriterConfig {
     /// commit rewrites the last pages of the table and its index, so one commit of a hundred
     /// records costs little more than one of three. Zero commits as soon as the queue is empty.
     pub commit_interval: std::time::Duration,
+    /// Records and labels between two snapshots of the aggregates (0: none). A start-up
+    /// restores the newest snapshot and replays only what came after it; the writer also
+    /// snapshots when it stops.
+    pub snapshot_every: u64,
+    /// What the writer deletes from the log once a snapshot covers it (none when `None`).
+    pub retention: Option<Retention>,
 }
+
+/// How long the prediction log keeps records. A record is deleted when it is older than
+/// `max_age_ms` or beyond the newest `max_records`, and only if the newest aggregate snapshot
+/// covers it (start-up never needs it), no label of its request arrived after that snapshot,
+/// and its routing epoch is older than every running rollout's first one (labels that still
+/// arrive for a running rollout find their records). Deleted `batch` records at a time between
+/// the writer's commits, so the writer never stalls for long; a label that arrives for a
+/// deleted record is reported unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub max_age_ms: Option<u64>,
+    pub max_records: Option<u64>,
+    pub batch: usize,
+}
+
+/// Default of [`Retention::batch`].
+pub const DEFAULT_RETENTION_BATCH: usize = 5_000;
+
+/// Default of [`LogWriterConfig::snapshot_every`]: at 20k records a second, one every five
+/// seconds; a start-up then replays at most that many.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100_000;
 
 /// Counters of the writer, readable without locks.
 #[derive(Debug, Default)]
@@ -50,6 +77,10 @@ pub struct LogStats {
     pub written: AtomicU64,
     pub batches: AtomicU64,
     pub write_errors: AtomicU64,
+    /// Aggregate snapshots saved.
+    pub snapshots: AtomicU64,
+    /// Records deleted by the retention policy.
+    pub pruned: AtomicU64,
 }
 
 enum Command {
@@ -71,6 +102,8 @@ pub struct LogHandle {
     capacity: usize,
     stats: Arc<LogStats>,
     aggregates: Arc<Mutex<Aggregates>>,
+    /// The oldest routing epoch a running rollout still reads (`u64::MAX`: none runs).
+    protected_epoch: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Command {
@@ -160,6 +193,13 @@ impl LogHandle {
     pub fn aggregates(&self) -> &Arc<Mutex<Aggregates>> {
         &self.aggregates
     }
+
+    /// Tells the retention policy which routing epochs running rollouts still read: records
+    /// of `epoch` and later are kept (`None`: no rollout runs).
+    pub fn protect_from_epoch(&self, epoch: Option<u64>) {
+        self.protected_epoch
+            .store(epoch.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
 }
 
 /// Opens the store, rebuilds the aggregates from what it holds, and starts the writer thread.
@@ -168,6 +208,9 @@ pub fn spawn_log_writer(
     config: LogWriterConfig,
 ) -> Result<(LogHandle, std::thread::JoinHandle<()>), StoreError> {
     let aggregates = Arc::new(Mutex::new(Aggregates::default()));
+    // Until the controller says otherwise, nothing may be deleted.
+    let protected_epoch = Arc::new(AtomicU64::new(0));
+    let writer_protected = protected_epoch.clone();
     let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
     let stats = Arc::new(LogStats::default());
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
@@ -184,12 +227,12 @@ pub fn spawn_log_writer(
         .spawn(move || {
             let opened: Result<Box<dyn Sink>, StoreError> = match &config.store {
                 StoreUrl::Sqlite(path) => sqlite::open(path).and_then(|conn| {
-                    *shared.lock() = rebuild_aggregates(&conn)?;
+                    *shared.lock() = restore_aggregates(&conn)?;
                     Ok(Box::new(SqliteSink(conn)) as Box<dyn Sink>)
                 }),
                 StoreUrl::Postgres(url) => {
                     pg_log::PgSink::open(url, &config.replica).and_then(|mut sink| {
-                        *shared.lock() = sink.rebuild_aggregates()?;
+                        *shared.lock() = sink.restore_aggregates()?;
                         Ok(Box::new(sink) as Box<dyn Sink>)
                     })
                 }
@@ -211,6 +254,13 @@ pub fn spawn_log_writer(
                 commit_interval,
                 stats: writer_stats,
                 aggregates: shared,
+                snapshot_every: config.snapshot_every,
+                since_snapshot: 0,
+                retention: config.retention,
+                protected_epoch: writer_protected,
+                covered: None,
+                prune_pending: false,
+                last_protected: 0,
             }
             .run()
         })
@@ -225,6 +275,7 @@ pub fn spawn_log_writer(
             capacity: config.queue_capacity.max(1),
             stats,
             aggregates,
+            protected_epoch,
         },
         thread,
     ))
@@ -243,6 +294,17 @@ struct Writer {
     commit_interval: std::time::Duration,
     stats: Arc<LogStats>,
     aggregates: Arc<Mutex<Aggregates>>,
+    snapshot_every: u64,
+    /// Records and labels accounted since the last snapshot.
+    since_snapshot: u64,
+    retention: Option<Retention>,
+    protected_epoch: Arc<AtomicU64>,
+    /// What the newest snapshot this writer saved covers (last record id, last label).
+    covered: Option<(i64, i64)>,
+    /// Whether the last prune deleted a full batch (so there may be more).
+    prune_pending: bool,
+    /// The protected epoch the last prune saw.
+    last_protected: u64,
 }
 
 impl Writer {
@@ -251,7 +313,7 @@ impl Writer {
             records: Vec::with_capacity(self.batch_size),
             waiters: Vec::new(),
         };
-        while let Some(first) = self.rx.blocking_recv() {
+        while let Some(first) = self.next_command() {
             let mut next = Some(first);
             // Drain what is already queued, up to a batch, without waiting.
             while let Some(cmd) = next.take() {
@@ -286,6 +348,83 @@ impl Writer {
             }
         }
         self.commit(&mut batch);
+        if self.snapshot_every > 0 && self.since_snapshot > 0 {
+            self.snapshot();
+        }
+    }
+
+    /// The next command; while the queue is empty and the retention policy has records to
+    /// delete, deletes them a batch at a time in between.
+    fn next_command(&mut self) -> Option<Command> {
+        loop {
+            let protected = self.protected_epoch.load(Ordering::Relaxed);
+            if protected != self.last_protected && self.retention.is_some() {
+                self.last_protected = protected;
+                self.prune_pending = self.covered.is_some();
+            }
+            if !self.prune_pending {
+                return self.rx.blocking_recv();
+            }
+            match self.rx.try_recv() {
+                Ok(cmd) => return Some(cmd),
+                Err(mpsc::error::TryRecvError::Empty) => self.prune(),
+                Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Saves the aggregates (a copy, so readers are not held up while it is written) with the
+    /// log position they cover. A failure is logged and retried at the next occasion; the
+    /// previous snapshot stays valid.
+    fn snapshot(&mut self) {
+        let agg = self.aggregates.lock().clone();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        match self.sink.snapshot(&agg, now_ms) {
+            Ok(covered) => {
+                self.since_snapshot = 0;
+                self.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+                self.covered = Some(covered);
+                if self.retention.is_some() {
+                    self.prune();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "aggregate snapshot failed"),
+        }
+    }
+
+    /// Deletes one batch of what the retention policy lets go.
+    fn prune(&mut self) {
+        let (Some(policy), Some((last_prediction, last_feedback))) = (self.retention, self.covered)
+        else {
+            self.prune_pending = false;
+            return;
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let protected = self.protected_epoch.load(Ordering::Relaxed);
+        let prune = Prune {
+            last_prediction,
+            last_feedback,
+            before_ts_ms: policy
+                .max_age_ms
+                .map_or(i64::MIN, |age| now_ms.saturating_sub(age as i64)),
+            keep_records: policy.max_records.map(|n| n as i64),
+            protect_from_epoch: i64::try_from(protected).unwrap_or(i64::MAX),
+            batch: policy.batch.max(1),
+        };
+        match self.sink.prune(&prune) {
+            Ok(deleted) => {
+                self.stats.pruned.fetch_add(deleted, Ordering::Relaxed);
+                self.prune_pending = deleted as usize >= prune.batch;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning the prediction log failed");
+                self.prune_pending = false;
+            }
+        }
     }
 
     fn commit(&mut self, batch: &mut Batch) {
@@ -301,6 +440,7 @@ impl Writer {
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 let mut agg = self.aggregates.lock();
                 records.iter().for_each(|rec| agg.record(rec));
+                self.since_snapshot += records.len() as u64;
                 true
             }
             Err(e) => {
@@ -316,6 +456,13 @@ impl Writer {
             let _ = waiter.send(ok);
         }
         batch.records.clear();
+        self.snapshot_when_due();
+    }
+
+    fn snapshot_when_due(&mut self) {
+        if self.snapshot_every > 0 && self.since_snapshot >= self.snapshot_every {
+            self.snapshot();
+        }
     }
 
     fn feedback(
@@ -324,11 +471,15 @@ impl Writer {
         now_ms: i64,
     ) -> Result<FeedbackOutcome, StoreError> {
         let (outcome, newly_labelled) = self.sink.feedback(items, now_ms)?;
-        let mut agg = self.aggregates.lock();
-        for (rows, item) in newly_labelled {
-            let records = with_pairs(rows);
-            agg.record_feedback(&records, &item.truth, &item.metrics);
+        {
+            let mut agg = self.aggregates.lock();
+            self.since_snapshot += newly_labelled.len() as u64;
+            for (rows, item) in newly_labelled {
+                let records = with_pairs(rows);
+                agg.record_feedback(&records, &item.truth, &item.metrics);
+            }
         }
+        self.snapshot_when_due();
         Ok(outcome)
     }
 }

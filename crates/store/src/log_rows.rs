@@ -19,6 +19,21 @@ pub struct LogRow {
     pub paired_version: Option<String>,
 }
 
+/// What a prune may delete: the snapshot's position and the policy's cut-offs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Prune {
+    /// The newest snapshot covers records up to this id and labels up to this position.
+    pub last_prediction: i64,
+    pub last_feedback: i64,
+    /// Records older than this (ms since the epoch) may go (`i64::MIN`: no age limit).
+    pub before_ts_ms: i64,
+    /// Records this far behind the newest may go (`None`: no count limit).
+    pub keep_records: Option<i64>,
+    /// Records of this routing epoch or later stay.
+    pub protect_from_epoch: i64,
+    pub batch: usize,
+}
+
 /// Feedback of one request as stored: id, truth, business metrics.
 pub type FeedbackRow = (String, Truth, Vec<(String, f64)>);
 
@@ -41,6 +56,13 @@ pub(crate) trait Sink {
     fn write_batch(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError>;
     /// Stores feedback and returns, per newly labelled request, every record of it.
     fn feedback(&mut self, items: Vec<Feedback>, now_ms: i64) -> Result<Labelled, StoreError>;
+    /// Saves `agg`, which must be exactly what the log holds now (the writer's own aggregates
+    /// between two commits), with the log position it covers; replaces the previous snapshot.
+    /// Returns that position: the last record id and the last label's.
+    fn snapshot(&mut self, agg: &Aggregates, now_ms: i64) -> Result<(i64, i64), StoreError>;
+    /// Deletes up to `prune.batch` records the retention policy lets go (and the labels of
+    /// requests with no record left); returns the records deleted.
+    fn prune(&mut self, prune: &Prune) -> Result<u64, StoreError>;
 }
 
 /// The two statements of a feedback transaction, run once per item by [`store_feedback`]: the
@@ -206,6 +228,9 @@ pub(crate) fn fold_log(rows: Vec<LogRow>, feedback: Vec<FeedbackRow>) -> Aggrega
 pub(crate) struct StreamFold {
     agg: Aggregates,
     rows: Vec<LogRow>,
+    /// Per row: whether it is counted (rows read only to pair a shadow with its serving record
+    /// are not).
+    counted: Vec<bool>,
     feedback: Option<(Truth, Vec<(String, f64)>)>,
     /// `false`: the rows only carry the records a label is scored against (they were counted
     /// by another pass, or on another replica).
@@ -224,6 +249,7 @@ impl StreamFold {
         StreamFold {
             agg,
             rows: Vec::new(),
+            counted: Vec::new(),
             feedback: None,
             record_rows,
         }
@@ -231,6 +257,21 @@ impl StreamFold {
 
     /// Adds one row; rows of one request must come together.
     pub(crate) fn push(&mut self, row: LogRow, feedback: Option<(Truth, Vec<(String, f64)>)>) {
+        self.push_row(row, feedback, true);
+    }
+
+    /// Adds one row that pairs the request's other rows but is not counted itself (already in
+    /// a snapshot).
+    pub(crate) fn push_uncounted(&mut self, row: LogRow) {
+        self.push_row(row, None, false);
+    }
+
+    fn push_row(
+        &mut self,
+        row: LogRow,
+        feedback: Option<(Truth, Vec<(String, f64)>)>,
+        counted: bool,
+    ) {
         if self
             .rows
             .first()
@@ -242,12 +283,18 @@ impl StreamFold {
             self.feedback = feedback;
         }
         self.rows.push(row);
+        self.counted.push(counted);
     }
 
     fn flush(&mut self) {
         let records = with_pairs(std::mem::take(&mut self.rows));
+        let counted = std::mem::take(&mut self.counted);
         if self.record_rows {
-            records.iter().for_each(|r| self.agg.record(r));
+            records
+                .iter()
+                .zip(counted)
+                .filter(|(_, counted)| *counted)
+                .for_each(|(r, _)| self.agg.record(r));
         }
         if let Some((truth, metrics)) = self.feedback.take() {
             self.agg.record_feedback(&records, &truth, &metrics);

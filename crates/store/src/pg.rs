@@ -48,6 +48,16 @@ CREATE TABLE IF NOT EXISTS feedback (
     truth       TEXT    NOT NULL,
     metrics     TEXT    NOT NULL
 );
+CREATE SEQUENCE IF NOT EXISTS feedback_seq;
+ALTER TABLE feedback ADD COLUMN IF NOT EXISTS seq BIGINT NOT NULL DEFAULT nextval('feedback_seq');
+CREATE INDEX IF NOT EXISTS feedback_replica_seq ON feedback(replica, seq);
+CREATE TABLE IF NOT EXISTS aggregate_snapshots (
+    replica         TEXT PRIMARY KEY,
+    ts_ms           BIGINT NOT NULL,
+    last_prediction BIGINT NOT NULL,
+    last_feedback   BIGINT NOT NULL,
+    aggregates      TEXT   NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rollouts (
     name        TEXT PRIMARY KEY,
     spec        TEXT    NOT NULL,

@@ -11,9 +11,10 @@ use switchyard_core::{Aggregates, Feedback, Outcome, Prediction, PredictionRecor
 use crate::error::corrupt;
 use crate::log_rows::{
     feedback_from_json, feedback_to_json, segments_from_text, segments_to_text, store_feedback,
-    Disagreement, FeedbackTx, Labelled, LogRow, Sink, StreamFold,
+    Disagreement, FeedbackTx, Labelled, LogRow, Prune, Sink, StreamFold,
 };
 use crate::pg;
+use crate::wire::{decode_aggregates, encode_aggregates};
 use crate::StoreError;
 
 const SELECT_RECORD: &str = "SELECT p.request_id, p.ts_ms, p.model, p.epoch, p.variant, p.role,
@@ -126,6 +127,69 @@ impl PgSink {
         Ok(labels.finish())
     }
 
+    /// This replica's aggregates at start-up: its newest snapshot, then what it took after it
+    /// (its records after the snapshot's last one, counted, with their requests' earlier
+    /// records for pairing; then the labels it took after the snapshot's last one, scored
+    /// against their requests' records). Without a snapshot, or with one that does not decode,
+    /// [`PgSink::rebuild_aggregates`].
+    pub(crate) fn restore_aggregates(&mut self) -> Result<Aggregates, StoreError> {
+        let replica = self.replica.clone();
+        let client = self.client()?;
+        let snapshot = client.query_opt(
+            "SELECT last_prediction, last_feedback, aggregates FROM aggregate_snapshots
+             WHERE replica = $1",
+            &[&replica],
+        )?;
+        let Some(snapshot) = snapshot else {
+            return self.rebuild_aggregates();
+        };
+        let (last_prediction, last_feedback): (i64, i64) =
+            (snapshot.try_get(0)?, snapshot.try_get(1)?);
+        let agg = match decode_aggregates(snapshot.try_get(2)?) {
+            Ok(agg) => agg,
+            Err(e) => {
+                tracing::warn!(error = %e, "aggregate snapshot unreadable; recounting the whole log");
+                return self.rebuild_aggregates();
+            }
+        };
+        let params: [&(dyn postgres::types::ToSql + Sync); 2] = [&replica, &last_prediction];
+        let mut records = StreamFold::onto(agg, true);
+        let mut rows = client.query_raw(
+            &format!(
+                "{SELECT_STREAMED}, p.id > $2 FROM predictions p
+                 WHERE p.replica = $1 AND p.request_id IN
+                     (SELECT request_id FROM predictions WHERE replica = $1 AND id > $2)
+                 ORDER BY p.request_id, p.id"
+            ),
+            params,
+        )?;
+        while let Some(row) = rows.next()? {
+            let log_row = row_to_log_row(&row)?;
+            if row.try_get::<_, bool>(15)? {
+                records.push(log_row, None);
+            } else {
+                records.push_uncounted(log_row);
+            }
+        }
+        drop(rows);
+        let params: [&(dyn postgres::types::ToSql + Sync); 2] = [&replica, &last_feedback];
+        let mut labels = StreamFold::onto(records.finish(), false);
+        let mut rows = client.query_raw(
+            &format!(
+                "{SELECT_STREAMED}, f.truth, f.metrics FROM predictions p
+                 JOIN feedback f ON f.request_id = p.request_id
+                 WHERE f.replica = $1 AND f.seq > $2 ORDER BY p.request_id, p.id"
+            ),
+            params,
+        )?;
+        while let Some(row) = rows.next()? {
+            let (truth, metrics): (String, String) = (row.try_get(15)?, row.try_get(16)?);
+            let (_, truth, metrics) = feedback_from_json(String::new(), &truth, &metrics)?;
+            labels.push(row_to_log_row(&row)?, Some((truth, metrics)));
+        }
+        Ok(labels.finish())
+    }
+
     fn insert(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError> {
         let outputs = batch
             .iter()
@@ -183,6 +247,77 @@ impl PgSink {
 }
 
 impl Sink for PgSink {
+    fn snapshot(&mut self, agg: &Aggregates, now_ms: i64) -> Result<(i64, i64), StoreError> {
+        let text = encode_aggregates(agg)?;
+        let replica = self.replica.clone();
+        let mut tx = self.client()?.transaction()?;
+        let last_prediction: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(id), 0) FROM predictions WHERE replica = $1",
+                &[&replica],
+            )?
+            .try_get(0)?;
+        let last_feedback: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(seq), 0) FROM feedback WHERE replica = $1",
+                &[&replica],
+            )?
+            .try_get(0)?;
+        tx.execute(
+            "INSERT INTO aggregate_snapshots
+                 (replica, ts_ms, last_prediction, last_feedback, aggregates)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (replica) DO UPDATE SET ts_ms = EXCLUDED.ts_ms,
+                 last_prediction = EXCLUDED.last_prediction,
+                 last_feedback = EXCLUDED.last_feedback, aggregates = EXCLUDED.aggregates",
+            &[&replica, &now_ms, &last_prediction, &last_feedback, &text],
+        )?;
+        tx.commit()?;
+        Ok((last_prediction, last_feedback))
+    }
+
+    /// This replica's records only (each replica prunes what it wrote).
+    fn prune(&mut self, prune: &Prune) -> Result<u64, StoreError> {
+        let replica = self.replica.clone();
+        let mut tx = self.client()?.transaction()?;
+        let newest: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(id), 0) FROM predictions WHERE replica = $1",
+                &[&replica],
+            )?
+            .try_get(0)?;
+        let count_cut = prune.keep_records.map_or(0, |keep| newest - keep);
+        let batch = prune.batch as i64;
+        let deleted = tx.execute(
+            "DELETE FROM predictions WHERE id IN (
+                 SELECT p.id FROM predictions p
+                 WHERE p.replica = $1 AND p.id <= $2 AND p.epoch < $3
+                   AND (p.ts_ms < $4 OR p.id <= $5)
+                   AND NOT EXISTS (SELECT 1 FROM feedback f
+                                   WHERE f.request_id = p.request_id AND f.seq > $6)
+                 ORDER BY p.id LIMIT $7)",
+            &[
+                &replica,
+                &prune.last_prediction,
+                &prune.protect_from_epoch,
+                &prune.before_ts_ms,
+                &count_cut,
+                &prune.last_feedback,
+                &batch,
+            ],
+        )?;
+        tx.execute(
+            "DELETE FROM feedback WHERE seq IN (
+                 SELECT f.seq FROM feedback f
+                 WHERE f.replica = $1 AND f.seq <= $2
+                   AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = f.request_id)
+                 ORDER BY f.seq LIMIT $3)",
+            &[&replica, &prune.last_feedback, &batch],
+        )?;
+        tx.commit()?;
+        Ok(deleted)
+    }
+
     fn write_batch(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError> {
         // One statement is its own transaction: the batch commits whole or not at all.
         match self.insert(batch) {

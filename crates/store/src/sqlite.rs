@@ -35,6 +35,13 @@ CREATE TABLE IF NOT EXISTS feedback (
     truth       TEXT    NOT NULL,
     metrics     TEXT    NOT NULL
 );
+CREATE TABLE IF NOT EXISTS aggregate_snapshots (
+    id              INTEGER PRIMARY KEY,
+    ts_ms           INTEGER NOT NULL,
+    last_prediction INTEGER NOT NULL,
+    last_feedback   INTEGER NOT NULL,
+    aggregates      TEXT    NOT NULL
+);
 ";
 
 /// Opens (creating if needed) the store at `path`, in WAL mode.

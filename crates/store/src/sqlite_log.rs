@@ -10,8 +10,10 @@ use switchyard_core::{Aggregates, Feedback, Outcome, Prediction, PredictionRecor
 use crate::error::corrupt;
 use crate::log_rows::{
     feedback_from_json, feedback_to_json, fold_log, segments_from_text, segments_to_text,
-    store_feedback, Disagreement, FeedbackRow, FeedbackTx, Labelled, LogRow, Sink, StreamFold,
+    store_feedback, Disagreement, FeedbackRow, FeedbackTx, Labelled, LogRow, Prune, Sink,
+    StreamFold,
 };
+use crate::wire::{decode_aggregates, encode_aggregates};
 use crate::StoreError;
 
 fn insert_record(
@@ -210,6 +212,139 @@ impl Sink for SqliteSink {
         tx.commit()?;
         Ok(labelled)
     }
+
+    fn snapshot(&mut self, agg: &Aggregates, now_ms: i64) -> Result<(i64, i64), StoreError> {
+        let text = encode_aggregates(agg)?;
+        let tx = self
+            .0
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let last_prediction: i64 =
+            tx.query_row("SELECT COALESCE(MAX(id), 0) FROM predictions", [], |r| {
+                r.get(0)
+            })?;
+        let last_feedback: i64 =
+            tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM feedback", [], |r| {
+                r.get(0)
+            })?;
+        tx.execute("DELETE FROM aggregate_snapshots", [])?;
+        tx.execute(
+            "INSERT INTO aggregate_snapshots (ts_ms, last_prediction, last_feedback, aggregates)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![now_ms, last_prediction, last_feedback, text],
+        )?;
+        tx.commit()?;
+        Ok((last_prediction, last_feedback))
+    }
+
+    fn prune(&mut self, prune: &Prune) -> Result<u64, StoreError> {
+        let tx = self
+            .0
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let newest: i64 =
+            tx.query_row("SELECT COALESCE(MAX(id), 0) FROM predictions", [], |r| {
+                r.get(0)
+            })?;
+        // Never the newest row (SQLite would hand its id out again), never past the snapshot.
+        let upto = prune.last_prediction.min(newest - 1);
+        let count_cut = prune.keep_records.map_or(0, |keep| newest - keep);
+        let deleted = tx.execute(
+            "DELETE FROM predictions WHERE id IN (
+                 SELECT p.id FROM predictions p
+                 WHERE p.id <= ?1 AND p.epoch < ?2 AND (p.ts_ms < ?3 OR p.id <= ?4)
+                   AND NOT EXISTS (SELECT 1 FROM feedback f
+                                   WHERE f.request_id = p.request_id AND f.rowid > ?5)
+                 ORDER BY p.id LIMIT ?6)",
+            params![
+                upto,
+                prune.protect_from_epoch,
+                prune.before_ts_ms,
+                count_cut,
+                prune.last_feedback,
+                prune.batch as i64
+            ],
+        )?;
+        // Labels whose request has no record left (never the newest label).
+        tx.execute(
+            "DELETE FROM feedback WHERE rowid IN (
+                 SELECT f.rowid FROM feedback f
+                 WHERE f.rowid <= ?1 AND f.rowid < (SELECT MAX(rowid) FROM feedback)
+                   AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = f.request_id)
+                 ORDER BY f.rowid LIMIT ?2)",
+            params![prune.last_feedback, prune.batch as i64],
+        )?;
+        tx.commit()?;
+        Ok(deleted as u64)
+    }
+}
+
+/// The newest aggregate snapshot: the last prediction id and feedback rowid it covers, and the
+/// aggregates.
+fn latest_snapshot(conn: &Connection) -> Result<Option<(i64, i64, String)>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT last_prediction, last_feedback, aggregates FROM aggregate_snapshots
+             ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?)
+}
+
+/// The aggregates at start-up: the newest snapshot, then what the log took after it (records
+/// after its last prediction, counted, with their requests' earlier records for pairing; then
+/// labels after its last feedback, scored against their requests' records), so the time is
+/// that of the tail, not of the whole log. Without a snapshot, or with one that does not
+/// decode, the whole log is recounted ([`rebuild_aggregates`]).
+pub fn restore_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
+    let Some((last_prediction, last_feedback, text)) = latest_snapshot(conn)? else {
+        return rebuild_aggregates(conn);
+    };
+    let agg = match decode_aggregates(&text) {
+        Ok(agg) => agg,
+        Err(e) => {
+            tracing::warn!(error = %e, "aggregate snapshot unreadable; recounting the whole log");
+            return rebuild_aggregates(conn);
+        }
+    };
+    let mut stmt = conn.prepare(
+        "SELECT p.request_id, p.ts_ms, p.model, p.epoch, p.variant, p.role, p.version,
+                p.key_hash, p.outcome, p.status, p.latency_us, p.output, NULL, p.paired_version,
+                p.segments, p.id > ?1
+         FROM predictions p
+         WHERE p.request_id IN (SELECT request_id FROM predictions WHERE id > ?1)
+         ORDER BY p.request_id, p.id",
+    )?;
+    let mut rows = stmt.query([last_prediction])?;
+    let mut fold = StreamFold::onto(agg, true);
+    while let Some(row) = rows.next()? {
+        let log_row = row_to_record(row)??;
+        if row.get::<_, bool>(15)? {
+            fold.push(log_row, None);
+        } else {
+            fold.push_uncounted(log_row);
+        }
+    }
+    drop(rows);
+    let mut stmt = conn.prepare(
+        "SELECT p.request_id, p.ts_ms, p.model, p.epoch, p.variant, p.role, p.version,
+                p.key_hash, p.outcome, p.status, p.latency_us, p.output, NULL, p.paired_version,
+                p.segments, f.truth, f.metrics
+         FROM feedback f JOIN predictions p ON p.request_id = f.request_id
+         WHERE f.rowid > ?1
+         ORDER BY p.request_id, p.id",
+    )?;
+    let mut rows = stmt.query([last_feedback])?;
+    let mut labels = StreamFold::onto(fold.finish(), false);
+    while let Some(row) = rows.next()? {
+        let log_row = row_to_record(row)??;
+        let (_, truth, metrics) = feedback_from_json(
+            String::new(),
+            &row.get::<_, String>(15)?,
+            &row.get::<_, String>(16)?,
+        )?;
+        labels.push(log_row, Some((truth, metrics)));
+    }
+    Ok(labels.finish())
 }
 
 impl FeedbackTx for rusqlite::Transaction<'_> {

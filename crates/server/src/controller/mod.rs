@@ -354,6 +354,11 @@ impl Controller {
             .filter(|e| !e.state.phase.is_terminal())
             .cloned()
             .collect();
+        // The log's retention keeps every record a running rollout may still take a label
+        // for: those of its epochs.
+        self.app
+            .log
+            .protect_from_epoch(active.iter().map(|e| e.state.start_epoch).min());
         for entry in active {
             let now = self.clock.now_ms();
             let obs = self.observe(&entry.spec, &entry.state);

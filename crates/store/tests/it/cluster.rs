@@ -79,6 +79,8 @@ fn writer(
         queue_capacity: 4096,
         batch_size: 64,
         commit_interval: std::time::Duration::from_millis(5),
+        snapshot_every: 0,
+        retention: None,
     })
     .unwrap()
 }

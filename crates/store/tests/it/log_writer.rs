@@ -9,12 +9,14 @@ use std::time::Duration;
 
 use support::Db;
 use switchyard_core::{Feedback, Outcome, PairRef, Prediction, PredictionRecord, Role, Truth};
-use switchyard_store::{spawn_log_writer, LogWriterConfig, StoreUrl};
+use switchyard_store::{spawn_log_writer, LogWriterConfig, Retention, StoreUrl};
 
 on_both_async!(
     feedback_joins_by_id_and_aggregates_match_a_recount,
     a_full_queue_drops_and_counts_instead_of_blocking,
     records_arriving_within_the_commit_interval_share_one_commit,
+    a_restart_restores_the_snapshot_and_replays_only_the_tail,
+    retention_deletes_covered_records_but_never_those_a_rollout_reads,
 );
 
 fn config(
@@ -29,6 +31,8 @@ fn config(
         queue_capacity,
         batch_size,
         commit_interval: Duration::from_millis(5),
+        snapshot_every: 0,
+        retention: None,
     }
 }
 
@@ -312,6 +316,209 @@ async fn a_log_from_before_segments_gains_the_column_and_keeps_its_rows() {
     let testers = &v1.segments["tester"];
     assert_eq!(testers.values().len(), 1);
     assert_eq!(testers.values()["odd"].requests, 1);
+    drop(log);
+    thread.join().unwrap();
+}
+
+/// Start-up from a snapshot: the first writer snapshots as it goes and when it stops; the
+/// second takes a tail without snapshots (records of new requests, a shadow record of an old
+/// request, labels of old and new requests); the rows the snapshot covers are then deleted.
+/// A third writer must restore exactly what the second held, without those rows.
+async fn a_restart_restores_the_snapshot_and_replays_only_the_tail(db: &Db) {
+    let mut cfg = config(db.url(), "r1", 1024, 16);
+    cfg.snapshot_every = 50;
+    let (log, thread) = spawn_log_writer(cfg).unwrap();
+    for i in 0..40 {
+        let p = if i % 2 == 0 { "1" } else { "0" };
+        assert!(log.record(record(&format!("a{i}"), Role::Serving, "v1", p, None)));
+        if i % 4 != 3 {
+            assert!(log.record(record(&format!("a{i}"), Role::Shadow, "v2", "1", Some(p))));
+        }
+    }
+    log.flush().await.unwrap();
+    let labels = (0..20).map(|i| label(&format!("a{i}"), "1")).collect();
+    log.feedback(labels, 1_700_000_100_000).await.unwrap();
+    log.flush().await.unwrap();
+    assert!(
+        log.stats()
+            .snapshots
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    drop(log);
+    thread.join().unwrap();
+    let covered = db.query_text("SELECT MAX(last_prediction) FROM aggregate_snapshots");
+    assert_eq!(covered, db.query_text("SELECT MAX(id) FROM predictions"));
+
+    // The tail, with no snapshot.
+    let (log, thread) = spawn_log_writer(config(db.url(), "r1", 1024, 16)).unwrap();
+    // The shadow the old request a3 never had, after its serving record was snapshotted.
+    assert!(log.record(record("a3", Role::Shadow, "v2", "0", Some("0"))));
+    for i in 0..10 {
+        assert!(log.record(record(&format!("b{i}"), Role::Serving, "v1", "1", None)));
+        assert!(log.record(record(&format!("b{i}"), Role::Shadow, "v2", "0", Some("1"))));
+    }
+    log.flush().await.unwrap();
+    let mut labels: Vec<Feedback> = (20..40).map(|i| label(&format!("a{i}"), "0")).collect();
+    labels.extend((0..5).map(|i| label(&format!("b{i}"), "1")));
+    let outcome = log.feedback(labels, 1_700_000_200_000).await.unwrap();
+    assert_eq!(
+        (outcome.accepted, outcome.duplicates),
+        (25, 0),
+        "{outcome:?}"
+    );
+    log.flush().await.unwrap();
+    let held = log.aggregates().lock().clone();
+    drop(log);
+    thread.join().unwrap();
+    assert_eq!(
+        held.variant("yield", "v1", Role::Serving, |_| true)
+            .requests,
+        50
+    );
+
+    // Start-up needs none of the rows the snapshot covers, except those of requests that took
+    // something after it (a label, a shadow record): delete the others.
+    let settled: Vec<String> = (0..20)
+        .filter(|i| *i != 3)
+        .map(|i| format!("'a{i}'"))
+        .collect();
+    db.exec(&format!(
+        "DELETE FROM predictions WHERE id <= {covered} AND request_id IN ({})",
+        settled.join(", ")
+    ))
+    .unwrap();
+    assert_eq!(db.query_text("SELECT COUNT(*) FROM predictions"), "57");
+    let (log, thread) = spawn_log_writer(config(db.url(), "r1", 1024, 16)).unwrap();
+    let restored = log.aggregates().lock().clone();
+    // (Compared piecewise: a failing whole comparison prints every histogram bucket.)
+    assert_eq!(
+        restored.series.keys().collect::<Vec<_>>(),
+        held.series.keys().collect::<Vec<_>>()
+    );
+    for (k, v) in &held.series {
+        let r = &restored.series[k];
+        assert_eq!(
+            (r.requests, r.correct, &r.confusion, &r.segments),
+            (v.requests, v.correct, &v.confusion, &v.segments),
+            "{k:?}"
+        );
+    }
+    for (k, v) in &held.pairs {
+        let r = &restored.pairs[k];
+        assert_eq!(
+            (
+                r.agreement,
+                r.both_correct,
+                r.primary_only,
+                r.shadow_only,
+                r.both_wrong
+            ),
+            (
+                v.agreement,
+                v.both_correct,
+                v.primary_only,
+                v.shadow_only,
+                v.both_wrong
+            ),
+            "{k:?}"
+        );
+    }
+    assert!(restored == held);
+    drop(log);
+    thread.join().unwrap();
+}
+
+/// A snapshot that does not decode is not trusted: the whole log is recounted.
+#[tokio::test]
+async fn an_unreadable_snapshot_falls_back_to_a_recount() {
+    let db = Db::sqlite();
+    let mut cfg = config(db.url(), "r1", 1024, 16);
+    cfg.snapshot_every = 10;
+    let (log, thread) = spawn_log_writer(cfg).unwrap();
+    for i in 0..30 {
+        assert!(log.record(record(&format!("c{i}"), Role::Serving, "v1", "1", None)));
+    }
+    log.flush().await.unwrap();
+    let held = log.aggregates().lock().clone();
+    drop(log);
+    thread.join().unwrap();
+    db.exec("UPDATE aggregate_snapshots SET aggregates = '{\"series\": 3}'")
+        .unwrap();
+    let (log, thread) = spawn_log_writer(config(db.url(), "r1", 16, 4)).unwrap();
+    assert_eq!(*log.aggregates().lock(), held);
+    drop(log);
+    thread.join().unwrap();
+}
+
+/// Retention: keep the newest 30 records. Nothing goes while a rollout reads their epoch or
+/// before a snapshot covers them; then the older ones go in batches, the aggregates stay as
+/// they were (in memory and after a restart), and a label for a deleted record is unknown.
+async fn retention_deletes_covered_records_but_never_those_a_rollout_reads(db: &Db) {
+    let mut cfg = config(db.url(), "r1", 1024, 16);
+    cfg.snapshot_every = 20;
+    cfg.retention = Some(Retention {
+        max_age_ms: None,
+        max_records: Some(30),
+        batch: 7,
+    });
+    let (log, thread) = spawn_log_writer(cfg.clone()).unwrap();
+    let count = || db.query_text("SELECT COUNT(*) FROM predictions");
+    // A running rollout reads epoch 3 (every record's).
+    log.protect_from_epoch(Some(3));
+    for i in 0..100 {
+        assert!(log.record(record(&format!("r{i}"), Role::Serving, "v1", "1", None)));
+    }
+    log.flush().await.unwrap();
+    let labels = (0..10).map(|i| label(&format!("r{i}"), "1")).collect();
+    log.feedback(labels, 1_700_000_100_000).await.unwrap();
+    for i in 100..120 {
+        assert!(log.record(record(&format!("r{i}"), Role::Serving, "v1", "1", None)));
+    }
+    log.flush().await.unwrap();
+    let snapshots = log
+        .stats()
+        .snapshots
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(snapshots >= 2, "{snapshots} snapshots");
+    assert_eq!(count(), "120");
+    let held = log.aggregates().lock().clone();
+
+    // The rollout ends: the writer deletes down to the newest 30, 7 at a time.
+    log.protect_from_epoch(None);
+    let mut rounds = 0;
+    while count() != "30" {
+        rounds += 1;
+        assert!(rounds < 10_000, "still {} records", count());
+        log.flush().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        db.query_text("SELECT MIN(request_id) FROM predictions"),
+        "r100"
+    );
+    assert_eq!(
+        log.stats()
+            .pruned
+            .load(std::sync::atomic::Ordering::Relaxed),
+        90
+    );
+    assert_eq!(*log.aggregates().lock(), held);
+    // At most the newest label is kept (SQLite would reuse its position otherwise).
+    let labels_left: u64 = db
+        .query_text("SELECT COUNT(*) FROM feedback")
+        .parse()
+        .unwrap();
+    assert!(labels_left <= 1, "{labels_left}");
+    let late = log
+        .feedback(vec![label("r0", "0")], 1_700_000_200_000)
+        .await
+        .unwrap();
+    assert_eq!(late.unknown, vec!["r0".to_string()]);
+    drop(log);
+    thread.join().unwrap();
+    let (log, thread) = spawn_log_writer(config(db.url(), "r1", 1024, 16)).unwrap();
+    assert!(*log.aggregates().lock() == held);
     drop(log);
     thread.join().unwrap();
 }
