@@ -18,6 +18,7 @@ pub mod mcnemar;
 pub mod multiple;
 pub mod power;
 pub mod proportions;
+pub mod rng;
 pub mod sample;
 pub mod sequential;
 pub mod summary;
