@@ -8,6 +8,7 @@
 //! Conventions follow the references named in each module so that a number printed by
 //! switchyard can be reproduced in a notebook.
 
+pub mod bandit;
 pub mod bayes;
 pub mod chi2;
 pub mod classification;
