@@ -725,6 +725,8 @@ impl RawStrategy {
                     .collect(),
             },
             "ab" => Strategy::Split {
+                layout: Vec::new(),
+                salt: None,
                 arms: self
                     .arms
                     .iter()

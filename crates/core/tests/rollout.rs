@@ -81,7 +81,7 @@ fn strategies(actions: &[Action]) -> Vec<Strategy> {
 
 fn canary_weight(s: &Strategy) -> u32 {
     match s {
-        Strategy::Split { arms } => arms
+        Strategy::Split { arms, .. } => arms
             .iter()
             .find(|a| a.variant == "canary")
             .map_or(0, |a| a.weight),

@@ -143,6 +143,8 @@ pub(super) fn ab_strategy(a: &AbSpec) -> Strategy {
                 weight: a.treatment_weight,
             },
         ],
+        layout: Vec::new(),
+        salt: None,
     }
 }
 
