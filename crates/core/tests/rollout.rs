@@ -567,6 +567,12 @@ fn ab_spec() -> RolloutSpec {
             sequential: false,
             auto_promote: true,
             srm_threshold: 0.001,
+            variants: vec![],
+            correction: Default::default(),
+            guardrails: vec![],
+            lower_is_better: None,
+            min_per_arm: None,
+            bandit: None,
         }),
     }
 }
