@@ -50,7 +50,9 @@ power.json        power = Phi((|p2-p1| sqrt(n) - z_{1-a/2} sqrt(2 pbar(1-pbar)))
 ttest_paired.json scipy.stats.ttest_rel(a, b) (t for a minus b), df = n-1,
                   mean_diff = mean(a-b), sd_diff = std(a-b, ddof=1).
 welch.json        scipy.stats.ttest_ind(a, b, equal_var=False); df by the
-                  Welch-Satterthwaite formula (checked against scipy's df).
+                  Welch-Satterthwaite formula (checked against scipy's df);
+                  ci_low/ci_high and ci90_low/ci90_high from the result's
+                  confidence_interval(0.95 | 0.90), for mean(a) - mean(b).
 chi2.json         scipy.stats.chi2_contingency(table) with defaults (Yates
                   continuity correction only when dof == 1).
 srm.json          scipy.stats.chisquare(observed, f_exp=weights*sum(observed)).
@@ -64,6 +66,22 @@ bayes.json        Beta(1+s, 1+n-s) posteriors (uniform prior).
                   2,000,000-draw Monte Carlo (within 4 standard errors).
 multiple.json     statsmodels.stats.multitest.multipletests adjusted p-values
                   for method='bonferroni' and method='holm'.
+abn.json          A/B/n: k arms against the first (the control), each case one
+                  metric. Continuous: per variant scipy ttest_ind(variant,
+                  control, equal_var=False) t, p and 95% confidence_interval;
+                  proportions: per variant statsmodels proportions_ztest(
+                  [s_v, s_c], [n_v, n_c]) z and p. Then multipletests(p,
+                  alpha, method='holm' | 'bonferroni'): adjusted p-values and
+                  the rejections.
+confidence_sequence.json
+                  the mSPRT's normal-mixture confidence sequence, found
+                  without its closed form: the two roots in theta of
+                  ln Lambda(theta) = ln(1/alpha), Lambda(theta) = sqrt(V/(V+tau^2))
+                  exp(tau^2 (d - theta)^2 / (2 V (V + tau^2))), by
+                  scipy.optimize.brentq; for bare (d, V) and for two samples
+                  (d = mean(b) - mean(a), V = var(a, ddof=1)/n_a +
+                  var(b, ddof=1)/n_b) or two counts (V = pa(1-pa)/na +
+                  pb(1-pb)/nb); p_value = min(1, 1/Lambda(0)).
 value_drift.json  PSI and Jensen-Shannon of binned values (switchyard's value_drift):
                   each value replaced by its log-bucket key (bucket
                   floor(ln|x| / ln 1.01), key -(2^32 + b) below zero, 0 at
@@ -115,6 +133,7 @@ import warnings
 import numpy as np
 import scipy
 import scipy.integrate
+import scipy.optimize
 import scipy.stats as st
 import statsmodels
 from statsmodels.stats.contingency_tables import mcnemar
@@ -465,8 +484,13 @@ def gen_welch():
             assert np.isclose(float(r.df), df, rtol=1e-12, atol=0), (r.df, df)
         p = f(r.pvalue)
         assert p > 0.0
-        cases.append(dict(a=flist(a), b=flist(b), t=f(r.statistic), p_value=p, df=f(df)))
-    return write("welch.json", "scipy.stats.ttest_ind(equal_var=False)", cases)
+        ci = r.confidence_interval(confidence_level=0.95)
+        ci90 = r.confidence_interval(confidence_level=0.90)
+        cases.append(dict(a=flist(a), b=flist(b), t=f(r.statistic), p_value=p, df=f(df),
+                          ci_low=f(ci.low), ci_high=f(ci.high),
+                          ci90_low=f(ci90.low), ci90_high=f(ci90.high)))
+    return write("welch.json", "scipy.stats.ttest_ind(equal_var=False) and its "
+                 ".confidence_interval(0.95 | 0.90) for mean(a) - mean(b)", cases)
 
 
 # --------------------------------------------------------------------------
@@ -1110,6 +1134,126 @@ def gen_shadow_pairs():
     )
 
 
+
+# --------------------------------------------------------------------------
+# 13. A/B/n (k arms against a control) and the mSPRT's confidence sequences
+#     (their own generator, so the fixtures above keep their bytes)
+# --------------------------------------------------------------------------
+
+rng5 = np.random.default_rng(20261210)
+
+
+def abn_adjust(case, p, alpha):
+    for method in ("holm", "bonferroni"):
+        reject, adjusted, _, _ = multipletests(np.asarray(p), alpha=alpha, method=method)
+        case[method] = flist(adjusted)
+        case[f"reject_{method}"] = [bool(r) for r in reject]
+    return case
+
+
+def abn_means_case(name, arms, alpha=0.05):
+    arms = [np.asarray(a, dtype=float) for a in arms]
+    control = arms[0]
+    t, p, lo, hi = [], [], [], []
+    for v in arms[1:]:
+        r = st.ttest_ind(v, control, equal_var=False)
+        ci = r.confidence_interval(confidence_level=0.95)
+        t.append(f(r.statistic))
+        p.append(f(r.pvalue))
+        lo.append(f(ci.low))
+        hi.append(f(ci.high))
+    case = dict(name=name, kind="mean", alpha=alpha, arms=[flist(a) for a in arms],
+                t=t, p_values=p, ci_low=lo, ci_high=hi)
+    return abn_adjust(case, p, alpha)
+
+
+def abn_proportions_case(name, counts, alpha=0.05):
+    sc, nc = counts[0]
+    z, p = [], []
+    for s_v, n_v in counts[1:]:
+        zz, pp = proportions_ztest([s_v, sc], [n_v, nc])
+        z.append(f(zz))
+        p.append(f(pp))
+    case = dict(name=name, kind="proportion", alpha=alpha,
+                successes=[c[0] for c in counts], trials=[c[1] for c in counts], z=z, p_values=p)
+    return abn_adjust(case, p, alpha)
+
+
+def gen_abn():
+    cases = []
+    # Revenue per request: one variant better, one equal, one worse.
+    cases.append(abn_means_case("revenue_three_variants", [
+        rng5.exponential(2.0, 400), rng5.exponential(2.4, 380), rng5.exponential(2.0, 410),
+        rng5.exponential(1.7, 395)]))
+    # Test time with unequal spreads and sizes; five variants, small effects.
+    cases.append(abn_means_case("test_time_five_variants", [
+        rng5.normal(120.0, 10.0, 200)] + [rng5.normal(120.0 + d, s, n) for d, s, n in
+                                          ((0.0, 12.0, 150), (-3.0, 8.0, 220), (1.0, 15.0, 90),
+                                           (-6.0, 10.0, 200), (0.5, 9.0, 300))]))
+    # Two arms: Holm and Bonferroni agree with the unadjusted test.
+    cases.append(abn_means_case("two_arms", [rng5.normal(0.0, 1.0, 50), rng5.normal(0.6, 1.0, 60)]))
+    # Nothing differs: nothing should be rejected.
+    cases.append(abn_means_case("null_four_variants",
+                                [rng5.normal(5.0, 2.0, 120) for _ in range(5)], alpha=0.10))
+    # Conversion: one variant up, one flat, one down.
+    cases.append(abn_proportions_case("conversion_three_variants",
+                                      [(300, 2000), (372, 2000), (305, 1990), (250, 2010)]))
+    # Accuracy with many arms and a strict alpha.
+    cases.append(abn_proportions_case("accuracy_six_variants",
+                                      [(880, 1000), (905, 1000), (884, 1000), (861, 1000),
+                                       (930, 1000), (879, 1000), (890, 1000)], alpha=0.01))
+    return write("abn.json", "scipy.stats.ttest_ind(equal_var=False) + confidence_interval; "
+                 "statsmodels proportions_ztest; statsmodels multipletests(method='holm'|'bonferroni')",
+                 cases, min_cases=MIN_CASES_NEW)
+
+
+def cs_by_roots(d, v, tau, alpha):
+    tau2 = tau * tau
+
+    def excess(theta):
+        ln_lambda = 0.5 * math.log(v / (v + tau2)) + tau2 * (d - theta) ** 2 / (2 * v * (v + tau2))
+        return ln_lambda - math.log(1.0 / alpha)
+
+    assert excess(d) < 0
+    span = 1.0
+    while excess(d + span) < 0:
+        span *= 2.0
+    lo = scipy.optimize.brentq(excess, d - span, d, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
+    hi = scipy.optimize.brentq(excess, d, d + span, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
+    ln_lambda0 = 0.5 * math.log(v / (v + tau2)) + tau2 * d * d / (2 * v * (v + tau2))
+    return lo, hi, min(1.0, math.exp(-ln_lambda0))
+
+
+def gen_confidence_sequence():
+    cases = []
+    for d, v, tau, alpha in ((0.0, 1e-4, 0.05, 0.05), (0.02, 4e-4, 0.05, 0.05),
+                             (-0.3, 0.01, 0.2, 0.10), (1.5, 2.5, 1.0, 0.01),
+                             (120.0, 900.0, 5.0, 0.05), (0.001, 1e-7, 0.01, 0.05)):
+        lo, hi, p = cs_by_roots(d, v, tau, alpha)
+        cases.append(dict(kind="bare", diff=f(d), variance=f(v), tau=tau, alpha=alpha,
+                          ci_low=f(lo), ci_high=f(hi), p_value=f(p)))
+    for n_a, n_b, shift, tau, alpha in ((40, 35, 0.0, 0.5, 0.05), (500, 450, 0.3, 0.2, 0.05),
+                                       (2000, 2100, -0.1, 0.1, 0.01)):
+        a = rng5.exponential(2.0, n_a)
+        b = rng5.exponential(2.0, n_b) + shift
+        d = float(np.mean(b) - np.mean(a))
+        v = float(np.var(a, ddof=1) / n_a + np.var(b, ddof=1) / n_b)
+        lo, hi, p = cs_by_roots(d, v, tau, alpha)
+        cases.append(dict(kind="means", a=flist(a), b=flist(b), tau=tau, alpha=alpha,
+                          diff=f(d), ci_low=f(lo), ci_high=f(hi), p_value=f(p)))
+    for sa, na, sb, nb, tau, alpha in ((300, 1000, 330, 1000, 0.05, 0.05),
+                                       (3000, 10000, 3150, 10000, 0.05, 0.05),
+                                       (45, 150, 80, 160, 0.1, 0.10)):
+        pa, pb = sa / na, sb / nb
+        d, v = pb - pa, pa * (1 - pa) / na + pb * (1 - pb) / nb
+        lo, hi, p = cs_by_roots(d, v, tau, alpha)
+        cases.append(dict(kind="proportions", successes_a=sa, trials_a=na, successes_b=sb,
+                          trials_b=nb, tau=tau, alpha=alpha, diff=f(d), ci_low=f(lo),
+                          ci_high=f(hi), p_value=f(p)))
+    return write("confidence_sequence.json", "the mSPRT's normal-mixture boundary solved by "
+                 "scipy.optimize.brentq (no closed form)", cases, min_cases=MIN_CASES_NEW)
+
+
 def main():
     if not os.path.isdir(os.path.join("crates", "stats")):
         sys.exit("run from the repository root (crates/stats not found)")
@@ -1133,6 +1277,8 @@ def main():
     gen_drift()
     gen_shadow_pairs()
     gen_value_drift()
+    gen_abn()
+    gen_confidence_sequence()
 
     seed_ss = next(c for c in ss if c["baseline"] == 0.90 and c["mde"] == 0.02)
     seed_mc = next(c for c in mc if c["b"] == 50 and c["c"] == 30)

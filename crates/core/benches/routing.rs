@@ -37,6 +37,8 @@ fn ab3() -> Strategy {
             arm("b", "v2", 3333),
             arm("c", "v3", 3333),
         ],
+        layout: Vec::new(),
+        salt: None,
     }
 }
 

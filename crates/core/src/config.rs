@@ -322,7 +322,7 @@ pub struct ModelConfig {
     pub task: Task,
     pub routing_key: Option<KeySource>,
     pub classes: Option<Vec<String>>,
-    /// Segment fields by name and where each is read from.
+    /// BucketRange fields by name and where each is read from.
     pub segments: Vec<(String, KeySource)>,
     pub versions: BTreeMap<String, BackendSpec>,
     pub strategy: Strategy,
@@ -827,6 +827,8 @@ impl RawStrategy {
                     .collect(),
             },
             "ab" => Strategy::Split {
+                layout: Vec::new(),
+                salt: None,
                 arms: self
                     .arms
                     .iter()

@@ -158,7 +158,13 @@ impl RawRollout {
     /// A problem for each field written that the rollout's kind does not take but another does.
     fn fields_of_other_kinds(&self) -> Vec<String> {
         let kinds = kinds();
-        let Some((_, own)) = kinds.iter().find(|(k, _)| *k == self.kind) else {
+        // A bandit is an A/B test whose weights move: it takes the ab fields.
+        let kind = if self.kind == "bandit" {
+            "ab"
+        } else {
+            self.kind.as_str()
+        };
+        let Some((_, own)) = kinds.iter().find(|(k, _)| *k == kind) else {
             return Vec::new();
         };
         self.written
@@ -214,11 +220,12 @@ impl RawRollout {
         let kind = match self.kind.as_str() {
             "canary" => RolloutKind::Canary(self.canary.validate(&mut problems, "")),
             "shadow" => RolloutKind::Shadow(self.shadow.validate(&mut problems)),
-            "ab" => RolloutKind::Ab(self.ab.validate(&mut problems)),
+            "ab" => RolloutKind::Ab(self.ab.validate(&mut problems, false)),
+            "bandit" => RolloutKind::Ab(self.ab.validate(&mut problems, true)),
             "blue_green" => RolloutKind::BlueGreen(self.blue_green.validate(&mut problems)),
             other => {
                 problems.push(format!(
-                    "kind: '{other}' is not one of shadow, canary, ab, blue_green"
+                    "kind: '{other}' is not one of shadow, canary, ab, bandit, blue_green"
                 ));
                 return Err(problems);
             }
@@ -348,7 +355,7 @@ mod tests {
             ),
             (
                 "name: x\nmodel: m\nkind: linear\nsteps: []\n",
-                &["kind: 'linear' is not one of shadow, canary, ab, blue_green"],
+                &["kind: 'linear' is not one of shadow, canary, ab, bandit, blue_green"],
             ),
             (
                 "name: x\nmodel: m\nkind: canary\nstable: v1\nstable: v2\n",
@@ -583,5 +590,83 @@ mod tests {
             shared,
             ["alpha", "candidate", "max_error_rate", "min_duration_ms"]
         );
+    }
+
+    #[test]
+    fn abn_and_bandit_written_forms() {
+        use crate::rollout::{AbMetric, Correction, GuardLimit};
+        let parse3 = |yaml: &str| {
+            let raw: RawRollout = serde_yaml::from_str(yaml).unwrap();
+            raw.validate(&["v1", "v2", "v3", "v4"])
+        };
+        let spec = parse3(
+            "name: a\nmodel: m\nkind: ab\ncontrol: v1\ntreatment: v2\n\
+             variants: [{ version: v3 }, { version: v4 }]\nmetric: mean:revenue\nmin_per_arm: 500\n\
+             correction: bonferroni\n\
+             guardrails: [{ metric: error_rate, max: 0.02 }, { metric: latency_p95, max_increase: 0.5, min_samples: 50 }]\n",
+        )
+        .unwrap();
+        let RolloutKind::Ab(a) = &spec.kind else {
+            panic!("{spec:?}")
+        };
+        assert_eq!(a.metric, AbMetric::Mean("revenue".into()));
+        assert_eq!(a.correction, Correction::Bonferroni);
+        assert_eq!(
+            (
+                a.treatment_weight,
+                a.variants[0].weight,
+                a.variants[1].weight
+            ),
+            (2_500, 2_500, 2_500)
+        );
+        assert_eq!(a.guardrails[0].limit, GuardLimit::Max(0.02));
+        assert_eq!(a.guardrails[1].limit, GuardLimit::MaxIncrease(0.5));
+        assert_eq!(a.guardrails[1].min_samples, 50);
+        assert_eq!(spec.kind_name(), "ab");
+        // The two-arm form is unchanged: no variants, no bandit.
+        let two = parse3(
+            "name: a\nmodel: m\nkind: ab\ncontrol: v1\ntreatment: v2\nbaseline: 0.1\nmde: 0.05\n",
+        )
+        .unwrap();
+        let RolloutKind::Ab(a) = &two.kind else {
+            panic!()
+        };
+        assert_eq!(
+            (a.treatment_weight, a.variants.len(), a.bandit.is_none()),
+            (5_000, 0, true)
+        );
+        let bandit = parse3(
+            "name: b\nmodel: m\nkind: bandit\ncontrol: v1\ntreatment: v2\nvariants: [{ version: v3 }]\n\
+             bandit: { min_share: 10, max_step: 5, reweight_every_ms: 1000 }\n",
+        )
+        .unwrap();
+        assert_eq!(bandit.kind_name(), "bandit");
+        let RolloutKind::Ab(a) = &bandit.kind else {
+            panic!()
+        };
+        let b = a.bandit.as_ref().unwrap();
+        assert_eq!(
+            (b.min_share, b.max_step, b.reweight_every_ms),
+            (1_000, 500, 1_000)
+        );
+        let problems = parse3(
+            "name: a\nmodel: m\nkind: ab\ncontrol: v1\ntreatment: v2\nvariants: [{ version: v9 }]\n\
+             metric: mean:x\ncorrection: sidak\nguardrails: [{ metric: error_rate }, { metric: nope, max: 1 }]\n\
+             bandit: { min_share: 5 }\n",
+        )
+        .unwrap_err();
+        for expected in [
+            "unknown version 'v9' in variants",
+            "min_per_arm: required for a mean:x metric",
+            "correction: must be holm or bonferroni",
+            "guardrails[0]: needs exactly one of max, min, max_increase, max_decrease",
+            "guardrails[1].metric: 'nope' is not a metric",
+            "bandit: a bandit field; an ab rollout does not take it",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(expected)),
+                "{expected} not in {problems:#?}"
+            );
+        }
     }
 }

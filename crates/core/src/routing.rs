@@ -6,6 +6,14 @@
 //! (1/100 of a percent). Arms own contiguous bucket ranges in declaration order, and a canary
 //! always owns the lowest buckets, so raising its weight only moves keys *into* the canary.
 //!
+//! A split whose weights change while it runs (a bandit re-weighting, an A/B/n arm stopped)
+//! carries an explicit `layout` of bucket ranges instead: [`Strategy::reweighted`] releases
+//! buckets only from the arms that shrink and hands them only to the arms that grow, so a key
+//! changes arm only when its arm gave up its bucket, and the share of keys that moved is the
+//! sum of the weight increases ([`Strategy::moved_buckets`]). An experiment's split may carry
+//! its own `salt`, used instead of the model's: two experiments in a row then assign keys
+//! independently instead of putting the same keys in the same arms again.
+//!
 //! The gateway holds the table behind an `ArcSwap`: a new table (a canary step, a rollback, a
 //! blue-green switch) takes effect for the next request without a lock on the request path.
 
@@ -48,6 +56,46 @@ pub struct Arm {
     pub version: String,
     /// Share of traffic in basis points.
     pub weight: u32,
+}
+
+/// Buckets `start..end` belong to `arms[arm]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketRange {
+    pub start: u32,
+    pub end: u32,
+    pub arm: u32,
+}
+
+/// The contiguous layout of weights in declaration order (empty arms own no range).
+fn contiguous(weights: &[u32]) -> Vec<BucketRange> {
+    let mut start = 0u32;
+    let mut layout = Vec::new();
+    for (i, &w) in weights.iter().enumerate() {
+        let end = start.saturating_add(w).min(BUCKETS);
+        if end > start {
+            layout.push(BucketRange {
+                start,
+                end,
+                arm: i as u32,
+            });
+        }
+        start = end;
+    }
+    layout
+}
+
+/// Sorts by start and joins neighbouring ranges of the same arm.
+fn tidy(mut layout: Vec<BucketRange>) -> Vec<BucketRange> {
+    layout.retain(|s| s.end > s.start);
+    layout.sort_by_key(|s| s.start);
+    let mut out: Vec<BucketRange> = Vec::with_capacity(layout.len());
+    for s in layout {
+        match out.last_mut() {
+            Some(last) if last.arm == s.arm && last.end == s.start => last.end = s.end,
+            _ => out.push(s),
+        }
+    }
+    out
 }
 
 /// A version that receives a mirrored copy of a sample of requests.
@@ -94,7 +142,17 @@ pub enum Strategy {
         shadows: Vec<ShadowTarget>,
     },
     /// Weighted arms (A/B tests, canaries); weights sum to [`BUCKETS`].
-    Split { arms: Vec<Arm> },
+    Split {
+        arms: Vec<Arm>,
+        /// Which arm owns which buckets, when not contiguous ranges in declaration order:
+        /// ranges ordered by start, covering `0..BUCKETS`, each arm's ranges adding up to its
+        /// weight. Made by [`Strategy::reweighted`].
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        layout: Vec<BucketRange>,
+        /// The experiment's own salt, used instead of the model's ([`ModelRoute::salt`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        salt: Option<String>,
+    },
     /// All traffic to the active colour.
     BlueGreen {
         blue: String,
@@ -120,7 +178,137 @@ impl Strategy {
                     weight: BUCKETS - weight,
                 },
             ],
+            layout: Vec::new(),
+            salt: None,
         }
+    }
+
+    /// A split of `arms` in contiguous ranges, with the experiment's own salt if any.
+    pub fn split(arms: Vec<Arm>, salt: Option<String>) -> Strategy {
+        Strategy::Split {
+            arms,
+            layout: Vec::new(),
+            salt,
+        }
+    }
+
+    /// The bucket ranges of a split (its layout, or contiguous ranges by weight); empty for
+    /// any other strategy.
+    pub fn segments(&self) -> Vec<BucketRange> {
+        match self {
+            Strategy::Split { arms, layout, .. } if layout.is_empty() => {
+                contiguous(&arms.iter().map(|a| a.weight).collect::<Vec<_>>())
+            }
+            Strategy::Split { layout, .. } => layout.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The same split with the arms' weights set to `weights` (one per arm, summing to
+    /// [`BUCKETS`]), moving as few buckets as possible: each arm that shrinks gives up buckets
+    /// from its highest ranges, and each arm that grows takes the lowest buckets given up.
+    /// `None` for another strategy or weights that do not fit.
+    pub fn reweighted(&self, weights: &[u32]) -> Option<Strategy> {
+        let Strategy::Split { arms, salt, .. } = self else {
+            return None;
+        };
+        if weights.len() != arms.len()
+            || weights.iter().map(|&w| u64::from(w)).sum::<u64>() != u64::from(BUCKETS)
+        {
+            return None;
+        }
+        let mut kept = Vec::new();
+        let mut freed = Vec::new();
+        // Release from each shrinking arm, highest ranges first.
+        let mut owned: Vec<Vec<BucketRange>> = vec![Vec::new(); arms.len()];
+        for seg in self.segments() {
+            owned.get_mut(seg.arm as usize)?.push(seg);
+        }
+        for (i, segs) in owned.iter_mut().enumerate() {
+            let mut surplus = arms[i].weight.saturating_sub(weights[i]);
+            while surplus > 0 {
+                let Some(mut last) = segs.pop() else { break };
+                let len = last.end - last.start;
+                if len <= surplus {
+                    surplus -= len;
+                    freed.push(last);
+                } else {
+                    freed.push(BucketRange {
+                        start: last.end - surplus,
+                        end: last.end,
+                        arm: last.arm,
+                    });
+                    last.end -= surplus;
+                    surplus = 0;
+                    segs.push(last);
+                }
+            }
+            kept.append(segs);
+        }
+        // Hand the freed buckets, lowest first, to each growing arm in order.
+        freed.sort_by_key(|s| s.start);
+        let mut freed = freed.into_iter();
+        let mut current = freed.next();
+        for (i, arm) in arms.iter().enumerate() {
+            let mut need = weights[i].saturating_sub(arm.weight);
+            while need > 0 {
+                let mut seg = current?;
+                let len = seg.end - seg.start;
+                if len <= need {
+                    need -= len;
+                    kept.push(BucketRange {
+                        arm: i as u32,
+                        ..seg
+                    });
+                    current = freed.next();
+                } else {
+                    kept.push(BucketRange {
+                        start: seg.start,
+                        end: seg.start + need,
+                        arm: i as u32,
+                    });
+                    seg.start += need;
+                    need = 0;
+                    current = Some(seg);
+                }
+            }
+        }
+        let arms = arms
+            .iter()
+            .zip(weights)
+            .map(|(a, &weight)| Arm {
+                weight,
+                ..a.clone()
+            })
+            .collect();
+        Some(Strategy::Split {
+            arms,
+            layout: tidy(kept),
+            salt: salt.clone(),
+        })
+    }
+
+    /// How many buckets belong to a different arm (by position in `arms`) under `next` than
+    /// under `self`: the keys that moved. Both must be splits over the same arms.
+    pub fn moved_buckets(&self, next: &Strategy) -> u32 {
+        let owner = |segs: &[BucketRange], b: u32| {
+            let i = segs.partition_point(|s| s.end <= b);
+            segs.get(i).map(|s| s.arm)
+        };
+        let (a, b) = (self.segments(), next.segments());
+        // Compare at every boundary of either layout: ownership is constant in between.
+        let mut cuts: Vec<u32> = a
+            .iter()
+            .chain(&b)
+            .flat_map(|s| [s.start, s.end])
+            .chain([0, BUCKETS])
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        cuts.windows(2)
+            .filter(|w| owner(&a, w[0]) != owner(&b, w[0]))
+            .map(|w| w[1] - w[0])
+            .sum()
     }
 
     /// The versions that answer clients under this strategy (not the mirrored ones): what
@@ -129,7 +317,7 @@ impl Strategy {
         match self {
             Strategy::Single { version } => vec![version],
             Strategy::Shadow { primary, .. } => vec![primary],
-            Strategy::Split { arms } => arms
+            Strategy::Split { arms, .. } => arms
                 .iter()
                 .filter(|a| a.weight > 0)
                 .map(|a| a.version.as_str())
@@ -152,7 +340,7 @@ impl Strategy {
             Strategy::Shadow { primary, shadows } => std::iter::once(primary.as_str())
                 .chain(shadows.iter().map(|s| s.version.as_str()))
                 .collect(),
-            Strategy::Split { arms } => arms.iter().map(|a| a.version.as_str()).collect(),
+            Strategy::Split { arms, .. } => arms.iter().map(|a| a.version.as_str()).collect(),
             Strategy::BlueGreen { blue, green, .. } => vec![blue, green],
         }
     }
@@ -161,7 +349,7 @@ impl Strategy {
     pub fn serving_weights(&self) -> Vec<(&str, u32)> {
         match self {
             Strategy::Single { .. } | Strategy::Shadow { .. } => vec![("primary", BUCKETS)],
-            Strategy::Split { arms } => arms
+            Strategy::Split { arms, .. } => arms
                 .iter()
                 .map(|a| (a.variant.as_str(), a.weight))
                 .collect(),
@@ -190,7 +378,34 @@ impl Strategy {
                     }
                 }
             }
-            Strategy::Split { arms } => {
+            Strategy::Split { arms, layout, salt } => {
+                if salt.as_deref() == Some("") {
+                    problems.push("a split's salt must not be empty".into());
+                }
+                if !layout.is_empty() {
+                    let mut at = 0u32;
+                    let mut owned = vec![0u64; arms.len()];
+                    let ordered = layout.iter().all(|s| {
+                        let ok = s.start == at && s.end > s.start && (s.arm as usize) < arms.len();
+                        if ok {
+                            owned[s.arm as usize] += u64::from(s.end - s.start);
+                            at = s.end;
+                        }
+                        ok
+                    });
+                    if !ordered || at != BUCKETS {
+                        problems.push(format!(
+                            "the split's layout is not ordered ranges of its arms covering 0..{BUCKETS} (broken at bucket {at})"
+                        ));
+                    } else if owned
+                        .iter()
+                        .zip(arms)
+                        .any(|(o, a)| *o != u64::from(a.weight))
+                    {
+                        problems
+                            .push("the split's layout does not give each arm its weight".into());
+                    }
+                }
                 if arms.len() < 2 {
                     problems.push("a split needs at least two arms".into());
                 }
@@ -231,11 +446,21 @@ pub struct Decision<'a> {
 }
 
 impl ModelRoute {
+    /// The salt keys are hashed with: the split's own (an experiment's) or the model's.
+    pub fn salt(&self) -> &str {
+        match &self.strategy {
+            Strategy::Split {
+                salt: Some(salt), ..
+            } => salt,
+            _ => &self.salt,
+        }
+    }
+
     /// Decides for a request whose key hashed to `key_bucket`, or — without a key — for a
     /// uniformly random `random_bucket` in `0..BUCKETS` drawn by the caller.
     pub fn decide(&self, key: Option<&[u8]>, random_bucket: u32) -> Decision<'_> {
         let b = match key {
-            Some(k) => bucket(&self.salt, k),
+            Some(k) => bucket(self.salt(), k),
             None => random_bucket % BUCKETS,
         };
         match &self.strategy {
@@ -262,7 +487,19 @@ impl ModelRoute {
                     shadows,
                 }
             }
-            Strategy::Split { arms } => {
+            Strategy::Split { arms, layout, .. } if !layout.is_empty() => {
+                let i = layout.partition_point(|s| s.end <= b);
+                let arm = layout
+                    .get(i)
+                    .and_then(|s| arms.get(s.arm as usize))
+                    .or(arms.last());
+                Decision {
+                    variant: arm.map_or("primary", |a| a.variant.as_str()),
+                    version: arm.map_or("", |a| a.version.as_str()),
+                    shadows: vec![],
+                }
+            }
+            Strategy::Split { arms, .. } => {
                 let mut upper = 0u32;
                 for arm in arms {
                     upper = upper.saturating_add(arm.weight);
@@ -356,8 +593,8 @@ mod tests {
 
     #[test]
     fn invalid_splits_are_reported() {
-        let s = Strategy::Split {
-            arms: vec![
+        let s = Strategy::split(
+            vec![
                 Arm {
                     variant: "a".into(),
                     version: "v1".into(),
@@ -369,7 +606,8 @@ mod tests {
                     weight: 5000,
                 },
             ],
-        };
+            None,
+        );
         let problems = s.problems();
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(Strategy::canary("v1", "v2", 500).problems().is_empty());
@@ -411,11 +649,126 @@ mod tests {
         fn split_weights_are_respected_over_buckets(w in 0u32..=BUCKETS) {
             // Every bucket maps to exactly one arm and the canary owns exactly `w` of them.
             let strategy = Strategy::canary("v1", "v2", w);
-            let Strategy::Split { arms } = &strategy else { unreachable!() };
+            let Strategy::Split { arms, .. } = &strategy else { unreachable!() };
             prop_assert_eq!(arms.iter().map(|a| a.weight).sum::<u32>(), BUCKETS);
             let r = route(strategy.clone());
             let canary = (0..BUCKETS).filter(|&b| r.decide(None, b).variant == "canary").count() as u32;
             prop_assert_eq!(canary, w);
+        }
+    }
+
+    fn three(weights: [u32; 3]) -> Strategy {
+        Strategy::split(
+            ["a", "b", "c"]
+                .iter()
+                .zip(weights)
+                .map(|(v, weight)| Arm {
+                    variant: (*v).into(),
+                    version: format!("v-{v}"),
+                    weight,
+                })
+                .collect(),
+            Some("exp-1".into()),
+        )
+    }
+
+    /// Every bucket's arm under a strategy.
+    fn owners(s: &Strategy) -> Vec<String> {
+        let r = route(s.clone());
+        (0..BUCKETS)
+            .map(|b| r.decide(None, b).variant.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn reweighting_moves_only_the_changed_mass() {
+        // Contiguous ranges would move a→b and b→c (2 000 buckets); the layout moves a→c only.
+        let before = three([3334, 3333, 3333]);
+        let after = before.reweighted(&[2334, 3333, 4333]).unwrap();
+        assert!(after.problems().is_empty(), "{:?}", after.problems());
+        assert_eq!(before.moved_buckets(&after), 1000);
+        let (o1, o2) = (owners(&before), owners(&after));
+        let moved: Vec<(&str, &str)> = o1
+            .iter()
+            .zip(&o2)
+            .filter(|(x, y)| x != y)
+            .map(|(x, y)| (x.as_str(), y.as_str()))
+            .collect();
+        assert_eq!(moved.len(), 1000);
+        assert!(moved.iter().all(|m| *m == ("a", "c")));
+        // A stopped arm's buckets all go to the arm that takes its weight.
+        let stopped = after.reweighted(&[5667, 0, 4333]).unwrap();
+        assert!(stopped.problems().is_empty());
+        assert_eq!(after.moved_buckets(&stopped), 3333);
+        assert_eq!(stopped.serving_versions(), vec!["v-a", "v-c"]);
+        // A bad layout is a problem.
+        let Strategy::Split { arms, .. } = &stopped else {
+            unreachable!()
+        };
+        let broken = Strategy::Split {
+            arms: arms.clone(),
+            layout: vec![BucketRange {
+                start: 0,
+                end: 9_000,
+                arm: 0,
+            }],
+            salt: None,
+        };
+        assert_eq!(broken.problems().len(), 1, "{:?}", broken.problems());
+        assert_eq!(before.reweighted(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn an_experiments_salt_is_used_instead_of_the_models() {
+        let key = b"wafer-7";
+        let with_salt = route(three([5000, 0, 5000]));
+        assert_eq!(with_salt.salt(), "exp-1");
+        let b = bucket("exp-1", key);
+        let d = with_salt.decide(Some(key), 0);
+        assert_eq!(d.variant, if b < 5000 { "a" } else { "c" });
+        assert_eq!(
+            route(Strategy::canary("v1", "v2", 10)).salt(),
+            "yield-rollout-1"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn reweighting_moves_exactly_the_increases(
+            cuts1 in proptest::collection::vec(0u32..=BUCKETS, 3),
+            cuts2 in proptest::collection::vec(0u32..=BUCKETS, 3),
+            cuts3 in proptest::collection::vec(0u32..=BUCKETS, 3),
+        ) {
+            let weights = |cuts: &[u32]| {
+                let mut c = cuts.to_vec();
+                c.push(0);
+                c.push(BUCKETS);
+                c.sort_unstable();
+                c.windows(2).map(|w| w[1] - w[0]).collect::<Vec<u32>>()
+            };
+            let arms = |w: &[u32]| w.iter().enumerate().map(|(i, &weight)| Arm {
+                variant: format!("arm{i}"),
+                version: format!("v{i}"),
+                weight,
+            }).collect::<Vec<_>>();
+            let (w1, w2, w3) = (weights(&cuts1), weights(&cuts2), weights(&cuts3));
+            let s1 = Strategy::split(arms(&w1), None);
+            let s2 = s1.reweighted(&w2).unwrap();
+            let s3 = s2.reweighted(&w3).unwrap();
+            for (from, to, wa, wb) in [(&s1, &s2, &w1, &w2), (&s2, &s3, &w2, &w3)] {
+                prop_assert!(to.problems().is_empty(), "{:?}", to.problems());
+                let increases: u32 = wa.iter().zip(wb).map(|(a, b)| b.saturating_sub(*a)).sum();
+                prop_assert_eq!(from.moved_buckets(to), increases);
+                // Only keys of arms that shrank move, and only into arms that grew.
+                let (o1, o2) = (owners(from), owners(to));
+                for (x, y) in o1.iter().zip(&o2) {
+                    if x != y {
+                        let i: usize = x[3..].parse().unwrap();
+                        let j: usize = y[3..].parse().unwrap();
+                        prop_assert!(wb[i] < wa[i] && wb[j] > wa[j]);
+                    }
+                }
+            }
         }
     }
 }

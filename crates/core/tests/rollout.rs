@@ -81,7 +81,7 @@ fn strategies(actions: &[Action]) -> Vec<Strategy> {
 
 fn canary_weight(s: &Strategy) -> u32 {
     match s {
-        Strategy::Split { arms } => arms
+        Strategy::Split { arms, .. } => arms
             .iter()
             .find(|a| a.variant == "canary")
             .map_or(0, |a| a.weight),
@@ -568,6 +568,12 @@ fn ab_spec() -> RolloutSpec {
             sequential: false,
             auto_promote: true,
             srm_threshold: 0.001,
+            variants: vec![],
+            correction: Default::default(),
+            guardrails: vec![],
+            lower_is_better: None,
+            min_per_arm: None,
+            bandit: None,
         }),
     }
 }

@@ -8,6 +8,7 @@
 //! Conventions follow the references named in each module so that a number printed by
 //! switchyard can be reproduced in a notebook.
 
+pub mod bandit;
 pub mod bayes;
 pub mod chi2;
 pub mod classification;
@@ -18,6 +19,7 @@ pub mod mcnemar;
 pub mod multiple;
 pub mod power;
 pub mod proportions;
+pub mod rng;
 pub mod sample;
 pub mod sequential;
 pub mod summary;

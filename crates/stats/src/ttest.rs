@@ -20,6 +20,19 @@ pub struct TTest {
     pub std_err: f64,
 }
 
+impl TTest {
+    /// The two-sided `1 − alpha` confidence interval of `mean_diff`:
+    /// `mean_diff ± t(1 − α/2, df) · std_err` (scipy's `TtestResult.confidence_interval`).
+    pub fn confidence_interval(&self, alpha: f64) -> Result<(f64, f64), StatsError> {
+        crate::check_open_unit("alpha", alpha)?;
+        let dist = StudentsT::new(0.0, 1.0, self.df).map_err(|e| {
+            StatsError::Undefined(format!("t distribution with {} df: {e}", self.df))
+        })?;
+        let half = dist.inverse_cdf(1.0 - alpha / 2.0) * self.std_err;
+        Ok((self.mean_diff - half, self.mean_diff + half))
+    }
+}
+
 fn two_sided_t_p(t: f64, df: f64) -> Result<f64, StatsError> {
     let dist = StudentsT::new(0.0, 1.0, df)
         .map_err(|e| StatsError::Undefined(format!("t distribution with {df} df: {e}")))?;
@@ -169,5 +182,10 @@ mod tests {
             welch(&[1.0, 1.0], &[2.0, 2.0]),
             Err(StatsError::Undefined(_))
         ));
+        let r = welch(&[1.0, 2.0, 3.0], &[2.0, 4.0]).unwrap();
+        assert_eq!(
+            r.confidence_interval(0.0).unwrap_err().field(),
+            Some("alpha")
+        );
     }
 }

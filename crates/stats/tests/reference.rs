@@ -5,9 +5,11 @@
 
 use serde_json::Value;
 use switchyard_stats::classification::ConfusionMatrix;
+use switchyard_stats::sequential::{self, MsprtConfig};
 use switchyard_stats::wilcoxon::{wilcoxon, WilcoxonMethod};
 use switchyard_stats::{
-    bayes, chi2, drift, mann_whitney, mcnemar, multiple, power, proportions, ttest, Proportion,
+    bayes, chi2, drift, mann_whitney, mcnemar, multiple, power, proportions, ttest, Moments,
+    Proportion,
 };
 
 fn cases(name: &str) -> Vec<Value> {
@@ -51,6 +53,16 @@ fn check(what: &str, case: &Value, actual: f64, expected: f64) {
     let tolerance = 1e-12 + 1e-7 * expected.abs();
     assert!(
         (actual - expected).abs() <= tolerance,
+        "{what}: got {actual:e}, expected {expected:e} (case {case})"
+    );
+}
+
+/// For interval ends, which may cross zero: relative 1e-7 of the interval's scale.
+#[track_caller]
+fn check_abs(what: &str, case: &Value, actual: f64, expected: f64) {
+    let scale = 1e-9 + f(case, "ci_high").abs().max(f(case, "ci_low").abs());
+    assert!(
+        (actual - expected).abs() <= 1e-7 * scale,
         "{what}: got {actual:e}, expected {expected:e} (case {case})"
     );
 }
@@ -149,6 +161,12 @@ fn welch_matches_scipy() {
         check("t", &case, r.t, f(&case, "t"));
         check("p_value", &case, r.p_value, f(&case, "p_value"));
         check("df", &case, r.df, f(&case, "df"));
+        let (lo, hi) = r.confidence_interval(0.05).unwrap();
+        check_abs("ci_low", &case, lo, f(&case, "ci_low"));
+        check_abs("ci_high", &case, hi, f(&case, "ci_high"));
+        let (lo, hi) = r.confidence_interval(0.10).unwrap();
+        check_abs("ci90_low", &case, lo, f(&case, "ci90_low"));
+        check_abs("ci90_high", &case, hi, f(&case, "ci90_high"));
     }
 }
 
@@ -384,4 +402,125 @@ fn signed_histogram_counts_underestimates_as_numpy() {
         checked += 1;
     }
     assert!(checked >= 5);
+}
+
+fn bools(case: &Value, key: &str) -> Vec<bool> {
+    case[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_bool().unwrap())
+        .collect()
+}
+
+/// k arms against the first: the per-variant tests, then Holm and Bonferroni over them, as
+/// scipy and statsmodels.
+#[test]
+fn abn_tests_and_adjustments_match_scipy_and_statsmodels() {
+    for case in cases_at_least("abn", 6) {
+        let alpha = f(&case, "alpha");
+        let p: Vec<f64> = match case["kind"].as_str().unwrap() {
+            "mean" => {
+                let arms: Vec<Vec<f64>> = serde_json::from_value(case["arms"].clone()).unwrap();
+                let control = Moments::from_slice(&arms[0]);
+                arms[1..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let r =
+                            ttest::welch_from_moments(&Moments::from_slice(v), &control).unwrap();
+                        check("t", &case, r.t, floats(&case, "t")[i]);
+                        let (lo, hi) = r.confidence_interval(0.05).unwrap();
+                        let scale =
+                            floats(&case, "ci_high")[i].abs() + floats(&case, "ci_low")[i].abs();
+                        assert!(
+                            (lo - floats(&case, "ci_low")[i]).abs() <= 1e-7 * scale,
+                            "{case}"
+                        );
+                        assert!(
+                            (hi - floats(&case, "ci_high")[i]).abs() <= 1e-7 * scale,
+                            "{case}"
+                        );
+                        r.p_value
+                    })
+                    .collect()
+            }
+            _ => {
+                let (s, n) = (indices(&case, "successes"), indices(&case, "trials"));
+                let arm = |i: usize| Proportion::new(s[i] as u64, n[i] as u64).unwrap();
+                (1..s.len())
+                    .map(|i| {
+                        let r = proportions::two_proportion_ztest(arm(0), arm(i), alpha).unwrap();
+                        check("z", &case, r.z, floats(&case, "z")[i - 1]);
+                        r.p_value
+                    })
+                    .collect()
+            }
+        };
+        for (i, (got, want)) in p.iter().zip(floats(&case, "p_values")).enumerate() {
+            check(&format!("p_values[{i}]"), &case, *got, want);
+        }
+        for (method, adjusted) in [
+            ("holm", multiple::holm(&p).unwrap()),
+            ("bonferroni", multiple::bonferroni(&p).unwrap()),
+        ] {
+            for (i, (got, want)) in adjusted.iter().zip(floats(&case, method)).enumerate() {
+                check(&format!("{method}[{i}]"), &case, *got, want);
+            }
+            let rejected: Vec<bool> = adjusted.iter().map(|q| *q <= alpha).collect();
+            assert_eq!(
+                rejected,
+                bools(&case, &format!("reject_{method}")),
+                "{method} {}",
+                case["name"]
+            );
+        }
+    }
+}
+
+/// The closed-form confidence sequence equals the roots scipy finds of `Λ(θ) = 1/α`.
+#[test]
+fn confidence_sequences_match_the_roots_of_the_mixture_boundary() {
+    for case in cases_at_least("confidence_sequence", 6) {
+        let (tau, alpha) = (f(&case, "tau"), f(&case, "alpha"));
+        let config = MsprtConfig {
+            alpha,
+            tau,
+            min_trials: 2,
+        };
+        let (lo, hi, p) = match case["kind"].as_str().unwrap() {
+            "bare" => {
+                let (lo, hi) = sequential::confidence_sequence(
+                    f(&case, "diff"),
+                    f(&case, "variance"),
+                    tau,
+                    alpha,
+                )
+                .unwrap();
+                (lo, hi, None)
+            }
+            "means" => {
+                let look = sequential::msprt_two_means(
+                    &Moments::from_slice(&floats(&case, "a")),
+                    &Moments::from_slice(&floats(&case, "b")),
+                    &config,
+                )
+                .unwrap();
+                check("diff", &case, look.diff, f(&case, "diff"));
+                (look.ci_low, look.ci_high, Some(look.p_value))
+            }
+            _ => {
+                let look =
+                    sequential::msprt_two_proportions(arm(&case, "a"), arm(&case, "b"), &config)
+                        .unwrap();
+                check("diff", &case, look.diff, f(&case, "diff"));
+                (look.ci_low, look.ci_high, Some(look.p_value))
+            }
+        };
+        check_abs("ci_low", &case, lo, f(&case, "ci_low"));
+        check_abs("ci_high", &case, hi, f(&case, "ci_high"));
+        if let Some(p) = p {
+            check("p_value", &case, p, f(&case, "p_value"));
+        }
+    }
 }

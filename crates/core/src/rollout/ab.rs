@@ -3,7 +3,8 @@
 //! crossed), guarded by a sample-ratio-mismatch check.
 //!
 //! Its spec ([`AbSpec`], [`AbMetric`], written as [`RawAb`]), report ([`ab_report`]) and state
-//! machine live here.
+//! machine live here. A spec with more arms, guardrails, a continuous metric or a bandit is run
+//! by the k-arm machine in `abn` (and `bandit`); its written form is read here too.
 
 use serde::{Deserialize, Serialize};
 use switchyard_stats::chi2::sample_ratio_mismatch;
@@ -11,7 +12,7 @@ use switchyard_stats::sequential::MsprtConfig;
 use switchyard_stats::{bayes, power, proportions, ttest, Proportion};
 
 use super::raw::{bp, raw_fields, required};
-use super::{d, single, unit, Observations, Out, Phase, Recommendation, RolloutState};
+use super::{d, frac, single, unit, Observations, Out, Phase, Recommendation, RolloutState};
 use crate::aggregate::VariantStats;
 use crate::audit::Severity;
 use crate::routing::{Arm, Strategy, BUCKETS};
@@ -24,6 +25,49 @@ pub enum AbMetric {
     Accuracy,
     /// A 0/1 business metric posted as feedback (`metrics: {name: 1}`).
     Conversion(String),
+    /// The mean of a continuous business metric posted as feedback (`metrics: {name: 12.5}`):
+    /// revenue per request, test time. Compared by Welch's t-test.
+    Mean(String),
+    /// The absolute error of labelled regression predictions (`value` feedback): the MAE.
+    AbsError,
+    /// Model errors among requests.
+    ErrorRate,
+    /// The 95th percentile of latency (ms); a guardrail only.
+    LatencyP95,
+}
+
+impl AbMetric {
+    /// As written: `accuracy`, `conversion:<name>`, `mean:<name>`, `abs_error`, `error_rate`,
+    /// `latency_p95`.
+    pub fn parse(s: &str) -> Option<AbMetric> {
+        match s {
+            "accuracy" => Some(AbMetric::Accuracy),
+            "abs_error" => Some(AbMetric::AbsError),
+            "error_rate" => Some(AbMetric::ErrorRate),
+            "latency_p95" => Some(AbMetric::LatencyP95),
+            _ => {
+                if let Some(name) = s.strip_prefix("conversion:").filter(|n| !n.is_empty()) {
+                    Some(AbMetric::Conversion(name.into()))
+                } else {
+                    s.strip_prefix("mean:")
+                        .filter(|n| !n.is_empty())
+                        .map(|n| AbMetric::Mean(n.into()))
+                }
+            }
+        }
+    }
+
+    /// The written form.
+    pub fn name(&self) -> String {
+        match self {
+            AbMetric::Accuracy => "accuracy".into(),
+            AbMetric::Conversion(n) => format!("conversion:{n}"),
+            AbMetric::Mean(n) => format!("mean:{n}"),
+            AbMetric::AbsError => "abs_error".into(),
+            AbMetric::ErrorRate => "error_rate".into(),
+            AbMetric::LatencyP95 => "latency_p95".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +87,165 @@ pub struct AbSpec {
     /// Route everything to the winner when the test concludes.
     pub auto_promote: bool,
     pub srm_threshold: f64,
+    /// A/B/n: the arms beyond the control and the treatment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variants: Vec<AbVariant>,
+    /// How the variants' p-values are adjusted (A/B/n).
+    #[serde(default)]
+    pub correction: Correction,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guardrails: Vec<Guardrail>,
+    /// The primary metric's direction, when not its own (`mean:` metrics are higher-is-better
+    /// unless this says otherwise; `abs_error` and `error_rate` are lower-is-better).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower_is_better: Option<bool>,
+    /// Samples per arm before a conclusion, instead of the power calculation (required for a
+    /// continuous metric).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_per_arm: Option<u64>,
+    /// `kind: bandit`: Thompson sampling moves the weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandit: Option<BanditSettings>,
+}
+
+/// A guardrail as written: a metric and exactly one of `max`, `min`, `max_increase`,
+/// `max_decrease`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawGuardrail {
+    pub metric: Option<String>,
+    pub max: Option<f64>,
+    pub min: Option<f64>,
+    pub max_increase: Option<f64>,
+    pub max_decrease: Option<f64>,
+    pub min_samples: Option<u64>,
+}
+
+/// The bandit's settings as written (`kind: bandit`), percentages in percent.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawBandit {
+    pub min_share: Option<f64>,
+    pub max_step: Option<f64>,
+    pub reweight_every_ms: Option<i64>,
+    pub min_samples: Option<u64>,
+    pub draws: Option<u32>,
+    pub stop_at_p_best: Option<f64>,
+}
+
+/// An A/B/n arm as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawVariant {
+    pub version: String,
+    /// Percent; unwritten, the arms share equally.
+    pub weight: Option<f64>,
+}
+
+/// How the p-values of the variants against the control are adjusted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Correction {
+    /// Holm's step-down: as strict as Bonferroni on the smallest p-value, less on the rest.
+    #[default]
+    Holm,
+    Bonferroni,
+}
+
+/// One further arm of an A/B/n test (beyond the control and the treatment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbVariant {
+    pub version: String,
+    /// Basis points.
+    pub weight: u32,
+}
+
+/// A guardrail's limit and its direction.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardLimit {
+    /// The arm's value must not exceed this (error rate, p95 in ms, a mean).
+    Max(f64),
+    /// The arm's value must not fall below this.
+    Min(f64),
+    /// The arm's value must not exceed the control's by more than this fraction.
+    MaxIncrease(f64),
+    /// The arm's value must not fall below the control's by more than this fraction.
+    MaxDecrease(f64),
+}
+
+/// A metric every variant must keep within a limit while the test runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Guardrail {
+    pub metric: AbMetric,
+    pub limit: GuardLimit,
+    /// Samples an arm (and, for limits relative to the control, the control) needs before the
+    /// guardrail is checked.
+    pub min_samples: u64,
+}
+
+/// The default `min_samples` of a guardrail.
+pub const DEFAULT_GUARDRAIL_MIN_SAMPLES: u64 = 100;
+
+/// Thompson sampling settings of a `kind: bandit` rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BanditSettings {
+    /// Smallest share of an active arm, basis points.
+    pub min_share: u32,
+    /// Largest change of any weight at one re-weighting, basis points.
+    pub max_step: u32,
+    /// Time between re-weightings (ms).
+    pub reweight_every_ms: i64,
+    /// Samples every active arm needs before the first re-weighting.
+    pub min_samples: u64,
+    /// Monte Carlo draws for the probability that each arm is best.
+    pub draws: u32,
+    /// The bandit concludes when one arm is best with this probability (and every active arm
+    /// has `min_per_arm` samples, if set).
+    pub stop_at_p_best: f64,
+}
+
+impl Default for BanditSettings {
+    fn default() -> Self {
+        BanditSettings {
+            min_share: 500,
+            max_step: 1_000,
+            reweight_every_ms: 60_000,
+            min_samples: 30,
+            draws: 10_000,
+            stop_at_p_best: 0.95,
+        }
+    }
+}
+
+/// Every arm as `(variant, version, weight)`, control first.
+pub fn arms_of(a: &AbSpec) -> Vec<Arm> {
+    let others: u32 = a.treatment_weight + a.variants.iter().map(|v| v.weight).sum::<u32>();
+    let mut arms = vec![
+        Arm {
+            variant: "a".into(),
+            version: a.control.clone(),
+            weight: BUCKETS.saturating_sub(others),
+        },
+        Arm {
+            variant: "b".into(),
+            version: a.treatment.clone(),
+            weight: a.treatment_weight,
+        },
+    ];
+    for (i, v) in a.variants.iter().enumerate() {
+        arms.push(Arm {
+            variant: arm_name(i + 2),
+            version: v.version.clone(),
+            weight: v.weight,
+        });
+    }
+    arms
+}
+
+fn arm_name(i: usize) -> String {
+    if i < 26 {
+        ((b'a' + i as u8) as char).to_string()
+    } else {
+        format!("arm{i}")
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -55,8 +258,18 @@ raw_fields! {
         treatment: Option<String>,
         /// Percent of traffic to the treatment.
         treatment_weight: Option<f64>,
-        /// `accuracy` or `conversion:<metric name>`.
+        /// `accuracy`, `conversion:<name>`, `mean:<name>`, `abs_error` or `error_rate`.
         metric: Option<String>,
+        /// A/B/n: the variants after the treatment (`{version, weight}`; unwritten weights
+        /// share 100% equally with the control and the treatment, the control taking the rest).
+        variants: Option<Vec<RawVariant>>,
+        /// `holm` (default) or `bonferroni`.
+        correction: Option<String>,
+        guardrails: Option<Vec<RawGuardrail>>,
+        lower_is_better: Option<bool>,
+        min_per_arm: Option<u64>,
+        /// `kind: bandit` only.
+        bandit: Option<RawBandit>,
         baseline: Option<f64>,
         mde: Option<f64>,
         alpha: Option<f64>,
@@ -68,40 +281,108 @@ raw_fields! {
 }
 
 impl RawAb {
-    /// Builds the spec, adding its problems.
-    pub(crate) fn validate(self, problems: &mut Vec<String>) -> AbSpec {
+    /// Builds the spec, adding its problems. `bandit` when the kind is `bandit`.
+    pub(crate) fn validate(self, problems: &mut Vec<String>, bandit: bool) -> AbSpec {
         let metric = match self.metric.as_deref() {
-            None | Some("accuracy") => AbMetric::Accuracy,
-            Some(m) => match m.strip_prefix("conversion:") {
-                Some(name) if !name.is_empty() => AbMetric::Conversion(name.to_string()),
-                _ => {
+            None => AbMetric::Accuracy,
+            Some(m) => match AbMetric::parse(m).filter(|m| *m != AbMetric::LatencyP95) {
+                Some(metric) => metric,
+                None => {
                     problems.push(format!(
-                        "metric: '{m}' is not accuracy or conversion:<metric name>"
+                        "metric: '{m}' is not accuracy, conversion:<name>, mean:<name>, abs_error or error_rate"
                     ));
                     AbMetric::Accuracy
                 }
             },
         };
+        let continuous = matches!(metric, AbMetric::Mean(_) | AbMetric::AbsError);
+        let variants_written = self.variants.as_ref().is_some_and(|v| !v.is_empty());
+        // Weights: the two-arm form's treatment_weight; with variants, each arm's own or an
+        // equal share of 100% among all arms (the control takes the rest).
+        let k = 2 + self.variants.as_ref().map_or(0, Vec::len);
+        let equal = 100.0 / k as f64;
+        let default_tw = if variants_written || bandit {
+            equal
+        } else {
+            50.0
+        };
         let tw = bp(
             "treatment_weight",
-            self.treatment_weight.unwrap_or(50.0),
+            self.treatment_weight.unwrap_or(default_tw),
             problems,
         );
+        let variants: Vec<AbVariant> = self
+            .variants
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| AbVariant {
+                weight: bp(
+                    &format!("variants[{i}].weight"),
+                    v.weight.unwrap_or(equal),
+                    problems,
+                ),
+                version: v.version,
+            })
+            .collect();
+        let correction = match self.correction.as_deref() {
+            None | Some("holm") => Correction::Holm,
+            Some("bonferroni") => Correction::Bonferroni,
+            Some(other) => {
+                problems.push(format!(
+                    "correction: must be holm or bonferroni, got '{other}'"
+                ));
+                Correction::Holm
+            }
+        };
+        let guardrails = self
+            .guardrails
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, g)| guardrail(i, g, problems))
+            .collect();
+        let bandit_settings = match (bandit, self.bandit) {
+            (true, raw) => Some(bandit_settings(raw.unwrap_or_default(), problems)),
+            (false, Some(_)) => {
+                problems.push(
+                    "bandit: a bandit field; an ab rollout does not take it (use kind: bandit)"
+                        .into(),
+                );
+                None
+            }
+            (false, None) => None,
+        };
+        let proportion = !continuous;
+        // The power calculation needs a baseline and an effect for a proportion of a
+        // fixed-horizon test; a bandit or a written min_per_arm does without.
+        let needs_plan = proportion && !bandit && self.min_per_arm.is_none();
+        if continuous && !bandit && self.min_per_arm.is_none() {
+            problems.push(format!(
+                "min_per_arm: required for a {} metric (the samples per arm before a conclusion)",
+                metric.name()
+            ));
+        }
         AbSpec {
             control: required(&self.control, "control", "ab", problems),
             treatment: required(&self.treatment, "treatment", "ab", problems),
             treatment_weight: tw,
             metric,
             baseline: self.baseline.unwrap_or_else(|| {
-                problems.push(
-                    "baseline: required for an ab rollout (the expected control rate)".into(),
-                );
+                if needs_plan {
+                    problems.push(
+                        "baseline: required for an ab rollout (the expected control rate)".into(),
+                    );
+                }
                 0.5
             }),
             mde: self.mde.unwrap_or_else(|| {
-                problems.push(
-                    "mde: required for an ab rollout (the smallest effect worth detecting)".into(),
-                );
+                if needs_plan {
+                    problems.push(
+                        "mde: required for an ab rollout (the smallest effect worth detecting)"
+                            .into(),
+                    );
+                }
                 0.05
             }),
             alpha: self.alpha.unwrap_or(0.05),
@@ -111,39 +392,156 @@ impl RawAb {
             srm_threshold: self
                 .srm_threshold
                 .unwrap_or(switchyard_stats::chi2::DEFAULT_SRM_THRESHOLD),
+            variants,
+            correction,
+            guardrails,
+            lower_is_better: self.lower_is_better,
+            min_per_arm: self.min_per_arm,
+            bandit: bandit_settings,
         }
     }
 }
 
-/// The A/B test's own problems.
-pub(super) fn problems(a: &AbSpec, p: &mut Vec<String>) {
-    if a.treatment_weight == 0 || a.treatment_weight >= BUCKETS {
-        p.push(format!(
-            "treatment weight must be in (0, 100)%, got {}%",
-            f64::from(a.treatment_weight) / 100.0
+fn guardrail(i: usize, g: RawGuardrail, problems: &mut Vec<String>) -> Option<Guardrail> {
+    let at = format!("guardrails[{i}]");
+    let metric = match g.metric.as_deref().map(|m| (m, AbMetric::parse(m))) {
+        Some((_, Some(m))) => m,
+        Some((m, None)) => {
+            problems.push(format!("{at}.metric: '{m}' is not a metric"));
+            return None;
+        }
+        None => {
+            problems.push(format!("{at}.metric: required"));
+            return None;
+        }
+    };
+    let limits: Vec<GuardLimit> = [
+        g.max.map(GuardLimit::Max),
+        g.min.map(GuardLimit::Min),
+        g.max_increase.map(GuardLimit::MaxIncrease),
+        g.max_decrease.map(GuardLimit::MaxDecrease),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let [limit] = limits[..] else {
+        problems.push(format!(
+            "{at}: needs exactly one of max, min, max_increase, max_decrease"
         ));
+        return None;
+    };
+    match limit {
+        GuardLimit::Max(x) | GuardLimit::Min(x) if !x.is_finite() => {
+            problems.push(format!("{at}: the limit must be a number, got {x}"));
+        }
+        GuardLimit::MaxIncrease(x) | GuardLimit::MaxDecrease(x) => {
+            frac(
+                &format!(
+                    "{at}.{}",
+                    if matches!(limit, GuardLimit::MaxIncrease(_)) {
+                        "max_increase"
+                    } else {
+                        "max_decrease"
+                    }
+                ),
+                x,
+                problems,
+            );
+        }
+        _ => {}
     }
-    if let Err(e) = power::sample_size_two_proportions(a.baseline, a.mde, a.alpha, a.power) {
-        p.push(format!("sample size: {e}"));
-    }
-    unit("srm_threshold", a.srm_threshold, p);
+    Some(Guardrail {
+        metric,
+        limit,
+        min_samples: g.min_samples.unwrap_or(DEFAULT_GUARDRAIL_MIN_SAMPLES),
+    })
 }
 
-pub(super) fn ab_strategy(a: &AbSpec) -> Strategy {
-    Strategy::Split {
-        arms: vec![
-            Arm {
-                variant: "a".into(),
-                version: a.control.clone(),
-                weight: BUCKETS - a.treatment_weight,
-            },
-            Arm {
-                variant: "b".into(),
-                version: a.treatment.clone(),
-                weight: a.treatment_weight,
-            },
-        ],
+fn bandit_settings(raw: RawBandit, problems: &mut Vec<String>) -> BanditSettings {
+    let default = BanditSettings::default();
+    let settings = BanditSettings {
+        min_share: raw
+            .min_share
+            .map_or(default.min_share, |p| bp("bandit.min_share", p, problems)),
+        max_step: raw
+            .max_step
+            .map_or(default.max_step, |p| bp("bandit.max_step", p, problems)),
+        reweight_every_ms: raw.reweight_every_ms.unwrap_or(default.reweight_every_ms),
+        min_samples: raw.min_samples.unwrap_or(default.min_samples),
+        draws: raw.draws.unwrap_or(default.draws),
+        stop_at_p_best: raw.stop_at_p_best.unwrap_or(default.stop_at_p_best),
+    };
+    if settings.reweight_every_ms < 0 {
+        problems.push("bandit.reweight_every_ms must not be negative".into());
     }
+    if settings.draws == 0 {
+        problems.push("bandit.draws must be at least 1".into());
+    }
+    unit("bandit.stop_at_p_best", settings.stop_at_p_best, problems);
+    settings
+}
+
+/// The A/B test's own problems.
+pub(super) fn problems(a: &AbSpec, declared: &[&str], p: &mut Vec<String>) {
+    let others =
+        u64::from(a.treatment_weight) + a.variants.iter().map(|v| u64::from(v.weight)).sum::<u64>();
+    if a.variants.is_empty() {
+        if a.treatment_weight == 0 || a.treatment_weight >= BUCKETS {
+            p.push(format!(
+                "treatment weight must be in (0, 100)%, got {}%",
+                f64::from(a.treatment_weight) / 100.0
+            ));
+        }
+    } else if others >= u64::from(BUCKETS)
+        || a.treatment_weight == 0
+        || a.variants.iter().any(|v| v.weight == 0)
+    {
+        p.push(format!(
+            "every arm needs a weight above 0% and the variants less than 100% together, got {}% for the variants",
+            others as f64 / 100.0
+        ));
+    }
+    let mut versions: Vec<&str> = vec![&a.control, &a.treatment];
+    for v in &a.variants {
+        if !declared.contains(&v.version.as_str()) {
+            p.push(format!(
+                "unknown version '{}' in variants (declared: {})",
+                v.version,
+                declared.join(", ")
+            ));
+        }
+        versions.push(&v.version);
+    }
+    let mut sorted = versions.clone();
+    sorted.sort_unstable();
+    if sorted.windows(2).any(|w| w[0] == w[1]) && a.variants.iter().any(|_| true) {
+        p.push("every arm of an A/B/n test needs its own version".into());
+    }
+    let plan = matches!(
+        a.metric,
+        AbMetric::Accuracy | AbMetric::Conversion(_) | AbMetric::ErrorRate
+    ) && a.bandit.is_none()
+        && a.min_per_arm.is_none();
+    if plan {
+        if let Err(e) = power::sample_size_two_proportions(a.baseline, a.mde, a.alpha, a.power) {
+            p.push(format!("sample size: {e}"));
+        }
+    }
+    unit("srm_threshold", a.srm_threshold, p);
+    if let Some(b) = &a.bandit {
+        let k = 2 + a.variants.len() as u64;
+        if u64::from(b.min_share) * k > u64::from(BUCKETS) {
+            p.push(format!(
+                "bandit.min_share: {k} arms of {}% exceed 100%",
+                f64::from(b.min_share) / 100.0
+            ));
+        }
+    }
+}
+
+/// The split of an A/B (or A/B/n) test under the experiment's salt.
+pub(super) fn ab_strategy(a: &AbSpec, salt: Option<String>) -> Strategy {
+    Strategy::split(arms_of(a), salt)
 }
 
 /// A/B analysis of the configured metric.
@@ -159,7 +557,7 @@ pub struct AbReport {
     pub mae_welch: Option<ttest::TTest>,
 }
 
-fn metric_of(stats: &VariantStats, metric: &AbMetric) -> Proportion {
+pub(crate) fn metric_of(stats: &VariantStats, metric: &AbMetric) -> Proportion {
     match metric {
         AbMetric::Accuracy => stats.correct,
         AbMetric::Conversion(name) => stats.metrics.get(name).map_or(Proportion::default(), |m| {
@@ -169,6 +567,11 @@ fn metric_of(stats: &VariantStats, metric: &AbMetric) -> Proportion {
                 .clamp(0.0, trials as f64) as u64;
             Proportion { successes, trials }
         }),
+        AbMetric::ErrorRate => Proportion {
+            successes: stats.errors.min(stats.requests),
+            trials: stats.requests,
+        },
+        AbMetric::Mean(_) | AbMetric::AbsError | AbMetric::LatencyP95 => Proportion::default(),
     }
 }
 
@@ -280,6 +683,11 @@ pub(super) fn tick_ab(a: &AbSpec, state: &mut RolloutState, obs: &Observations, 
     }
     if let Some(m) = state.sequential {
         details.push(d("sequential_p_value", m.p_value));
+        // The always-valid interval beside the fixed-horizon one.
+        if let (Some(lo), Some(hi)) = (m.ci_low, m.ci_high) {
+            details.push(d("cs_low", lo));
+            details.push(d("cs_high", hi));
+        }
     }
     let verdict = winner.map_or("no significant difference".to_string(), |w| {
         format!("{w} wins")

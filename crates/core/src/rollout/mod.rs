@@ -29,12 +29,21 @@ use crate::audit::{AuditEvent, Detail, Details, Severity};
 use crate::routing::{Colour, ShadowTarget, Strategy, BUCKETS};
 
 pub(crate) mod ab;
+pub(crate) mod abn;
+pub(crate) mod bandit;
 pub(crate) mod blue_green;
 pub(crate) mod canary;
 pub(crate) mod raw;
 pub(crate) mod shadow;
 
-pub use ab::{ab_report, AbMetric, AbReport, AbSpec};
+pub use ab::{
+    ab_report, arms_of, AbMetric, AbReport, AbSpec, AbVariant, BanditSettings, Correction,
+    GuardLimit, Guardrail, RawBandit, RawGuardrail, RawVariant, DEFAULT_GUARDRAIL_MIN_SAMPLES,
+};
+pub use abn::{
+    abn_report, experiment_salt, lower_is_better, metric_value, required_per_arm, AbnOutcome,
+    AbnReport, ArmDecision, ArmResult, ArmState, GuardrailCheck, MetricValue,
+};
 pub use blue_green::BlueGreenSpec;
 pub use canary::{
     evaluate_gate, relative_change, CanarySpec, GatePolicy, Step, Underestimate,
@@ -78,9 +87,10 @@ pub struct RolloutSpec {
 
 impl RolloutSpec {
     pub fn kind_name(&self) -> &'static str {
-        match self.kind {
+        match &self.kind {
             RolloutKind::Shadow(_) => "shadow",
             RolloutKind::Canary(_) => "canary",
+            RolloutKind::Ab(a) if a.bandit.is_some() => "bandit",
             RolloutKind::Ab(_) => "ab",
             RolloutKind::BlueGreen(_) => "blue_green",
         }
@@ -117,7 +127,7 @@ impl RolloutSpec {
         match &self.kind {
             RolloutKind::Canary(c) => canary::problems(c, &mut p),
             RolloutKind::Shadow(s) => shadow::problems(self, s, declared, &mut p),
-            RolloutKind::Ab(a) => ab::problems(a, &mut p),
+            RolloutKind::Ab(a) => ab::problems(a, declared, &mut p),
             RolloutKind::BlueGreen(b) => blue_green::problems(b, &mut p),
         }
         p
@@ -262,6 +272,21 @@ pub struct RolloutState {
     pub sequential: Option<SequentialMonitor>,
     /// The strategy currently installed for the model.
     pub strategy: Strategy,
+    /// A/B and bandit: the experiment's own assignment salt (its name and start time), also
+    /// carried by its split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+    /// A/B/n and bandit: each arm's state, control first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arms: Vec<ArmState>,
+    /// A/B/n and bandit: the version kept when the test concluded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub winner: Option<String>,
+    /// Bandit: each arm's probability of being best at the last re-weighting, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_best: Option<Vec<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reweight_ms: Option<i64>,
 }
 
 /// Outcome of a blue-green validation run by the driver.
@@ -435,8 +460,8 @@ fn single(version: &str) -> Strategy {
     }
 }
 
-/// The strategy in force when the rollout starts.
-fn initial_strategy(spec: &RolloutSpec) -> Strategy {
+/// The strategy in force when the rollout starts (`salt`: an experiment's own).
+fn initial_strategy(spec: &RolloutSpec, salt: Option<String>) -> Strategy {
     match &spec.kind {
         RolloutKind::Shadow(s) => Strategy::Shadow {
             primary: s.primary.clone(),
@@ -450,7 +475,7 @@ fn initial_strategy(spec: &RolloutSpec) -> Strategy {
             &c.candidate,
             c.steps.first().map_or(0, |s| s.weight),
         ),
-        RolloutKind::Ab(a) => ab_strategy(a),
+        RolloutKind::Ab(a) => ab_strategy(a, salt),
         RolloutKind::BlueGreen(b) => blue_green(b, Colour::Blue),
     }
 }
@@ -479,8 +504,16 @@ pub fn start(spec: &RolloutSpec, now: i64, actor: &str) -> (RolloutState, Vec<Ac
         baseline_p95_us: None,
         sequential: None,
         strategy: single(current),
+        salt: None,
+        arms: Vec::new(),
+        winner: None,
+        p_best: None,
+        last_reweight_ms: None,
     };
-    let strategy = initial_strategy(spec);
+    if matches!(spec.kind, RolloutKind::Ab(_)) {
+        state.salt = Some(abn::experiment_salt(&spec.name, now));
+    }
+    let strategy = initial_strategy(spec, state.salt.clone());
     out.set(&mut state, strategy);
     let mut details = vec![
         d("model", spec.model.as_str()),
@@ -494,6 +527,14 @@ pub fn start(spec: &RolloutSpec, now: i64, actor: &str) -> (RolloutState, Vec<Ac
                 f64::from(c.steps.first().map_or(0, |s| s.weight)) / 100.0,
             ));
         }
+        RolloutKind::Ab(a) if abn::is_extended(a) => {
+            if let Some(n) = abn::required_per_arm(a) {
+                details.push(d("required_per_arm", n));
+            }
+            state.arms = abn::initial_arm_states(a);
+            details.push(d("arms", state.arms.len() as u64));
+            details.push(d("salt", state.salt.clone().unwrap_or_default()));
+        }
         RolloutKind::Ab(a) => {
             if let Ok(n) = power::sample_size_two_proportions(a.baseline, a.mde, a.alpha, a.power) {
                 details.push(d("required_per_arm", n.per_variant));
@@ -501,6 +542,7 @@ pub fn start(spec: &RolloutSpec, now: i64, actor: &str) -> (RolloutState, Vec<Ac
             if a.sequential {
                 state.sequential = Some(SequentialMonitor::default());
             }
+            details.push(d("salt", state.salt.clone().unwrap_or_default()));
         }
         RolloutKind::BlueGreen(b) => {
             state.phase = Phase::Validating;
@@ -537,6 +579,15 @@ pub fn tick(
     match &spec.kind {
         RolloutKind::Canary(c) => tick_canary(c, &mut next, obs, &mut out),
         RolloutKind::Shadow(s) => tick_shadow(s, &mut next, obs, &mut out),
+        RolloutKind::Ab(a) if abn::is_extended(a) => {
+            if let Some(active) = abn::tick_common(a, &mut next, obs, &mut out) {
+                if a.bandit.is_some() {
+                    bandit::tick_bandit(a, &mut next, obs, &mut out, &active);
+                } else {
+                    abn::conclude(a, &mut next, obs, &mut out, &active);
+                }
+            }
+        }
         RolloutKind::Ab(a) => tick_ab(a, &mut next, obs, &mut out),
         RolloutKind::BlueGreen(b) => tick_blue_green(b, &mut next, obs, &mut out),
     }
@@ -661,8 +712,9 @@ pub fn command(
                     }
                 }
                 RolloutKind::Ab(a) => {
-                    let keep = match next.recommendation {
-                        Some(Recommendation::Promote) => a.treatment.clone(),
+                    let keep = match (&next.winner, next.recommendation) {
+                        (Some(w), _) => w.clone(),
+                        (None, Some(Recommendation::Promote)) => a.treatment.clone(),
                         _ => a.control.clone(),
                     };
                     out.set(&mut next, single(&keep));

@@ -37,7 +37,7 @@ impl History {
         h.last = Some(Instant::now());
         let (_, candidate) = spec.versions();
         let weight = match &state.strategy {
-            switchyard_core::Strategy::Split { arms } => arms
+            switchyard_core::Strategy::Split { arms, .. } => arms
                 .iter()
                 .find(|a| a.version == candidate)
                 .map_or(0, |a| a.weight),

@@ -160,7 +160,7 @@ async fn drive(tg: &TestGateway, name: &str) -> (RolloutView, Vec<f64>) {
         tg.tick(61_000).await;
         let view = phase(tg, name).await;
         let w = match &view.strategy {
-            Strategy::Split { arms } => f64::from(arms[0].weight) / 100.0,
+            Strategy::Split { arms, .. } => f64::from(arms[0].weight) / 100.0,
             Strategy::Single { version } if version == "candidate" => 100.0,
             _ => 0.0,
         };

@@ -627,7 +627,7 @@ fn percent(bp: u32) -> String {
 fn traffic(strategy: &Strategy) -> String {
     match strategy {
         Strategy::Single { version } => format!("{version} 100%"),
-        Strategy::Split { arms } => arms
+        Strategy::Split { arms, .. } => arms
             .iter()
             .map(|a| format!("{} {}", a.version, percent(a.weight)))
             .collect::<Vec<_>>()
