@@ -92,6 +92,8 @@ pub struct RawLog {
     pub snapshot_every: Option<u64>,
     /// `{max_age_hours, max_records, batch}`: what the log keeps (everything by default).
     pub retention: Option<RawRetention>,
+    /// SQLite: the largest the log's database may grow, in MB (a quota; no limit by default).
+    pub max_size_mb: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -227,6 +229,8 @@ pub struct LogSettings {
     /// Records and labels between two snapshots of the aggregates; 0 = none.
     pub snapshot_every: u64,
     pub retention: Option<RetentionSettings>,
+    /// SQLite: the largest the log's database may grow (bytes).
+    pub max_size_bytes: Option<u64>,
 }
 
 /// When an answered prediction is on disk.
@@ -256,6 +260,7 @@ impl Default for LogSettings {
             durability: Durability::Group,
             snapshot_every: 100_000,
             retention: None,
+            max_size_bytes: None,
         }
     }
 }
@@ -450,6 +455,16 @@ impl RawConfig {
             durability,
             snapshot_every: self.log.snapshot_every.unwrap_or(defaults.snapshot_every),
             retention: None,
+            max_size_bytes: match self.log.max_size_mb {
+                Some(mb) if mb.is_finite() && mb > 0.0 => Some((mb * 1_000_000.0) as u64),
+                Some(mb) => {
+                    problems.push(format!(
+                        "log.max_size_mb: must be a positive number of megabytes, got {mb}"
+                    ));
+                    None
+                }
+                None => None,
+            },
         };
         let mut log = log;
         if let Some(r) = &self.log.retention {
@@ -1004,6 +1019,7 @@ mod tests {
         c.log.capture_inputs = Some(2.0);
         c.log.durability = Some("always".into());
         c.log.snapshot_every = Some(0);
+        c.log.max_size_mb = Some(0.0);
         c.log.retention = Some(RawRetention {
             max_age_hours: Some(-1.0),
             max_records: Some(0),
@@ -1021,6 +1037,7 @@ mod tests {
             "log.retention.max_records: must be greater than 0",
             "log.retention.batch: must be greater than 0",
             "log.retention: needs snapshots",
+            "log.max_size_mb: must be a positive number of megabytes, got 0",
             "limits.header_read_timeout_ms: must be greater than 0",
             "limits.body_read_timeout_ms: must be greater than 0",
             "limits.max_header_bytes: must be between 8192 and 1048576",

@@ -156,6 +156,7 @@ impl Gateway {
                 max_records: r.max_records,
                 batch: r.batch as usize,
             }),
+            max_size_bytes: config.log.max_size_bytes,
         })
         .with_context(|| format!("opening the store at {}", options.store))?;
         let metrics = Arc::new(Metrics::new());
@@ -557,15 +558,18 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let capacity = state.log.queue_capacity();
     let dropped = state.log.stats().dropped.load(Ordering::Relaxed);
     let saturated = depth * 10 > capacity * 9;
-    let status = if saturated {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
+    // Serving goes on while the log cannot be written (records are dropped and counted), but
+    // the replica is not ready: a load balancer should prefer one that records.
+    let failing = state.log.failing();
+    let ready = !saturated && failing.is_none();
+    let status = if ready {
         StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(
-            json!({ "ready": !saturated, "log_queue_depth": depth, "log_queue_capacity": capacity, "log_dropped": dropped }),
-        ),
-    )
+    let mut body = json!({ "ready": ready, "log_queue_depth": depth, "log_queue_capacity": capacity, "log_dropped": dropped });
+    if let Some(e) = failing {
+        body["log_error"] = json!(format!("the prediction log cannot be written: {e}"));
+    }
+    (status, Json(body))
 }

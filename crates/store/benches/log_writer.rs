@@ -75,6 +75,7 @@ fn write_once(
         commit_interval: Duration::ZERO,
         snapshot_every: 0,
         retention: None,
+        max_size_bytes: None,
     })
     .unwrap();
     let start = Instant::now();

@@ -77,6 +77,7 @@ fn write_log(path: &std::path::Path, from: u64, n: u64, snapshot_every: u64) {
         commit_interval: Duration::from_millis(5),
         snapshot_every,
         retention: None,
+        max_size_bytes: None,
     })
     .unwrap();
     runtime.block_on(async {

@@ -46,6 +46,9 @@ pub struct LogWriterConfig {
     pub snapshot_every: u64,
     /// What the writer deletes from the log once a snapshot covers it (none when `None`).
     pub retention: Option<Retention>,
+    /// SQLite: the largest the database file may grow (a quota; past it batches fail and their
+    /// records are dropped and counted, as on a full disk). `None`: no limit but the disk's.
+    pub max_size_bytes: Option<u64>,
 }
 
 /// How long the prediction log keeps records. A record is deleted when it is older than
@@ -81,6 +84,9 @@ pub struct LogStats {
     pub snapshots: AtomicU64,
     /// Records deleted by the retention policy.
     pub pruned: AtomicU64,
+    /// Why the last batch could not be written, while writes fail (the disk or the database is
+    /// full, the file became read-only, PostgreSQL is down); `None` once a batch commits again.
+    pub failing: Mutex<Option<String>>,
 }
 
 enum Command {
@@ -194,6 +200,11 @@ impl LogHandle {
         &self.aggregates
     }
 
+    /// Why records cannot be written right now (`None` while the log is healthy).
+    pub fn failing(&self) -> Option<String> {
+        self.stats.failing.lock().clone()
+    }
+
     /// Tells the retention policy which routing epochs running rollouts still read: records
     /// of `epoch` and later are kept (`None`: no rollout runs).
     pub fn protect_from_epoch(&self, epoch: Option<u64>) {
@@ -227,6 +238,9 @@ pub fn spawn_log_writer(
         .spawn(move || {
             let opened: Result<Box<dyn Sink>, StoreError> = match &config.store {
                 StoreUrl::Sqlite(path) => sqlite::open(path).and_then(|conn| {
+                    if let Some(bytes) = config.max_size_bytes {
+                        sqlite::limit_size(&conn, bytes)?;
+                    }
                     *shared.lock() = restore_aggregates(&conn)?;
                     Ok(Box::new(SqliteSink(conn)) as Box<dyn Sink>)
                 }),
@@ -448,10 +462,21 @@ impl Writer {
                 self.stats
                     .dropped
                     .fetch_add(records.len() as u64, Ordering::Relaxed);
-                tracing::error!(error = %e, records = records.len(), "prediction log batch lost");
+                // Said once when writes start failing, not once per batch.
+                let mut failing = self.stats.failing.lock();
+                if failing.is_none() {
+                    tracing::error!(error = %e, "the prediction log cannot be written; records are dropped and counted until it can");
+                }
+                *failing = Some(e.to_string());
                 false
             }
         };
+        if ok {
+            let mut failing = self.stats.failing.lock();
+            if let Some(was) = failing.take() {
+                tracing::warn!(error = %was, "the prediction log is written again");
+            }
+        }
         for waiter in batch.waiters.drain(..) {
             let _ = waiter.send(ok);
         }

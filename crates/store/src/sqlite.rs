@@ -81,3 +81,13 @@ fn add_segments_column(conn: &Connection) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+/// Caps the file this connection writes at `bytes` (rounded down to whole pages; never below
+/// what the file already holds): past it a write fails with "database or disk is full", as
+/// on a full disk.
+pub(crate) fn limit_size(conn: &Connection, bytes: u64) -> Result<(), StoreError> {
+    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let pages = (bytes / page_size.max(1) as u64).max(1);
+    conn.pragma_update(None, "max_page_count", pages as i64)?;
+    Ok(())
+}

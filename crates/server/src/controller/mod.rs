@@ -17,7 +17,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use crate::api::{HistoryPoint, RolloutView};
-use switchyard_core::audit::{Alert, AuditEvent, Detail};
+use switchyard_core::audit::{Alert, AuditEvent, Detail, Severity};
 use switchyard_core::rollout::{
     self, Action, Command, Observations, Phase, RolloutKind, RolloutSpec, RolloutState, Validation,
 };
@@ -80,6 +80,8 @@ pub struct Controller {
     leading: AtomicBool,
     /// Where this replica's admin API answers, recorded when it becomes the controller.
     admin_url: String,
+    /// Whether running rollouts are held because the prediction log cannot be written.
+    log_held: AtomicBool,
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> String {
@@ -124,6 +126,7 @@ impl Controller {
             base_dir,
             leading: AtomicBool::new(false),
             admin_url,
+            log_held: AtomicBool::new(false),
         }))
     }
 
@@ -359,6 +362,9 @@ impl Controller {
         self.app
             .log
             .protect_from_epoch(active.iter().map(|e| e.state.start_epoch).min());
+        if self.hold_for_log(&active) {
+            return;
+        }
         for entry in active {
             let now = self.clock.now_ms();
             let obs = self.observe(&entry.spec, &entry.state);
@@ -372,6 +378,58 @@ impl Controller {
                 tracing::error!(rollout = %name, error = %e, "controller could not record a transition");
             }
         }
+    }
+
+    /// While the prediction log cannot be written, records are lost and the statistics are
+    /// partial: no rollout decides anything. Says so once per rollout when the hold starts (an
+    /// event and a P1 alert) and once when it ends. Returns whether to hold.
+    fn hold_for_log(&self, active: &[Entry]) -> bool {
+        let failing = self.app.log.failing();
+        let was_held = self.log_held.swap(failing.is_some(), Ordering::Relaxed);
+        let now = self.clock.now_ms();
+        let note = |entry: &Entry, kind: &str, message: String, alert: bool| {
+            let mut actions = vec![Action::Event(AuditEvent {
+                rollout: entry.spec.name.clone(),
+                ts_ms: now,
+                kind: kind.into(),
+                actor: "controller".into(),
+                message: message.clone(),
+                details: vec![],
+            })];
+            if alert {
+                actions.push(Action::Alert {
+                    severity: Severity::P1,
+                    kind: "log_failing".into(),
+                    title: format!("{}: {message}", entry.spec.name),
+                    details: vec![],
+                });
+            }
+            let name = entry.spec.name.clone();
+            if let Err(e) = self.carry_out(entry.spec.clone(), entry.state.clone(), actions, false)
+            {
+                tracing::error!(rollout = %name, error = %e, "controller could not record the hold");
+            }
+        };
+        match (&failing, was_held) {
+            (Some(reason), false) => active.iter().for_each(|e| {
+                note(
+                    e,
+                    "held",
+                    format!("held: the prediction log cannot be written ({reason}); no decision while records are lost"),
+                    true,
+                )
+            }),
+            (None, true) => active.iter().for_each(|e| {
+                note(
+                    e,
+                    "hold_lifted",
+                    "the prediction log is written again; deciding resumes".into(),
+                    false,
+                )
+            }),
+            _ => {}
+        }
+        failing.is_some()
     }
 
     /// Records a snapshot for the charts (see `history`).

@@ -7,6 +7,7 @@ mod support;
 
 mod alerts;
 mod dataplane;
+mod disk;
 mod limits;
 mod mlserver;
 mod oip_client;

@@ -81,6 +81,7 @@ fn writer(
         commit_interval: std::time::Duration::from_millis(5),
         snapshot_every: 0,
         retention: None,
+        max_size_bytes: None,
     })
     .unwrap()
 }

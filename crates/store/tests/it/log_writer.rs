@@ -33,6 +33,7 @@ fn config(
         commit_interval: Duration::from_millis(5),
         snapshot_every: 0,
         retention: None,
+        max_size_bytes: None,
     }
 }
 
