@@ -459,6 +459,58 @@ impl Aggregates {
         }
     }
 
+    /// Folds every series and pair of a routing epoch before `floor` (epoch 0 excepted) into
+    /// epoch 0 of the same model, version, role and variant (or pair): the totals stay exact,
+    /// the split by epoch of the old ones goes. Memory then grows with the variants a model
+    /// has, not with the routing changes it went through. Returns how many entries were folded.
+    pub fn compact_before(&mut self, floor: u64) -> usize {
+        let old: Vec<SeriesKey> = self
+            .series
+            .keys()
+            .filter(|k| k.epoch > 0 && k.epoch < floor)
+            .cloned()
+            .collect();
+        let old_pairs: Vec<PairKey> = self
+            .pairs
+            .keys()
+            .filter(|k| k.epoch > 0 && k.epoch < floor)
+            .cloned()
+            .collect();
+        let folded = old.len() + old_pairs.len();
+        for key in old {
+            if let Some(stats) = self.series.remove(&key) {
+                let into = SeriesKey { epoch: 0, ..key };
+                self.series.entry(into).or_default().merge(&stats);
+            }
+        }
+        for key in old_pairs {
+            if let Some(stats) = self.pairs.remove(&key) {
+                let into = PairKey { epoch: 0, ..key };
+                self.pairs.entry(into).or_default().merge(&stats);
+            }
+        }
+        folded
+    }
+
+    /// The series and pairs of `model` from routing epoch `from` on: what a rollout that began
+    /// at `from` reads.
+    pub fn of_model_from(&self, model: &str, from: u64) -> Aggregates {
+        Aggregates {
+            series: self
+                .series
+                .iter()
+                .filter(|(k, _)| k.model == model && k.epoch >= from)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            pairs: self
+                .pairs
+                .iter()
+                .filter(|(k, _)| k.model == model && k.epoch >= from)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        }
+    }
+
     pub fn merge(&mut self, other: &Aggregates) {
         for (k, v) in &other.series {
             self.series.entry(k.clone()).or_default().merge(v);
@@ -777,6 +829,47 @@ mod tests {
         merged.merge(&halves[1]);
         merged.merge(&halves[0]);
         assert_eq!(merged, one);
+    }
+
+    #[test]
+    fn compaction_folds_old_epochs_and_keeps_the_totals() {
+        let mut agg = Aggregates::default();
+        for epoch in 1..=50u64 {
+            for i in 0..3 {
+                let id = format!("e{epoch}-{i}");
+                let serving = PredictionRecord {
+                    epoch,
+                    ..rec(&id, Role::Serving, "v1", &["1"], None)
+                };
+                let shadow = PredictionRecord {
+                    epoch,
+                    ..rec(&id, Role::Shadow, "v2", &["0"], Some(&["1"]))
+                };
+                agg.record(&serving);
+                agg.record(&shadow);
+                agg.record_feedback(&[serving, shadow], &Truth::Labels(vec!["1".into()]), &[]);
+            }
+        }
+        let before_v1 = agg.variant("yield", "v1", Role::Serving, |_| true);
+        let before_pair = agg.pair("yield", "v1", "v2", |_| true);
+        let recent = agg.pair("yield", "v1", "v2", |e| e >= 45);
+        assert_eq!(agg.series.len(), 100);
+        let folded = agg.compact_before(45);
+        assert_eq!(folded, 44 * 3);
+        // Epochs 45..=50 stay apart, the 44 before are one entry per series and pair.
+        assert_eq!(agg.series.len(), 2 * 6 + 2);
+        assert_eq!(agg.pairs.len(), 6 + 1);
+        assert_eq!(
+            agg.variant("yield", "v1", Role::Serving, |_| true),
+            before_v1
+        );
+        assert_eq!(agg.pair("yield", "v1", "v2", |_| true), before_pair);
+        assert_eq!(agg.pair("yield", "v1", "v2", |e| e >= 45), recent);
+        // Again: nothing left to fold.
+        assert_eq!(agg.compact_before(45), 0);
+        let sub = agg.of_model_from("yield", 48);
+        assert_eq!(sub.series.len(), 2 * 3);
+        assert_eq!(agg.of_model_from("other", 0).series.len(), 0);
     }
 
     #[test]

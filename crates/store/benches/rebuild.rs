@@ -64,6 +64,18 @@ fn record(i: u64, role: Role) -> PredictionRecord {
     }
 }
 
+/// CPU seconds (user + system) this process has used so far.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Writes `n` requests from `from` on; prints the CPU microseconds per record of each million
+/// (the writer's cost as the table grows).
 fn write_log(path: &std::path::Path, from: u64, n: u64, snapshot_every: u64) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -80,8 +92,20 @@ fn write_log(path: &std::path::Path, from: u64, n: u64, snapshot_every: u64) {
         max_size_bytes: None,
     })
     .unwrap();
+    let mut cpu_at = cpu_seconds();
     runtime.block_on(async {
         for chunk in (from..from + n).collect::<Vec<_>>().chunks(100_000) {
+            if chunk[0] > 0 && chunk[0].is_multiple_of(1_000_000) {
+                let now = cpu_seconds();
+                let records = 1_000_000.0 * 1.2;
+                println!(
+                    "  records {:>5.1} M-{:.1} M: {:.1} CPU µs per record (writer and generator)",
+                    (chunk[0] - 1_000_000) as f64 * 1.2 / 1e6,
+                    chunk[0] as f64 * 1.2 / 1e6,
+                    (now - cpu_at) * 1e6 / records
+                );
+                cpu_at = now;
+            }
             for &i in chunk {
                 assert!(log.record(record(i, Role::Serving)));
                 if i.is_multiple_of(5) {

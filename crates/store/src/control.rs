@@ -32,9 +32,11 @@
 //! head hash elsewhere (logs, alerts) closes both.
 
 use switchyard_core::audit::{Alert, AuditEvent};
+use switchyard_core::Aggregates;
 
 use crate::audit_chain::{details_to_json, normalize_details, verify_rows, RawEvent};
 use crate::pg::PgConn;
+use crate::wire::{decode_aggregates, encode_aggregates};
 use crate::{pg_control, sqlite_control, StoreError, StoreUrl};
 
 pub use crate::audit_chain::{ChainReport, DeliveryRow, RolloutRow, StoredEvent, GENESIS_HASH};
@@ -131,6 +133,40 @@ impl ControlStore {
                 let name = name.to_string();
                 pg.with(move |c| Ok(pg_control::rollouts(c, Some(&name))?.pop()))
             }
+        }
+    }
+
+    /// Keeps a finished rollout's statistics (its model's series and pairs from its first
+    /// routing epoch, as they stood when it ended), so its report outlives the in-memory
+    /// aggregates, which fold old epochs together.
+    pub fn save_result(&mut self, name: &str, aggregates: &Aggregates) -> Result<(), StoreError> {
+        let text = encode_aggregates(aggregates)?;
+        match &mut self.inner {
+            Inner::Sqlite(conn) => sqlite_control::save_result(conn, name, &text),
+            Inner::Postgres(pg) => {
+                let name = name.to_string();
+                pg.with(move |c| pg_control::save_result(c, &name, &text))
+            }
+        }
+    }
+
+    /// A finished rollout's statistics, when kept.
+    pub fn result(&self, name: &str) -> Result<Option<Aggregates>, StoreError> {
+        let text = match &self.inner {
+            Inner::Sqlite(conn) => sqlite_control::result(conn, name)?,
+            Inner::Postgres(pg) => {
+                let name = name.to_string();
+                pg.with(move |c| pg_control::result(c, &name))?
+            }
+        };
+        text.map(|t| decode_aggregates(&t)).transpose()
+    }
+
+    /// The rollouts whose statistics are kept.
+    pub fn result_names(&self) -> Result<Vec<String>, StoreError> {
+        match &self.inner {
+            Inner::Sqlite(conn) => sqlite_control::result_names(conn),
+            Inner::Postgres(pg) => pg.with(pg_control::result_names),
         }
     }
 

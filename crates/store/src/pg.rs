@@ -64,6 +64,10 @@ CREATE TABLE IF NOT EXISTS rollouts (
     state       TEXT    NOT NULL,
     updated_ms  BIGINT  NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rollout_results (
+    name        TEXT PRIMARY KEY,
+    aggregates  TEXT    NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit_events (
     seq         BIGINT PRIMARY KEY,
     rollout     TEXT    NOT NULL CHECK (rollout <> ''),

@@ -244,3 +244,37 @@ pub(crate) fn alerts(client: &mut Client) -> Result<Vec<(u64, Alert)>, StoreErro
         })
         .collect()
 }
+
+/// Keeps (replaces) a finished rollout's statistics.
+pub(crate) fn save_result(
+    client: &mut Client,
+    name: &str,
+    aggregates: &str,
+) -> Result<(), StoreError> {
+    client.execute(
+        "INSERT INTO rollout_results (name, aggregates) VALUES ($1, $2)
+         ON CONFLICT (name) DO UPDATE SET aggregates = EXCLUDED.aggregates",
+        &[&name, &aggregates],
+    )?;
+    Ok(())
+}
+
+/// A finished rollout's statistics, when kept.
+pub(crate) fn result(client: &mut Client, name: &str) -> Result<Option<String>, StoreError> {
+    Ok(client
+        .query_opt(
+            "SELECT aggregates FROM rollout_results WHERE name = $1",
+            &[&name],
+        )?
+        .map(|r| r.try_get(0))
+        .transpose()?)
+}
+
+/// The rollouts whose statistics are kept.
+pub(crate) fn result_names(client: &mut Client) -> Result<Vec<String>, StoreError> {
+    client
+        .query("SELECT name FROM rollout_results ORDER BY name", &[])?
+        .iter()
+        .map(|r| Ok(r.try_get(0)?))
+        .collect()
+}

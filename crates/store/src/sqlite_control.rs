@@ -23,6 +23,10 @@ CREATE TABLE IF NOT EXISTS rollouts (
     state       TEXT    NOT NULL,
     updated_ms  INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rollout_results (
+    name        TEXT PRIMARY KEY,
+    aggregates  TEXT    NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit_events (
     seq         INTEGER PRIMARY KEY,
     rollout     TEXT    NOT NULL CHECK (rollout <> ''),
@@ -355,4 +359,33 @@ pub(crate) fn alerts(conn: &Connection) -> Result<Vec<(u64, Alert)>, StoreError>
         )?);
     }
     Ok(out)
+}
+
+/// Keeps (replaces) a finished rollout's statistics.
+pub(crate) fn save_result(
+    conn: &Connection,
+    name: &str,
+    aggregates: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO rollout_results (name, aggregates) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET aggregates = excluded.aggregates",
+    )?
+    .execute([name, aggregates])?;
+    Ok(())
+}
+
+/// A finished rollout's statistics, when kept.
+pub(crate) fn result(conn: &Connection, name: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT aggregates FROM rollout_results WHERE name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?)
+}
+
+/// The rollouts whose statistics are kept.
+pub(crate) fn result_names(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT name FROM rollout_results ORDER BY name")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

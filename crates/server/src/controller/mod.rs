@@ -23,7 +23,7 @@ use switchyard_core::rollout::{
 };
 use switchyard_core::rollout_config::RawRollout;
 use switchyard_core::routing::PINNED_VARIANT;
-use switchyard_core::Role;
+use switchyard_core::{Aggregates, Role};
 use switchyard_store::{ControlStore, Leader, StoreError, StoreUrl, StoredEvent};
 
 use crate::alerts::AlertSender;
@@ -82,6 +82,10 @@ pub struct Controller {
     admin_url: String,
     /// Whether running rollouts are held because the prediction log cannot be written.
     log_held: AtomicBool,
+    /// Finished rollouts whose statistics the store keeps (their reports read those).
+    results: Mutex<std::collections::HashSet<String>>,
+    /// Routing epochs before this one are folded together in the aggregates.
+    compacted_before: std::sync::atomic::AtomicU64,
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> String {
@@ -106,6 +110,7 @@ impl Controller {
             None => ControlStore::open(store)?,
         };
         let rollouts = load_rollouts(&store)?;
+        let results = store.result_names()?.into_iter().collect();
         if app.cluster.is_none() {
             for e in rollouts.values() {
                 if app.models.contains_key(&e.spec.model) && !e.state.phase.is_terminal() {
@@ -127,6 +132,8 @@ impl Controller {
             leading: AtomicBool::new(false),
             admin_url,
             log_held: AtomicBool::new(false),
+            results: Mutex::new(results),
+            compacted_before: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -365,6 +372,7 @@ impl Controller {
         if self.hold_for_log(&active) {
             return;
         }
+        self.compact(&active);
         for entry in active {
             let now = self.clock.now_ms();
             let obs = self.observe(&entry.spec, &entry.state);
@@ -452,47 +460,79 @@ impl Controller {
 
     /// Merged statistics of the rollout's model: this gateway's, and with replicas the
     /// others' latest published windows.
-    fn observe(&self, spec: &RolloutSpec, state: &RolloutState) -> Observations {
+    /// Every replica's aggregates: this one's, merged with the others' windows when there are
+    /// replicas.
+    fn with_aggregates<R>(&self, f: impl FnOnce(&Aggregates) -> R) -> R {
         let local = self.app.log.aggregates().lock();
         let remote = self.app.remote_aggregates.lock();
-        let merged;
-        let agg = if remote.series.is_empty() && remote.pairs.is_empty() {
-            &*local
+        if remote.series.is_empty() && remote.pairs.is_empty() {
+            f(&local)
         } else {
             let mut all = local.clone();
             all.merge(&remote);
-            merged = all;
-            &merged
-        };
-        let mut obs = Observations::default();
-        // Pinned requests chose their version themselves: not a sample of any split.
-        for (k, v) in agg
-            .series
-            .iter()
-            .filter(|(k, _)| k.model == spec.model && k.variant != PINNED_VARIANT)
-        {
-            if k.role == Role::Serving {
-                if k.epoch >= state.step_epoch {
-                    obs.step.entry(k.version.clone()).or_default().merge(v);
-                }
-                if k.epoch >= state.start_epoch {
-                    obs.total.entry(k.version.clone()).or_default().merge(v);
-                    *obs.by_variant.entry(k.variant.clone()).or_default() += v.requests;
-                }
-            }
+            drop(remote);
+            drop(local);
+            f(&all)
         }
-        if let RolloutKind::Shadow(s) = &spec.kind {
-            obs.shadow = Some(agg.variant(&spec.model, &s.candidate, Role::Shadow, |e| {
-                e >= state.start_epoch
-            }));
-            obs.pair = Some(agg.pair(&spec.model, &s.primary, &s.candidate, |e| {
-                e >= state.start_epoch
-            }));
-        }
-        drop(remote);
-        drop(local);
+    }
+
+    fn observe(&self, spec: &RolloutSpec, state: &RolloutState) -> Observations {
+        let mut obs = self.with_aggregates(|agg| observe_in(agg, spec, state));
         obs.validation = self.validations.lock().get(&spec.name).cloned();
         obs
+    }
+
+    /// Keeps a finished rollout's statistics in the store, once.
+    fn keep_result(&self, spec: &RolloutSpec, state: &RolloutState) {
+        if self.results.lock().contains(&spec.name) {
+            return;
+        }
+        let subset = self.with_aggregates(|agg| agg.of_model_from(&spec.model, state.start_epoch));
+        match self.store.lock().save_result(&spec.name, &subset) {
+            Ok(()) => {
+                self.results.lock().insert(spec.name.clone());
+            }
+            Err(e) => {
+                tracing::warn!(rollout = %spec.name, error = %e, "could not keep the finished rollout's statistics")
+            }
+        }
+    }
+
+    /// Folds the aggregates' routing epochs older than every running rollout's first one (and
+    /// than the current one) together, once every finished rollout's statistics are kept in the
+    /// store: memory no longer grows with routing changes.
+    fn compact(&self, active: &[Entry]) {
+        let current = self.app.table.load().epoch;
+        let floor = active
+            .iter()
+            .map(|e| e.state.start_epoch)
+            .min()
+            .unwrap_or(current)
+            .min(current);
+        if floor <= self.compacted_before.load(Ordering::Relaxed) {
+            return;
+        }
+        let finished: Vec<Entry> = self
+            .rollouts
+            .lock()
+            .values()
+            .filter(|e| e.state.phase.is_terminal())
+            .cloned()
+            .collect();
+        for e in &finished {
+            self.keep_result(&e.spec, &e.state);
+        }
+        let unkept = finished
+            .iter()
+            .any(|e| !self.results.lock().contains(&e.spec.name));
+        if unkept {
+            return;
+        }
+        let folded = self.app.log.aggregates().lock().compact_before(floor);
+        self.compacted_before.store(floor, Ordering::Relaxed);
+        if folded > 0 {
+            tracing::debug!(floor, folded, "folded old routing epochs");
+        }
     }
 
     /// Carries out actions, then persists the state with its events in one transaction.
@@ -562,6 +602,9 @@ impl Controller {
         })?;
         for e in &events {
             tracing::info!(rollout = %e.rollout, kind = %e.kind, "{}", e.message);
+        }
+        if state.phase.is_terminal() {
+            self.keep_result(&spec, &state);
         }
         let name = spec.name.clone();
         self.rollouts.lock().insert(name, Entry { spec, state });
@@ -657,11 +700,60 @@ impl Controller {
     }
 
     /// Statistics the report needs, over the whole rollout.
+    /// A rollout's observations: live while it runs, as it ended once it has (from the
+    /// statistics kept in the store, when they are).
     pub fn observations(&self, name: &str) -> Option<(RolloutSpec, RolloutState, Observations)> {
         let (spec, state) = self.state(name)?;
-        let obs = self.observe(&spec, &state);
+        let kept = (state.phase.is_terminal() && self.results.lock().contains(name))
+            .then(|| self.store.lock().result(name))
+            .and_then(|r| {
+                r.map_err(
+                    |e| tracing::warn!(rollout = name, error = %e, "kept statistics unreadable"),
+                )
+                .ok()
+                .flatten()
+            });
+        let obs = match kept {
+            Some(agg) => {
+                let mut obs = observe_in(&agg, &spec, &state);
+                obs.validation = self.validations.lock().get(&spec.name).cloned();
+                obs
+            }
+            None => self.observe(&spec, &state),
+        };
         Some((spec, state, obs))
     }
+}
+
+/// A rollout's observations in `agg`: serving statistics per version since its step's and its
+/// own first routing epoch, and for a shadow its pair.
+fn observe_in(agg: &Aggregates, spec: &RolloutSpec, state: &RolloutState) -> Observations {
+    let mut obs = Observations::default();
+    // Pinned requests chose their version themselves: not a sample of any split.
+    for (k, v) in agg
+        .series
+        .iter()
+        .filter(|(k, _)| k.model == spec.model && k.variant != PINNED_VARIANT)
+    {
+        if k.role == Role::Serving {
+            if k.epoch >= state.step_epoch {
+                obs.step.entry(k.version.clone()).or_default().merge(v);
+            }
+            if k.epoch >= state.start_epoch {
+                obs.total.entry(k.version.clone()).or_default().merge(v);
+                *obs.by_variant.entry(k.variant.clone()).or_default() += v.requests;
+            }
+        }
+    }
+    if let RolloutKind::Shadow(s) = &spec.kind {
+        obs.shadow = Some(agg.variant(&spec.model, &s.candidate, Role::Shadow, |e| {
+            e >= state.start_epoch
+        }));
+        obs.pair = Some(agg.pair(&spec.model, &s.primary, &s.candidate, |e| {
+            e >= state.start_epoch
+        }));
+    }
+    obs
 }
 
 /// Every stored rollout with its spec and state.

@@ -1251,3 +1251,89 @@ async fn a_failing_shadow_raises_a_live_alert_at_the_webhook_before_any_conclusi
         .count();
     assert_eq!(sent, 1, "{:?}", hook.kinds());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Memory that does not grow with routing changes: the aggregates fold routing epochs older
+// than every running rollout's first one together, and a finished rollout's report comes from
+// the statistics kept in the store when it ended.
+
+const TWO_TIMES: &str = r#"
+models:
+  testtime:
+    versions:
+      v1: { onnx: models/testtime_v1.onnx }
+      v2: { onnx: models/testtime_v2.onnx }
+    serve: { kind: single, version: v1 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_routing_epochs_fold_together_and_a_finished_report_stays_as_it_ended() {
+    let tg = TestGateway::start(TWO_TIMES).await;
+    let admin = tg.admin();
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32",
+        "data": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]}]});
+    let mut sent = 0u64;
+    let send = |n: u64| {
+        let (tg, body) = (&tg, &body);
+        async move {
+            for _ in 0..n {
+                let r = tg
+                    .client
+                    .post_json(&tg.url("/v2/models/testtime/infer"), &[], body)
+                    .await;
+                assert_eq!(r.status, 200);
+            }
+            tg.gateway.state.log.flush().await.unwrap();
+        }
+    };
+    tg.apply(
+        "name: tt-short\nmodel: testtime\nkind: canary\nstable: v1\ncandidate: v2\n\
+         steps: [{ weight: 50, min_requests: 5, min_duration_ms: 0 }, { weight: 100, min_requests: 5, min_duration_ms: 0 }]\n\
+         gate: { max_p95_increase: null, max_mae_increase: null }\n",
+    )
+    .await;
+    for _ in 0..20 {
+        send(40).await;
+        sent += 40;
+        tg.tick(1_000).await;
+        if phase(&tg, "tt-short").await.phase.is_terminal() {
+            break;
+        }
+    }
+    assert_eq!(phase(&tg, "tt-short").await.phase, Phase::Completed);
+    let ended = admin.report("tt-short").await.unwrap();
+    assert!(ended.versions["v2"].requests > 0, "{:?}", ended.versions);
+
+    // 200 routing changes, each with traffic.
+    for i in 0..200 {
+        let version = if i % 2 == 0 { "v1" } else { "v2" };
+        admin
+            .put_route("testtime", &format!("kind: single\nversion: {version}\n"))
+            .await
+            .unwrap();
+        send(2).await;
+        sent += 2;
+    }
+    tg.tick(1_000).await;
+    let (series, epochs) = {
+        let agg = tg.gateway.state.log.aggregates().lock();
+        let epochs: std::collections::BTreeSet<u64> = agg.series.keys().map(|k| k.epoch).collect();
+        (agg.series.len(), epochs)
+    };
+    // Everything before the current routing epoch is one entry per version and variant.
+    assert!(series <= 6, "{series} series over epochs {epochs:?}");
+    assert!(epochs.len() <= 2, "{epochs:?}");
+    // Totals are exact.
+    let stats = admin.model_stats("testtime", None).await.unwrap();
+    let total: u64 = stats
+        .variants
+        .iter()
+        .filter(|v| v.role == Role::Serving)
+        .map(|v| v.stats.requests)
+        .sum();
+    assert_eq!(total, sent);
+    // The finished rollout's report is what it was when it ended.
+    let later = admin.report("tt-short").await.unwrap();
+    assert_eq!(later.versions, ended.versions);
+    assert_eq!(later.analysis, ended.analysis);
+}
