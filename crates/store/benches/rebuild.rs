@@ -95,7 +95,7 @@ fn write_log(path: &std::path::Path, from: u64, n: u64, snapshot_every: u64) {
     let mut cpu_at = cpu_seconds();
     runtime.block_on(async {
         for chunk in (from..from + n).collect::<Vec<_>>().chunks(100_000) {
-            if chunk[0] > 0 && chunk[0].is_multiple_of(1_000_000) {
+            if chunk[0] > from && chunk[0].is_multiple_of(1_000_000) {
                 let now = cpu_seconds();
                 let records = 1_000_000.0 * 1.2;
                 println!(

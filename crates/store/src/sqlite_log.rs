@@ -329,7 +329,9 @@ pub fn restore_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
         "SELECT p.request_id, p.ts_ms, p.model, p.epoch, p.variant, p.role, p.version,
                 p.key_hash, p.outcome, p.status, p.latency_us, p.output, NULL, p.paired_version,
                 p.segments, f.truth, f.metrics
-         FROM feedback f JOIN predictions p ON p.request_id = f.request_id
+         FROM feedback f CROSS JOIN predictions p ON p.request_id = f.request_id
+         -- CROSS JOIN: SQLite keeps this join order, the labels after the snapshot (a rowid
+         -- range) first, then their records by index; the other order scans every record.
          WHERE f.rowid > ?1
          ORDER BY p.request_id, p.id",
     )?;
