@@ -640,7 +640,22 @@
         h('span', { class: phaseClass(r.phase), 'data-k': 'phase' }, r.phase),
         rec ? h('span', { class: 'badge rec rec-' + String(rec).toLowerCase(), 'data-k': 'recommendation' }, rec) : null),
       actionBar(r),
-      r.reason ? h('p', { class: 'reason', 'data-k': 'reason' }, r.reason) : null);
+      r.reason ? h('p', { class: 'reason', 'data-k': 'reason' }, r.reason) : null,
+      approvals(r));
+  }
+
+  // Who approved so far, when what the rollout waits for needs several approvers.
+  function approvals(r) {
+    const by = r.approved_by || [];
+    const asked = r.promote_requested_by || [];
+    if (r.approvals_needed && (r.approvals_needed > 1 || by.length)) {
+      return h('p', { class: 'reason', 'data-k': 'approvals' }, 'approvals: ' +
+        (by.length ? by.join(', ') : 'none yet') + ' (' + by.length + ' of ' + r.approvals_needed + ')');
+    }
+    if (asked.length) {
+      return h('p', { class: 'reason', 'data-k': 'approvals' }, 'promotion asked by ' + asked.join(', '));
+    }
+    return null;
   }
 
   function pills(list, chosen, view) {

@@ -16,6 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
+use switchyard_core::access::AccessRole;
 use switchyard_core::config::{Durability, KeySource};
 use switchyard_core::routing::{key_hash, BUCKETS, PINNED_VARIANT};
 use switchyard_core::{Prediction, PredictionRecord, Role};
@@ -129,6 +130,11 @@ async fn serve(
 ) -> Result<Response, ApiError> {
     let ts_ms = now_ms();
     // Phase: read. Everything wrong here is the client's.
+    if state.auth.data_plane_required() {
+        state
+            .auth
+            .check(headers, AccessRole::Inference, "call the data plane")?;
+    }
     if !is_json_content_type(headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

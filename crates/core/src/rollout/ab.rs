@@ -43,6 +43,9 @@ pub struct AbSpec {
     /// Route everything to the winner when the test concludes.
     pub auto_promote: bool,
     pub srm_threshold: f64,
+    /// Distinct approvers the conclusion (without `auto_promote`) and a manual promotion need.
+    #[serde(default = "super::one")]
+    pub approvals: u32,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -64,6 +67,7 @@ raw_fields! {
         sequential: Option<bool>,
         auto_promote: Option<bool>,
         srm_threshold: Option<f64>,
+        approvals: Option<u64>,
     }
 }
 
@@ -111,6 +115,7 @@ impl RawAb {
             srm_threshold: self
                 .srm_threshold
                 .unwrap_or(switchyard_stats::chi2::DEFAULT_SRM_THRESHOLD),
+            approvals: super::canary::approvals_count(self.approvals),
         }
     }
 }
@@ -127,6 +132,7 @@ pub(super) fn problems(a: &AbSpec, p: &mut Vec<String>) {
         p.push(format!("sample size: {e}"));
     }
     unit("srm_threshold", a.srm_threshold, p);
+    super::approvals("approvals", a.approvals, p);
 }
 
 pub(super) fn ab_strategy(a: &AbSpec) -> Strategy {
