@@ -228,8 +228,8 @@
       setLive(true, 'live · ' + clock(Date.now()));
     } catch (e) {
       if (e instanceof AuthError) askToken(sessionStorage.getItem(TOKEN_KEY)
-        ? 'The token was refused. Enter the gateway\'s admin bearer token.'
-        : 'This gateway requires its admin bearer token.');
+        ? 'The token was refused. Enter a credential\'s bearer token.'
+        : 'This gateway requires a credential\'s bearer token.');
       else setLive(false, 'offline · ' + (e && e.message ? e.message : String(e)));
     } finally {
       state.inflight = false;
@@ -328,7 +328,7 @@
       const v = await api('/rollouts/' + enc(r.name) + '/' + action, 'POST');
       toast(r.name + ': ' + action + ' done, now ' + v.phase);
     } catch (e) {
-      if (e instanceof AuthError) askToken('The admin API needs the bearer token for ' + action + '.');
+      if (e instanceof AuthError) askToken('The admin API needs a bearer token for ' + action + '.');
       else toast(r.name + ': ' + action + ' refused: ' + e.message, true);
     }
     state.lastKey = null;

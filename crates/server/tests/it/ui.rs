@@ -129,9 +129,15 @@ async fn traffic(tg: &TestGateway, wafers: &parking_lot::Mutex<Wafers>, model: &
     for t in tasks {
         labels.extend(t.await.unwrap());
     }
+    // Labels need a credential with the feedback role once the gateway has credentials.
+    let bearer = format!("Bearer {TOKEN}");
     let r = tg
         .client
-        .post_json(&tg.url("/v1/feedback"), &[], &Value::Array(labels))
+        .post_json(
+            &tg.url("/v1/feedback"),
+            &[("authorization", &bearer)],
+            &Value::Array(labels),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     tg.gateway.state.log.flush().await.unwrap();
