@@ -723,6 +723,39 @@ fn ab_waits_for_the_sample_size_then_promotes_a_significant_winner() {
 }
 
 #[test]
+fn an_ab_conclusion_needing_two_approvers_keeps_the_split_until_the_second() {
+    let mut spec = ab_spec();
+    if let RolloutKind::Ab(a) = &mut spec.kind {
+        a.auto_promote = false;
+        a.approvals = 2;
+    }
+    let (state, _) = start(&spec, 0, "cli");
+    let (s, _) = tick(&spec, &state, &ab_obs(400, 400, (240, 400), (300, 400)), 2);
+    assert_eq!(
+        (s.phase, s.recommendation),
+        (Phase::AwaitingApproval, Some(Recommendation::Promote))
+    );
+    let (s, a) = command(&spec, &s, Command::Approve, "product-owner", 3).unwrap();
+    assert_eq!(s.phase, Phase::AwaitingApproval);
+    assert!(
+        strategies(&a).is_empty(),
+        "the split stays until the second name"
+    );
+    let (s, a) = command(&spec, &s, Command::Approve, "senior-engineer", 4).unwrap();
+    assert_eq!(s.phase, Phase::Completed);
+    assert_eq!(
+        strategies(&a),
+        vec![Strategy::Single {
+            version: "v2".into()
+        }]
+    );
+    assert_eq!(
+        events(&a)[0].2,
+        "approved by product-owner and senior-engineer"
+    );
+}
+
+#[test]
 fn ab_never_concludes_under_sample_ratio_mismatch() {
     let spec = ab_spec();
     let (state, _) = start(&spec, 0, "cli");

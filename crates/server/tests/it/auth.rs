@@ -259,6 +259,23 @@ async fn every_route_against_every_role() {
             assert!(msg.contains("needs role `inference`"), "{msg}");
         }
     }
+    // Every inference route: KServe v1 and a pinned version too.
+    for path in ["/v1/models/m:predict", "/v2/models/m/versions/b/infer"] {
+        let url = tg.url(path);
+        let body = if path.starts_with("/v1") {
+            json!({"instances": [[1.0]]})
+        } else {
+            oip_row(&[1.0])
+        };
+        let r = tg.client.post_json(&url, &[], &body).await;
+        assert_eq!(r.status, 401, "{path}");
+        let bearer = format!("Bearer {}", token("otto"));
+        let r = tg
+            .client
+            .post_json(&url, &[("authorization", &bearer)], &body)
+            .await;
+        assert_eq!(r.status, 403, "{path}");
+    }
     // Refused inference is never recorded against a model.
     tg.gateway.state.log.flush().await.unwrap();
     let agg = tg.gateway.state.log.aggregates().lock().clone();
