@@ -1,7 +1,8 @@
 //! The request path: `POST /v2/models/{m}/infer` and `POST /v1/models/{m}:predict`.
 //!
 //! Phases, in order (after pingora's `ProxyHttp`): **read** the body within limits and parse
-//! it (client errors end here and never count against a model) → **route**: find the model's
+//! it, after checking the caller's `inference` role when `auth.data_plane.require` is on
+//! (client errors end here and never count against a model) → **route**: find the model's
 //! route in the current table (one atomic load) → **pick** the variant from the routing key →
 //! **forward** to the chosen version → **mirror** to shadows (non-blocking enqueue) →
 //! **record** the prediction into the log queue (non-blocking) → respond. Recording happens on
