@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::access::AccessRole;
 use crate::routing::{Arm, Colour, ShadowTarget, Strategy};
 use crate::segments::MAX_SEGMENT_FIELDS;
 
@@ -28,6 +29,9 @@ pub struct RawConfig {
     /// Name of the environment variable holding the admin bearer token. The token itself
     /// never appears in the file.
     pub admin_token_env: Option<String>,
+    /// Named credentials with roles, and whether the data plane wants one.
+    #[serde(default)]
+    pub auth: RawAuth,
     #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
@@ -40,6 +44,37 @@ pub struct RawConfig {
     pub alerts: RawAlerts,
     #[serde(default)]
     pub controller: RawController,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub credentials: Vec<RawCredential>,
+    #[serde(default)]
+    pub data_plane: RawDataPlane,
+}
+
+/// A named credential: the SHA-256 of its bearer token (never the token), from exactly one of
+/// the file itself, an environment variable or a file, and its roles.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawCredential {
+    pub name: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// 64 hex digits.
+    pub token_sha256: Option<String>,
+    /// Name of an environment variable holding the 64 hex digits.
+    pub token_sha256_env: Option<String>,
+    /// A file holding the 64 hex digits (relative to the configuration file).
+    pub token_sha256_file: Option<PathBuf>,
+    /// With the `feedback` role: the only models whose requests it may label.
+    pub models: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawDataPlane {
+    /// Inference needs a credential with the `inference` role (default `false`).
+    pub require: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -199,6 +234,7 @@ pub struct GatewayConfig {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub admin_token_env: Option<String>,
+    pub auth: AuthConfig,
     pub max_body_bytes: usize,
     pub header_read_timeout_ms: u64,
     pub body_read_timeout_ms: u64,
@@ -208,6 +244,144 @@ pub struct GatewayConfig {
     pub models: BTreeMap<String, ModelConfig>,
     pub webhooks: Vec<Webhook>,
     pub tick_ms: u64,
+}
+
+/// Credentials and the data plane's access. No credential and no `admin_token_env`: open mode
+/// (anyone who reaches the gateway may do anything).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct AuthConfig {
+    pub credentials: Vec<CredentialConfig>,
+    /// Inference needs a credential with the `inference` role.
+    pub data_plane_require: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CredentialConfig {
+    pub name: String,
+    pub roles: Vec<AccessRole>,
+    pub token_sha256: TokenHash,
+    /// Feedback only for these models (`None`: any model).
+    pub models: Option<Vec<String>>,
+}
+
+/// Where a credential's token hash is read (by the server, at start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenHash {
+    /// 64 lowercase hex digits, written in the file.
+    Hex(String),
+    /// An environment variable holding them.
+    Env(String),
+    /// A file holding them.
+    File(PathBuf),
+}
+
+/// The name the credential of `admin_token_env` takes.
+pub const ADMIN_TOKEN_CREDENTIAL: &str = "admin";
+
+/// Whether `text` is a SHA-256 in hex (64 digits, either case).
+pub fn is_sha256_hex(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl RawAuth {
+    fn validate(
+        self,
+        admin_token_env: Option<&str>,
+        models: &BTreeMap<String, RawModel>,
+        problems: &mut Vec<String>,
+    ) -> AuthConfig {
+        let mut credentials: Vec<CredentialConfig> = Vec::new();
+        for (i, c) in self.credentials.into_iter().enumerate() {
+            let at = format!("auth.credentials[{i}]");
+            if !valid_name(&c.name) {
+                problems.push(format!(
+                    "{at}.name: '{}' must use letters, digits, '-', '_' and '.'",
+                    c.name
+                ));
+            }
+            if credentials.iter().any(|o| o.name == c.name) {
+                problems.push(format!("{at}.name: '{}' is used twice", c.name));
+            }
+            if admin_token_env.is_some() && c.name == ADMIN_TOKEN_CREDENTIAL {
+                problems.push(format!(
+                    "{at}.name: '{ADMIN_TOKEN_CREDENTIAL}' is the name of admin_token_env's credential"
+                ));
+            }
+            if c.roles.is_empty() {
+                problems.push(format!(
+                    "{at}.roles: give at least one of viewer, operator, approver, feedback, inference, admin"
+                ));
+            }
+            let mut roles = Vec::new();
+            for r in &c.roles {
+                match AccessRole::parse(r) {
+                    Some(role) if !roles.contains(&role) => roles.push(role),
+                    Some(_) => {}
+                    None => problems.push(format!(
+                        "{at}.roles: '{r}' is not viewer, operator, approver, feedback, inference or admin"
+                    )),
+                }
+            }
+            let token_sha256 = match (c.token_sha256, c.token_sha256_env, c.token_sha256_file) {
+                (Some(hex), None, None) => {
+                    if !is_sha256_hex(&hex) {
+                        problems.push(format!(
+                            "{at}.token_sha256: must be 64 hex digits (the SHA-256 of the token, as `switchyard token hash` prints it), never the token"
+                        ));
+                    }
+                    TokenHash::Hex(hex.to_ascii_lowercase())
+                }
+                (None, Some(var), None) => {
+                    if var.is_empty() {
+                        problems.push(format!("{at}.token_sha256_env: empty variable name"));
+                    }
+                    TokenHash::Env(var)
+                }
+                (None, None, Some(path)) => TokenHash::File(path),
+                _ => {
+                    problems.push(format!(
+                        "{at}: give exactly one of token_sha256, token_sha256_env or token_sha256_file"
+                    ));
+                    TokenHash::Hex(String::new())
+                }
+            };
+            if let Some(limit) = &c.models {
+                if !roles.contains(&AccessRole::Feedback) {
+                    problems.push(format!(
+                        "{at}.models: limits the feedback role, which '{}' does not hold",
+                        c.name
+                    ));
+                }
+                if limit.is_empty() {
+                    problems.push(format!(
+                        "{at}.models: empty list (leave it out for every model)"
+                    ));
+                }
+                for m in limit {
+                    if !models.contains_key(m) {
+                        problems.push(format!("{at}.models: unknown model '{m}'"));
+                    }
+                }
+            }
+            credentials.push(CredentialConfig {
+                name: c.name,
+                roles,
+                token_sha256,
+                models: c.models,
+            });
+        }
+        let data_plane_require = self.data_plane.require.unwrap_or(false);
+        if data_plane_require && credentials.is_empty() && admin_token_env.is_none() {
+            problems.push(
+                "auth.data_plane.require: no credential is configured to call it with".into(),
+            );
+        }
+        AuthConfig {
+            credentials,
+            data_plane_require,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -547,6 +721,9 @@ impl RawConfig {
         if self.models.is_empty() {
             problems.push("models: at least one model is required".into());
         }
+        let auth = self
+            .auth
+            .validate(self.admin_token_env.as_deref(), &self.models, &mut problems);
         let mut models = BTreeMap::new();
         for (name, raw) in self.models {
             if let Some(model) = raw.validate(&name, &mut problems) {
@@ -588,6 +765,7 @@ impl RawConfig {
                 listen: self.listen,
                 data_dir: self.data_dir,
                 admin_token_env: self.admin_token_env,
+                auth,
                 max_body_bytes: max_body_bytes as usize,
                 header_read_timeout_ms,
                 body_read_timeout_ms,
@@ -953,6 +1131,7 @@ mod tests {
             listen: None,
             data_dir: None,
             admin_token_env: None,
+            auth: RawAuth::default(),
             limits: RawLimits::default(),
             log: RawLog::default(),
             shadow: RawShadow::default(),
@@ -1124,6 +1303,91 @@ mod tests {
         let mut raw = config(vec![("yield", model(strategy_single()))]);
         raw.log.enabled = Some(false);
         assert!(!raw.validate().unwrap().log.enabled);
+    }
+
+    fn credential(name: &str, roles: &[&str]) -> RawCredential {
+        RawCredential {
+            name: name.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            token_sha256: Some("ab".repeat(32)),
+            token_sha256_env: None,
+            token_sha256_file: None,
+            models: None,
+        }
+    }
+
+    #[test]
+    fn credentials_are_validated_with_every_other_problem() {
+        let mut raw = config(vec![("yield", model(strategy_single()))]);
+        raw.admin_token_env = Some("ADMIN".into());
+        let mut plaintext = credential("alice", &["approver", "root"]);
+        plaintext.token_sha256 = Some("hunter2".into());
+        let mut two_sources = credential("bob", &[]);
+        two_sources.token_sha256_env = Some("BOB".into());
+        let mut scoped = credential("labeller", &["viewer"]);
+        scoped.models = Some(vec!["yield".into(), "nope".into()]);
+        raw.auth.credentials = vec![
+            plaintext,
+            two_sources,
+            credential("alice", &["viewer"]),
+            credential("admin", &["admin"]),
+            credential("x y", &["viewer"]),
+            scoped,
+        ];
+        let problems = raw.validate().unwrap_err();
+        for e in [
+            "auth.credentials[0].roles: 'root' is not viewer",
+            "auth.credentials[0].token_sha256: must be 64 hex digits",
+            "auth.credentials[1].roles: give at least one",
+            "auth.credentials[1]: give exactly one of token_sha256, token_sha256_env or token_sha256_file",
+            "auth.credentials[2].name: 'alice' is used twice",
+            "auth.credentials[3].name: 'admin' is the name of admin_token_env's credential",
+            "auth.credentials[4].name: 'x y' must use letters",
+            "auth.credentials[5].models: limits the feedback role",
+            "auth.credentials[5].models: unknown model 'nope'",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(e)),
+                "missing '{e}' in {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), 9, "{problems:#?}");
+
+        let mut open = config(vec![("yield", model(strategy_single()))]);
+        open.auth.data_plane.require = Some(true);
+        let problems = open.validate().unwrap_err();
+        assert!(
+            problems[0].contains("auth.data_plane.require"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_valid_credential_keeps_its_roles_models_and_lowercased_hash() {
+        let mut raw = config(vec![("yield", model(strategy_single()))]);
+        let mut c = credential("labeller", &["feedback", "feedback", "inference"]);
+        c.token_sha256 = Some("AB".repeat(32));
+        c.models = Some(vec!["yield".into()]);
+        let mut env = credential("ops", &["operator"]);
+        env.token_sha256 = None;
+        env.token_sha256_env = Some("OPS_SHA".into());
+        raw.auth.credentials = vec![c, env];
+        raw.auth.data_plane.require = Some(true);
+        let auth = raw.validate().unwrap().auth;
+        assert!(auth.data_plane_require);
+        assert_eq!(
+            auth.credentials[0],
+            CredentialConfig {
+                name: "labeller".into(),
+                roles: vec![AccessRole::Feedback, AccessRole::Inference],
+                token_sha256: TokenHash::Hex("ab".repeat(32)),
+                models: Some(vec!["yield".into()]),
+            }
+        );
+        assert_eq!(
+            auth.credentials[1].token_sha256,
+            TokenHash::Env("OPS_SHA".into())
+        );
     }
 
     fn strategy_single() -> RawStrategy {

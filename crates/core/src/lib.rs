@@ -5,6 +5,7 @@
 //! in as milliseconds since the Unix epoch), no async. The server crate wires them to the
 //! world; this crate is where behaviour is property-tested.
 
+pub mod access;
 pub mod aggregate;
 pub mod audit;
 pub mod classes;

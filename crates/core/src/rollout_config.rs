@@ -95,6 +95,12 @@ impl<'de> Visitor<'de> for RolloutVisitor {
                     raw.shadow.alpha = v;
                     raw.ab.alpha = v;
                 }
+                "approvals" => {
+                    let v: Option<u64> = map.next_value()?;
+                    raw.canary.approvals = v;
+                    raw.shadow.approvals = v;
+                    raw.ab.approvals = v;
+                }
                 "max_error_rate" => {
                     let v: Option<f64> = map.next_value()?;
                     raw.shadow.max_error_rate = v;
@@ -334,6 +340,29 @@ mod tests {
                     "max_p95_ratio: a blue_green field; an ab rollout does not take it",
                 ],
             ),
+            // Approver counts: at least 1, never on a step that says it needs no approval.
+            (
+                "name: c\nmodel: m\nkind: canary\nstable: v1\ncandidate: v2\napprovals: 0\n\
+                 steps: [{ weight: 50, approvals: 0 }, { weight: 100, require_approval: false, approvals: 2 }]\n",
+                &[
+                    "approvals must be at least 1 (distinct approvers needed), got 0",
+                    "steps[0].approvals must be at least 1",
+                    "steps[1].approvals: the step has require_approval: false",
+                ],
+            ),
+            (
+                "name: a\nmodel: m\nkind: ab\ncontrol: v1\ntreatment: v2\nbaseline: 0.1\n\
+                 mde: 0.05\napprovals: 0\n",
+                &["approvals must be at least 1"],
+            ),
+            (
+                "name: s\nmodel: m\nkind: shadow\nprimary: v1\ncandidate: v2\napprovals: 99\n",
+                &["approvals must be at most 20 (distinct approvers needed), got 99"],
+            ),
+            (
+                "name: b\nmodel: m\nkind: blue_green\nactive: v1\ncandidate: v2\napprovals: 2\n",
+                &["approvals: a shadow, canary or ab field; a blue_green rollout does not take it"],
+            ),
             // A shadow's chained canary takes canary fields only.
             (
                 "name: s\nmodel: m\nkind: shadow\nprimary: v1\ncandidate: v2\n\
@@ -371,8 +400,9 @@ mod tests {
     fn a_canary_takes_every_canary_field() {
         let yaml = "name: c\nmodel: m\nkind: canary\nstable: v1\ncandidate: v2\n\
             steps: [{ weight: 10, min_requests: 5, min_duration_ms: 6, require_approval: true },\n\
-            \x20 { weight: 100 }]\n\
+            \x20 { weight: 50, approvals: 3 }, { weight: 100 }]\n\
             min_requests: 7\nmin_duration_ms: 8\nstep_deadline_ms: 9\nrollback_on_deadline: true\n\
+            approvals: 2\n\
             gate: { max_accuracy_drop: 0.1, max_mae_increase: null, min_labelled: 11,\n\
             \x20 max_p95_increase: 0.2, min_p95_increase_ms: 3, max_error_ratio: 4,\n\
             \x20 min_error_rate: 0.02, significance: 0.05, max_underestimate: { by: 50, share: 0.01 },\n\
@@ -389,12 +419,21 @@ mod tests {
                         min_requests: 5,
                         min_duration_ms: 6,
                         require_approval: true,
+                        approvals: 2,
+                    },
+                    Step {
+                        weight: 5_000,
+                        min_requests: 7,
+                        min_duration_ms: 8,
+                        require_approval: true,
+                        approvals: 3,
                     },
                     Step {
                         weight: 10_000,
                         min_requests: 7,
                         min_duration_ms: 8,
                         require_approval: false,
+                        approvals: 2,
                     },
                 ],
                 gate: GatePolicy {
@@ -421,6 +460,7 @@ mod tests {
                 },
                 step_deadline_ms: Some(9),
                 rollback_on_deadline: true,
+                approvals: 2,
             })
         );
     }
@@ -433,7 +473,7 @@ mod tests {
             neutral_min_agreement: 0.97\nreject_max_drop: 0.015\n\
             regression_promote_mae_decrease: 0.2\nregression_reject_mae_increase: 0.25\n\
             test: wilcoxon\nagreement_tolerance: { absolute: 0.5 }\n\
-            max_underestimate: { by: 50, share: 0.02 }\nmax_psi: 0.25\nchain_requires_approval: true\n\
+            max_underestimate: { by: 50, share: 0.02 }\nmax_psi: 0.25\nchain_requires_approval: true\napprovals: 2\n\
             segment_gate: { max_accuracy_drop: 0.02, max_mae_increase: 0.2 }\n\
             live_alerts: { min_agreement: 0.8, max_p95_ms: 50, min_samples: 30 }\n";
         let spec = parse(yaml).unwrap();
@@ -475,6 +515,7 @@ mod tests {
                 },
                 then_canary: None,
                 chain_requires_approval: true,
+                approvals: 2,
                 // max_error_rate unwritten: the spec's own applies.
                 live_alerts: LiveAlerts {
                     min_agreement: Some(0.8),
@@ -588,7 +629,13 @@ mod tests {
         shared.dedup();
         assert_eq!(
             shared,
-            ["alpha", "candidate", "max_error_rate", "min_duration_ms"]
+            [
+                "alpha",
+                "approvals",
+                "candidate",
+                "max_error_rate",
+                "min_duration_ms"
+            ]
         );
     }
 

@@ -47,6 +47,7 @@ fn abn(variants: &[&str], guardrails: Vec<Guardrail>) -> AbSpec {
         lower_is_better: None,
         min_per_arm: None,
         bandit: None,
+        approvals: 1,
     }
 }
 

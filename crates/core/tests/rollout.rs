@@ -23,6 +23,7 @@ fn steps() -> Vec<Step> {
             min_requests: 100,
             min_duration_ms: 60_000,
             require_approval: false,
+            approvals: 1,
         })
         .collect()
 }
@@ -38,6 +39,7 @@ fn canary_spec() -> RolloutSpec {
             gate: GatePolicy::default(),
             step_deadline_ms: Some(600_000),
             rollback_on_deadline: false,
+            approvals: 1,
         }),
     }
 }
@@ -312,6 +314,119 @@ fn approval_holds_a_step_until_approved() {
     assert!(command(&spec, &s3, Command::Approve, "alice", 210_001).is_err());
 }
 
+fn events(actions: &[Action]) -> Vec<(String, String, String)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event(e) => Some((e.kind.clone(), e.actor.clone(), e.message.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_step_needing_two_approvers_advances_only_on_the_second_distinct_name() {
+    let mut spec = canary_spec();
+    if let RolloutKind::Canary(c) = &mut spec.kind {
+        c.steps[1].require_approval = true;
+        c.steps[1].approvals = 2;
+    }
+    let (state, _) = start(&spec, 0, "cli");
+    let good = obs(
+        stats(200, 0, 10_000, 100, 95),
+        stats(2_000, 0, 10_000, 500, 470),
+    );
+    let (waiting, _) = tick(&spec, &state, &good, 61_000);
+    assert_eq!(waiting.phase, Phase::AwaitingApproval);
+    assert_eq!(spec.approvals_needed(&waiting), 2);
+
+    // The first approval is recorded and changes nothing else.
+    let (one, a) = command(&spec, &waiting, Command::Approve, "alice", 62_000).unwrap();
+    assert_eq!((one.phase, one.step), (Phase::AwaitingApproval, 0));
+    assert_eq!(one.approved_by, vec!["alice".to_string()]);
+    assert!(strategies(&a).is_empty());
+    let ev = events(&a);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(
+        (ev[0].0.as_str(), ev[0].1.as_str()),
+        ("approval_recorded", "alice")
+    );
+    assert!(ev[0].2.contains("1 of 2"), "{ev:?}");
+
+    // The same name again is not a second approver; the audit trail says so.
+    let (again, a) = command(&spec, &one, Command::Approve, "alice", 63_000).unwrap();
+    assert_eq!((again.phase, again.step), (Phase::AwaitingApproval, 0));
+    assert_eq!(again.approved_by, vec!["alice".to_string()]);
+    assert!(strategies(&a).is_empty());
+    let ev = events(&a);
+    assert_eq!(ev[0].0, "approval_repeated", "{ev:?}");
+    assert!(ev[0].2.contains("not counted twice"), "{ev:?}");
+
+    // A tick while waiting keeps the approvals.
+    let (still, _) = tick(&spec, &again, &good, 64_000);
+    assert_eq!(still.approved_by, vec!["alice".to_string()]);
+
+    // The second distinct name advances the step, naming both.
+    let (moved, a) = command(&spec, &still, Command::Approve, "bob", 65_000).unwrap();
+    assert_eq!((moved.phase, moved.step), (Phase::Running, 1));
+    assert!(moved.approved_by.is_empty());
+    assert_eq!(canary_weight(&strategies(&a)[0]), 2500);
+    let ev = events(&a);
+    assert_eq!(ev[0].0, "approved");
+    assert_eq!(ev[0].1, "bob");
+    assert_eq!(ev[0].2, "approved by alice and bob");
+    let approvers = a.iter().find_map(|x| match x {
+        Action::Event(e) if e.kind == "approved" => e
+            .details
+            .iter()
+            .find(|(k, _)| k == "approvers")
+            .map(|(_, v)| v.clone()),
+        _ => None,
+    });
+    assert_eq!(approvers, Some(Detail::Text("alice, bob".into())));
+}
+
+#[test]
+fn a_manual_promotion_needs_as_many_approvers_as_the_spec_asks_for() {
+    let mut spec = canary_spec();
+    if let RolloutKind::Canary(c) = &mut spec.kind {
+        c.approvals = 2;
+    }
+    assert_eq!(spec.promote_approvals(), 2);
+    let (state, _) = start(&spec, 0, "cli");
+    let (one, a) = command(&spec, &state, Command::Promote, "carol", 1).unwrap();
+    assert_eq!(one.phase, Phase::Running);
+    assert!(strategies(&a).is_empty());
+    assert_eq!(one.promote_requested_by, vec!["carol".to_string()]);
+    let (same, _) = command(&spec, &one, Command::Promote, "carol", 2).unwrap();
+    assert_eq!(same.phase, Phase::Running);
+    let (done, a) = command(&spec, &same, Command::Promote, "dave", 3).unwrap();
+    assert_eq!(done.phase, Phase::Completed);
+    assert_eq!(
+        strategies(&a),
+        vec![Strategy::Single {
+            version: "v2".into()
+        }]
+    );
+    let ev = events(&a);
+    assert_eq!(ev[0].0, "promotion_approved");
+    assert!(ev[0].2.contains("carol and dave"), "{ev:?}");
+
+    // A step needing three makes a manual promotion need three too; one approver is the
+    // default, and promotes at once.
+    if let RolloutKind::Canary(c) = &mut spec.kind {
+        c.approvals = 1;
+        c.steps[2].require_approval = true;
+        c.steps[2].approvals = 3;
+    }
+    assert_eq!(spec.promote_approvals(), 3);
+    let plain = canary_spec();
+    assert_eq!(plain.promote_approvals(), 1);
+    let (state, _) = start(&plain, 0, "cli");
+    let (done, _) = command(&plain, &state, Command::Promote, "carol", 1).unwrap();
+    assert_eq!(done.phase, Phase::Completed);
+}
+
 #[test]
 fn pause_freezes_and_resume_continues() {
     let spec = canary_spec();
@@ -344,6 +459,7 @@ fn shadow_spec() -> RolloutSpec {
             rules: ShadowRules::default(),
             then_canary: None,
             chain_requires_approval: false,
+            approvals: 1,
             live_alerts: LiveAlerts::default(),
         }),
     }
@@ -574,6 +690,7 @@ fn ab_spec() -> RolloutSpec {
             lower_is_better: None,
             min_per_arm: None,
             bandit: None,
+            approvals: 1,
         }),
     }
 }
@@ -609,6 +726,39 @@ fn ab_waits_for_the_sample_size_then_promotes_a_significant_winner() {
         vec![Strategy::Single {
             version: "v2".into()
         }]
+    );
+}
+
+#[test]
+fn an_ab_conclusion_needing_two_approvers_keeps_the_split_until_the_second() {
+    let mut spec = ab_spec();
+    if let RolloutKind::Ab(a) = &mut spec.kind {
+        a.auto_promote = false;
+        a.approvals = 2;
+    }
+    let (state, _) = start(&spec, 0, "cli");
+    let (s, _) = tick(&spec, &state, &ab_obs(400, 400, (240, 400), (300, 400)), 2);
+    assert_eq!(
+        (s.phase, s.recommendation),
+        (Phase::AwaitingApproval, Some(Recommendation::Promote))
+    );
+    let (s, a) = command(&spec, &s, Command::Approve, "product-owner", 3).unwrap();
+    assert_eq!(s.phase, Phase::AwaitingApproval);
+    assert!(
+        strategies(&a).is_empty(),
+        "the split stays until the second name"
+    );
+    let (s, a) = command(&spec, &s, Command::Approve, "senior-engineer", 4).unwrap();
+    assert_eq!(s.phase, Phase::Completed);
+    assert_eq!(
+        strategies(&a),
+        vec![Strategy::Single {
+            version: "v2".into()
+        }]
+    );
+    assert_eq!(
+        events(&a)[0].2,
+        "approved by product-owner and senior-engineer"
     );
 }
 
@@ -790,18 +940,21 @@ fn invalid_specs_list_every_problem() {
                 min_requests: 1,
                 min_duration_ms: 0,
                 require_approval: false,
+                approvals: 1,
             },
             Step {
                 weight: 500,
                 min_requests: 1,
                 min_duration_ms: 0,
                 require_approval: false,
+                approvals: 1,
             },
             Step {
                 weight: 20_000,
                 min_requests: 1,
                 min_duration_ms: 0,
                 require_approval: false,
+                approvals: 1,
             },
         ];
         c.gate.max_accuracy_drop = Some(-0.1);

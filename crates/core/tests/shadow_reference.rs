@@ -172,6 +172,7 @@ fn spec(case: &Value, test: RegressionTest) -> ShadowSpec {
         rules,
         then_canary: None,
         chain_requires_approval: false,
+        approvals: 1,
         live_alerts: LiveAlerts::default(),
     }
 }

@@ -228,8 +228,8 @@
       setLive(true, 'live · ' + clock(Date.now()));
     } catch (e) {
       if (e instanceof AuthError) askToken(sessionStorage.getItem(TOKEN_KEY)
-        ? 'The token was refused. Enter the gateway\'s admin bearer token.'
-        : 'This gateway requires its admin bearer token.');
+        ? 'The token was refused. Enter a credential\'s bearer token.'
+        : 'This gateway requires a credential\'s bearer token.');
       else setLive(false, 'offline · ' + (e && e.message ? e.message : String(e)));
     } finally {
       state.inflight = false;
@@ -328,7 +328,7 @@
       const v = await api('/rollouts/' + enc(r.name) + '/' + action, 'POST');
       toast(r.name + ': ' + action + ' done, now ' + v.phase);
     } catch (e) {
-      if (e instanceof AuthError) askToken('The admin API needs the bearer token for ' + action + '.');
+      if (e instanceof AuthError) askToken('The admin API needs a bearer token for ' + action + '.');
       else toast(r.name + ': ' + action + ' refused: ' + e.message, true);
     }
     state.lastKey = null;
@@ -640,7 +640,22 @@
         h('span', { class: phaseClass(r.phase), 'data-k': 'phase' }, r.phase),
         rec ? h('span', { class: 'badge rec rec-' + String(rec).toLowerCase(), 'data-k': 'recommendation' }, rec) : null),
       actionBar(r),
-      r.reason ? h('p', { class: 'reason', 'data-k': 'reason' }, r.reason) : null);
+      r.reason ? h('p', { class: 'reason', 'data-k': 'reason' }, r.reason) : null,
+      approvals(r));
+  }
+
+  // Who approved so far, when what the rollout waits for needs several approvers.
+  function approvals(r) {
+    const by = r.approved_by || [];
+    const asked = r.promote_requested_by || [];
+    if (r.approvals_needed && (r.approvals_needed > 1 || by.length)) {
+      return h('p', { class: 'reason', 'data-k': 'approvals' }, 'approvals: ' +
+        (by.length ? by.join(', ') : 'none yet') + ' (' + by.length + ' of ' + r.approvals_needed + ')');
+    }
+    if (asked.length) {
+      return h('p', { class: 'reason', 'data-k': 'approvals' }, 'promotion asked by ' + asked.join(', '));
+    }
+    return null;
   }
 
   function pills(list, chosen, view) {

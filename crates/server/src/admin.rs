@@ -1,5 +1,6 @@
-//! The admin API under `/admin/v1`: routing table and live statistics. Every route requires
-//! `Authorization: Bearer <token>` when a token is configured.
+//! The admin API under `/admin/v1`: routing table and live statistics. Unless the gateway is in
+//! open mode, every route needs `Authorization: Bearer <token>` of a credential holding the
+//! role [`crate::auth::ADMIN_ROUTES`] names for it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
+use axum::Extension;
 use axum::Json;
 use switchyard_core::config::RawStrategy;
 use switchyard_core::record::Tolerance;
@@ -19,6 +21,7 @@ use crate::api::{
     VersionStats,
 };
 
+use crate::auth::{admin_route_role, Caller};
 use crate::controller::Controller;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -31,35 +34,19 @@ pub struct AdminState {
     pub controller: Arc<Controller>,
 }
 
-/// Compares in time independent of where the inputs differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Middleware: refuses admin calls without the configured bearer token.
-pub async fn require_token(
+/// Middleware: refuses an admin call without a credential holding the role the route needs
+/// (401 without a known token, 403 naming the role), and hands the [`Caller`] to the handler.
+pub async fn require_role(
     State(admin): State<AdminState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(token) = &admin.app.admin_token {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
-            return Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong admin bearer token",
-            ));
-        }
-    }
+    let path = request.uri().path();
+    let path = path.strip_prefix("/admin/v1").unwrap_or(path).to_string();
+    let needed = admin_route_role(request.method(), &path);
+    let what = format!("{} /admin/v1{path}", request.method());
+    let caller = admin.app.auth.check(request.headers(), needed, &what)?;
+    request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
 }
 
@@ -226,14 +213,6 @@ impl From<ControlError> for ApiError {
     }
 }
 
-fn actor(headers: &axum::http::HeaderMap) -> String {
-    headers
-        .get("x-switchyard-actor")
-        .and_then(|v| v.to_str().ok())
-        .filter(|a| !a.is_empty() && a.len() <= 64)
-        .map_or_else(|| "admin".to_string(), |a| format!("admin:{a}"))
-}
-
 pub async fn list_rollouts(State(admin): State<AdminState>) -> Json<RolloutList> {
     Json(RolloutList {
         rollouts: admin.controller.list(),
@@ -312,6 +291,7 @@ async fn forward(
 /// that is not the controller, the command is forwarded to the one that is.
 pub async fn apply_rollout(
     State(admin): State<AdminState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     OriginalUri(uri): OriginalUri,
     axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
@@ -322,7 +302,7 @@ pub async fn apply_rollout(
         let spec = c.dry_run(&body)?;
         return Ok(Json(DryRun { valid: true, spec }).into_response());
     }
-    match c.apply(&body, &actor(&headers)).await {
+    match c.apply(&body, &caller.actor(&headers)).await {
         Ok(view) => Ok((StatusCode::CREATED, Json(view)).into_response()),
         Err(ControlError::NotLeader(Some(leader))) => {
             forward(&admin.app, &leader, &uri, &headers, body).await
@@ -344,6 +324,7 @@ pub async fn get_rollout(
 
 pub async fn rollout_command(
     State(admin): State<AdminState>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     OriginalUri(uri): OriginalUri,
     Path((name, action)): Path<(String, String)>,
@@ -355,7 +336,11 @@ pub async fn rollout_command(
             format!("'{action}' is not promote, rollback, pause, resume, approve or abort"),
         )
     })?;
-    match admin.controller.command(&name, cmd, &actor(&headers)).await {
+    match admin
+        .controller
+        .command(&name, cmd, &caller.actor(&headers))
+        .await
+    {
         Ok(view) => Ok(Json(view).into_response()),
         Err(ControlError::NotLeader(Some(leader))) => {
             forward(&admin.app, &leader, &uri, &headers, String::new()).await

@@ -226,6 +226,15 @@ pub struct RolloutView {
     pub recommendation: Option<Recommendation>,
     pub reason: Option<String>,
     pub started_ms: i64,
+    /// Who approved what the rollout waits for, so far (distinct credential names).
+    #[serde(default)]
+    pub approved_by: Vec<String>,
+    /// Distinct approvers what the rollout waits for needs (when it awaits approval).
+    #[serde(default)]
+    pub approvals_needed: Option<u32>,
+    /// Who asked for a promotion that needs several approvers, so far.
+    #[serde(default)]
+    pub promote_requested_by: Vec<String>,
     pub spec: RolloutSpec,
 }
 
@@ -443,6 +452,13 @@ pub struct StepView {
     pub min_requests: u64,
     pub min_duration_ms: u64,
     pub require_approval: bool,
+    /// Distinct approvers the step needs when it requires approval.
+    #[serde(default = "one")]
+    pub approvals: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::alerts::{AlertSender, RetryPolicy, WebhookConfig};
+use crate::auth::Auth;
 use crate::backend::{http_client, Backend, ModelRuntime};
 use crate::controller::{Clock, Controller, SystemClock};
 use crate::metrics::Metrics;
@@ -60,7 +61,8 @@ pub struct StartOptions {
     pub advertise_url: Option<String>,
     /// How often a replica polls the shared routing table and publishes its aggregates.
     pub cluster_sync_ms: u64,
-    /// Admin bearer token (already read from the environment).
+    /// The token of `admin_token_env` (already read from the environment): an `admin`
+    /// credential named `admin`, beside the configuration's `auth.credentials`.
     pub admin_token: Option<String>,
     /// Time for the controller; wall-clock by default.
     pub clock: Option<Arc<dyn Clock>>,
@@ -95,6 +97,13 @@ impl Gateway {
         listener: TcpListener,
         options: StartOptions,
     ) -> anyhow::Result<Gateway> {
+        let auth = Auth::load(&config.auth, options.admin_token.as_deref())
+            .context("reading the credentials")?;
+        if auth.is_open() {
+            tracing::warn!("{}", auth.describe());
+        } else {
+            tracing::info!("{}", auth.describe());
+        }
         let client = http_client();
         let mut models = HashMap::new();
         let mut routes = HashMap::new();
@@ -182,7 +191,7 @@ impl Gateway {
             log,
             shadow,
             metrics,
-            admin_token: options.admin_token,
+            auth,
             max_body_bytes: config.max_body_bytes,
             body_read_timeout: Duration::from_millis(config.body_read_timeout_ms),
             log_settings: config.log,
@@ -469,7 +478,7 @@ pub fn router(state: Arc<AppState>, controller: Arc<Controller>) -> Router {
         .route("/cluster", get(admin::cluster))
         .route_layer(axum::middleware::from_fn_with_state(
             admin_state.clone(),
-            admin::require_token,
+            admin::require_role,
         ))
         .with_state(admin_state);
     Router::new()

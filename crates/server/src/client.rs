@@ -135,7 +135,8 @@ impl AdminClient {
         Ok(self)
     }
 
-    /// Names the caller in `x-switchyard-actor` (audit events read `admin:<actor>`).
+    /// Names the caller in `x-switchyard-actor`: in open mode audit events read `admin:<actor>`;
+    /// with credentials the header is ignored and they read the credential's name.
     pub fn with_actor(mut self, actor: &str) -> AdminClient {
         self.actor = HeaderValue::from_str(actor).ok();
         self

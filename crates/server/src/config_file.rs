@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use switchyard_core::config::{BackendSpec, GatewayConfig, RawConfig};
+use switchyard_core::config::{BackendSpec, GatewayConfig, RawConfig, TokenHash};
 
 /// Why a configuration file was refused: every problem, one per line.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,8 @@ pub fn from_yaml_listing_unknown<T: serde::de::DeserializeOwned>(
     Ok((value, unknown))
 }
 
-/// Parses and validates YAML text; relative ONNX paths are resolved against `base`.
+/// Parses and validates YAML text; relative ONNX paths (and token hash files) are resolved
+/// against `base`.
 pub fn parse_config(text: &str, base: &Path, origin: &str) -> Result<GatewayConfig, ConfigError> {
     let refuse = |problems| ConfigError {
         path: origin.to_string(),
@@ -55,6 +56,13 @@ pub fn parse_config(text: &str, base: &Path, origin: &str) -> Result<GatewayConf
                         path.display()
                     ));
                 }
+            }
+        }
+    }
+    for c in config.auth.credentials.iter_mut() {
+        if let TokenHash::File(path) = &mut c.token_sha256 {
+            if path.is_relative() {
+                *path = base.join(&*path);
             }
         }
     }

@@ -1,7 +1,8 @@
 //! The request path: `POST /v2/models/{m}/infer` and `POST /v1/models/{m}:predict`.
 //!
 //! Phases, in order (after pingora's `ProxyHttp`): **read** the body within limits and parse
-//! it (client errors end here and never count against a model) → **route**: find the model's
+//! it, after checking the caller's `inference` role when `auth.data_plane.require` is on
+//! (client errors end here and never count against a model) → **route**: find the model's
 //! route in the current table (one atomic load) → **pick** the variant from the routing key →
 //! **forward** to the chosen version → **mirror** to shadows (non-blocking enqueue) →
 //! **record** the prediction into the log queue (non-blocking) → respond. Recording happens on
@@ -16,6 +17,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
+use switchyard_core::access::AccessRole;
 use switchyard_core::config::{Durability, KeySource};
 use switchyard_core::routing::{key_hash, BUCKETS, PINNED_VARIANT};
 use switchyard_core::segments::clip_value;
@@ -156,6 +158,11 @@ async fn serve(
 ) -> Result<Response, ApiError> {
     let ts_ms = now_ms();
     // Phase: read. Everything wrong here is the client's.
+    if state.auth.data_plane_required() {
+        state
+            .auth
+            .check(headers, AccessRole::Inference, "call the data plane")?;
+    }
     if !is_json_content_type(headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -5,14 +5,19 @@
 //! "metrics": {"name": number}}`. Valid items are stored even when others are not; the answer
 //! lists what was accepted, duplicated (idempotent: the first feedback stays), unknown, and
 //! invalid with the reason.
+//!
+//! Labels move the gates, so unless the gateway is in open mode the call needs a credential
+//! with the `feedback` role; one limited to some models has the others' requests answered as
+//! `forbidden` (nothing of them is stored).
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::{json, Value};
+use switchyard_core::access::AccessRole;
 use switchyard_core::{Feedback, Truth};
 
 use crate::error::ApiError;
@@ -135,8 +140,12 @@ pub fn parse_item(item: &Value) -> Result<Feedback, String> {
 
 pub async fn post_feedback(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let caller = state
+        .auth
+        .check(&headers, AccessRole::Feedback, "POST /v1/feedback")?;
     let bytes = read_body(body, state.max_body_bytes.max(1 << 20) * 8).await?;
     let items = parse_items(&bytes)?;
     if items.is_empty() {
@@ -164,19 +173,24 @@ pub async fn post_feedback(
     let outcome = if valid.is_empty() {
         Default::default()
     } else {
-        state.log.feedback(valid, now_ms()).await.map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                format!("feedback not stored: {e}"),
-            )
-        })?
+        state
+            .log
+            .feedback_for(valid, caller.feedback_models(), now_ms())
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    format!("feedback not stored: {e}"),
+                )
+            })?
     };
     let m = &state.metrics;
     for (reason, n) in [
         ("accepted", outcome.accepted),
         ("duplicate", outcome.duplicates),
         ("unknown", outcome.unknown.len() as u64),
+        ("forbidden", outcome.forbidden.len() as u64),
         ("invalid", invalid.len() as u64),
     ] {
         if n > 0 {
@@ -187,10 +201,10 @@ pub async fn post_feedback(
                 .inc_by(n);
         }
     }
-    let status = if outcome.accepted + outcome.duplicates == 0
-        && !invalid.is_empty()
-        && outcome.unknown.is_empty()
-    {
+    let nothing_taken = outcome.accepted + outcome.duplicates == 0 && outcome.unknown.is_empty();
+    let status = if nothing_taken && !outcome.forbidden.is_empty() {
+        StatusCode::FORBIDDEN
+    } else if nothing_taken && !invalid.is_empty() {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::OK
@@ -201,6 +215,7 @@ pub async fn post_feedback(
             "accepted": outcome.accepted,
             "duplicates": outcome.duplicates,
             "unknown": outcome.unknown,
+            "forbidden": outcome.forbidden,
             "invalid": invalid,
         })),
     ))

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod alerts;
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod backend;
 pub mod client;
 pub mod config_file;

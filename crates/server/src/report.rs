@@ -122,6 +122,7 @@ pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Repo
                         min_requests: s.min_requests,
                         min_duration_ms: s.min_duration_ms,
                         require_approval: s.require_approval,
+                        approvals: s.approvals,
                     })
                     .collect(),
                 gate: c.gate.clone(),

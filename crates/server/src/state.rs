@@ -24,7 +24,8 @@ pub struct AppState {
     pub log: LogHandle,
     pub shadow: ShadowDispatcher,
     pub metrics: Arc<Metrics>,
-    pub admin_token: Option<String>,
+    /// Credentials and roles (empty: open mode).
+    pub auth: crate::auth::Auth,
     pub max_body_bytes: usize,
     /// Time a client has to send a request body once its headers arrived.
     pub body_read_timeout: Duration,

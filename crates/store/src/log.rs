@@ -95,6 +95,8 @@ enum Command {
     Record(Box<PredictionRecord>, Option<oneshot::Sender<bool>>),
     Feedback {
         items: Vec<Feedback>,
+        /// Only requests of these models may be labelled (`None`: any).
+        models: Option<Vec<String>>,
         now_ms: i64,
         reply: oneshot::Sender<Result<FeedbackOutcome, StoreError>>,
     },
@@ -160,10 +162,22 @@ impl LogHandle {
         items: Vec<Feedback>,
         now_ms: i64,
     ) -> Result<FeedbackOutcome, StoreError> {
+        self.feedback_for(items, None, now_ms).await
+    }
+
+    /// Attaches feedback to requests of `models` only (`None`: any model); the others are
+    /// counted as [`FeedbackOutcome::forbidden`] and nothing of them is stored.
+    pub async fn feedback_for(
+        &self,
+        items: Vec<Feedback>,
+        models: Option<Vec<String>>,
+        now_ms: i64,
+    ) -> Result<FeedbackOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Feedback {
                 items,
+                models,
                 now_ms,
                 reply,
             })
@@ -338,11 +352,12 @@ impl Writer {
                     }
                     Command::Feedback {
                         items,
+                        models,
                         now_ms,
                         reply,
                     } => {
                         self.commit(&mut batch);
-                        let _ = reply.send(self.feedback(items, now_ms));
+                        let _ = reply.send(self.feedback(items, models.as_deref(), now_ms));
                     }
                     Command::Flush(reply) => {
                         self.commit(&mut batch);
@@ -493,9 +508,10 @@ impl Writer {
     fn feedback(
         &mut self,
         items: Vec<Feedback>,
+        models: Option<&[String]>,
         now_ms: i64,
     ) -> Result<FeedbackOutcome, StoreError> {
-        let (outcome, newly_labelled) = self.sink.feedback(items, now_ms)?;
+        let (outcome, newly_labelled) = self.sink.feedback(items, models, now_ms)?;
         {
             let mut agg = self.aggregates.lock();
             self.since_snapshot += newly_labelled.len() as u64;

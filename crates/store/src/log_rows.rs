@@ -46,6 +46,8 @@ pub struct FeedbackOutcome {
     pub duplicates: u64,
     /// Request ids with no prediction in the log.
     pub unknown: Vec<String>,
+    /// Request ids of models the caller may not label (nothing stored).
+    pub forbidden: Vec<String>,
 }
 
 /// What storing feedback did, and every record of each newly labelled request.
@@ -55,7 +57,12 @@ pub(crate) type Labelled = (FeedbackOutcome, Vec<(Vec<LogRow>, Feedback)>);
 pub(crate) trait Sink {
     fn write_batch(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError>;
     /// Stores feedback and returns, per newly labelled request, every record of it.
-    fn feedback(&mut self, items: Vec<Feedback>, now_ms: i64) -> Result<Labelled, StoreError>;
+    fn feedback(
+        &mut self,
+        items: Vec<Feedback>,
+        models: Option<&[String]>,
+        now_ms: i64,
+    ) -> Result<Labelled, StoreError>;
     /// Saves `agg`, which must be exactly what the log holds now (the writer's own aggregates
     /// between two commits), with the log position it covers; replaces the previous snapshot.
     /// Returns that position: the last record id and the last label's.
@@ -76,10 +83,12 @@ pub(crate) trait FeedbackTx {
 
 /// Stores each item whose request is in the log, inside the caller's transaction (the caller
 /// commits): the first feedback of a request is kept, later ones count as duplicates, requests
-/// with no record as unknown. Returns every record of each newly labelled request.
+/// with no record as unknown, requests of a model outside `models` (when given) as forbidden.
+/// Returns every record of each newly labelled request.
 pub(crate) fn store_feedback(
     tx: &mut impl FeedbackTx,
     items: Vec<Feedback>,
+    models: Option<&[String]>,
     now_ms: i64,
 ) -> Result<Labelled, StoreError> {
     let mut outcome = FeedbackOutcome::default();
@@ -89,6 +98,12 @@ pub(crate) fn store_feedback(
         if rows.is_empty() {
             outcome.unknown.push(item.request_id);
             continue;
+        }
+        if let Some(allowed) = models {
+            if !rows.iter().all(|r| allowed.contains(&r.record.model)) {
+                outcome.forbidden.push(item.request_id);
+                continue;
+            }
         }
         if tx.insert_feedback(&item, now_ms)? {
             outcome.accepted += 1;

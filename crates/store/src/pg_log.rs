@@ -329,7 +329,12 @@ impl Sink for PgSink {
         }
     }
 
-    fn feedback(&mut self, items: Vec<Feedback>, now_ms: i64) -> Result<Labelled, StoreError> {
+    fn feedback(
+        &mut self,
+        items: Vec<Feedback>,
+        models: Option<&[String]>,
+        now_ms: i64,
+    ) -> Result<Labelled, StoreError> {
         let replica = self.replica.clone();
         let mut tx = self.client()?.transaction()?;
         let select = tx.prepare(&format!(
@@ -347,6 +352,7 @@ impl Sink for PgSink {
                 replica: &replica,
             },
             items,
+            models,
             now_ms,
         )?;
         tx.commit()?;

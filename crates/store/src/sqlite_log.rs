@@ -201,14 +201,19 @@ impl Sink for SqliteSink {
         Ok(())
     }
 
-    fn feedback(&mut self, items: Vec<Feedback>, now_ms: i64) -> Result<Labelled, StoreError> {
+    fn feedback(
+        &mut self,
+        items: Vec<Feedback>,
+        models: Option<&[String]>,
+        now_ms: i64,
+    ) -> Result<Labelled, StoreError> {
         // Reads then writes: a deferred transaction whose snapshot predates another
         // connection's commit cannot be upgraded (SQLITE_BUSY_SNAPSHOT, "database is locked",
         // without waiting), so the write lock is taken up front.
         let mut tx = self
             .0
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let labelled = store_feedback(&mut tx, items, now_ms)?;
+        let labelled = store_feedback(&mut tx, items, models, now_ms)?;
         tx.commit()?;
         Ok(labelled)
     }

@@ -23,6 +23,8 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Validate a configuration file and list every problem.
     Check(cli::serve::CheckArgs),
+    /// Bearer tokens for named credentials: `token new` makes one, `token hash` hashes one.
+    Token(cli::token::TokenArgs),
     /// Run a statistical test directly (the engine the controller uses for its decisions).
     Stats(cli::stats::StatsArgs),
     /// Operator commands over the admin API: apply, status, promote, rollback, pause, resume,
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => cli::serve::serve(args),
         Command::Check(args) => cli::serve::check(args),
         Command::Stats(args) => cli::stats::run(args),
+        Command::Token(args) => cli::token::run(args),
         Command::Admin(command) => cli::admin::run(command),
     };
     match result {

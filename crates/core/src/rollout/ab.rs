@@ -106,6 +106,9 @@ pub struct AbSpec {
     /// `kind: bandit`: Thompson sampling moves the weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bandit: Option<BanditSettings>,
+    /// Distinct approvers the conclusion (without `auto_promote`) and a manual promotion need.
+    #[serde(default = "super::one")]
+    pub approvals: u32,
 }
 
 /// A guardrail as written: a metric and exactly one of `max`, `min`, `max_increase`,
@@ -277,6 +280,7 @@ raw_fields! {
         sequential: Option<bool>,
         auto_promote: Option<bool>,
         srm_threshold: Option<f64>,
+        approvals: Option<u64>,
     }
 }
 
@@ -398,6 +402,7 @@ impl RawAb {
             lower_is_better: self.lower_is_better,
             min_per_arm: self.min_per_arm,
             bandit: bandit_settings,
+            approvals: super::canary::approvals_count(self.approvals),
         }
     }
 }
@@ -528,6 +533,7 @@ pub(super) fn problems(a: &AbSpec, declared: &[&str], p: &mut Vec<String>) {
         }
     }
     unit("srm_threshold", a.srm_threshold, p);
+    super::approvals("approvals", a.approvals, p);
     if let Some(b) = &a.bandit {
         let k = 2 + a.variants.len() as u64;
         if u64::from(b.min_share) * k > u64::from(BUCKETS) {

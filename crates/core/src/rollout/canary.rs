@@ -26,6 +26,9 @@ pub struct Step {
     pub min_duration_ms: u64,
     /// The step is applied only after an operator approves it.
     pub require_approval: bool,
+    /// Distinct approvers the step needs when it requires approval.
+    #[serde(default = "super::one")]
+    pub approvals: u32,
 }
 
 /// Thresholds of the canary health gate. `None` disables a check.
@@ -92,6 +95,10 @@ pub struct CanarySpec {
     /// A step held longer than this raises an alert (and rolls back when `rollback_on_deadline`).
     pub step_deadline_ms: Option<u64>,
     pub rollback_on_deadline: bool,
+    /// Distinct approvers each approval needs (a step's own `approvals` overrides it), and a
+    /// manual promotion.
+    #[serde(default = "super::one")]
+    pub approvals: u32,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -103,8 +110,10 @@ pub struct RawStep {
     pub weight: f64,
     pub min_requests: Option<u64>,
     pub min_duration_ms: Option<u64>,
-    #[serde(default)]
-    pub require_approval: bool,
+    /// Default `true` when `approvals` is written, else `false`.
+    pub require_approval: Option<bool>,
+    /// Distinct approvers this step needs (default: the canary's `approvals`, 1).
+    pub approvals: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -155,6 +164,8 @@ raw_fields! {
         gate: Option<RawGate>,
         step_deadline_ms: Option<u64>,
         rollback_on_deadline: Option<bool>,
+        /// Distinct approvers each approval (and a manual promotion) needs.
+        approvals: Option<u64>,
     }
 }
 
@@ -196,15 +207,24 @@ impl RawCanary {
     pub(crate) fn validate(self, problems: &mut Vec<String>, prefix: &str) -> CanarySpec {
         let min_requests = self.min_requests.unwrap_or(DEFAULT_STEP_REQUESTS);
         let min_duration_ms = self.min_duration_ms.unwrap_or(DEFAULT_STEP_DURATION_MS);
+        let approvals = approvals_count(self.approvals);
         let steps = match self.steps {
             Some(steps) => steps
                 .iter()
                 .enumerate()
-                .map(|(i, s)| Step {
-                    weight: bp(&format!("{prefix}steps[{i}].weight"), s.weight, problems),
-                    min_requests: s.min_requests.unwrap_or(min_requests),
-                    min_duration_ms: s.min_duration_ms.unwrap_or(min_duration_ms),
-                    require_approval: s.require_approval,
+                .map(|(i, s)| {
+                    if s.require_approval == Some(false) && s.approvals.is_some() {
+                        problems.push(format!(
+                            "{prefix}steps[{i}].approvals: the step has require_approval: false"
+                        ));
+                    }
+                    Step {
+                        weight: bp(&format!("{prefix}steps[{i}].weight"), s.weight, problems),
+                        min_requests: s.min_requests.unwrap_or(min_requests),
+                        min_duration_ms: s.min_duration_ms.unwrap_or(min_duration_ms),
+                        require_approval: s.require_approval.unwrap_or(s.approvals.is_some()),
+                        approvals: s.approvals.map_or(approvals, |n| approvals_count(Some(n))),
+                    }
                 })
                 .collect(),
             None => DEFAULT_STEPS
@@ -214,6 +234,7 @@ impl RawCanary {
                     min_requests,
                     min_duration_ms,
                     require_approval: false,
+                    approvals,
                 })
                 .collect(),
         };
@@ -229,8 +250,15 @@ impl RawCanary {
             gate: gate(self.gate, problems),
             step_deadline_ms: self.step_deadline_ms,
             rollback_on_deadline: self.rollback_on_deadline.unwrap_or(false),
+            approvals,
         }
     }
+}
+
+/// A written count of approvers (default 1; a count beyond `u32` is kept too large, so
+/// [`super::RolloutSpec::problems`] names it).
+pub(super) fn approvals_count(written: Option<u64>) -> u32 {
+    written.map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX))
 }
 
 /// The canary's own problems (the versions are checked by [`super::RolloutSpec::problems`]).
@@ -254,7 +282,11 @@ pub(super) fn problems(c: &CanarySpec, p: &mut Vec<String>) {
             ));
         }
         last = s.weight;
+        if s.require_approval {
+            super::approvals(&format!("steps[{i}].approvals"), s.approvals, p);
+        }
     }
+    super::approvals("approvals", c.approvals, p);
     if c.steps.last().is_some_and(|s| s.weight != BUCKETS) {
         p.push("the last step must send 100% to the candidate".into());
     }

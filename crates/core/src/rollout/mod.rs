@@ -106,6 +106,38 @@ impl RolloutSpec {
         }
     }
 
+    /// Distinct approvers the approval a rollout in `state` waits for needs: the next canary
+    /// step's `approvals`, or the spec's for a shadow's chained canary and an A/B conclusion.
+    pub fn approvals_needed(&self, state: &RolloutState) -> u32 {
+        match &self.kind {
+            RolloutKind::Canary(c) => c
+                .steps
+                .get(state.step + 1)
+                .map_or(c.approvals, |s| s.approvals),
+            RolloutKind::Shadow(s) => s.approvals,
+            RolloutKind::Ab(a) => a.approvals,
+            RolloutKind::BlueGreen(_) => 1,
+        }
+        .max(1)
+    }
+
+    /// Distinct approvers a manual `promote` needs: the most any approval of the spec asks
+    /// for, so that nobody promotes alone past a step that needs several.
+    pub fn promote_approvals(&self) -> u32 {
+        match &self.kind {
+            RolloutKind::Canary(c) => c
+                .steps
+                .iter()
+                .filter(|s| s.require_approval)
+                .map(|s| s.approvals)
+                .fold(c.approvals, u32::max),
+            RolloutKind::Shadow(s) => s.approvals,
+            RolloutKind::Ab(a) => a.approvals,
+            RolloutKind::BlueGreen(_) => 1,
+        }
+        .max(1)
+    }
+
     /// Every problem with the spec, given the model's declared versions.
     pub fn problems(&self, declared: &[&str]) -> Vec<String> {
         let mut p = Vec::new();
@@ -158,6 +190,26 @@ impl RolloutSpec {
         }
         p
     }
+}
+
+/// Checks a count of distinct approvers.
+fn approvals(name: &str, v: u32, p: &mut Vec<String>) {
+    if v == 0 {
+        p.push(format!(
+            "{name} must be at least 1 (distinct approvers needed), got 0"
+        ));
+    } else if v > MAX_APPROVALS {
+        p.push(format!(
+            "{name} must be at most {MAX_APPROVALS} (distinct approvers needed), got {v}"
+        ));
+    }
+}
+
+/// The most distinct approvers a spec may ask for.
+pub const MAX_APPROVALS: u32 = 20;
+
+fn one() -> u32 {
+    1
 }
 
 /// Checks that `v` is a non-negative number.
@@ -287,6 +339,13 @@ pub struct RolloutState {
     pub p_best: Option<Vec<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reweight_ms: Option<i64>,
+    /// Who approved what the rollout waits for (distinct names, in order); emptied when the
+    /// approval is complete.
+    #[serde(default)]
+    pub approved_by: Vec<String>,
+    /// Who asked for a manual promotion that needs several approvers (distinct names, in order).
+    #[serde(default)]
+    pub promote_requested_by: Vec<String>,
 }
 
 /// Outcome of a blue-green validation run by the driver.
@@ -509,6 +568,8 @@ pub fn start(spec: &RolloutSpec, now: i64, actor: &str) -> (RolloutState, Vec<Ac
         winner: None,
         p_best: None,
         last_reweight_ms: None,
+        approved_by: Vec::new(),
+        promote_requested_by: Vec::new(),
     };
     if matches!(spec.kind, RolloutKind::Ab(_)) {
         state.salt = Some(abn::experiment_salt(&spec.name, now));
@@ -621,6 +682,61 @@ fn rollback(
     );
 }
 
+/// Counts `actor`'s approval of `what` among the distinct names in `approvers`. Returns the
+/// approvers (emptying `approvers`) once `needed` distinct names approved, and `None` while
+/// more are needed; an approval repeated by the same name is not counted, and the audit trail
+/// says so.
+fn count_approval(
+    approvers: &mut Vec<String>,
+    needed: u32,
+    actor: &str,
+    out: &mut Out<'_>,
+    what: &str,
+) -> Option<Vec<String>> {
+    let needed_n = needed as usize;
+    let details = |approvers: &[String]| {
+        vec![
+            d("approvers", approvers.join(", ").as_str()),
+            d("needed", u64::from(needed)),
+        ]
+    };
+    if approvers.iter().any(|a| a == actor) {
+        out.event(
+            "approval_repeated",
+            format!(
+                "{actor} already approved this {what}; not counted twice ({} of {needed}, waiting for {} more)",
+                approvers.len(),
+                needed_n.saturating_sub(approvers.len())
+            ),
+            details(approvers),
+        );
+        return None;
+    }
+    approvers.push(actor.to_string());
+    if approvers.len() < needed_n {
+        out.event(
+            "approval_recorded",
+            format!(
+                "{what} approved by {actor} ({} of {needed}); waiting for {} more",
+                approvers.len(),
+                needed_n - approvers.len()
+            ),
+            details(approvers),
+        );
+        return None;
+    }
+    Some(std::mem::take(approvers))
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn names(list: &[String]) -> String {
+    match list.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        Some((last, _)) => last.clone(),
+        None => String::new(),
+    }
+}
+
 /// Applies an operator command.
 pub fn command(
     spec: &RolloutSpec,
@@ -686,12 +802,34 @@ pub fn command(
             );
         }
         Command::Promote => {
+            let needed = spec.promote_approvals();
+            let mut by = actor.to_string();
+            if needed > 1 {
+                let Some(approvers) = count_approval(
+                    &mut next.promote_requested_by,
+                    needed,
+                    actor,
+                    &mut out,
+                    "promotion",
+                ) else {
+                    return Ok((next, out.actions));
+                };
+                by = names(&approvers);
+                out.event(
+                    "promotion_approved",
+                    format!("promotion approved by {by} ({needed} of {needed})"),
+                    vec![
+                        d("approvers", approvers.join(", ").as_str()),
+                        d("needed", u64::from(needed)),
+                    ],
+                );
+            }
             out.set(&mut next, single(candidate));
             next.phase = Phase::Completed;
-            next.reason = Some(format!("{candidate} promoted by {actor}"));
+            next.reason = Some(format!("{candidate} promoted by {by}"));
             out.event(
                 "promoted",
-                format!("{candidate} promoted by {actor}"),
+                format!("{candidate} promoted by {by}"),
                 vec![d("version", candidate)],
             );
         }
@@ -699,7 +837,20 @@ pub fn command(
             if state.phase != Phase::AwaitingApproval {
                 return Err(refuse());
             }
-            out.event("approved", format!("approved by {actor}"), vec![]);
+            let needed = spec.approvals_needed(state);
+            let Some(approvers) =
+                count_approval(&mut next.approved_by, needed, actor, &mut out, "approval")
+            else {
+                return Ok((next, out.actions));
+            };
+            out.event(
+                "approved",
+                format!("approved by {}", names(&approvers)),
+                vec![
+                    d("approvers", approvers.join(", ").as_str()),
+                    d("needed", u64::from(needed)),
+                ],
+            );
             match &spec.kind {
                 RolloutKind::Canary(c) => {
                     let weight = c.steps.get(state.step + 1).map_or(BUCKETS, |s| s.weight);

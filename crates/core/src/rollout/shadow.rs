@@ -53,6 +53,9 @@ pub struct ShadowSpec {
     pub then_canary: Option<Box<CanarySpec>>,
     /// Wait for an operator before starting `then_canary`.
     pub chain_requires_approval: bool,
+    /// Distinct approvers the chained canary's start and a manual promotion need.
+    #[serde(default = "super::one")]
+    pub approvals: u32,
     /// Alerts while the shadow runs, before it concludes.
     #[serde(default)]
     pub live_alerts: LiveAlerts,
@@ -213,6 +216,8 @@ raw_fields! {
         /// Takes a canary's fields.
         then_canary: Option<RawCanary>,
         chain_requires_approval: Option<bool>,
+        /// Distinct approvers the chain approval and a manual promotion need.
+        approvals: Option<u64>,
         /// `{min_agreement, max_p95_ms, max_error_rate, min_samples}`.
         live_alerts: Option<RawLiveAlerts>,
     }
@@ -281,6 +286,7 @@ impl RawShadow {
                 .then_canary
                 .map(|c| Box::new(c.validate(problems, "then_canary."))),
             chain_requires_approval: self.chain_requires_approval.unwrap_or(false),
+            approvals: super::canary::approvals_count(self.approvals),
             live_alerts: self
                 .live_alerts
                 .map_or_else(LiveAlerts::default, |l| LiveAlerts {
@@ -345,6 +351,7 @@ pub(super) fn problems(spec: &RolloutSpec, s: &ShadowSpec, declared: &[&str], p:
     if let Some(v) = l.max_error_rate {
         share("live_alerts.max_error_rate", v, p);
     }
+    super::approvals("approvals", s.approvals, p);
     if let Some(c) = &s.then_canary {
         let chained = RolloutSpec {
             name: spec.name.clone(),
@@ -1087,6 +1094,7 @@ mod tests {
             rules,
             then_canary: None,
             chain_requires_approval: false,
+            approvals: 1,
             live_alerts: LiveAlerts::default(),
         }
     }

@@ -671,6 +671,10 @@ impl Controller {
             recommendation: e.state.recommendation,
             reason: e.state.reason.clone(),
             started_ms: e.state.started_ms,
+            approved_by: e.state.approved_by.clone(),
+            approvals_needed: (e.state.phase == Phase::AwaitingApproval)
+                .then(|| e.spec.approvals_needed(&e.state)),
+            promote_requested_by: e.state.promote_requested_by.clone(),
             spec: e.spec.clone(),
         }
     }

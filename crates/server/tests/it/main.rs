@@ -6,6 +6,7 @@
 mod support;
 
 mod alerts;
+mod auth;
 mod dataplane;
 mod disk;
 mod limits;

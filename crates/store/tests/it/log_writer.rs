@@ -17,6 +17,7 @@ on_both_async!(
     records_arriving_within_the_commit_interval_share_one_commit,
     a_restart_restores_the_snapshot_and_replays_only_the_tail,
     retention_deletes_covered_records_but_never_those_a_rollout_reads,
+    feedback_limited_to_models_labels_only_their_requests,
 );
 
 fn config(
@@ -84,6 +85,47 @@ fn label(id: &str, class: &str) -> Feedback {
         truth: Truth::Labels(vec![class.into()]),
         metrics: vec![("revenue".into(), 2.5)],
     }
+}
+
+async fn feedback_limited_to_models_labels_only_their_requests(db: &Db) {
+    let (log, thread) = spawn_log_writer(config(db.url(), "r1", 1024, 7)).unwrap();
+    assert!(log.record(record("y1", Role::Serving, "v1", "1", None)));
+    let mut other = record("o1", Role::Serving, "v1", "1", None);
+    other.model = "other".into();
+    assert!(log.record(other));
+    log.flush().await.unwrap();
+    let only_other = Some(vec!["other".to_string()]);
+    let outcome = log
+        .feedback_for(
+            vec![label("y1", "1"), label("o1", "1"), label("nope", "1")],
+            only_other.clone(),
+            1_700_000_100_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.accepted, 1);
+    assert_eq!(outcome.forbidden, vec!["y1".to_string()]);
+    assert_eq!(outcome.unknown, vec!["nope".to_string()]);
+    // Nothing was stored for the forbidden request: a credential for its model may label it.
+    let outcome = log
+        .feedback_for(
+            vec![label("y1", "0")],
+            Some(vec!["yield".to_string()]),
+            1_700_000_100_001,
+        )
+        .await
+        .unwrap();
+    assert_eq!((outcome.accepted, outcome.duplicates), (1, 0));
+    log.flush().await.unwrap();
+    let agg = log.aggregates().lock().clone();
+    let y = agg.variant("yield", "v1", Role::Serving, |_| true);
+    assert_eq!(
+        (y.correct.trials, y.correct.successes),
+        (1, 0),
+        "the label of the allowed call counts"
+    );
+    drop(log);
+    thread.join().unwrap();
 }
 
 async fn feedback_joins_by_id_and_aggregates_match_a_recount(db: &Db) {

@@ -3,12 +3,13 @@
 //! `audit verify`.
 //!
 //! Every command takes `--url` (default `http://127.0.0.1:8080`, or `SWITCHYARD_URL`) and sends
-//! the bearer token from `SWITCHYARD_ADMIN_TOKEN` when it is set; the token is never printed.
+//! the bearer token from `SWITCHYARD_ADMIN_TOKEN` when it is set (a credential's token: the
+//! gateway records that credential's name as the actor); the token is never printed.
 //! Requests go through the gateway's own admin client (`switchyard_server::client`), typed by
 //! `switchyard_server::api`, on a current-thread runtime, one command at a time.
 //!
 //! Exit codes (decided in `main`): a refusal by the gateway (4xx: invalid spec, conflict,
-//! unknown rollout, missing token) is a [`InputError`] and exits 2; an unreachable gateway,
+//! unknown rollout, missing token, missing role) is a [`InputError`] and exits 2; an unreachable gateway,
 //! a server error or a broken audit chain exits 1.
 
 use std::io::Write;
@@ -29,16 +30,17 @@ use super::InputError;
 
 /// Where the gateway listens when neither `--url` nor `SWITCHYARD_URL` says otherwise.
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8080";
-/// The environment variable holding the admin bearer token.
+/// The environment variable holding the bearer token of a credential.
 pub const TOKEN_ENV: &str = "SWITCHYARD_ADMIN_TOKEN";
-/// Sent as `x-switchyard-actor`, so audit events read `admin:cli`.
+/// Sent as `x-switchyard-actor`, so audit events of a gateway in open mode read `admin:cli`
+/// (with credentials, the credential's name).
 const ACTOR: &str = "cli";
 
 /// How to reach the gateway.
 #[derive(Debug, Clone, Args)]
 pub struct Connection {
-    /// Base URL of the gateway (its admin API is under /admin/v1). The admin bearer token, if
-    /// the gateway wants one, is read from SWITCHYARD_ADMIN_TOKEN.
+    /// Base URL of the gateway (its admin API is under /admin/v1). The bearer token of a
+    /// credential, if the gateway wants one, is read from SWITCHYARD_ADMIN_TOKEN.
     #[arg(long, env = "SWITCHYARD_URL", default_value = DEFAULT_URL, value_name = "URL")]
     url: String,
 }
@@ -296,7 +298,12 @@ fn status(args: StatusArgs) -> Result<()> {
             step(r),
             versions(r),
             traffic(&r.strategy),
-            r.reason.clone().unwrap_or_else(|| "-".into()),
+            match (&r.reason, approvals_note(r)) {
+                (Some(reason), Some(note)) => format!("{reason}; {note}"),
+                (None, Some(note)) => note,
+                (Some(reason), None) => reason.clone(),
+                (None, None) => "-".into(),
+            },
         ]);
     }
     emit(&table(&rows))
@@ -317,7 +324,29 @@ fn action(verb: &'static str, args: ActionArgs) -> Result<()> {
     if let Some(reason) = &view.reason {
         line.push_str(&format!("; {reason}"));
     }
+    if let Some(note) = approvals_note(&view) {
+        line.push_str(&format!("; {note}"));
+    }
     emit(&line)
+}
+
+/// Who approved so far, when a rollout waits for several approvers.
+fn approvals_note(view: &RolloutView) -> Option<String> {
+    if let (Some(needed), false) = (view.approvals_needed, view.approved_by.is_empty()) {
+        return Some(format!(
+            "approved by {} ({} of {needed})",
+            view.approved_by.join(", "),
+            view.approved_by.len()
+        ));
+    }
+    (!view.promote_requested_by.is_empty()).then(|| {
+        format!(
+            "promotion asked by {} ({} of {})",
+            view.promote_requested_by.join(", "),
+            view.promote_requested_by.len(),
+            view.spec.promote_approvals()
+        )
+    })
 }
 
 fn events(args: EventsArgs) -> Result<()> {
@@ -478,6 +507,10 @@ impl Api {
         let base = self.client.base();
         match e {
             ClientError::Refused { status, error } => {
+                if status == StatusCode::FORBIDDEN {
+                    return InputError::new(TOKEN_ENV, format!("forbidden: {}", error.message))
+                        .into();
+                }
                 if status == StatusCode::UNAUTHORIZED {
                     let reason = if self.client.has_token() {
                         format!("unauthorized: the gateway refused the admin token in {TOKEN_ENV}")

@@ -432,6 +432,9 @@ async fn demo(args: DemoArgs) -> Result<()> {
         "  clock    the controller's time runs {}x faster than real time",
         args.scale
     );
+    println!(
+        "  access   open mode (no credentials): admin API, feedback and inference take any caller"
+    );
 
     // 1. Shadow → chained canary.
     heading(

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod demo;
 pub mod serve;
 pub mod stats;
+pub mod token;
 
 /// Bad input from the user: reported with the flag it concerns, exit code 2 (as clap's own
 /// usage errors).

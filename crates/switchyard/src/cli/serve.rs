@@ -140,6 +140,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             store,
             gateway.state.replica
         );
+        eprintln!("access: {}", gateway.state.auth.describe());
         shutdown_signal().await;
         eprintln!("shutting down: finishing requests in flight and committing the log");
         gateway.shutdown().await

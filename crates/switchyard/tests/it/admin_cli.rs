@@ -56,8 +56,12 @@ struct Running {
 
 impl Running {
     async fn start(token: Option<&str>) -> Running {
+        Self::start_with(CONFIG, token).await
+    }
+
+    async fn start_with(config: &str, token: Option<&str>) -> Running {
         let dir = tempfile::tempdir().unwrap();
-        let config = parse_config(CONFIG, &repo_root(), "test config").unwrap();
+        let config = parse_config(config, &repo_root(), "test config").unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut options = StartOptions::new(dir.path().join("switchyard.sqlite"));
         options.controller_loop = false;
@@ -517,4 +521,147 @@ fn plain_404(listener: &std::net::TcpListener) {
             b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\nconnection: close\r\n\r\nnot found",
         );
     }
+}
+
+/// Runs the binary with `stdin` as its standard input.
+async fn run_with_stdin(args: &[&str], stdin: &str) -> Out {
+    use std::io::Write as _;
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let stdin = stdin.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// The value after `label` on its line of `token new`'s output.
+fn field(out: &str, label: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(label))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no {label} in {out}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_credentials_from_token_new_act_under_their_names_and_roles() {
+    let approver = run(
+        &["token", "new", "--name", "alice", "--roles", "approver"],
+        &[],
+    )
+    .await;
+    let approver_out = approver.ok().to_string();
+    let alice_token = field(&approver_out, "token ");
+    let alice_hash = field(&approver_out, "token_sha256 ");
+    assert!(
+        alice_token.starts_with("sy_") && alice_token.len() == 67,
+        "{approver_out}"
+    );
+    assert!(
+        approver_out.contains(&format!(
+            "- {{ name: alice, roles: [approver], token_sha256: \"{alice_hash}\" }}"
+        )),
+        "{approver_out}"
+    );
+    // `token hash` reads the token from stdin and prints the same hash.
+    let hashed = run_with_stdin(&["token", "hash"], &format!("{alice_token}\n")).await;
+    assert_eq!(hashed.ok().trim(), alice_hash);
+    run(&["token", "new", "--roles", "root"], &[])
+        .await
+        .fails(2, "--roles: 'root' is not viewer");
+
+    let ops = run(
+        &[
+            "token",
+            "new",
+            "--name",
+            "ops",
+            "--roles",
+            "operator,viewer",
+        ],
+        &[],
+    )
+    .await;
+    let ops_out = ops.ok().to_string();
+    let ops_token = field(&ops_out, "token ");
+    let ops_hash = field(&ops_out, "token_sha256 ");
+    let config = format!(
+        "{CONFIG}auth:\n  credentials:\n    - {{ name: alice, roles: [approver], token_sha256: \"{alice_hash}\" }}\n    - {{ name: ops, roles: [operator], token_sha256: \"{ops_hash}\" }}\n"
+    );
+    let gw = Running::start_with(&config, None).await;
+    let canary = gw.file("canary.yaml", CANARY);
+    let url = gw.url.clone();
+
+    // The approver may not start a rollout: the refusal names the role it lacks.
+    let out = run(
+        &["apply", "-f", &canary, "--url", &url],
+        &[("SWITCHYARD_ADMIN_TOKEN", &alice_token)],
+    )
+    .await;
+    out.fails(2, "forbidden");
+    assert!(out.stderr.contains("needs role `operator`"), "{out:?}");
+    assert!(!out.stderr.contains(&alice_token) && !out.stdout.contains(&alice_token));
+
+    run(
+        &["apply", "-f", &canary, "--url", &url],
+        &[("SWITCHYARD_ADMIN_TOKEN", &ops_token)],
+    )
+    .await
+    .ok();
+    let out = run(
+        &["pause", "yield-canary", "--url", &url],
+        &[("SWITCHYARD_ADMIN_TOKEN", &alice_token)],
+    )
+    .await;
+    out.fails(2, "needs role `operator`");
+    run(
+        &["pause", "yield-canary", "--url", &url],
+        &[("SWITCHYARD_ADMIN_TOKEN", &ops_token)],
+    )
+    .await
+    .ok();
+    // Events show who did what: the credentials' names, not the CLI's actor header.
+    let events = run(
+        &["events", "yield-canary", "--json", "--url", &url],
+        &[("SWITCHYARD_ADMIN_TOKEN", &alice_token)],
+    )
+    .await
+    .json();
+    let actors: Vec<(String, String)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_string(),
+                e["actor"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actors,
+        vec![
+            ("started".to_string(), "ops".to_string()),
+            ("paused".to_string(), "ops".to_string())
+        ]
+    );
+    gw.gateway.shutdown().await.unwrap();
 }
