@@ -571,6 +571,13 @@ impl Controller {
             reason: e.state.reason.clone(),
             started_ms: e.state.started_ms,
             spec: e.spec.clone(),
+            arms: match &e.spec.kind {
+                RolloutKind::Ab(a) if rollout::is_extended(a) => rollout::arms_of(a)
+                    .into_iter()
+                    .map(|arm| arm.version)
+                    .collect(),
+                _ => Vec::new(),
+            },
         }
     }
 

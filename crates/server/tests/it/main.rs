@@ -7,6 +7,7 @@ mod support;
 
 mod alerts;
 mod dataplane;
+mod experiments;
 mod limits;
 mod mlserver;
 mod oip_client;
