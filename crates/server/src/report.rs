@@ -119,12 +119,17 @@ pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Repo
             analysis.ab = Some(AbAnalysis {
                 report: (!extended).then(|| ab_report(a, &obs)),
                 abn: extended.then(|| {
-                    AbnView::of(
+                    let mut view = AbnView::of(
                         &abn_report(a, &state, &obs),
                         a.sequential,
                         a.bandit.is_some(),
                         events.iter().filter_map(Reweighting::of).collect(),
-                    )
+                    );
+                    if a.bandit.is_some() {
+                        // A bandit has no power calculation: only a written minimum.
+                        view.required_per_arm = a.min_per_arm;
+                    }
+                    view
                 }),
                 observed_split: obs.by_variant.clone(),
                 segments: segments_of(&obs, &a.control, &a.treatment),

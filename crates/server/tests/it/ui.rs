@@ -1,7 +1,7 @@
 //! The dashboard at `/ui`, tested in a real browser.
 //!
 //! A gateway runs in-process on the shipped ONNX models with an admin token; a shadow, two
-//! canaries, an A/B test and a blue-green switch are applied through the admin API and fed
+//! canaries, an A/B test, a bandit and a blue-green switch are applied through the admin API and fed
 //! real traffic and ground truth, with the controller ticked on an explicit clock so every
 //! rollout has numbers and history. Then headless Chromium (Debian's `chromium`) is driven over
 //! the DevTools protocol (a small WebSocket client below; no new dependency): the page asks for
@@ -231,6 +231,11 @@ async fn scenario(tg: &TestGateway, wafers: &parking_lot::Mutex<Wafers>) {
         traffic(tg, wafers, "yield-fab3", 90).await;
         tick(tg, 30_000).await;
     }
+    // Paused, so that the ticks while the browser looks add no re-weighting to the trail.
+    tg.admin()
+        .command("yield-fab3-bandit", "pause")
+        .await
+        .unwrap();
 }
 
 fn new_wafers(seed: u64) -> parking_lot::Mutex<Wafers> {
@@ -477,7 +482,7 @@ async fn the_dashboard_shows_every_rollout_and_rolls_back_in_headless_chromium()
             .map(|r| (r.name.clone(), r.phase.as_str().to_string()))
             .collect(),
     };
-    assert_eq!(expected.rollouts.len(), 5);
+    assert_eq!(expected.rollouts.len(), 6);
 
     // The A/B test keeps getting traffic, and the controller keeps ticking, while the browser
     // looks: the page must follow without a reload.

@@ -818,7 +818,7 @@ async fn bandit_act(d: &mut Demo) -> Result<Value> {
     let spec = format!(
         "name: {name}\nmodel: yield\nkind: bandit\ncontrol: v2\ntreatment: v1\nvariants: [{{version: v3}}]\nmetric: accuracy\n\
          guardrails: [{{metric: error_rate, max: 0.02}}]\n\
-         bandit: {{min_share: 5, max_step: 15, reweight_every_ms: 30000, min_samples: 40, stop_at_p_best: 0.99}}\nauto_promote: true\n"
+         bandit: {{min_share: 5, max_step: 10, reweight_every_ms: 30000, min_samples: 40, stop_at_p_best: 0.999}}\nauto_promote: true\n"
     );
     let started = d.apply(&spec).await?;
     println!(
@@ -831,7 +831,7 @@ async fn bandit_act(d: &mut Demo) -> Result<Value> {
             .collect::<Vec<_>>()
             .join(" · ")
     );
-    println!("  limits               each arm keeps 5%, no weight moves more than 15 points at once, a guardrail stops an arm above 2% errors");
+    println!("  limits               each arm keeps 5%, no weight moves more than 10 points at once, a guardrail stops an arm above 2% errors");
     let pb = bar(3_000, "bandit");
     let view = d.run_until("yield", name, &[], &pb, reason).await?;
     pb.finish_and_clear();
