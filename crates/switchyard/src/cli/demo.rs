@@ -736,13 +736,13 @@ async fn demo(args: DemoArgs) -> Result<()> {
     heading(8, "Summary");
     let list = d.admin.rollouts().await?.rollouts;
     println!(
-        "  {:<26} {:<11} {:<12} {:<12} outcome",
+        "  {:<26} {:<11} {:<14} {:<12} outcome",
         "rollout", "kind", "versions", "phase"
     );
     let mut summary = Vec::new();
     for r in &list {
         println!(
-            "  {:<26} {:<11} {:<12} {:<12} {}",
+            "  {:<26} {:<11} {:<14} {:<12} {}",
             r.name,
             r.kind,
             if r.arms.is_empty() {
