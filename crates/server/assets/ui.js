@@ -12,8 +12,16 @@
   const TOKEN_KEY = 'switchyard.adminToken';
   const SVGNS = 'http://www.w3.org/2000/svg';
   const KIND_OF_VIEW = { shadow: 'shadow', ab: 'ab', canary: 'canary', bluegreen: 'blue_green' };
-  const VIEW_OF_KIND = { shadow: 'shadow', ab: 'ab', canary: 'canary', blue_green: 'bluegreen' };
-  const KIND_LABEL = { shadow: 'shadow', ab: 'A/B', canary: 'canary', blue_green: 'blue-green' };
+  const VIEW_OF_KIND = { shadow: 'shadow', ab: 'ab', bandit: 'ab', canary: 'canary', blue_green: 'bluegreen' };
+  const KIND_LABEL = { shadow: 'shadow', ab: 'A/B', bandit: 'bandit', canary: 'canary', blue_green: 'blue-green' };
+  // The A/B view also shows bandits.
+  const KINDS_OF_VIEW = { ab: ['ab', 'bandit'] };
+  // Arms of an A/B/n test or bandit: a, b, c, …
+  const ARM_COLORS = ['#2563eb', '#ea580c', '#16a34a', '#9333ea', '#db2777', '#0891b2', '#ca8a04', '#475569'];
+  const armColor = (variant) => {
+    const i = typeof variant === 'string' && variant.length === 1 ? variant.charCodeAt(0) - 97 : -1;
+    return i >= 0 ? ARM_COLORS[i % ARM_COLORS.length] : COLOR.grey;
+  };
   const TERMINAL = ['completed', 'rolled_back', 'aborted'];
   const COLOR = {
     current: '#2563eb', candidate: '#ea580c', blue: '#2563eb', green: '#16a34a',
@@ -27,6 +35,7 @@
     validation_failed: ['validation failed', 'critical'],
     step_stuck: ['step stuck', 'warning'],
     awaiting_approval: ['approval needed', 'info'],
+    arm_stopped: ['guardrail breached', 'critical'],
   };
   const ACTIONS = [
     ['promote', 'Promote'], ['rollback', 'Roll back'], ['pause', 'Pause'],
@@ -194,7 +203,7 @@
       ]);
       return { verify, events: events.flat().sort((a, b) => b.seq - a.seq) };
     }
-    const list = ofKind(KIND_OF_VIEW[rt.view]);
+    const list = (KINDS_OF_VIEW[rt.view] || [KIND_OF_VIEW[rt.view]]).flatMap(ofKind);
     const chosen = list.find((r) => r.name === rt.name) || list[0];
     if (!chosen) return { list, rollout: null };
     const [report, history] = await Promise.all([
@@ -600,6 +609,7 @@
     const colorOf = (version, variant) => {
       if (variant === 'blue') return COLOR.blue;
       if (variant === 'green') return COLOR.green;
+      if (/^[c-z]$/.test(variant || '')) return armColor(variant);
       return version === current || variant === 'stable' || variant === 'a' ? COLOR.current : COLOR.candidate;
     };
     switch (st.kind) {
@@ -634,7 +644,8 @@
       h('div', { class: 'title' },
         h('h1', { 'data-k': 'name' }, r.name),
         h('div', { class: 'sub' }, KIND_LABEL[r.kind] + ' of ', h('b', {}, r.model), ' · ',
-          h('span', { class: 'v-current' }, r.current), ' → ', h('span', { class: 'v-candidate' }, r.candidate),
+          h('span', { class: 'v-current' }, r.current), r.arms && r.arms.length ? ' (control) vs ' : ' → ',
+          h('span', { class: 'v-candidate' }, r.arms && r.arms.length ? r.arms.slice(1).join(', ') : r.candidate),
           ' · started ' + when(r.started_ms))),
       h('div', { class: 'state' },
         h('span', { class: phaseClass(r.phase), 'data-k': 'phase' }, r.phase),
@@ -705,7 +716,7 @@
         const al = alertsOf(evs);
         return [
           h('a', { href: '#/' + VIEW_OF_KIND[r.kind] + '/' + enc(r.name), 'data-rollout': r.name }, r.name),
-          r.model, KIND_LABEL[r.kind] || r.kind, r.current + ' → ' + r.candidate,
+          r.model, KIND_LABEL[r.kind] || r.kind, r.arms && r.arms.length ? armsOf(r).join(' · ') : r.current + ' → ' + r.candidate,
           h('span', { class: phaseClass(r.phase), 'data-k': 'phase' }, r.phase),
           h('span', { class: 'split-cell' }, splitBar(strategyParts(r.strategy, r.current)), h('small', {}, strategyText(r.strategy))),
           last ? h('span', {}, badge(last.kind, 'ev'), ' ', last.message, h('small', { class: 'muted' }, ' · ' + when(last.ts_ms))) : '—',
@@ -947,9 +958,96 @@
     return out;
   }
 
+  /** The arms' versions (control first) of an A/B/n rollout view, else its two. */
+  function armsOf(r) {
+    return r.arms && r.arms.length ? r.arms : [r.current, r.candidate];
+  }
+
+  function guardrailText(g) {
+    const lim = g.limit || {};
+    const [kind, x] = Object.entries(lim)[0] || ['', null];
+    const limit = { max: '≤ ' + sig(x), min: '≥ ' + sig(x), max_increase: '≤ control +' + pct(x), max_decrease: '≥ control −' + pct(x) }[kind] || '';
+    return g.metric + ' ' + sig(g.value) + ' (' + limit + ', n ' + int(g.samples) + ')' + (g.breached ? ' BREACHED' : '');
+  }
+
+  /** An A/B/n test or bandit: every arm against the control. */
+  function renderAbn(data, a) {
+    const { rollout: r, report, history } = data;
+    const n = a.abn;
+    const arms = n.arms || [];
+    const proportion = arms.some((x) => isNum(x.successes));
+    const val = (v) => (proportion ? pct(v, 2) : sig(v));
+    const dif = (v) => (proportion ? pts(v, 2) : (isNum(v) ? (v >= 0 ? '+' : '') + sig(v) : '—'));
+    const ci = (lo, hi) => (isNum(lo) && isNum(hi) ? '[' + dif(lo) + ', ' + dif(hi) + ']' : '—');
+    const obs = a.observed_split || {};
+    const total = arms.reduce((acc, x) => acc + (obs[x.variant] || 0), 0);
+    const srm = n.srm || null;
+    const outcome = n.outcome || {};
+    const control = arms.length ? arms[0].version : r.current;
+    const outcomeText = outcome.outcome === 'winner' ? outcome.version + ' wins'
+      : outcome.outcome === 'control_wins' ? control + ' (control) wins' : 'no significant difference (yet)';
+    const out = [rolloutHead(r)];
+    out.push(h('div', { class: 'tiles' },
+      tile('arms', String(arms.length), { k: 'arm-count', sub: arms.map((x) => x.variant + ' ' + x.version).join(' · ') }),
+      tile('primary metric', n.metric, { k: 'metric', sub: (n.lower_is_better ? 'lower' : 'higher') + ' is better' + (n.bandit ? ' · Thompson sampling' : ' · ' + n.correction + ', α ' + n.alpha) }),
+      tile('sample-ratio mismatch', srm ? (srm.mismatch ? 'MISMATCH' : 'ok') : '—', {
+        k: 'srm', sub: srm ? 'χ² ' + sig(srm.statistic) + ' over ' + (srm.dof + 1) + ' arms, p = ' + pval(srm.p_value) : '',
+        tone: srm && srm.mismatch ? 'bad' : srm ? 'good' : null,
+      }),
+      tile('outcome', outcomeText, { k: 'outcome', tone: outcome.outcome === 'winner' ? 'good' : null,
+        sub: isNum(n.required_per_arm) ? 'required per arm: ' + n.required_per_arm : (n.bandit ? 'bandit' : '') }),
+      tile('stopped arms', String(arms.filter((x) => x.decision === 'stopped').length), { k: 'stopped-count',
+        tone: arms.some((x) => x.decision === 'stopped') ? 'bad' : null })));
+    const head = ['arm', 'version', 'weight', 'observed', 'n', n.metric, 'diff vs control', Math.round((1 - n.alpha) * 100) + '% CI', 'p', n.sequential ? 'adjusted always-valid p' : 'adjusted p'];
+    if (n.sequential) head.push('always-valid p', 'confidence sequence');
+    if (n.bandit) head.push('P(best)');
+    head.push('guardrails', 'decision');
+    const rows = arms.map((x) => {
+      const row = [x.variant, x.version, pct(x.weight_percent / 100, 1),
+        total ? pct((obs[x.variant] || 0) / total, 1) : '—', int(x.samples), val(x.value),
+        x.decision === 'control' ? '—' : dif(x.diff), ci(x.ci_low, x.ci_high), pval(x.p_value), pval(x.adjusted_p_value)];
+      if (n.sequential) row.push(pval(x.sequential_p_value), ci(x.cs_low, x.cs_high));
+      if (n.bandit) row.push(isNum(x.p_best) ? x.p_best.toFixed(3) : '—');
+      row.push((x.guardrails || []).length ? h('span', { title: x.stopped || '' }, x.guardrails.map(guardrailText).join('; ')) : '—');
+      row.push(h('span', { 'data-k': 'decision', 'data-arm': x.version }, badge(x.decision, 'dec-' + x.decision)));
+      return row;
+    });
+    out.push(card('Arms: each variant against the control', table(head, rows, { k: 'arms' }),
+      arms.filter((x) => x.stopped).map((x) => h('p', { class: 'muted', 'data-k': 'stopped' }, x.variant + ' (' + x.version + ') stopped: ' + x.stopped))));
+    const withArms = history.filter((p) => p.ab && p.ab.arms && p.ab.arms.length);
+    const rw = (n.reweightings || []).filter((x) => Object.keys(x.weight_percent || {}).length);
+    out.push(h('div', { class: 'grid' },
+      card('Traffic split per arm',
+        h('div', { class: 'splits' },
+          h('div', {}, h('small', {}, 'weights now'), splitBar(arms.map((x) => ({ label: x.variant + ' ' + x.version, share: x.weight_percent / 100, color: armColor(x.variant) })))),
+          h('div', {}, h('small', {}, 'observed over the test'), splitBar(total ? arms.map((x) => ({ label: x.variant + ' ' + x.version, share: (obs[x.variant] || 0) / total, color: armColor(x.variant) })) : []))),
+        legend(arms.map((x) => ({ name: x.variant + ' ' + x.version, color: armColor(x.variant), points: [[0, x.weight_percent]] })), (v) => sig(v) + '%')),
+      chartCard('Weights over time', 'weights', arms.map((x, i) => series(withArms, x.variant + ' ' + x.version, armColor(x.variant),
+        (p) => (p.ab.arms[i] ? p.ab.arms[i].weight_percent : null))), { step: true, yMin: 0, yMax: 100, fmt: (v) => sig(v) + '%' }),
+      chartCard(n.metric + ' per arm over time', 'metric', arms.map((x, i) => series(withArms, x.variant + ' ' + x.version, armColor(x.variant),
+        (p) => (p.ab.arms[i] ? p.ab.arms[i].value : null))), { fmt: proportion ? pctTick : sig }),
+      n.bandit ? chartCard('P(best) over time', 'p-best', arms.map((x, i) => series(withArms, x.variant + ' ' + x.version, armColor(x.variant),
+        (p) => (p.ab.arms[i] ? p.ab.arms[i].p_best : null))), { yMin: 0, yMax: 1, fmt: (v) => v.toFixed(2) }) : null,
+      card('Sample size per arm' + (isNum(n.required_per_arm) ? ' (' + n.required_per_arm + ' required)' : ''),
+        progressChart('sample', arms.map((x) => ({ name: x.variant + ' ' + x.version, value: x.samples, max: isNum(n.required_per_arm) ? n.required_per_arm : Math.max(1, ...arms.map((y) => y.samples)), color: armColor(x.variant) })),
+          (row) => int(row.value) + (isNum(n.required_per_arm) ? ' / ' + n.required_per_arm : '')))));
+    if (rw.length) {
+      out.push(card('Re-weightings (Thompson sampling)', table(['time', 'weights', 'P(best)', 'keys moved'],
+        rw.slice().reverse().map((x) => [when(x.ts_ms),
+          arms.filter((y) => isNum(x.weight_percent[y.variant])).map((y) => y.version + ' ' + sig(x.weight_percent[y.variant]) + '%').join(' · '),
+          arms.filter((y) => isNum(x.p_best[y.variant])).map((y) => y.version + ' ' + x.p_best[y.variant].toFixed(3)).join(' · ') || '—',
+          pct(x.moved_fraction, 2)]), { k: 'reweightings' })));
+    }
+    out.push(card('Versions', versionsTable(arms.map((x, i) => [x.version, x.variant + (i === 0 ? ' (control)' : ''), (report.versions || {})[x.version]]))));
+    for (const c of segmentCards(a.segments, control, arms.length > 1 ? arms[1].version : r.candidate)) out.push(c);
+    out.push(card('Events', eventsTable(report.events || [])));
+    return out;
+  }
+
   function renderAb(data) {
     const { rollout: r, report, history } = data;
     const a = (report.analysis || {}).ab || {};
+    if (a.abn) return renderAbn(data, a);
     const ab = a.report || {};
     const spec = r.spec || {};
     const control = r.current; const treat = r.candidate;
@@ -1073,7 +1171,8 @@
       a.classList.toggle('on', a.getAttribute('data-view') === rt.view);
     }
     for (const [view, kind] of Object.entries(KIND_OF_VIEW)) {
-      const n = state.rollouts.filter((r) => r.kind === kind).length;
+      const kinds = KINDS_OF_VIEW[view] || [kind];
+      const n = state.rollouts.filter((r) => kinds.includes(r.kind)).length;
       const el = document.querySelector('[data-count="' + view + '"]');
       if (el) el.textContent = n ? String(n) : '';
     }

@@ -12,7 +12,8 @@ use switchyard_core::audit::Detail;
 use switchyard_core::classes::{classification_summary, ClassificationSummary, PredictionDrift};
 use switchyard_core::record::Tolerance;
 use switchyard_core::rollout::{
-    AbReport, GatePolicy, Phase, Recommendation, RolloutSpec, ShadowReport,
+    AbReport, AbnOutcome, AbnReport, ArmDecision, ArmResult, Correction, GatePolicy,
+    GuardrailCheck, MetricValue, Phase, Recommendation, RolloutSpec, ShadowReport,
 };
 use switchyard_core::segments::SegmentBreakdown;
 use switchyard_core::{ModelRoute, PairStats, Role, Strategy, VariantStats};
@@ -236,6 +237,10 @@ pub struct RolloutView {
     #[serde(default)]
     pub promote_requested_by: Vec<String>,
     pub spec: RolloutSpec,
+    /// A/B/n and bandit: every arm's version, control first (empty for other kinds and
+    /// two-arm A/B tests, whose arms are `current` and `candidate`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arms: Vec<String>,
 }
 
 /// `GET /rollouts`.
@@ -362,6 +367,25 @@ pub struct AbPoint {
     pub prob_b_beats_a: Option<f64>,
     pub srm_p: Option<f64>,
     pub observed_split: BTreeMap<String, u64>,
+    /// A/B/n and bandit: every arm, control first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub arms: Vec<ArmPoint>,
+}
+
+/// One arm of an A/B/n test or bandit in a history point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArmPoint {
+    pub variant: String,
+    pub version: String,
+    /// The arm's share of traffic at the time.
+    pub weight_percent: f64,
+    /// The primary metric's samples and value.
+    pub samples: u64,
+    pub value: Option<f64>,
+    /// Bandit: the probability that the arm is best, at the last re-weighting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_best: Option<f64>,
+    pub decision: ArmDecision,
 }
 
 /// `GET /rollouts/{name}/history`.
@@ -420,12 +444,186 @@ pub struct Disagreement {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AbAnalysis {
-    pub report: AbReport,
-    /// Requests per arm (`a`, `b`).
+    /// The two-arm analysis (a spec without variants, guardrails, a continuous metric or a
+    /// bandit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<AbReport>,
+    /// The k-arm analysis (A/B/n, guardrails, a continuous metric, a bandit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abn: Option<AbnView>,
+    /// Requests per arm (`a`, `b`, `c`, …) over the whole test.
     pub observed_split: BTreeMap<String, u64>,
-    /// The treatment against the control per value of each segment field the model declares.
+    /// The treatment (arm `b`) against the control per value of each segment field the model
+    /// declares.
     #[serde(default)]
     pub segments: Vec<SegmentBreakdown>,
+}
+
+/// The k-arm analysis of an A/B/n test or a bandit: each variant against the control.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AbnView {
+    /// The primary metric as written (`accuracy`, `mean:revenue`, …).
+    pub metric: String,
+    pub lower_is_better: bool,
+    pub correction: Correction,
+    pub alpha: f64,
+    pub sequential: bool,
+    pub bandit: bool,
+    pub required_per_arm: Option<u64>,
+    /// Control first.
+    pub arms: Vec<ArmView>,
+    /// Sample-ratio check over every arm with traffic, on the requests since the weights last
+    /// changed.
+    pub srm: Option<switchyard_stats::chi2::SampleRatioMismatch>,
+    pub outcome: AbnOutcome,
+    /// Bandit: every re-weighting recorded in the audit trail, oldest first.
+    #[serde(default)]
+    pub reweightings: Vec<Reweighting>,
+}
+
+/// One arm of the k-arm analysis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArmView {
+    /// `a` (the control), `b`, `c`, …
+    pub variant: String,
+    pub version: String,
+    /// The arm's current share of traffic.
+    pub weight_percent: f64,
+    /// Samples of the primary metric (labelled predictions, feedback values or requests).
+    pub samples: u64,
+    /// The primary metric: a rate or a mean.
+    pub value: Option<f64>,
+    /// Proportions: the successes among `samples`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successes: Option<u64>,
+    /// Means: the standard deviation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std_dev: Option<f64>,
+    /// `variant − control` with its fixed-horizon interval (Wald or Welch).
+    pub diff: Option<f64>,
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
+    /// z or Welch's t.
+    pub statistic: Option<f64>,
+    pub p_value: Option<f64>,
+    /// After Holm or Bonferroni over the variants still running: of `p_value`, or of
+    /// `sequential_p_value` when the test is sequential.
+    pub adjusted_p_value: Option<f64>,
+    /// `sequential: true`: the always-valid p-value and confidence sequence, valid whenever
+    /// read.
+    pub sequential_p_value: Option<f64>,
+    pub cs_low: Option<f64>,
+    pub cs_high: Option<f64>,
+    pub guardrails: Vec<GuardrailCheck>,
+    pub decision: ArmDecision,
+    /// Why a guardrail stopped the arm.
+    pub stopped: Option<String>,
+    /// Bandit: the probability that the arm is best, at the last re-weighting.
+    pub p_best: Option<f64>,
+}
+
+fn finite(x: Option<f64>) -> Option<f64> {
+    x.filter(|v| v.is_finite())
+}
+
+impl ArmView {
+    pub fn of(r: &ArmResult, p_best: Option<f64>) -> Self {
+        let (successes, std_dev) = match &r.metric {
+            MetricValue::Proportion(p) => (Some(p.successes), None),
+            MetricValue::Mean(m) => (None, m.std_dev()),
+            MetricValue::P95 { .. } => (None, None),
+        };
+        ArmView {
+            variant: r.variant.clone(),
+            version: r.version.clone(),
+            weight_percent: f64::from(r.weight) / 100.0,
+            samples: r.metric.samples(),
+            value: finite(r.metric.value()),
+            successes,
+            std_dev: finite(std_dev),
+            diff: finite(r.diff),
+            ci_low: finite(r.ci_low),
+            ci_high: finite(r.ci_high),
+            statistic: finite(r.statistic),
+            p_value: finite(r.p_value),
+            adjusted_p_value: finite(r.adjusted_p_value),
+            sequential_p_value: finite(r.sequential_p_value),
+            cs_low: finite(r.cs_low),
+            cs_high: finite(r.cs_high),
+            guardrails: r.guardrails.clone(),
+            decision: r.decision,
+            stopped: r.stopped.clone(),
+            p_best: finite(p_best),
+        }
+    }
+}
+
+impl AbnView {
+    /// The view of a core report; `reweightings` from the audit trail.
+    pub fn of(
+        r: &AbnReport,
+        sequential: bool,
+        bandit: bool,
+        reweightings: Vec<Reweighting>,
+    ) -> Self {
+        AbnView {
+            metric: r.metric.name(),
+            lower_is_better: r.lower_is_better,
+            correction: r.correction,
+            alpha: r.alpha,
+            sequential,
+            bandit,
+            required_per_arm: r.required_per_arm,
+            arms: r
+                .arms
+                .iter()
+                .enumerate()
+                .map(|(i, a)| ArmView::of(a, r.p_best.as_ref().and_then(|p| p.get(i).copied())))
+                .collect(),
+            srm: r.srm.clone(),
+            outcome: r.outcome.clone(),
+            reweightings,
+        }
+    }
+}
+
+/// One re-weighting of a bandit (or the move of stopped arms' traffic to the control), from
+/// its `reweighted` audit event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reweighting {
+    pub seq: u64,
+    pub ts_ms: i64,
+    /// Per arm (`a`, `b`, …): the weight set, percent.
+    pub weight_percent: BTreeMap<String, f64>,
+    /// Per arm: the probability of being best (bandit re-weightings only).
+    pub p_best: BTreeMap<String, f64>,
+    /// The fraction of keys that changed arm.
+    pub moved_fraction: Option<f64>,
+}
+
+impl Reweighting {
+    /// The re-weighting an event records, if it is one.
+    pub fn of(e: &EventView) -> Option<Self> {
+        if e.kind != "reweighted" {
+            return None;
+        }
+        let per_arm = |suffix: &str| -> BTreeMap<String, f64> {
+            e.details
+                .iter()
+                .filter_map(|(k, v)| match v {
+                    Detail::Num(x) => k.strip_suffix(suffix).map(|arm| (arm.to_string(), *x)),
+                    _ => None,
+                })
+                .collect()
+        };
+        Some(Reweighting {
+            seq: e.seq,
+            ts_ms: e.ts_ms,
+            weight_percent: per_arm("_weight_percent"),
+            p_best: per_arm("_p_best"),
+            moved_fraction: e.num("moved_fraction"),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,15 +6,18 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 use switchyard_core::classes::{prediction_drift, ClassTable, DriftBasis, PredictionDrift};
 use switchyard_core::rollout::Observations;
-use switchyard_core::rollout::{ab_report, shadow_report, OutputKind, RolloutKind};
+use switchyard_core::rollout::{
+    ab_report, abn_report, arms_of, is_extended, shadow_report, AbReport, AbnOutcome, ArmDecision,
+    Correction, GuardLimit, GuardrailCheck, OutputKind, RolloutKind,
+};
 use switchyard_core::segments::{
     unpaired_breakdown, SegmentBreakdown, SegmentFailure, SegmentMetric,
 };
 use switchyard_core::{Prediction, Truth};
 
 use crate::api::{
-    AbAnalysis, Analysis, BlueGreenAnalysis, CanaryAnalysis, Disagreement, EventView, Report,
-    ShadowAnalysis, StepView, SwitchView, VersionStats,
+    AbAnalysis, AbnView, Analysis, BlueGreenAnalysis, CanaryAnalysis, Disagreement, EventView,
+    Report, Reweighting, ShadowAnalysis, StepView, SwitchView, VersionStats,
 };
 use crate::controller::Controller;
 use crate::state::AppState;
@@ -54,11 +57,17 @@ pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Repo
         .models
         .get(&spec.model)
         .and_then(|m| m.config.classes.as_deref());
-    let versions = obs
+    let mut versions: std::collections::BTreeMap<String, VersionStats> = obs
         .total
         .iter()
         .map(|(v, s)| (v.clone(), VersionStats::with_classes(s, declared)))
         .collect();
+    // Every arm of an A/B/n test is listed, traffic or not.
+    if let RolloutKind::Ab(a) = &spec.kind {
+        for arm in arms_of(a) {
+            versions.entry(arm.version).or_default();
+        }
+    }
     let mut analysis = Analysis::default();
     match &spec.kind {
         RolloutKind::Shadow(s) => {
@@ -106,8 +115,22 @@ pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Repo
             });
         }
         RolloutKind::Ab(a) => {
+            let extended = is_extended(a);
             analysis.ab = Some(AbAnalysis {
-                report: ab_report(a, &obs),
+                report: (!extended).then(|| ab_report(a, &obs)),
+                abn: extended.then(|| {
+                    let mut view = AbnView::of(
+                        &abn_report(a, &state, &obs),
+                        a.sequential,
+                        a.bandit.is_some(),
+                        events.iter().filter_map(Reweighting::of).collect(),
+                    );
+                    if a.bandit.is_some() {
+                        // A bandit has no power calculation: only a written minimum.
+                        view.required_per_arm = a.min_per_arm;
+                    }
+                    view
+                }),
                 observed_split: obs.by_variant.clone(),
                 segments: segments_of(&obs, &a.control, &a.treatment),
             });
@@ -357,6 +380,331 @@ fn class_detail(
     detail.push((format!("Per-class scores: {version}"), scores));
 }
 
+/// The two-arm A/B test's analysis lines.
+fn two_arm_lines(ab: &AbReport, analysis: &mut Pairs) {
+    analysis.push((
+        "control (successes/trials)".into(),
+        format!("{}/{}", ab.control.successes, ab.control.trials),
+    ));
+    analysis.push((
+        "treatment (successes/trials)".into(),
+        format!("{}/{}", ab.treatment.successes, ab.treatment.trials),
+    ));
+    analysis.push((
+        "required per arm".into(),
+        ab.required_per_arm.map_or_else(|| "—".into(), int),
+    ));
+    analysis.push((
+        "difference (z, p)".into(),
+        format!(
+            "{} ({}, {})",
+            num(ab.test.map(|t| t.diff), 4),
+            num(ab.test.map(|t| t.z), 3),
+            num(ab.test.map(|t| t.p_value), 4)
+        ),
+    ));
+    analysis.push((
+        "95% CI".into(),
+        format!(
+            "[{}, {}]",
+            num(ab.test.map(|t| t.ci_low), 4),
+            num(ab.test.map(|t| t.ci_high), 4)
+        ),
+    ));
+    analysis.push((
+        "P(B > A)".into(),
+        num(ab.bayes.map(|b| b.prob_b_beats_a), 4),
+    ));
+    analysis.push((
+        "SRM p-value (mismatch)".into(),
+        format!(
+            "{} ({})",
+            num(ab.srm.as_ref().map(|s| s.p_value), 4),
+            ab.srm
+                .as_ref()
+                .map_or_else(|| "—".to_string(), |s| s.mismatch.to_string())
+        ),
+    ));
+    if let Some(w) = &ab.mae_welch {
+        analysis.push((
+            "MAE diff B−A (Welch t, p)".into(),
+            format!(
+                "{} ({}, {})",
+                num(Some(w.mean_diff), 3),
+                num(Some(w.t), 3),
+                num(Some(w.p_value), 4)
+            ),
+        ));
+    }
+}
+
+/// A rate as a percentage, a mean as a number.
+fn metric_text(v: Option<f64>, proportion: bool) -> String {
+    if proportion {
+        pct(v)
+    } else {
+        num(v, 4)
+    }
+}
+
+/// A difference: points for a rate, the metric's unit for a mean.
+fn diff_text(v: Option<f64>, proportion: bool) -> String {
+    match v {
+        None => "—".into(),
+        Some(x) if proportion => format!("{:+.2} pts", x * 100.0),
+        Some(x) => format!("{x:+.4}"),
+    }
+}
+
+fn interval_text(lo: Option<f64>, hi: Option<f64>, proportion: bool) -> String {
+    match (lo, hi) {
+        (Some(_), Some(_)) => format!(
+            "[{}, {}]",
+            diff_text(lo, proportion),
+            diff_text(hi, proportion)
+        ),
+        _ => "—".into(),
+    }
+}
+
+fn limit_text(l: &GuardLimit) -> String {
+    match l {
+        GuardLimit::Max(x) => format!("≤ {x}"),
+        GuardLimit::Min(x) => format!("≥ {x}"),
+        GuardLimit::MaxIncrease(f) => format!("≤ control +{:.1}%", f * 100.0),
+        GuardLimit::MaxDecrease(f) => format!("≥ control −{:.1}%", f * 100.0),
+    }
+}
+
+/// One arm's guardrail checks in a cell.
+fn guardrails_text(checks: &[GuardrailCheck]) -> String {
+    if checks.is_empty() {
+        return "—".into();
+    }
+    checks
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} ({}, n {}){}",
+                c.metric,
+                num(c.value, 4),
+                limit_text(&c.limit),
+                c.samples,
+                if c.breached { " BREACHED" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn decision_text(d: ArmDecision) -> &'static str {
+    match d {
+        ArmDecision::Control => "control",
+        ArmDecision::Winner => "winner",
+        ArmDecision::Loser => "loser",
+        ArmDecision::Inconclusive => "inconclusive",
+        ArmDecision::Stopped => "stopped",
+    }
+}
+
+fn outcome_text(o: &AbnOutcome, control: &str) -> String {
+    match o {
+        AbnOutcome::Winner(v) => format!("{v} wins"),
+        AbnOutcome::ControlWins => {
+            format!("{control} (control) wins: every variant is worse or stopped")
+        }
+        AbnOutcome::NoDifference => "no significant difference (yet)".into(),
+    }
+}
+
+/// The k-arm analysis: its lines, the per-arm table and, for a bandit, the re-weightings.
+fn abn_detail(abn: &AbnView, analysis: &mut Pairs, detail: &mut Vec<(String, Table)>) {
+    let proportion = abn.arms.iter().any(|a| a.successes.is_some());
+    let control = abn.arms.first().map_or("", |a| a.version.as_str());
+    analysis.push((
+        "primary metric".into(),
+        format!(
+            "{} ({} is better)",
+            abn.metric,
+            if abn.lower_is_better {
+                "lower"
+            } else {
+                "higher"
+            }
+        ),
+    ));
+    analysis.push((
+        "arms".into(),
+        format!(
+            "{} ({} vs control {control})",
+            abn.arms.len(),
+            abn.arms
+                .iter()
+                .skip(1)
+                .map(|a| a.version.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ));
+    if !abn.bandit {
+        analysis.push((
+            "multiple comparisons".into(),
+            format!(
+                "{} over the running variants, α = {}",
+                match abn.correction {
+                    Correction::Holm => "Holm",
+                    Correction::Bonferroni => "Bonferroni",
+                },
+                abn.alpha
+            ),
+        ));
+    }
+    analysis.push((
+        "required per arm".into(),
+        abn.required_per_arm.map_or_else(|| "—".into(), int),
+    ));
+    analysis.push((
+        "SRM over the arms (p, mismatch)".into(),
+        abn.srm.as_ref().map_or_else(
+            || "—".into(),
+            |s| {
+                format!(
+                    "χ² {} ({} dof), p = {} ({})",
+                    num(Some(s.statistic), 3),
+                    s.dof,
+                    num(Some(s.p_value), 4),
+                    s.mismatch
+                )
+            },
+        ),
+    ));
+    if abn.sequential {
+        analysis.push((
+            "sequential".into(),
+            "mSPRT: the always-valid p and the confidence sequence hold whenever they are read"
+                .into(),
+        ));
+    }
+    analysis.push(("outcome".into(), outcome_text(&abn.outcome, control)));
+    for a in abn.arms.iter().filter(|a| a.stopped.is_some()) {
+        analysis.push((
+            format!("stopped: {} ({})", a.variant, a.version),
+            a.stopped.clone().unwrap_or_default(),
+        ));
+    }
+    let mut head = vec![
+        "arm".to_string(),
+        "version".into(),
+        "weight".into(),
+        "n".into(),
+        abn.metric.clone(),
+        "diff vs control".into(),
+        format!("{:.0}% CI", (1.0 - abn.alpha) * 100.0),
+        "p".into(),
+        if abn.sequential {
+            "adjusted always-valid p".into()
+        } else {
+            "adjusted p".into()
+        },
+    ];
+    if abn.sequential {
+        head.push("always-valid p".into());
+        head.push("confidence sequence".into());
+    }
+    if abn.bandit {
+        head.push("P(best)".into());
+    }
+    head.push("guardrails".into());
+    head.push("decision".into());
+    let mut rows = vec![head];
+    for a in &abn.arms {
+        let mut row = vec![
+            a.variant.clone(),
+            a.version.clone(),
+            format!("{:.2}%", a.weight_percent),
+            int(a.samples),
+            metric_text(a.value, proportion),
+            diff_text(a.diff, proportion),
+            interval_text(a.ci_low, a.ci_high, proportion),
+            num(a.p_value, 4),
+            num(a.adjusted_p_value, 4),
+        ];
+        if abn.sequential {
+            row.push(num(a.sequential_p_value, 4));
+            row.push(interval_text(a.cs_low, a.cs_high, proportion));
+        }
+        if abn.bandit {
+            row.push(num(a.p_best, 3));
+        }
+        row.push(guardrails_text(&a.guardrails));
+        row.push(decision_text(a.decision).into());
+        rows.push(row);
+    }
+    detail.push(("Arms (each variant against the control)".into(), rows));
+    let with_arms: Vec<&Reweighting> = abn
+        .reweightings
+        .iter()
+        .filter(|r| !r.weight_percent.is_empty())
+        .collect();
+    if !with_arms.is_empty() {
+        let mut rows = vec![vec![
+            "seq".to_string(),
+            "time (ms)".into(),
+            "weights".into(),
+            "P(best)".into(),
+            "keys moved".into(),
+        ]];
+        for r in with_arms {
+            let per = |m: &std::collections::BTreeMap<String, f64>, f: &dyn Fn(f64) -> String| {
+                abn.arms
+                    .iter()
+                    .filter_map(|a| {
+                        m.get(&a.variant)
+                            .map(|x| format!("{} {}", a.version, f(*x)))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" · ")
+            };
+            rows.push(vec![
+                int(r.seq),
+                r.ts_ms.to_string(),
+                per(&r.weight_percent, &|x| format!("{x:.1}%")),
+                per(&r.p_best, &|x| format!("{x:.3}")),
+                pct(r.moved_fraction),
+            ]);
+        }
+        detail.push(("Re-weightings".into(), rows));
+    }
+}
+
+/// An event's message, with the numbers of an arm stop or a re-weighting.
+fn event_text(e: &EventView) -> String {
+    match e.kind.as_str() {
+        "arm_stopped" => format!("{} (control {})", e.message, num(e.num("control_value"), 4)),
+        "reweighted" => {
+            let mut arms: Vec<String> = e
+                .details
+                .keys()
+                .filter_map(|k| k.strip_suffix("_weight_percent"))
+                .map(|arm| {
+                    let p = e
+                        .num(&format!("{arm}_p_best"))
+                        .map_or(String::new(), |p| format!(", P(best) {p:.3}"));
+                    format!(
+                        "{arm} {:.1}%{p}",
+                        e.num(&format!("{arm}_weight_percent")).unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            if arms.is_empty() {
+                arms.extend(e.text("weights").map(str::to_string));
+            }
+            format!("{} · {}", e.message, arms.join(" · "))
+        }
+        _ => e.message.clone(),
+    }
+}
+
 /// Summary, versions, events and analysis, shared by the text, Markdown and HTML renderings.
 fn tables(r: &Report) -> Tables {
     let ro = &r.rollout;
@@ -366,7 +714,11 @@ fn tables(r: &Report) -> Tables {
         ("kind".into(), ro.kind.clone()),
         (
             "versions".into(),
-            format!("{} → {}", ro.current, ro.candidate),
+            if ro.arms.is_empty() {
+                format!("{} → {}", ro.current, ro.candidate)
+            } else {
+                format!("{} (control) vs {}", ro.current, ro.arms[1..].join(", "))
+            },
         ),
         ("phase".into(), ro.phase.as_str().to_string()),
         (
@@ -412,7 +764,7 @@ fn tables(r: &Report) -> Tables {
             e.ts_ms.to_string(),
             e.kind.clone(),
             e.actor.clone(),
-            e.message.clone(),
+            event_text(e),
         ]);
     }
     let a = &r.analysis;
@@ -566,60 +918,11 @@ fn tables(r: &Report) -> Tables {
         ));
     }
     if let Some(aa) = &a.ab {
-        let ab = &aa.report;
-        analysis.push((
-            "control (successes/trials)".into(),
-            format!("{}/{}", ab.control.successes, ab.control.trials),
-        ));
-        analysis.push((
-            "treatment (successes/trials)".into(),
-            format!("{}/{}", ab.treatment.successes, ab.treatment.trials),
-        ));
-        analysis.push((
-            "required per arm".into(),
-            ab.required_per_arm.map_or_else(|| "—".into(), int),
-        ));
-        analysis.push((
-            "difference (z, p)".into(),
-            format!(
-                "{} ({}, {})",
-                num(ab.test.map(|t| t.diff), 4),
-                num(ab.test.map(|t| t.z), 3),
-                num(ab.test.map(|t| t.p_value), 4)
-            ),
-        ));
-        analysis.push((
-            "95% CI".into(),
-            format!(
-                "[{}, {}]",
-                num(ab.test.map(|t| t.ci_low), 4),
-                num(ab.test.map(|t| t.ci_high), 4)
-            ),
-        ));
-        analysis.push((
-            "P(B > A)".into(),
-            num(ab.bayes.map(|b| b.prob_b_beats_a), 4),
-        ));
-        analysis.push((
-            "SRM p-value (mismatch)".into(),
-            format!(
-                "{} ({})",
-                num(ab.srm.as_ref().map(|s| s.p_value), 4),
-                ab.srm
-                    .as_ref()
-                    .map_or_else(|| "—".to_string(), |s| s.mismatch.to_string())
-            ),
-        ));
-        if let Some(w) = &ab.mae_welch {
-            analysis.push((
-                "MAE diff B−A (Welch t, p)".into(),
-                format!(
-                    "{} ({}, {})",
-                    num(Some(w.mean_diff), 3),
-                    num(Some(w.t), 3),
-                    num(Some(w.p_value), 4)
-                ),
-            ));
+        if let Some(ab) = &aa.report {
+            two_arm_lines(ab, &mut analysis);
+        }
+        if let Some(abn) = &aa.abn {
+            abn_detail(abn, &mut analysis, &mut detail);
         }
         segment_detail(
             &aa.segments,

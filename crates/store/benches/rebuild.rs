@@ -7,6 +7,7 @@
 //!
 //!     cargo bench -p switchyard-store --bench rebuild -- 1000000
 //!     cargo bench -p switchyard-store --bench rebuild -- 10000000 stream,snapshot
+//!     cargo bench -p switchyard-store --bench rebuild -- 10000000 snapshot --keep /tmp/log.sqlite
 //!
 //! Writes N requests (one serving record each, every fifth also shadowed, a captured input on
 //! each, labels for a third of them) through the log writer into a temp file, snapshotting
@@ -182,8 +183,12 @@ fn main() {
             || vec!["memory".into(), "stream".into(), "snapshot".into()],
             |a| a.split(',').map(String::from).collect(),
         );
+    // `--keep PATH`: write the log there and leave it (to start a gateway on it).
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("log.sqlite");
+    let path = args.iter().position(|a| a == "--keep").map_or_else(
+        || dir.path().join("log.sqlite"),
+        |i| args[i + 1].clone().into(),
+    );
     let started = Instant::now();
     const TAIL: u64 = 100_000;
     write_log(&path, 0, n, switchyard_store::DEFAULT_SNAPSHOT_EVERY);

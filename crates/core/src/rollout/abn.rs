@@ -176,8 +176,9 @@ pub struct AbnReport {
 
 // ---------------------------------------------------------------------------------------------
 
-/// Whether the spec needs the k-arm machine.
-pub(crate) fn is_extended(a: &AbSpec) -> bool {
+/// Whether the spec runs on the k-arm machine (and is reported by [`abn_report`]) rather than
+/// the two-arm one.
+pub fn is_extended(a: &AbSpec) -> bool {
     !a.variants.is_empty()
         || !a.guardrails.is_empty()
         || a.bandit.is_some()

@@ -41,8 +41,8 @@ pub use ab::{
     GuardLimit, Guardrail, RawBandit, RawGuardrail, RawVariant, DEFAULT_GUARDRAIL_MIN_SAMPLES,
 };
 pub use abn::{
-    abn_report, experiment_salt, lower_is_better, metric_value, required_per_arm, AbnOutcome,
-    AbnReport, ArmDecision, ArmResult, ArmState, GuardrailCheck, MetricValue,
+    abn_report, experiment_salt, is_extended, lower_is_better, metric_value, required_per_arm,
+    AbnOutcome, AbnReport, ArmDecision, ArmResult, ArmState, GuardrailCheck, MetricValue,
 };
 pub use blue_green::BlueGreenSpec;
 pub use canary::{

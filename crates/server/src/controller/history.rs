@@ -8,7 +8,7 @@ use switchyard_core::rollout::{self, Observations, RolloutKind, RolloutSpec, Rol
 
 use switchyard_core::record::Tolerance;
 
-use crate::api::{AbPoint, HistoryPoint, PairPoint, VersionStats};
+use crate::api::{AbPoint, ArmPoint, HistoryPoint, PairPoint, VersionStats};
 
 /// Snapshots kept per rollout, and how often one is taken.
 pub(super) const HISTORY_POINTS: usize = 600;
@@ -51,6 +51,7 @@ impl History {
             _ => 0,
         };
         let ab = match &spec.kind {
+            RolloutKind::Ab(a) if rollout::is_extended(a) => Some(abn_point(a, state, obs)),
             RolloutKind::Ab(a) => {
                 let r = rollout::ab_report(a, obs);
                 Some(AbPoint {
@@ -62,6 +63,7 @@ impl History {
                     prob_b_beats_a: r.bayes.map(|b| b.prob_b_beats_a),
                     srm_p: r.srm.as_ref().map(|s| s.p_value),
                     observed_split: obs.by_variant.clone(),
+                    arms: Vec::new(),
                 })
             }
             _ => None,
@@ -106,5 +108,37 @@ impl History {
     /// Oldest first.
     pub(super) fn points(&self) -> Vec<HistoryPoint> {
         self.points.iter().cloned().collect()
+    }
+}
+
+/// An A/B/n test or bandit in a history point: every arm's weight and metric, and the first
+/// variant's test against the control in the two-arm fields.
+fn abn_point(a: &rollout::AbSpec, state: &RolloutState, obs: &Observations) -> AbPoint {
+    let r = rollout::abn_report(a, state, obs);
+    let arms: Vec<ArmPoint> = r
+        .arms
+        .iter()
+        .enumerate()
+        .map(|(i, arm)| ArmPoint {
+            variant: arm.variant.clone(),
+            version: arm.version.clone(),
+            weight_percent: f64::from(arm.weight) / 100.0,
+            samples: arm.metric.samples(),
+            value: arm.metric.value().filter(|v| v.is_finite()),
+            p_best: r.p_best.as_ref().and_then(|p| p.get(i).copied()),
+            decision: arm.decision,
+        })
+        .collect();
+    let (control, treatment) = (r.arms.first(), r.arms.get(1));
+    AbPoint {
+        control_rate: control.and_then(|c| c.metric.value()),
+        treatment_rate: treatment.and_then(|t| t.metric.value()),
+        control_trials: control.map_or(0, |c| c.metric.samples()),
+        treatment_trials: treatment.map_or(0, |t| t.metric.samples()),
+        p_value: treatment.and_then(|t| t.p_value),
+        prob_b_beats_a: None,
+        srm_p: r.srm.as_ref().map(|s| s.p_value),
+        observed_split: obs.by_variant.clone(),
+        arms,
     }
 }

@@ -676,6 +676,13 @@ impl Controller {
                 .then(|| e.spec.approvals_needed(&e.state)),
             promote_requested_by: e.state.promote_requested_by.clone(),
             spec: e.spec.clone(),
+            arms: match &e.spec.kind {
+                RolloutKind::Ab(a) if rollout::is_extended(a) => rollout::arms_of(a)
+                    .into_iter()
+                    .map(|arm| arm.version)
+                    .collect(),
+                _ => Vec::new(),
+            },
         }
     }
 

@@ -9,6 +9,7 @@ mod alerts;
 mod auth;
 mod dataplane;
 mod disk;
+mod experiments;
 mod limits;
 mod mlserver;
 mod oip_client;

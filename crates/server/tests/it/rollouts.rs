@@ -27,8 +27,8 @@ use switchyard_wafer::WaferGenerator;
 /// and take `delay_ms`. Rates are exact over the requests it receives (the n-th request fails
 /// when floor((n+1)·p) passes an integer), so which keys a canary gets does not matter. The
 /// truth of instance `i` (the request's only feature) is `i % 2`.
-struct QualityModel {
-    url: String,
+pub(crate) struct QualityModel {
+    pub(crate) url: String,
     errors: Arc<AtomicU64>,
 }
 
@@ -45,7 +45,7 @@ fn nth_hit(n: u64, percent: u64) -> bool {
     ((n + 1) * percent) / 100 > (n * percent) / 100
 }
 
-fn truth(i: u64) -> u64 {
+pub(crate) fn truth(i: u64) -> u64 {
     i % 2
 }
 
@@ -63,7 +63,7 @@ async fn answer(State(q): State<Quality>, Json(body): Json<Value>) -> axum::resp
 }
 
 impl QualityModel {
-    async fn start(accuracy: u64, errors: u64, delay_ms: u64) -> QualityModel {
+    pub(crate) async fn start(accuracy: u64, errors: u64, delay_ms: u64) -> QualityModel {
         let errors = Arc::new(AtomicU64::new(errors));
         let app = Router::new()
             .route("/v2/models/{m}/infer", post(answer))

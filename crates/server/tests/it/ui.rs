@@ -1,7 +1,7 @@
 //! The dashboard at `/ui`, tested in a real browser.
 //!
 //! A gateway runs in-process on the shipped ONNX models with an admin token; a shadow, two
-//! canaries, an A/B test and a blue-green switch are applied through the admin API and fed
+//! canaries, an A/B test, a bandit and a blue-green switch are applied through the admin API and fed
 //! real traffic and ground truth, with the controller ticked on an explicit clock so every
 //! rollout has numbers and history. Then headless Chromium (Debian's `chromium`) is driven over
 //! the DevTools protocol (a small WebSocket client below; no new dependency): the page asks for
@@ -50,6 +50,13 @@ models:
       v2: { onnx: models/yield_v2.onnx }
       v2r: { onnx: models/yield_v2.onnx }
     serve: { kind: single, version: v2 }
+  yield-fab3:
+    routing_key: { header: x-wafer-id }
+    versions:
+      v1: { onnx: models/yield_v1.onnx }
+      v2: { onnx: models/yield_v2.onnx }
+      v3: { onnx: models/yield_v3.onnx }
+    serve: { kind: single, version: v2 }
   testtime:
     task: regression
     routing_key: { header: x-wafer-id }
@@ -65,6 +72,7 @@ const SHADOW: &str = "name: yield-v2-shadow\nmodel: yield\nkind: shadow\nprimary
 const CANARY_V3: &str = "name: yield-v3-canary\nmodel: yield\nkind: canary\nstable: v1\ncandidate: v3\nsteps: [{ weight: 20 }, { weight: 50 }, { weight: 100 }]\nmin_requests: 60\nmin_duration_ms: 60000\ngate: { min_labelled: 30, max_p95_increase: null }\n";
 const CANARY_V2: &str = "name: yield-v2-canary\nmodel: yield\nkind: canary\nstable: v1\ncandidate: v2\nsteps: [{ weight: 20 }, { weight: 40 }, { weight: 60 }, { weight: 100 }]\nmin_requests: 40\nmin_duration_ms: 60000\ngate: { min_labelled: 20, max_p95_increase: null }\n";
 const BLUE_GREEN: &str = "name: yield-fab2-bluegreen\nmodel: yield-fab2\nkind: blue_green\nactive: v2\ncandidate: v2r\nvalidation_set: models/validation_yield.csv\nmin_accuracy: 0.9\nsmoke_requests: 10\nmonitor_min_requests: 120\nmonitor_duration_ms: 60000\nmax_error_rate: 0.02\nmax_p95_ratio: null\n";
+const BANDIT: &str = "name: yield-fab3-bandit\nmodel: yield-fab3\nkind: bandit\ncontrol: v2\ntreatment: v1\nvariants: [{version: v3}]\nmetric: accuracy\nguardrails: [{metric: error_rate, max: 0.02}]\nbandit: {min_samples: 20, reweight_every_ms: 30000, stop_at_p_best: 0.99999}\n";
 const AB: &str = "name: testtime-ab\nmodel: testtime\nkind: ab\ncontrol: v1\ntreatment: v2\ntreatment_weight: 50\nmetric: conversion:within_spec\nbaseline: 0.45\nmde: 0.10\nalpha: 0.05\npower: 0.8\nauto_promote: true\n";
 
 /// A rollout's phase, step and why it is there (its last event's reason), so that a failed
@@ -223,6 +231,17 @@ async fn scenario(tg: &TestGateway, wafers: &parking_lot::Mutex<Wafers>) {
     }
     let (p, _, why) = phase(tg, "testtime-ab").await;
     assert_eq!(p, "running", "the A/B test: {why}");
+    // 6. A bandit over three yield models, re-weighted a few times.
+    tg.apply(BANDIT).await;
+    for _ in 0..4 {
+        traffic(tg, wafers, "yield-fab3", 90).await;
+        tick(tg, 30_000).await;
+    }
+    // Paused, so that the ticks while the browser looks add no re-weighting to the trail.
+    tg.admin()
+        .command("yield-fab3-bandit", "pause")
+        .await
+        .unwrap();
 }
 
 fn new_wafers(seed: u64) -> parking_lot::Mutex<Wafers> {
@@ -469,7 +488,7 @@ async fn the_dashboard_shows_every_rollout_and_rolls_back_in_headless_chromium()
             .map(|r| (r.name.clone(), r.phase.as_str().to_string()))
             .collect(),
     };
-    assert_eq!(expected.rollouts.len(), 5);
+    assert_eq!(expected.rollouts.len(), 6);
 
     // The A/B test keeps getting traffic, and the controller keeps ticking, while the browser
     // looks: the page must follow without a reload.
@@ -555,7 +574,7 @@ fn drive(
     b.wait_for(
         "the overview",
         &format!(
-            "(() => {{ const r = {}; return r && r.length === 5; }})()",
+            "(() => {{ const r = {}; return r && r.length === 6; }})()",
             rows_of("rollouts")
         ),
         Duration::from_secs(20),
@@ -595,10 +614,10 @@ fn drive(
         canary_row[5].as_str().unwrap().contains("canary v2 60%"),
         "{canary_row}"
     );
-    expect_text(&mut b, "rollout-count", "5");
+    expect_text(&mut b, "rollout-count", "6");
     expect_text(&mut b, "alert-count", "1");
     let models = b.eval(&rows_of("models"));
-    assert_eq!(models.as_array().unwrap().len(), 3, "{models}");
+    assert_eq!(models.as_array().unwrap().len(), 4, "{models}");
     b.screenshot(&shots.join("overview.png"), 1600);
     step("overview checked");
 
@@ -668,7 +687,12 @@ fn drive(
 
     // 4. A/B, and live updates by polling.
     open_view(&mut b, "ab", Some("testtime-ab"));
-    let ab = &x.ab.analysis.ab.as_ref().expect("an A/B analysis").report;
+    let ab =
+        x.ab.analysis
+            .ab
+            .as_ref()
+            .and_then(|a| a.report.as_ref())
+            .expect("a two-arm A/B analysis");
     expect_text(&mut b, "configured-split", "50% / 50%");
     let required = ab.required_per_arm.expect("a sample-size plan");
     let req_text = b.eval(&text_of("required"));
@@ -740,6 +764,39 @@ fn drive(
     );
     b.screenshot(&shots.join("ab.png"), 1600);
     step("A/B checked, updates live");
+
+    // 4b. The bandit, in the A/B view: a row per arm with its decision, the weights over time.
+    open_view(&mut b, "ab", Some("yield-fab3-bandit"));
+    expect_text(&mut b, "arm-count", "3");
+    let arms = b.wait_for(
+        "the arms table",
+        &format!(
+            "(() => {{ const r = {}; return r && r.length === 3 ? r : null; }})()",
+            rows_of("arms")
+        ),
+        Duration::from_secs(10),
+    );
+    let arms = arms.as_array().unwrap();
+    let versions: Vec<&str> = arms.iter().map(|r| r[1].as_str().unwrap()).collect();
+    assert_eq!(versions, ["v2", "v1", "v3"], "{arms:?}");
+    assert_eq!(arms[0].as_array().unwrap().last().unwrap(), "control");
+    let weights: f64 = arms
+        .iter()
+        .map(|r| {
+            r[2].as_str()
+                .unwrap()
+                .trim_end_matches('%')
+                .parse::<f64>()
+                .unwrap()
+        })
+        .sum();
+    assert!(
+        (weights - 100.0).abs() < 0.1,
+        "weights sum to 100%: {arms:?}"
+    );
+    min_points(&mut b, "weights", 3, 2);
+    b.screenshot(&shots.join("bandit.png"), 1600);
+    step("bandit checked");
 
     // 5. Canary: the running v2 canary, then the v3 one its gate rolled back.
     open_view(&mut b, "canary", Some("yield-v2-canary"));

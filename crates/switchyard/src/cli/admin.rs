@@ -635,7 +635,12 @@ fn table(rows: &[Vec<String>]) -> String {
 }
 
 fn versions(view: &RolloutView) -> String {
-    format!("{}→{}", view.current, view.candidate)
+    if view.arms.is_empty() {
+        format!("{}→{}", view.current, view.candidate)
+    } else {
+        // A/B/n and bandit: every arm, control first.
+        view.arms.join("|")
+    }
 }
 
 /// `2/4` for a canary (current step of all steps), the bare step otherwise.

@@ -4,8 +4,9 @@
 //! The demo writes the embedded ONNX models into a data directory, starts the gateway on an
 //! ephemeral loopback port with a webhook listener for alerts, and plays: a shadow comparison
 //! of yield v1 and v2 that chains into a canary of v2, a canary of the regressed v3 that is
-//! rolled back, a shadow of the test-time regressor decided on MAE, an A/B test of it, and a
-//! blue-green switch with a rollback drill. Rollouts are applied and inspected through the admin HTTP API, traffic and labels go
+//! rolled back, a shadow of the test-time regressor decided on MAE, an A/B test of it, a
+//! Thompson-sampling bandit over the three yield models, and a blue-green switch with a
+//! rollback drill. Rollouts are applied and inspected through the admin HTTP API, traffic and labels go
 //! through the data plane, and the controller runs its normal loop on a clock that runs
 //! `--scale` times faster than real time.
 
@@ -624,7 +625,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     d.apply(ab).await?;
     let plan = d.report("testtime-ab").await?;
     println!("  metric               share of predictions within 5 ms of the measured test time");
-    println!("  sample-size plan     {} per arm to detect 45% → 60% (α = 0.05, power 0.8); mSPRT may stop earlier", plan.analysis.ab.and_then(|a| a.report.required_per_arm).map_or_else(|| "—".to_string(), |n| n.to_string()));
+    println!("  sample-size plan     {} per arm to detect 45% → 60% (α = 0.05, power 0.8); mSPRT may stop earlier", plan.analysis.ab.and_then(|a| a.report).and_then(|r| r.required_per_arm).map_or_else(|| "—".to_string(), |n| n.to_string()));
     let pb = bar(1_000, "A/B");
     let view = d
         .run_until("testtime", "testtime-ab", &[], &pb, reason)
@@ -635,7 +636,10 @@ async fn demo(args: DemoArgs) -> Result<()> {
         .analysis
         .ab
         .context("the A/B test's report has no A/B analysis")?;
-    let a = &analysis.report;
+    let a = analysis
+        .report
+        .as_ref()
+        .context("the A/B test's report has no two-arm analysis")?;
     println!(
         "  arms                 v1 {}/{} within spec, v2 {}/{}",
         a.control.successes, a.control.trials, a.treatment.successes, a.treatment.trials
@@ -679,6 +683,12 @@ async fn demo(args: DemoArgs) -> Result<()> {
 
     heading(
         6,
+        "Bandit over the three yield models: Thompson sampling moves traffic to the most accurate",
+    );
+    let bandit_result = bandit_act(&mut d).await?;
+
+    heading(
+        7,
         "Blue-green: v2 (blue) → v2r (green, the same model repackaged)",
     );
     let bg = format!("name: yield-bluegreen\nmodel: yield\nkind: blue_green\nactive: v2\ncandidate: v2r\nvalidation_set: models/validation_yield.csv\nmin_accuracy: 0.9\nmax_p95_ms: {}\nsmoke_requests: 10\nmonitor_min_requests: {}\nmonitor_duration_ms: 120000\nmax_error_rate: 0.02\nmin_p95_increase_ms: {}\n", args.p95_floor_ms.max(250.0), sizes.monitor_requests, args.p95_floor_ms);
@@ -725,20 +735,24 @@ async fn demo(args: DemoArgs) -> Result<()> {
     );
     d.deliver_labels(true).await?;
 
-    // 7. Summary.
-    heading(7, "Summary");
+    // 8. Summary.
+    heading(8, "Summary");
     let list = d.admin.rollouts().await?.rollouts;
     println!(
-        "  {:<26} {:<11} {:<12} {:<12} outcome",
+        "  {:<26} {:<11} {:<14} {:<12} outcome",
         "rollout", "kind", "versions", "phase"
     );
     let mut summary = Vec::new();
     for r in &list {
         println!(
-            "  {:<26} {:<11} {:<12} {:<12} {}",
+            "  {:<26} {:<11} {:<14} {:<12} {}",
             r.name,
             r.kind,
-            format!("{} → {}", r.current, r.candidate),
+            if r.arms.is_empty() {
+                format!("{} → {}", r.current, r.candidate)
+            } else {
+                r.arms.join(" | ")
+            },
             r.phase.as_str(),
             r.reason.as_deref().unwrap_or("")
         );
@@ -776,6 +790,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
         "alerts": alerts,
         "shadow_recommendation": rec,
         "regression_recommendation": regression_rec,
+        "bandit": bandit_result,
         "seconds": started.elapsed().as_secs_f64(),
     });
     std::fs::write(
@@ -797,6 +812,124 @@ async fn demo(args: DemoArgs) -> Result<()> {
         bail!("the audit chain did not verify");
     }
     Ok(())
+}
+
+/// Act 6: a bandit over yield v2 (serving, the control), v1 and v3 from equal shares. Returns
+/// its result for the summary.
+async fn bandit_act(d: &mut Demo) -> Result<Value> {
+    let name = "yield-bandit";
+    let spec = format!(
+        "name: {name}\nmodel: yield\nkind: bandit\ncontrol: v2\ntreatment: v1\nvariants: [{{version: v3}}]\nmetric: accuracy\n\
+         guardrails: [{{metric: error_rate, max: 0.02}}]\n\
+         bandit: {{min_share: 5, max_step: 10, reweight_every_ms: 30000, min_samples: 40, stop_at_p_best: 0.999}}\nauto_promote: true\n"
+    );
+    let started = d.apply(&spec).await?;
+    println!(
+        "  arms                 {} from equal shares; every 30 s of controller time Thompson sampling re-weights them",
+        started
+            .arms
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if i == 0 { format!("{v} (control)") } else { v.clone() })
+            .collect::<Vec<_>>()
+            .join(" · ")
+    );
+    println!("  limits               each arm keeps 5%, no weight moves more than 10 points at once, a guardrail stops an arm above 2% errors");
+    let pb = bar(3_000, "bandit");
+    let view = d.run_until("yield", name, &[], &pb, reason).await?;
+    pb.finish_and_clear();
+    let report = d.report(name).await?;
+    let ab = report
+        .analysis
+        .ab
+        .context("the bandit's report has no A/B analysis")?;
+    let abn = ab
+        .abn
+        .context("the bandit's report has no k-arm analysis")?;
+    let versions: Vec<&str> = abn.arms.iter().map(|a| a.version.as_str()).collect();
+    let shown = abn.reweightings.len();
+    for (i, r) in abn.reweightings.iter().enumerate() {
+        // The first three and the last.
+        if i >= 3 && i + 1 < shown {
+            if i == 3 {
+                println!("  …");
+            }
+            continue;
+        }
+        let per = |m: &std::collections::BTreeMap<String, f64>, digits: usize, unit: &str| {
+            abn.arms
+                .iter()
+                .filter_map(|a| {
+                    m.get(&a.variant)
+                        .map(|x| format!("{} {x:.digits$}{unit}", a.version))
+                })
+                .collect::<Vec<_>>()
+                .join(" · ")
+        };
+        println!(
+            "  re-weighting {:<7} {}   P(best) {}   keys moved {}",
+            i + 1,
+            per(&r.weight_percent, 1, "%"),
+            per(&r.p_best, 3, ""),
+            pct(r.moved_fraction)
+        );
+    }
+    let total: u64 = abn
+        .arms
+        .iter()
+        .map(|a| ab.observed_split.get(&a.variant).copied().unwrap_or(0))
+        .sum();
+    println!(
+        "  accuracy             {}",
+        abn.arms
+            .iter()
+            .map(|a| format!("{} {} of {}", a.version, pct(a.value), a.samples))
+            .collect::<Vec<_>>()
+            .join(" · ")
+    );
+    // Regret: wrong answers the bandit's split gave against those an equal split would have
+    // given, at the arms' observed accuracies.
+    let served = |a: &switchyard_server::api::ArmView| {
+        ab.observed_split.get(&a.variant).copied().unwrap_or(0) as f64
+    };
+    let wrong: f64 = abn
+        .arms
+        .iter()
+        .map(|a| served(a) * (1.0 - a.value.unwrap_or(0.0)))
+        .sum();
+    let equal_wrong: f64 = abn
+        .arms
+        .iter()
+        .map(|a| total as f64 / abn.arms.len() as f64 * (1.0 - a.value.unwrap_or(0.0)))
+        .sum();
+    let best = abn
+        .arms
+        .iter()
+        .max_by(|x, y| x.value.unwrap_or(0.0).total_cmp(&y.value.unwrap_or(0.0)))
+        .map_or("", |a| a.version.as_str());
+    let best_share = abn
+        .arms
+        .iter()
+        .find(|a| a.version == best)
+        .map_or(0.0, |a| served(a) / (total.max(1) as f64));
+    println!(
+        "  traffic              {best} served {} of {total} requests (an equal split: {}); about {:.0} wrong answers instead of {:.0}",
+        pct(Some(best_share)),
+        pct(Some(1.0 / abn.arms.len() as f64)),
+        wrong,
+        equal_wrong
+    );
+    outcome(&view);
+    Ok(json!({
+        "name": name,
+        "arms": versions,
+        "phase": view.phase,
+        "reason": view.reason,
+        "reweightings": shown,
+        "best_share": best_share,
+        "wrong_answers": wrong,
+        "equal_split_wrong_answers": equal_wrong,
+    }))
 }
 
 async fn print_gates(d: &Demo, name: &str) -> Result<()> {

@@ -1,8 +1,8 @@
 //! Runs `switchyard demo --fast` end to end as a process and checks its outcome from the summary
 //! it writes: v2 recommended by the shadow comparison and promoted by the canary, the test-time
 //! regressor's v2 recommended by its shadow on MAE, v3 rolled
-//! back with an alert delivered to the demo's webhook listener, the A/B test concluded, and the
-//! audit chain verified.
+//! back with an alert delivered to the demo's webhook listener, the A/B test concluded, the
+//! bandit concluded on v2 after re-weighting its arms, and the audit chain verified.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -52,6 +52,20 @@ fn the_demo_tells_the_whole_story() {
         "v3 rolled back:\n{stdout}"
     );
     assert_eq!(phase("testtime-ab"), "completed", "{stdout}");
+    // The bandit over yield v2 (control), v1 and v3 concludes on v2 and re-weighted on the way.
+    assert_eq!(phase("yield-bandit"), "completed", "{stdout}");
+    let bandit = &summary["bandit"];
+    assert!(
+        bandit["reweightings"].as_u64().unwrap() >= 1,
+        "{bandit}\n{stdout}"
+    );
+    assert!(
+        bandit["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("v2 is best"),
+        "{bandit}\n{stdout}"
+    );
     let alerts = summary["alerts"].as_array().unwrap();
     assert!(
         alerts.iter().any(|a| a["rollout"] == "yield-v3-canary"
@@ -69,6 +83,7 @@ fn the_demo_tells_the_whole_story() {
         "rolled_back",
         "sample-size plan",
         "rollback drill",
+        "re-weighting 1",
         "verified OK",
     ] {
         assert!(
