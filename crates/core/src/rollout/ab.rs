@@ -12,7 +12,7 @@ use switchyard_stats::sequential::MsprtConfig;
 use switchyard_stats::{bayes, power, proportions, ttest, Proportion};
 
 use super::raw::{bp, raw_fields, required};
-use super::{d, frac, single, unit, Observations, Out, Phase, Recommendation, RolloutState};
+use super::{d, frac, unit, Observations, Out, Phase, Recommendation, RolloutState};
 use crate::aggregate::VariantStats;
 use crate::audit::Severity;
 use crate::routing::{Arm, Strategy, BUCKETS};
@@ -704,28 +704,6 @@ pub(super) fn tick_ab(a: &AbSpec, state: &mut RolloutState, obs: &Observations, 
         format!("A/B concluded: {verdict}"),
         details.clone(),
     );
-    if a.auto_promote {
-        let keep = winner.unwrap_or(&a.control).to_string();
-        out.set(state, single(&keep));
-        state.phase = Phase::Completed;
-        out.event(
-            "promoted",
-            format!("{keep} serves all traffic"),
-            vec![d("version", keep.as_str())],
-        );
-        out.alert(
-            Severity::P3,
-            "completed",
-            format!("{}: {verdict}; {keep} serves all traffic", out.spec.name),
-            details,
-        );
-    } else {
-        state.phase = Phase::AwaitingApproval;
-        out.alert(
-            Severity::P3,
-            "approval_needed",
-            format!("{}: {verdict}; promote or roll back", out.spec.name),
-            details,
-        );
-    }
+    let keep = winner.unwrap_or(&a.control).to_string();
+    super::promote_or_await(a.auto_promote, state, out, &keep, &verdict, details);
 }

@@ -561,29 +561,7 @@ fn finish(
         format!("A/B/n concluded: {verdict}"),
         details.clone(),
     );
-    if a.auto_promote {
-        out.set(state, single(keep));
-        state.phase = Phase::Completed;
-        out.event(
-            "promoted",
-            format!("{keep} serves all traffic"),
-            vec![d("version", keep)],
-        );
-        out.alert(
-            Severity::P3,
-            "completed",
-            format!("{}: {verdict}; {keep} serves all traffic", out.spec.name),
-            details,
-        );
-    } else {
-        state.phase = Phase::AwaitingApproval;
-        out.alert(
-            Severity::P3,
-            "approval_needed",
-            format!("{}: {verdict}; promote or roll back", out.spec.name),
-            details,
-        );
-    }
+    super::promote_or_await(a.auto_promote, state, out, keep, &verdict, details);
 }
 
 fn conclusion_details(report: &AbnReport) -> Details {

@@ -9,8 +9,7 @@
 
 use super::ab::{AbSpec, BanditSettings};
 use super::abn::{bandit_step, seed_of};
-use super::{d, Observations, Out, Phase, Recommendation, RolloutState};
-use crate::audit::Severity;
+use super::{d, Observations, Out, Recommendation, RolloutState};
 use crate::routing::BUCKETS;
 
 pub(super) fn tick_bandit(
@@ -105,28 +104,6 @@ fn reweight(
             format!("bandit concluded: {verdict}"),
             details.clone(),
         );
-        if a.auto_promote {
-            out.set(state, super::single(&version));
-            state.phase = Phase::Completed;
-            out.event(
-                "promoted",
-                format!("{version} serves all traffic"),
-                vec![d("version", version.as_str())],
-            );
-            out.alert(
-                Severity::P3,
-                "completed",
-                format!("{}: {verdict}; {version} serves all traffic", out.spec.name),
-                details,
-            );
-        } else {
-            state.phase = Phase::AwaitingApproval;
-            out.alert(
-                Severity::P3,
-                "approval_needed",
-                format!("{}: {verdict}; promote or roll back", out.spec.name),
-                details,
-            );
-        }
+        super::promote_or_await(a.auto_promote, state, out, &version, &verdict, details);
     }
 }

@@ -682,6 +682,41 @@ fn rollback(
     );
 }
 
+/// The end of an A/B test or a bandit: with `auto_promote`, `keep` serves everything and the
+/// rollout completes; otherwise it waits for an operator to promote or roll back.
+fn promote_or_await(
+    auto_promote: bool,
+    state: &mut RolloutState,
+    out: &mut Out<'_>,
+    keep: &str,
+    verdict: &str,
+    details: Details,
+) {
+    if auto_promote {
+        out.set(state, single(keep));
+        state.phase = Phase::Completed;
+        out.event(
+            "promoted",
+            format!("{keep} serves all traffic"),
+            vec![d("version", keep)],
+        );
+        out.alert(
+            Severity::P3,
+            "completed",
+            format!("{}: {verdict}; {keep} serves all traffic", out.spec.name),
+            details,
+        );
+    } else {
+        state.phase = Phase::AwaitingApproval;
+        out.alert(
+            Severity::P3,
+            "approval_needed",
+            format!("{}: {verdict}; promote or roll back", out.spec.name),
+            details,
+        );
+    }
+}
+
 /// Counts `actor`'s approval of `what` among the distinct names in `approvers`. Returns the
 /// approvers (emptying `approvers`) once `needed` distinct names approved, and `None` while
 /// more are needed; an approval repeated by the same name is not counted, and the audit trail

@@ -19,7 +19,7 @@ use support::webhook::WebhookReceiver;
 use support::{eventually, TestGateway};
 use switchyard_core::rollout::{OutputKind, Phase, Recommendation};
 use switchyard_core::{Role, Strategy};
-use switchyard_server::api::{ErrorDetail, ModelStats, Report, RolloutView};
+use switchyard_server::api::{ErrorDetail, Report, RolloutView};
 use switchyard_server::client::ClientError;
 use switchyard_wafer::WaferGenerator;
 
@@ -638,6 +638,30 @@ models:
     serve: { kind: single, version: v1 }
 "#;
 
+/// Flushes the log until `n` shadow answers of `model`'s `version` are logged (they are
+/// mirrored off the request path), for at most 20 s of polling; returns how many are.
+async fn shadow_answers_logged(tg: &TestGateway, model: &str, version: &str, n: u64) -> u64 {
+    let admin = tg.admin();
+    let mut seen = 0;
+    for _ in 0..2_000 {
+        tg.gateway.state.log.flush().await.unwrap();
+        seen = admin
+            .model_stats(model, None)
+            .await
+            .unwrap()
+            .variants
+            .iter()
+            .filter(|v| v.version == version && v.role == Role::Shadow)
+            .map(|v| v.stats.requests)
+            .sum::<u64>();
+        if seen >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    seen
+}
+
 /// Runs a shadow of `candidate` behind `primary` over `n` dies with their measured test times as
 /// labels, and returns the concluded rollout and its report.
 async fn regression_shadow(
@@ -673,23 +697,7 @@ async fn regression_shadow(
     // The shadow's answers are mirrored off the request path: wait until every one is logged
     // before the labels arrive.
     let admin = tg.admin();
-    let mirrored = |stats: &ModelStats| {
-        stats
-            .variants
-            .iter()
-            .filter(|v| v.version == candidate && v.role == Role::Shadow)
-            .map(|v| v.stats.requests)
-            .sum::<u64>()
-    };
-    let mut seen = 0;
-    for _ in 0..2_000 {
-        tg.gateway.state.log.flush().await.unwrap();
-        seen = mirrored(&admin.model_stats("testtime", None).await.unwrap());
-        if seen >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let seen = shadow_answers_logged(tg, "testtime", candidate, n).await;
     assert!(seen >= n, "{name}: {seen} of {n} shadow answers logged");
     let r = tg
         .client
@@ -882,23 +890,7 @@ async fn a_candidate_better_overall_but_worse_for_one_tester_is_rejected_by_the_
         *lots.entry(lot).or_default() += 1;
         labels.push(json!({"request_id": id, "value": truth}));
     }
-    let mut seen = 0;
-    for _ in 0..2_000 {
-        tg.gateway.state.log.flush().await.unwrap();
-        seen = admin
-            .model_stats("testtime", None)
-            .await
-            .unwrap()
-            .variants
-            .iter()
-            .filter(|v| v.version == "v2" && v.role == Role::Shadow)
-            .map(|v| v.stats.requests)
-            .sum::<u64>();
-        if seen >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let seen = shadow_answers_logged(&tg, "testtime", "v2", n).await;
     assert_eq!(seen, n, "every shadow answer logged");
     let r = tg
         .client
@@ -1069,23 +1061,7 @@ async fn a_multiclass_shadow_reports_confusion_matrices_per_class_scores_transit
         labels.push(json!({"request_id": id, "label": label}));
     }
     let admin = tg.admin();
-    let mut seen = 0;
-    for _ in 0..2_000 {
-        tg.gateway.state.log.flush().await.unwrap();
-        seen = admin
-            .model_stats("bins", None)
-            .await
-            .unwrap()
-            .variants
-            .iter()
-            .filter(|v| v.version == "v2" && v.role == Role::Shadow)
-            .map(|v| v.stats.requests)
-            .sum::<u64>();
-        if seen >= n as u64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let seen = shadow_answers_logged(&tg, "bins", "v2", n as u64).await;
     assert_eq!(seen, n as u64, "every shadow answer logged");
     let r = tg
         .client
