@@ -7,7 +7,7 @@ use switchyard_core::aggregate::VariantStats;
 use switchyard_core::audit::{Detail, Severity};
 use switchyard_core::rollout::{
     abn_report, start, tick, AbMetric, AbSpec, AbVariant, Action, ArmDecision, BanditSettings,
-    Correction, GuardLimit, Guardrail, Observations, Phase, Recommendation, RolloutKind,
+    Command, Correction, GuardLimit, Guardrail, Observations, Phase, Recommendation, RolloutKind,
     RolloutSpec,
 };
 use switchyard_core::routing::{bucket, ModelRoute, Strategy, BUCKETS};
@@ -379,4 +379,36 @@ fn the_bandit_reweights_with_an_event_each_time_and_moves_only_the_changed_mass(
             assert!(w[1] > w[0] && w[1] > w[2], "{w:?}");
         }
     }
+}
+
+/// Without `auto_promote` a concluded A/B/n waits for an operator; a promotion then promotes the
+/// arm the test found best (here the third, v3), not the spec's second arm.
+#[test]
+fn a_manual_promotion_of_an_abn_promotes_its_winner() {
+    let mut ab = abn(&["v3"], vec![]);
+    ab.auto_promote = false;
+    let spec = spec(ab);
+    let (state, _) = start(&spec, 1_000, "cli");
+    // The control holds half the traffic (the other two a quarter each).
+    let done = observe(&[
+        ("v1", arm(3_300, 20, 1_600, 1_280)),
+        ("v2", arm(1_650, 10, 1_600, 1_285)),
+        ("v3", arm(1_650, 10, 1_600, 1_408)),
+    ]);
+    let (state, _) = tick(&spec, &state, &done, 3_000);
+    assert_eq!(
+        (state.phase, state.winner.as_deref()),
+        (Phase::AwaitingApproval, Some("v3"))
+    );
+    let (state, actions) =
+        switchyard_core::rollout::command(&spec, &state, Command::Promote, "alice", 4_000).unwrap();
+    assert_eq!(state.phase, Phase::Completed);
+    assert_eq!(
+        state.strategy,
+        Strategy::Single {
+            version: "v3".into()
+        }
+    );
+    assert!(events(&actions).iter().any(|(kind, d)| kind == "promoted"
+        && d.contains(&("version".into(), Detail::Text("v3".into())))));
 }

@@ -859,13 +859,15 @@ pub fn command(
                     ],
                 );
             }
-            out.set(&mut next, single(candidate));
+            // A concluded A/B/n or bandit promotes the arm it found best, not its second arm.
+            let promoted = state.winner.as_deref().unwrap_or(candidate);
+            out.set(&mut next, single(promoted));
             next.phase = Phase::Completed;
-            next.reason = Some(format!("{candidate} promoted by {by}"));
+            next.reason = Some(format!("{promoted} promoted by {by}"));
             out.event(
                 "promoted",
-                format!("{candidate} promoted by {by}"),
-                vec![d("version", candidate)],
+                format!("{promoted} promoted by {by}"),
+                vec![d("version", promoted)],
             );
         }
         Command::Approve => {
