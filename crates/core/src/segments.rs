@@ -266,6 +266,10 @@ pub struct Reversal {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SegmentBreakdown {
     pub field: String,
+    /// Which two versions, when a report compares more than one pair (an A/B/n: each arm
+    /// against the control), as `candidate vs baseline`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compared: Option<String>,
     pub metric: SegmentMetric,
     /// The largest values by samples, then `other` when anything was folded.
     pub rows: Vec<SegmentRow>,
@@ -439,6 +443,7 @@ fn breakdown<V: Merge + Clone>(
     }
     SegmentBreakdown {
         field: field.to_string(),
+        compared: None,
         metric,
         rows: shown_rows,
         values: kept,

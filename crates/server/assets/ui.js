@@ -817,8 +817,9 @@
           h('span', { class: tone }, chg(r.change)), pval(r.p_value)];
       });
       const metric = acc ? 'accuracy' : 'MAE';
-      return card('Segments: ' + b.field + ' (' + b.values + ' values)',
-        table([b.field, 'labelled', baseline + ' ' + metric, cand + ' ' + metric, 'change', 'p'], rows, { k: 'segments-' + b.field }),
+      const pair = b.compared ? b.compared.split(' vs ') : [cand, baseline];
+      return card('Segments: ' + b.field + (b.compared ? ', ' + b.compared : '') + ' (' + b.values + ' values)',
+        table([b.field, 'labelled', pair[1] + ' ' + metric, pair[0] + ' ' + metric, 'change', 'p'], rows, { k: 'segments-' + b.field + (b.compared ? '-' + pair[0] : '') }),
         b.reversal ? h('p', { class: 'muted', 'data-k': 'reversal-' + b.field }, '⚠ ' + b.reversal.summary) : null);
     });
   }

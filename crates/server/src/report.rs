@@ -132,7 +132,22 @@ pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Repo
                     view
                 }),
                 observed_split: obs.by_variant.clone(),
-                segments: segments_of(&obs, &a.control, &a.treatment),
+                segments: if a.variants.is_empty() {
+                    segments_of(&obs, &a.control, &a.treatment)
+                } else {
+                    // Every arm against the control, each breakdown naming its pair.
+                    std::iter::once(&a.treatment)
+                        .chain(a.variants.iter().map(|v| &v.version))
+                        .flat_map(|arm| {
+                            segments_of(&obs, &a.control, arm)
+                                .into_iter()
+                                .map(move |mut b| {
+                                    b.compared = Some(format!("{arm} vs {}", a.control));
+                                    b
+                                })
+                        })
+                        .collect()
+                },
             });
         }
         RolloutKind::Canary(c) => {
@@ -234,10 +249,21 @@ fn segment_detail(
                 num(r.p_value, 4),
             ]);
         }
+        let (baseline, candidate) = match b.compared.as_deref().and_then(|c| c.split_once(" vs ")) {
+            Some((candidate, baseline)) => (baseline, candidate),
+            None => (baseline, candidate),
+        };
+        if let Some(header) = rows.first_mut() {
+            header[2] = format!("{baseline} {metric}");
+            header[3] = format!("{candidate} {metric}");
+        }
         detail.push((
             format!(
-                "Segments: {} ({} values, the largest {} shown)",
+                "Segments: {}{} ({} values, the largest {} shown)",
                 b.field,
+                b.compared
+                    .as_deref()
+                    .map_or_else(String::new, |c| format!(", {c}")),
                 b.values,
                 b.rows.iter().filter(|r| !r.other).count()
             ),

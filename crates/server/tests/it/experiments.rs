@@ -25,6 +25,7 @@ alerts: {{ webhooks: [{{ url: "{webhook}", min_severity: P3 }}] }}
 models:
   m:
     routing_key: {{ header: x-key }}
+    segments: {{ key: {{ header: x-key }} }}
     versions:
 "#
     );
@@ -249,6 +250,20 @@ async fn a_four_arm_test_finds_the_better_arm_stops_the_faulty_one_and_calls_the
     let ab = report.analysis.ab.as_ref().expect("an A/B analysis");
     assert!(ab.report.is_none(), "no two-arm analysis for four arms");
     let abn = ab.abn.as_ref().expect("the k-arm analysis");
+    // Segments (the routing key, declared as a segment field): one breakdown per arm against
+    // the control, each naming its pair.
+    let compared: Vec<&str> = ab
+        .segments
+        .iter()
+        .filter_map(|b| b.compared.as_deref())
+        .collect();
+    assert_eq!(compared.len(), ab.segments.len(), "{:?}", ab.segments);
+    for arm in ["better", "faulty", "equal"] {
+        assert!(
+            compared.contains(&format!("{arm} vs control").as_str()),
+            "{compared:?}"
+        );
+    }
     let decisions: Vec<(&str, ArmDecision)> = abn
         .arms
         .iter()
