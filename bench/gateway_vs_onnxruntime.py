@@ -31,29 +31,9 @@ import urllib.request
 import numpy as np
 import onnxruntime as ort
 
-REPEATS = 15
-MIN_REPEAT_S = 0.040
+from onnxruntime_bench import per_call  # same directory: the same timing loop
+
 PORT = 18280
-
-
-def per_call(fn) -> float:
-    """Median over REPEATS of the seconds per call of ``fn``."""
-    iters = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        if time.perf_counter() - start >= MIN_REPEAT_S or iters > 1 << 20:
-            break
-        iters *= 2
-    samples = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        samples.append((time.perf_counter() - start) / iters)
-    samples.sort()
-    return samples[REPEATS // 2]
 
 
 def main() -> int:

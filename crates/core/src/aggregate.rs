@@ -31,7 +31,7 @@ use xxhash_rust::xxh3::Xxh3Default;
 
 pub use crate::paired::{LabelledValues, PairedErrors};
 use crate::record::{score, Prediction, PredictionRecord, Role, Scored, Tolerance, Truth};
-use crate::segments::{merge_segments, SegmentPairStats, SegmentStats, Segments};
+use crate::segments::{merge_segments, value_mut, SegmentPairStats, SegmentStats, Segments};
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct SeriesKey {
@@ -290,11 +290,7 @@ impl Aggregates {
         stats.errors += u64::from(rec.outcome.counts_against_model());
         stats.latency.record(rec.latency_us);
         for (field, value) in &rec.segments {
-            let seg = stats
-                .segments
-                .entry(field.clone())
-                .or_default()
-                .entry(value);
+            let seg = value_mut(&mut stats.segments, field, value);
             seg.requests += 1;
             seg.errors += u64::from(rec.outcome.counts_against_model());
         }
@@ -314,9 +310,12 @@ impl Aggregates {
                 let p = self.pairs.entry(key).or_default();
                 p.shadow_calls += 1;
                 p.shadow_errors += u64::from(rec.outcome.counts_against_model());
-                let compared = pair.output.agreement(&rec.output, &Tolerance::DEFAULT);
+                // Per segment: only for records that carry segments.
+                let compared = (!rec.segments.is_empty())
+                    .then(|| pair.output.agreement(&rec.output, &Tolerance::DEFAULT))
+                    .flatten();
                 for (field, value) in &rec.segments {
-                    let seg = p.segments.entry(field.clone()).or_default().entry(value);
+                    let seg = value_mut(&mut p.segments, field, value);
                     if let Some(matches) = &compared {
                         seg.compared += matches.len() as u64;
                         if matches!(rec.output, Prediction::Classes(_)) {
@@ -375,11 +374,7 @@ impl Aggregates {
             }
             let scored = score(&rec.output, truth);
             for (field, value) in &rec.segments {
-                let seg = stats
-                    .segments
-                    .entry(field.clone())
-                    .or_default()
-                    .entry(value);
+                let seg = value_mut(&mut stats.segments, field, value);
                 match &scored {
                     Some(Scored::Correct(c)) => c.iter().for_each(|ok| seg.correct.record(*ok)),
                     Some(Scored::Errors(e)) => {
@@ -424,7 +419,7 @@ impl Aggregates {
                         };
                         *cell += 1;
                         for (field, value) in &serving.segments {
-                            let seg = p.segments.entry(field.clone()).or_default().entry(value);
+                            let seg = value_mut(&mut p.segments, field, value);
                             let cell = match (pa, sb) {
                                 (true, true) => &mut seg.both_correct,
                                 (true, false) => &mut seg.primary_only,
@@ -441,7 +436,7 @@ impl Aggregates {
                     {
                         p.record_labelled_values(&shadow.request_id, a, b, t);
                         for (field, value) in &serving.segments {
-                            let seg = p.segments.entry(field.clone()).or_default().entry(value);
+                            let seg = value_mut(&mut p.segments, field, value);
                             for ((&primary, &shadow), &truth) in a.iter().zip(b).zip(t) {
                                 if primary.is_finite() && shadow.is_finite() && truth.is_finite() {
                                     seg.errors.push(&LabelledValues {

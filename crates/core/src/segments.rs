@@ -62,27 +62,39 @@ impl<V: Default> Default for Bounded<V> {
 }
 
 impl<V: Merge> Bounded<V> {
-    /// The statistics of `value` (or of `other` when the value is not kept).
+    /// The statistics of `value` (or of `other` when the value is not kept). A value already
+    /// kept costs one lookup, no allocation.
     pub fn entry(&mut self, value: &str) -> &mut V {
-        if self.values.contains_key(value) {
-            return self.values.entry(value.to_string()).or_default();
-        }
-        if self.values.len() >= MAX_SEGMENT_VALUES {
-            let largest = self.values.keys().next_back().cloned();
-            match largest {
-                Some(largest) if value < largest.as_str() => {
-                    if let Some(evicted) = self.values.remove(&largest) {
-                        self.other.merge(&evicted);
-                        self.other_hits += 1;
-                    }
-                }
-                _ => {
-                    self.other_hits += 1;
-                    return &mut self.other;
-                }
+        if !self.values.contains_key(value) {
+            if !self.admit(value) {
+                self.other_hits += 1;
+                return &mut self.other;
             }
+            self.values.insert(value.to_string(), V::default());
         }
-        self.values.entry(value.to_string()).or_default()
+        // Kept now: `other` is only the type's fallback.
+        match self.values.get_mut(value) {
+            Some(stats) => stats,
+            None => &mut self.other,
+        }
+    }
+
+    /// Whether a value not yet kept may be: while there is room, or when it comes before the
+    /// largest kept value in byte order (which then goes to `other`).
+    fn admit(&mut self, value: &str) -> bool {
+        if self.values.len() < MAX_SEGMENT_VALUES {
+            return true;
+        }
+        match self.values.last_key_value() {
+            Some((largest, _)) if value < largest.as_str() => {
+                if let Some((_, evicted)) = self.values.pop_last() {
+                    self.other.merge(&evicted);
+                    self.other_hits += 1;
+                }
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn merge(&mut self, other: &Bounded<V>) {
@@ -134,6 +146,15 @@ impl<V: Merge> Bounded<V> {
 
 /// Tables per field name.
 pub type Segments<V> = BTreeMap<String, Bounded<V>>;
+
+/// The statistics of `field`'s `value` in `segments` (see [`Bounded::entry`]).
+pub fn value_mut<'a, V: Merge>(
+    segments: &'a mut Segments<V>,
+    field: &str,
+    value: &str,
+) -> &'a mut V {
+    segments.entry(field.to_string()).or_default().entry(value)
+}
 
 /// Merges `from` into `into`, field by field.
 pub fn merge_segments<V: Merge>(into: &mut Segments<V>, from: &Segments<V>) {

@@ -109,8 +109,9 @@ fn segment_values(
                     _ => None,
                 },
             };
-            let value = value.unwrap_or_default();
-            (field.clone(), clip_value(&value).to_string())
+            let mut value = value.unwrap_or_default();
+            value.truncate(clip_value(&value).len());
+            (field.clone(), value)
         })
         .collect()
 }

@@ -7,14 +7,14 @@
 //! by the k-arm machine in `abn` (and `bandit`); its written form is read here too.
 
 use serde::{Deserialize, Serialize};
-use switchyard_stats::chi2::sample_ratio_mismatch;
+use switchyard_stats::chi2::{sample_ratio_mismatch, SampleRatioMismatch};
 use switchyard_stats::sequential::MsprtConfig;
 use switchyard_stats::{bayes, power, proportions, ttest, Proportion};
 
 use super::raw::{bp, raw_fields, required};
 use super::{d, frac, unit, Observations, Out, Phase, Recommendation, RolloutState};
 use crate::aggregate::VariantStats;
-use crate::audit::Severity;
+use crate::audit::{Details, Severity};
 use crate::routing::{Arm, Strategy, BUCKETS};
 
 /// What an A/B test measures per arm.
@@ -606,6 +606,37 @@ pub fn ab_report(a: &AbSpec, obs: &Observations) -> AbReport {
     }
 }
 
+/// A sample-ratio mismatch: said once (an `srm_detected` event with the test's numbers and
+/// `extra`, and a P1 alert), and no conclusion while it lasts.
+pub(super) fn hold_on_srm(
+    state: &mut RolloutState,
+    out: &mut Out<'_>,
+    srm: &SampleRatioMismatch,
+    extra: Details,
+    message: &str,
+) {
+    if !state.srm_alerted {
+        state.srm_alerted = true;
+        let mut details = vec![
+            d("chi_square", srm.statistic),
+            d("p_value", srm.p_value),
+            d("threshold", srm.threshold),
+        ];
+        details.extend(extra);
+        out.event("srm_detected", message, details.clone());
+        out.alert(
+            Severity::P1,
+            "srm",
+            format!(
+                "{}: sample-ratio mismatch (p = {:.2e}); results are not trustworthy",
+                out.spec.name, srm.p_value
+            ),
+            details,
+        );
+    }
+    state.reason = Some("sample-ratio mismatch: no conclusion is drawn".into());
+}
+
 pub(super) fn tick_ab(a: &AbSpec, state: &mut RolloutState, obs: &Observations, out: &mut Out<'_>) {
     if state.phase != Phase::Running {
         return;
@@ -614,29 +645,13 @@ pub(super) fn tick_ab(a: &AbSpec, state: &mut RolloutState, obs: &Observations, 
     let total_requests: u64 = obs.by_variant.values().sum();
     if let Some(srm) = &report.srm {
         if srm.mismatch && total_requests >= 100 {
-            if !state.srm_alerted {
-                state.srm_alerted = true;
-                let details = vec![
-                    d("chi_square", srm.statistic),
-                    d("p_value", srm.p_value),
-                    d("threshold", srm.threshold),
-                ];
-                out.event(
-                    "srm_detected",
-                    "sample-ratio mismatch: the observed split differs from the configured weights",
-                    details.clone(),
-                );
-                out.alert(
-                    Severity::P1,
-                    "srm",
-                    format!(
-                        "{}: sample-ratio mismatch (p = {:.2e}); results are not trustworthy",
-                        out.spec.name, srm.p_value
-                    ),
-                    details,
-                );
-            }
-            state.reason = Some("sample-ratio mismatch: no conclusion is drawn".into());
+            hold_on_srm(
+                state,
+                out,
+                srm,
+                vec![],
+                "sample-ratio mismatch: the observed split differs from the configured weights",
+            );
             return;
         }
     }

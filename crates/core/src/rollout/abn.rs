@@ -662,33 +662,14 @@ pub(super) fn tick_common(
         .as_ref()
         .filter(|s| s.mismatch && step_requests >= 100)
     {
-        if !state.srm_alerted {
-            state.srm_alerted = true;
-            let details = vec![
-                d("chi_square", srm.statistic),
-                d("p_value", srm.p_value),
-                d("threshold", srm.threshold),
-                d(
-                    "arms",
-                    report.arms.iter().filter(|r| r.weight > 0).count() as u64,
-                ),
-            ];
-            out.event(
-                "srm_detected",
-                "sample-ratio mismatch over the arms: the observed split differs from the weights",
-                details.clone(),
-            );
-            out.alert(
-                Severity::P1,
-                "srm",
-                format!(
-                    "{}: sample-ratio mismatch (p = {:.2e}); results are not trustworthy",
-                    out.spec.name, srm.p_value
-                ),
-                details,
-            );
-        }
-        state.reason = Some("sample-ratio mismatch: no conclusion is drawn".into());
+        let arms = report.arms.iter().filter(|r| r.weight > 0).count() as u64;
+        super::ab::hold_on_srm(
+            state,
+            out,
+            srm,
+            vec![d("arms", arms)],
+            "sample-ratio mismatch over the arms: the observed split differs from the weights",
+        );
         return None;
     }
     // 3. Sequential looks, one per running variant against the control.

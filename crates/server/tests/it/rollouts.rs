@@ -1233,18 +1233,9 @@ async fn a_failing_shadow_raises_a_live_alert_at_the_webhook_before_any_conclusi
 // than every running rollout's first one together, and a finished rollout's report comes from
 // the statistics kept in the store when it ended.
 
-const TWO_TIMES: &str = r#"
-models:
-  testtime:
-    versions:
-      v1: { onnx: models/testtime_v1.onnx }
-      v2: { onnx: models/testtime_v2.onnx }
-    serve: { kind: single, version: v1 }
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_routing_epochs_fold_together_and_a_finished_report_stays_as_it_ended() {
-    let tg = TestGateway::start(TWO_TIMES).await;
+    let tg = TestGateway::start(REGRESSION_MODELS).await;
     let admin = tg.admin();
     let body = json!({"inputs": [{"name": "input", "shape": [1, 8], "datatype": "FP32",
         "data": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]}]});
