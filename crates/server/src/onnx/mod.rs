@@ -13,25 +13,31 @@
 //!   with scikit-learn, and tract-onnx 0.23 has no `TreeEnsembleRegressor` at all. A graph that
 //!   mixes a tree ensemble with other operators is refused at load.
 //! * **Everything else** (e.g. a `StandardScaler` + `LogisticRegression` pipeline) goes through
-//!   `tract-onnx`: the input is pinned to `float32 [N, n_features]` with a symbolic batch
+//!   `tract-onnx` (`general`, compiled with the `tract` feature, on by default; a build without
+//!   it refuses such a graph at load, saying so): the input is pinned to `float32 [N, n_features]` with a symbolic batch
 //!   dimension `N`, the graph is optimized once and the runnable plan kept. The model's kind is
 //!   detected from its outputs: a float `[N, C]` output next to a non-float (label) output makes
 //!   a classifier with `C` classes, whose class is the argmax of the probabilities (first maximum
 //!   on ties, like `numpy.argmax`; the label output is pruned from the plan); a single float `[N]`
 //!   or `[N, 1]` output makes a regressor.
 //!
+//! The file itself is decoded by [`proto`] (the ONNX messages, declared with `prost`), so the
+//! tree engine needs nothing of tract.
+//!
 //! [`OnnxModel::predict`] is a pure function of its rows either way, so one loaded model is
 //! shared behind an `Arc` and called concurrently.
 
+#[cfg(feature = "tract")]
+mod general;
+pub mod proto;
 pub mod trees;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use tract_onnx::pb::{self, attribute_proto::AttributeType, AttributeProto, NodeProto};
-use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::internal::*;
+use prost::Message;
+use proto as pb;
+use proto::{AttributeProto, AttributeType, NodeProto};
 
 use trees::{EnsembleKind, EnsembleOp, RawEnsemble, TreeEnsemble};
 
@@ -45,11 +51,8 @@ pub struct OnnxModel {
 
 enum Engine {
     Trees(TreeEnsemble),
-    Tract {
-        plan: Arc<TypedRunnableModel>,
-        /// Name of the graph output the predictions are read from.
-        output_name: String,
-    },
+    #[cfg(feature = "tract")]
+    Tract(general::TractPlan),
 }
 
 impl fmt::Debug for OnnxModel {
@@ -63,9 +66,10 @@ impl fmt::Debug for OnnxModel {
                 .field("engine", &"trees")
                 .field("trees", &t.n_trees())
                 .field("nodes", &t.n_nodes()),
-            Engine::Tract { output_name, .. } => {
-                d.field("engine", &"tract").field("output", output_name)
-            }
+            #[cfg(feature = "tract")]
+            Engine::Tract(plan) => d
+                .field("engine", &"tract")
+                .field("output", &plan.output_name),
         };
         d.finish_non_exhaustive()
     }
@@ -134,12 +138,11 @@ impl OnnxModel {
             message,
         };
         let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
-        let proto = framework()
-            .proto_model_for_read(&mut &bytes[..])
-            .map_err(|e| load_err(format!("not a valid ONNX file: {e:#}")))?;
+        let proto = pb::ModelProto::decode(&bytes[..])
+            .map_err(|e| load_err(format!("not a valid ONNX file: {e}")))?;
         match load_trees(path, &proto)? {
             Some(model) => Ok(model),
-            None => load_tract(path),
+            None => load_general(path),
         }
     }
 
@@ -157,7 +160,8 @@ impl OnnxModel {
     pub fn engine(&self) -> EngineKind {
         match self.engine {
             Engine::Trees(_) => EngineKind::Trees,
-            Engine::Tract { .. } => EngineKind::Tract,
+            #[cfg(feature = "tract")]
+            Engine::Tract(_) => EngineKind::Tract,
         }
     }
 
@@ -165,7 +169,8 @@ impl OnnxModel {
     pub fn tree_ensemble(&self) -> Option<&TreeEnsemble> {
         match &self.engine {
             Engine::Trees(t) => Some(t),
-            Engine::Tract { .. } => None,
+            #[cfg(feature = "tract")]
+            Engine::Tract(_) => None,
         }
     }
 
@@ -175,7 +180,8 @@ impl OnnxModel {
     pub fn node_visits_per_row(&self) -> Option<usize> {
         match &self.engine {
             Engine::Trees(t) => Some(t.depth_sum()),
-            Engine::Tract { .. } => None,
+            #[cfg(feature = "tract")]
+            Engine::Tract(_) => None,
         }
     }
 
@@ -217,9 +223,37 @@ impl OnnxModel {
         }
         match &self.engine {
             Engine::Trees(trees) => predict_trees(trees, rows),
-            Engine::Tract { plan, .. } => self.predict_tract(plan, rows),
+            #[cfg(feature = "tract")]
+            Engine::Tract(plan) => plan.predict(rows, self.n_features, self.kind),
         }
     }
+}
+
+/// A graph that is not a tree ensemble: tract's, when this build has it.
+#[cfg(feature = "tract")]
+fn load_general(path: &Path) -> Result<OnnxModel, OnnxError> {
+    let (plan, n_features, kind) = general::load(path)?;
+    Ok(OnnxModel {
+        engine: Engine::Tract(plan),
+        path: path.to_owned(),
+        n_features,
+        kind,
+    })
+}
+
+/// A graph that is not a tree ensemble, in a build without tract: refused, saying how to get
+/// a build that runs it.
+#[cfg(not(feature = "tract"))]
+fn load_general(path: &Path) -> Result<OnnxModel, OnnxError> {
+    Err(OnnxError::Unsupported {
+        path: path.to_owned(),
+        message: format!(
+            "the graph is not a tree ensemble (no {} node), and this switchyard was built \
+             without the `tract` feature that runs other ONNX graphs; rebuild with \
+             `cargo build --release -p switchyard --features tract`",
+            TREE_OPS[..2].join(" or ")
+        ),
+    })
 }
 
 /// Upper bound on the estimated tree-node visits (rows x depth sum) of a call run inline on the
@@ -498,246 +532,6 @@ fn raw_ensemble(node: &NodeProto) -> Result<RawEnsemble, String> {
     Ok(raw)
 }
 
-/// The tract path: parse, pin the input to `float32 [N, n_features]`, optimize, keep the plan.
-fn load_tract(path: &Path) -> Result<OnnxModel, OnnxError> {
-    let load_err = |message: String| OnnxError::Load {
-        path: path.to_owned(),
-        message,
-    };
-    let unsupported = |message: String| OnnxError::Unsupported {
-        path: path.to_owned(),
-        message,
-    };
-
-    let mut model = framework()
-        .model_for_path(path)
-        .map_err(|e| load_err(format!("{e:#}")))?;
-
-    let inputs = model
-        .input_outlets()
-        .map_err(|e| load_err(format!("{e:#}")))?
-        .len();
-    if inputs != 1 {
-        return Err(unsupported(format!("expected 1 input, found {inputs}")));
-    }
-    let n_features = declared_n_features(&model).map_err(unsupported)?;
-
-    let batch = model.symbols.sym("N");
-    let input_fact = InferenceFact::dt_shape(
-        f32::datum_type(),
-        tvec!(batch.to_dim(), n_features.to_dim()),
-    );
-    model = model
-        .with_input_fact(0, input_fact)
-        .map_err(|e| load_err(format!("{e:#}")))?;
-
-    let mut typed = model
-        .into_typed()
-        .map_err(|e| load_err(format!("type analysis failed: {e:#}")))?;
-
-    let (output, kind) = select_output(&typed).map_err(unsupported)?;
-    let output_name = typed
-        .outlet_label(output)
-        .map(str::to_owned)
-        .unwrap_or_else(|| typed.node(output.node).name.clone());
-    typed
-        .select_output_outlets(&[output])
-        .map_err(|e| load_err(format!("{e:#}")))?;
-
-    let plan = typed
-        .into_optimized()
-        .and_then(|m| m.into_runnable())
-        .map_err(|e| load_err(format!("optimization failed: {e:#}")))?;
-
-    tracing::debug!(
-        path = %path.display(),
-        n_features,
-        ?kind,
-        output = %output_name,
-        "loaded ONNX model through tract"
-    );
-    Ok(OnnxModel {
-        engine: Engine::Tract { plan, output_name },
-        path: path.to_owned(),
-        n_features,
-        kind,
-    })
-}
-
-impl OnnxModel {
-    fn predict_tract(
-        &self,
-        plan: &Arc<TypedRunnableModel>,
-        rows: &[Vec<f32>],
-    ) -> Result<OnnxPrediction, OnnxError> {
-        let n = rows.len();
-        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
-        let input = Tensor::from_shape(&[n, self.n_features], &flat)
-            .map_err(|e| OnnxError::Run(format!("{e:#}")))?;
-        let outputs = plan
-            .run(tvec!(input.into_tvalue()))
-            .map_err(|e| OnnxError::Run(format!("{e:#}")))?;
-        let output = outputs
-            .first()
-            .ok_or_else(|| OnnxError::Run("the model produced no output".to_owned()))?;
-        let shape = output.shape().to_vec();
-        let values = output
-            .try_as_plain_ram()
-            .and_then(|view| view.as_slice::<f32>().map(<[f32]>::to_vec))
-            .map_err(|e| OnnxError::Run(format!("reading output: {e:#}")))?;
-
-        match self.kind {
-            ModelKind::Classifier { n_classes } => {
-                if shape != [n, n_classes] {
-                    return Err(OnnxError::Run(format!(
-                        "probabilities have shape {shape:?}, expected [{n}, {n_classes}]"
-                    )));
-                }
-                let probabilities: Vec<Vec<f32>> =
-                    values.chunks(n_classes).map(<[f32]>::to_vec).collect();
-                let class_index = probabilities.iter().map(|p| argmax(p)).collect();
-                Ok(OnnxPrediction::Classification {
-                    class_index,
-                    probabilities,
-                })
-            }
-            ModelKind::Regressor => {
-                if values.len() != n {
-                    return Err(OnnxError::Run(format!(
-                        "output has shape {shape:?}, expected {n} values"
-                    )));
-                }
-                Ok(OnnxPrediction::Regression { values })
-            }
-        }
-    }
-}
-
-/// Index of the first maximum; NaN never wins (an all-NaN row gives 0).
-fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in values.iter().enumerate() {
-        if *v > values[best] || (values[best].is_nan() && !v.is_nan()) {
-            best = i;
-        }
-    }
-    best
-}
-
-/// tract's ONNX framework, with the tree-ensemble operators taken away: trees run on the
-/// compiled engine only ([`load_trees`] refuses graphs it cannot take whole), so a tree that
-/// reached tract would be a bug, reported as such rather than run slowly with a wrong label.
-fn framework() -> tract_onnx::Onnx {
-    let mut onnx = tract_onnx::onnx();
-    for op in TREE_OPS {
-        onnx.op_register.insert(op, refuse_tree_op);
-    }
-    onnx
-}
-
-fn refuse_tree_op(
-    _ctx: &tract_onnx::model::ParsingContext,
-    node: &NodeProto,
-) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    bail!(
-        "{} node {:?}: tree ensembles run on switchyard's tree engine, not through tract",
-        node.op_type,
-        node.name
-    )
-}
-
-fn declared_n_features(model: &InferenceModel) -> Result<usize, String> {
-    let fact = model.input_fact(0).map_err(|e| format!("{e:#}"))?;
-    if let Some(dt) = fact.datum_type.concretize() {
-        if dt != f32::datum_type() {
-            return Err(format!("input must be float32, the model declares {dt:?}"));
-        }
-    }
-    let rank = fact.shape.rank().concretize();
-    if rank != Some(2) {
-        return Err(format!(
-            "input must be declared as [batch, n_features], the model declares {:?}",
-            fact.shape
-        ));
-    }
-    fact.shape
-        .dim(1)
-        .and_then(|d| d.concretize())
-        .and_then(|d| d.to_usize().ok())
-        .filter(|n| *n > 0)
-        .ok_or_else(|| {
-            format!(
-                "the number of features (input dimension 1) must be fixed, the model declares {:?}",
-                fact.shape
-            )
-        })
-}
-
-/// Picks the output predictions are read from and classifies the model (see the module doc).
-fn select_output(model: &TypedModel) -> Result<(OutletId, ModelKind), String> {
-    let outlets = model.output_outlets().map_err(|e| format!("{e:#}"))?;
-    let mut described = Vec::new();
-    let mut float_outputs = Vec::new();
-    let mut has_non_float = false;
-    for &outlet in outlets {
-        let fact = model.outlet_fact(outlet).map_err(|e| format!("{e:#}"))?;
-        let name = model.outlet_label(outlet).unwrap_or("?");
-        described.push(format!("{name}: {fact:?}"));
-        if fact.datum_type == f32::datum_type() {
-            float_outputs.push((outlet, name, fact.shape.clone()));
-        } else {
-            has_non_float = true;
-        }
-    }
-    let describe = || described.join(", ");
-    let batch_dim = |shape: &ShapeFact| shape.rank() >= 1 && shape[0].to_usize().is_err();
-
-    if has_non_float {
-        // Classifier: label + probabilities. Prefer skl2onnx's output name.
-        let candidates: Vec<_> = float_outputs
-            .iter()
-            .filter(|(_, _, s)| s.rank() == 2 && batch_dim(s) && s[1].to_usize().is_ok())
-            .collect();
-        let chosen = candidates
-            .iter()
-            .find(|(_, name, _)| *name == "probabilities")
-            .or_else(|| {
-                if candidates.len() == 1 {
-                    candidates.first()
-                } else {
-                    None
-                }
-            });
-        return match chosen {
-            Some((outlet, _, shape)) => {
-                let n_classes = shape[1].to_usize().map_err(|e| format!("{e:#}"))?;
-                if n_classes < 2 {
-                    return Err(format!("classifier with {n_classes} class: {}", describe()));
-                }
-                Ok((*outlet, ModelKind::Classifier { n_classes }))
-            }
-            None => Err(format!(
-                "cannot find a float [N, n_classes] probabilities output among: {}",
-                describe()
-            )),
-        };
-    }
-    match float_outputs.as_slice() {
-        [(outlet, _, shape)]
-            if batch_dim(shape)
-                && (shape.rank() == 1
-                    || (shape.rank() == 2 && shape[1].to_usize().ok() == Some(1))) =>
-        {
-            Ok((*outlet, ModelKind::Regressor))
-        }
-        _ => Err(format!(
-            "expected a classifier (label + probabilities) or a regressor (one float [N] or \
-             [N, 1] output), found: {}",
-            describe()
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -746,15 +540,27 @@ mod tests {
     fn model_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<OnnxModel>();
-        assert_send_sync::<Arc<OnnxModel>>();
+        assert_send_sync::<std::sync::Arc<OnnxModel>>();
     }
 
+    /// A build without tract (`cargo test -p switchyard-server --no-default-features --lib`,
+    /// run by `.ci/run`) still runs every tree model, and refuses a graph that is not a tree
+    /// ensemble at load, naming the file and the feature.
+    #[cfg(not(feature = "tract"))]
     #[test]
-    fn argmax_takes_first_maximum_and_skips_nan() {
-        assert_eq!(argmax(&[0.5, 0.5]), 0);
-        assert_eq!(argmax(&[0.2, 0.8]), 1);
-        assert_eq!(argmax(&[f32::NAN, 0.1]), 1);
-        assert_eq!(argmax(&[0.3, f32::NAN, 0.7]), 2);
-        assert_eq!(argmax(&[0.1, 0.6, 0.3]), 1);
+    fn without_tract_trees_load_and_other_graphs_are_refused_naming_the_feature() {
+        let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+        let trees = OnnxModel::load(&models.join("yield_v2.onnx")).expect("a tree model loads");
+        assert_eq!(trees.engine(), EngineKind::Trees);
+        let err = OnnxModel::load(&models.join("yield_logreg.onnx")).expect_err("not a tree");
+        let text = err.to_string();
+        assert!(matches!(err, OnnxError::Unsupported { .. }), "{err:?}");
+        for needle in [
+            "yield_logreg.onnx",
+            "not a tree ensemble",
+            "--features tract",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in: {text}");
+        }
     }
 }

@@ -7,8 +7,8 @@
 
 use crate::support::fixtures::{fixtures, models_dir};
 use prost::Message;
+use switchyard_server::onnx::proto as pb;
 use switchyard_server::onnx::{EngineKind, ModelKind, OnnxError, OnnxModel, OnnxPrediction};
-use tract_onnx::pb;
 
 const PROB_TOLERANCE: f64 = 1e-5;
 /// Regressors: relative to max(|value|, 1). onnxruntime sums in f32 in the same order as the
@@ -247,7 +247,7 @@ fn unsupported_contents_of_an_ensemble_fail_at_load_naming_node_and_attribute() 
     let mut p = read_proto("yield_v1.onnx");
     tree_node(&mut p).attribute.push(pb::AttributeProto {
         name: "nodes_values_as_tensor".into(),
-        r#type: pb::attribute_proto::AttributeType::Tensor as i32,
+        r#type: pb::AttributeType::Tensor as i32,
         ..Default::default()
     });
     let text = load_error(&dir, "as_tensor.onnx", &p);
