@@ -24,14 +24,14 @@ fn replay(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// 200 labelled rows of the shipped validation set as JSONL (bare OIP v2 bodies with a
+/// The 1 000 labelled rows of the shipped validation set as JSONL (bare OIP v2 bodies with a
 /// `label` beside them).
 fn recorded(path: &Path) {
     let text = std::fs::read_to_string(repo().join("models/validation_yield.csv")).unwrap();
     let lines: Vec<String> = text
         .lines()
         .skip(1)
-        .take(200)
+        .take(1_000)
         .map(|line| {
             let cells: Vec<f64> = line.split(',').map(|c| c.parse().unwrap()).collect();
             let (label, features) = cells.split_last().unwrap();
@@ -81,9 +81,9 @@ fn replay_judges_a_candidate_on_a_recorded_file() {
     ]);
     assert_eq!(code, 0, "{stderr}");
     let report: ReplayReport = serde_json::from_str(&stdout).unwrap();
-    assert_eq!((report.requests, report.labelled_requests), (200, 200));
+    assert_eq!((report.requests, report.labelled_requests), (1_000, 1_000));
     let s = &report.analysis.report;
-    assert_eq!(s.labelled, 200);
+    assert_eq!(s.labelled, 1_000);
     assert_eq!(s.recommendation, Recommendation::Promote, "{}", s.reason);
     assert!(s.shadow_accuracy > s.primary_accuracy, "{s:?}");
 
@@ -107,7 +107,7 @@ fn replay_judges_a_candidate_on_a_recorded_file() {
     assert!(stderr.contains("the replay recommends REJECT"), "{stderr}");
     for needle in [
         "v1 (primary) → v3 (candidate)",
-        "200 replayed, 200 labelled",
+        "1000 replayed, 1000 labelled",
         "McNemar",
         "recommendation   REJECT",
     ] {
