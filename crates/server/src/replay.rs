@@ -330,6 +330,25 @@ fn cell(c: &str) -> &str {
         .unwrap_or(c)
 }
 
+/// What a CSV label is: a value when the model is declared a regression or runs in-process
+/// regressors (whose answers are values whatever `task` says; its first version is asked),
+/// else a class.
+fn label_task(runtime: &ModelRuntime) -> Task {
+    let regressor = runtime
+        .config
+        .versions
+        .keys()
+        .next()
+        .and_then(|v| runtime.backends.get(v))
+        .and_then(|b| b.onnx_model())
+        .is_some_and(|m| matches!(m.kind(), crate::onnx::ModelKind::Regressor));
+    if regressor {
+        Task::Regression
+    } else {
+        runtime.config.task
+    }
+}
+
 /// The truth a label cell (or JSON scalar) stands for: a class for a classifier, a finite
 /// value for a regressor.
 fn truth_of(task: Task, label: &Value) -> Result<Truth, String> {
@@ -382,6 +401,7 @@ fn load_csv(
         None => columns.iter().position(|c| *c == DEFAULT_LABEL_COLUMN),
     };
     let id_at = columns.iter().position(|c| *c == "request_id");
+    let task = label_task(runtime);
     if columns.len() <= usize::from(label_at.is_some()) + usize::from(id_at.is_some()) {
         return Err(line_error(
             header_at + 1,
@@ -425,7 +445,7 @@ fn load_csv(
                     .ok()
                     .filter(|f| f.is_finite())
                     .map_or_else(|| json!(label), |f| json!(f));
-                Some(truth_of(runtime.config.task, &value).map_err(|e| line_error(n, e))?)
+                Some(truth_of(task, &value).map_err(|e| line_error(n, e))?)
             }
         };
         let request_id = id_at

@@ -398,6 +398,32 @@ async fn a_regression_replay_reports_the_paired_errors_of_the_live_shadow() {
     assert!(r.paired_t.is_some());
     assert_same("regression JSONL", &live, r);
 
+    // The same as CSV: the label column holds the measured values (the models are in-process
+    // regressors, so a label is a value).
+    let csv = dir.path().join("testtime.csv");
+    let mut text =
+        String::from("request_id,vdd,idd,freq,temp,die_x,die_y,leakage,ring_osc,label\n");
+    for (id, body, label) in &requests {
+        let features: Vec<String> = body["inputs"][0]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(Value::to_string)
+            .collect();
+        text.push_str(&format!("{id},{},{}\n", features.join(","), label["value"]));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let from_csv = replay_source(
+        &models,
+        &spec,
+        Source::Csv {
+            path: csv,
+            label_column: None,
+        },
+    )
+    .await;
+    assert_same("regression CSV", &live, &from_csv.analysis.report);
+
     // A copy of the primary: the same errors, p = 1, NEUTRAL.
     let copy = replay_source(
         &models,
