@@ -479,3 +479,121 @@ pub async fn cluster(State(admin): State<AdminState>) -> Result<Json<ClusterView
         replicas,
     }))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Replay.
+
+use crate::api::{ReplayReport, ReplayRequest, ReplaySource};
+use crate::replay::{ReplayError, ReplayOptions, Source};
+
+/// Requests an admin replay reads unless told otherwise, and at most.
+pub const REPLAY_DEFAULT_ROWS: u64 = 1_000;
+pub const REPLAY_MAX_ROWS: u64 = 10_000;
+/// How long an admin replay may run (under the admin client's 60 s).
+pub const REPLAY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(50);
+
+impl From<ReplayError> for ApiError {
+    fn from(e: ReplayError) -> Self {
+        let (status, code) = match &e {
+            ReplayError::Read { .. } | ReplayError::Line { .. } | ReplayError::NoRows(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_source")
+            }
+            ReplayError::Options(_) => (StatusCode::BAD_REQUEST, "invalid_replay"),
+            ReplayError::UnknownModel { .. } => (StatusCode::NOT_FOUND, "unknown_model"),
+            ReplayError::Spec(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec"),
+            ReplayError::Backend { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "no_backend"),
+            ReplayError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store_error"),
+        };
+        let mut err = ApiError::new(status, code, e.to_string());
+        if let ReplayError::Spec(problems) = e {
+            err.problems = problems;
+        }
+        err
+    }
+}
+
+/// Replays a file on the gateway's host, or the gateway's own prediction log, through this
+/// gateway's backends of the spec's primary and candidate, and answers the shadow analysis.
+/// Bounded: at most [`REPLAY_MAX_ROWS`] requests and [`REPLAY_DEADLINE`]; nothing is recorded.
+pub async fn replay(
+    State(admin): State<AdminState>,
+    body: String,
+) -> Result<Json<ReplayReport>, ApiError> {
+    let request: ReplayRequest = serde_json::from_str(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_replay",
+            format!("not a replay request: {e}"),
+        )
+    })?;
+    let max_rows = request.max_rows.unwrap_or(REPLAY_DEFAULT_ROWS);
+    if !(1..=REPLAY_MAX_ROWS).contains(&max_rows) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_replay",
+            format!("max_rows must be in [1, {REPLAY_MAX_ROWS}], got {max_rows}"),
+        ));
+    }
+    let options = ReplayOptions {
+        rate: request.rate,
+        concurrency: request
+            .concurrency
+            .unwrap_or(crate::replay::DEFAULT_CONCURRENCY),
+        shadow_timeout: None,
+    };
+    let (model, spec) = crate::replay::shadow_spec(
+        &admin.app.models,
+        request.spec.as_deref(),
+        request.model.as_deref(),
+        request.primary.as_deref(),
+        request.candidate.as_deref(),
+    )?;
+    let runtime = admin
+        .app
+        .models
+        .get(&model)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "unknown_model", model.clone()))?;
+    let source = match request.source {
+        ReplaySource::Csv { path, label_column } => Source::Csv {
+            path: admin.controller.resolve(&path),
+            label_column,
+        },
+        ReplaySource::Jsonl { path } => Source::Jsonl {
+            path: admin.controller.resolve(&path),
+        },
+        ReplaySource::Log { since_ms, until_ms } => Source::Log {
+            store: admin.app.store.clone(),
+            since_ms,
+            until_ms,
+        },
+    };
+    let loaded = crate::runtime::off_the_request_path(|| {
+        crate::replay::load(&source, runtime, max_rows as usize)
+    })?;
+    if let Some(rate) = options.rate.filter(|r| *r > 0.0) {
+        let needs = loaded.rows.len() as f64 / rate;
+        if needs > REPLAY_DEADLINE.as_secs_f64() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_replay",
+                format!(
+                    "{} requests at {rate}/s take {needs:.0} s, more than the {} s an admin replay may run; lower max_rows or raise rate (or use `switchyard replay`)",
+                    loaded.rows.len(),
+                    REPLAY_DEADLINE.as_secs()
+                ),
+            ));
+        }
+    }
+    let run = crate::replay::run(runtime, &spec, loaded, &options, &|_| {});
+    match tokio::time::timeout(REPLAY_DEADLINE, run).await {
+        Ok(report) => Ok(Json(report?)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "replay_timeout",
+            format!(
+                "the replay did not finish within {} s; replay fewer rows or at a higher rate",
+                REPLAY_DEADLINE.as_secs()
+            ),
+        )),
+    }
+}

@@ -13,7 +13,7 @@ use switchyard_core::classes::{classification_summary, ClassificationSummary, Pr
 use switchyard_core::record::Tolerance;
 use switchyard_core::rollout::{
     AbReport, AbnOutcome, AbnReport, ArmDecision, ArmResult, Correction, GatePolicy,
-    GuardrailCheck, MetricValue, Phase, Recommendation, RolloutSpec, ShadowReport,
+    GuardrailCheck, MetricValue, Phase, Recommendation, RolloutSpec, ShadowReport, ShadowSpec,
 };
 use switchyard_core::segments::SegmentBreakdown;
 use switchyard_core::{ModelRoute, PairStats, Role, Strategy, VariantStats};
@@ -702,4 +702,78 @@ pub struct ReplicaView {
     pub replica: String,
     pub updated_ms: i64,
     pub serving_requests: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replay.
+
+/// `POST /replay`: judge a candidate on recorded requests, with no live traffic. The shadow
+/// rules come from `spec` (a shadow rollout spec, YAML or JSON), or are the defaults for
+/// `model`, `primary` and `candidate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<String>,
+    pub source: ReplaySource,
+    /// Most requests replayed (the gateway's default and ceiling apply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rows: Option<u64>,
+    /// Requests started per second (default: as fast as `concurrency` allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// Requests in flight at once (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+}
+
+/// Where a replay's requests come from. Files are read on the gateway's host (paths relative
+/// to its configuration's directory).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReplaySource {
+    /// Feature columns and an optional label column (`label_column`, default `label`).
+    Csv {
+        path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label_column: Option<String>,
+    },
+    /// One request body per line, with an optional label.
+    Jsonl { path: String },
+    /// The prediction log: the model's served requests whose inputs were captured, with their
+    /// feedback labels.
+    Log {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since_ms: Option<i64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until_ms: Option<i64>,
+    },
+}
+
+/// What a replay found: the shadow analysis a live shadow's report holds, over the replayed
+/// requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayReport {
+    pub model: String,
+    pub primary: String,
+    pub candidate: String,
+    /// Where the requests came from (`file.jsonl`, `file.csv`, `log of <store>`).
+    pub source: String,
+    /// Requests replayed: each sent to both versions.
+    pub requests: u64,
+    /// Of those, the ones with a label or value.
+    pub labelled_requests: u64,
+    /// Log rows left out: their captured body was cut at `log.max_input_bytes` or is not a
+    /// request.
+    pub skipped: u64,
+    pub spec: ShadowSpec,
+    /// The primary's calls and the candidate's.
+    pub versions: BTreeMap<String, VersionStats>,
+    pub analysis: ShadowAnalysis,
+    pub elapsed_ms: u64,
 }

@@ -476,6 +476,7 @@ pub fn router(state: Arc<AppState>, controller: Arc<Controller>) -> Router {
         .route("/rollouts/{name}/{action}", post(admin::rollout_command))
         .route("/audit/verify", get(admin::audit_verify))
         .route("/cluster", get(admin::cluster))
+        .route("/replay", post(admin::replay))
         .route_layer(axum::middleware::from_fn_with_state(
             admin_state.clone(),
             admin::require_role,

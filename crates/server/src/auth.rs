@@ -39,6 +39,7 @@ pub const ADMIN_ROUTES: &[(&str, &str, AccessRole)] = &[
     ("POST", "/rollouts/{name}/promote", AccessRole::Approver),
     ("GET", "/audit/verify", AccessRole::Viewer),
     ("GET", "/cluster", AccessRole::Viewer),
+    ("POST", "/replay", AccessRole::Admin),
 ];
 
 /// The role an admin call needs (`path` relative to `/admin/v1`).

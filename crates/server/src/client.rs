@@ -16,8 +16,9 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    ChainCheck, ClusterView, DryRun, ErrorBody, ErrorDetail, ModelStats, Report, RolloutEvents,
-    RolloutHistory, RolloutList, RolloutView, RouteChanged, RoutesView,
+    ChainCheck, ClusterView, DryRun, ErrorBody, ErrorDetail, ModelStats, ReplayReport,
+    ReplayRequest, Report, RolloutEvents, RolloutHistory, RolloutList, RolloutView, RouteChanged,
+    RoutesView,
 };
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -354,6 +355,17 @@ impl AdminClient {
 
     pub async fn cluster(&self) -> Result<ClusterView, ClientError> {
         self.json(Method::GET, "/cluster", None, "cluster view")
+            .await
+    }
+
+    /// Replays recorded requests through the gateway's backends (`POST /replay`).
+    pub async fn replay(&self, request: &ReplayRequest) -> Result<ReplayReport, ClientError> {
+        let body = serde_json::to_string(request).map_err(|e| ClientError::Malformed {
+            base: self.base().to_string(),
+            what: "replay request",
+            detail: e.to_string(),
+        })?;
+        self.json(Method::POST, "/replay", Some(body), "replay report")
             .await
     }
 }

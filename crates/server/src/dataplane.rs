@@ -91,7 +91,7 @@ fn routing_key(
 
 /// The request's value of each segment field the model declares (empty when absent), cut to
 /// the longest value kept.
-fn segment_values(
+pub(crate) fn segment_values(
     fields: &[(String, KeySource)],
     headers: &HeaderMap,
     body: &JsonBody,

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod oip;
 pub mod onnx;
 pub mod protocol;
+pub mod replay;
 pub mod report;
 pub mod runtime;
 pub mod shadow;

@@ -17,7 +17,7 @@ use switchyard_core::{Prediction, Truth};
 
 use crate::api::{
     AbAnalysis, AbnView, Analysis, BlueGreenAnalysis, CanaryAnalysis, Disagreement, EventView,
-    Report, Reweighting, ShadowAnalysis, StepView, SwitchView, VersionStats,
+    ReplayReport, Report, Reweighting, ShadowAnalysis, StepView, SwitchView, VersionStats,
 };
 use crate::controller::Controller;
 use crate::state::AppState;
@@ -731,6 +731,188 @@ fn event_text(e: &EventView) -> String {
     }
 }
 
+/// A shadow analysis's lines and detail tables, `current` serving and `candidate` mirrored: a
+/// shadow rollout's report and a replay's.
+fn shadow_lines(
+    sa: &ShadowAnalysis,
+    current: &str,
+    candidate: &str,
+    analysis: &mut Pairs,
+    detail: &mut Vec<(String, Table)>,
+) {
+    let s = &sa.report;
+    let regression = s.output == OutputKind::Regression;
+    let tol = &s.agreement_tolerance;
+    let agreement = if regression {
+        format!(
+            "{} (within {} + {:.1}% of the primary; {} of {} compared{})",
+            pct(s.agreement),
+            tol.absolute,
+            tol.relative * 100.0,
+            s.agreement_sample,
+            s.compared,
+            if s.agreement_exact {
+                ""
+            } else {
+                ", a uniform sample"
+            }
+        )
+    } else {
+        pct(s.agreement)
+    };
+    analysis.push(("agreement".into(), agreement));
+    analysis.push(("labelled pairs".into(), int(s.labelled)));
+    if !regression {
+        analysis.push(("primary accuracy".into(), pct(s.primary_accuracy)));
+        analysis.push(("shadow accuracy".into(), pct(s.shadow_accuracy)));
+        analysis.push(("relative improvement".into(), pct(s.accuracy_improvement)));
+    }
+    if let Some(m) = &s.mcnemar {
+        analysis.push((
+            "McNemar χ² (b, c)".into(),
+            format!("{} ({}, {})", num(Some(m.statistic), 3), m.b, m.c),
+        ));
+        analysis.push((
+            "McNemar p (exact p)".into(),
+            format!(
+                "{} ({})",
+                num(Some(m.p_value), 4),
+                num(Some(m.exact_p_value), 4)
+            ),
+        ));
+    }
+    if regression {
+        analysis.push((
+            "primary / shadow MAE".into(),
+            format!("{} / {}", num(s.primary_mae, 4), num(s.shadow_mae, 4)),
+        ));
+        analysis.push((
+            "primary / shadow RMSE".into(),
+            format!("{} / {}", num(s.primary_rmse, 4), num(s.shadow_rmse, 4)),
+        ));
+        analysis.push((
+            "primary / shadow MAPE".into(),
+            format!(
+                "{} / {}{}",
+                pct(s.primary_mape),
+                pct(s.shadow_mape),
+                if s.mape_skipped > 0 {
+                    format!(" ({} with truth 0 left out)", s.mape_skipped)
+                } else {
+                    String::new()
+                }
+            ),
+        ));
+        analysis.push(("MAE change (shadow vs primary)".into(), pct(s.mae_change)));
+        if let Some(t) = &s.paired_t {
+            analysis.push((
+                "paired t on |errors| (p)".into(),
+                format!("{} ({})", num(Some(t.t), 3), num(Some(t.p_value), 4)),
+            ));
+        }
+        if let Some(w) = &s.wilcoxon {
+            analysis.push((
+                "Wilcoxon signed-rank (p)".into(),
+                format!(
+                    "{} ({}), {} pairs",
+                    num(Some(w.statistic), 1),
+                    num(Some(w.p_value), 4),
+                    s.wilcoxon_sample
+                ),
+            ));
+        }
+        if let Some(u) = &s.underestimate {
+            analysis.push((
+                format!("underestimates by > {}", u.by),
+                format!(
+                    "{} of {} ({}, limit {}){}",
+                    u.count,
+                    u.labelled,
+                    pct(Some(u.share)),
+                    pct(Some(u.max_share)),
+                    if u.exceeded { ": EXCEEDED" } else { "" }
+                ),
+            ));
+        }
+    }
+    if let Some(d) = &s.drift {
+        analysis.push(("prediction drift: PSI / JS distance".into(), drift_text(d)));
+    }
+    if let Some(c) = &s.prediction_chi2 {
+        analysis.push((
+            "χ² of the prediction distributions (dof, p)".into(),
+            format!(
+                "{} ({}, {})",
+                num(Some(c.statistic), 3),
+                c.dof,
+                num(Some(c.p_value), 4)
+            ),
+        ));
+    }
+    if let Some(t) = &s.transitions {
+        detail.push((
+            format!("Transitions: {current} (rows) → {candidate} (columns), compared requests"),
+            class_table(format!("{current} \\ {candidate}"), t),
+        ));
+    }
+    class_detail(current, &sa.primary_stats, analysis, detail);
+    class_detail(candidate, &sa.shadow_stats, analysis, detail);
+    segment_detail(
+        &s.segments,
+        current,
+        candidate,
+        s.segment_failure.as_ref(),
+        analysis,
+        detail,
+    );
+    analysis.push(("p-value the rules used".into(), num(s.p_value, 4)));
+    analysis.push((
+        "primary / shadow p95 ms".into(),
+        format!(
+            "{} / {}",
+            num(sa.primary_stats.p95_ms, 2),
+            num(sa.shadow_stats.p95_ms, 2)
+        ),
+    ));
+    analysis.push((
+        "disagreement cases shown".into(),
+        sa.disagreements.len().to_string(),
+    ));
+    analysis.push((
+        "recommendation".into(),
+        s.recommendation.as_str().to_string(),
+    ));
+}
+
+/// One row per version: traffic, errors, latency, quality.
+fn versions_table(stats: &std::collections::BTreeMap<String, VersionStats>) -> Table {
+    let mut versions = vec![vec![
+        "version".into(),
+        "requests".into(),
+        "errors".into(),
+        "p50 ms".into(),
+        "p95 ms".into(),
+        "p99 ms".into(),
+        "labelled".into(),
+        "accuracy".into(),
+        "MAE".into(),
+    ]];
+    for (v, s) in stats {
+        versions.push(vec![
+            v.clone(),
+            int(s.requests),
+            int(s.errors),
+            num(s.p50_ms, 2),
+            num(s.p95_ms, 2),
+            num(s.p99_ms, 2),
+            int(s.labelled),
+            pct(s.accuracy),
+            num(s.mae, 3),
+        ]);
+    }
+    versions
+}
+
 /// Summary, versions, events and analysis, shared by the text, Markdown and HTML renderings.
 fn tables(r: &Report) -> Tables {
     let ro = &r.rollout;
@@ -753,30 +935,7 @@ fn tables(r: &Report) -> Tables {
         ),
         ("reason".into(), text(ro.reason.as_deref())),
     ];
-    let mut versions = vec![vec![
-        "version".into(),
-        "requests".into(),
-        "errors".into(),
-        "p50 ms".into(),
-        "p95 ms".into(),
-        "p99 ms".into(),
-        "labelled".into(),
-        "accuracy".into(),
-        "MAE".into(),
-    ]];
-    for (v, s) in &r.versions {
-        versions.push(vec![
-            v.clone(),
-            int(s.requests),
-            int(s.errors),
-            num(s.p50_ms, 2),
-            num(s.p95_ms, 2),
-            num(s.p99_ms, 2),
-            int(s.labelled),
-            pct(s.accuracy),
-            num(s.mae, 3),
-        ]);
-    }
+    let versions = versions_table(&r.versions);
     let mut events = vec![vec![
         "seq".into(),
         "time (ms)".into(),
@@ -797,151 +956,7 @@ fn tables(r: &Report) -> Tables {
     let mut analysis = Vec::new();
     let mut detail = Vec::new();
     if let Some(sa) = &a.shadow {
-        let s = &sa.report;
-        let regression = s.output == OutputKind::Regression;
-        let tol = &s.agreement_tolerance;
-        let agreement = if regression {
-            format!(
-                "{} (within {} + {:.1}% of the primary; {} of {} compared{})",
-                pct(s.agreement),
-                tol.absolute,
-                tol.relative * 100.0,
-                s.agreement_sample,
-                s.compared,
-                if s.agreement_exact {
-                    ""
-                } else {
-                    ", a uniform sample"
-                }
-            )
-        } else {
-            pct(s.agreement)
-        };
-        analysis.push(("agreement".into(), agreement));
-        analysis.push(("labelled pairs".into(), int(s.labelled)));
-        if !regression {
-            analysis.push(("primary accuracy".into(), pct(s.primary_accuracy)));
-            analysis.push(("shadow accuracy".into(), pct(s.shadow_accuracy)));
-            analysis.push(("relative improvement".into(), pct(s.accuracy_improvement)));
-        }
-        if let Some(m) = &s.mcnemar {
-            analysis.push((
-                "McNemar χ² (b, c)".into(),
-                format!("{} ({}, {})", num(Some(m.statistic), 3), m.b, m.c),
-            ));
-            analysis.push((
-                "McNemar p (exact p)".into(),
-                format!(
-                    "{} ({})",
-                    num(Some(m.p_value), 4),
-                    num(Some(m.exact_p_value), 4)
-                ),
-            ));
-        }
-        if regression {
-            analysis.push((
-                "primary / shadow MAE".into(),
-                format!("{} / {}", num(s.primary_mae, 4), num(s.shadow_mae, 4)),
-            ));
-            analysis.push((
-                "primary / shadow RMSE".into(),
-                format!("{} / {}", num(s.primary_rmse, 4), num(s.shadow_rmse, 4)),
-            ));
-            analysis.push((
-                "primary / shadow MAPE".into(),
-                format!(
-                    "{} / {}{}",
-                    pct(s.primary_mape),
-                    pct(s.shadow_mape),
-                    if s.mape_skipped > 0 {
-                        format!(" ({} with truth 0 left out)", s.mape_skipped)
-                    } else {
-                        String::new()
-                    }
-                ),
-            ));
-            analysis.push(("MAE change (shadow vs primary)".into(), pct(s.mae_change)));
-            if let Some(t) = &s.paired_t {
-                analysis.push((
-                    "paired t on |errors| (p)".into(),
-                    format!("{} ({})", num(Some(t.t), 3), num(Some(t.p_value), 4)),
-                ));
-            }
-            if let Some(w) = &s.wilcoxon {
-                analysis.push((
-                    "Wilcoxon signed-rank (p)".into(),
-                    format!(
-                        "{} ({}), {} pairs",
-                        num(Some(w.statistic), 1),
-                        num(Some(w.p_value), 4),
-                        s.wilcoxon_sample
-                    ),
-                ));
-            }
-            if let Some(u) = &s.underestimate {
-                analysis.push((
-                    format!("underestimates by > {}", u.by),
-                    format!(
-                        "{} of {} ({}, limit {}){}",
-                        u.count,
-                        u.labelled,
-                        pct(Some(u.share)),
-                        pct(Some(u.max_share)),
-                        if u.exceeded { ": EXCEEDED" } else { "" }
-                    ),
-                ));
-            }
-        }
-        if let Some(d) = &s.drift {
-            analysis.push(("prediction drift: PSI / JS distance".into(), drift_text(d)));
-        }
-        if let Some(c) = &s.prediction_chi2 {
-            analysis.push((
-                "χ² of the prediction distributions (dof, p)".into(),
-                format!(
-                    "{} ({}, {})",
-                    num(Some(c.statistic), 3),
-                    c.dof,
-                    num(Some(c.p_value), 4)
-                ),
-            ));
-        }
-        if let Some(t) = &s.transitions {
-            detail.push((
-                format!(
-                    "Transitions: {} (rows) → {} (columns), compared requests",
-                    ro.current, ro.candidate
-                ),
-                class_table(format!("{} \\ {}", ro.current, ro.candidate), t),
-            ));
-        }
-        class_detail(&ro.current, &sa.primary_stats, &mut analysis, &mut detail);
-        class_detail(&ro.candidate, &sa.shadow_stats, &mut analysis, &mut detail);
-        segment_detail(
-            &s.segments,
-            &ro.current,
-            &ro.candidate,
-            s.segment_failure.as_ref(),
-            &mut analysis,
-            &mut detail,
-        );
-        analysis.push(("p-value the rules used".into(), num(s.p_value, 4)));
-        analysis.push((
-            "primary / shadow p95 ms".into(),
-            format!(
-                "{} / {}",
-                num(sa.primary_stats.p95_ms, 2),
-                num(sa.shadow_stats.p95_ms, 2)
-            ),
-        ));
-        analysis.push((
-            "disagreement cases shown".into(),
-            sa.disagreements.len().to_string(),
-        ));
-        analysis.push((
-            "recommendation".into(),
-            s.recommendation.as_str().to_string(),
-        ));
+        shadow_lines(sa, &ro.current, &ro.candidate, &mut analysis, &mut detail);
     }
     if let Some(aa) = &a.ab {
         if let Some(ab) = &aa.report {
@@ -1178,4 +1193,116 @@ td,th{{border:1px solid #d0d5dd;padding:.3rem .6rem;text-align:left}}th{{backgro
             .collect::<String>(),
         events = table(&events),
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replays.
+
+/// A replay's summary, versions, and the shadow analysis's lines and tables.
+fn replay_tables(r: &ReplayReport) -> (Pairs, Table, Pairs, Vec<(String, Table)>) {
+    let s = &r.analysis.report;
+    let summary = vec![
+        ("model".into(), r.model.clone()),
+        (
+            "versions".into(),
+            format!("{} (primary) → {} (candidate)", r.primary, r.candidate),
+        ),
+        ("source".into(), r.source.clone()),
+        (
+            "requests".into(),
+            format!(
+                "{} replayed, {} labelled{}",
+                r.requests,
+                r.labelled_requests,
+                if r.skipped > 0 {
+                    format!(
+                        ", {} log rows skipped (input cut or not a request)",
+                        r.skipped
+                    )
+                } else {
+                    String::new()
+                }
+            ),
+        ),
+        (
+            "recommendation".into(),
+            s.recommendation.as_str().to_string(),
+        ),
+        ("reason".into(), s.reason.clone()),
+        (
+            "elapsed".into(),
+            format!("{:.1} s", r.elapsed_ms as f64 / 1000.0),
+        ),
+    ];
+    let mut analysis = Vec::new();
+    let mut detail = Vec::new();
+    shadow_lines(
+        &r.analysis,
+        &r.primary,
+        &r.candidate,
+        &mut analysis,
+        &mut detail,
+    );
+    (summary, versions_table(&r.versions), analysis, detail)
+}
+
+/// A replay report as aligned text (what `switchyard replay` prints).
+pub fn render_replay_text(r: &ReplayReport) -> String {
+    let (summary, versions, analysis, detail) = replay_tables(r);
+    let mut out = String::new();
+    for (k, v) in &summary {
+        let _ = writeln!(out, "{k:<16} {v}");
+    }
+    out.push('\n');
+    aligned(&versions, &mut out);
+    out.push('\n');
+    let w = analysis
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (k, v) in &analysis {
+        let _ = writeln!(out, "{k:<w$} {v}");
+    }
+    for (title, table) in &detail {
+        let _ = writeln!(out, "\n{title}");
+        aligned(table, &mut out);
+    }
+    out
+}
+
+/// A Markdown table: the first row is the header.
+fn markdown_table(rows: &[Vec<String>], out: &mut String) {
+    if let Some(head) = rows.first() {
+        let _ = writeln!(out, "| {} |", head.join(" | "));
+        let _ = writeln!(out, "|{}|", vec!["---"; head.len()].join("|"));
+        for row in &rows[1..] {
+            let cells: Vec<String> = row.iter().map(|c| c.replace('|', "\\|")).collect();
+            let _ = writeln!(out, "| {} |", cells.join(" | "));
+        }
+    }
+}
+
+/// A replay report in Markdown.
+pub fn render_replay_markdown(r: &ReplayReport) -> String {
+    let (summary, versions, analysis, detail) = replay_tables(r);
+    let mut out = format!(
+        "# Replay: {} → {} on {}\n\n",
+        r.primary, r.candidate, r.model
+    );
+    let kv = |header: [&str; 2], pairs: Pairs| -> Table {
+        std::iter::once(vec![header[0].to_string(), header[1].to_string()])
+            .chain(pairs.into_iter().map(|(k, v)| vec![k, v]))
+            .collect()
+    };
+    markdown_table(&kv(["", ""], summary), &mut out);
+    out.push_str("\n## Versions\n\n");
+    markdown_table(&versions, &mut out);
+    out.push_str("\n## Analysis\n\n");
+    markdown_table(&kv(["statistic", "value"], analysis), &mut out);
+    for (title, rows) in &detail {
+        let _ = writeln!(out, "\n### {title}\n");
+        markdown_table(rows, &mut out);
+    }
+    out
 }

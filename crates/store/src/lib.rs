@@ -30,11 +30,13 @@ pub use cluster::{Cluster, Leader};
 pub use control::{ChainReport, ControlStore, DeliveryRow, RolloutRow, StoredEvent};
 pub use error::StoreError;
 pub use log::{
-    disagreements_at, open_reader, rebuild_aggregates, restore_aggregates, spawn_log_writer,
-    FeedbackOutcome, LogHandle, LogStats, LogWriterConfig, Retention, DEFAULT_RETENTION_BATCH,
-    DEFAULT_SNAPSHOT_EVERY,
+    captured_requests_at, disagreements_at, open_reader, rebuild_aggregates, restore_aggregates,
+    spawn_log_writer, FeedbackOutcome, LogHandle, LogStats, LogWriterConfig, Retention,
+    DEFAULT_RETENTION_BATCH, DEFAULT_SNAPSHOT_EVERY,
 };
-pub use log_rows::{Disagreement, FeedbackRow, LogRow};
+pub use log_rows::{CapturedQuery, CapturedRequest, Disagreement, FeedbackRow, LogRow};
 pub use sqlite::open;
-pub use sqlite_log::{count_records, disagreements, read_log, rebuild_aggregates_in_memory};
+pub use sqlite_log::{
+    captured_requests, count_records, disagreements, read_log, rebuild_aggregates_in_memory,
+};
 pub use url::StoreUrl;

@@ -19,7 +19,7 @@ use rusqlite::Connection;
 use switchyard_core::{Aggregates, Feedback, PredictionRecord};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::log_rows::{with_pairs, Disagreement, Prune, Sink};
+use crate::log_rows::{with_pairs, CapturedQuery, CapturedRequest, Disagreement, Prune, Sink};
 use crate::sqlite_log::SqliteSink;
 use crate::{pg, pg_log, sqlite, sqlite_log, StoreError, StoreUrl};
 
@@ -553,6 +553,34 @@ pub fn disagreements_at(
             std::thread::spawn(move || {
                 let mut client = pg::connect(&url)?;
                 pg_log::disagreements(&mut client, &model, &primary, &shadow, limit)
+            })
+            .join()
+            .map_err(|_| StoreError::WriterStopped)?
+        }
+    }
+}
+
+/// The captured requests of a model (see [`CapturedQuery`]) in whichever store `url` names,
+/// read for a replay. A SQLite file that does not exist is an error, not a new empty store.
+pub fn captured_requests_at(
+    url: &StoreUrl,
+    query: &CapturedQuery,
+) -> Result<Vec<CapturedRequest>, StoreError> {
+    match url {
+        StoreUrl::Sqlite(path) => {
+            if !path.is_file() {
+                return Err(StoreError::Rejected(format!(
+                    "no prediction log at {} (no such file)",
+                    path.display()
+                )));
+            }
+            sqlite_log::captured_requests(&sqlite::open(path)?, query)
+        }
+        StoreUrl::Postgres(url) => {
+            let (url, query) = (url.clone(), query.clone());
+            std::thread::spawn(move || {
+                let mut client = pg::connect(&url)?;
+                pg_log::captured_requests(&mut client, &query)
             })
             .join()
             .map_err(|_| StoreError::WriterStopped)?

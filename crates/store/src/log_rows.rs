@@ -195,6 +195,70 @@ impl Disagreement {
     }
 }
 
+/// Which captured requests a replay reads: one model's serving records whose request body was
+/// captured (`log.capture_inputs`), in `[since_ms, until_ms)`, oldest first, at most `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedQuery {
+    pub model: String,
+    /// Milliseconds since the Unix epoch, inclusive (`None`: from the first record).
+    pub since_ms: Option<i64>,
+    /// Exclusive (`None`: up to the last record).
+    pub until_ms: Option<i64>,
+    pub limit: usize,
+}
+
+impl CapturedQuery {
+    /// The bounds as SQL parameters: `[since, until)`.
+    pub(crate) fn window(&self) -> (i64, i64) {
+        (
+            self.since_ms.unwrap_or(i64::MIN),
+            self.until_ms.unwrap_or(i64::MAX),
+        )
+    }
+
+    pub(crate) fn sql_limit(&self) -> i64 {
+        i64::try_from(self.limit).unwrap_or(i64::MAX)
+    }
+}
+
+/// A served request whose body the log captured, with its label when feedback gave one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapturedRequest {
+    pub request_id: String,
+    pub ts_ms: i64,
+    /// The request body as captured (cut at `log.max_input_bytes`, so possibly not whole).
+    pub input: String,
+    /// The request's segment values, as its serving record carries them.
+    pub segments: Vec<(String, String)>,
+    /// The label or value of the request's feedback (`None`: none, or business metrics only).
+    pub truth: Option<Truth>,
+}
+
+impl CapturedRequest {
+    /// A captured request from the columns the captured-requests query returns (both
+    /// backends): segments and truth are JSON text.
+    pub(crate) fn from_columns(
+        request_id: String,
+        ts_ms: i64,
+        input: String,
+        segments: Option<&str>,
+        truth: Option<&str>,
+    ) -> Result<CapturedRequest, StoreError> {
+        let truth = truth
+            .map(serde_json::from_str::<Truth>)
+            .transpose()
+            .map_err(|e| corrupt("truth", e))?
+            .filter(|t| *t != Truth::None);
+        Ok(CapturedRequest {
+            request_id,
+            ts_ms,
+            input,
+            segments: segments_from_text(segments)?,
+            truth,
+        })
+    }
+}
+
 /// Restores each shadow row's pairing with the serving row of its request.
 pub(crate) fn with_pairs(rows: Vec<LogRow>) -> Vec<PredictionRecord> {
     let serving = rows

@@ -11,7 +11,8 @@ use switchyard_core::{Aggregates, Feedback, Outcome, Prediction, PredictionRecor
 use crate::error::corrupt;
 use crate::log_rows::{
     feedback_from_json, feedback_to_json, segments_from_text, segments_to_text, store_feedback,
-    Disagreement, FeedbackTx, Labelled, LogRow, Prune, Sink, StreamFold,
+    CapturedQuery, CapturedRequest, Disagreement, FeedbackTx, Labelled, LogRow, Prune, Sink,
+    StreamFold,
 };
 use crate::pg;
 use crate::wire::{decode_aggregates, encode_aggregates};
@@ -417,6 +418,36 @@ pub(crate) fn disagreements(
                 &p,
                 &s,
                 r.try_get(5)?,
+            )
+        })
+        .collect()
+}
+
+/// `captured_requests` in PostgreSQL: every replica's records.
+pub(crate) fn captured_requests(
+    client: &mut Client,
+    q: &CapturedQuery,
+) -> Result<Vec<CapturedRequest>, StoreError> {
+    let (since, until) = q.window();
+    let rows = client.query(
+        "SELECT p.request_id, p.ts_ms, p.input, p.segments, f.truth
+         FROM predictions p
+         LEFT JOIN feedback f ON f.request_id = p.request_id
+         WHERE p.model = $1 AND p.role = 'serving' AND p.input IS NOT NULL
+               AND p.ts_ms >= $2 AND p.ts_ms < $3
+         ORDER BY p.id LIMIT $4",
+        &[&q.model, &since, &until, &q.sql_limit()],
+    )?;
+    rows.iter()
+        .map(|r| {
+            let (segments, truth): (Option<String>, Option<String>) =
+                (r.try_get(3)?, r.try_get(4)?);
+            CapturedRequest::from_columns(
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                segments.as_deref(),
+                truth.as_deref(),
             )
         })
         .collect()

@@ -10,8 +10,8 @@ use switchyard_core::{Aggregates, Feedback, Outcome, Prediction, PredictionRecor
 use crate::error::corrupt;
 use crate::log_rows::{
     feedback_from_json, feedback_to_json, fold_log, segments_from_text, segments_to_text,
-    store_feedback, Disagreement, FeedbackRow, FeedbackTx, Labelled, LogRow, Prune, Sink,
-    StreamFold,
+    store_feedback, CapturedQuery, CapturedRequest, Disagreement, FeedbackRow, FeedbackTx,
+    Labelled, LogRow, Prune, Sink, StreamFold,
 };
 use crate::wire::{decode_aggregates, encode_aggregates};
 use crate::StoreError;
@@ -176,6 +176,44 @@ pub fn disagreements(
         let (request_id, ts_ms, input, p, s, t) = row?;
         out.push(Disagreement::from_columns(
             request_id, ts_ms, input, &p, &s, t,
+        )?);
+    }
+    Ok(out)
+}
+
+/// The serving records of a model whose request body was captured, with their labels (see
+/// [`CapturedQuery`]).
+pub fn captured_requests(
+    conn: &Connection,
+    q: &CapturedQuery,
+) -> Result<Vec<CapturedRequest>, StoreError> {
+    let (since, until) = q.window();
+    let mut stmt = conn.prepare_cached(
+        "SELECT p.request_id, p.ts_ms, p.input, p.segments, f.truth
+         FROM predictions p
+         LEFT JOIN feedback f ON f.request_id = p.request_id
+         WHERE p.model = ?1 AND p.role = 'serving' AND p.input IS NOT NULL
+               AND p.ts_ms >= ?2 AND p.ts_ms < ?3
+         ORDER BY p.id LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(params![q.model, since, until, q.sql_limit()], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<String>>(3)?,
+            r.get::<_, Option<String>>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (request_id, ts_ms, input, segments, truth) = row?;
+        out.push(CapturedRequest::from_columns(
+            request_id,
+            ts_ms,
+            input,
+            segments.as_deref(),
+            truth.as_deref(),
         )?);
     }
     Ok(out)

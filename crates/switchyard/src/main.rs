@@ -25,6 +25,9 @@ enum Command {
     Check(cli::serve::CheckArgs),
     /// Bearer tokens for named credentials: `token new` makes one, `token hash` hashes one.
     Token(cli::token::TokenArgs),
+    /// Judge a candidate on recorded requests (a CSV or JSONL file, or the prediction log)
+    /// with the shadow's rules, before it sees live traffic.
+    Replay(cli::replay::ReplayArgs),
     /// Run a statistical test directly (the engine the controller uses for its decisions).
     Stats(cli::stats::StatsArgs),
     /// Operator commands over the admin API: apply, status, promote, rollback, pause, resume,
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => cli::demo::run(args),
         Command::Serve(args) => cli::serve::serve(args),
         Command::Check(args) => cli::serve::check(args),
+        Command::Replay(args) => cli::replay::run(args),
         Command::Stats(args) => cli::stats::run(args),
         Command::Token(args) => cli::token::run(args),
         Command::Admin(command) => cli::admin::run(command),
@@ -53,6 +57,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            if let Some(verdict) = err.downcast_ref::<cli::replay::Verdict>() {
+                eprintln!("{verdict}");
+                return ExitCode::from(verdict.exit_code());
+            }
             eprintln!("error: {err:#}");
             if err.downcast_ref::<cli::InputError>().is_some() {
                 ExitCode::from(2)

@@ -260,7 +260,9 @@ impl Controller {
         Ok(spec)
     }
 
-    fn resolve(&self, path: &str) -> PathBuf {
+    /// A path of a spec or an admin request: relative ones against the configuration's
+    /// directory.
+    pub fn resolve(&self, path: &str) -> PathBuf {
         let p = PathBuf::from(path);
         if p.is_absolute() {
             p

@@ -15,6 +15,7 @@ mod mlserver;
 mod oip_client;
 mod onnx_engine;
 mod onnx_sklearn;
+mod replay;
 mod rollouts;
 mod tree_engine_props;
 mod ui;

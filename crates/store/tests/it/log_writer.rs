@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use support::Db;
 use switchyard_core::{Feedback, Outcome, PairRef, Prediction, PredictionRecord, Role, Truth};
-use switchyard_store::{spawn_log_writer, LogWriterConfig, Retention, StoreUrl};
+use switchyard_store::{
+    captured_requests_at, spawn_log_writer, CapturedQuery, LogWriterConfig, Retention, StoreUrl,
+};
 
 on_both_async!(
     feedback_joins_by_id_and_aggregates_match_a_recount,
@@ -18,6 +20,7 @@ on_both_async!(
     a_restart_restores_the_snapshot_and_replays_only_the_tail,
     retention_deletes_covered_records_but_never_those_a_rollout_reads,
     feedback_limited_to_models_labels_only_their_requests,
+    captured_requests_are_the_served_bodies_with_their_labels,
 );
 
 fn config(
@@ -564,4 +567,81 @@ async fn retention_deletes_covered_records_but_never_those_a_rollout_reads(db: &
     assert!(*log.aggregates().lock() == held);
     drop(log);
     thread.join().unwrap();
+}
+
+/// A replay's query: one model's serving records with a captured body, oldest first, in the
+/// time window, with the truth of their feedback (business metrics alone are no label).
+async fn captured_requests_are_the_served_bodies_with_their_labels(db: &Db) {
+    let (log, thread) = spawn_log_writer(config(db.url(), "r1", 1024, 7)).unwrap();
+    for i in 0..6i64 {
+        let id = format!("c{i}");
+        let mut serving = record(&id, Role::Serving, "v1", "1", None);
+        serving.ts_ms = 1_000 + i;
+        serving.input = (i != 3).then(|| format!("{{\"x\":{i}}}"));
+        assert!(log.record(serving));
+        // Shadow records are not requests to replay.
+        assert!(log.record(record(&id, Role::Shadow, "v2", "0", Some("1"))));
+    }
+    let mut other = record("o1", Role::Serving, "v1", "1", None);
+    other.model = "other".into();
+    assert!(log.record(other));
+    log.flush().await.unwrap();
+    let outcome = log
+        .feedback(
+            vec![
+                label("c1", "0"),
+                Feedback {
+                    request_id: "c2".into(),
+                    truth: Truth::None,
+                    metrics: vec![("revenue".into(), 1.0)],
+                },
+            ],
+            1_700_000_100_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.accepted, 2);
+    log.flush().await.unwrap();
+    let query = |since_ms, until_ms, limit| CapturedQuery {
+        model: "yield".into(),
+        since_ms,
+        until_ms,
+        limit,
+    };
+    let all = captured_requests_at(&db.url(), &query(None, None, 100)).unwrap();
+    let ids: Vec<&str> = all.iter().map(|c| c.request_id.as_str()).collect();
+    assert_eq!(ids, ["c0", "c1", "c2", "c4", "c5"], "no body, no replay");
+    assert_eq!(all[1].input, "{\"x\":1}");
+    assert_eq!(all[1].truth, Some(Truth::Labels(vec!["0".into()])));
+    assert_eq!(all[2].truth, None, "metrics only");
+    assert_eq!(all[0].segments, vec![("tester".into(), "even".into())]);
+    let window = captured_requests_at(&db.url(), &query(Some(1_001), Some(1_005), 100)).unwrap();
+    let ids: Vec<&str> = window.iter().map(|c| c.request_id.as_str()).collect();
+    assert_eq!(ids, ["c1", "c2", "c4"]);
+    assert_eq!(
+        captured_requests_at(&db.url(), &query(None, None, 2))
+            .unwrap()
+            .len(),
+        2
+    );
+    drop(log);
+    thread.join().unwrap();
+}
+
+#[test]
+fn captured_requests_of_a_missing_sqlite_file_are_an_error_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("none.sqlite");
+    let e = captured_requests_at(
+        &StoreUrl::sqlite(path.clone()),
+        &CapturedQuery {
+            model: "yield".into(),
+            since_ms: None,
+            until_ms: None,
+            limit: 10,
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("no prediction log at"), "{e}");
+    assert!(!path.exists());
 }

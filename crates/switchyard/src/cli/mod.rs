@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod demo;
+pub mod replay;
 pub mod serve;
 pub mod stats;
 pub mod token;

@@ -9,5 +9,6 @@ mod admin_cli;
 mod check;
 mod crash;
 mod demo;
+mod replay_cli;
 mod replicas;
 mod stats_cli;
