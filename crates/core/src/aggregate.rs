@@ -933,6 +933,75 @@ mod tests {
         assert_eq!(agg.of_model_from("other", 0).series.len(), 0);
     }
 
+    /// A serving record of request `id` at `epoch` with a `revenue` metric, and a labelled
+    /// regression instance (for the absolute errors' sample).
+    fn account(agg: &mut Aggregates, id: u64, epoch: u64, revenue: f64) {
+        let serving = PredictionRecord {
+            epoch,
+            ..value_rec(&format!("r{id}"), Role::Serving, "v1", &[revenue], None)
+        };
+        agg.record(&serving);
+        agg.record_feedback(
+            &[serving],
+            &Truth::Values(vec![revenue * 0.5]),
+            &[("revenue".into(), revenue)],
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+        /// The samples a rank test reads (each metric's values, the absolute errors) are the
+        /// same whichever windows or replicas counted which request and in whatever order they
+        /// merge, and compaction of the epochs keeps them: each is the bottom-k of one pass.
+        #[test]
+        fn value_samples_merge_like_one_pass_and_survive_compaction(
+            n in 0usize..(METRIC_SAMPLE_SIZE + 700),
+            parts in 1usize..5,
+            epochs in 1u64..6,
+            salt in 0u64..1_000,
+        ) {
+            let revenue = |i: u64| ((i * 7919 + salt) % 1_000) as f64 * 0.25 - 20.0;
+            let mut one = Aggregates::default();
+            let mut split = vec![Aggregates::default(); parts];
+            for i in 0..n as u64 {
+                let epoch = 1 + i % epochs;
+                account(&mut one, i, epoch, revenue(i));
+                let part = ((i ^ salt) as usize * 31) % parts;
+                account(&mut split[part], i, epoch, revenue(i));
+            }
+            let mut forward = Aggregates::default();
+            split.iter().for_each(|a| forward.merge(a));
+            let mut backward = Aggregates::default();
+            split.iter().rev().for_each(|a| backward.merge(a));
+            let total = |a: &Aggregates| a.variant("yield", "v1", Role::Serving, |_| true);
+            let whole = total(&one);
+            let expected = n.min(METRIC_SAMPLE_SIZE);
+            proptest::prop_assert_eq!(whole.abs_error_sample.len(), expected);
+            if n > 0 {
+                proptest::prop_assert_eq!(whole.metric_samples["revenue"].len(), expected);
+            }
+            // The bottom-k of the request ids' hashes, with their values.
+            let mut by_hash: Vec<(u64, f64)> =
+                (0..n as u64).map(|i| (sample_hash(&format!("r{i}"), 0), revenue(i))).collect();
+            by_hash.sort_by_key(|x| x.0);
+            by_hash.truncate(METRIC_SAMPLE_SIZE);
+            let kept: Vec<(u64, f64)> = whole
+                .metric_samples
+                .get("revenue")
+                .map_or_else(Vec::new, |s| s.0.iter().map(|(h, v)| (h, *v)).collect());
+            proptest::prop_assert_eq!(kept, by_hash);
+            for other in [total(&forward), total(&backward)] {
+                proptest::prop_assert_eq!(&other.metric_samples, &whole.metric_samples);
+                proptest::prop_assert_eq!(&other.abs_error_sample, &whole.abs_error_sample);
+            }
+            let mut compacted = one.clone();
+            compacted.compact_before(epochs);
+            let after = total(&compacted);
+            proptest::prop_assert_eq!(&after.metric_samples, &whole.metric_samples);
+            proptest::prop_assert_eq!(&after.abs_error_sample, &whole.abs_error_sample);
+        }
+    }
+
     #[test]
     fn values_are_kept_for_the_drift_of_predictions() {
         let mut agg = Aggregates::default();
