@@ -107,7 +107,10 @@ impl VariantStats {
             self.metrics.entry(name.clone()).or_default().merge(m);
         }
         for (name, s) in &other.metric_samples {
-            self.metric_samples.entry(name.clone()).or_default().merge(s);
+            self.metric_samples
+                .entry(name.clone())
+                .or_default()
+                .merge(s);
         }
         self.abs_error_sample.merge(&other.abs_error_sample);
         self.confusion.merge(&other.confusion);

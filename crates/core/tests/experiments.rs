@@ -11,8 +11,8 @@ use switchyard_core::rollout::{
     BanditSettings, Command, Correction, GuardLimit, Guardrail, MeanTest, Observations, Phase,
     PrimaryTest, Recommendation, RolloutKind, RolloutSpec,
 };
-use switchyard_core::{PredictionRecord, Role, Truth};
 use switchyard_core::routing::{bucket, ModelRoute, Strategy, BUCKETS};
+use switchyard_core::{PredictionRecord, Role, Truth};
 use switchyard_stats::rng::SeededRng;
 use switchyard_stats::Proportion;
 
@@ -519,7 +519,10 @@ fn a_heavy_tailed_metric_hides_a_shift_from_welch_that_mann_whitney_finds() {
         assert_eq!(arm.decision, ArmDecision::Inconclusive, "{arm:?}");
         assert!(arm.mann_whitney.is_none());
     }
-    assert!(welch.arms[1].diff.unwrap() < 0.0, "the whales pull the control's mean up");
+    assert!(
+        welch.arms[1].diff.unwrap() < 0.0,
+        "the whales pull the control's mean up"
+    );
 
     // Mann-Whitney: v2 wins, v3 stays inconclusive.
     a.test = MeanTest::MannWhitney;
@@ -529,7 +532,11 @@ fn a_heavy_tailed_metric_hides_a_shift_from_welch_that_mann_whitney_finds() {
     for (i, arm) in ranks.arms[1..].iter().enumerate() {
         let mw = arm.mann_whitney.unwrap();
         close("U", mw.u, floats(&m["statistic"])[i]);
-        close("U as statistic", arm.statistic.unwrap(), floats(&m["statistic"])[i]);
+        close(
+            "U as statistic",
+            arm.statistic.unwrap(),
+            floats(&m["statistic"])[i],
+        );
         close("p", arm.p_value.unwrap(), floats(&m["p_values"])[i]);
         close("p", mw.p_value, floats(&m["p_values"])[i]);
         close(
@@ -720,7 +727,10 @@ fn approve_twice(spec: &RolloutSpec, state: switchyard_core::rollout::RolloutSta
     let split = state.strategy.clone();
     let (state, actions) = command(spec, &state, Command::Approve, "alice", 4_000).unwrap();
     assert_eq!(state.phase, Phase::AwaitingApproval);
-    assert_eq!(state.strategy, split, "the split stays until the second name");
+    assert_eq!(
+        state.strategy, split,
+        "the split stays until the second name"
+    );
     assert!(!actions.iter().any(|a| matches!(a, Action::SetStrategy(_))));
     assert_eq!(events(&actions)[0].0, "approval_recorded");
     let (state, actions) = command(spec, &state, Command::Approve, "alice", 4_500).unwrap();

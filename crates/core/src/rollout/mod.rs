@@ -716,7 +716,9 @@ fn promote_or_await(
             if needed == 1 {
                 format!("{verdict}; {keep} serves all traffic once approved")
             } else {
-                format!("{verdict}; {keep} serves all traffic once {needed} distinct approvers approve")
+                format!(
+                    "{verdict}; {keep} serves all traffic once {needed} distinct approvers approve"
+                )
             },
             vec![d("version", keep), d("approvals_needed", u64::from(needed))],
         );

@@ -369,7 +369,10 @@ fn aggregates_survive_their_text_form() {
     }
     let v1 = agg.variant("yield", "v1", Role::Serving, |_| true);
     assert_eq!(
-        (v1.metric_samples["revenue"].len(), v1.abs_error_sample.len()),
+        (
+            v1.metric_samples["revenue"].len(),
+            v1.abs_error_sample.len()
+        ),
         (switchyard_core::aggregate::METRIC_SAMPLE_SIZE, 80)
     );
     let text = encode_aggregates(&agg).unwrap();
