@@ -73,6 +73,18 @@ abn.json          A/B/n: k arms against the first (the control), each case one
                   [s_v, s_c], [n_v, n_c]) z and p. Then multipletests(p,
                   alpha, method='holm' | 'bonferroni'): adjusted p-values and
                   the rejections.
+rank_tests.json   Mann-Whitney with its effect size, and an A/B/n on a
+                  heavy-tailed metric (its own generator, seed 20261215).
+                  kind "pair": scipy mannwhitneyu(a, b, alternative=
+                  'two-sided', method='asymptotic', use_continuity=True);
+                  u is U for a, common_language = u / (len(a) len(b)),
+                  i.e. P(a > b) + P(a = b) / 2. kind "arms": k arms against
+                  the first (read by crates/core/tests/experiments.rs,
+                  which feeds the values through the aggregates as feedback
+                  metrics): per variant mannwhitneyu(variant, control) as
+                  above and ttest_ind(variant, control, equal_var=False),
+                  each test's p-values adjusted by multipletests(method=
+                  'holm' | 'bonferroni'). Values are rounded to cents.
 confidence_sequence.json
                   the mSPRT's normal-mixture confidence sequence, found
                   without its closed form: the two roots in theta of
@@ -1254,6 +1266,79 @@ def gen_confidence_sequence():
                  "scipy.optimize.brentq (no closed form)", cases, min_cases=MIN_CASES_NEW)
 
 
+# --------------------------------------------------------------------------
+# 17. Rank tests: Mann-Whitney's effect size, a heavy-tailed A/B/n
+#     (their own generator, so the fixtures above keep their bytes)
+# --------------------------------------------------------------------------
+
+rng6 = np.random.default_rng(20261215)
+
+
+def mw(a, b):
+    r = st.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic", use_continuity=True)
+    return f(r.statistic), f(r.pvalue), f(r.statistic / (len(a) * len(b)))
+
+
+def rank_arms_case(name, arms, alpha=0.05):
+    arms = [np.round(np.asarray(a, dtype=float), 2) for a in arms]
+    control = arms[0]
+    case = dict(kind="arms", name=name, alpha=alpha, arms=[flist(a) for a in arms])
+    for test in ("mann_whitney", "welch"):
+        stat, p, cl = [], [], []
+        for v in arms[1:]:
+            if test == "welch":
+                r = st.ttest_ind(v, control, equal_var=False)
+                stat.append(f(r.statistic))
+                p.append(f(r.pvalue))
+            else:
+                u, pv, c = mw(v, control)
+                stat.append(u)
+                p.append(pv)
+                cl.append(c)
+        case[test] = dict(statistic=stat, p_values=p)
+        if cl:
+            case[test]["common_language"] = cl
+        for method in ("holm", "bonferroni"):
+            reject, adjusted, _, _ = multipletests(np.asarray(p), alpha=alpha, method=method)
+            case[test][method] = flist(adjusted)
+            case[test][f"reject_{method}"] = [bool(x) for x in reject]
+    return case
+
+
+def gen_rank_tests():
+    cases = []
+    pairs = [
+        ("normal_shift", rng6.normal(0.3, 1.0, 800), rng6.normal(0.0, 1.0, 900)),
+        ("lognormal_heavy_tail", rng6.lognormal(0.2, 2.0, 300), rng6.lognormal(0.0, 2.0, 280)),
+        ("rounded_ties", np.round(rng6.exponential(3.0, 400)), np.round(rng6.exponential(3.3, 410))),
+        ("no_shift", rng6.normal(5.0, 2.0, 150), rng6.normal(5.0, 2.0, 170)),
+        ("separated", np.arange(50, 70, dtype=float), np.arange(0, 25, dtype=float)),
+        ("mostly_zero", np.concatenate([np.zeros(90), rng6.exponential(20.0, 10)]),
+         np.concatenate([np.zeros(80), rng6.exponential(20.0, 20)])),
+    ]
+    for name, a, b in pairs:
+        a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+        u, p, cl = mw(a, b)
+        cases.append(dict(kind="pair", name=name, a=flist(a), b=flist(b), u=u, p_value=p,
+                          common_language=cl))
+    # Revenue per request: arm b is shifted up by 3% for nearly everyone, arm c is equal, and
+    # the control has three whales (a few huge orders). The whales swamp Welch's t (the
+    # control's mean and variance are theirs); the ranks see the shift.
+    whales = np.array([20_000.0, 25_000.0, 30_000.0])
+    control = np.concatenate([rng6.normal(100.0, 10.0, 597), whales])
+    b = rng6.normal(103.0, 10.0, 600)
+    c = rng6.normal(100.0, 10.0, 600)
+    case = rank_arms_case("revenue_with_whales", [control, b, c])
+    welch, ranks = case["welch"], case["mann_whitney"]
+    assert welch["holm"][0] > 0.05 and welch["holm"][1] > 0.05, welch
+    assert ranks["holm"][0] < 1e-3 and ranks["holm"][1] > 0.05, ranks
+    assert ranks["common_language"][0] > 0.5
+    cases.append(case)
+    return write("rank_tests.json", "scipy.stats.mannwhitneyu(method='asymptotic'), "
+                 "scipy.stats.ttest_ind(equal_var=False), statsmodels multipletests(method='holm'|"
+                 "'bonferroni')", cases, min_cases=MIN_CASES_NEW)
+
+
 def main():
     if not os.path.isdir(os.path.join("crates", "stats")):
         sys.exit("run from the repository root (crates/stats not found)")
@@ -1279,6 +1364,7 @@ def main():
     gen_value_drift()
     gen_abn()
     gen_confidence_sequence()
+    gen_rank_tests()
 
     seed_ss = next(c for c in ss if c["baseline"] == 0.90 and c["mde"] == 0.02)
     seed_mc = next(c for c in mc if c["b"] == 50 and c["c"] == 30)

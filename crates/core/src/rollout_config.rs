@@ -101,6 +101,11 @@ impl<'de> Visitor<'de> for RolloutVisitor {
                     raw.shadow.approvals = v;
                     raw.ab.approvals = v;
                 }
+                "test" => {
+                    let v: Option<String> = map.next_value()?;
+                    raw.shadow.test.clone_from(&v);
+                    raw.ab.test = v;
+                }
                 "max_error_rate" => {
                     let v: Option<f64> = map.next_value()?;
                     raw.shadow.max_error_rate = v;
@@ -634,7 +639,8 @@ mod tests {
                 "approvals",
                 "candidate",
                 "max_error_rate",
-                "min_duration_ms"
+                "min_duration_ms",
+                "test"
             ]
         );
     }
@@ -714,6 +720,82 @@ mod tests {
                 problems.iter().any(|p| p.contains(expected)),
                 "{expected} not in {problems:#?}"
             );
+        }
+    }
+
+    #[test]
+    fn test_chooses_mann_whitney_for_a_continuous_metric_and_is_a_problem_elsewhere() {
+        use crate::rollout::MeanTest;
+        let parse = |yaml: &str| {
+            let raw: RawRollout = serde_yaml::from_str(yaml).unwrap();
+            raw.validate(&["v1", "v2", "v3"])
+        };
+        let head = "name: a\nmodel: m\nkind: ab\ncontrol: v1\ntreatment: v2\n";
+        let test_of = |yaml: &str| {
+            let spec = parse(yaml).unwrap();
+            let RolloutKind::Ab(a) = &spec.kind else {
+                panic!("{spec:?}")
+            };
+            a.test
+        };
+        assert_eq!(
+            test_of(&format!(
+                "{head}metric: mean:revenue\nmin_per_arm: 100\ntest: mann_whitney\n"
+            )),
+            MeanTest::MannWhitney
+        );
+        assert_eq!(
+            test_of(&format!(
+                "{head}metric: abs_error\nmin_per_arm: 100\ntest: mann_whitney\n"
+            )),
+            MeanTest::MannWhitney
+        );
+        // Unwritten: Welch.
+        assert_eq!(
+            test_of(&format!("{head}metric: mean:revenue\nmin_per_arm: 100\n")),
+            MeanTest::Welch
+        );
+        // On a proportion, on latency, misspelt, on a bandit, with sequential: each a listed
+        // problem beside the spec's others.
+        for (yaml, expected) in [
+            (
+                format!("{head}metric: conversion:buy\nmin_per_arm: 100\ntest: mann_whitney\ntreatment_weight: 0\n"),
+                vec![
+                    "test: mann_whitney compares the values of a continuous metric (mean:<name> or abs_error), and metric 'conversion:buy' is not one (a proportion is compared by the two-proportion z-test)",
+                    "treatment weight must be in (0, 100)%",
+                ],
+            ),
+            (
+                format!("{head}baseline: 0.5\nmde: 0.1\ntest: mann_whitney\n"),
+                vec!["metric 'accuracy' is not one (a proportion"],
+            ),
+            (
+                format!("{head}metric: latency_p95\nmin_per_arm: 100\ntest: mann_whitney\n"),
+                vec![
+                    "metric: 'latency_p95' is not accuracy",
+                    "test: mann_whitney compares the values of a continuous metric (mean:<name> or abs_error), and metric 'latency_p95' is not one",
+                ],
+            ),
+            (
+                format!("{head}metric: mean:x\nmin_per_arm: 100\ntest: wilcoxon\n"),
+                vec!["test: must be welch or mann_whitney, got 'wilcoxon'"],
+            ),
+            (
+                format!("{head}metric: mean:x\nmin_per_arm: 100\ntest: mann_whitney\nsequential: true\n"),
+                vec!["test: mann_whitney is a fixed-horizon test; sequential: true monitors the means"],
+            ),
+            (
+                "name: b\nmodel: m\nkind: bandit\ncontrol: v1\ntreatment: v2\nmetric: mean:x\ntest: mann_whitney\n".to_string(),
+                vec!["test: mann_whitney: a bandit concludes by Thompson sampling's P(best)"],
+            ),
+        ] {
+            let problems = parse(&yaml).unwrap_err();
+            for e in expected {
+                assert!(
+                    problems.iter().any(|p| p.contains(e)),
+                    "{e} not in {problems:#?}"
+                );
+            }
         }
     }
 }

@@ -3,14 +3,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use switchyard_core::aggregate::VariantStats;
+use serde_yaml::Value;
+use switchyard_core::aggregate::{Aggregates, VariantStats};
 use switchyard_core::audit::{Detail, Severity};
 use switchyard_core::rollout::{
-    abn_report, start, tick, AbMetric, AbSpec, AbVariant, Action, ArmDecision, BanditSettings,
-    Command, Correction, GuardLimit, Guardrail, Observations, Phase, Recommendation, RolloutKind,
-    RolloutSpec,
+    abn_report, command, start, tick, AbMetric, AbSpec, AbVariant, Action, ArmDecision,
+    BanditSettings, Command, Correction, GuardLimit, Guardrail, MeanTest, Observations, Phase,
+    PrimaryTest, Recommendation, RolloutKind, RolloutSpec,
 };
 use switchyard_core::routing::{bucket, ModelRoute, Strategy, BUCKETS};
+use switchyard_core::{PredictionRecord, Role, Truth};
 use switchyard_stats::rng::SeededRng;
 use switchyard_stats::Proportion;
 
@@ -48,6 +50,7 @@ fn abn(variants: &[&str], guardrails: Vec<Guardrail>) -> AbSpec {
         min_per_arm: None,
         bandit: None,
         approvals: 1,
+        test: MeanTest::Welch,
     }
 }
 
@@ -411,4 +414,339 @@ fn a_manual_promotion_of_an_abn_promotes_its_winner() {
     );
     assert!(events(&actions).iter().any(|(kind, d)| kind == "promoted"
         && d.contains(&("version".into(), Detail::Text("v3".into())))));
+}
+
+/// The fixture `tools/gen_stats_fixtures.py` writes (`rank_tests.json`) with scipy and
+/// statsmodels: revenue per request in three arms, the control with three whales.
+fn whales_case() -> Value {
+    let path = format!(
+        "{}/../stats/tests/fixtures/rank_tests.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let doc: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    doc["cases"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "revenue_with_whales")
+        .unwrap()
+        .clone()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_sequence()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+#[track_caller]
+fn close(what: &str, got: f64, want: f64) {
+    assert!(
+        (got - want).abs() <= 1e-12 + 1e-7 * want.abs(),
+        "{what}: got {got:e}, scipy {want:e}"
+    );
+}
+
+/// Each arm's values posted as feedback metrics (`revenue`) through the aggregates, one
+/// request each, as the gateway counts them: the observations of a test that began at epoch 1.
+fn revenue_observations(arms: &[Vec<f64>]) -> Observations {
+    let mut agg = Aggregates::default();
+    for (i, values) in arms.iter().enumerate() {
+        let version = format!("v{}", i + 1);
+        let variant = ((b'a' + i as u8) as char).to_string();
+        for (j, x) in values.iter().enumerate() {
+            let rec = PredictionRecord {
+                request_id: format!("{variant}-{j}"),
+                ts_ms: 0,
+                model: "yield".into(),
+                epoch: 1,
+                variant: variant.clone(),
+                role: Role::Serving,
+                version: version.clone(),
+                key_hash: None,
+                outcome: switchyard_core::record::Outcome::Ok,
+                status: 200,
+                latency_us: 1_000,
+                output: switchyard_core::record::Prediction::None,
+                input: None,
+                pair: None,
+                segments: Vec::new(),
+            };
+            agg.record(&rec);
+            agg.record_feedback(&[rec], &Truth::None, &[("revenue".into(), *x)]);
+        }
+    }
+    let mut o = Observations::default();
+    for (i, values) in arms.iter().enumerate() {
+        let version = format!("v{}", i + 1);
+        let stats = agg.variant("yield", &version, Role::Serving, |_| true);
+        assert_eq!(stats.metric_samples["revenue"].len(), values.len());
+        o.total.insert(version.clone(), stats.clone());
+        o.step.insert(version, stats);
+        o.by_variant
+            .insert(((b'a' + i as u8) as char).to_string(), values.len() as u64);
+    }
+    o
+}
+
+/// A heavy-tailed metric: three whales in the control swamp Welch's t (its mean and spread are
+/// theirs, and the variant even looks worse on the means), so nothing is found; Mann-Whitney on
+/// the same values finds the variant shifted up. Every number is scipy's / statsmodels' on the
+/// same values (`rank_tests.json`), after the values went through the aggregates.
+#[test]
+fn a_heavy_tailed_metric_hides_a_shift_from_welch_that_mann_whitney_finds() {
+    let case = whales_case();
+    let arms: Vec<Vec<f64>> = serde_yaml::from_value(case["arms"].clone()).unwrap();
+    let o = revenue_observations(&arms);
+    let mut a = abn(&["v3"], vec![]);
+    a.metric = AbMetric::Mean("revenue".into());
+    a.min_per_arm = Some(500);
+    a.treatment_weight = 3_333;
+    a.variants[0].weight = 3_333;
+    let welch_spec = spec(a.clone());
+    let (state, _) = start(&welch_spec, 0, "cli");
+
+    // Welch: inconclusive, as scipy says.
+    let welch = abn_report(&a, &state, &o);
+    assert_eq!(welch.test, PrimaryTest::Welch);
+    let w = &case["welch"];
+    for (i, arm) in welch.arms[1..].iter().enumerate() {
+        close("t", arm.statistic.unwrap(), floats(&w["statistic"])[i]);
+        close("p", arm.p_value.unwrap(), floats(&w["p_values"])[i]);
+        close("holm", arm.adjusted_p_value.unwrap(), floats(&w["holm"])[i]);
+        assert_eq!(arm.decision, ArmDecision::Inconclusive, "{arm:?}");
+        assert!(arm.mann_whitney.is_none());
+    }
+    assert!(
+        welch.arms[1].diff.unwrap() < 0.0,
+        "the whales pull the control's mean up"
+    );
+
+    // Mann-Whitney: v2 wins, v3 stays inconclusive.
+    a.test = MeanTest::MannWhitney;
+    let ranks = abn_report(&a, &state, &o);
+    assert_eq!(ranks.test, PrimaryTest::MannWhitney);
+    let m = &case["mann_whitney"];
+    for (i, arm) in ranks.arms[1..].iter().enumerate() {
+        let mw = arm.mann_whitney.unwrap();
+        close("U", mw.u, floats(&m["statistic"])[i]);
+        close(
+            "U as statistic",
+            arm.statistic.unwrap(),
+            floats(&m["statistic"])[i],
+        );
+        close("p", arm.p_value.unwrap(), floats(&m["p_values"])[i]);
+        close("p", mw.p_value, floats(&m["p_values"])[i]);
+        close(
+            "common language",
+            mw.common_language,
+            floats(&m["common_language"])[i],
+        );
+        close("holm", arm.adjusted_p_value.unwrap(), floats(&m["holm"])[i]);
+        // Every value is in the samples (fewer than METRIC_SAMPLE_SIZE).
+        assert_eq!(
+            (mw.n_a, mw.n_b),
+            (arms[i + 1].len() as u64, arms[0].len() as u64)
+        );
+        assert!(arm.ci_low.is_none() && arm.ci_high.is_none());
+    }
+    let decisions: Vec<ArmDecision> = ranks.arms.iter().map(|a| a.decision).collect();
+    assert_eq!(
+        decisions,
+        [
+            ArmDecision::Control,
+            ArmDecision::Winner,
+            ArmDecision::Inconclusive
+        ]
+    );
+    // Bonferroni adjusts the same p-values as statsmodels.
+    a.correction = Correction::Bonferroni;
+    let bonf = abn_report(&a, &state, &o);
+    for (i, arm) in bonf.arms[1..].iter().enumerate() {
+        close(
+            "bonferroni",
+            arm.adjusted_p_value.unwrap(),
+            floats(&m["bonferroni"])[i],
+        );
+    }
+    a.correction = Correction::Holm;
+
+    // Ticking: the Welch test concludes with no difference, the rank test with v2.
+    let (s, _) = tick(&welch_spec, &state, &o, 1);
+    assert_eq!(
+        (s.phase, s.recommendation, s.winner.as_deref()),
+        (Phase::Completed, Some(Recommendation::Neutral), Some("v1"))
+    );
+    let ranks_spec = spec(a);
+    let (state, _) = start(&ranks_spec, 0, "cli");
+    let (s, actions) = tick(&ranks_spec, &state, &o, 1);
+    assert_eq!(
+        (s.phase, s.recommendation, s.winner.as_deref()),
+        (Phase::Completed, Some(Recommendation::Promote), Some("v2"))
+    );
+    let (kind, details) = &events(&actions)[0];
+    assert_eq!(kind, "ab_concluded");
+    assert!(details.contains(&("test".into(), Detail::Text("mann_whitney".into()))));
+    assert!(details.iter().any(|(k, _)| k == "b_common_language"));
+}
+
+/// Past METRIC_SAMPLE_SIZE values an arm's test runs on its bounded sample: the sizes used are
+/// reported, and the sample is the same whichever replica or window counted which value.
+#[test]
+fn mann_whitney_runs_on_the_bounded_samples_past_their_size() {
+    use switchyard_core::aggregate::METRIC_SAMPLE_SIZE;
+    let n = METRIC_SAMPLE_SIZE + 500;
+    let mut rng = SeededRng::new(11);
+    let arms: Vec<Vec<f64>> = [0.0, 0.3]
+        .iter()
+        .map(|shift| (0..n).map(|_| rng.uniform() + shift).collect())
+        .collect();
+    let o = revenue_observations_unchecked(&arms);
+    let mut a = abn(&[], vec![]);
+    a.metric = AbMetric::Mean("revenue".into());
+    a.min_per_arm = Some(1_000);
+    a.test = MeanTest::MannWhitney;
+    let (state, _) = start(&spec(a.clone()), 0, "cli");
+    let report = abn_report(&a, &state, &o);
+    let b = &report.arms[1];
+    let mw = b.mann_whitney.unwrap();
+    assert_eq!(
+        (mw.n_a, mw.n_b),
+        (METRIC_SAMPLE_SIZE as u64, METRIC_SAMPLE_SIZE as u64)
+    );
+    // Every value counts in the moments.
+    assert_eq!(b.metric.samples(), n as u64);
+    assert_eq!(b.decision, ArmDecision::Winner);
+    assert!(mw.common_language > 0.6, "{mw:?}");
+}
+
+/// [`revenue_observations`] without its check that every value is in the sample.
+fn revenue_observations_unchecked(arms: &[Vec<f64>]) -> Observations {
+    let mut agg = Aggregates::default();
+    for (i, values) in arms.iter().enumerate() {
+        let variant = ((b'a' + i as u8) as char).to_string();
+        for (j, x) in values.iter().enumerate() {
+            let rec = PredictionRecord {
+                request_id: format!("{variant}-{j}"),
+                ts_ms: 0,
+                model: "yield".into(),
+                epoch: 1,
+                variant: variant.clone(),
+                role: Role::Serving,
+                version: format!("v{}", i + 1),
+                key_hash: None,
+                outcome: switchyard_core::record::Outcome::Ok,
+                status: 200,
+                latency_us: 1_000,
+                output: switchyard_core::record::Prediction::None,
+                input: None,
+                pair: None,
+                segments: Vec::new(),
+            };
+            agg.record(&rec);
+            agg.record_feedback(&[rec], &Truth::None, &[("revenue".into(), *x)]);
+        }
+    }
+    let mut o = Observations::default();
+    for (i, values) in arms.iter().enumerate() {
+        let version = format!("v{}", i + 1);
+        let stats = agg.variant("yield", &version, Role::Serving, |_| true);
+        o.total.insert(version.clone(), stats.clone());
+        o.step.insert(version, stats);
+        o.by_variant
+            .insert(((b'a' + i as u8) as char).to_string(), values.len() as u64);
+    }
+    o
+}
+
+/// A concluded A/B/n that asks for two approvers (`approvals: 2`, no `auto_promote`) keeps its
+/// split until two distinct names approved, with an audit event for each; then its winner (not
+/// the spec's second arm) serves everything.
+#[test]
+fn an_abn_conclusion_needing_two_approvers_promotes_its_winner_on_the_second_name() {
+    let mut ab = abn(&["v3"], vec![]);
+    ab.auto_promote = false;
+    ab.approvals = 2;
+    let spec = spec(ab);
+    let (state, _) = start(&spec, 1_000, "cli");
+    let done = observe(&[
+        ("v1", arm(3_300, 20, 1_600, 1_280)),
+        ("v2", arm(1_650, 10, 1_600, 1_285)),
+        ("v3", arm(1_650, 10, 1_600, 1_408)),
+    ]);
+    let (state, actions) = tick(&spec, &state, &done, 3_000);
+    assert_eq!(
+        (state.phase, state.winner.as_deref()),
+        (Phase::AwaitingApproval, Some("v3"))
+    );
+    let kinds: Vec<String> = events(&actions).into_iter().map(|e| e.0).collect();
+    assert_eq!(kinds, ["ab_concluded", "awaiting_approval"]);
+    let (_, waiting) = &events(&actions)[1];
+    assert!(waiting.contains(&("approvals_needed".into(), Detail::Num(2.0))));
+    assert!(waiting.contains(&("version".into(), Detail::Text("v3".into()))));
+    assert_eq!(spec.approvals_needed(&state), 2);
+    approve_twice(&spec, state, "v3");
+}
+
+/// The same for a bandit: its conclusion waits for two distinct approvers, then promotes the
+/// arm it found best.
+#[test]
+fn a_bandit_conclusion_needing_two_approvers_promotes_its_best_arm_on_the_second_name() {
+    let mut a = abn(&["v3"], vec![]);
+    a.treatment_weight = 3_333;
+    a.variants[0].weight = 3_333;
+    a.bandit = Some(BanditSettings {
+        draws: 4_000,
+        stop_at_p_best: 0.95,
+        ..BanditSettings::default()
+    });
+    a.auto_promote = false;
+    a.approvals = 2;
+    let spec = spec(a);
+    let (state, _) = start(&spec, 0, "cli");
+    let o = observe(&[
+        ("v1", arm(1_000, 0, 1_000, 800)),
+        ("v2", arm(1_000, 0, 1_000, 900)),
+        ("v3", arm(1_000, 0, 1_000, 790)),
+    ]);
+    let (state, actions) = tick(&spec, &state, &o, 60_000);
+    assert_eq!(
+        (state.phase, state.winner.as_deref()),
+        (Phase::AwaitingApproval, Some("v2"))
+    );
+    let kinds: Vec<String> = events(&actions).into_iter().map(|e| e.0).collect();
+    assert_eq!(kinds, ["reweighted", "ab_concluded", "awaiting_approval"]);
+    approve_twice(&spec, state, "v2");
+}
+
+/// alice approves (counted, the split stays), alice again (not counted), bob (the winner
+/// serves everything).
+fn approve_twice(spec: &RolloutSpec, state: switchyard_core::rollout::RolloutState, winner: &str) {
+    let split = state.strategy.clone();
+    let (state, actions) = command(spec, &state, Command::Approve, "alice", 4_000).unwrap();
+    assert_eq!(state.phase, Phase::AwaitingApproval);
+    assert_eq!(
+        state.strategy, split,
+        "the split stays until the second name"
+    );
+    assert!(!actions.iter().any(|a| matches!(a, Action::SetStrategy(_))));
+    assert_eq!(events(&actions)[0].0, "approval_recorded");
+    let (state, actions) = command(spec, &state, Command::Approve, "alice", 4_500).unwrap();
+    assert_eq!(state.phase, Phase::AwaitingApproval);
+    assert_eq!(events(&actions)[0].0, "approval_repeated");
+    let (state, actions) = command(spec, &state, Command::Approve, "bob", 5_000).unwrap();
+    assert_eq!(state.phase, Phase::Completed);
+    assert_eq!(
+        state.strategy,
+        Strategy::Single {
+            version: winner.into()
+        }
+    );
+    let kinds: Vec<String> = events(&actions).into_iter().map(|e| e.0).collect();
+    assert_eq!(kinds, ["approved", "promoted"]);
+    assert!(events(&actions)[1]
+        .1
+        .contains(&("version".into(), Detail::Text(winner.into()))));
 }

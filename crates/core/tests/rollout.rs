@@ -691,6 +691,7 @@ fn ab_spec() -> RolloutSpec {
             min_per_arm: None,
             bandit: None,
             approvals: 1,
+            test: Default::default(),
         }),
     }
 }

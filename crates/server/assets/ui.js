@@ -985,12 +985,15 @@
     const srm = n.srm || null;
     const outcome = n.outcome || {};
     const control = arms.length ? arms[0].version : r.current;
+    const ranks = n.test === 'mann_whitney';
+    const testName = { z_test: 'z-test', welch: 'Welch t', mann_whitney: 'Mann-Whitney U' }[n.test] || n.test || '';
     const outcomeText = outcome.outcome === 'winner' ? outcome.version + ' wins'
       : outcome.outcome === 'control_wins' ? control + ' (control) wins' : 'no significant difference (yet)';
     const out = [rolloutHead(r)];
     out.push(h('div', { class: 'tiles' },
       tile('arms', String(arms.length), { k: 'arm-count', sub: arms.map((x) => x.variant + ' ' + x.version).join(' · ') }),
       tile('primary metric', n.metric, { k: 'metric', sub: (n.lower_is_better ? 'lower' : 'higher') + ' is better' + (n.bandit ? ' · Thompson sampling' : ' · ' + n.correction + ', α ' + n.alpha) }),
+      tile('test per variant', testName, { k: 'test', sub: ranks ? 'effect: P(arm > control) + ½ P(tie)' : '' }),
       tile('sample-ratio mismatch', srm ? (srm.mismatch ? 'MISMATCH' : 'ok') : '—', {
         k: 'srm', sub: srm ? 'χ² ' + sig(srm.statistic) + ' over ' + (srm.dof + 1) + ' arms, p = ' + pval(srm.p_value) : '',
         tone: srm && srm.mismatch ? 'bad' : srm ? 'good' : null,
@@ -999,14 +1002,23 @@
         sub: isNum(n.required_per_arm) ? 'required per arm: ' + n.required_per_arm : (n.bandit ? 'bandit' : '') }),
       tile('stopped arms', String(arms.filter((x) => x.decision === 'stopped').length), { k: 'stopped-count',
         tone: arms.some((x) => x.decision === 'stopped') ? 'bad' : null })));
-    const head = ['arm', 'version', 'weight', 'observed', 'n', n.metric, 'diff vs control', Math.round((1 - n.alpha) * 100) + '% CI', 'p', n.sequential ? 'adjusted always-valid p' : 'adjusted p'];
+    const head = ['arm', 'version', 'weight', 'observed', 'n', n.metric, ranks ? 'diff of means vs control' : 'diff vs control']
+      .concat(ranks ? ['U', 'P(arm > control)', 'values ranked'] : [Math.round((1 - n.alpha) * 100) + '% CI'])
+      .concat(['p', n.sequential ? 'adjusted always-valid p' : 'adjusted p']);
     if (n.sequential) head.push('always-valid p', 'confidence sequence');
     if (n.bandit) head.push('P(best)');
     head.push('guardrails', 'decision');
     const rows = arms.map((x) => {
       const row = [x.variant, x.version, pct(x.weight_percent / 100, 1),
         total ? pct((obs[x.variant] || 0) / total, 1) : '—', int(x.samples), val(x.value),
-        x.decision === 'control' ? '—' : dif(x.diff), ci(x.ci_low, x.ci_high), pval(x.p_value), pval(x.adjusted_p_value)];
+        x.decision === 'control' ? '—' : dif(x.diff)];
+      if (ranks) {
+        row.push(isNum(x.statistic) ? sig(x.statistic) : '—', isNum(x.common_language) ? x.common_language.toFixed(3) : '—',
+          x.ranked ? int(x.ranked[0]) + ' vs ' + int(x.ranked[1]) : '—');
+      } else {
+        row.push(ci(x.ci_low, x.ci_high));
+      }
+      row.push(pval(x.p_value), pval(x.adjusted_p_value));
       if (n.sequential) row.push(pval(x.sequential_p_value), ci(x.cs_low, x.cs_high));
       if (n.bandit) row.push(isNum(x.p_best) ? x.p_best.toFixed(3) : '—');
       row.push((x.guardrails || []).length ? h('span', { title: x.stopped || '' }, x.guardrails.map(guardrailText).join('; ')) : '—');

@@ -13,7 +13,8 @@ use switchyard_core::classes::{classification_summary, ClassificationSummary, Pr
 use switchyard_core::record::Tolerance;
 use switchyard_core::rollout::{
     AbReport, AbnOutcome, AbnReport, ArmDecision, ArmResult, Correction, GatePolicy,
-    GuardrailCheck, MetricValue, Phase, Recommendation, RolloutSpec, ShadowReport, ShadowSpec,
+    GuardrailCheck, MetricValue, Phase, PrimaryTest, Recommendation, RolloutSpec, ShadowReport,
+    ShadowSpec,
 };
 use switchyard_core::segments::SegmentBreakdown;
 use switchyard_core::{ModelRoute, PairStats, Role, Strategy, VariantStats};
@@ -464,6 +465,9 @@ pub struct AbAnalysis {
 pub struct AbnView {
     /// The primary metric as written (`accuracy`, `mean:revenue`, …).
     pub metric: String,
+    /// The test of each variant against the control: `z_test`, `welch` or `mann_whitney`.
+    #[serde(default)]
+    pub test: PrimaryTest,
     pub lower_is_better: bool,
     pub correction: Correction,
     pub alpha: f64,
@@ -499,11 +503,12 @@ pub struct ArmView {
     /// Means: the standard deviation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub std_dev: Option<f64>,
-    /// `variant − control` with its fixed-horizon interval (Wald or Welch).
+    /// `variant − control` with its fixed-horizon interval (Wald or Welch; with Mann-Whitney
+    /// the difference of the means, without an interval).
     pub diff: Option<f64>,
     pub ci_low: Option<f64>,
     pub ci_high: Option<f64>,
-    /// z or Welch's t.
+    /// z, Welch's t or Mann-Whitney's U.
     pub statistic: Option<f64>,
     pub p_value: Option<f64>,
     /// After Holm or Bonferroni over the variants still running: of `p_value`, or of
@@ -514,6 +519,14 @@ pub struct ArmView {
     pub sequential_p_value: Option<f64>,
     pub cs_low: Option<f64>,
     pub cs_high: Option<f64>,
+    /// Mann-Whitney: P(variant > control) + ½ P(tie) (the common-language effect size, 0.5 is
+    /// no shift), estimated on the ranked values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_language: Option<f64>,
+    /// Mann-Whitney: the values ranked, the variant's and the control's (every value while an
+    /// arm has at most `METRIC_SAMPLE_SIZE`, else that many in a uniform sample).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranked: Option<(u64, u64)>,
     pub guardrails: Vec<GuardrailCheck>,
     pub decision: ArmDecision,
     /// Why a guardrail stopped the arm.
@@ -550,6 +563,8 @@ impl ArmView {
             sequential_p_value: finite(r.sequential_p_value),
             cs_low: finite(r.cs_low),
             cs_high: finite(r.cs_high),
+            common_language: finite(r.mann_whitney.map(|m| m.common_language)),
+            ranked: r.mann_whitney.map(|m| (m.n_a, m.n_b)),
             guardrails: r.guardrails.clone(),
             decision: r.decision,
             stopped: r.stopped.clone(),
@@ -568,6 +583,7 @@ impl AbnView {
     ) -> Self {
         AbnView {
             metric: r.metric.name(),
+            test: r.test,
             lower_is_better: r.lower_is_better,
             correction: r.correction,
             alpha: r.alpha,

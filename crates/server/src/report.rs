@@ -4,11 +4,12 @@
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
+use switchyard_core::aggregate::METRIC_SAMPLE_SIZE;
 use switchyard_core::classes::{prediction_drift, ClassTable, DriftBasis, PredictionDrift};
 use switchyard_core::rollout::Observations;
 use switchyard_core::rollout::{
     ab_report, abn_report, arms_of, is_extended, shadow_report, AbReport, AbnOutcome, ArmDecision,
-    Correction, GuardLimit, GuardrailCheck, OutputKind, RolloutKind,
+    Correction, GuardLimit, GuardrailCheck, OutputKind, PrimaryTest, RolloutKind,
 };
 use switchyard_core::segments::{
     unpaired_breakdown, SegmentBreakdown, SegmentFailure, SegmentMetric,
@@ -533,6 +534,18 @@ fn decision_text(d: ArmDecision) -> &'static str {
     }
 }
 
+fn test_text(t: PrimaryTest) -> String {
+    match t {
+        PrimaryTest::ZTest => "two-proportion z-test (Wald interval)".into(),
+        PrimaryTest::Welch => "Welch's t-test on the means (with its interval)".into(),
+        PrimaryTest::MannWhitney => format!(
+            "Mann-Whitney U (two-sided, normal approximation with tie and continuity corrections) \
+             on each arm's values, a uniform sample of {METRIC_SAMPLE_SIZE} past that many; \
+             effect size P(arm > control) + ½ P(tie)"
+        ),
+    }
+}
+
 fn outcome_text(o: &AbnOutcome, control: &str) -> String {
     match o {
         AbnOutcome::Winner(v) => format!("{v} wins"),
@@ -572,6 +585,7 @@ fn abn_detail(abn: &AbnView, analysis: &mut Pairs, detail: &mut Vec<(String, Tab
                 .join(", ")
         ),
     ));
+    analysis.push(("test per variant".into(), test_text(abn.test)));
     if !abn.bandit {
         analysis.push((
             "multiple comparisons".into(),
@@ -618,21 +632,34 @@ fn abn_detail(abn: &AbnView, analysis: &mut Pairs, detail: &mut Vec<(String, Tab
             a.stopped.clone().unwrap_or_default(),
         ));
     }
+    let ranks = abn.test == PrimaryTest::MannWhitney;
     let mut head = vec![
         "arm".to_string(),
         "version".into(),
         "weight".into(),
         "n".into(),
         abn.metric.clone(),
-        "diff vs control".into(),
-        format!("{:.0}% CI", (1.0 - abn.alpha) * 100.0),
+        if ranks {
+            "diff of means vs control".into()
+        } else {
+            "diff vs control".into()
+        },
+    ];
+    if ranks {
+        head.push("U".into());
+        head.push("P(arm > control)".into());
+        head.push("values ranked".into());
+    } else {
+        head.push(format!("{:.0}% CI", (1.0 - abn.alpha) * 100.0));
+    }
+    head.extend([
         "p".into(),
         if abn.sequential {
             "adjusted always-valid p".into()
         } else {
             "adjusted p".into()
         },
-    ];
+    ]);
     if abn.sequential {
         head.push("always-valid p".into());
         head.push("confidence sequence".into());
@@ -651,10 +678,18 @@ fn abn_detail(abn: &AbnView, analysis: &mut Pairs, detail: &mut Vec<(String, Tab
             int(a.samples),
             metric_text(a.value, proportion),
             diff_text(a.diff, proportion),
-            interval_text(a.ci_low, a.ci_high, proportion),
-            num(a.p_value, 4),
-            num(a.adjusted_p_value, 4),
         ];
+        if ranks {
+            row.push(num(a.statistic, 1));
+            row.push(num(a.common_language, 3));
+            row.push(a.ranked.map_or_else(
+                || "—".into(),
+                |(n, control)| format!("{} vs {}", int(n), int(control)),
+            ));
+        } else {
+            row.push(interval_text(a.ci_low, a.ci_high, proportion));
+        }
+        row.extend([num(a.p_value, 4), num(a.adjusted_p_value, 4)]);
         if abn.sequential {
             row.push(num(a.sequential_p_value, 4));
             row.push(interval_text(a.cs_low, a.cs_high, proportion));

@@ -3,6 +3,10 @@
 //! Reference: scipy `mannwhitneyu(a, b, alternative="two-sided", method="asymptotic",
 //! use_continuity=True)`: normal approximation with tie correction. `u` is U of the first
 //! sample.
+//!
+//! The effect size is the common-language effect size (McGraw & Wong; the "probability of
+//! superiority"): `U / (n_a n_b)`, the probability that a value drawn from `a` exceeds one drawn
+//! from `b`, ties counting half. 0.5 is no shift; above 0.5, `a` tends to be larger.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +18,10 @@ pub struct MannWhitney {
     pub u: f64,
     pub z: f64,
     pub p_value: f64,
+    /// P(a > b) + ½ P(a = b): `u / (n_a n_b)`.
+    pub common_language: f64,
+    pub n_a: u64,
+    pub n_b: u64,
 }
 
 pub fn mann_whitney_u(a: &[f64], b: &[f64]) -> Result<MannWhitney, StatsError> {
@@ -67,7 +75,14 @@ pub fn mann_whitney_u(a: &[f64], b: &[f64]) -> Result<MannWhitney, StatsError> {
         // Every value tied (or a single observation): no evidence of a shift.
         (0.0, 1.0)
     };
-    Ok(MannWhitney { u: u1, z, p_value })
+    Ok(MannWhitney {
+        u: u1,
+        z,
+        p_value,
+        common_language: u1 / (n1 * n2),
+        n_a: a.len() as u64,
+        n_b: b.len() as u64,
+    })
 }
 
 #[cfg(test)]
@@ -90,5 +105,7 @@ mod tests {
         let r = mann_whitney_u(&[2.0, 2.0], &[2.0, 2.0, 2.0]).unwrap();
         assert_eq!(r.p_value, 1.0);
         assert_eq!(r.u, 3.0);
+        assert_eq!(r.common_language, 0.5);
+        assert_eq!((r.n_a, r.n_b), (2, 3));
     }
 }

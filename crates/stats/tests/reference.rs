@@ -217,6 +217,58 @@ fn mann_whitney_matches_scipy() {
     }
 }
 
+/// U, the p-value and the common-language effect size `U / (n_a n_b)` on larger samples, heavy
+/// tails, ties and a mass at zero; and on the arms of a heavy-tailed A/B/n (each variant
+/// against the control, as the A/B/n compares them), with Holm and Bonferroni over them.
+#[test]
+fn mann_whitney_and_its_effect_size_match_scipy() {
+    for case in cases_at_least("rank_tests", 6) {
+        let runs: Vec<(Vec<f64>, Vec<f64>, usize)> = match case["kind"].as_str().unwrap() {
+            "pair" => vec![(floats(&case, "a"), floats(&case, "b"), 0)],
+            _ => {
+                let arms: Vec<Vec<f64>> = serde_json::from_value(case["arms"].clone()).unwrap();
+                (1..arms.len())
+                    .map(|i| (arms[i].clone(), arms[0].clone(), i - 1))
+                    .collect()
+            }
+        };
+        let mut ps = Vec::new();
+        for (a, b, i) in runs {
+            let r = mann_whitney::mann_whitney_u(&a, &b).unwrap();
+            let (u, p, cl) = if case["kind"] == "pair" {
+                (
+                    f(&case, "u"),
+                    f(&case, "p_value"),
+                    f(&case, "common_language"),
+                )
+            } else {
+                let m = &case["mann_whitney"];
+                (
+                    floats(m, "statistic")[i],
+                    floats(m, "p_values")[i],
+                    floats(m, "common_language")[i],
+                )
+            };
+            check("u", &case, r.u, u);
+            check("p_value", &case, r.p_value, p);
+            check("common_language", &case, r.common_language, cl);
+            assert_eq!((r.n_a, r.n_b), (a.len() as u64, b.len() as u64));
+            ps.push(r.p_value);
+        }
+        if case["kind"] == "arms" {
+            let m = &case["mann_whitney"];
+            for (method, adjusted) in [
+                ("holm", multiple::holm(&ps).unwrap()),
+                ("bonferroni", multiple::bonferroni(&ps).unwrap()),
+            ] {
+                for (got, want) in adjusted.iter().zip(floats(m, method)) {
+                    check(method, &case, *got, want);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn bayes_matches_numerical_integration() {
     for case in cases("bayes") {

@@ -2,13 +2,15 @@
 //!
 //! Counts and histograms round-trip exactly (a histogram as its non-empty buckets); moments as
 //! their parts (count, mean, M2, min, max), which `serde_json` writes in shortest round-trip
-//! form; bottom-k samples as their size and `(hash, values…)` entries; class counts as their
+//! form; bottom-k samples (a pair's values, a series' metric values) as their size and
+//! `(hash, values…)` entries; class counts as their
 //! names and non-zero cells. Fields added since the first version default when absent, so a
 //! window published by an older replica still reads.
 
 use serde::{Deserialize, Serialize};
 use switchyard_core::aggregate::{
-    LabelledValues, PairKey, PairStats, PairedErrors, SeriesKey, ValuePair, VariantStats,
+    LabelledValues, PairKey, PairStats, PairedErrors, SeriesKey, ValuePair, ValueSample,
+    VariantStats, METRIC_SAMPLE_SIZE,
 };
 use switchyard_core::segments::{Bounded, Merge, SegmentPairStats, SegmentStats, Segments};
 use switchyard_core::{Aggregates, Role};
@@ -46,6 +48,11 @@ struct WireSeries {
     #[serde(default)]
     signed_error: Option<SignedHistogramParts>,
     metrics: Vec<(String, MomentParts)>,
+    /// Each metric's sample of values, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    metric_samples: Vec<(String, WireSample<(u64, f64)>)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    abs_error_sample: Option<WireSample<(u64, f64)>>,
     #[serde(default)]
     confusion: Option<ClassMatrixParts>,
     #[serde(default)]
@@ -207,6 +214,20 @@ fn sample<T: Clone + PartialOrd, E>(
     })
 }
 
+fn value_sample_of(s: &ValueSample) -> Option<WireSample<(u64, f64)>> {
+    sample_of(&s.0, |h, v| (h, *v))
+}
+
+/// A series' sample of values: at most [`METRIC_SAMPLE_SIZE`], whatever the text says.
+fn value_sample(w: Option<WireSample<(u64, f64)>>) -> ValueSample {
+    w.map_or_else(ValueSample::default, |w| {
+        ValueSample(BottomK::from_entries(
+            w.k.min(METRIC_SAMPLE_SIZE),
+            w.entries,
+        ))
+    })
+}
+
 fn errors_of(e: &PairedErrors) -> Option<WireErrors> {
     (e.count() > 0 || e.ape_skipped > 0).then(|| WireErrors {
         primary_abs: parts(&e.primary_abs),
@@ -292,6 +313,12 @@ pub fn encode_aggregates(agg: &Aggregates) -> Result<String, StoreError> {
                     .iter()
                     .filter_map(|(n, m)| Some((n.clone(), parts(m)?)))
                     .collect(),
+                metric_samples: v
+                    .metric_samples
+                    .iter()
+                    .filter_map(|(n, s)| Some((n.clone(), value_sample_of(s)?)))
+                    .collect(),
+                abs_error_sample: value_sample_of(&v.abs_error_sample),
                 confusion: matrix_parts(&v.confusion),
                 predicted: (v.predicted.total() > 0).then(|| v.predicted.parts()),
                 values: histogram_parts(&v.values),
@@ -356,6 +383,12 @@ pub fn decode_aggregates(text: &str) -> Result<Aggregates, StoreError> {
                     .into_iter()
                     .map(|(n, p)| (n, moments(Some(p))))
                     .collect(),
+                metric_samples: s
+                    .metric_samples
+                    .into_iter()
+                    .map(|(n, w)| (n, value_sample(Some(w))))
+                    .collect(),
+                abs_error_sample: value_sample(s.abs_error_sample),
                 confusion: matrix(s.confusion)?,
                 predicted: counts(s.predicted)?,
                 values: histogram(s.values),

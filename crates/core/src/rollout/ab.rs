@@ -109,6 +109,47 @@ pub struct AbSpec {
     /// Distinct approvers the conclusion (without `auto_promote`) and a manual promotion need.
     #[serde(default = "super::one")]
     pub approvals: u32,
+    /// How a continuous primary metric is compared (`test:`): Welch's t (the default) or
+    /// Mann-Whitney.
+    #[serde(default, skip_serializing_if = "MeanTest::is_welch")]
+    pub test: MeanTest,
+}
+
+/// The test of a continuous primary metric (`mean:<name>`, `abs_error`), variant against the
+/// control.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeanTest {
+    /// Welch's t on the means, with its interval, from every value's moments.
+    #[default]
+    Welch,
+    /// Mann-Whitney U (two-sided, normal approximation with tie and continuity corrections),
+    /// with the common-language effect size, on each arm's bounded uniform sample of values
+    /// ([`crate::aggregate::ValueSample`]): robust to heavy tails, it tests whether one arm's
+    /// values tend to be larger, not whether the means differ.
+    MannWhitney,
+}
+
+impl MeanTest {
+    /// As written: `welch` or `mann_whitney`.
+    pub fn parse(s: &str) -> Option<MeanTest> {
+        match s {
+            "welch" => Some(MeanTest::Welch),
+            "mann_whitney" => Some(MeanTest::MannWhitney),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MeanTest::Welch => "welch",
+            MeanTest::MannWhitney => "mann_whitney",
+        }
+    }
+
+    fn is_welch(&self) -> bool {
+        *self == MeanTest::Welch
+    }
 }
 
 /// A guardrail as written: a metric and exactly one of `max`, `min`, `max_increase`,
@@ -281,17 +322,21 @@ raw_fields! {
         auto_promote: Option<bool>,
         srm_threshold: Option<f64>,
         approvals: Option<u64>,
+        /// A continuous metric's test: `welch` (default) or `mann_whitney`.
+        test: Option<String>,
     }
 }
 
 impl RawAb {
     /// Builds the spec, adding its problems. `bandit` when the kind is `bandit`.
     pub(crate) fn validate(self, problems: &mut Vec<String>, bandit: bool) -> AbSpec {
+        let mut metric_written_ok = true;
         let metric = match self.metric.as_deref() {
             None => AbMetric::Accuracy,
             Some(m) => match AbMetric::parse(m).filter(|m| *m != AbMetric::LatencyP95) {
                 Some(metric) => metric,
                 None => {
+                    metric_written_ok = false;
                     problems.push(format!(
                         "metric: '{m}' is not accuracy, conversion:<name>, mean:<name>, abs_error or error_rate"
                     ));
@@ -361,6 +406,43 @@ impl RawAb {
         // The power calculation needs a baseline and an effect for a proportion of a
         // fixed-horizon test; a bandit or a written min_per_arm does without.
         let needs_plan = proportion && !bandit && self.min_per_arm.is_none();
+        let test = match self.test.as_deref() {
+            None => MeanTest::Welch,
+            Some(t) => match MeanTest::parse(t) {
+                None => {
+                    problems.push(format!("test: must be welch or mann_whitney, got '{t}'"));
+                    MeanTest::Welch
+                }
+                Some(_) if !continuous => {
+                    let written = self.metric.as_deref().unwrap_or("accuracy");
+                    problems.push(format!(
+                        "test: {t} compares the values of a continuous metric (mean:<name> or \
+                         abs_error), and metric '{written}' is not one{}",
+                        if metric_written_ok {
+                            " (a proportion is compared by the two-proportion z-test)"
+                        } else {
+                            ""
+                        }
+                    ));
+                    MeanTest::Welch
+                }
+                Some(_) if bandit => {
+                    problems.push(format!(
+                        "test: {t}: a bandit concludes by Thompson sampling's P(best), not by a test"
+                    ));
+                    MeanTest::Welch
+                }
+                Some(MeanTest::MannWhitney) if self.sequential == Some(true) => {
+                    problems.push(
+                        "test: mann_whitney is a fixed-horizon test; sequential: true monitors \
+                         the means (mSPRT), so write one or the other"
+                            .into(),
+                    );
+                    MeanTest::Welch
+                }
+                Some(test) => test,
+            },
+        };
         if continuous && !bandit && self.min_per_arm.is_none() {
             problems.push(format!(
                 "min_per_arm: required for a {} metric (the samples per arm before a conclusion)",
@@ -403,6 +485,7 @@ impl RawAb {
             min_per_arm: self.min_per_arm,
             bandit: bandit_settings,
             approvals: super::canary::approvals_count(self.approvals),
+            test,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Experiments beyond two arms and a 0/1 metric: A/B/n (k arms against a control, pairwise
 //! tests adjusted by Holm or Bonferroni, a sample-ratio check over every arm, a decision per
-//! arm and an overall outcome), continuous primary metrics (Welch's t with its interval),
+//! arm and an overall outcome), continuous primary metrics (Welch's t with its interval, or
+//! Mann-Whitney on each arm's bounded sample of values with `test: mann_whitney`),
 //! guardrails (a limit in a direction; a breach stops the arm, or the test), and the bandit
 //! (Thompson sampling re-weighting the arms every tick).
 //!
@@ -16,6 +17,7 @@
 use serde::{Deserialize, Serialize};
 use switchyard_stats::bandit::{prob_best, thompson_weights, Posterior};
 use switchyard_stats::chi2::{sample_ratio_mismatch, SampleRatioMismatch};
+use switchyard_stats::mann_whitney::{mann_whitney_u, MannWhitney};
 use switchyard_stats::multiple::{bonferroni, holm};
 use switchyard_stats::sequential::{MsprtConfig, SequentialMonitor};
 use switchyard_stats::{power, proportions, ttest, Moments, Proportion};
@@ -23,9 +25,10 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::ab::{
     arms_of, metric_of, AbMetric, AbSpec, BanditSettings, Correction, GuardLimit, Guardrail,
+    MeanTest,
 };
 use super::{d, single, Observations, Out, Phase, Recommendation, RolloutState};
-use crate::aggregate::VariantStats;
+use crate::aggregate::{ValueSample, VariantStats};
 use crate::audit::{Details, Severity};
 use crate::routing::{Strategy, BUCKETS};
 
@@ -106,6 +109,48 @@ pub fn metric_value(stats: &VariantStats, metric: &AbMetric) -> MetricValue {
     }
 }
 
+/// The bounded uniform sample of a continuous metric's values in an arm's statistics.
+pub fn value_sample<'a>(stats: &'a VariantStats, metric: &AbMetric) -> Option<&'a ValueSample> {
+    match metric {
+        AbMetric::Mean(name) => stats.metric_samples.get(name),
+        AbMetric::AbsError => Some(&stats.abs_error_sample),
+        _ => None,
+    }
+}
+
+/// The test that compares each variant with the control on the primary metric.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrimaryTest {
+    /// Wald z-test of two proportions.
+    #[default]
+    ZTest,
+    /// Welch's t on the means.
+    Welch,
+    /// Mann-Whitney U on the arms' samples of values.
+    MannWhitney,
+}
+
+impl PrimaryTest {
+    pub fn of(a: &AbSpec) -> Self {
+        match (&a.metric, a.test) {
+            (AbMetric::Mean(_) | AbMetric::AbsError, MeanTest::Welch) => PrimaryTest::Welch,
+            (AbMetric::Mean(_) | AbMetric::AbsError, MeanTest::MannWhitney) => {
+                PrimaryTest::MannWhitney
+            }
+            _ => PrimaryTest::ZTest,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PrimaryTest::ZTest => "z_test",
+            PrimaryTest::Welch => "welch",
+            PrimaryTest::MannWhitney => "mann_whitney",
+        }
+    }
+}
+
 /// One guardrail checked on one arm.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GuardrailCheck {
@@ -126,12 +171,13 @@ pub struct ArmResult {
     /// Current weight, basis points.
     pub weight: u32,
     pub metric: MetricValue,
-    /// `variant − control` of the primary metric.
+    /// `variant − control` of the primary metric (with Mann-Whitney, of the means).
     pub diff: Option<f64>,
-    /// Fixed-horizon `1 − α` interval of `diff` (Wald for proportions, Welch for means).
+    /// Fixed-horizon `1 − α` interval of `diff` (Wald for proportions, Welch for means; none
+    /// with Mann-Whitney, which tests ranks, not means).
     pub ci_low: Option<f64>,
     pub ci_high: Option<f64>,
-    /// z (proportions) or Welch's t (means).
+    /// z (proportions), Welch's t (means) or Mann-Whitney's U (of the variant).
     pub statistic: Option<f64>,
     pub p_value: Option<f64>,
     /// After Holm or Bonferroni over the variants still running.
@@ -141,9 +187,26 @@ pub struct ArmResult {
     pub sequential_p_value: Option<f64>,
     pub cs_low: Option<f64>,
     pub cs_high: Option<f64>,
+    /// `test: mann_whitney`: the test of the variant's sample of values (`a`, `n_a`) against
+    /// the control's (`b`, `n_b`): U, z, the p-value and the common-language effect size
+    /// P(variant > control) + ½ P(tie), the decision's direction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mann_whitney: Option<MannWhitney>,
     pub guardrails: Vec<GuardrailCheck>,
     pub decision: ArmDecision,
     pub stopped: Option<String>,
+}
+
+impl ArmResult {
+    /// How much better than the control the arm looks, signed so that positive is better: the
+    /// common-language effect size's excess over ½ under Mann-Whitney, else the difference.
+    fn gain(&self, lower_is_better: bool) -> Option<f64> {
+        let up = match &self.mann_whitney {
+            Some(m) => m.common_language - 0.5,
+            None => self.diff?,
+        };
+        Some(if lower_is_better { -up } else { up })
+    }
 }
 
 /// Overall outcome of an A/B/n test.
@@ -161,6 +224,9 @@ pub enum AbnOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AbnReport {
     pub metric: AbMetric,
+    /// The test of each variant against the control.
+    #[serde(default)]
+    pub test: PrimaryTest,
     pub lower_is_better: bool,
     pub correction: Correction,
     pub alpha: f64,
@@ -325,6 +391,8 @@ pub fn abn_report(a: &AbSpec, state: &RolloutState, obs: &Observations) -> AbnRe
     let lower = lower_is_better(a);
     let control_stats = obs.total_of(&a.control);
     let control_metric = metric_value(&control_stats, &a.metric);
+    let primary_test = PrimaryTest::of(a);
+    let control_sample = value_sample(&control_stats, &a.metric).map(ValueSample::values);
     let mut results: Vec<ArmResult> = arms
         .iter()
         .zip(&arm_states)
@@ -333,9 +401,27 @@ pub fn abn_report(a: &AbSpec, state: &RolloutState, obs: &Observations) -> AbnRe
         .map(|(i, ((arm, st), &weight))| {
             let stats = obs.total_of(&arm.version);
             let metric = metric_value(&stats, &a.metric);
-            let test = (i > 0)
-                .then(|| pairwise(&control_metric, &metric, a.alpha))
+            let ranks = (i > 0 && primary_test == PrimaryTest::MannWhitney)
+                .then(|| {
+                    let arm = value_sample(&stats, &a.metric)?.values();
+                    mann_whitney_u(&arm, control_sample.as_deref()?).ok()
+                })
                 .flatten();
+            let test = if primary_test == PrimaryTest::MannWhitney {
+                // The difference of the means (every value's) beside the test of the ranks.
+                ranks.map(|m| {
+                    let diff = match (metric.value(), control_metric.value()) {
+                        (Some(v), Some(c)) => v - c,
+                        _ => f64::NAN,
+                    };
+                    (diff, f64::NAN, f64::NAN, m.u, m.p_value)
+                })
+            } else {
+                (i > 0)
+                    .then(|| pairwise(&control_metric, &metric, a.alpha))
+                    .flatten()
+            };
+            let finite = |x: f64| x.is_finite().then_some(x);
             let guardrails = if i == 0 {
                 Vec::new()
             } else {
@@ -349,15 +435,16 @@ pub fn abn_report(a: &AbSpec, state: &RolloutState, obs: &Observations) -> AbnRe
                 version: arm.version.clone(),
                 weight,
                 metric,
-                diff: test.map(|t| t.0),
-                ci_low: test.map(|t| t.1),
-                ci_high: test.map(|t| t.2),
+                diff: test.and_then(|t| finite(t.0)),
+                ci_low: test.and_then(|t| finite(t.1)),
+                ci_high: test.and_then(|t| finite(t.2)),
                 statistic: test.map(|t| t.3),
                 p_value: test.map(|t| t.4),
                 adjusted_p_value: None,
                 sequential_p_value: st.monitor.filter(|m| m.looks > 0).map(|m| m.p_value),
                 cs_low: st.monitor.and_then(|m| m.ci_low),
                 cs_high: st.monitor.and_then(|m| m.ci_high),
+                mann_whitney: ranks,
                 guardrails,
                 decision: if i == 0 {
                     ArmDecision::Control
@@ -392,8 +479,8 @@ pub fn abn_report(a: &AbSpec, state: &RolloutState, obs: &Observations) -> AbnRe
     for (&i, q) in running.iter().zip(adjusted) {
         let r = &mut results[i];
         r.adjusted_p_value = Some(q);
-        if let Some(diff) = r.diff {
-            let better = if lower { diff < 0.0 } else { diff > 0.0 };
+        if let Some(gain) = r.gain(lower) {
+            let better = gain > 0.0;
             // Sequential p-values are already adjusted by Bonferroni in the monitors' α.
             let threshold = if a.sequential { 1.0 } else { a.alpha };
             let significant = if a.sequential {
@@ -429,6 +516,7 @@ pub fn abn_report(a: &AbSpec, state: &RolloutState, obs: &Observations) -> AbnRe
         .flatten();
     AbnReport {
         metric: a.metric.clone(),
+        test: primary_test,
         lower_is_better: lower,
         correction: a.correction,
         alpha: a.alpha,
@@ -441,14 +529,7 @@ pub fn abn_report(a: &AbSpec, state: &RolloutState, obs: &Observations) -> AbnRe
 }
 
 fn outcome_of(results: &[ArmResult], lower: bool) -> AbnOutcome {
-    let gain = |r: &ArmResult| {
-        let d = r.diff.unwrap_or(0.0);
-        if lower {
-            -d
-        } else {
-            d
-        }
-    };
+    let gain = |r: &ArmResult| r.gain(lower).unwrap_or(0.0);
     if let Some(best) = results
         .iter()
         .filter(|r| r.decision == ArmDecision::Winner)
@@ -567,6 +648,7 @@ fn finish(
 fn conclusion_details(report: &AbnReport) -> Details {
     let mut details = vec![
         d("metric", report.metric.name()),
+        d("test", report.test.name()),
         d(
             "correction",
             format!("{:?}", report.correction).to_lowercase(),
@@ -600,6 +682,12 @@ fn conclusion_details(report: &AbnReport) -> Details {
             if let Some(x) = x {
                 details.push(d(&format!("{v}_{name}"), x));
             }
+        }
+        if let Some(m) = &r.mann_whitney {
+            details.push(d(&format!("{v}_u"), m.u));
+            details.push(d(&format!("{v}_common_language"), m.common_language));
+            details.push(d(&format!("{v}_ranked_values"), m.n_a));
+            details.push(d(&format!("{v}_control_ranked_values"), m.n_b));
         }
     }
     details

@@ -38,11 +38,13 @@ pub(crate) mod shadow;
 
 pub use ab::{
     ab_report, arms_of, AbMetric, AbReport, AbSpec, AbVariant, BanditSettings, Correction,
-    GuardLimit, Guardrail, RawBandit, RawGuardrail, RawVariant, DEFAULT_GUARDRAIL_MIN_SAMPLES,
+    GuardLimit, Guardrail, MeanTest, RawBandit, RawGuardrail, RawVariant,
+    DEFAULT_GUARDRAIL_MIN_SAMPLES,
 };
 pub use abn::{
     abn_report, experiment_salt, is_extended, lower_is_better, metric_value, required_per_arm,
-    AbnOutcome, AbnReport, ArmDecision, ArmResult, ArmState, GuardrailCheck, MetricValue,
+    value_sample, AbnOutcome, AbnReport, ArmDecision, ArmResult, ArmState, GuardrailCheck,
+    MetricValue, PrimaryTest,
 };
 pub use blue_green::BlueGreenSpec;
 pub use canary::{
@@ -708,6 +710,18 @@ fn promote_or_await(
         );
     } else {
         state.phase = Phase::AwaitingApproval;
+        let needed = out.spec.approvals_needed(state);
+        out.event(
+            "awaiting_approval",
+            if needed == 1 {
+                format!("{verdict}; {keep} serves all traffic once approved")
+            } else {
+                format!(
+                    "{verdict}; {keep} serves all traffic once {needed} distinct approvers approve"
+                )
+            },
+            vec![d("version", keep), d("approvals_needed", u64::from(needed))],
+        );
         out.alert(
             Severity::P3,
             "approval_needed",

@@ -4,7 +4,7 @@
 
 use hyper::Method;
 use serde_json::{json, Value};
-use switchyard_core::rollout::Phase;
+use switchyard_core::rollout::{AbnOutcome, ArmDecision, Phase, PrimaryTest};
 use switchyard_server::auth::sha256_hex;
 use switchyard_server::client::AdminClient;
 
@@ -450,4 +450,146 @@ async fn a_step_needing_two_named_approvers_advances_after_the_second() {
         "the step moved only after the second approver"
     );
     assert!(admin_as(&tg, Some("vic")).audit_verify().await.unwrap().ok);
+}
+
+/// An A/B/n on a posted continuous metric compared by Mann-Whitney (`test: mann_whitney`), whose
+/// conclusion needs two approvers (`approvals: 2`): the report names the test in JSON, text,
+/// markdown and HTML; the conclusion waits (an `awaiting_approval` event) with the split as it
+/// was; an operator may not approve; the same approver twice counts once; the second name
+/// promotes the winner, the third arm, not the spec's second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mann_whitney_abn_needs_two_named_approvers_before_its_winner_serves() {
+    let m = MockModel::start(1).await;
+    let mut creds = everyone();
+    creds.push(credential("bob", "approver"));
+    let url = m.url();
+    let mut yaml = format!(
+        "models:\n  m:\n    routing_key: {{ header: x-key }}\n    versions: {{ a: {{ url: \"{url}\" }}, b: {{ url: \"{url}\" }}, c: {{ url: \"{url}\" }} }}\n    serve: {{ kind: single, version: a }}\n"
+    );
+    yaml.push_str("auth:\n  credentials:\n");
+    for c in &creds {
+        yaml.push_str(&format!("    - {c}\n"));
+    }
+    let tg = TestGateway::start(&yaml).await;
+    let spec =
+        "name: rev\nmodel: m\nkind: ab\ncontrol: a\ntreatment: b\nvariants: [{ version: c }]\n\
+        metric: mean:revenue\ntest: mann_whitney\nmin_per_arm: 40\napprovals: 2\n";
+    admin_as(&tg, Some("otto")).apply(spec).await.unwrap();
+    // Revenue per request: the same spread everywhere, c shifted up by 4.
+    let mut feedback = Vec::new();
+    let mut served = std::collections::BTreeMap::<String, u32>::new();
+    for i in 0..240u64 {
+        let id = format!("req-{i}");
+        let r = tg
+            .client
+            .post_json(
+                &tg.url("/v2/models/m/infer"),
+                &[("x-key", &format!("key-{i}")), ("x-request-id", &id)],
+                &oip_row(&[1.0]),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        let version = r.header("x-switchyard-model-version");
+        *served.entry(version.clone()).or_default() += 1;
+        let base = ((i * 37) % 101) as f64 / 10.0;
+        let revenue = base + if version == "c" { 4.0 } else { 0.0 };
+        feedback.push(json!({"request_id": id, "metrics": {"revenue": revenue}}));
+    }
+    assert!(served.values().all(|n| *n >= 40), "{served:?}");
+    let r = feedback_as(&tg, Some("fred"), &Value::Array(feedback)).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    tg.gateway.state.log.flush().await.unwrap();
+    tg.tick(1_000).await;
+
+    let vic = admin_as(&tg, Some("vic"));
+    let view = vic.rollout("rev").await.unwrap();
+    assert_eq!(view.phase, Phase::AwaitingApproval, "{view:?}");
+    assert_eq!(view.approvals_needed, Some(2));
+    let split = view.strategy.clone();
+    let report = vic.report("rev").await.unwrap();
+    let abn = report.analysis.ab.as_ref().unwrap().abn.as_ref().unwrap();
+    assert_eq!(abn.test, PrimaryTest::MannWhitney);
+    assert_eq!(abn.outcome, AbnOutcome::Winner("c".into()));
+    let c = &abn.arms[2];
+    assert_eq!(c.decision, ArmDecision::Winner);
+    assert!(c.common_language.unwrap() > 0.6, "{c:?}");
+    assert_eq!(
+        c.ranked,
+        Some((u64::from(served["c"]), u64::from(served["a"])))
+    );
+    assert!(
+        c.ci_low.is_none(),
+        "no interval of the means under Mann-Whitney"
+    );
+    assert_eq!(abn.arms[1].decision, ArmDecision::Inconclusive);
+    for format in ["text", "markdown", "html"] {
+        let body = String::from_utf8(vic.report_as("rev", format).await.unwrap().to_vec()).unwrap();
+        for needle in ["Mann-Whitney U", "P(arm &gt; control)", "values ranked"] {
+            let needle = if format == "html" {
+                needle.to_string()
+            } else {
+                needle.replace("&gt;", ">")
+            };
+            assert!(
+                body.contains(&needle),
+                "'{needle}' in the {format} report:\n{body}"
+            );
+        }
+    }
+
+    let alice = admin_as(&tg, Some("alice"));
+    let view = alice.command("rev", "approve").await.unwrap();
+    assert_eq!(view.phase, Phase::AwaitingApproval);
+    assert_eq!(view.approved_by, vec!["alice".to_string()]);
+    assert_eq!(
+        view.strategy, split,
+        "the split stays until the second name"
+    );
+    let view = alice.command("rev", "approve").await.unwrap();
+    assert_eq!(view.approved_by, vec!["alice".to_string()]);
+    let r = admin_as(&tg, Some("otto"))
+        .send(Method::POST, "/rollouts/rev/approve", None)
+        .await
+        .unwrap();
+    assert_eq!(r.status.as_u16(), 403);
+    let view = admin_as(&tg, Some("bob"))
+        .command("rev", "approve")
+        .await
+        .unwrap();
+    assert_eq!(view.phase, Phase::Completed, "{view:?}");
+    assert_eq!(
+        view.strategy,
+        switchyard_core::Strategy::Single {
+            version: "c".into()
+        }
+    );
+    let kinds: Vec<String> = vic
+        .events("rev")
+        .await
+        .unwrap()
+        .events
+        .iter()
+        .map(|e| e.kind.clone())
+        .filter(|k| !matches!(k.as_str(), "started"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ab_concluded",
+            "awaiting_approval",
+            "approval_recorded",
+            "approval_repeated",
+            "approved",
+            "promoted"
+        ]
+    );
+    let r = tg
+        .client
+        .post_json(
+            &tg.url("/v2/models/m/infer"),
+            &[("x-key", "key-0")],
+            &oip_row(&[1.0]),
+        )
+        .await;
+    assert_eq!(r.header("x-switchyard-model-version"), "c");
 }

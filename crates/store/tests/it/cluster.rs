@@ -183,6 +183,12 @@ async fn merged_replica_windows_equal_one_writer_of_all_traffic() {
         .series
         .values()
         .any(|s| s.metrics.contains_key("revenue")));
+    // The samples for a rank test went through the wire too: 150 revenue values, 200 labelled
+    // regression instances.
+    let v1 = expected.variant("yield", "v1", Role::Serving, |_| true);
+    assert_eq!(v1.metric_samples["revenue"].len(), 150);
+    let tt = expected.variant("testtime", "v1", Role::Serving, |_| true);
+    assert_eq!(tt.abs_error_sample.len(), 200);
 
     // Per-replica logs sum to the traffic.
     let counts = cluster.records_by_replica().unwrap();
@@ -274,6 +280,8 @@ fn assert_same(got: &Aggregates, want: &Aggregates) {
             w.metrics.keys().collect::<Vec<_>>()
         );
         assert_eq!(g.signed_error, w.signed_error, "{key:?}");
+        assert_eq!(g.metric_samples, w.metric_samples, "{key:?}");
+        assert_eq!(g.abs_error_sample, w.abs_error_sample, "{key:?}");
         close(&g.abs_error, &w.abs_error);
         for (name, wm) in &w.metrics {
             close(&g.metrics[name], wm);
@@ -350,6 +358,22 @@ fn aggregates_survive_their_text_form() {
             pair.errors.ape_skipped
         ),
         (80, 80, 10)
+    );
+    // A metric with more values than its sample keeps (the rank test's), and the absolute
+    // errors of the regression instances above.
+    let n = switchyard_core::aggregate::METRIC_SAMPLE_SIZE + 300;
+    for i in 0..n {
+        let r = record(&format!("m{i}"), Role::Serving, "v1", "0", 12);
+        agg.record(&r);
+        agg.record_feedback(&[r], &Truth::None, &[("revenue".into(), i as f64 * 0.25)]);
+    }
+    let v1 = agg.variant("yield", "v1", Role::Serving, |_| true);
+    assert_eq!(
+        (
+            v1.metric_samples["revenue"].len(),
+            v1.abs_error_sample.len()
+        ),
+        (switchyard_core::aggregate::METRIC_SAMPLE_SIZE, 80)
     );
     let text = encode_aggregates(&agg).unwrap();
     // Floats read back bit for bit (serde_json's `float_roundtrip`).

@@ -470,6 +470,15 @@ async fn a_restart_restores_the_snapshot_and_replays_only_the_tail(db: &Db) {
             "{k:?}"
         );
     }
+    // The samples for a rank test: every label's revenue on the serving records (40 + 5),
+    // the snapshot's and the tail's.
+    assert_eq!(
+        restored
+            .variant("yield", "v1", Role::Serving, |_| true)
+            .metric_samples["revenue"]
+            .len(),
+        45
+    );
     assert!(restored == held);
     drop(log);
     thread.join().unwrap();

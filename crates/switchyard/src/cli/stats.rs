@@ -271,6 +271,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
                     ("U (sample a)", fmt(r.u)),
                     ("z", fmt(r.z)),
                     ("p-value (two-sided)", fmt_p(r.p_value)),
+                    ("P(a > b) + ½ P(a = b)", fmt(r.common_language)),
                 ],
                 &r,
             )
