@@ -104,13 +104,17 @@ impl VariantStats {
         self.sq_error.merge(&other.sq_error);
         self.signed_error.merge(&other.signed_error);
         for (name, m) in &other.metrics {
-            self.metrics.entry(name.clone()).or_default().merge(m);
+            if keeps_metric(&self.metrics, name) {
+                self.metrics.entry(name.clone()).or_default().merge(m);
+            }
         }
         for (name, s) in &other.metric_samples {
-            self.metric_samples
-                .entry(name.clone())
-                .or_default()
-                .merge(s);
+            if keeps_metric(&self.metric_samples, name) {
+                self.metric_samples
+                    .entry(name.clone())
+                    .or_default()
+                    .merge(s);
+            }
         }
         self.abs_error_sample.merge(&other.abs_error_sample);
         self.confusion.merge(&other.confusion);
@@ -118,6 +122,16 @@ impl VariantStats {
         self.values.merge(&other.values);
         merge_segments(&mut self.segments, &other.segments);
     }
+}
+
+/// Business metric names kept per series: feedback names them freely, and each name costs a
+/// [`ValueSample`] (about 50 KB), so a client inventing names cannot grow the aggregates without
+/// bound. Past it a new name is not kept (the names already kept go on counting); 64 is far
+/// more than an experiment declares.
+pub const MAX_METRIC_NAMES: usize = 64;
+
+fn keeps_metric<V>(kept: &BTreeMap<String, V>, name: &str) -> bool {
+    kept.len() < MAX_METRIC_NAMES || kept.contains_key(name)
 }
 
 /// Values kept per arm and continuous metric for a rank test: 2 048, a bound on memory
@@ -430,6 +444,9 @@ impl Aggregates {
             if rec.role == Role::Serving {
                 let hash = sample_hash(&rec.request_id, 0);
                 for (name, value) in metrics {
+                    if !keeps_metric(&stats.metrics, name) {
+                        continue;
+                    }
                     stats.metrics.entry(name.clone()).or_default().push(*value);
                     stats
                         .metric_samples
@@ -717,6 +734,34 @@ mod tests {
         assert_eq!(v2.signed_error.count(), 4);
         assert_eq!(v2.signed_error.count_below(-1.0), 1);
         assert_eq!(v2.abs_error.count(), 4);
+    }
+
+    #[test]
+    fn a_series_keeps_at_most_max_metric_names_and_goes_on_counting_the_kept_ones() {
+        let mut agg = Aggregates::default();
+        let mut other = Aggregates::default();
+        for i in 0..MAX_METRIC_NAMES + 36 {
+            let id = format!("r{i}");
+            let serving = rec(&id, Role::Serving, "v1", &["pass"], None);
+            agg.record(&serving);
+            let metrics = [(format!("m{i:03}"), 1.0), ("m000".to_string(), 2.0)];
+            agg.record_feedback(&[serving.clone()], &Truth::None, &metrics);
+            other.record(&serving);
+            other.record_feedback(&[serving], &Truth::None, &[(format!("x{i:03}"), 1.0)]);
+        }
+        let v1 = agg.variant("yield", "v1", Role::Serving, |_| true);
+        assert_eq!(v1.metrics.len(), MAX_METRIC_NAMES);
+        assert_eq!(v1.metric_samples.len(), MAX_METRIC_NAMES);
+        assert!(!v1
+            .metrics
+            .contains_key(&format!("m{:03}", MAX_METRIC_NAMES + 1)));
+        // m000 is kept and counted on every request (once as its own name, then beside each).
+        assert_eq!(v1.metrics["m000"].count(), (MAX_METRIC_NAMES + 37) as u64);
+        // A merge of a series full of other names keeps the bound too.
+        let mut merged = v1.clone();
+        merged.merge(&other.variant("yield", "v1", Role::Serving, |_| true));
+        assert_eq!(merged.metrics.len(), MAX_METRIC_NAMES);
+        assert_eq!(merged.metric_samples.len(), MAX_METRIC_NAMES);
     }
 
     #[test]
