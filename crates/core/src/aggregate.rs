@@ -745,7 +745,7 @@ mod tests {
             let serving = rec(&id, Role::Serving, "v1", &["pass"], None);
             agg.record(&serving);
             let metrics = [(format!("m{i:03}"), 1.0), ("m000".to_string(), 2.0)];
-            agg.record_feedback(&[serving.clone()], &Truth::None, &metrics);
+            agg.record_feedback(std::slice::from_ref(&serving), &Truth::None, &metrics);
             other.record(&serving);
             other.record_feedback(&[serving], &Truth::None, &[(format!("x{i:03}"), 1.0)]);
         }
