@@ -16,5 +16,6 @@ mod oip_client;
 mod onnx_engine;
 mod onnx_sklearn;
 mod rollouts;
+mod tls;
 mod tree_engine_props;
 mod ui;

@@ -11,3 +11,4 @@ mod crash;
 mod demo;
 mod replicas;
 mod stats_cli;
+mod tls;
