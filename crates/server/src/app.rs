@@ -258,7 +258,7 @@ impl Gateway {
         let app = router(state.clone(), controller.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let http = http1_builder(&config);
-        let acceptor = tls.as_ref().map(|t| t.acceptor().clone());
+        let acceptor = tls.as_ref().map(TlsAcceptorHandle::acceptor);
         let handshake_timeout = Duration::from_millis(config.header_read_timeout_ms);
         let server = tokio::spawn(serve(
             listener,

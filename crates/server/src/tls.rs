@@ -260,7 +260,7 @@ struct Inner {
     files: TlsFiles,
     current: Arc<CurrentCert>,
     /// For HTTP/1.1 listeners.
-    http1: TlsAcceptor,
+    http1: Arc<ServerConfig>,
     /// SHA-256 of the files' contents last tried (loaded or refused): a change is noticed once.
     seen: Mutex<[u8; 32]>,
     status: watch::Sender<ReloadStatus>,
@@ -299,10 +299,10 @@ impl TlsAcceptorHandle {
         let (cert, key) = (read(&files.cert)?, read(&files.key)?);
         let certified = certified_key(files, &cert, &key)?;
         let current = Arc::new(CurrentCert(ArcSwap::from_pointee(certified)));
-        let http1 = TlsAcceptor::from(Arc::new(server_config(
+        let http1 = Arc::new(server_config(
             current.clone(),
             vec![b"http/1.1".to_vec()],
-        )?));
+        )?);
         Ok(TlsAcceptorHandle {
             inner: Arc::new(Inner {
                 files: files.clone(),
@@ -318,8 +318,8 @@ impl TlsAcceptorHandle {
     }
 
     /// The acceptor of an HTTP/1.1 listener (ALPN `http/1.1`).
-    pub fn acceptor(&self) -> &TlsAcceptor {
-        &self.inner.http1
+    pub fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.inner.http1.clone())
     }
 
     /// An acceptor offering other ALPN protocols (e.g. `h2`), presenting the same, reloaded,
