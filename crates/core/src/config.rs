@@ -1234,7 +1234,10 @@ mod tests {
         let mut good = config(vec![(
             "m",
             with(vec![
-                ("v1", backend("https://models.internal:8443", Some("ca.pem"))),
+                (
+                    "v1",
+                    backend("https://models.internal:8443", Some("ca.pem")),
+                ),
                 ("v2", backend("http://127.0.0.1:2", None)),
             ]),
         )]);

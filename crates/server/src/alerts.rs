@@ -445,7 +445,12 @@ fn check_url(url: &str) -> Result<Uri, String> {
     }
 }
 
-async fn attempt_once(client: &UpstreamClient, url: &str, body: Bytes, timeout: Duration) -> Attempt {
+async fn attempt_once(
+    client: &UpstreamClient,
+    url: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> Attempt {
     let uri = match check_url(url) {
         Ok(uri) => uri,
         Err(e) => return Attempt::Invalid(e),

@@ -35,8 +35,8 @@ use crate::metrics::Metrics;
 use crate::shadow::ShadowDispatcher;
 use crate::state::{decode_table, AppState};
 use crate::tls::{TlsAcceptorHandle, TlsError};
-use tokio_rustls::TlsAcceptor;
 use crate::{admin, dataplane, feedback, oip};
+use tokio_rustls::TlsAcceptor;
 
 /// A running gateway.
 #[derive(Debug)]

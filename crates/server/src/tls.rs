@@ -80,7 +80,10 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// Every PEM section of `bytes`, with the labels of the `-----BEGIN` lines (for messages).
-fn sections(path: &Path, bytes: &[u8]) -> Result<(Vec<(SectionKind, Vec<u8>)>, Vec<String>), TlsError> {
+fn sections(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(Vec<(SectionKind, Vec<u8>)>, Vec<String>), TlsError> {
     let mut reader: &[u8] = bytes;
     let mut found = Vec::new();
     loop {
@@ -103,7 +106,12 @@ fn sections(path: &Path, bytes: &[u8]) -> Result<(Vec<(SectionKind, Vec<u8>)>, V
     Ok((found, labels))
 }
 
-fn missing(path: &Path, wanted: &'static str, expected: &'static str, labels: Vec<String>) -> TlsError {
+fn missing(
+    path: &Path,
+    wanted: &'static str,
+    expected: &'static str,
+    labels: Vec<String>,
+) -> TlsError {
     if labels.is_empty() {
         TlsError::NotPem {
             path: path.display().to_string(),
@@ -163,13 +171,14 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
 fn certified_key(files: &TlsFiles, cert: &[u8], key: &[u8]) -> Result<CertifiedKey, TlsError> {
     let chain = certificates_in(&files.cert, cert)?;
     let key = private_key_in(&files.key, key)?;
-    let signing = provider()
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| TlsError::Unusable {
-            path: files.key.display().to_string(),
-            reason: format!("the private key cannot be used: {e}"),
-        })?;
+    let signing =
+        provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::Unusable {
+                path: files.key.display().to_string(),
+                reason: format!("the private key cannot be used: {e}"),
+            })?;
     let certified = CertifiedKey::new(chain, signing);
     match certified.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
@@ -299,10 +308,7 @@ impl TlsAcceptorHandle {
         let (cert, key) = (read(&files.cert)?, read(&files.key)?);
         let certified = certified_key(files, &cert, &key)?;
         let current = Arc::new(CurrentCert(ArcSwap::from_pointee(certified)));
-        let http1 = Arc::new(server_config(
-            current.clone(),
-            vec![b"http/1.1".to_vec()],
-        )?);
+        let http1 = Arc::new(server_config(current.clone(), vec![b"http/1.1".to_vec()])?);
         Ok(TlsAcceptorHandle {
             inner: Arc::new(Inner {
                 files: files.clone(),

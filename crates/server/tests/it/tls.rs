@@ -122,7 +122,10 @@ async fn a_changed_certificate_is_served_to_new_connections_and_a_bad_one_is_ref
     // The files change: the next connection gets the new certificate.
     let second = ca.leaf("gateway two");
     second.write(dir.path());
-    let s = wait_status(&mut status, |_| tls.certificate().as_ref() == Some(&second.der)).await;
+    let s = wait_status(&mut status, |_| {
+        tls.certificate().as_ref() == Some(&second.der)
+    })
+    .await;
     assert!(s.loaded >= 2, "{s:?}");
     assert_eq!(presented_certificate(addr, &ca).await.unwrap(), second.der);
     assert_eq!(client.get(&format!("{base}/healthz")).await.status, 200);
@@ -145,7 +148,9 @@ async fn a_changed_certificate_is_served_to_new_connections_and_a_bad_one_is_ref
     std::fs::write(&cert, "not a certificate\n").unwrap();
     let s = wait_status(&mut status, |s| s.refused > refused + 1).await;
     assert!(
-        s.last_error.as_deref().is_some_and(|e| e.contains("is not a PEM file")),
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("is not a PEM file")),
         "{s:?}"
     );
     assert_eq!(presented_certificate(addr, &ca).await.unwrap(), second.der);
@@ -183,7 +188,11 @@ async fn reload_on_demand_reads_the_files_again() {
         second.der
     );
     // A bad pair on demand: the error, and the second keeps serving.
-    std::fs::write(&key, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(
+        &key,
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     let err = tg.gateway.reload_tls().unwrap().unwrap_err().to_string();
     assert!(err.contains("holds no private key"), "{err}");
     assert_eq!(
@@ -288,7 +297,10 @@ async fn an_https_webhook_receives_alerts_with_its_ca_file() {
     });
     sender.flush().await;
     assert_eq!(hook.kinds(), [("P1".to_string(), "rollback".to_string())]);
-    let deliveries = ControlStore::open(store.clone()).unwrap().deliveries().unwrap();
+    let deliveries = ControlStore::open(store.clone())
+        .unwrap()
+        .deliveries()
+        .unwrap();
     let untrusted: Vec<_> = deliveries
         .iter()
         .filter(|d| d.url.contains("untrusted"))

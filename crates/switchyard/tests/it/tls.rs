@@ -29,7 +29,9 @@ impl Ca {
     fn new() -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "test CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "test CA");
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
         let key = KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
@@ -41,8 +43,7 @@ impl Ca {
 
     fn leaf(&self, cn: &str) -> Leaf {
         let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-                .unwrap();
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
@@ -96,10 +97,16 @@ fn check_names_each_tls_problem_and_serve_fails_with_the_same_message() {
     let other_key = write(d, "other-key.pem", &other.key_pem);
     let garbage = write(d, "garbage.pem", "this is not PEM\n");
     let backend = r#"{ url: "http://127.0.0.1:9" }"#;
-    let tls = |c: &Path, k: &Path| format!("tls: {{ cert: {}, key: {} }}", c.display(), k.display());
+    let tls =
+        |c: &Path, k: &Path| format!("tls: {{ cert: {}, key: {} }}", c.display(), k.display());
     let cases: Vec<(PathBuf, String)> = vec![
         (
-            config(d, "missing.yaml", &tls(&d.join("nowhere.pem"), &key), backend),
+            config(
+                d,
+                "missing.yaml",
+                &tls(&d.join("nowhere.pem"), &key),
+                backend,
+            ),
             format!("tls.cert: cannot read {}", d.join("nowhere.pem").display()),
         ),
         (
@@ -133,7 +140,10 @@ fn check_names_each_tls_problem_and_serve_fails_with_the_same_message() {
                 d,
                 "backend-ca.yaml",
                 "",
-                &format!(r#"{{ url: "https://127.0.0.1:9", ca_file: {} }}"#, d.join("no-ca.pem").display()),
+                &format!(
+                    r#"{{ url: "https://127.0.0.1:9", ca_file: {} }}"#,
+                    d.join("no-ca.pem").display()
+                ),
             ),
             format!(
                 "models.m.versions.v1.ca_file: cannot read {}",
@@ -150,20 +160,40 @@ fn check_names_each_tls_problem_and_serve_fails_with_the_same_message() {
                 ),
                 backend,
             ),
-            format!("alerts.webhooks[0].ca_file: {} is not a PEM file", garbage.display()),
+            format!(
+                "alerts.webhooks[0].ca_file: {} is not a PEM file",
+                garbage.display()
+            ),
         ),
     ];
     for (config, expected) in &cases {
         let (code, stderr) = run(&["check"], config);
         assert_eq!(code, 2, "check {}: {stderr}", config.display());
-        assert!(stderr.contains(expected), "check {}: missing '{expected}' in:\n{stderr}", config.display());
-        let store = d.join(format!("{}.sqlite", config.file_stem().unwrap().to_string_lossy()));
+        assert!(
+            stderr.contains(expected),
+            "check {}: missing '{expected}' in:\n{stderr}",
+            config.display()
+        );
+        let store = d.join(format!(
+            "{}.sqlite",
+            config.file_stem().unwrap().to_string_lossy()
+        ));
         let (code, stderr) = run(
-            &["serve", "--listen", "127.0.0.1:0", "--store", &format!("sqlite://{}", store.display())],
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--store",
+                &format!("sqlite://{}", store.display()),
+            ],
             config,
         );
         assert_eq!(code, 2, "serve {}: {stderr}", config.display());
-        assert!(stderr.contains(expected), "serve {}: missing '{expected}' in:\n{stderr}", config.display());
+        assert!(
+            stderr.contains(expected),
+            "serve {}: missing '{expected}' in:\n{stderr}",
+            config.display()
+        );
     }
 
     let good = config(d, "good.yaml", &tls(&cert, &key), backend);
@@ -173,8 +203,15 @@ fn check_names_each_tls_problem_and_serve_fails_with_the_same_message() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("tls: ") && stdout.contains("(1 certificate(s))"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("tls: ") && stdout.contains("(1 certificate(s))"),
+        "{stdout}"
+    );
 }
 
 /// The certificate a new TLS connection to `addr` is given (the client trusts `ca` only).
@@ -188,11 +225,9 @@ fn presented(addr: &str, ca: &Ca) -> CertificateDer<'static> {
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let conn = rustls::ClientConnection::new(
-        Arc::new(config),
-        ServerName::try_from("127.0.0.1").unwrap(),
-    )
-    .unwrap();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("127.0.0.1").unwrap())
+            .unwrap();
     let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(addr).unwrap());
     // Writing drives the handshake to completion.
     tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -212,7 +247,11 @@ fn serve_over_https_reloads_its_certificate_on_sighup() {
     let config = config(
         d,
         "tls.yaml",
-        &format!("tls: {{ cert: {}, key: {} }}", cert.display(), key.display()),
+        &format!(
+            "tls: {{ cert: {}, key: {} }}",
+            cert.display(),
+            key.display()
+        ),
         r#"{ url: "http://127.0.0.1:9" }"#,
     );
     let store = format!("sqlite://{}", d.join("s.sqlite").display());
@@ -235,7 +274,10 @@ fn serve_over_https_reloads_its_certificate_on_sighup() {
     wait_for("the new certificate", Duration::from_secs(20), || {
         presented(&addr, &ca) == second.der
     });
-    assert!(child.try_wait().unwrap().is_none(), "SIGHUP ended the gateway");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the gateway"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }

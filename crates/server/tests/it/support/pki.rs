@@ -56,8 +56,7 @@ impl Ca {
     /// A certificate for 127.0.0.1 and localhost named `cn`, signed by this CA.
     pub fn leaf(&self, cn: &str) -> Leaf {
         let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-                .unwrap();
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
         params.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate().unwrap();
