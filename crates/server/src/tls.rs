@@ -79,11 +79,14 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// The PEM sections of a file, and the labels of its `-----BEGIN` lines (for messages).
+struct Sections {
+    found: Vec<(SectionKind, Vec<u8>)>,
+    labels: Vec<String>,
+}
+
 /// Every PEM section of `bytes`, with the labels of the `-----BEGIN` lines (for messages).
-fn sections(
-    path: &Path,
-    bytes: &[u8],
-) -> Result<(Vec<(SectionKind, Vec<u8>)>, Vec<String>), TlsError> {
+fn sections(path: &Path, bytes: &[u8]) -> Result<Sections, TlsError> {
     let mut reader: &[u8] = bytes;
     let mut found = Vec::new();
     loop {
@@ -103,7 +106,7 @@ fn sections(
         .filter_map(|l| l.trim().strip_prefix("-----BEGIN "))
         .map(|l| l.trim_end_matches('-').to_string())
         .collect();
-    Ok((found, labels))
+    Ok(Sections { found, labels })
 }
 
 fn missing(
@@ -127,7 +130,7 @@ fn missing(
 }
 
 fn certificates_in(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let (found, labels) = sections(path, bytes)?;
+    let Sections { found, labels } = sections(path, bytes)?;
     let certs: Vec<CertificateDer<'static>> = found
         .into_iter()
         .filter(|(kind, _)| *kind == SectionKind::Certificate)
@@ -140,7 +143,7 @@ fn certificates_in(path: &Path, bytes: &[u8]) -> Result<Vec<CertificateDer<'stat
 }
 
 fn private_key_in(path: &Path, bytes: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let (found, labels) = sections(path, bytes)?;
+    let Sections { found, labels } = sections(path, bytes)?;
     let key = found.into_iter().find_map(|(kind, der)| match kind {
         SectionKind::PrivateKey => Some(PrivateKeyDer::Pkcs8(der.into())),
         SectionKind::RsaPrivateKey => Some(PrivateKeyDer::Pkcs1(der.into())),
