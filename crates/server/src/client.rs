@@ -414,8 +414,9 @@ mod tests {
     }
 
     #[test]
-    fn urls_must_be_http() {
+    fn urls_must_be_http_or_https() {
         assert!(AdminClient::new("127.0.0.1:8080").is_ok());
+        assert!(AdminClient::new("https://example.com").is_ok());
         assert_eq!(
             AdminClient::new("http://127.0.0.1:8080/")
                 .map(|c| c.base().to_string())
@@ -423,7 +424,7 @@ mod tests {
             Some("http://127.0.0.1:8080".to_string())
         );
         assert!(matches!(
-            AdminClient::new("https://example.com"),
+            AdminClient::new("ftp://example.com"),
             Err(ClientError::BadUrl(_))
         ));
         assert!(matches!(
