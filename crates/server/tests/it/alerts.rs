@@ -288,7 +288,7 @@ async fn unsupported_scheme_is_recorded_once_without_retries() {
     let dir = tempfile::tempdir().unwrap();
     let sender = AlertSender::spawn(
         vec![WebhookConfig {
-            url: "https://hooks.example.invalid/services/secret".into(),
+            url: "ftp://hooks.example.invalid/services/secret".into(),
             min_severity: Severity::P3,
             ca_file: None,
         }],
