@@ -24,6 +24,8 @@ use crate::segments::MAX_SEGMENT_FIELDS;
 pub struct RawConfig {
     /// Address to listen on, e.g. `127.0.0.1:8080`.
     pub listen: Option<String>,
+    /// `{cert, key}`: serve HTTPS only on `listen`, with this certificate (chain) and key.
+    pub tls: Option<RawTls>,
     /// Directory of the SQLite store.
     pub data_dir: Option<PathBuf>,
     /// Name of the environment variable holding the admin bearer token. The token itself
@@ -44,6 +46,15 @@ pub struct RawConfig {
     pub alerts: RawAlerts,
     #[serde(default)]
     pub controller: RawController,
+}
+
+/// The listener's certificate and key, PEM files (relative paths: to the configuration file).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawTls {
+    /// The certificate, followed by any intermediate certificates.
+    pub cert: Option<PathBuf>,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -88,6 +99,8 @@ pub struct RawWebhook {
     pub url: String,
     /// Least severe alert delivered: P0 (only critical) .. P3 (everything, the default).
     pub min_severity: Option<String>,
+    /// `https://` webhooks: PEM certificates trusted besides the built-in roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -190,6 +203,8 @@ pub struct RawBackend {
     pub timeout_ms: Option<u64>,
     /// For `json` backends: JSON pointer of the prediction in the response.
     pub output_pointer: Option<String>,
+    /// `https://` backends: PEM certificates trusted besides the built-in roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,6 +247,8 @@ pub struct RawArm {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GatewayConfig {
     pub listen: Option<String>,
+    /// HTTPS on the listener.
+    pub tls: Option<TlsFiles>,
     pub data_dir: Option<PathBuf>,
     pub admin_token_env: Option<String>,
     pub auth: AuthConfig,
@@ -244,6 +261,14 @@ pub struct GatewayConfig {
     pub models: BTreeMap<String, ModelConfig>,
     pub webhooks: Vec<Webhook>,
     pub tick_ms: u64,
+}
+
+/// A certificate (chain) and its private key, PEM files, as configured (the server reads and
+/// checks them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Credentials and the data plane's access. No credential and no `admin_token_env`: open mode
@@ -388,6 +413,8 @@ impl RawAuth {
 pub struct Webhook {
     pub url: String,
     pub min_severity: crate::audit::Severity,
+    /// Extra trusted CA certificates for an `https://` URL.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -493,6 +520,8 @@ pub enum BackendSpec {
         protocol: Protocol,
         remote_model: String,
         timeout_ms: u64,
+        /// Extra trusted CA certificates for an `https://` URL.
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -538,6 +567,26 @@ fn positive(path: &str, value: Option<u64>, default: u64, problems: &mut Vec<Str
         }
         Some(v) => v,
         None => default,
+    }
+}
+
+/// An outbound URL (a backend's, a webhook's): `http://` or `https://` and a host; a `ca_file`
+/// only with `https://`.
+fn check_url(at: &str, url: &str, has_ca_file: bool, problems: &mut Vec<String>) {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('/') => {
+            if has_ca_file && url.starts_with("http://") {
+                problems.push(format!(
+                    "{at}.ca_file: applies to https:// URLs only, and '{url}' is http://"
+                ));
+            }
+        }
+        _ => problems.push(format!(
+            "{at}.url: '{url}' must be an http:// or https:// URL"
+        )),
     }
 }
 
@@ -711,6 +760,18 @@ impl RawConfig {
                 &mut problems,
             ),
         };
+        let tls = self.tls.as_ref().and_then(|t| match (&t.cert, &t.key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            _ => {
+                problems.push(
+                    "tls: give both cert and key (PEM files; leave tls out for plain HTTP)".into(),
+                );
+                None
+            }
+        });
         if let Some(listen) = &self.listen {
             if listen.parse::<std::net::SocketAddr>().is_err() {
                 problems.push(format!(
@@ -732,12 +793,8 @@ impl RawConfig {
         }
         let mut webhooks = Vec::new();
         for (i, w) in self.alerts.webhooks.iter().enumerate() {
-            if !w.url.starts_with("http://") {
-                problems.push(format!(
-                    "alerts.webhooks[{i}].url: '{}' must be an http:// URL",
-                    w.url
-                ));
-            }
+            let at = format!("alerts.webhooks[{i}]");
+            check_url(&at, &w.url, w.ca_file.is_some(), &mut problems);
             let min_severity = match w.min_severity.as_deref() {
                 None => crate::audit::Severity::P3,
                 Some(s) => crate::audit::Severity::parse(s).unwrap_or_else(|| {
@@ -750,6 +807,7 @@ impl RawConfig {
             webhooks.push(Webhook {
                 url: w.url.clone(),
                 min_severity,
+                ca_file: w.ca_file.clone(),
             });
         }
         let tick_ms = positive(
@@ -763,6 +821,7 @@ impl RawConfig {
                 webhooks,
                 tick_ms,
                 listen: self.listen,
+                tls,
                 data_dir: self.data_dir,
                 admin_token_env: self.admin_token_env,
                 auth,
@@ -910,16 +969,15 @@ impl RawBackend {
                 if self.protocol.is_some()
                     || self.remote_model.is_some()
                     || self.output_pointer.is_some()
+                    || self.ca_file.is_some()
                 {
-                    problems.push(format!("{at}: protocol, remote_model and output_pointer apply to url backends only"));
+                    problems.push(format!("{at}: protocol, remote_model, output_pointer and ca_file apply to url backends only"));
                 }
                 Some(BackendSpec::Onnx { path })
             }
             (None, Some(url)) => {
                 let before = problems.len();
-                if !url.starts_with("http://") || url.len() <= "http://".len() {
-                    problems.push(format!("{at}.url: '{url}' must be an http:// URL"));
-                }
+                check_url(at, &url, self.ca_file.is_some(), problems);
                 let timeout_ms = positive(
                     &format!("{at}.timeout_ms"),
                     self.timeout_ms,
@@ -950,6 +1008,7 @@ impl RawBackend {
                     protocol,
                     remote_model: self.remote_model.unwrap_or_else(|| model.to_string()),
                     timeout_ms,
+                    ca_file: self.ca_file,
                 })
             }
             _ => {
@@ -1085,6 +1144,7 @@ impl RawStrategy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn model(serve: RawStrategy) -> RawModel {
         let backend = |url: &str| RawBackend {
@@ -1094,6 +1154,7 @@ mod tests {
             remote_model: None,
             timeout_ms: None,
             output_pointer: None,
+            ca_file: None,
         };
         RawModel {
             task: None,
@@ -1129,6 +1190,7 @@ mod tests {
     fn config(models: Vec<(&str, RawModel)>) -> RawConfig {
         RawConfig {
             listen: None,
+            tls: None,
             data_dir: None,
             admin_token_env: None,
             auth: RawAuth::default(),
@@ -1141,6 +1203,93 @@ mod tests {
                 .collect(),
             alerts: RawAlerts::default(),
             controller: RawController::default(),
+        }
+    }
+
+    #[test]
+    fn tls_and_outbound_urls_are_checked() {
+        let backend = |url: &str, ca: Option<&str>| RawBackend {
+            onnx: None,
+            url: Some(url.into()),
+            protocol: None,
+            remote_model: None,
+            timeout_ms: None,
+            output_pointer: None,
+            ca_file: ca.map(PathBuf::from),
+        };
+        let with = |versions: Vec<(&str, RawBackend)>| {
+            let mut m = model(strategy_single());
+            m.versions = versions
+                .into_iter()
+                .map(|(v, b)| (v.to_string(), b))
+                .collect();
+            m
+        };
+        let webhook = |url: &str, ca: Option<&str>| RawWebhook {
+            url: url.into(),
+            min_severity: None,
+            ca_file: ca.map(PathBuf::from),
+        };
+        // Good: https with and without a CA file, a listener with both files.
+        let mut good = config(vec![(
+            "m",
+            with(vec![
+                (
+                    "v1",
+                    backend("https://models.internal:8443", Some("ca.pem")),
+                ),
+                ("v2", backend("http://127.0.0.1:2", None)),
+            ]),
+        )]);
+        good.tls = Some(RawTls {
+            cert: Some("cert.pem".into()),
+            key: Some("key.pem".into()),
+        });
+        good.alerts.webhooks = vec![webhook("https://hooks.example/x", Some("ca.pem"))];
+        let valid = good.validate().unwrap();
+        assert_eq!(
+            valid.tls,
+            Some(TlsFiles {
+                cert: "cert.pem".into(),
+                key: "key.pem".into()
+            })
+        );
+        assert!(matches!(
+            &valid.models["m"].versions["v1"],
+            BackendSpec::Http { url, ca_file: Some(ca), .. }
+                if url == "https://models.internal:8443" && ca == Path::new("ca.pem")
+        ));
+        assert_eq!(valid.webhooks[0].ca_file, Some(PathBuf::from("ca.pem")));
+
+        let mut bad = config(vec![(
+            "m",
+            with(vec![
+                ("v1", backend("http://127.0.0.1:1", Some("ca.pem"))),
+                ("v2", backend("ftp://models", None)),
+                ("v3", backend("https://", None)),
+            ]),
+        )]);
+        bad.tls = Some(RawTls {
+            cert: Some("cert.pem".into()),
+            key: None,
+        });
+        bad.alerts.webhooks = vec![
+            webhook("http://hooks.example/x", Some("ca.pem")),
+            webhook("hooks.example/x", None),
+        ];
+        let problems = bad.validate().unwrap_err();
+        for expected in [
+            "tls: give both cert and key",
+            "models.m.versions.v1.ca_file: applies to https:// URLs only",
+            "models.m.versions.v2.url: 'ftp://models' must be an http:// or https:// URL",
+            "models.m.versions.v3.url: 'https://' must be an http:// or https:// URL",
+            "alerts.webhooks[0].ca_file: applies to https:// URLs only",
+            "alerts.webhooks[1].url: 'hooks.example/x' must be an http:// or https:// URL",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(expected)),
+                "missing '{expected}' in {problems:#?}"
+            );
         }
     }
 

@@ -262,13 +262,19 @@ async fn forward(
     let request = request
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .map_err(|e| unavailable(format!("cannot forward to {url}: {e}")))?;
-    let answer = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        state.admin_client.request(request),
-    )
-    .await
-    .map_err(|_| unavailable(format!("the controller at {url} did not answer in time")))?
-    .map_err(|e| unavailable(format!("the controller at {url} is unreachable: {e}")))?;
+    let client = state
+        .admin_client
+        .for_url(&url, state.peer_ca_file.as_deref())
+        .map_err(|e| unavailable(format!("cannot forward to {url}: {e}")))?;
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(request))
+        .await
+        .map_err(|_| unavailable(format!("the controller at {url} did not answer in time")))?
+        .map_err(|e| {
+            unavailable(format!(
+                "the controller at {url} is unreachable: {}",
+                crate::backend::error_chain(&e)
+            ))
+        })?;
     let (parts, body) = answer.into_parts();
     let body = http_body_util::BodyExt::collect(body)
         .await

@@ -12,7 +12,9 @@
 //! without pausing the dispatcher: deliveries belong to an *epoch*, a flush closes the current
 //! one, and an epoch is released only after its own deliveries and every older epoch are.
 //!
-//! Only `http://` webhooks are supported (the shared client has no TLS). Webhook URLs can carry
+//! `http://` webhooks share one plain connection pool; `https://` ones one TLS pool per CA file
+//! (the built-in roots plus the webhook's `ca_file`). A certificate that does not verify is a
+//! failed attempt naming the TLS reason, retried like any other. Webhook URLs can carry
 //! secrets (Slack-style tokens in the path), so logs show only their scheme, host and port;
 //! the store keeps the configured URL.
 
@@ -30,7 +32,7 @@ use switchyard_store::{ControlStore, DeliveryRow, StoreError, StoreUrl};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::backend::{http_client, HttpClient};
+use crate::backend::{error_chain, Clients, UpstreamClient};
 
 /// Capacity of the alert queue (and of each webhook's queue) used by [`AlertSender::spawn`].
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
@@ -49,6 +51,8 @@ pub struct WebhookConfig {
     pub url: String,
     /// Deliver alerts at least this severe (P0 is the most severe).
     pub min_severity: Severity,
+    /// `https://` webhooks: PEM certificates trusted besides the built-in roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl WebhookConfig {
@@ -127,8 +131,8 @@ impl AlertSender {
         let capacity = capacity.max(1);
         let (tx, rx) = mpsc::channel(capacity);
         let dropped_deliveries = Arc::new(AtomicU64::new(0));
+        let clients = Clients::new();
         let shared = Arc::new(Shared {
-            client: http_client(),
             store: Arc::new(Mutex::new(None)),
             store_url: store.into(),
             retry,
@@ -139,8 +143,19 @@ impl AlertSender {
                 if let Err(e) = check_url(&config.url) {
                     tracing::warn!(webhook = %redact(&config.url), "alert webhook will fail: {e}");
                 }
+                let client = clients
+                    .for_url(&config.url, config.ca_file.as_deref())
+                    .map_err(|e| format!("TLS set-up: {e}"));
+                if let Err(e) = &client {
+                    tracing::warn!(webhook = %redact(&config.url), "alert webhook will fail: {e}");
+                }
                 let (tx, rx) = mpsc::channel(capacity);
-                tokio::spawn(webhook_worker(config.url.clone(), rx, shared.clone()));
+                tokio::spawn(webhook_worker(
+                    config.url.clone(),
+                    client,
+                    rx,
+                    shared.clone(),
+                ));
                 Hook { config, tx }
             })
             .collect();
@@ -196,7 +211,6 @@ impl AlertSender {
 
 /// What the dispatcher and the delivery tasks share.
 struct Shared {
-    client: HttpClient,
     /// Opened on first use, on a blocking thread; reopened after a failure to open.
     store: Arc<Mutex<Option<ControlStore>>>,
     store_url: StoreUrl,
@@ -334,8 +348,14 @@ async fn dispatch(
     }
 }
 
-async fn webhook_worker(url: String, mut rx: mpsc::Receiver<Job>, shared: Arc<Shared>) {
+async fn webhook_worker(
+    url: String,
+    client: Result<UpstreamClient, String>,
+    mut rx: mpsc::Receiver<Job>,
+    shared: Arc<Shared>,
+) {
     let url: Arc<str> = Arc::from(url);
+    let client = Arc::new(client);
     let permits = Arc::new(Semaphore::new(PER_WEBHOOK_CONCURRENCY));
     while let Some(job) = rx.recv().await {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -343,8 +363,9 @@ async fn webhook_worker(url: String, mut rx: mpsc::Receiver<Job>, shared: Arc<Sh
         };
         let shared = shared.clone();
         let url = url.clone();
+        let client = client.clone();
         tokio::spawn(async move {
-            deliver(&shared, &url, &job).await;
+            deliver(&shared, &client, &url, &job).await;
             drop(permit);
         });
     }
@@ -361,12 +382,15 @@ enum Attempt {
     Invalid(String),
 }
 
-async fn deliver(shared: &Shared, url: &str, job: &Job) {
+async fn deliver(shared: &Shared, client: &Result<UpstreamClient, String>, url: &str, job: &Job) {
     let retry = shared.retry;
     let attempts = retry.attempts.max(1);
     for attempt in 1..=attempts {
         let ts_ms = now_ms();
-        let outcome = attempt_once(&shared.client, url, job.body.clone(), retry.timeout).await;
+        let outcome = match client {
+            Ok(client) => attempt_once(client, url, job.body.clone(), retry.timeout).await,
+            Err(e) => Attempt::Invalid(e.clone()),
+        };
         let (status, error, delivered, retryable) = match &outcome {
             Attempt::Delivered(s) => (Some(*s), None, true, false),
             Attempt::Refused(s, e) => (Some(*s), Some(e.clone()), false, true),
@@ -412,16 +436,21 @@ fn check_url(url: &str) -> Result<Uri, String> {
         .parse()
         .map_err(|e| format!("invalid webhook URL: {e}"))?;
     match uri.scheme_str() {
-        Some("http") if uri.host().is_some() => Ok(uri),
-        Some("http") => Err("invalid webhook URL: no host".into()),
+        Some("http" | "https") if uri.host().is_some() => Ok(uri),
+        Some("http" | "https") => Err("invalid webhook URL: no host".into()),
         Some(other) => Err(format!(
-            "unsupported webhook scheme {other}: only http:// webhooks are supported"
+            "unsupported webhook scheme {other}: only http:// and https:// webhooks are supported"
         )),
-        None => Err("invalid webhook URL: no http:// scheme".into()),
+        None => Err("invalid webhook URL: no http:// or https:// scheme".into()),
     }
 }
 
-async fn attempt_once(client: &HttpClient, url: &str, body: Bytes, timeout: Duration) -> Attempt {
+async fn attempt_once(
+    client: &UpstreamClient,
+    url: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> Attempt {
     let uri = match check_url(url) {
         Ok(uri) => uri,
         Err(e) => return Attempt::Invalid(e),
@@ -512,17 +541,6 @@ fn redact(url: &str) -> String {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -547,6 +565,7 @@ mod tests {
         let hook = WebhookConfig {
             url: "http://h/".into(),
             min_severity: Severity::P1,
+            ca_file: None,
         };
         assert!(hook.admits(Severity::P0));
         assert!(hook.admits(Severity::P1));
@@ -583,9 +602,10 @@ mod tests {
     #[test]
     fn urls_are_checked_and_redacted() {
         assert!(check_url("http://127.0.0.1:9/hook").is_ok());
-        assert!(check_url("https://hooks.slack.com/services/T/B/secret")
+        assert!(check_url("https://hooks.slack.com/services/T/B/secret").is_ok());
+        assert!(check_url("ftp://hooks.example/x")
             .unwrap_err()
-            .contains("only http://"));
+            .contains("only http:// and https://"));
         assert!(check_url("not a url").is_err());
         assert_eq!(
             redact("http://user:pw@example.com:8080/services/T/B/secret?token=x"),

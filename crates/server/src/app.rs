@@ -29,12 +29,14 @@ use tokio::sync::oneshot;
 
 use crate::alerts::{AlertSender, RetryPolicy, WebhookConfig};
 use crate::auth::Auth;
-use crate::backend::{http_client, Backend, ModelRuntime};
+use crate::backend::{Backend, Clients, ModelRuntime};
 use crate::controller::{Clock, Controller, SystemClock};
 use crate::metrics::Metrics;
 use crate::shadow::ShadowDispatcher;
 use crate::state::{decode_table, AppState};
+use crate::tls::{TlsAcceptorHandle, TlsError};
 use crate::{admin, dataplane, feedback, oip};
+use tokio_rustls::TlsAcceptor;
 
 /// A running gateway.
 #[derive(Debug)]
@@ -46,6 +48,9 @@ pub struct Gateway {
     cluster_sync: Option<tokio::task::JoinHandle<()>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
+    /// The listener's certificate with `tls:`, and the task watching its files.
+    tls: Option<TlsAcceptorHandle>,
+    tls_watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Options that do not come from the configuration file.
@@ -72,6 +77,12 @@ pub struct StartOptions {
     pub base_dir: PathBuf,
     /// Retry policy of alert webhooks.
     pub retry: RetryPolicy,
+    /// How often the listener's certificate and key files are looked at for a change
+    /// (`None`: only [`Gateway::reload_tls`], e.g. on SIGHUP).
+    pub tls_reload_poll: Option<Duration>,
+    /// CA certificates trusted (besides the built-in roots) when forwarding admin commands to
+    /// the controller replica's `https://` URL.
+    pub peer_ca_file: Option<PathBuf>,
 }
 
 impl StartOptions {
@@ -86,6 +97,8 @@ impl StartOptions {
             controller_loop: true,
             base_dir: PathBuf::from("."),
             retry: RetryPolicy::default(),
+            tls_reload_poll: Some(crate::tls::DEFAULT_RELOAD_POLL),
+            peer_ca_file: None,
         }
     }
 }
@@ -99,18 +112,22 @@ impl Gateway {
     ) -> anyhow::Result<Gateway> {
         let auth = Auth::load(&config.auth, options.admin_token.as_deref())
             .context("reading the credentials")?;
+        let tls = match &config.tls {
+            Some(files) => Some(TlsAcceptorHandle::load(files).context("tls")?),
+            None => None,
+        };
         if auth.is_open() {
             tracing::warn!("{}", auth.describe());
         } else {
             tracing::info!("{}", auth.describe());
         }
-        let client = http_client();
+        let clients = Clients::new();
         let mut models = HashMap::new();
         let mut routes = HashMap::new();
         for (name, model) in &config.models {
             let mut backends = HashMap::new();
             for (version, spec) in &model.versions {
-                let backend = Backend::build(spec, &client)
+                let backend = Backend::build(spec, &clients)
                     .with_context(|| format!("model {name} version {version}"))?;
                 backends.insert(version.clone(), Arc::new(backend));
             }
@@ -199,7 +216,8 @@ impl Gateway {
             replica,
             cluster,
             remote_aggregates: parking_lot::Mutex::new(Aggregates::default()),
-            admin_client: client.clone(),
+            admin_client: clients.clone(),
+            peer_ca_file: options.peer_ca_file.clone(),
         });
         let webhooks = config
             .webhooks
@@ -207,6 +225,7 @@ impl Gateway {
             .map(|w| WebhookConfig {
                 url: w.url.clone(),
                 min_severity: w.min_severity,
+                ca_file: w.ca_file.clone(),
             })
             .collect();
         let alerts = AlertSender::spawn(webhooks, options.store.clone(), options.retry);
@@ -215,10 +234,11 @@ impl Gateway {
             .clone()
             .unwrap_or_else(|| Arc::new(SystemClock));
         let addr = listener.local_addr()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let advertise = options
             .advertise_url
             .clone()
-            .unwrap_or_else(|| format!("http://{addr}"));
+            .unwrap_or_else(|| format!("{scheme}://{addr}"));
         let controller = Controller::open(
             state.clone(),
             &options.store,
@@ -238,8 +258,20 @@ impl Gateway {
         let app = router(state.clone(), controller.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let http = http1_builder(&config);
-        let server = tokio::spawn(serve(listener, app, http, rx));
-        tracing::info!(%addr, "switchyard gateway listening");
+        let acceptor = tls.as_ref().map(TlsAcceptorHandle::acceptor);
+        let handshake_timeout = Duration::from_millis(config.header_read_timeout_ms);
+        let server = tokio::spawn(serve(
+            listener,
+            app,
+            http,
+            acceptor.map(|a| (a, handshake_timeout)),
+            rx,
+        ));
+        let tls_watch = match (&tls, options.tls_reload_poll) {
+            (Some(t), Some(every)) => Some(t.watch(every)),
+            _ => None,
+        };
+        tracing::info!(url = %format!("{scheme}://{addr}"), "switchyard gateway listening");
         Ok(Gateway {
             addr,
             state,
@@ -248,6 +280,8 @@ impl Gateway {
             cluster_sync,
             shutdown: Some(tx),
             server,
+            tls,
+            tls_watch,
         })
     }
 
@@ -259,6 +293,9 @@ impl Gateway {
         (&mut self.server).await.context("server task")?;
         if let Some(l) = self.controller_loop.take() {
             l.abort();
+        }
+        if let Some(w) = self.tls_watch.take() {
+            w.abort();
         }
         if let Some(s) = self.cluster_sync.take() {
             s.abort();
@@ -284,8 +321,21 @@ impl Gateway {
         Ok(())
     }
 
+    /// `https://<addr>` with `tls:`, `http://<addr>` without.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The listener's certificate (with `tls:`): to reload it or watch its reloads.
+    pub fn tls(&self) -> Option<&TlsAcceptorHandle> {
+        self.tls.as_ref()
+    }
+
+    /// Reads the listener's certificate and key again (SIGHUP); `None` without `tls:`. A pair
+    /// that does not load is refused and the previous one keeps serving.
+    pub fn reload_tls(&self) -> Option<Result<(), TlsError>> {
+        self.tls.as_ref().map(TlsAcceptorHandle::reload)
     }
 }
 
@@ -402,11 +452,15 @@ fn http1_builder(config: &GatewayConfig) -> http1::Builder {
 
 /// The accept loop: one task per connection, each watched for graceful shutdown. Once
 /// `shutdown` fires (or its sender is dropped), the listener is closed, idle connections are
-/// closed, and requests in flight are finished before this returns.
+/// closed, and requests in flight are finished before this returns. With `tls`, each
+/// connection's task first completes the TLS handshake within the timeout (a client that does
+/// not finish it is dropped, as one that sends no headers); without, connections are served as
+/// before, with no TLS code on their path.
 async fn serve(
     listener: TcpListener,
     app: Router,
     http: http1::Builder,
+    tls: Option<(TlsAcceptor, Duration)>,
     mut shutdown: oneshot::Receiver<()>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -425,6 +479,30 @@ async fn serve(
         };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        if let Some((acceptor, timeout)) = &tls {
+            let (acceptor, timeout) = (acceptor.clone(), *timeout);
+            let (http, app) = (http.clone(), app.clone());
+            let watcher = graceful.watcher();
+            tokio::spawn(async move {
+                let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake not finished in time");
+                        return;
+                    }
+                };
+                let conn =
+                    http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+            continue;
         }
         let conn =
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));

@@ -4,13 +4,16 @@
 //! A call returns the response body in the *client's* protocol together with the normalised
 //! [`Prediction`], or a [`BackendError`] classified by whose fault it is.
 
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::{connect::HttpConnector, Client, ResponseFuture};
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use switchyard_core::config::{BackendSpec, ModelConfig, Protocol, Task};
@@ -18,18 +21,111 @@ use switchyard_core::{Outcome, Prediction};
 
 use crate::onnx::{OnnxError, OnnxModel, OnnxPrediction};
 use crate::protocol::{self, JsonBody, Wire};
+use crate::tls::TlsError;
 
-/// Shared HTTP client: one connection pool for every backend.
+/// Shared HTTP client: one connection pool for every `http://` backend.
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-pub fn http_client() -> HttpClient {
+/// A client of `https://` servers: one per set of trusted CAs.
+pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+fn connector() -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
+    connector
+}
+
+fn pool() -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .build(connector)
+        .pool_max_idle_per_host(256);
+    builder
+}
+
+pub fn http_client() -> HttpClient {
+    pool().build(connector())
+}
+
+/// An `https://`-only client trusting the built-in roots and the certificates of `ca_file`.
+pub fn https_client(ca_file: Option<&Path>) -> Result<HttpsClient, TlsError> {
+    let mut http = connector();
+    // The scheme is checked by the TLS layer.
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(crate::tls::client_config(ca_file)?)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(pool().build(https))
+}
+
+/// The client of one upstream URL: plain `http://` URLs keep the plain connector (the same
+/// pool and the same code path as without TLS); a call is one `match`, no allocation.
+#[derive(Debug, Clone)]
+pub enum UpstreamClient {
+    Http(HttpClient),
+    Https(HttpsClient),
+}
+
+impl UpstreamClient {
+    pub fn request(&self, request: Request<Full<Bytes>>) -> ResponseFuture {
+        match self {
+            UpstreamClient::Http(c) => c.request(request),
+            UpstreamClient::Https(c) => c.request(request),
+        }
+    }
+}
+
+/// The gateway's outbound clients: the plain pool, and one TLS pool per `ca_file` (built on
+/// first use and shared by every URL that trusts the same file).
+#[derive(Debug, Clone)]
+pub struct Clients {
+    plain: HttpClient,
+    https: Arc<parking_lot::Mutex<HashMap<Option<PathBuf>, HttpsClient>>>,
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Clients::new()
+    }
+}
+
+impl Clients {
+    pub fn new() -> Clients {
+        Clients {
+            plain: http_client(),
+            https: Arc::default(),
+        }
+    }
+
+    pub fn plain(&self) -> &HttpClient {
+        &self.plain
+    }
+
+    /// The client for `url`: TLS (trusting `ca_file` too) for `https://`, plain otherwise.
+    pub fn for_url(&self, url: &str, ca_file: Option<&Path>) -> Result<UpstreamClient, TlsError> {
+        if !url.starts_with("https://") {
+            return Ok(UpstreamClient::Http(self.plain.clone()));
+        }
+        let key = ca_file.map(Path::to_path_buf);
+        if let Some(client) = self.https.lock().get(&key) {
+            return Ok(UpstreamClient::Https(client.clone()));
+        }
+        let client = https_client(ca_file)?;
+        self.https.lock().insert(key, client.clone());
+        Ok(UpstreamClient::Https(client))
+    }
+}
+
+/// Why a backend could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Whose fault a failure is.
@@ -135,7 +231,7 @@ pub enum Backend {
 
 #[derive(Debug)]
 pub struct HttpBackend {
-    client: HttpClient,
+    client: UpstreamClient,
     /// The endpoint of every call, parsed once (`Err`: the text that did not parse).
     uri: Result<hyper::Uri, String>,
     /// Where readiness is asked: the OIP model-ready route, KServe v1's model route, or (plain
@@ -154,9 +250,9 @@ pub struct OnnxBackend {
 }
 
 impl Backend {
-    /// Builds the backend of one version; loads ONNX models eagerly so that a bad file is a
-    /// start-up error, not a request error.
-    pub fn build(spec: &BackendSpec, client: &HttpClient) -> Result<Backend, OnnxError> {
+    /// Builds the backend of one version; loads ONNX models (and an `https://` backend's CA
+    /// file) eagerly so that a bad file is a start-up error, not a request error.
+    pub fn build(spec: &BackendSpec, clients: &Clients) -> Result<Backend, BuildError> {
         Ok(match spec {
             BackendSpec::Onnx { path } => Backend::Onnx(OnnxBackend {
                 model: Arc::new(OnnxModel::load(path)?),
@@ -167,6 +263,7 @@ impl Backend {
                 protocol,
                 remote_model,
                 timeout_ms,
+                ca_file,
             } => {
                 let endpoint = match protocol {
                     Protocol::Oip => format!("{url}/v2/models/{remote_model}/infer"),
@@ -181,7 +278,7 @@ impl Backend {
                 let metadata = matches!(protocol, Protocol::Oip)
                     .then(|| format!("{url}/v2/models/{remote_model}"));
                 Backend::Http(Box::new(HttpBackend {
-                    client: client.clone(),
+                    client: clients.for_url(url, ca_file.as_deref())?,
                     ready_uri: ready.parse().ok(),
                     metadata_uri: metadata.and_then(|m| m.parse().ok()),
                     uri: endpoint.parse().map_err(|_| endpoint),
@@ -367,7 +464,8 @@ impl HttpBackend {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources, `: `-separated (a TLS failure's reason is in a source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

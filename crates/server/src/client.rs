@@ -4,6 +4,7 @@
 //! Refusals (non-2xx) come back as [`ClientError::Refused`] with the gateway's error body;
 //! transport failures name the URL, never the token (it only travels in a header).
 
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +15,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
+
+use crate::backend::UpstreamClient;
 
 use crate::api::{
     ChainCheck, ClusterView, DryRun, ErrorBody, ErrorDetail, ModelStats, ReplayReport,
@@ -27,8 +30,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Why a call to the admin API did not give an answer of the expected type.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("'{0}' is not an http:// URL (https is not supported)")]
+    #[error("'{0}' is not an http:// or https:// URL")]
     BadUrl(String),
+    /// The CA file to trust cannot be used.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("the admin token holds characters an HTTP header cannot carry")]
     BadToken,
     /// The connection could not be made.
@@ -91,7 +97,7 @@ pub struct AdminClient {
     base: String,
     token: Option<HeaderValue>,
     actor: Option<HeaderValue>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: UpstreamClient,
 }
 
 impl std::fmt::Debug for AdminClient {
@@ -104,8 +110,9 @@ impl std::fmt::Debug for AdminClient {
 }
 
 impl AdminClient {
-    /// A client of the gateway at `base` (`http://host:port`; a bare `host:port` is taken as
-    /// http).
+    /// A client of the gateway at `base` (`http://host:port` or `https://host:port`, whose
+    /// certificate must verify against the built-in roots, see [`AdminClient::with_ca_file`];
+    /// a bare `host:port` is taken as http).
     pub fn new(base: &str) -> Result<AdminClient, ClientError> {
         let mut base = base.trim().trim_end_matches('/').to_string();
         if !base.contains("://") {
@@ -114,17 +121,39 @@ impl AdminClient {
         let uri: Uri = base
             .parse()
             .map_err(|_| ClientError::BadUrl(base.clone()))?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(ClientError::BadUrl(base));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let client = Self::client(&base, None)?;
         Ok(AdminClient {
             base,
             token: None,
             actor: None,
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client,
         })
+    }
+
+    fn client(base: &str, ca_file: Option<&Path>) -> Result<UpstreamClient, ClientError> {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let builder = Client::builder(TokioExecutor::new());
+        if !base.starts_with("https://") {
+            return Ok(UpstreamClient::Http(builder.build(connector)));
+        }
+        connector.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(crate::tls::client_config(ca_file)?)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(connector);
+        Ok(UpstreamClient::Https(builder.build(https)))
+    }
+
+    /// Trusts the certificates of `ca_file` (PEM) besides the built-in roots, for a gateway
+    /// whose certificate a private CA signed. Without effect on an `http://` gateway.
+    pub fn with_ca_file(mut self, ca_file: &Path) -> Result<AdminClient, ClientError> {
+        self.client = Self::client(&self.base, Some(ca_file))?;
+        Ok(self)
     }
 
     /// Sends `Authorization: Bearer <token>` with every call.
@@ -397,8 +426,9 @@ mod tests {
     }
 
     #[test]
-    fn urls_must_be_http() {
+    fn urls_must_be_http_or_https() {
         assert!(AdminClient::new("127.0.0.1:8080").is_ok());
+        assert!(AdminClient::new("https://example.com").is_ok());
         assert_eq!(
             AdminClient::new("http://127.0.0.1:8080/")
                 .map(|c| c.base().to_string())
@@ -406,7 +436,7 @@ mod tests {
             Some("http://127.0.0.1:8080".to_string())
         );
         assert!(matches!(
-            AdminClient::new("https://example.com"),
+            AdminClient::new("ftp://example.com"),
             Err(ClientError::BadUrl(_))
         ));
         assert!(matches!(

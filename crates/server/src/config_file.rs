@@ -4,6 +4,8 @@ use std::path::Path;
 
 use switchyard_core::config::{BackendSpec, GatewayConfig, RawConfig, TokenHash};
 
+use crate::tls::resolve;
+
 /// Why a configuration file was refused: every problem, one per line.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
@@ -29,8 +31,9 @@ pub fn from_yaml_listing_unknown<T: serde::de::DeserializeOwned>(
     Ok((value, unknown))
 }
 
-/// Parses and validates YAML text; relative ONNX paths (and token hash files) are resolved
-/// against `base`.
+/// Parses and validates YAML text; relative paths (ONNX models, token hash files, TLS
+/// certificates, keys and CA files) are resolved against `base`, and the files that must exist
+/// are read and checked (a TLS problem names the field, the file and what is wrong).
 pub fn parse_config(text: &str, base: &Path, origin: &str) -> Result<GatewayConfig, ConfigError> {
     let refuse = |problems| ConfigError {
         path: origin.to_string(),
@@ -46,24 +49,45 @@ pub fn parse_config(text: &str, base: &Path, origin: &str) -> Result<GatewayConf
     let mut missing = Vec::new();
     for (model, m) in config.models.iter_mut() {
         for (version, backend) in m.versions.iter_mut() {
-            if let BackendSpec::Onnx { path } = backend {
-                if path.is_relative() {
-                    *path = base.join(&*path);
+            match backend {
+                BackendSpec::Onnx { path } => {
+                    resolve(path, base);
+                    if !path.is_file() {
+                        missing.push(format!(
+                            "models.{model}.versions.{version}.onnx: no file at {}",
+                            path.display()
+                        ));
+                    }
                 }
-                if !path.is_file() {
-                    missing.push(format!(
-                        "models.{model}.versions.{version}.onnx: no file at {}",
-                        path.display()
-                    ));
+                BackendSpec::Http {
+                    ca_file: Some(path),
+                    ..
+                } => {
+                    resolve(path, base);
+                    if let Some(e) = crate::tls::ca_file_problem(path) {
+                        missing.push(format!("models.{model}.versions.{version}.ca_file: {e}"));
+                    }
                 }
+                BackendSpec::Http { .. } => {}
+            }
+        }
+    }
+    if let Some(tls) = &mut config.tls {
+        resolve(&mut tls.cert, base);
+        resolve(&mut tls.key, base);
+        missing.extend(crate::tls::listener_problems(tls));
+    }
+    for (i, w) in config.webhooks.iter_mut().enumerate() {
+        if let Some(path) = &mut w.ca_file {
+            resolve(path, base);
+            if let Some(e) = crate::tls::ca_file_problem(path) {
+                missing.push(format!("alerts.webhooks[{i}].ca_file: {e}"));
             }
         }
     }
     for c in config.auth.credentials.iter_mut() {
         if let TokenHash::File(path) = &mut c.token_sha256 {
-            if path.is_relative() {
-                *path = base.join(&*path);
-            }
+            resolve(path, base);
         }
     }
     if let Some(dir) = &config.data_dir {

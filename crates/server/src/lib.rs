@@ -26,6 +26,7 @@ pub mod report;
 pub mod runtime;
 pub mod shadow;
 pub mod state;
+pub mod tls;
 pub mod ui;
 
 pub use app::{Gateway, StartOptions};

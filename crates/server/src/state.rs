@@ -39,8 +39,10 @@ pub struct AppState {
     pub cluster: Option<Cluster>,
     /// The other replicas' latest published aggregates, merged (empty for a single gateway).
     pub remote_aggregates: parking_lot::Mutex<Aggregates>,
-    /// Forwards admin commands to the controller replica.
-    pub admin_client: crate::backend::HttpClient,
+    /// Forwards admin commands to the controller replica (`https://` when its advertised URL
+    /// is, trusting the built-in roots and `peer_ca_file`).
+    pub admin_client: crate::backend::Clients,
+    pub peer_ca_file: Option<std::path::PathBuf>,
 }
 
 impl AppState {

@@ -71,6 +71,7 @@ async fn severity_filter_admits_only_severe_enough_alerts() {
         vec![WebhookConfig {
             url: hook.url(),
             min_severity: Severity::P1,
+            ca_file: None,
         }],
         store_path(dir.path()),
         fast_retry(3),
@@ -119,6 +120,7 @@ async fn failing_listener_receives_the_alert_on_the_third_attempt() {
         vec![WebhookConfig {
             url: hook.url(),
             min_severity: Severity::P3,
+            ca_file: None,
         }],
         store_path(dir.path()),
         fast_retry(5),
@@ -158,6 +160,7 @@ async fn dead_webhook_gives_up_after_the_configured_attempts() {
         vec![WebhookConfig {
             url: url.clone(),
             min_severity: Severity::P3,
+            ca_file: None,
         }],
         store_path(dir.path()),
         fast_retry(4),
@@ -188,6 +191,7 @@ async fn send_never_blocks_and_counts_dropped_alerts() {
         vec![WebhookConfig {
             url: dead_url(),
             min_severity: Severity::P3,
+            ca_file: None,
         }],
         store_path(dir.path()),
         fast_retry(2),
@@ -226,10 +230,12 @@ async fn slow_webhook_does_not_hold_up_the_others() {
             WebhookConfig {
                 url: slow.url(),
                 min_severity: Severity::P3,
+                ca_file: None,
             },
             WebhookConfig {
                 url: fast.url(),
                 min_severity: Severity::P3,
+                ca_file: None,
             },
         ],
         store_path(dir.path()),
@@ -282,8 +288,9 @@ async fn unsupported_scheme_is_recorded_once_without_retries() {
     let dir = tempfile::tempdir().unwrap();
     let sender = AlertSender::spawn(
         vec![WebhookConfig {
-            url: "https://hooks.example.invalid/services/secret".into(),
+            url: "ftp://hooks.example.invalid/services/secret".into(),
             min_severity: Severity::P3,
+            ca_file: None,
         }],
         store_path(dir.path()),
         fast_retry(5),
@@ -327,10 +334,12 @@ async fn flush_waits_for_everything_accepted_before_it() {
             WebhookConfig {
                 url: slow.url(),
                 min_severity: Severity::P0,
+                ca_file: None,
             },
             WebhookConfig {
                 url: fast.url(),
                 min_severity: Severity::P3,
+                ca_file: None,
             },
         ],
         store_path(dir.path()),

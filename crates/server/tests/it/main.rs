@@ -17,5 +17,6 @@ mod onnx_engine;
 mod onnx_sklearn;
 mod replay;
 mod rollouts;
+mod tls;
 mod tree_engine_props;
 mod ui;

@@ -43,6 +43,10 @@ pub struct Connection {
     /// credential, if the gateway wants one, is read from SWITCHYARD_ADMIN_TOKEN.
     #[arg(long, env = "SWITCHYARD_URL", default_value = DEFAULT_URL, value_name = "URL")]
     url: String,
+    /// For an https:// gateway whose certificate a private CA signed: that CA's certificates
+    /// (PEM), trusted besides the built-in roots.
+    #[arg(long, env = "SWITCHYARD_CA_FILE", value_name = "PEM")]
+    ca_file: Option<PathBuf>,
 }
 
 /// The operator commands (flattened into the top-level command list).
@@ -469,6 +473,12 @@ impl Api {
         let client = AdminClient::new(&conn.url)
             .map_err(|e| InputError::new("--url", e.to_string()))?
             .with_actor(ACTOR);
+        let client = match &conn.ca_file {
+            Some(path) => client
+                .with_ca_file(path)
+                .map_err(|e| InputError::new("--ca-file", e.to_string()))?,
+            None => client,
+        };
         let client = match std::env::var(TOKEN_ENV) {
             Ok(t) if !t.is_empty() => client.with_token(&t).map_err(|_| {
                 InputError::new(TOKEN_ENV, "holds characters an HTTP header cannot carry")

@@ -33,9 +33,17 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHYARD_REPLICA")]
     replica: Option<String>,
     /// The URL at which the other replicas reach this one's admin API (default:
-    /// http://<listen address>).
+    /// http://<listen address>, https:// with `tls:`).
     #[arg(long, env = "SWITCHYARD_ADVERTISE_URL")]
     advertise_url: Option<String>,
+    /// PEM certificates trusted (besides the built-in roots) when forwarding admin commands to
+    /// the controller replica over https: the CA of the replicas' certificates.
+    #[arg(long, env = "SWITCHYARD_CA_FILE", value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// With `tls:`: how often the certificate and key files are looked at for a change, in
+    /// milliseconds (0: only on SIGHUP).
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    tls_poll_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +88,16 @@ pub fn check(args: CheckArgs) -> Result<()> {
     );
     for line in loaded {
         println!("{line}");
+    }
+    if let Some(tls) = &config.tls {
+        let chain = switchyard_server::tls::load_certificates(&tls.cert)
+            .map(|c| c.len())
+            .unwrap_or(0);
+        println!(
+            "  tls: {} ({chain} certificate(s)) with the key in {}",
+            tls.cert.display(),
+            tls.key.display()
+        );
     }
     Ok(())
 }
@@ -133,7 +151,13 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         options.base_dir = config_dir;
         options.replica = args.replica;
         options.advertise_url = args.advertise_url;
+        options.peer_ca_file = args.ca_file;
+        options.tls_reload_poll =
+            (args.tls_poll_ms > 0).then(|| std::time::Duration::from_millis(args.tls_poll_ms));
         let gateway = Gateway::start(config, listener, options).await?;
+        // Before the line that says the gateway listens: a SIGHUP sent once it is read must find
+        // the handler (SIGHUP's default action ends the process).
+        let reload = reload_on_sighup(&gateway);
         eprintln!(
             "switchyard listening on {} (store: {}, replica: {})",
             gateway.url(),
@@ -141,10 +165,49 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             gateway.state.replica
         );
         eprintln!("access: {}", gateway.state.auth.describe());
+        if let Some(tls) = gateway.tls() {
+            eprintln!(
+                "tls: {} and {} (reloaded on SIGHUP and when they change)",
+                tls.files().cert.display(),
+                tls.files().key.display()
+            );
+        }
         shutdown_signal().await;
+        if let Some(task) = reload {
+            task.abort();
+        }
         eprintln!("shutting down: finishing requests in flight and committing the log");
         gateway.shutdown().await
     })
+}
+
+/// With `tls:`, reloads the listener's certificate and key on every SIGHUP (a refused pair is
+/// logged and the previous one keeps serving).
+fn reload_on_sighup(gateway: &Gateway) -> Option<tokio::task::JoinHandle<()>> {
+    let tls = gateway.tls()?.clone();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangups) => Some(tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the TLS certificate");
+                    let tls = tls.clone();
+                    // Errors are logged by the reload itself.
+                    let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
+                }
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP; the certificate files are still watched");
+                None
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tls;
+        None
+    }
 }
 
 async fn shutdown_signal() {

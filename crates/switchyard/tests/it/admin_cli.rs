@@ -498,8 +498,8 @@ async fn an_unreachable_gateway_is_named_with_a_hint() {
     run(&["rollback", "x", "--url", &url], &[])
         .await
         .fails(1, "switchyard serve");
-    // A URL that is not http:// is bad input.
-    run(&["status", "--url", "https://example.invalid"], &[])
+    // A URL that is neither http:// nor https:// is bad input.
+    run(&["status", "--url", "ftp://example.invalid"], &[])
         .await
         .fails(2, "--url");
     // Something that answers but is not a switchyard gateway.

@@ -12,3 +12,4 @@ mod demo;
 mod replay_cli;
 mod replicas;
 mod stats_cli;
+mod tls;

@@ -5,6 +5,7 @@
 
 pub mod cdp;
 pub mod fixtures;
+pub mod pki;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -191,6 +192,16 @@ impl TestGateway {
 
     /// Starts on an existing directory (to restart a gateway on the same store).
     pub async fn start_in(yaml: &str, token: Option<&str>, dir: tempfile::TempDir) -> TestGateway {
+        Self::start_with(yaml, token, dir, |_| {}).await
+    }
+
+    /// [`TestGateway::start_in`] with the start options adjusted by `adjust`.
+    pub async fn start_with(
+        yaml: &str,
+        token: Option<&str>,
+        dir: tempfile::TempDir,
+        adjust: impl FnOnce(&mut StartOptions),
+    ) -> TestGateway {
         let config =
             parse_config(yaml, &repo_root(), "test config").unwrap_or_else(|e| panic!("{e}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -207,6 +218,7 @@ impl TestGateway {
             max_backoff: Duration::from_millis(20),
             timeout: Duration::from_secs(2),
         };
+        adjust(&mut options);
         let gateway = Gateway::start(config, listener, options).await.unwrap();
         TestGateway {
             gateway,
@@ -314,6 +326,17 @@ impl HttpClient {
             headers,
             body,
         }
+    }
+
+    /// A GET whose failure (no answer) is returned, not a panic.
+    pub async fn send_checked(&self, method: &str, url: &str) -> Result<u16, String> {
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(url)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = self.inner.request(req).await.map_err(|e| e.to_string())?;
+        Ok(resp.status().as_u16())
     }
 
     pub async fn post_json(&self, url: &str, headers: &[(&str, &str)], body: &Value) -> Reply {

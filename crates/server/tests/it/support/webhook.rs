@@ -27,6 +27,8 @@ pub struct WebhookReceiver {
     fail_first: u32,
     /// Requests wait for a permit before being answered.
     pub gate: Option<Arc<Semaphore>>,
+    /// Served over https.
+    tls: bool,
 }
 
 impl WebhookReceiver {
@@ -34,23 +36,40 @@ impl WebhookReceiver {
     /// permit added to `gate`.
     pub async fn start(fail_first: u32, gated: bool) -> WebhookReceiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let me = WebhookReceiver {
-            addr: listener.local_addr().unwrap(),
+        let me = Self::new(listener.local_addr().unwrap(), fail_first, gated, false);
+        let app = me.router();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        me
+    }
+
+    /// A receiver over https with `leaf`'s certificate.
+    pub async fn start_tls(leaf: &super::pki::Leaf) -> WebhookReceiver {
+        let mut me = Self::new(SocketAddr::from(([127, 0, 0, 1], 0)), 0, false, true);
+        me.addr = super::pki::serve_tls(me.router(), leaf).await;
+        me
+    }
+
+    fn new(addr: SocketAddr, fail_first: u32, gated: bool, tls: bool) -> WebhookReceiver {
+        WebhookReceiver {
+            addr,
             bodies: Arc::default(),
             content_types: Arc::default(),
             hits: Arc::default(),
             fail_first,
             gate: gated.then(|| Arc::new(Semaphore::new(0))),
-        };
-        let app = Router::new()
+            tls,
+        }
+    }
+
+    fn router(&self) -> Router {
+        Router::new()
             .route("/hook", post(receive))
-            .with_state(me.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        me
+            .with_state(self.clone())
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}/hook", self.addr)
     }
 
     pub fn bodies(&self) -> Vec<Value> {
