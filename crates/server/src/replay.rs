@@ -33,7 +33,7 @@ use switchyard_core::{Aggregates, Outcome, PairRef, Prediction, PredictionRecord
 use switchyard_store::{captured_requests_at, CapturedQuery, StoreError, StoreUrl};
 
 use crate::api::{Disagreement, ReplayReport, ShadowAnalysis, VersionStats};
-use crate::backend::{http_client, Backend, Call, ModelRuntime};
+use crate::backend::{Backend, Call, Clients, ModelRuntime};
 use crate::protocol::{self, JsonBody, Wire};
 
 /// Requests in flight at once unless told otherwise.
@@ -160,12 +160,12 @@ pub struct Loaded {
 /// Every configured model's backends, built as `serve` builds them (in-process ONNX models
 /// loaded now, HTTP backends on one pooled client).
 pub fn runtimes(config: &GatewayConfig) -> Result<HashMap<String, ModelRuntime>, ReplayError> {
-    let client = http_client();
+    let clients = Clients::new();
     let mut models = HashMap::new();
     for (name, model) in &config.models {
         let mut backends = HashMap::new();
         for (version, spec) in &model.versions {
-            let backend = Backend::build(spec, &client).map_err(|e| ReplayError::Backend {
+            let backend = Backend::build(spec, &clients).map_err(|e| ReplayError::Backend {
                 model: name.clone(),
                 version: version.clone(),
                 reason: e.to_string(),
