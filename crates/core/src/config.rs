@@ -24,6 +24,9 @@ use crate::segments::MAX_SEGMENT_FIELDS;
 pub struct RawConfig {
     /// Address to listen on, e.g. `127.0.0.1:8080`.
     pub listen: Option<String>,
+    /// Address of the Open Inference Protocol's gRPC endpoint, e.g. `127.0.0.1:8081` (none
+    /// when absent).
+    pub grpc_listen: Option<String>,
     /// Directory of the SQLite store.
     pub data_dir: Option<PathBuf>,
     /// Name of the environment variable holding the admin bearer token. The token itself
@@ -183,13 +186,18 @@ pub struct RawBackend {
     pub onnx: Option<PathBuf>,
     /// Base URL of an HTTP model server.
     pub url: Option<String>,
-    /// `oip` (Open Inference Protocol v2), `kserve_v1`, or `json`.
+    /// `oip` (Open Inference Protocol v2), `oip-grpc` (its gRPC service), `kserve_v1`, or
+    /// `json`.
     pub protocol: Option<String>,
     /// Model name on the remote server (defaults to the gateway's model name).
     pub remote_model: Option<String>,
     pub timeout_ms: Option<u64>,
     /// For `json` backends: JSON pointer of the prediction in the response.
     pub output_pointer: Option<String>,
+    /// For `oip` backends: the server speaks the binary tensor data extension, so a binary
+    /// request is passed through as it came (default false: its binary inputs are decoded into
+    /// JSON `data` first).
+    pub binary_data: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,6 +240,7 @@ pub struct RawArm {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GatewayConfig {
     pub listen: Option<String>,
+    pub grpc_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub admin_token_env: Option<String>,
     pub auth: AuthConfig,
@@ -478,8 +487,13 @@ pub enum KeySource {
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     Oip,
+    /// The Open Inference Protocol's gRPC service (`inference.GRPCInferenceService`) over
+    /// HTTP/2.
+    OipGrpc,
     KserveV1,
-    Json { output_pointer: String },
+    Json {
+        output_pointer: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -493,6 +507,9 @@ pub enum BackendSpec {
         protocol: Protocol,
         remote_model: String,
         timeout_ms: u64,
+        /// The server takes binary requests of the OIP binary tensor data extension as they
+        /// come (`oip` backends).
+        binary_data: bool,
     },
 }
 
@@ -718,6 +735,13 @@ impl RawConfig {
                 ));
             }
         }
+        if let Some(listen) = &self.grpc_listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                problems.push(format!(
+                    "grpc_listen: '{listen}' is not an address like 127.0.0.1:8081"
+                ));
+            }
+        }
         if self.models.is_empty() {
             problems.push("models: at least one model is required".into());
         }
@@ -763,6 +787,7 @@ impl RawConfig {
                 webhooks,
                 tick_ms,
                 listen: self.listen,
+                grpc_listen: self.grpc_listen,
                 data_dir: self.data_dir,
                 admin_token_env: self.admin_token_env,
                 auth,
@@ -910,8 +935,9 @@ impl RawBackend {
                 if self.protocol.is_some()
                     || self.remote_model.is_some()
                     || self.output_pointer.is_some()
+                    || self.binary_data.is_some()
                 {
-                    problems.push(format!("{at}: protocol, remote_model and output_pointer apply to url backends only"));
+                    problems.push(format!("{at}: protocol, remote_model, output_pointer and binary_data apply to url backends only"));
                 }
                 Some(BackendSpec::Onnx { path })
             }
@@ -928,6 +954,7 @@ impl RawBackend {
                 );
                 let protocol = match self.protocol.as_deref() {
                     None | Some("oip") | Some("v2") => Protocol::Oip,
+                    Some("oip-grpc") | Some("grpc") => Protocol::OipGrpc,
                     Some("kserve_v1") | Some("v1") => Protocol::KserveV1,
                     Some("json") => match self.output_pointer {
                         Some(p) if p.starts_with('/') => Protocol::Json {
@@ -940,16 +967,22 @@ impl RawBackend {
                     },
                     Some(other) => {
                         problems.push(format!(
-                            "{at}.protocol: '{other}' is not oip, kserve_v1 or json"
+                            "{at}.protocol: '{other}' is not oip, oip-grpc, kserve_v1 or json"
                         ));
                         Protocol::Oip
                     }
                 };
+                if self.binary_data == Some(true) && protocol != Protocol::Oip {
+                    problems.push(format!(
+                        "{at}.binary_data: only oip backends take binary requests"
+                    ));
+                }
                 (problems.len() == before).then(|| BackendSpec::Http {
                     url: url.trim_end_matches('/').to_string(),
                     protocol,
                     remote_model: self.remote_model.unwrap_or_else(|| model.to_string()),
                     timeout_ms,
+                    binary_data: self.binary_data.unwrap_or(false),
                 })
             }
             _ => {
@@ -1094,6 +1127,7 @@ mod tests {
             remote_model: None,
             timeout_ms: None,
             output_pointer: None,
+            binary_data: None,
         };
         RawModel {
             task: None,
@@ -1129,6 +1163,7 @@ mod tests {
     fn config(models: Vec<(&str, RawModel)>) -> RawConfig {
         RawConfig {
             listen: None,
+            grpc_listen: None,
             data_dir: None,
             admin_token_env: None,
             auth: RawAuth::default(),

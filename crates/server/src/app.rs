@@ -40,6 +40,9 @@ use crate::{admin, dataplane, feedback, oip};
 #[derive(Debug)]
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The gRPC endpoint's address (`grpc_listen`), when it has one.
+    pub grpc_addr: Option<SocketAddr>,
+    grpc: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
     pub state: Arc<AppState>,
     pub controller: Arc<Controller>,
     controller_loop: Option<tokio::task::JoinHandle<()>>,
@@ -240,8 +243,25 @@ impl Gateway {
         let http = http1_builder(&config);
         let server = tokio::spawn(serve(listener, app, http, rx));
         tracing::info!(%addr, "switchyard gateway listening");
+        let (grpc_addr, grpc) = match &config.grpc_listen {
+            Some(at) => {
+                let grpc_listener = TcpListener::bind(at.as_str())
+                    .await
+                    .with_context(|| format!("cannot listen on {at} (grpc_listen)"))?;
+                let grpc_addr = grpc_listener.local_addr()?;
+                let (tx, rx) = oneshot::channel::<()>();
+                let task = tokio::spawn(crate::grpc::serve(grpc_listener, state.clone(), async {
+                    let _ = rx.await;
+                }));
+                tracing::info!(addr = %grpc_addr, "switchyard gRPC endpoint listening");
+                (Some(grpc_addr), Some((tx, task)))
+            }
+            None => (None, None),
+        };
         Ok(Gateway {
             addr,
+            grpc_addr,
+            grpc,
             state,
             controller,
             controller_loop,
@@ -257,6 +277,10 @@ impl Gateway {
             let _ = tx.send(());
         }
         (&mut self.server).await.context("server task")?;
+        if let Some((tx, task)) = self.grpc.take() {
+            let _ = tx.send(());
+            task.await.context("gRPC server task")?;
+        }
         if let Some(l) = self.controller_loop.take() {
             l.abort();
         }

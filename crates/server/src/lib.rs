@@ -16,6 +16,8 @@ pub mod controller;
 pub mod dataplane;
 pub mod error;
 pub mod feedback;
+pub mod grpc;
+pub mod grpc_wire;
 pub mod http_util;
 pub mod metrics;
 pub mod oip;
@@ -25,6 +27,7 @@ pub mod report;
 pub mod runtime;
 pub mod shadow;
 pub mod state;
+pub mod tensor;
 pub mod ui;
 
 pub use app::{Gateway, StartOptions};

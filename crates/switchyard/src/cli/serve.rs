@@ -140,6 +140,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             store,
             gateway.state.replica
         );
+        if let Some(grpc) = gateway.grpc_addr {
+            eprintln!("switchyard gRPC (Open Inference Protocol) listening on {grpc}");
+        }
         eprintln!("access: {}", gateway.state.auth.describe());
         shutdown_signal().await;
         eprintln!("shutting down: finishing requests in flight and committing the log");
