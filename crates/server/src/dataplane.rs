@@ -165,7 +165,8 @@ async fn serve(
         Wire::V2 => binary_header_len(headers)?,
         Wire::V1 => None,
     };
-    if !is_json_content_type(headers) && !(binary_header.is_some() && is_octet_stream(headers)) {
+    let binary_octets = binary_header.is_some() && is_octet_stream(headers);
+    if !(is_json_content_type(headers) || binary_octets) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",

@@ -663,7 +663,7 @@ fn rows_from_flat(data: Vec<f32>, shape: &[usize]) -> Result<Vec<Vec<f32>>, BadR
             ))
         }
     };
-    if width == 0 || data.is_empty() || data.len() % width != 0 {
+    if width == 0 || data.is_empty() || !data.len().is_multiple_of(width) {
         return Err(BadRequest(format!(
             "inputs[0]: {} values do not fill a shape of {:?}",
             data.len(),

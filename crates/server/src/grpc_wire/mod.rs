@@ -410,3 +410,118 @@ pub fn metadata_json(meta: &ModelMetadataResponse) -> Value {
         "outputs": tensors(&meta.outputs),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(datatype: &str, shape: Vec<i64>, contents: InferTensorContents) -> ModelInferRequest {
+        ModelInferRequest {
+            model_name: "m".into(),
+            inputs: vec![InferInputTensor {
+                name: "x".into(),
+                datatype: datatype.into(),
+                shape,
+                parameters: HashMap::new(),
+                contents: Some(contents),
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn typed_and_raw_contents_make_the_same_body() {
+        let cases = [
+            (
+                "INT16",
+                InferTensorContents {
+                    int_contents: vec![-3, 7],
+                    ..Default::default()
+                },
+                json!([-3, 7]),
+            ),
+            (
+                "UINT64",
+                InferTensorContents {
+                    uint64_contents: vec![u64::MAX, 1],
+                    ..Default::default()
+                },
+                json!([u64::MAX, 1]),
+            ),
+            (
+                "BOOL",
+                InferTensorContents {
+                    bool_contents: vec![true, false],
+                    ..Default::default()
+                },
+                json!([true, false]),
+            ),
+            (
+                "BYTES",
+                InferTensorContents {
+                    bytes_contents: vec![b"ab".to_vec(), b"".to_vec()],
+                    ..Default::default()
+                },
+                json!(["ab", ""]),
+            ),
+        ];
+        for (datatype, contents, want) in cases {
+            let typed = input(datatype, vec![2], contents);
+            let body = request_body(&typed).unwrap();
+            assert_eq!(
+                body.plain_json().unwrap()["inputs"][0]["data"],
+                want,
+                "{datatype}"
+            );
+            let mut raw = typed.clone();
+            raw.raw_input_contents = vec![body.raw_input(0).unwrap().to_vec()];
+            raw.inputs[0].contents = None;
+            assert_eq!(
+                request_body(&raw).unwrap().bytes(),
+                body.bytes(),
+                "{datatype}"
+            );
+            // And back: the gRPC request a gRPC backend gets carries the same raw bytes.
+            let again = grpc_request(&body, "remote", None).unwrap();
+            assert_eq!(
+                again.raw_input_contents, raw.raw_input_contents,
+                "{datatype}"
+            );
+            assert_eq!(again.model_name, "remote");
+        }
+        let short = input(
+            "FP32",
+            vec![3],
+            InferTensorContents {
+                fp32_contents: vec![1.0],
+                ..Default::default()
+            },
+        );
+        let e = request_body(&short).unwrap_err().to_string();
+        assert!(
+            e.contains("inputs[0] ('x')") && e.contains("shape [3]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn answers_convert_both_ways() {
+        let rest = json!({"model_name": "m", "outputs": [
+            {"name": "label", "datatype": "INT64", "shape": [2], "data": [1, 0]},
+            {"name": "p", "datatype": "FP32", "shape": [2, 2], "data": [0.25, 0.75, 1.0, 0.0]}
+        ]});
+        let grpc = grpc_answer(rest.to_string().as_bytes(), None).unwrap();
+        assert_eq!(
+            grpc.raw_output_contents[0],
+            [1i64.to_le_bytes(), 0i64.to_le_bytes()].concat()
+        );
+        assert_eq!(grpc.outputs[1].shape, vec![2, 2]);
+        assert_eq!(answer_json(&grpc).unwrap()["outputs"], rest["outputs"]);
+        let wanted = crate::protocol::BinaryOutputs {
+            all: true,
+            named: Vec::new(),
+        };
+        let (binary, n) = crate::protocol::binary_answer(&rest, &wanted).unwrap();
+        assert_eq!(grpc_answer(&binary, Some(n)).unwrap(), grpc);
+    }
+}
