@@ -26,6 +26,9 @@ pub struct RawConfig {
     pub listen: Option<String>,
     /// `{cert, key}`: serve HTTPS only on `listen`, with this certificate (chain) and key.
     pub tls: Option<RawTls>,
+    /// Address of the Open Inference Protocol's gRPC endpoint, e.g. `127.0.0.1:8081` (none
+    /// when absent).
+    pub grpc_listen: Option<String>,
     /// Directory of the SQLite store.
     pub data_dir: Option<PathBuf>,
     /// Name of the environment variable holding the admin bearer token. The token itself
@@ -196,7 +199,8 @@ pub struct RawBackend {
     pub onnx: Option<PathBuf>,
     /// Base URL of an HTTP model server.
     pub url: Option<String>,
-    /// `oip` (Open Inference Protocol v2), `kserve_v1`, or `json`.
+    /// `oip` (Open Inference Protocol v2), `oip-grpc` (its gRPC service), `kserve_v1`, or
+    /// `json`.
     pub protocol: Option<String>,
     /// Model name on the remote server (defaults to the gateway's model name).
     pub remote_model: Option<String>,
@@ -205,6 +209,10 @@ pub struct RawBackend {
     pub output_pointer: Option<String>,
     /// `https://` backends: PEM certificates trusted besides the built-in roots.
     pub ca_file: Option<PathBuf>,
+    /// For `oip` backends: the server speaks the binary tensor data extension, so a binary
+    /// request is passed through as it came (default false: its binary inputs are decoded into
+    /// JSON `data` first).
+    pub binary_data: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -249,6 +257,7 @@ pub struct GatewayConfig {
     pub listen: Option<String>,
     /// HTTPS on the listener.
     pub tls: Option<TlsFiles>,
+    pub grpc_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub admin_token_env: Option<String>,
     pub auth: AuthConfig,
@@ -505,8 +514,13 @@ pub enum KeySource {
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     Oip,
+    /// The Open Inference Protocol's gRPC service (`inference.GRPCInferenceService`) over
+    /// HTTP/2.
+    OipGrpc,
     KserveV1,
-    Json { output_pointer: String },
+    Json {
+        output_pointer: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -522,6 +536,9 @@ pub enum BackendSpec {
         timeout_ms: u64,
         /// Extra trusted CA certificates for an `https://` URL.
         ca_file: Option<PathBuf>,
+        /// The server takes binary requests of the OIP binary tensor data extension as they
+        /// come (`oip` backends).
+        binary_data: bool,
     },
 }
 
@@ -779,6 +796,13 @@ impl RawConfig {
                 ));
             }
         }
+        if let Some(listen) = &self.grpc_listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                problems.push(format!(
+                    "grpc_listen: '{listen}' is not an address like 127.0.0.1:8081"
+                ));
+            }
+        }
         if self.models.is_empty() {
             problems.push("models: at least one model is required".into());
         }
@@ -822,6 +846,7 @@ impl RawConfig {
                 tick_ms,
                 listen: self.listen,
                 tls,
+                grpc_listen: self.grpc_listen,
                 data_dir: self.data_dir,
                 admin_token_env: self.admin_token_env,
                 auth,
@@ -970,8 +995,9 @@ impl RawBackend {
                     || self.remote_model.is_some()
                     || self.output_pointer.is_some()
                     || self.ca_file.is_some()
+                    || self.binary_data.is_some()
                 {
-                    problems.push(format!("{at}: protocol, remote_model, output_pointer and ca_file apply to url backends only"));
+                    problems.push(format!("{at}: protocol, remote_model, output_pointer, ca_file and binary_data apply to url backends only"));
                 }
                 Some(BackendSpec::Onnx { path })
             }
@@ -986,6 +1012,7 @@ impl RawBackend {
                 );
                 let protocol = match self.protocol.as_deref() {
                     None | Some("oip") | Some("v2") => Protocol::Oip,
+                    Some("oip-grpc") | Some("grpc") => Protocol::OipGrpc,
                     Some("kserve_v1") | Some("v1") => Protocol::KserveV1,
                     Some("json") => match self.output_pointer {
                         Some(p) if p.starts_with('/') => Protocol::Json {
@@ -998,17 +1025,23 @@ impl RawBackend {
                     },
                     Some(other) => {
                         problems.push(format!(
-                            "{at}.protocol: '{other}' is not oip, kserve_v1 or json"
+                            "{at}.protocol: '{other}' is not oip, oip-grpc, kserve_v1 or json"
                         ));
                         Protocol::Oip
                     }
                 };
+                if self.binary_data == Some(true) && protocol != Protocol::Oip {
+                    problems.push(format!(
+                        "{at}.binary_data: only oip backends take binary requests"
+                    ));
+                }
                 (problems.len() == before).then(|| BackendSpec::Http {
                     url: url.trim_end_matches('/').to_string(),
                     protocol,
                     remote_model: self.remote_model.unwrap_or_else(|| model.to_string()),
                     timeout_ms,
                     ca_file: self.ca_file,
+                    binary_data: self.binary_data.unwrap_or(false),
                 })
             }
             _ => {
@@ -1155,6 +1188,7 @@ mod tests {
             timeout_ms: None,
             output_pointer: None,
             ca_file: None,
+            binary_data: None,
         };
         RawModel {
             task: None,
@@ -1191,6 +1225,7 @@ mod tests {
         RawConfig {
             listen: None,
             tls: None,
+            grpc_listen: None,
             data_dir: None,
             admin_token_env: None,
             auth: RawAuth::default(),

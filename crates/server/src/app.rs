@@ -42,6 +42,9 @@ use tokio_rustls::TlsAcceptor;
 #[derive(Debug)]
 pub struct Gateway {
     pub addr: SocketAddr,
+    /// The gRPC endpoint's address (`grpc_listen`), when it has one.
+    pub grpc_addr: Option<SocketAddr>,
+    grpc: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
     pub state: Arc<AppState>,
     pub controller: Arc<Controller>,
     controller_loop: Option<tokio::task::JoinHandle<()>>,
@@ -272,8 +275,25 @@ impl Gateway {
             _ => None,
         };
         tracing::info!(url = %format!("{scheme}://{addr}"), "switchyard gateway listening");
+        let (grpc_addr, grpc) = match &config.grpc_listen {
+            Some(at) => {
+                let grpc_listener = TcpListener::bind(at.as_str())
+                    .await
+                    .with_context(|| format!("cannot listen on {at} (grpc_listen)"))?;
+                let grpc_addr = grpc_listener.local_addr()?;
+                let (tx, rx) = oneshot::channel::<()>();
+                let task = tokio::spawn(crate::grpc::serve(grpc_listener, state.clone(), async {
+                    let _ = rx.await;
+                }));
+                tracing::info!(addr = %grpc_addr, "switchyard gRPC endpoint listening");
+                (Some(grpc_addr), Some((tx, task)))
+            }
+            None => (None, None),
+        };
         Ok(Gateway {
             addr,
+            grpc_addr,
+            grpc,
             state,
             controller,
             controller_loop,
@@ -291,6 +311,10 @@ impl Gateway {
             let _ = tx.send(());
         }
         (&mut self.server).await.context("server task")?;
+        if let Some((tx, task)) = self.grpc.take() {
+            let _ = tx.send(());
+            task.await.context("gRPC server task")?;
+        }
         if let Some(l) = self.controller_loop.take() {
             l.abort();
         }

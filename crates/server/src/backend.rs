@@ -19,9 +19,16 @@ use serde_json::Value;
 use switchyard_core::config::{BackendSpec, ModelConfig, Protocol, Task};
 use switchyard_core::{Outcome, Prediction};
 
+use crate::grpc_wire;
 use crate::onnx::{OnnxError, OnnxModel, OnnxPrediction};
 use crate::protocol::{self, JsonBody, Wire};
 use crate::tls::TlsError;
+
+/// A client of a backend's Open Inference Protocol gRPC service.
+pub type GrpcClient =
+    grpc_wire::inference::grpc_inference_service_client::GrpcInferenceServiceClient<
+        tonic::transport::Channel,
+    >;
 
 /// Shared HTTP client: one connection pool for every `http://` backend.
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -208,7 +215,40 @@ impl BackendError {
 pub struct Reply {
     /// Response body in the client's protocol.
     pub body: Bytes,
+    /// For a binary OIP answer (binary tensor data extension): the length of its JSON header,
+    /// the response's `Inference-Header-Content-Length`.
+    pub binary_header: Option<usize>,
     pub prediction: Prediction,
+}
+
+impl Call<'_> {
+    /// An OIP v2 answer for this call's client: `answer` as JSON, or with the outputs the
+    /// client asked for as raw bytes (binary tensor data extension).
+    /// The answer to this call's client built from a prediction (a translated protocol).
+    fn v2_or_v1_reply(
+        &self,
+        prediction: &Prediction,
+    ) -> Result<(Bytes, Option<usize>), BackendError> {
+        let answer = protocol::prediction_response(
+            self.wire,
+            prediction,
+            None,
+            self.model,
+            Some(self.version),
+        );
+        self.v2_reply(&answer)
+    }
+
+    fn v2_reply(&self, answer: &Value) -> Result<(Bytes, Option<usize>), BackendError> {
+        match self.body.binary_outputs() {
+            Some(wanted) if self.wire == Wire::V2 => {
+                let (body, header) = protocol::binary_answer(answer, wanted)
+                    .map_err(|e| BackendError::Malformed(e.0))?;
+                Ok((body, Some(header)))
+            }
+            _ => Ok((Bytes::from(answer.to_string()), None)),
+        }
+    }
 }
 
 /// One request as the backends see it.
@@ -240,6 +280,11 @@ pub struct HttpBackend {
     /// OIP backends: the model-metadata route.
     metadata_uri: Option<hyper::Uri>,
     protocol: Protocol,
+    /// The server takes binary requests (OIP binary tensor data extension) as they come.
+    binary_data: bool,
+    /// `oip-grpc` backends: a client of the server's `inference.GRPCInferenceService` (one
+    /// HTTP/2 connection, multiplexed), and the model's name there.
+    grpc: Option<(GrpcClient, String)>,
     pub timeout: Duration,
 }
 
@@ -264,14 +309,33 @@ impl Backend {
                 remote_model,
                 timeout_ms,
                 ca_file,
+                binary_data,
             } => {
+                let grpc = match protocol {
+                    Protocol::OipGrpc => {
+                        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                            .map_err(|e| OnnxError::Load {
+                                path: url.into(),
+                                message: format!("not a gRPC endpoint URL: {e}"),
+                            })?
+                            .tcp_nodelay(true)
+                            .connect_timeout(PROBE_TIMEOUT)
+                            .connect_lazy();
+                        Some((GrpcClient::new(channel), remote_model.clone()))
+                    }
+                    _ => None,
+                };
                 let endpoint = match protocol {
-                    Protocol::Oip => format!("{url}/v2/models/{remote_model}/infer"),
+                    Protocol::Oip | Protocol::OipGrpc => {
+                        format!("{url}/v2/models/{remote_model}/infer")
+                    }
                     Protocol::KserveV1 => format!("{url}/v1/models/{remote_model}:predict"),
                     Protocol::Json { .. } => url.clone(),
                 };
                 let ready = match protocol {
-                    Protocol::Oip => format!("{url}/v2/models/{remote_model}/ready"),
+                    Protocol::Oip | Protocol::OipGrpc => {
+                        format!("{url}/v2/models/{remote_model}/ready")
+                    }
                     Protocol::KserveV1 => format!("{url}/v1/models/{remote_model}"),
                     Protocol::Json { .. } => url.clone(),
                 };
@@ -283,6 +347,8 @@ impl Backend {
                     metadata_uri: metadata.and_then(|m| m.parse().ok()),
                     uri: endpoint.parse().map_err(|_| endpoint),
                     protocol: protocol.clone(),
+                    binary_data: *binary_data,
+                    grpc,
                     timeout: Duration::from_millis(*timeout_ms),
                 }))
             }
@@ -360,6 +426,17 @@ impl HttpBackend {
     }
 
     async fn ready(&self) -> bool {
+        if let Some((client, model)) = &self.grpc {
+            let mut client = client.clone();
+            let ask = client.model_ready(grpc_wire::inference::ModelReadyRequest {
+                name: model.clone(),
+                version: String::new(),
+            });
+            return matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, ask).await,
+                Ok(Ok(r)) if r.get_ref().ready
+            );
+        }
         let Some(uri) = &self.ready_uri else {
             return false;
         };
@@ -371,6 +448,15 @@ impl HttpBackend {
     }
 
     async fn metadata(&self) -> Option<Value> {
+        if let Some((client, model)) = &self.grpc {
+            let mut client = client.clone();
+            let ask = client.model_metadata(grpc_wire::inference::ModelMetadataRequest {
+                name: model.clone(),
+                version: String::new(),
+            });
+            let answer = tokio::time::timeout(PROBE_TIMEOUT, ask).await.ok()?.ok()?;
+            return Some(grpc_wire::metadata_json(answer.get_ref()));
+        }
         let (status, body) = self.get(self.metadata_uri.as_ref()?).await?;
         if !status.is_success() {
             return None;
@@ -378,9 +464,71 @@ impl HttpBackend {
         serde_json::from_slice(&body).ok()
     }
 
+    /// A call to an `oip-grpc` backend: the request as a `ModelInferRequest` (raw tensor
+    /// contents), its answer read back into the client's protocol.
+    async fn call_grpc(
+        &self,
+        client: &GrpcClient,
+        model: &str,
+        call: &Call<'_>,
+    ) -> Result<Reply, BackendError> {
+        let rejected = |message: String| BackendError::Rejected {
+            status: 400,
+            message,
+            body: None,
+        };
+        let message = match call.wire {
+            Wire::V2 => grpc_wire::grpc_request(call.body, model, None),
+            Wire::V1 => {
+                let rows = protocol::body_rows(call.wire, call.body).map_err(|e| rejected(e.0))?;
+                let v2 = protocol::rows_to_request(Wire::V2, &rows);
+                grpc_wire::grpc_request(call.body, model, Some(&v2))
+            }
+        }
+        .map_err(rejected)?;
+        let answer = client
+            .clone()
+            .model_infer(tonic::Request::new(message))
+            .await
+            .map_err(|status| {
+                let message = format!("{:?}: {}", status.code(), status.message());
+                match status.code() {
+                    tonic::Code::InvalidArgument
+                    | tonic::Code::OutOfRange
+                    | tonic::Code::FailedPrecondition => rejected(message),
+                    tonic::Code::DeadlineExceeded => BackendError::Timeout(self.timeout),
+                    tonic::Code::Unavailable => BackendError::Unreachable(message),
+                    tonic::Code::NotFound => BackendError::Status {
+                        status: 404,
+                        body: Bytes::from(message),
+                    },
+                    _ => BackendError::Status {
+                        status: 500,
+                        body: Bytes::from(message),
+                    },
+                }
+            })?;
+        let answer =
+            grpc_wire::answer_json(answer.get_ref()).map_err(|e| BackendError::Malformed(e.0))?;
+        let prediction = protocol::normalise_response(Wire::V2, &answer, call.task, call.classes)
+            .map_err(|e| BackendError::Malformed(e.0))?;
+        let (body, binary_header) = match call.wire {
+            Wire::V2 => call.v2_reply(&answer)?,
+            Wire::V1 => call.v2_or_v1_reply(&prediction)?,
+        };
+        Ok(Reply {
+            body,
+            binary_header,
+            prediction,
+        })
+    }
+
     async fn call(&self, call: &Call<'_>) -> Result<Reply, BackendError> {
+        if let Some((client, model)) = &self.grpc {
+            return self.call_grpc(client, model, call).await;
+        }
         let backend_wire = match &self.protocol {
-            Protocol::Oip => Some(Wire::V2),
+            Protocol::Oip | Protocol::OipGrpc => Some(Wire::V2),
             Protocol::KserveV1 => Some(Wire::V1),
             Protocol::Json { .. } => None,
         };
@@ -388,23 +536,40 @@ impl HttpBackend {
             .uri
             .as_ref()
             .map_err(|text| BackendError::Internal(format!("bad backend URI {text}")))?;
-        let body = match backend_wire {
-            Some(w) if w != call.wire => {
-                let rows = protocol::request_rows(call.wire, call.body.value()).map_err(|e| {
-                    BackendError::Rejected {
-                        status: 400,
-                        message: e.0,
-                        body: None,
-                    }
-                })?;
-                Bytes::from(protocol::rows_to_request(w, &rows).to_string())
-            }
-            _ => call.body.bytes().clone(),
+        let rejected = |message: String| BackendError::Rejected {
+            status: 400,
+            message,
+            body: None,
         };
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(uri.clone())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+        let binary = call.body.binary();
+        let (body, binary_header) = match backend_wire {
+            Some(w) if w != call.wire => {
+                let rows = protocol::body_rows(call.wire, call.body).map_err(|e| rejected(e.0))?;
+                (
+                    Bytes::from(protocol::rows_to_request(w, &rows).to_string()),
+                    None,
+                )
+            }
+            // The client's bytes as they came: a JSON request, or a binary one to a server
+            // that speaks the extension.
+            Some(_) if binary.is_none() || self.binary_data => {
+                (call.body.bytes().clone(), binary.map(|b| b.header_len))
+            }
+            // A binary request to a server that takes JSON only.
+            _ if binary.is_some() => {
+                let plain = call.body.plain_json().map_err(|e| rejected(e.0))?;
+                (Bytes::from(plain.to_string()), None)
+            }
+            _ => (call.body.bytes().clone(), None),
+        };
+        let mut request = Request::builder().method(Method::POST).uri(uri.clone());
+        request = match binary_header {
+            Some(n) => request
+                .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+                .header(protocol::BINARY_HEADER, n),
+            None => request.header(hyper::header::CONTENT_TYPE, "application/json"),
+        };
+        let request = request
             .body(Full::new(body))
             .map_err(|e| BackendError::Internal(format!("cannot build a request to {uri}: {e}")))?;
         let response = self
@@ -413,6 +578,18 @@ impl HttpBackend {
             .await
             .map_err(|e| BackendError::Unreachable(error_chain(&e)))?;
         let status = response.status();
+        let answer_header = response
+            .headers()
+            .get(protocol::BINARY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.trim().parse::<usize>().map_err(|_| {
+                    BackendError::Malformed(format!(
+                        "Inference-Header-Content-Length '{v}' is not a byte count"
+                    ))
+                })
+            })
+            .transpose()?;
         let body = response
             .into_body()
             .collect()
@@ -436,26 +613,49 @@ impl HttpBackend {
                 let prediction =
                     protocol::normalise_pointer(&parsed, output_pointer, call.task, call.classes)
                         .map_err(|e| BackendError::Malformed(e.0))?;
-                Ok(Reply { body, prediction })
+                Ok(Reply {
+                    body,
+                    binary_header: None,
+                    prediction,
+                })
             }
             (_, Some(w)) => {
-                let prediction = protocol::read_answer(w, &body, call.task, call.classes)
-                    .map_err(|e| BackendError::Malformed(e.to_string()))?;
-                let body = if w == call.wire {
-                    body
-                } else {
-                    Bytes::from(
-                        protocol::prediction_response(
-                            call.wire,
-                            &prediction,
-                            None,
-                            call.model,
-                            Some(call.version),
-                        )
-                        .to_string(),
-                    )
+                let malformed = |e: protocol::BadResponse| BackendError::Malformed(e.0);
+                // A binary answer is read as plain JSON; a JSON one straight from its bytes.
+                let decoded = answer_header
+                    .map(|n| protocol::decode_binary_answer(&body, n))
+                    .transpose()
+                    .map_err(malformed)?;
+                let prediction = match &decoded {
+                    Some(answer) => {
+                        protocol::normalise_response(w, answer, call.task, call.classes)
+                            .map_err(malformed)?
+                    }
+                    None => protocol::read_answer(w, &body, call.task, call.classes)
+                        .map_err(|e| BackendError::Malformed(e.to_string()))?,
                 };
-                Ok(Reply { body, prediction })
+                let wants_binary = call.wire == Wire::V2 && call.body.binary_outputs().is_some();
+                let (body, binary_header) = if w != call.wire {
+                    call.v2_or_v1_reply(&prediction)?
+                } else if let Some(answer) = decoded {
+                    // A binary answer goes back as it came to a client that asked for one.
+                    if wants_binary {
+                        (body, answer_header)
+                    } else {
+                        (Bytes::from(answer.to_string()), None)
+                    }
+                } else if wants_binary {
+                    let answer: Value = serde_json::from_slice(&body)
+                        .map_err(|e| BackendError::Malformed(format!("not JSON: {e}")))?;
+                    call.v2_reply(&answer)?
+                } else {
+                    (body, None)
+                };
+                Ok(Reply {
+                    body,
+                    binary_header,
+                    prediction,
+                })
             }
             (_, None) => Err(BackendError::Internal(
                 "protocol without wire format".into(),
@@ -478,13 +678,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 impl OnnxBackend {
     async fn call(&self, call: &Call<'_>) -> Result<Reply, BackendError> {
-        let rows = protocol::request_rows(call.wire, call.body.value()).map_err(|e| {
-            BackendError::Rejected {
+        let rows =
+            protocol::body_rows(call.wire, call.body).map_err(|e| BackendError::Rejected {
                 status: 400,
                 message: e.0,
                 body: None,
-            }
-        })?;
+            })?;
         // Small tree-model calls run right here: a thread hand-off would cost more than the
         // model (the rule and its measurements: OnnxModel::runs_inline, BENCHMARKS.md).
         let output = if self.model.runs_inline(rows.len()) {
@@ -531,8 +730,10 @@ impl OnnxBackend {
             call.model,
             Some(call.version),
         );
+        let (body, binary_header) = call.v2_reply(&body)?;
         Ok(Reply {
-            body: Bytes::from(body.to_string()),
+            body,
+            binary_header,
             prediction,
         })
     }

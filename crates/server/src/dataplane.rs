@@ -23,10 +23,10 @@ use switchyard_core::routing::{key_hash, BUCKETS, PINNED_VARIANT};
 use switchyard_core::segments::clip_value;
 use switchyard_core::{Prediction, PredictionRecord, Role};
 
-use crate::backend::{BackendError, Call};
+use crate::backend::{BackendError, Call, Reply};
 use crate::error::ApiError;
 use crate::http_util::{is_json_content_type, read_body, request_id};
-use crate::protocol::{InvalidBody, JsonBody, Wire};
+use crate::protocol::{InvalidBody, JsonBody, Wire, BINARY_HEADER};
 use crate::runtime::now_ms;
 use crate::shadow::ShadowJob;
 use crate::state::AppState;
@@ -159,32 +159,155 @@ async fn serve(
 ) -> Result<Response, ApiError> {
     let ts_ms = now_ms();
     // Phase: read. Everything wrong here is the client's.
+    authorize(state, headers)?;
+    // The binary tensor data extension: the first N bytes are the JSON, raw tensors follow.
+    let binary_header = match wire {
+        Wire::V2 => binary_header_len(headers)?,
+        Wire::V1 => None,
+    };
+    let binary_octets = binary_header.is_some() && is_octet_stream(headers);
+    if !(is_json_content_type(headers) || binary_octets) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send Content-Type: application/json (or application/octet-stream with Inference-Header-Content-Length)",
+        ));
+    }
+    let bytes = read_body(body, state.max_body_bytes).await?;
+    let body = match wire {
+        Wire::V2 => JsonBody::validate_v2(bytes, binary_header),
+        Wire::V1 => JsonBody::validate(bytes),
+    }
+    .map_err(invalid_body)?;
+
+    let served = infer(
+        state,
+        InferRequest {
+            wire,
+            model,
+            pinned,
+            headers,
+            body,
+            id,
+            ts_ms,
+        },
+    )
+    .await?;
+
+    let mut response = match served.result {
+        Ok(reply) => {
+            let mut response = Response::new(Body::from(reply.body));
+            let h = response.headers_mut();
+            match reply.binary_header {
+                Some(n) => {
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    );
+                    h.insert(BINARY_HEADER, HeaderValue::from(n));
+                }
+                None => {
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                }
+            }
+            response
+        }
+        Err(e) => {
+            let status = e.client_status();
+            match &e {
+                BackendError::Rejected { body: Some(b), .. } => {
+                    let mut r = Response::new(Body::from(b.clone()));
+                    *r.status_mut() = status;
+                    r
+                }
+                _ => {
+                    let error = ApiError::new(
+                        status,
+                        error_code(&e),
+                        format!("{} {}: {e}", model, served.version),
+                    );
+                    match wire {
+                        Wire::V2 => error.oip().into_response(),
+                        Wire::V1 => error.into_response(),
+                    }
+                }
+            }
+        }
+    };
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert("x-request-id", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&served.variant) {
+        h.insert("x-switchyard-variant", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&served.version) {
+        h.insert("x-switchyard-model-version", v);
+    }
+    Ok(response)
+}
+
+/// With `auth.data_plane.require` on, the caller must hold the `inference` role (a bearer
+/// token in `authorization`: an HTTP header, or gRPC metadata).
+pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if state.auth.data_plane_required() {
         state
             .auth
             .check(headers, AccessRole::Inference, "call the data plane")?;
     }
-    if !is_json_content_type(headers) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send Content-Type: application/json",
-        ));
-    }
-    let bytes = read_body(body, state.max_body_bytes).await?;
-    let body = match wire {
-        Wire::V2 => JsonBody::validate_v2(bytes),
-        Wire::V1 => JsonBody::validate(bytes),
-    }
-    .map_err(|e| {
-        let code = match e {
-            InvalidBody::NotJson(_) => "invalid_json",
-            InvalidBody::NotAnObject => "invalid_request",
-            InvalidBody::BadTensor(_) => "invalid_tensor",
-        };
-        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
-    })?;
+    Ok(())
+}
 
+/// The client error of a body that did not validate.
+pub fn invalid_body(e: InvalidBody) -> ApiError {
+    let code = match e {
+        InvalidBody::NotJson(_) => "invalid_json",
+        InvalidBody::NotAnObject => "invalid_request",
+        InvalidBody::BadTensor(_) => "invalid_tensor",
+    };
+    ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+}
+
+/// One validated inference request, whichever front end (REST or gRPC) read it.
+#[derive(Debug)]
+pub struct InferRequest<'a> {
+    pub wire: Wire,
+    pub model: &'a str,
+    /// The version the client named (`/versions/{v}/infer`, gRPC `model_version`).
+    pub pinned: Option<&'a str>,
+    /// The HTTP headers or gRPC metadata: header routing keys and segments are read here.
+    pub headers: &'a HeaderMap,
+    pub body: JsonBody,
+    pub id: &'a str,
+    pub ts_ms: i64,
+}
+
+/// What the request path did with a request that reached a model.
+#[derive(Debug)]
+pub struct Served {
+    pub variant: String,
+    pub version: String,
+    /// The model's answer in the client's protocol, or why there is none.
+    pub result: Result<Reply, BackendError>,
+}
+
+/// The request path shared by every front end, after the request was read and validated:
+/// **route** → **pick** → **forward** → **mirror** to shadows → **record** → the answer.
+/// Errors are the client's (unknown model or version) or a record that could not be made
+/// durable; a model's failure is in [`Served::result`], recorded like any answer.
+pub async fn infer(state: &Arc<AppState>, request: InferRequest<'_>) -> Result<Served, ApiError> {
+    let InferRequest {
+        wire,
+        model,
+        pinned,
+        headers,
+        body,
+        id,
+        ts_ms,
+    } = request;
     // Phase: route.
     let table = state.table.load();
     let (Some(route), Some(runtime)) = (table.routes.get(model), state.models.get(model)) else {
@@ -237,44 +360,19 @@ async fn serve(
     let result = backend.call(&call, backend.timeout()).await;
     let latency = started.elapsed();
 
-    let (outcome, status, output, response) = match result {
-        Ok(reply) => {
-            let mut response = Response::new(Body::from(reply.body));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            (
-                switchyard_core::Outcome::Ok,
-                StatusCode::OK,
-                reply.prediction,
-                response,
-            )
-        }
+    let mut result = result;
+    // The prediction moves into the record (the answer's body is what the client gets).
+    let (outcome, status, output) = match &mut result {
+        Ok(reply) => (
+            switchyard_core::Outcome::Ok,
+            StatusCode::OK,
+            std::mem::replace(&mut reply.prediction, Prediction::None),
+        ),
         Err(e) => {
-            let status = e.client_status();
             if e.origin() != crate::backend::Origin::Downstream {
                 tracing::warn!(model, version = decision.version, request_id = id, error = %e, "model call failed");
             }
-            let response = match &e {
-                BackendError::Rejected { body: Some(b), .. } => {
-                    let mut r = Response::new(Body::from(b.clone()));
-                    *r.status_mut() = status;
-                    r
-                }
-                _ => {
-                    let error = ApiError::new(
-                        status,
-                        error_code(&e),
-                        format!("{} {}: {e}", model, decision.version),
-                    );
-                    match wire {
-                        Wire::V2 => error.oip().into_response(),
-                        Wire::V1 => error.into_response(),
-                    }
-                }
-            };
-            (e.outcome(), status, Prediction::None, response)
+            (e.outcome(), e.client_status(), Prediction::None)
         }
     };
 
@@ -313,11 +411,7 @@ async fn serve(
     let input = (log_on
         && state.log_settings.capture_inputs > 0.0
         && rand::random::<f64>() < state.log_settings.capture_inputs)
-        .then(|| {
-            let bytes = body.bytes();
-            String::from_utf8_lossy(&bytes[..bytes.len().min(state.log_settings.max_input_bytes)])
-                .into_owned()
-        });
+        .then(|| captured_input(&body, state.log_settings.max_input_bytes));
     runtime.count_serving(
         &state.metrics,
         decision.version,
@@ -360,18 +454,48 @@ async fn serve(
         }
     }
 
-    let mut response = response;
-    let h = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(id) {
-        h.insert("x-request-id", v);
+    Ok(Served {
+        variant: decision.variant.to_string(),
+        version: decision.version.to_string(),
+        result,
+    })
+}
+
+/// The input kept in a record (`log.capture_inputs`): the body's first `max` bytes. A binary
+/// request is kept as the JSON request it stands for (its raw tensors decoded into `data`), so
+/// a captured binary request reads like a JSON one.
+fn captured_input(body: &JsonBody, max: usize) -> String {
+    let cut = |bytes: &[u8]| String::from_utf8_lossy(&bytes[..bytes.len().min(max)]).into_owned();
+    if body.binary().is_none() {
+        return cut(body.bytes());
     }
-    if let Ok(v) = HeaderValue::from_str(decision.variant) {
-        h.insert("x-switchyard-variant", v);
+    match body.plain_json() {
+        Ok(plain) => cut(plain.to_string().as_bytes()),
+        Err(e) => cut(format!("(binary request not decoded: {e})").as_bytes()),
     }
-    if let Ok(v) = HeaderValue::from_str(decision.version) {
-        h.insert("x-switchyard-model-version", v);
-    }
-    Ok(response)
+}
+
+/// The request's `Inference-Header-Content-Length`, when it has one.
+fn binary_header_len(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
+    let Some(value) = headers.get(BINARY_HEADER) else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(value.as_bytes());
+    text.trim().parse::<usize>().map(Some).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_binary_header",
+            format!("Inference-Header-Content-Length '{text}' is not a byte count"),
+        )
+    })
+}
+
+fn is_octet_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/octet-stream"))
 }
 
 fn error_code(e: &BackendError) -> &'static str {

@@ -16,6 +16,8 @@ pub mod controller;
 pub mod dataplane;
 pub mod error;
 pub mod feedback;
+pub mod grpc;
+pub mod grpc_wire;
 pub mod http_util;
 pub mod metrics;
 pub mod oip;
@@ -27,6 +29,7 @@ pub mod runtime;
 pub mod shadow;
 pub mod state;
 pub mod tls;
+pub mod tensor;
 pub mod ui;
 
 pub use app::{Gateway, StartOptions};

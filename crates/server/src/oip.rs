@@ -97,18 +97,66 @@ async fn versions_ready(runtime: &ModelRuntime, versions: &[String]) -> bool {
     !versions.is_empty()
 }
 
-/// Ready when every model is (200); else 400 naming the models that are not, as the protocol
-/// wants a 4xx for "false".
-pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+/// The models whose serving versions do not all answer (empty: the server is ready).
+pub async fn not_ready_models(state: &AppState) -> Vec<String> {
     let mut not_ready = Vec::new();
     let mut names: Vec<&String> = state.models.keys().collect();
     names.sort();
     for name in names {
         let runtime = &state.models[name];
-        if !versions_ready(runtime, &serving_versions(&state, name)).await {
+        if !versions_ready(runtime, &serving_versions(state, name)).await {
             not_ready.push(name.clone());
         }
     }
+    not_ready
+}
+
+/// Whether `model` (or one `version` of it) is ready; unknown models and versions are errors.
+pub async fn is_model_ready(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+) -> Result<bool, ApiError> {
+    let runtime = state
+        .models
+        .get(model)
+        .ok_or_else(|| unknown_model(model))?;
+    match version {
+        None => Ok(versions_ready(runtime, &serving_versions(state, model)).await),
+        Some(v) if !runtime.backends.contains_key(v) => Err(unknown_version(runtime, v)),
+        Some(v) => Ok(versions_ready(runtime, &[v.to_string()]).await),
+    }
+}
+
+/// The OIP metadata of `model`: of `version`, or of the version serving now (the first, for
+/// a split).
+pub async fn metadata(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+) -> Result<Value, ApiError> {
+    let runtime = state
+        .models
+        .get(model)
+        .ok_or_else(|| unknown_model(model))?;
+    let version = match version {
+        Some(v) => v.to_string(),
+        None => serving_versions(state, model)
+            .into_iter()
+            .next()
+            .ok_or_else(|| unknown_model(model))?,
+    };
+    let backend = runtime
+        .backends
+        .get(&version)
+        .ok_or_else(|| unknown_version(runtime, &version))?;
+    Ok(metadata_of(runtime, &version, backend).await)
+}
+
+/// Ready when every model is (200); else 400 naming the models that are not, as the protocol
+/// wants a 4xx for "false".
+pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    let not_ready = not_ready_models(&state).await;
     let status = if not_ready.is_empty() {
         StatusCode::OK
     } else {
@@ -139,11 +187,7 @@ pub async fn model_ready(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
 ) -> Result<Response, ApiError> {
-    let runtime = state
-        .models
-        .get(&model)
-        .ok_or_else(|| unknown_model(&model))?;
-    let ok = versions_ready(runtime, &serving_versions(&state, &model)).await;
+    let ok = is_model_ready(&state, &model, None).await?;
     Ok(readiness(&model, None, ok))
 }
 
@@ -152,14 +196,7 @@ pub async fn version_ready(
     State(state): State<Arc<AppState>>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let runtime = state
-        .models
-        .get(&model)
-        .ok_or_else(|| unknown_model(&model))?;
-    if !runtime.backends.contains_key(&version) {
-        return Err(unknown_version(runtime, &version));
-    }
-    let ok = versions_ready(runtime, std::slice::from_ref(&version)).await;
+    let ok = is_model_ready(&state, &model, Some(&version)).await?;
     Ok(readiness(&model, Some(&version), ok))
 }
 
@@ -251,19 +288,7 @@ pub async fn model_metadata(
     State(state): State<Arc<AppState>>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let runtime = state
-        .models
-        .get(&model)
-        .ok_or_else(|| unknown_model(&model))?;
-    let version = serving_versions(&state, &model)
-        .into_iter()
-        .next()
-        .ok_or_else(|| unknown_model(&model))?;
-    let backend = runtime
-        .backends
-        .get(&version)
-        .ok_or_else(|| unknown_version(runtime, &version))?;
-    Ok(Json(metadata_of(runtime, &version, backend).await))
+    Ok(Json(metadata(&state, &model, None).await?))
 }
 
 /// `GET /v2/models/{m}/versions/{v}`.
@@ -271,13 +296,5 @@ pub async fn version_metadata(
     State(state): State<Arc<AppState>>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let runtime = state
-        .models
-        .get(&model)
-        .ok_or_else(|| unknown_model(&model))?;
-    let backend = runtime
-        .backends
-        .get(&version)
-        .ok_or_else(|| unknown_version(runtime, &version))?;
-    Ok(Json(metadata_of(runtime, &version, backend).await))
+    Ok(Json(metadata(&state, &model, Some(&version)).await?))
 }

@@ -24,11 +24,51 @@ pub enum Wire {
 /// A request body known to be one JSON object, kept as the client's bytes. The tree is built
 /// only when something reads it (a JSON-pointer routing key, a protocol translation, an ONNX
 /// model): forwarding to a backend of the client's own protocol never needs it.
+///
+/// An OIP v2 request of the binary tensor data extension is the same JSON object (the
+/// *header*, the first `Inference-Header-Content-Length` bytes) followed by the raw data of
+/// the inputs that declare `parameters.binary_data_size`, in input order: `bytes` holds both,
+/// `value()` reads the header, and [`JsonBody::binary`] says where each input's data is.
 #[derive(Debug)]
 pub struct JsonBody {
     bytes: bytes::Bytes,
     tree: std::sync::OnceLock<Value>,
+    /// Binary inputs, when the request has a binary part.
+    binary: Option<Box<BinaryInputs>>,
+    /// Which outputs the client wants as raw bytes (`None`: none; the common case).
+    binary_outputs: Option<Box<BinaryOutputs>>,
 }
+
+/// Where the binary part of a request is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BinaryInputs {
+    /// Length of the JSON header at the start of the body.
+    pub header_len: usize,
+    /// Per input, in order: the range of the body holding its raw data (inputs with JSON
+    /// `data` have `None`).
+    pub inputs: Vec<Option<std::ops::Range<usize>>>,
+}
+
+/// Which outputs a request wants answered as raw bytes: every output when the request's
+/// `parameters.binary_data_output` is true, except those a requested output's
+/// `parameters.binary_data` says otherwise of.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BinaryOutputs {
+    pub all: bool,
+    pub named: Vec<(String, bool)>,
+}
+
+impl BinaryOutputs {
+    pub fn wants(&self, output: &str) -> bool {
+        self.named
+            .iter()
+            .find(|(n, _)| n == output)
+            .map_or(self.all, |(_, b)| *b)
+    }
+}
+
+/// The header that splits a binary request or answer into its JSON and its raw tensor data.
+pub const BINARY_HEADER: &str = "inference-header-content-length";
 
 impl JsonBody {
     /// Checks that `bytes` is one well-formed JSON object, without building it.
@@ -41,15 +81,31 @@ impl JsonBody {
         Ok(JsonBody {
             bytes,
             tree: std::sync::OnceLock::new(),
+            binary: None,
+            binary_outputs: None,
         })
     }
 
     /// Checks that `bytes` is an Open Inference Protocol v2 request: one JSON object whose
     /// tensor declarations hold (see [`InvalidBody::BadTensor`]), in one pass over the bytes
-    /// that builds no tree.
-    pub fn validate_v2(bytes: bytes::Bytes) -> Result<JsonBody, InvalidBody> {
-        let object = bytes.trim_ascii_start().first() == Some(&b'{');
-        let request: V2Request = match serde_json::from_slice(&bytes) {
+    /// that builds no tree. With `header_len` (the request's `Inference-Header-Content-Length`)
+    /// the JSON is the first `header_len` bytes and the binary data after it must be exactly
+    /// what the inputs' `binary_data_size` declare, each filling its shape.
+    pub fn validate_v2(
+        bytes: bytes::Bytes,
+        header_len: Option<usize>,
+    ) -> Result<JsonBody, InvalidBody> {
+        let json = match header_len {
+            None => &bytes[..],
+            Some(n) => bytes.get(..n).ok_or_else(|| {
+                InvalidBody::BadTensor(format!(
+                    "Inference-Header-Content-Length {n} runs past the end of the {}-byte body",
+                    bytes.len()
+                ))
+            })?,
+        };
+        let object = json.trim_ascii_start().first() == Some(&b'{');
+        let request: V2Request = match serde_json::from_slice(json) {
             Ok(request) if object => request,
             Ok(_) => return Err(InvalidBody::NotAnObject),
             Err(e) if e.is_data() && !object => return Err(InvalidBody::NotAnObject),
@@ -60,10 +116,14 @@ impl JsonBody {
             }
             Err(e) => return Err(InvalidBody::NotJson(e.to_string())),
         };
-        check_tensors(request).map_err(|e| InvalidBody::BadTensor(e.0))?;
+        let binary_outputs = request.binary_outputs();
+        let binary = check_tensors(request, header_len.map(|n| (n, &bytes[n..])))
+            .map_err(|e| InvalidBody::BadTensor(e.0))?;
         Ok(JsonBody {
             bytes,
             tree: std::sync::OnceLock::new(),
+            binary: binary.map(Box::new),
+            binary_outputs: binary_outputs.map(Box::new),
         })
     }
 
@@ -72,19 +132,73 @@ impl JsonBody {
         JsonBody {
             bytes: bytes::Bytes::from(value.to_string()),
             tree: std::sync::OnceLock::from(value),
+            binary: None,
+            binary_outputs: None,
         }
     }
 
+    /// The body as the client sent it (with its binary part, if any).
     pub fn bytes(&self) -> &bytes::Bytes {
         &self.bytes
     }
 
-    /// The parsed body (parsed on first use).
+    /// The binary part's layout, when the request has one.
+    pub fn binary(&self) -> Option<&BinaryInputs> {
+        self.binary.as_deref()
+    }
+
+    /// The outputs the client wants as raw bytes, when it wants any.
+    pub fn binary_outputs(&self) -> Option<&BinaryOutputs> {
+        self.binary_outputs.as_deref()
+    }
+
+    /// The raw data of input `index`, when it came as binary.
+    pub fn raw_input(&self, index: usize) -> Option<&[u8]> {
+        let range = self.binary.as_ref()?.inputs.get(index)?.clone()?;
+        self.bytes.get(range)
+    }
+
+    /// The parsed body (its JSON header for a binary request; parsed on first use).
     pub fn value(&self) -> &Value {
         // The bytes were validated as a JSON object, so parsing cannot fail; `Null` would
         // only make the caller's shape checks refuse the request.
-        self.tree
-            .get_or_init(|| serde_json::from_slice(&self.bytes).unwrap_or(Value::Null))
+        self.tree.get_or_init(|| {
+            let json = match &self.binary {
+                Some(b) => &self.bytes[..b.header_len],
+                None => &self.bytes[..],
+            };
+            serde_json::from_slice(json).unwrap_or(Value::Null)
+        })
+    }
+
+    /// The request as plain JSON: the header with every binary input's data decoded into its
+    /// `data` and the binary parameters (`binary_data_size`, `binary_data`,
+    /// `binary_data_output`) dropped. For backends that do not speak the extension and for
+    /// captured inputs; the body itself for a request without a binary part.
+    pub fn plain_json(&self) -> Result<Value, BadRequest> {
+        let mut value = self.value().clone();
+        if self.binary.is_none() && self.binary_outputs.is_none() {
+            return Ok(value);
+        }
+        if let Some(inputs) = value.get_mut("inputs").and_then(Value::as_array_mut) {
+            for (i, input) in inputs.iter_mut().enumerate() {
+                let Some(raw) = self.raw_input(i) else {
+                    continue;
+                };
+                let datatype = input["datatype"].as_str().unwrap_or_default().to_string();
+                let data = crate::tensor::to_json(&datatype, raw)
+                    .map_err(|e| BadRequest(format!("inputs[{i}]: {e}")))?;
+                input["data"] = Value::Array(data);
+                drop_param(input, "binary_data_size");
+            }
+        }
+        if let Some(outputs) = value.get_mut("outputs").and_then(Value::as_array_mut) {
+            outputs
+                .iter_mut()
+                .for_each(|o| drop_param(o, "binary_data"));
+        }
+        drop_param(&mut value, "binary_data_output");
+        Ok(value)
     }
 
     /// An owned copy that does not share the original buffer (which may be a slice of a
@@ -97,6 +211,20 @@ impl JsonBody {
         JsonBody {
             bytes: bytes::Bytes::copy_from_slice(&self.bytes),
             tree,
+            binary: self.binary.clone(),
+            binary_outputs: self.binary_outputs.clone(),
+        }
+    }
+}
+
+/// Removes `key` from `value.parameters`, and `parameters` itself when that empties it.
+fn drop_param(value: &mut Value, key: &str) {
+    if let Some(params) = value.get_mut("parameters").and_then(Value::as_object_mut) {
+        params.remove(key);
+        if params.is_empty() {
+            if let Some(o) = value.as_object_mut() {
+                o.remove("parameters");
+            }
         }
     }
 }
@@ -171,6 +299,8 @@ const MAX_TENSOR_ELEMENTS: u64 = 1 << 32;
 #[derive(serde::Deserialize)]
 struct V2Request {
     inputs: Option<Vec<TensorDecl>>,
+    outputs: Option<Vec<OutputDecl>>,
+    parameters: Option<RequestParams>,
 }
 
 #[derive(serde::Deserialize)]
@@ -179,7 +309,50 @@ struct TensorDecl {
     shape: Option<Vec<Value>>,
     datatype: Option<Value>,
     data: Option<Leaves>,
-    parameters: Option<serde_json::Map<String, Value>>,
+    parameters: Option<InputParams>,
+}
+
+#[derive(serde::Deserialize)]
+struct InputParams {
+    binary_data_size: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct RequestParams {
+    binary_data_output: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct OutputDecl {
+    name: Option<String>,
+    parameters: Option<OutputParams>,
+}
+
+#[derive(serde::Deserialize)]
+struct OutputParams {
+    binary_data: Option<Value>,
+}
+
+impl V2Request {
+    /// The outputs wanted as raw bytes, `None` when none is.
+    fn binary_outputs(&self) -> Option<BinaryOutputs> {
+        let all = self
+            .parameters
+            .as_ref()
+            .and_then(|p| p.binary_data_output.as_ref())
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let named: Vec<(String, bool)> = self
+            .outputs
+            .iter()
+            .flatten()
+            .filter_map(|o| {
+                let flag = o.parameters.as_ref()?.binary_data.as_ref()?.as_bool()?;
+                Some((o.name.clone()?, flag))
+            })
+            .collect();
+        (all || named.iter().any(|(_, b)| *b)).then_some(BinaryOutputs { all, named })
+    }
 }
 
 /// What a tensor's `data` holds, counted without building it: nested arrays are flattened
@@ -281,7 +454,16 @@ impl<'de> serde::Deserialize<'de> for Leaves {
 /// Checks an OIP v2 request's tensor declarations: every input has a name, a known datatype
 /// and a concrete shape whose element count its data fills exactly, with values of that
 /// datatype. The error names the input.
-fn check_tensors(request: V2Request) -> Result<(), BadRequest> {
+///
+/// `binary` is the request's binary part (with the header's length) when it has one: inputs
+/// declaring `parameters.binary_data_size` take their data from it, in order, and together
+/// must use all of it. Returns where each binary input's data lie.
+fn check_tensors(
+    request: V2Request,
+    binary: Option<(usize, &[u8])>,
+) -> Result<Option<BinaryInputs>, BadRequest> {
+    let mut offset = 0usize;
+    let mut ranges = Vec::new();
     let inputs = request.inputs.filter(|i| !i.is_empty()).ok_or_else(|| {
         BadRequest("body needs an \"inputs\" array with at least one tensor".into())
     })?;
@@ -332,14 +514,42 @@ fn check_tensors(request: V2Request) -> Result<(), BadRequest> {
                     ))
                 })?;
         }
-        if input
+        if let Some(size) = input
             .parameters
             .as_ref()
-            .is_some_and(|p| p.contains_key("binary_data_size"))
+            .and_then(|p| p.binary_data_size.as_ref())
         {
-            return Err(BadRequest(format!(
-                "{at}: the binary tensor data extension (binary_data_size) is not supported; send the data as JSON"
-            )));
+            let Some((header_len, raw)) = binary else {
+                return Err(BadRequest(format!(
+                    "{at} declares binary_data_size but the request has no Inference-Header-Content-Length header saying where its JSON ends"
+                )));
+            };
+            let size = size.as_u64().ok_or_else(|| {
+                BadRequest(format!("{at}: binary_data_size {size} is not a byte count"))
+            })? as usize;
+            if input.data.is_some() {
+                return Err(BadRequest(format!(
+                    "{at} has both \"data\" and binary_data_size; send one"
+                )));
+            }
+            let end = offset.saturating_add(size);
+            let Some(bytes) = raw.get(offset..end) else {
+                return Err(BadRequest(format!(
+                    "{at}: binary_data_size {size} runs past the end of the body (the binary part has {} bytes, {} of them left for this input)",
+                    raw.len(),
+                    raw.len().saturating_sub(offset)
+                )));
+            };
+            crate::tensor::check(datatype, bytes, elements).map_err(|e| {
+                BadRequest(format!(
+                    "{at}: binary_data_size {size} does not fit shape {} of {datatype}: {e}",
+                    Value::Array(shape.clone())
+                ))
+            })?;
+            ranges.resize(i, None);
+            ranges.push(Some(header_len + offset..header_len + end));
+            offset = end;
+            continue;
         }
         let data = input
             .data
@@ -363,7 +573,20 @@ fn check_tensors(request: V2Request) -> Result<(), BadRequest> {
             )));
         }
     }
-    Ok(())
+    let Some((header_len, raw)) = binary else {
+        return Ok(None);
+    };
+    if offset != raw.len() {
+        return Err(BadRequest(format!(
+            "the body has {} bytes of binary data after the JSON header but the inputs' binary_data_size declare {offset}",
+            raw.len()
+        )));
+    }
+    ranges.resize(inputs.len(), None);
+    Ok(Some(BinaryInputs {
+        header_len,
+        inputs: ranges,
+    }))
 }
 
 /// Reads a request as a batch of numeric rows (for ONNX models and protocol translation).
@@ -380,34 +603,7 @@ pub fn request_rows(wire: Wire, body: &Value) -> Result<Vec<Vec<f32>>, BadReques
             let mut data = Vec::new();
             flatten_numbers(input.get("data").unwrap_or(&Value::Null), &mut data)
                 .map_err(|e| BadRequest(format!("inputs[0].data: {e}")))?;
-            let shape: Vec<usize> = input
-                .get("shape")
-                .and_then(Value::as_array)
-                .map(|s| {
-                    s.iter()
-                        .filter_map(Value::as_u64)
-                        .map(|d| d as usize)
-                        .collect()
-                })
-                .unwrap_or_default();
-            let width = match shape.as_slice() {
-                [_, w] => *w,
-                [w] if data.len() == *w => *w,
-                [n] => data.len() / (*n).max(1),
-                _ => {
-                    return Err(BadRequest(
-                        "inputs[0].shape must be [rows, features]".into(),
-                    ))
-                }
-            };
-            if width == 0 || data.is_empty() || data.len() % width != 0 {
-                return Err(BadRequest(format!(
-                    "inputs[0]: {} values do not fill a shape of {:?}",
-                    data.len(),
-                    shape
-                )));
-            }
-            Ok(data.chunks(width).map(<[f32]>::to_vec).collect())
+            rows_from_flat(data, &shape_of(input))
         }
         Wire::V1 => {
             let instances = body
@@ -439,6 +635,130 @@ pub fn request_rows(wire: Wire, body: &Value) -> Result<Vec<Vec<f32>>, BadReques
             Ok(rows)
         }
     }
+}
+
+/// A tensor declaration's shape (non-integers dropped).
+fn shape_of(tensor: &Value) -> Vec<usize> {
+    tensor
+        .get("shape")
+        .and_then(Value::as_array)
+        .map(|s| {
+            s.iter()
+                .filter_map(Value::as_u64)
+                .map(|d| d as usize)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Cuts the flat data of `inputs[0]` into rows by its shape.
+fn rows_from_flat(data: Vec<f32>, shape: &[usize]) -> Result<Vec<Vec<f32>>, BadRequest> {
+    let width = match shape {
+        [_, w] => *w,
+        [w] if data.len() == *w => *w,
+        [n] => data.len() / (*n).max(1),
+        _ => {
+            return Err(BadRequest(
+                "inputs[0].shape must be [rows, features]".into(),
+            ))
+        }
+    };
+    if width == 0 || data.is_empty() || !data.len().is_multiple_of(width) {
+        return Err(BadRequest(format!(
+            "inputs[0]: {} values do not fill a shape of {:?}",
+            data.len(),
+            shape
+        )));
+    }
+    Ok(data.chunks(width).map(<[f32]>::to_vec).collect())
+}
+
+/// Reads a request as a batch of numeric rows like [`request_rows`], the first input's data
+/// straight from the binary part when it came as raw bytes.
+pub fn body_rows(wire: Wire, body: &JsonBody) -> Result<Vec<Vec<f32>>, BadRequest> {
+    match (wire, body.raw_input(0)) {
+        (Wire::V2, Some(raw)) => {
+            let input = &body.value()["inputs"][0];
+            let datatype = input["datatype"].as_str().unwrap_or_default();
+            let data = crate::tensor::to_f32(datatype, raw)
+                .map_err(|e| BadRequest(format!("inputs[0]: {e}")))?;
+            rows_from_flat(data, &shape_of(input))
+        }
+        _ => request_rows(wire, body.value()),
+    }
+}
+
+/// An OIP v2 answer with the outputs `wanted` names moved to a binary part (an output without
+/// a `datatype` stays JSON): the body and the length of its JSON header, for the response's
+/// `Inference-Header-Content-Length`.
+pub fn binary_answer(
+    answer: &Value,
+    wanted: &BinaryOutputs,
+) -> Result<(bytes::Bytes, usize), BadResponse> {
+    let mut answer = answer.clone();
+    let mut raw = Vec::new();
+    if let Some(outputs) = answer.get_mut("outputs").and_then(Value::as_array_mut) {
+        for output in outputs {
+            let name = output["name"].as_str().unwrap_or_default();
+            let Some(datatype) = output["datatype"].as_str() else {
+                continue;
+            };
+            if !wanted.wants(name) || output.get("data").is_none() {
+                continue;
+            }
+            let bytes = crate::tensor::from_json(datatype, &output["data"])
+                .map_err(|e| BadResponse(format!("output '{name}': {e}")))?;
+            if let Some(o) = output.as_object_mut() {
+                o.remove("data");
+            }
+            if !output["parameters"].is_object() {
+                output["parameters"] = json!({});
+            }
+            output["parameters"]["binary_data_size"] = json!(bytes.len());
+            raw.extend_from_slice(&bytes);
+        }
+    }
+    let mut body = answer.to_string().into_bytes();
+    let header_len = body.len();
+    body.extend_from_slice(&raw);
+    Ok((bytes::Bytes::from(body), header_len))
+}
+
+/// A binary OIP v2 answer (a JSON header of `header_len` bytes, then the raw data of the
+/// outputs declaring `binary_data_size`, in order) as plain JSON.
+pub fn decode_binary_answer(body: &[u8], header_len: usize) -> Result<Value, BadResponse> {
+    let header = body.get(..header_len).ok_or_else(|| {
+        BadResponse(format!(
+            "Inference-Header-Content-Length {header_len} runs past the end of the {}-byte answer",
+            body.len()
+        ))
+    })?;
+    let mut answer: Value = serde_json::from_slice(header)
+        .map_err(|e| BadResponse(format!("the JSON header is not JSON: {e}")))?;
+    let mut at = header_len;
+    if let Some(outputs) = answer.get_mut("outputs").and_then(Value::as_array_mut) {
+        for output in outputs {
+            let Some(size) = output
+                .pointer("/parameters/binary_data_size")
+                .and_then(Value::as_u64)
+            else {
+                continue;
+            };
+            let name = output["name"].as_str().unwrap_or_default().to_string();
+            let raw = body.get(at..at + size as usize).ok_or_else(|| {
+                BadResponse(format!(
+                    "output '{name}': binary_data_size {size} runs past the end of the answer"
+                ))
+            })?;
+            at += size as usize;
+            let datatype = output["datatype"].as_str().unwrap_or_default();
+            let data = crate::tensor::to_json(datatype, raw)
+                .map_err(|e| BadResponse(format!("output '{name}': {e}")))?;
+            output["data"] = Value::Array(data);
+            drop_param(output, "binary_data_size");
+        }
+    }
+    Ok(answer)
 }
 
 /// Builds a request body in `wire` format from numeric rows.
@@ -991,7 +1311,7 @@ mod tests {
 
     #[test]
     fn a_v2_body_is_checked_in_one_pass_and_each_fault_named() {
-        let v2 = |text: &str| JsonBody::validate_v2(bytes::Bytes::from(text.to_string()));
+        let v2 = |text: &str| JsonBody::validate_v2(bytes::Bytes::from(text.to_string()), None);
         let good = r#"{"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}], "id": "a"}"#;
         assert!(v2(good).is_ok());
         assert!(matches!(

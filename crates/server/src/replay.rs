@@ -497,7 +497,7 @@ fn request_body(
     };
     let bytes = bytes::Bytes::from(Value::Object(object).to_string());
     let body = match wire {
-        Wire::V2 => JsonBody::validate_v2(bytes),
+        Wire::V2 => JsonBody::validate_v2(bytes, None),
         Wire::V1 => JsonBody::validate(bytes),
     }
     .map_err(|e| e.to_string())?;

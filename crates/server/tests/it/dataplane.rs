@@ -1054,7 +1054,7 @@ models:
         (
             "binary data",
             json!({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32", "parameters": {"binary_data_size": 32}}]}),
-            "binary tensor data extension",
+            "no Inference-Header-Content-Length",
         ),
     ];
     for (what, body, says) in cases {

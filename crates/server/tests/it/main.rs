@@ -7,9 +7,11 @@ mod support;
 
 mod alerts;
 mod auth;
+mod binary;
 mod dataplane;
 mod disk;
 mod experiments;
+mod grpc;
 mod limits;
 mod mlserver;
 mod oip_client;

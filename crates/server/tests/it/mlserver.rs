@@ -8,7 +8,11 @@
 //! - every OIP v2 request is answered by MLServer with scikit-learn's own class;
 //! - a KServe v1 request is translated to OIP for MLServer and answered in v1 form;
 //! - the prediction log counts every request against v1 with no error, and the shadow pairs
-//!   agree on every instance (both backends hold the same trees).
+//!   agree on every instance (both backends hold the same trees);
+//! - tritonclient's HTTP client with binary inputs and outputs (the binary tensor data
+//!   extension, which MLServer's REST server does not speak: the gateway decodes the binary
+//!   inputs into JSON for it and encodes its JSON answer for the client) gets scikit-learn's
+//!   classes, exactly as with JSON.
 //!
 //! `models/mlserver/fixture.json` (written by `tools/make_mlserver_model.py`) holds 50 rows with
 //! scikit-learn's `predict`.
@@ -106,6 +110,7 @@ fn free_ports<const N: usize>() -> [u16; N] {
 struct MlServer {
     child: Child,
     http_port: u16,
+    grpc_port: u16,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -156,6 +161,7 @@ impl MlServer {
         MlServer {
             child,
             http_port,
+            grpc_port,
             log,
             _dir: dir,
         }
@@ -163,6 +169,10 @@ impl MlServer {
 
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    fn grpc_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
     }
 
     fn log_text(&self) -> String {
@@ -362,7 +372,180 @@ models:
         "MLServer's metadata: {meta}"
     );
 
+    // tritonclient, binary: the 50 fixture rows as JSON and as binary inputs and/or outputs.
+    let script = repo_root().join("tools/oip_client_check.py");
+    let host = tg.gateway.addr.to_string();
+    let expected: Vec<String> = fixture
+        .sklearn
+        .predictions
+        .iter()
+        .map(i64::to_string)
+        .collect();
+    let rows = serde_json::to_vec(&fixture.inputs).unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args([host.as_str(), "yield", "8", "binary", "predict"])
+            .arg(expected.join(","))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        child.stdin.take().unwrap().write_all(&rows).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("binary infer ok"),
+        "tritonclient binary through MLServer failed:\n{stdout}\n{}\n--- mlserver log ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        mlserver.log_text()
+    );
+    log.flush().await.unwrap();
+    let v1 = log
+        .aggregates()
+        .lock()
+        .variant("yield", "v1", Role::Serving, |_| true);
+    assert_eq!((v1.requests, v1.errors), (55, 0), "four more, none failed");
+
     drop(tg);
     drop(mlserver);
     eprintln!("mlserver test took {:?}", started.elapsed());
+}
+
+/// MLServer's gRPC port as a backend (`protocol: oip-grpc`) beside its REST port: a REST
+/// client is served by the gRPC backend and a gRPC client by both, each answering
+/// scikit-learn's classes; the records read the predictions; readiness and metadata are asked
+/// over gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mlserver_over_grpc_serves_rest_and_grpc_clients() {
+    use crate::grpc::{grpc_client, infer_request};
+    let fixture = fixture();
+    let mut mlserver = MlServer::start(&repo_root().join("models/mlserver").join(&fixture.model));
+    mlserver.wait_ready(&fixture.model).await;
+    let yaml = format!(
+        r#"
+grpc_listen: 127.0.0.1:0
+models:
+  yield:
+    versions:
+      grpc: {{ url: "{grpc}", protocol: oip-grpc, remote_model: {remote}, timeout_ms: 5000 }}
+      rest: {{ url: "{rest}", protocol: oip, remote_model: {remote}, timeout_ms: 5000 }}
+    serve: {{ kind: single, version: grpc }}
+"#,
+        grpc = mlserver.grpc_url(),
+        rest = mlserver.url(),
+        remote = fixture.model,
+    );
+    let tg = TestGateway::start(&yaml).await;
+    let mut client = grpc_client(&tg).await;
+    let rows: Vec<Vec<f32>> = fixture.inputs[..10]
+        .iter()
+        .map(|r| r.iter().map(|x| *x as f32).collect())
+        .collect();
+    let expected = &fixture.sklearn.predictions[..10];
+    let f64_rows: Vec<Vec<f64>> = fixture.inputs[..10].to_vec();
+
+    // REST client, gRPC backend (routed to `grpc`), as JSON and KServe v1.
+    let reply = tg
+        .client
+        .post_json(
+            &tg.url("/v2/models/yield/infer"),
+            &[],
+            &json!({"inputs": [{"name": "input", "shape": [10, 8], "datatype": "FP64", "data": f64_rows}]}),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}\n{}",
+        String::from_utf8_lossy(&reply.body),
+        mlserver.log_text()
+    );
+    assert_eq!(reply.header("x-switchyard-model-version"), "grpc");
+    assert_eq!(oip_classes(&reply.json()), expected);
+    let reply = tg
+        .client
+        .post_json(
+            &tg.url("/v1/models/yield:predict"),
+            &[],
+            &json!({ "instances": f64_rows }),
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json(), json!({ "predictions": expected }));
+
+    // gRPC client, gRPC backend and REST backend (pinned).
+    for version in ["grpc", "rest"] {
+        let mut request = infer_request("yield", &rows, version == "rest");
+        request.model_version = version.into();
+        let answer = client
+            .model_infer(request)
+            .await
+            .unwrap_or_else(|s| panic!("{version}: {s:?}\n{}", mlserver.log_text()));
+        let answer = answer.get_ref();
+        assert_eq!(answer.model_version, version);
+        let predict = answer
+            .outputs
+            .iter()
+            .position(|o| o.name == "predict")
+            .unwrap();
+        let classes: Vec<i64> = answer.raw_output_contents[predict]
+            .chunks(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(classes, expected, "{version}");
+    }
+
+    // Readiness and metadata through the gRPC backend.
+    let ready = tg
+        .client
+        .get(&tg.url("/v2/models/yield/versions/grpc/ready"))
+        .await;
+    assert_eq!(
+        ready.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&ready.body)
+    );
+    let meta = tg
+        .client
+        .get(&tg.url("/v2/models/yield/versions/grpc"))
+        .await
+        .json();
+    assert_eq!(meta["name"], "yield", "{meta}");
+
+    let log = &tg.gateway.state.log;
+    log.flush().await.unwrap();
+    let agg = log.aggregates().lock().clone();
+    let g = agg.variant("yield", "grpc", Role::Serving, |_| true);
+    let r = agg.variant("yield", "rest", Role::Serving, |_| true);
+    assert_eq!((g.requests, g.errors), (3, 0));
+    assert_eq!((r.requests, r.errors), (1, 0));
+    let conn = rusqlite::Connection::open(tg.store_path()).unwrap();
+    let outputs: Vec<String> = conn
+        .prepare("SELECT output FROM predictions ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let want: Vec<String> = expected.iter().map(|c| format!("\"{c}\"")).collect();
+    for output in &outputs {
+        assert!(
+            output.contains(&want.join(",")),
+            "the record reads the classes: {output}"
+        );
+    }
+    drop(tg);
+    drop(mlserver);
 }

@@ -1,6 +1,8 @@
 //! A standard Open Inference Protocol client from PyPI (tritonclient's HTTP client, installed by
 //! README's test command) against the gateway: health, readiness, server and model metadata,
-//! JSON inference, a pinned version and an error all work as against MLServer or Triton.
+//! JSON inference, a pinned version and an error all work as against MLServer or Triton; so do
+//! the binary tensor data extension's binary inputs and outputs (`binary_data=True`), which
+//! answer exactly what JSON does.
 
 use std::process::Command;
 
@@ -41,6 +43,8 @@ models:
         "infer ok",
         "pinned infer ok v2",
         "error ok",
+        "binary infer ok",
+        "pinned binary infer ok v2",
     ] {
         assert!(stdout.contains(line), "missing '{line}' in:\n{stdout}");
     }
@@ -48,5 +52,8 @@ models:
     tg.gateway.state.log.flush().await.unwrap();
     let agg = tg.gateway.state.log.aggregates().lock().clone();
     let served: u64 = agg.series.values().map(|s| s.requests).sum();
-    assert_eq!(served, 2, "one routed and one pinned inference");
+    assert_eq!(
+        served, 7,
+        "one routed and one pinned JSON inference, four routed binary and one pinned binary"
+    );
 }

@@ -164,6 +164,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             store,
             gateway.state.replica
         );
+        if let Some(grpc) = gateway.grpc_addr {
+            eprintln!("switchyard gRPC (Open Inference Protocol) listening on {grpc}");
+        }
         eprintln!("access: {}", gateway.state.auth.describe());
         if let Some(tls) = gateway.tls() {
             eprintln!(
