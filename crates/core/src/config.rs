@@ -1251,6 +1251,7 @@ mod tests {
             timeout_ms: None,
             output_pointer: None,
             ca_file: ca.map(PathBuf::from),
+            binary_data: None,
         };
         let with = |versions: Vec<(&str, RawBackend)>| {
             let mut m = model(strategy_single());

@@ -69,7 +69,11 @@ struct Args {
 #[derive(Debug, Clone)]
 enum Mode {
     Answer(Arc<Behaviour>),
-    Proxy { client: Client, base: Arc<str> },
+    /// Boxed: the client is much larger than the answer mode's `Arc`.
+    Proxy {
+        client: Box<Client>,
+        base: Arc<str>,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -120,7 +124,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             // switchyard's own backend client (pool and socket settings).
             let client = switchyard_server::backend::http_client();
             Mode::Proxy {
-                client,
+                client: Box::new(client),
                 base: base.into(),
             }
         }

@@ -28,8 +28,8 @@ pub mod report;
 pub mod runtime;
 pub mod shadow;
 pub mod state;
-pub mod tls;
 pub mod tensor;
+pub mod tls;
 pub mod ui;
 
 pub use app::{Gateway, StartOptions};
