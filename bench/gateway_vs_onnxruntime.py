@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A 200-row OIP v2 request through a release gateway against onnxruntime's 200-row batch.
 
-    cargo build --release -p switchyard
+    cargo build --release -p switchyard --features tract   # yield_logreg runs on tract
     python3 bench/gateway_vs_onnxruntime.py [--bin target/release/switchyard] [--json PATH]
 
 For every shipped model with a fixture (`models/fixtures/*.json`): one `switchyard serve` with

@@ -13,8 +13,9 @@
 //!   with scikit-learn, and tract-onnx 0.23 has no `TreeEnsembleRegressor` at all. A graph that
 //!   mixes a tree ensemble with other operators is refused at load.
 //! * **Everything else** (e.g. a `StandardScaler` + `LogisticRegression` pipeline) goes through
-//!   `tract-onnx` (`general`, compiled with the `tract` feature, on by default; a build without
-//!   it refuses such a graph at load, saying so): the input is pinned to `float32 [N, n_features]` with a symbolic batch
+//!   `tract-onnx` (`general`, compiled with the `tract` feature: the library's default, the
+//!   `switchyard` binary's `--features tract`; a build without it refuses such a graph at load,
+//!   saying so): the input is pinned to `float32 [N, n_features]` with a symbolic batch
 //!   dimension `N`, the graph is optimized once and the runnable plan kept. The model's kind is
 //!   detected from its outputs: a float `[N, C]` output next to a non-float (label) output makes
 //!   a classifier with `C` classes, whose class is the argmax of the probabilities (first maximum
