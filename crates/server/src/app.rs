@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 use crate::alerts::{AlertSender, RetryPolicy, WebhookConfig};
 use crate::auth::Auth;
-use crate::backend::{Backend, Clients, ModelRuntime};
+use crate::backend::{Clients, ModelRuntime};
 use crate::controller::{Clock, Controller, SystemClock};
 use crate::metrics::Metrics;
 use crate::shadow::ShadowDispatcher;
@@ -128,12 +128,9 @@ impl Gateway {
         let mut models = HashMap::new();
         let mut routes = HashMap::new();
         for (name, model) in &config.models {
-            let mut backends = HashMap::new();
-            for (version, spec) in &model.versions {
-                let backend = Backend::build(spec, &clients)
-                    .with_context(|| format!("model {name} version {version}"))?;
-                backends.insert(version.clone(), Arc::new(backend));
-            }
+            let runtime = ModelRuntime::build(name, model, &clients).map_err(|(version, e)| {
+                anyhow::Error::new(e).context(format!("model {name} version {version}"))
+            })?;
             routes.insert(
                 name.clone(),
                 ModelRoute {
@@ -141,22 +138,7 @@ impl Gateway {
                     strategy: model.strategy.clone(),
                 },
             );
-            models.insert(
-                name.clone(),
-                ModelRuntime {
-                    name: name.clone(),
-                    classes: model
-                        .classes
-                        .as_ref()
-                        .map(|c| Arc::from(c.clone().into_boxed_slice())),
-                    config: model.clone(),
-                    served_ok: backends
-                        .keys()
-                        .map(|v| (v.clone(), std::sync::OnceLock::new()))
-                        .collect(),
-                    backends,
-                },
-            );
+            models.insert(name.clone(), runtime);
         }
         let replica = match (&options.replica, options.store.is_postgres()) {
             (Some(name), _) => name.clone(),

@@ -754,6 +754,33 @@ pub struct ModelRuntime {
 }
 
 impl ModelRuntime {
+    /// `model`'s versions' backends built on `clients` (in-process ONNX models loaded now), as
+    /// the gateway and an offline replay both run them. The error names the version.
+    pub fn build(
+        name: &str,
+        model: &ModelConfig,
+        clients: &Clients,
+    ) -> Result<ModelRuntime, (String, BuildError)> {
+        let mut backends = HashMap::new();
+        for (version, spec) in &model.versions {
+            let backend = Backend::build(spec, clients).map_err(|e| (version.clone(), e))?;
+            backends.insert(version.clone(), Arc::new(backend));
+        }
+        Ok(ModelRuntime {
+            name: name.to_string(),
+            classes: model
+                .classes
+                .as_ref()
+                .map(|c| Arc::from(c.clone().into_boxed_slice())),
+            config: model.clone(),
+            served_ok: backends
+                .keys()
+                .map(|v| (v.clone(), std::sync::OnceLock::new()))
+                .collect(),
+            backends,
+        })
+    }
+
     /// Why `version` cannot be served: it is not one of this model's, which are listed.
     pub fn unknown_version(&self, version: &str) -> String {
         let versions: Vec<&str> = self.config.versions.keys().map(String::as_str).collect();

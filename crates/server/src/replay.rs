@@ -20,7 +20,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
@@ -33,7 +32,7 @@ use switchyard_core::{Aggregates, Outcome, PairRef, Prediction, PredictionRecord
 use switchyard_store::{captured_requests_at, CapturedQuery, StoreError, StoreUrl};
 
 use crate::api::{Disagreement, ReplayReport, ShadowAnalysis, VersionStats};
-use crate::backend::{Backend, Call, Clients, ModelRuntime};
+use crate::backend::{Call, Clients, ModelRuntime};
 use crate::protocol::{self, JsonBody, Wire};
 
 /// Requests in flight at once unless told otherwise.
@@ -163,28 +162,14 @@ pub fn runtimes(config: &GatewayConfig) -> Result<HashMap<String, ModelRuntime>,
     let clients = Clients::new();
     let mut models = HashMap::new();
     for (name, model) in &config.models {
-        let mut backends = HashMap::new();
-        for (version, spec) in &model.versions {
-            let backend = Backend::build(spec, &clients).map_err(|e| ReplayError::Backend {
+        let runtime = ModelRuntime::build(name, model, &clients).map_err(|(version, e)| {
+            ReplayError::Backend {
                 model: name.clone(),
-                version: version.clone(),
+                version,
                 reason: e.to_string(),
-            })?;
-            backends.insert(version.clone(), Arc::new(backend));
-        }
-        models.insert(
-            name.clone(),
-            ModelRuntime {
-                name: name.clone(),
-                classes: model
-                    .classes
-                    .as_ref()
-                    .map(|c| Arc::from(c.clone().into_boxed_slice())),
-                config: model.clone(),
-                served_ok: HashMap::new(),
-                backends,
-            },
-        );
+            }
+        })?;
+        models.insert(name.clone(), runtime);
     }
     Ok(models)
 }
