@@ -5,6 +5,7 @@
 # proxy's CPU) is not counted.
 #
 #   bash bench/callgrind.sh [BIN_DIR] [N]       # BIN_DIR defaults to target/release
+#   SY_YAML='runtime: { data_plane_threads: 0 }' bash bench/callgrind.sh   # extra top-level config
 #
 # Runs switchyard single (one mock backend) with the prediction log on and off: 500 warm-up
 # requests, then counters zeroed, N requests (default 3000) at 8 connections with oha, counters
@@ -17,9 +18,9 @@ command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install -y val
 export PATH="$PATH:${CARGO_HOME:-$HOME/.cargo}/bin"
 command -v oha >/dev/null || { echo "needs oha: cargo install --locked oha" >&2; exit 2; }
 body='{"inputs":[{"name":"input","shape":[1,8],"datatype":"FP32","data":[1.01,49.5,2.02,55.0,3.0,-4.0,1.1,1003.0]}]}'
-work=$(mktemp -d)
+work=${CG_KEEP:-$(mktemp -d)}
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; [ -n "${CG_KEEP:-}" ] || rm -rf "$work"; }
 trap cleanup EXIT
 
 "$bin/mock-backend" --listen 127.0.0.1:0 --threads 1 >"$work/mock.out" &
@@ -32,6 +33,7 @@ for log in true false; do
   mkdir -p "$dir"
   cat >"$dir/sy.yaml" <<YAML
 log: { enabled: $log }
+${SY_YAML:-}
 models:
   m:
     task: classification

@@ -10,9 +10,9 @@ Arms (each a URL the same load generator drives with the same request):
                       100% to a second fast mock), shadow to a backend that answers after 500 ms,
                       shadow to a port nobody listens on
   sy-single-nolog     switchyard single with the prediction log switched off
-  hyper               mock-backend --proxy-to: the same hyper server and pooled client as
-                      switchyard with nothing else (no JSON, routing or log), the floor of the
-                      stack switchyard is built on
+  hyper               mock-backend --proxy-to --per-core: the same hyper server, pooled
+                      client and runtime shape as switchyard with nothing else (no JSON,
+                      routing or log), the floor of the stack switchyard is built on
 
 Each round runs every arm at a fixed rate (latency, oha --latency-correction) and the main arms
 at saturation (throughput); the arm order rotates between rounds and the report takes medians
@@ -145,7 +145,9 @@ class Mock:
         out_path = os.path.join(work, f"{name}.out")
         argv = [binary, "--listen", "127.0.0.1:0", "--threads", str(threads), "--delay-ms", str(delay_ms)]
         if proxy_to:
-            argv += ["--proxy-to", proxy_to]
+            # Shaped like the gateways' data plane: a current-thread runtime and a backend pool
+            # per thread (switchyard's default `runtime.data_plane_threads`).
+            argv += ["--proxy-to", proxy_to, "--per-core"]
         with open(out_path, "w") as out:
             self.proc = procs.start(name, argv, stdout=out)
 

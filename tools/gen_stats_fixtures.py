@@ -576,6 +576,72 @@ def gen_srm():
 
 
 # --------------------------------------------------------------------------
+# 7b. Cochran-Mantel-Haenszel (stratified two-proportion comparison)
+# --------------------------------------------------------------------------
+
+
+def gen_stratified():
+    """Each stratum is ((a successes, a trials), (b successes, b trials)); statsmodels reads
+    the 2x2 tables [[b succ, b fail], [a succ, a fail]] so the odds ratio is B over A."""
+    from statsmodels.stats.contingency_tables import StratifiedTable
+
+    specs = [
+        # Two regions, the same lift in each.
+        [((900, 1000), (920, 1000)), ((450, 600), (470, 600))],
+        # A reversal of mix: B looks better overall only through its mix of strata.
+        [((80, 100), (790, 1000)), ((300, 1000), (29, 100))],
+        # Three strata of unequal sizes.
+        [((45, 50), (46, 50)), ((180, 200), (186, 200)), ((700, 800), (730, 800))],
+        # No effect at all.
+        [((50, 100), (50, 100)), ((30, 60), (30, 60))],
+        # Small strata, one with a single arm only (adds nothing) and one of one observation.
+        [((3, 5), (4, 6)), ((2, 4), (1, 3)), ((5, 7), (0, 0)), ((1, 1), (0, 0))],
+        # A strong effect in one stratum, none in the other.
+        [((100, 200), (150, 200)), ((100, 200), (100, 200))],
+        # A worse B.
+        [((930, 1000), (900, 1000)), ((880, 1000), (860, 1000)), ((400, 500), (380, 500))],
+        # Many strata (the bounded segment values).
+        [((40 + i, 60), (42 + i, 60)) for i in range(12)],
+        # Rates near 0.
+        [((2, 500), (6, 500)), ((1, 300), (4, 300))],
+        # Rates near 1.
+        [((495, 500), (499, 500)), ((290, 300), (298, 300))],
+        # One stratum (the plain 2x2 odds ratio).
+        [((70, 100), (80, 100))],
+        # Arms of very different sizes within strata (a 90/10 canary-like split).
+        [((810, 900), (95, 100)), ((450, 500), (52, 55)), ((90, 100), (9, 10))],
+    ]
+    cases = []
+    for strata in specs:
+        tables = []
+        for (sa, na), (sb, nb) in strata:
+            if na + nb < 2:
+                continue
+            tables.append(np.array([[sb, nb - sb], [sa, na - sa]], dtype=float))
+        st_table = StratifiedTable(tables)
+        test = st_table.test_null_odds(correction=False)
+        lo, hi = st_table.oddsratio_pooled_confint(alpha=0.05)
+        cases.append(
+            dict(
+                strata=[[list(a), list(b)] for a, b in strata],
+                alpha=0.05,
+                used=len(tables),
+                odds_ratio=f(st_table.oddsratio_pooled),
+                ci_low=f(lo),
+                ci_high=f(hi),
+                statistic=f(test.statistic),
+                p_value=f(test.pvalue),
+            )
+        )
+    return write(
+        "stratified.json",
+        "statsmodels StratifiedTable([[b succ, b fail], [a succ, a fail]] per stratum): "
+        "oddsratio_pooled, oddsratio_pooled_confint(alpha), test_null_odds(correction=False)",
+        cases,
+    )
+
+
+# --------------------------------------------------------------------------
 # 8. Mann-Whitney U
 # --------------------------------------------------------------------------
 
@@ -1354,6 +1420,7 @@ def main():
     gen_welch()
     gen_chi2()
     gen_srm()
+    gen_stratified()
     gen_mannwhitney()
     gen_bayes()
     gen_multiple()

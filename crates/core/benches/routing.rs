@@ -39,6 +39,7 @@ fn ab3() -> Strategy {
         ],
         layout: Vec::new(),
         salt: None,
+        target: None,
     }
 }
 

@@ -49,6 +49,17 @@ pub struct RawConfig {
     pub alerts: RawAlerts,
     #[serde(default)]
     pub controller: RawController,
+    #[serde(default)]
+    pub runtime: RawRuntime,
+}
+
+/// How the process runs its work.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawRuntime {
+    /// Threads that serve client connections, each with its own current-thread runtime and
+    /// backend pool (default: one per core, or `TOKIO_WORKER_THREADS`); 0 serves them on the
+    /// shared multi-threaded runtime instead.
+    pub data_plane_threads: Option<u64>,
 }
 
 /// The listener's certificate and key, PEM files (relative paths: to the configuration file).
@@ -213,6 +224,13 @@ pub struct RawBackend {
     /// request is passed through as it came (default false: its binary inputs are decoded into
     /// JSON `data` first).
     pub binary_data: Option<bool>,
+    /// The commit the model was built from (free text, recorded with the version's artefact).
+    pub git_sha: Option<String>,
+    /// The model registry's reference, e.g. `mlflow:yield/7` (free text, recorded likewise).
+    pub registry: Option<String>,
+    /// What 1,000 predictions of this version cost, in any unit the operator chooses (no
+    /// currency): reports put it beside latency and accuracy.
+    pub cost_per_1k: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -270,6 +288,9 @@ pub struct GatewayConfig {
     pub models: BTreeMap<String, ModelConfig>,
     pub webhooks: Vec<Webhook>,
     pub tick_ms: u64,
+    /// `runtime.data_plane_threads`: `None` for the default (one per core), `Some(0)` for the
+    /// shared runtime.
+    pub data_plane_threads: Option<usize>,
 }
 
 /// A certificate (chain) and its private key, PEM files, as configured (the server reads and
@@ -550,9 +571,26 @@ pub struct ModelConfig {
     /// BucketRange fields by name and where each is read from.
     pub segments: Vec<(String, KeySource)>,
     pub versions: BTreeMap<String, BackendSpec>,
+    /// Per declared version: its `git_sha`, `registry` and `cost_per_1k` (each optional).
+    pub version_info: BTreeMap<String, VersionInfo>,
     pub strategy: Strategy,
     pub salt: String,
 }
+
+/// What the configuration says about a version besides its backend: where it came from and
+/// what it costs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct VersionInfo {
+    pub git_sha: Option<String>,
+    pub registry: Option<String>,
+    /// Cost of 1,000 predictions, a non-negative number in the operator's unit.
+    pub cost_per_1k: Option<f64>,
+}
+
+/// Longest `git_sha` accepted (a SHA-256 object name is 64 hex digits).
+pub const MAX_GIT_SHA_CHARS: usize = 64;
+/// Longest `registry` reference accepted.
+pub const MAX_REGISTRY_CHARS: usize = 256;
 
 /// Default per-backend timeout.
 pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
@@ -626,6 +664,15 @@ impl RawConfig {
             1 << 20,
             &mut problems,
         );
+        let data_plane_threads = match self.runtime.data_plane_threads {
+            Some(n) if n > 1024 => {
+                problems.push(format!(
+                    "runtime.data_plane_threads: must be between 0 and 1024, got {n}"
+                ));
+                None
+            }
+            n => n.map(|n| n as usize),
+        };
         let header_read_timeout_ms = positive(
             "limits.header_read_timeout_ms",
             self.limits.header_read_timeout_ms,
@@ -844,6 +891,7 @@ impl RawConfig {
             Ok(GatewayConfig {
                 webhooks,
                 tick_ms,
+                data_plane_threads,
                 listen: self.listen,
                 tls,
                 grpc_listen: self.grpc_listen,
@@ -910,6 +958,7 @@ impl RawModel {
         }
         let declared: Vec<String> = self.versions.keys().cloned().collect();
         let mut versions = BTreeMap::new();
+        let mut version_info = BTreeMap::new();
         for (version, backend) in self.versions {
             let vat = format!("{at}.versions.{version}");
             if !valid_name(&version) {
@@ -917,6 +966,7 @@ impl RawModel {
                     "{vat}: version names use letters, digits, '-', '_' and '.'"
                 ));
             }
+            version_info.insert(version.clone(), backend.info(&vat, problems));
             if let Some(spec) = backend.validate(&vat, name, problems) {
                 versions.insert(version, spec);
             }
@@ -958,6 +1008,7 @@ impl RawModel {
             classes: self.classes,
             segments,
             versions,
+            version_info,
             strategy: strategy?,
             salt,
         })
@@ -987,7 +1038,50 @@ impl RawKey {
     }
 }
 
+/// A free-text provenance field: present, not blank, at most `max` characters, one line.
+fn free_text(at: &str, value: &Option<String>, max: usize, problems: &mut Vec<String>) {
+    let Some(v) = value else { return };
+    if v.trim().is_empty() {
+        problems.push(format!("{at}: empty (leave the field out instead)"));
+    } else if v.chars().count() > max {
+        problems.push(format!(
+            "{at}: at most {max} characters, got {}",
+            v.chars().count()
+        ));
+    } else if v.chars().any(char::is_control) {
+        problems.push(format!("{at}: one line of text without control characters"));
+    }
+}
+
 impl RawBackend {
+    /// The version's `git_sha`, `registry` and `cost_per_1k`, checked.
+    fn info(&self, at: &str, problems: &mut Vec<String>) -> VersionInfo {
+        free_text(
+            &format!("{at}.git_sha"),
+            &self.git_sha,
+            MAX_GIT_SHA_CHARS,
+            problems,
+        );
+        free_text(
+            &format!("{at}.registry"),
+            &self.registry,
+            MAX_REGISTRY_CHARS,
+            problems,
+        );
+        if let Some(cost) = self.cost_per_1k {
+            if !(cost.is_finite() && cost >= 0.0) {
+                problems.push(format!(
+                    "{at}.cost_per_1k: must be a finite number ≥ 0 (the cost of 1,000 predictions), got {cost}"
+                ));
+            }
+        }
+        VersionInfo {
+            git_sha: self.git_sha.clone(),
+            registry: self.registry.clone(),
+            cost_per_1k: self.cost_per_1k,
+        }
+    }
+
     fn validate(self, at: &str, model: &str, problems: &mut Vec<String>) -> Option<BackendSpec> {
         match (self.onnx, self.url) {
             (Some(path), None) => {
@@ -1114,6 +1208,7 @@ impl RawStrategy {
             "ab" => Strategy::Split {
                 layout: Vec::new(),
                 salt: None,
+                target: None,
                 arms: self
                     .arms
                     .iter()
@@ -1189,6 +1284,9 @@ mod tests {
             output_pointer: None,
             ca_file: None,
             binary_data: None,
+            git_sha: None,
+            registry: None,
+            cost_per_1k: None,
         };
         RawModel {
             task: None,
@@ -1238,6 +1336,7 @@ mod tests {
                 .collect(),
             alerts: RawAlerts::default(),
             controller: RawController::default(),
+            runtime: RawRuntime::default(),
         }
     }
 
@@ -1252,6 +1351,9 @@ mod tests {
             output_pointer: None,
             ca_file: ca.map(PathBuf::from),
             binary_data: None,
+            git_sha: None,
+            registry: None,
+            cost_per_1k: None,
         };
         let with = |versions: Vec<(&str, RawBackend)>| {
             let mut m = model(strategy_single());
@@ -1392,6 +1494,7 @@ mod tests {
         c.limits.header_read_timeout_ms = Some(0);
         c.limits.body_read_timeout_ms = Some(0);
         c.limits.max_header_bytes = Some(100);
+        c.runtime.data_plane_threads = Some(5000);
         let problems = c.validate().unwrap_err();
         let expect = [
             "listen",
@@ -1405,6 +1508,7 @@ mod tests {
             "limits.header_read_timeout_ms: must be greater than 0",
             "limits.body_read_timeout_ms: must be greater than 0",
             "limits.max_header_bytes: must be between 8192 and 1048576",
+            "runtime.data_plane_threads: must be between 0 and 1024, got 5000",
             "models.yield.serve.arms[1].weight",
             "unknown version 'v9'",
             "models.other.serve: shadow strategy needs at least one shadow",
@@ -1488,6 +1592,77 @@ mod tests {
         let mut raw = config(vec![("yield", model(strategy_single()))]);
         raw.log.enabled = Some(false);
         assert!(!raw.validate().unwrap().log.enabled);
+    }
+
+    #[test]
+    fn provenance_and_cost_fields_are_checked_in_both_written_forms() {
+        // The flow form (`v2: { onnx: …, git_sha: … }`) and the block form read the same.
+        let yaml = r#"
+models:
+  yield:
+    versions:
+      v1:
+        onnx: models/yield_v1.onnx
+        git_sha: 3f2c1ab
+        registry: "mlflow:yield/6"
+        cost_per_1k: 0.1
+      v2: { onnx: models/yield_v2.onnx, git_sha: 9e8d7c6, registry: "mlflow:yield/7", cost_per_1k: 0.40 }
+      v3: { url: "http://127.0.0.1:9000" }
+    serve: { kind: single, version: v1 }
+"#;
+        let raw: RawConfig = serde_yaml::from_str(yaml).unwrap();
+        let config = raw.validate().unwrap();
+        let info = &config.models["yield"].version_info;
+        assert_eq!(
+            info["v1"],
+            VersionInfo {
+                git_sha: Some("3f2c1ab".into()),
+                registry: Some("mlflow:yield/6".into()),
+                cost_per_1k: Some(0.1),
+            }
+        );
+        assert_eq!(info["v2"].cost_per_1k, Some(0.40));
+        assert_eq!(info["v2"].registry.as_deref(), Some("mlflow:yield/7"));
+        assert_eq!(info["v3"], VersionInfo::default());
+
+        let bad = r#"
+models:
+  yield:
+    versions:
+      v1: { onnx: a.onnx, git_sha: "  ", registry: "", cost_per_1k: -0.5 }
+      v2: { url: "http://127.0.0.1:9000", cost_per_1k: .nan, git_sha: "line\tbreak" }
+      v3: { url: "http://127.0.0.1:9001", cost_per_1k: .inf }
+    serve: { kind: single, version: v1 }
+"#;
+        let mut raw: RawConfig = serde_yaml::from_str(bad).unwrap();
+        let v4 = RawBackend {
+            registry: Some("r".repeat(MAX_REGISTRY_CHARS + 1)),
+            git_sha: Some("a".repeat(MAX_GIT_SHA_CHARS + 1)),
+            cost_per_1k: None,
+            ..raw.models["yield"].versions["v3"].clone()
+        };
+        raw.models
+            .get_mut("yield")
+            .unwrap()
+            .versions
+            .insert("v4".into(), v4);
+        let problems = raw.validate().unwrap_err();
+        for e in [
+            "models.yield.versions.v1.git_sha: empty (leave the field out instead)",
+            "models.yield.versions.v1.registry: empty",
+            "models.yield.versions.v1.cost_per_1k: must be a finite number ≥ 0 (the cost of 1,000 predictions), got -0.5",
+            "models.yield.versions.v2.cost_per_1k: must be a finite number ≥ 0 (the cost of 1,000 predictions), got NaN",
+            "models.yield.versions.v2.git_sha: one line of text without control characters",
+            "models.yield.versions.v3.cost_per_1k: must be a finite number ≥ 0 (the cost of 1,000 predictions), got inf",
+            "models.yield.versions.v4.git_sha: at most 64 characters, got 65",
+            "models.yield.versions.v4.registry: at most 256 characters, got 257",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(e)),
+                "missing {e:?} in {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), 8, "{problems:#?}");
     }
 
     fn credential(name: &str, roles: &[&str]) -> RawCredential {

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod classes;
 pub mod config;
 pub mod paired;
+pub mod provenance;
 pub mod record;
 pub mod rollout;
 pub mod rollout_config;

@@ -263,9 +263,10 @@ mod tests {
     use super::*;
     use crate::record::Tolerance;
     use crate::rollout::{
-        CanarySpec, GatePolicy, LiveAlerts, RegressionTest, ShadowRules, ShadowSpec, Step,
-        Underestimate,
+        CanarySpec, ExternalGate, ExternalSource, GatePolicy, LiveAlerts, RegressionTest,
+        ShadowRules, ShadowSpec, Step, Underestimate,
     };
+    use crate::routing::{Strategy, Target};
     use crate::segments::SegmentGate;
 
     /// Parses `yaml` as the server's edge does (unknown fields listed by `serde_ignored`), then
@@ -425,6 +426,7 @@ mod tests {
                         min_duration_ms: 6,
                         require_approval: true,
                         approvals: 2,
+                        target: None,
                     },
                     Step {
                         weight: 5_000,
@@ -432,6 +434,7 @@ mod tests {
                         min_duration_ms: 8,
                         require_approval: true,
                         approvals: 3,
+                        target: None,
                     },
                     Step {
                         weight: 10_000,
@@ -439,6 +442,7 @@ mod tests {
                         min_duration_ms: 8,
                         require_approval: false,
                         approvals: 2,
+                        target: None,
                     },
                 ],
                 gate: GatePolicy {
@@ -462,10 +466,12 @@ mod tests {
                         max_mae_increase: 0.10,
                         min_samples: 50,
                     }),
+                    external: vec![],
                 },
                 step_deadline_ms: Some(9),
                 rollback_on_deadline: true,
                 approvals: 2,
+                group: vec![],
             })
         );
     }
@@ -546,6 +552,102 @@ mod tests {
                 s.rules.regression_promote_mae_decrease
             ),
             (0.02, 0.95, 0.01, 0.98, 0.01, 0.10)
+        );
+    }
+
+    #[test]
+    fn a_targeted_canary_serves_its_region_first_then_everyone_without_moving_keys_back() {
+        let yaml = "name: c\nmodel: m\nkind: canary\nstable: v1\ncandidate: v2\nsteps:\n\
+            \x20 - { weight: 10, match: { region: [us-west] } }\n\
+            \x20 - { weight: 100, match: { region: [us-west] } }\n\
+            \x20 - { weight: 25 }\n\
+            \x20 - { weight: 100 }\n";
+        let raw: RawRollout = serde_yaml::from_str(yaml).unwrap();
+        let spec = raw.validate_for(&["v1", "v2"], Some(&["region"])).unwrap();
+        let RolloutKind::Canary(c) = &spec.kind else {
+            panic!("{spec:?}")
+        };
+        let west = crate::routing::Target {
+            field: "region".into(),
+            values: vec!["us-west".into()],
+            weight: 0,
+        };
+        let expected = [
+            Strategy::targeted_canary(
+                "v1",
+                "v2",
+                0,
+                Target {
+                    weight: 1_000,
+                    ..west.clone()
+                },
+            ),
+            Strategy::targeted_canary(
+                "v1",
+                "v2",
+                0,
+                Target {
+                    weight: 10_000,
+                    ..west.clone()
+                },
+            ),
+            Strategy::targeted_canary(
+                "v1",
+                "v2",
+                2_500,
+                Target {
+                    weight: 10_000,
+                    ..west
+                },
+            ),
+            Strategy::canary("v1", "v2", 10_000),
+        ];
+        for (i, e) in expected.iter().enumerate() {
+            assert_eq!(&crate::rollout::step_strategy(c, i), e, "step {i}");
+        }
+        // Against a model without that segment field.
+        let raw: RawRollout = serde_yaml::from_str(yaml).unwrap();
+        let problems = raw
+            .validate_for(&["v1", "v2"], Some(&["tier"]))
+            .unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(
+            problems[0].contains(
+                "steps[0].match.region: not a segment field of model 'm' (declared: tier)"
+            ),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn bad_targeted_steps_are_listed() {
+        let head = "name: c\nmodel: m\nkind: canary\nstable: v1\ncandidate: v2\nsteps:\n";
+        check(
+            &format!(
+                "{head}\x20 - {{ weight: 10, match: {{ region: [us-west], tier: [gold] }} }}\n\
+                 \x20 - {{ weight: 20, match: {{ region: [us-west] }} }}\n\
+                 \x20 - {{ weight: 100 }}\n"
+            ),
+            &["steps[0].match: must name exactly one segment field (e.g. { region: [us-west] }), got 2"],
+        );
+        check(
+            &format!("{head}\x20 - {{ weight: 10, match: {{ region: [] }} }}\n\x20 - {{ weight: 100 }}\n"),
+            &["steps[0].match.region: must list the values served"],
+        );
+        check(
+            &format!(
+                "{head}\x20 - {{ weight: 30, match: {{ region: [us-west] }} }}\n\
+                 \x20 - {{ weight: 40, match: {{ region: [eu] }} }}\n\
+                 \x20 - {{ weight: 50 }}\n\
+                 \x20 - {{ weight: 60, match: {{ region: [us-west] }} }}\n\
+                 \x20 - {{ weight: 100, match: {{ region: [us-west] }} }}\n"
+            ),
+            &[
+                "steps[1].match: every targeted step matches the same field and values (region=us-west), got region=eu",
+                "steps[3].match: targeted steps come first",
+                "steps[4].match: targeted steps come first",
+                "the last step must serve everyone",
+            ],
         );
     }
 
@@ -797,5 +899,99 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn external_gates_as_written_and_their_problems_with_the_field_path() {
+        let head = "name: c\nmodel: m\nkind: canary\nstable: v1\ncandidate: v2\n";
+        let spec = parse(&format!(
+            "{head}gate:\n  external:\n    - name: errors\n      prometheus: {{ url: 'http://prom:9090', query: 'sum(x)' }}\n      max: 5\n      interval_ms: 1000\n    - name: ci\n      webhook: {{ url: 'https://checks.example/api' }}\n      inconclusive_limit: null\n      failure_limit: 2\n"
+        ))
+        .unwrap();
+        let RolloutKind::Canary(c) = spec.kind else {
+            panic!("a canary")
+        };
+        assert_eq!(
+            c.gate.external,
+            vec![
+                ExternalGate {
+                    name: "errors".into(),
+                    source: ExternalSource::Prometheus {
+                        url: "http://prom:9090".into(),
+                        query: "sum(x)".into()
+                    },
+                    max: Some(5.0),
+                    min: None,
+                    interval_ms: 1000,
+                    timeout_ms: crate::rollout::DEFAULT_TIMEOUT_MS,
+                    failure_limit: 0,
+                    inconclusive_limit: Some(crate::rollout::DEFAULT_INCONCLUSIVE_LIMIT),
+                },
+                ExternalGate {
+                    name: "ci".into(),
+                    source: ExternalSource::Webhook {
+                        url: "https://checks.example/api".into()
+                    },
+                    max: None,
+                    min: None,
+                    interval_ms: crate::rollout::DEFAULT_INTERVAL_MS,
+                    timeout_ms: crate::rollout::DEFAULT_TIMEOUT_MS,
+                    failure_limit: 2,
+                    inconclusive_limit: None,
+                },
+            ]
+        );
+        check(
+            &format!(
+                "{head}gate:\n  external:\n    - name: a\n      prometheus: {{ url: 'prom:9090', query: ' ' }}\n      max: 1\n      min: 0\n    - name: a\n      prometheus: {{ url: 'http:///x', query: 'up' }}\n    - webhook: {{ url: 'https://h/x' }}\n      prometheus: {{ url: 'http://p', query: 'up' }}\n      interval_ms: 0\n    - name: d\n      max: 1\n      color: red\n"
+            ),
+            &[
+                "gate.external[0].prometheus.url: 'prom:9090' is not an http:// or https:// URL",
+                "gate.external[0].prometheus.query: required (a PromQL expression)",
+                "gate.external[0]: give either max or min, not both",
+                "gate.external[1].name: 'a' names another gate too",
+                "gate.external[1].prometheus.url: 'http:///x' has no host",
+                "gate.external[1]: a prometheus gate needs max or min",
+                "gate.external[2].name: required",
+                "gate.external[2]: give either prometheus or webhook, not both",
+                "gate.external[2].interval_ms: must be at least 1",
+                "gate.external[3]: needs a source: prometheus: { url, query } or webhook: { url }",
+                "gate.external.3.color: unknown field",
+            ],
+        );
+        // A shadow's chained canary names its own path.
+        check(
+            "name: s\nmodel: m\nkind: shadow\nprimary: v1\ncandidate: v2\nthen_canary:\n  stable: v1\n  candidate: v2\n  gate:\n    external:\n      - name: x\n        webhook: {}\n",
+            &["then_canary.gate.external[0].webhook.url: required"],
+        );
+    }
+
+    #[test]
+    fn a_blue_green_load_test_and_monitoring_gates_as_written() {
+        let head = "name: b\nmodel: m\nkind: blue_green\nactive: v1\ncandidate: v2\n";
+        let spec = parse(&format!(
+            "{head}load_test: {{ rate: 200, duration_ms: 2000, max_p95_ms: 50, max_error_rate: 0.01 }}\nexternal:\n  - name: e\n    webhook: {{ url: 'http://h' }}\n"
+        ))
+        .unwrap();
+        let RolloutKind::BlueGreen(b) = spec.kind else {
+            panic!("a blue-green")
+        };
+        let load = b.load_test.unwrap();
+        assert_eq!(load.requests(), 400);
+        assert_eq!(load.concurrency, crate::rollout::DEFAULT_LOAD_CONCURRENCY);
+        assert_eq!(b.external.len(), 1);
+        check(
+            &format!("{head}load_test: {{ rate: -1, concurrency: 0, max_error_rate: 2 }}\n"),
+            &[
+                "load_test.duration_ms: required",
+                "load_test.rate must be a positive number of requests per second, got -1",
+                "load_test.concurrency must be at least 1",
+                "load_test.max_error_rate must be a fraction in [0, 1], got 2",
+            ],
+        );
+        check(
+            &format!("{head}load_test: {{ rate: 100000, duration_ms: 600000 }}\n"),
+            &["load_test: rate × duration is 60000000 requests, more than 1000000"],
+        );
     }
 }

@@ -106,6 +106,28 @@ pub struct ShadowTarget {
     pub sample: u32,
 }
 
+/// Who a targeted canary's first steps serve: requests whose value of the model's segment
+/// `field` is one of `values` get the first arm (the canary) when their bucket is below
+/// `weight`; other requests follow the arms' weights. The bucket is the request's usual one,
+/// so a key that reaches the canary under a target stays there when the target is widened to
+/// everyone at an equal or higher weight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    pub field: String,
+    pub values: Vec<String>,
+    /// The first arm's share of matching requests, in basis points.
+    pub weight: u32,
+}
+
+impl Target {
+    /// Whether a request with these segment values is targeted.
+    pub fn matches(&self, segments: &[(String, String)]) -> bool {
+        segments
+            .iter()
+            .any(|(f, v)| f == &self.field && self.values.iter().any(|t| t == v))
+    }
+}
+
 /// Blue-green colour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -152,6 +174,10 @@ pub enum Strategy {
         /// The experiment's own salt, used instead of the model's ([`ModelRoute::salt`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         salt: Option<String>,
+        /// A targeted canary: requests whose segment value matches get the first arm's share
+        /// from the target instead (only with two arms and no layout).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target: Option<Target>,
     },
     /// All traffic to the active colour.
     BlueGreen {
@@ -180,6 +206,26 @@ impl Strategy {
             ],
             layout: Vec::new(),
             salt: None,
+            target: None,
+        }
+    }
+
+    /// A canary split whose first steps serve only the requests `target` matches: the
+    /// canary gets `target.weight` of those, and `weight` of the rest.
+    pub fn targeted_canary(stable: &str, canary: &str, weight: u32, target: Target) -> Strategy {
+        match Strategy::canary(stable, canary, weight) {
+            Strategy::Split {
+                arms, layout, salt, ..
+            } => Strategy::Split {
+                arms,
+                layout,
+                salt,
+                target: Some(Target {
+                    weight: target.weight.min(BUCKETS),
+                    ..target
+                }),
+            },
+            other => other,
         }
     }
 
@@ -189,7 +235,33 @@ impl Strategy {
             arms,
             layout: Vec::new(),
             salt,
+            target: None,
         }
+    }
+
+    /// The same strategy with every version renamed by `rename` (a group member's routing
+    /// from its lead's).
+    pub fn with_versions(&self, rename: impl Fn(&str) -> String) -> Strategy {
+        let mut next = self.clone();
+        match &mut next {
+            Strategy::Single { version } => *version = rename(version),
+            Strategy::Shadow { primary, shadows } => {
+                *primary = rename(primary);
+                for s in shadows {
+                    s.version = rename(&s.version);
+                }
+            }
+            Strategy::Split { arms, .. } => {
+                for a in arms {
+                    a.version = rename(&a.version);
+                }
+            }
+            Strategy::BlueGreen { blue, green, .. } => {
+                *blue = rename(blue);
+                *green = rename(green);
+            }
+        }
+        next
     }
 
     /// The bucket ranges of a split (its layout, or contiguous ranges by weight); empty for
@@ -285,6 +357,7 @@ impl Strategy {
             arms,
             layout: tidy(kept),
             salt: salt.clone(),
+            target: None,
         })
     }
 
@@ -378,9 +451,30 @@ impl Strategy {
                     }
                 }
             }
-            Strategy::Split { arms, layout, salt } => {
+            Strategy::Split {
+                arms,
+                layout,
+                salt,
+                target,
+            } => {
                 if salt.as_deref() == Some("") {
                     problems.push("a split's salt must not be empty".into());
+                }
+                if let Some(t) = target {
+                    if arms.len() != 2 || !layout.is_empty() {
+                        problems.push(
+                            "a target applies to a two-arm split in contiguous ranges only".into(),
+                        );
+                    }
+                    if t.weight > BUCKETS {
+                        problems.push(format!(
+                            "the target's weight {} bp is above {BUCKETS}",
+                            t.weight
+                        ));
+                    }
+                    if t.field.is_empty() || t.values.is_empty() {
+                        problems.push("a target needs a segment field and its values".into());
+                    }
                 }
                 if !layout.is_empty() {
                     let mut at = 0u32;
@@ -457,8 +551,20 @@ impl ModelRoute {
     }
 
     /// Decides for a request whose key hashed to `key_bucket`, or — without a key — for a
-    /// uniformly random `random_bucket` in `0..BUCKETS` drawn by the caller.
+    /// uniformly random `random_bucket` in `0..BUCKETS` drawn by the caller; a request with no
+    /// segment values (a targeted canary sends it by the arms' weights).
     pub fn decide(&self, key: Option<&[u8]>, random_bucket: u32) -> Decision<'_> {
+        self.decide_for(key, random_bucket, &[])
+    }
+
+    /// [`ModelRoute::decide`] for a request with these values of the model's segment fields
+    /// (what a targeted canary matches on).
+    pub fn decide_for(
+        &self,
+        key: Option<&[u8]>,
+        random_bucket: u32,
+        segments: &[(String, String)],
+    ) -> Decision<'_> {
         let b = match key {
             Some(k) => bucket(self.salt(), k),
             None => random_bucket % BUCKETS,
@@ -496,6 +602,18 @@ impl ModelRoute {
                 Decision {
                     variant: arm.map_or("primary", |a| a.variant.as_str()),
                     version: arm.map_or("", |a| a.version.as_str()),
+                    shadows: vec![],
+                }
+            }
+            Strategy::Split {
+                arms,
+                target: Some(t),
+                ..
+            } if arms.len() == 2 && t.matches(segments) => {
+                let arm = if b < t.weight { &arms[0] } else { &arms[1] };
+                Decision {
+                    variant: &arm.variant,
+                    version: &arm.version,
                     shadows: vec![],
                 }
             }
@@ -552,14 +670,27 @@ pub struct RoutingTable {
 impl RoutingTable {
     /// A copy with `model`'s strategy replaced and the epoch advanced.
     pub fn with_strategy(&self, model: &str, strategy: Strategy) -> RoutingTable {
+        self.with_strategies(&[(model.to_string(), strategy)])
+    }
+
+    /// A copy with several models' strategies replaced at once, under one new epoch (a
+    /// rollout group moves all its models in one swap).
+    pub fn with_strategies(&self, routes: &[(String, Strategy)]) -> RoutingTable {
         let mut next = self.clone();
         next.epoch += 1;
-        let salt = self
-            .routes
-            .get(model)
-            .map_or_else(|| model.to_string(), |r| r.salt.clone());
-        next.routes
-            .insert(model.to_string(), ModelRoute { salt, strategy });
+        for (model, strategy) in routes {
+            let salt = self
+                .routes
+                .get(model)
+                .map_or_else(|| model.to_string(), |r| r.salt.clone());
+            next.routes.insert(
+                model.clone(),
+                ModelRoute {
+                    salt,
+                    strategy: strategy.clone(),
+                },
+            );
+        }
         next
     }
 }
@@ -657,6 +788,112 @@ mod tests {
         }
     }
 
+    fn us_west(weight: u32) -> Target {
+        Target {
+            field: "region".into(),
+            values: vec!["us-west".into()],
+            weight,
+        }
+    }
+
+    fn region(r: &str) -> Vec<(String, String)> {
+        vec![
+            ("tier".to_string(), "premium".to_string()),
+            ("region".to_string(), r.to_string()),
+        ]
+    }
+
+    #[test]
+    fn a_targeted_canary_serves_only_matching_requests_their_share() {
+        let r = route(Strategy::targeted_canary("v1", "v2", 0, us_west(2_500)));
+        assert!(
+            r.strategy.problems().is_empty(),
+            "{:?}",
+            r.strategy.problems()
+        );
+        let count = |segments: &[(String, String)]| {
+            (0..BUCKETS)
+                .filter(|&b| r.decide_for(None, b, segments).version == "v2")
+                .count() as u32
+        };
+        assert_eq!(count(&region("us-west")), 2_500);
+        assert_eq!(count(&region("eu")), 0);
+        assert_eq!(count(&[]), 0, "no segment value: not targeted");
+        // Everyone at 10% while us-west keeps its 25%.
+        let r = route(Strategy::targeted_canary("v1", "v2", 1_000, us_west(2_500)));
+        assert_eq!(
+            (0..BUCKETS)
+                .filter(|&b| r.decide_for(None, b, &region("eu")).variant == "canary")
+                .count(),
+            1_000
+        );
+        assert_eq!(
+            (0..BUCKETS)
+                .filter(|&b| r.decide_for(None, b, &region("us-west")).variant == "canary")
+                .count(),
+            2_500
+        );
+    }
+
+    #[test]
+    fn a_target_needs_a_two_arm_contiguous_split_and_values() {
+        let mut s = Strategy::targeted_canary("v1", "v2", 0, us_west(BUCKETS + 1));
+        if let Strategy::Split {
+            target: Some(t), ..
+        } = &mut s
+        {
+            t.weight = BUCKETS + 1;
+            t.values.clear();
+        }
+        let problems = s.problems();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("above"), "{problems:?}");
+        assert!(problems[1].contains("its values"), "{problems:?}");
+        let Strategy::Split { arms, .. } = three([3_000, 3_000, 4_000]) else {
+            unreachable!()
+        };
+        let three_arms = Strategy::Split {
+            arms,
+            layout: Vec::new(),
+            salt: None,
+            target: Some(us_west(100)),
+        };
+        assert!(three_arms.problems()[0].contains("two-arm"));
+    }
+
+    proptest! {
+        #[test]
+        fn widening_a_target_never_moves_a_key_back(
+            key in proptest::collection::vec(any::<u8>(), 1..32),
+            targeted in 0u32..=BUCKETS,
+            extra in 0u32..=BUCKETS,
+            everyone in 0u32..=BUCKETS,
+            west in any::<bool>(),
+        ) {
+            // Step 1 targets us-west at `targeted`; a later targeted step raises it; then
+            // everyone at `everyone`, us-west keeping the higher of the two.
+            let raised = targeted.saturating_add(extra).min(BUCKETS);
+            let steps = [
+                Strategy::targeted_canary("v1", "v2", 0, us_west(targeted)),
+                Strategy::targeted_canary("v1", "v2", 0, us_west(raised)),
+                if raised > everyone {
+                    Strategy::targeted_canary("v1", "v2", everyone, us_west(raised))
+                } else {
+                    Strategy::canary("v1", "v2", everyone)
+                },
+                Strategy::canary("v1", "v2", BUCKETS),
+            ];
+            let segments = region(if west { "us-west" } else { "eu" });
+            let mut was_canary = false;
+            for s in steps {
+                let is_canary = route(s).decide_for(Some(&key), 0, &segments).variant == "canary";
+                prop_assert!(is_canary || !was_canary, "a key left the canary");
+                was_canary = is_canary;
+            }
+            prop_assert!(was_canary);
+        }
+    }
+
     fn three(weights: [u32; 3]) -> Strategy {
         Strategy::split(
             ["a", "b", "c"]
@@ -713,6 +950,7 @@ mod tests {
                 arm: 0,
             }],
             salt: None,
+            target: None,
         };
         assert_eq!(broken.problems().len(), 1, "{:?}", broken.problems());
         assert_eq!(before.reweighted(&[1, 2, 3]), None);

@@ -51,6 +51,7 @@ fn abn(variants: &[&str], guardrails: Vec<Guardrail>) -> AbSpec {
         bandit: None,
         approvals: 1,
         test: MeanTest::Welch,
+        stratify_by: None,
     }
 }
 

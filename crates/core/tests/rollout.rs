@@ -24,6 +24,7 @@ fn steps() -> Vec<Step> {
             min_duration_ms: 60_000,
             require_approval: false,
             approvals: 1,
+            target: None,
         })
         .collect()
 }
@@ -40,6 +41,7 @@ fn canary_spec() -> RolloutSpec {
             step_deadline_ms: Some(600_000),
             rollback_on_deadline: false,
             approvals: 1,
+            group: vec![],
         }),
     }
 }
@@ -692,6 +694,7 @@ fn ab_spec() -> RolloutSpec {
             bandit: None,
             approvals: 1,
             test: Default::default(),
+            stratify_by: None,
         }),
     }
 }
@@ -801,6 +804,8 @@ fn bg_spec() -> RolloutSpec {
             retention_ms: 86_400_000,
             validation_set: None,
             smoke_requests: 10,
+            load_test: None,
+            external: vec![],
         }),
     }
 }
@@ -817,6 +822,7 @@ fn validation(passed: bool) -> Validation {
         } else {
             "accuracy 80% below 90%".into()
         },
+        load_test: None,
     }
 }
 
@@ -942,6 +948,7 @@ fn invalid_specs_list_every_problem() {
                 min_duration_ms: 0,
                 require_approval: false,
                 approvals: 1,
+                target: None,
             },
             Step {
                 weight: 500,
@@ -949,6 +956,7 @@ fn invalid_specs_list_every_problem() {
                 min_duration_ms: 0,
                 require_approval: false,
                 approvals: 1,
+                target: None,
             },
             Step {
                 weight: 20_000,
@@ -956,6 +964,7 @@ fn invalid_specs_list_every_problem() {
                 min_duration_ms: 0,
                 require_approval: false,
                 approvals: 1,
+                target: None,
             },
         ];
         c.gate.max_accuracy_drop = Some(-0.1);
@@ -1140,4 +1149,203 @@ fn live_alerts_wait_for_their_samples_and_are_off_unless_written() {
     let (_, actions) = tick(&spec, &state, &obs, 20_000);
     let kinds: Vec<String> = alerts(&actions).into_iter().map(|(_, k)| k).collect();
     assert_eq!(kinds, ["shadow_errors"]);
+}
+
+/// A stratified A/B (`stratify_by: region`): the arms' counts within each region, their
+/// sample-ratio check, and the Cochran–Mantel–Haenszel reading, checked against statsmodels
+/// (the `stratified` fixture of the statistics crate, its case of a reversed mix).
+#[test]
+fn a_stratified_ab_reads_the_test_within_each_region_as_statsmodels_does() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../stats/tests/fixtures/stratified.json"
+    );
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    // Case 1: B looks far better overall only through its mix of regions.
+    let case = &doc["cases"][1];
+    let strata = case["strata"].as_sequence().unwrap();
+    let mut spec = ab_spec();
+    if let RolloutKind::Ab(a) = &mut spec.kind {
+        a.stratify_by = Some("region".into());
+    }
+    let RolloutKind::Ab(a) = &spec.kind else {
+        unreachable!()
+    };
+    let mut obs = Observations::default();
+    for (arm, version) in [(0, "v1"), (1, "v2")] {
+        let mut v = VariantStats::default();
+        for (i, s) in strata.iter().enumerate() {
+            let (successes, trials) = (s[arm][0].as_u64().unwrap(), s[arm][1].as_u64().unwrap());
+            let region = ["us-west", "eu"][i];
+            *v.segments.entry("region".into()).or_default().entry(region) =
+                switchyard_core::segments::SegmentStats {
+                    requests: trials,
+                    correct: Proportion { successes, trials },
+                    ..Default::default()
+                };
+            v.requests += trials;
+            v.correct.merge(&Proportion { successes, trials });
+        }
+        obs.by_variant.insert(["a", "b"][arm].into(), v.requests);
+        obs.total.insert(version.into(), v);
+    }
+    let report = switchyard_core::rollout::ab_report(a, &obs);
+    // Pooled, B gains 40 points; within each region it loses one.
+    assert!(report.test.unwrap().diff > 0.35, "{report:?}");
+    let st = report.stratified.expect("stratified");
+    assert_eq!(st.field, "region");
+    let rows: Vec<(&str, u64, u64)> = st
+        .strata
+        .iter()
+        .map(|s| (s.value.as_str(), s.control_requests, s.treatment_requests))
+        .collect();
+    assert_eq!(rows, vec![("eu", 1000, 100), ("us-west", 100, 1000)]);
+    // A 50/50 split with 100 against 1,000 in a region: the split is not what it says there.
+    assert!(st.strata.iter().all(|s| s.srm.as_ref().unwrap().mismatch));
+    let mh = st.mantel_haenszel.unwrap();
+    let want = |k: &str| case[k].as_f64().unwrap();
+    for (got, name) in [
+        (mh.odds_ratio, "odds_ratio"),
+        (mh.ci_low, "ci_low"),
+        (mh.ci_high, "ci_high"),
+        (mh.p_value, "p_value"),
+    ] {
+        assert!(
+            (got - want(name)).abs() < 1e-9 * want(name).abs().max(1.0),
+            "{name}: {got} vs {}",
+            want(name)
+        );
+    }
+    assert!(mh.odds_ratio < 1.0);
+}
+
+#[test]
+fn stratify_by_is_for_two_arm_proportion_tests_on_a_declared_field() {
+    let yaml =
+        "name: a\nmodel: m\nkind: ab\ncontrol: v1\ntreatment: v2\nbaseline: 0.5\nmde: 0.05\n";
+    let check = |extra: &str, segments: &[&str]| -> Vec<String> {
+        let raw: switchyard_core::rollout_config::RawRollout =
+            serde_yaml::from_str(&format!("{yaml}{extra}")).unwrap();
+        raw.validate_for(&["v1", "v2", "v3"], Some(segments))
+            .err()
+            .unwrap_or_default()
+    };
+    assert!(check("stratify_by: region\n", &["region"]).is_empty());
+    let p = check("stratify_by: region\n", &["tier"]);
+    assert!(
+        p[0].contains("stratify_by: 'region' is not a segment field of model 'm' (declared: tier)"),
+        "{p:?}"
+    );
+    let p = check(
+        "stratify_by: region\nmetric: mean:revenue\nmin_per_arm: 10\nvariants: [{ version: v3 }]\n",
+        &["region"],
+    );
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(p.iter().any(|x| x.contains("two-arm")), "{p:?}");
+    assert!(p.iter().any(|x| x.contains("not mean:revenue")), "{p:?}");
+}
+
+/// A group: `yield` (v1 → v2) and `features` (f1 → f2) move through the same steps in one
+/// swap each time; the members' gate is judged on their own versions; one failure rolls back
+/// both in one swap.
+#[test]
+fn a_group_moves_its_models_together_and_rolls_both_back_when_one_fails() {
+    let mut spec = canary_spec();
+    if let RolloutKind::Canary(c) = &mut spec.kind {
+        c.group = vec![switchyard_core::rollout::GroupMember {
+            model: "features".into(),
+            stable: "f1".into(),
+            candidate: "f2".into(),
+        }];
+        c.gate.max_p95_increase = None;
+    }
+    assert_eq!(spec.models(), vec!["yield", "features"]);
+    let routes = |actions: &[Action]| -> Vec<Vec<(String, Strategy)>> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::SetStrategies(r) => Some(r.clone()),
+                Action::SetStrategy(_) => panic!("a group swaps all its models at once"),
+                _ => None,
+            })
+            .collect()
+    };
+    let (state, actions) = start(&spec, 0, "cli");
+    let first = routes(&actions);
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        first[0],
+        vec![
+            ("yield".to_string(), Strategy::canary("v1", "v2", 500)),
+            ("features".to_string(), Strategy::canary("f1", "f2", 500)),
+        ]
+    );
+    // Both healthy: the step passes and both move to 25%.
+    let member = |canary: VariantStats, stable: VariantStats| {
+        let mut o = Observations::default();
+        o.step.insert("f2".into(), canary.clone());
+        o.total.insert("f2".into(), canary);
+        o.step.insert("f1".into(), stable.clone());
+        o.total.insert("f1".into(), stable);
+        o
+    };
+    let healthy = || stats(200, 0, 1_000, 100, 90);
+    let mut o = obs(healthy(), healthy());
+    o.members
+        .insert("features".into(), member(healthy(), healthy()));
+    let (state, actions) = tick(&spec, &state, &o, 61_000);
+    assert_eq!(state.phase, Phase::Running);
+    let second = routes(&actions);
+    assert_eq!(
+        second[0][1],
+        ("features".to_string(), Strategy::canary("f1", "f2", 2_500))
+    );
+    // The member's candidate has not been asked enough yet: the group holds.
+    let mut o = obs(healthy(), healthy());
+    o.members.insert(
+        "features".into(),
+        member(stats(10, 0, 1_000, 5, 4), healthy()),
+    );
+    let (held, actions) = tick(&spec, &state, &o, 122_000);
+    assert_eq!(held.phase, Phase::Running);
+    assert!(routes(&actions).is_empty());
+    assert!(held.reason.unwrap().contains("group member features"));
+    // The member's candidate errs 10× its stable: both models go back in one swap.
+    let mut o = obs(healthy(), healthy());
+    o.members.insert(
+        "features".into(),
+        member(
+            stats(200, 40, 1_000, 100, 90),
+            stats(200, 4, 1_000, 100, 90),
+        ),
+    );
+    let (state, actions) = tick(&spec, &state, &o, 122_000);
+    assert_eq!(state.phase, Phase::RolledBack);
+    assert!(
+        state
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("group member features"),
+        "{:?}",
+        state.reason
+    );
+    assert_eq!(
+        routes(&actions),
+        vec![vec![
+            (
+                "yield".to_string(),
+                Strategy::Single {
+                    version: "v1".into()
+                }
+            ),
+            (
+                "features".to_string(),
+                Strategy::Single {
+                    version: "f1".into()
+                }
+            ),
+        ]]
+    );
 }

@@ -63,6 +63,12 @@ struct Args {
     /// answering it.
     #[arg(long)]
     proxy_to: Option<String>,
+    /// One current-thread runtime per thread (`--threads` of them), each accepting on its own
+    /// `SO_REUSEPORT` listener on the same address and, with `--proxy-to`, with its own
+    /// upstream pool: no work stealing and no cross-thread wake-ups. Without it, one
+    /// multi-threaded runtime with `--threads` workers and one listener.
+    #[arg(long)]
+    per_core: bool,
 }
 
 /// What the server does with a request.
@@ -96,25 +102,93 @@ fn main() -> anyhow::Result<()> {
         "--fail-rate must be between 0 and 1, got {}",
         args.fail_rate
     );
+    if args.per_core {
+        return serve_per_core(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(serve(args))
+    runtime.block_on(async {
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        announce(listener.local_addr()?)?;
+        serve(listener, mode(&args)?).await
+    })
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "http://{addr}")?;
-        out.flush()?;
+fn announce(addr: SocketAddr) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "http://{addr}")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `--per-core`: thread 0 binds (a port of 0 becomes a real one), the others bind the same
+/// address; the kernel spreads new connections over the listeners.
+fn serve_per_core(args: Args) -> anyhow::Result<()> {
+    let args = Arc::new(args);
+    // One answering behaviour (its counters are the server's), one upstream pool per thread.
+    let answer = match args.proxy_to {
+        None => Some(mode(&args)?),
+        Some(_) => None,
+    };
+    let mut threads = Vec::new();
+    let mut addr = args.listen;
+    for i in 0..args.threads.max(1) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let args = args.clone();
+        let answer = answer.clone();
+        threads.push(std::thread::spawn(move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            runtime.block_on(async move {
+                let bound = (|| -> std::io::Result<TcpListener> {
+                    let socket = match addr {
+                        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                    };
+                    socket.set_reuseport(true)?;
+                    socket.set_reuseaddr(true)?;
+                    socket.bind(addr)?;
+                    socket.listen(1024)
+                })();
+                let listener = match bound {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("binding {addr}: {e}")));
+                        return Ok(());
+                    }
+                };
+                let _ = tx.send(listener.local_addr().map_err(|e| e.to_string()));
+                let mode = match answer {
+                    Some(m) => m,
+                    None => mode(&args)?,
+                };
+                serve(listener, mode).await
+            })
+        }));
+        addr = rx
+            .recv()
+            .context("a server thread ended before binding")?
+            .map_err(anyhow::Error::msg)?;
+        if i == 0 {
+            announce(addr)?;
+        }
     }
-    let mode = match &args.proxy_to {
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("a server thread panicked"))??;
+    }
+    Ok(())
+}
+
+fn mode(args: &Args) -> anyhow::Result<Mode> {
+    Ok(match &args.proxy_to {
         Some(base) => {
             let base = base.trim_end_matches('/');
             anyhow::ensure!(
@@ -133,7 +207,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             fail_rate: args.fail_rate,
             counters: Counters::default(),
         })),
-    };
+    })
+}
+
+async fn serve(listener: TcpListener, mode: Mode) -> anyhow::Result<()> {
     let mut http = http1::Builder::new();
     http.keep_alive(true);
     loop {

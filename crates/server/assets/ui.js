@@ -628,6 +628,24 @@
     }));
   }
 
+  // What each version serves and costs, and the candidate against the current version.
+  function provenanceCard(report) {
+    const prov = report.provenance || {};
+    const names = Object.keys(prov);
+    if (!names.length) return null;
+    const artefact = (a) => !a ? '—' : a.kind === 'sha256' ? 'sha256:' + a.id.slice(0, 12)
+      : a.kind === 'backend_version' ? 'backend:' + a.id : 'unknown';
+    const rows = names.map((v) => [v, artefact(prov[v].artefact), prov[v].git_sha, prov[v].registry,
+      isNum(prov[v].cost_per_1k) ? sig(prov[v].cost_per_1k) : null]);
+    const c = report.cost || {};
+    const times = (x) => (isNum(x) ? x.toFixed(2) + '×' : '—');
+    const line = c.candidate ? h('p', { class: 'sub', 'data-k': 'cost' },
+      c.candidate + ' vs ' + c.current + ': p95 ' + times(c.p95_ratio) +
+      (isNum(c.accuracy_difference) ? ' · accuracy ' + (c.accuracy_difference >= 0 ? '+' : '') + (c.accuracy_difference * 100).toFixed(2) + ' points' : '') +
+      (isNum(c.cost_ratio) ? ' · cost ' + times(c.cost_ratio) : '')) : null;
+    return card('Provenance and cost', table(['version', 'artefact', 'git sha', 'registry', 'cost /1k'], rows, { k: 'provenance' }), line);
+  }
+
   function eventsTable(events, withRollout) {
     const head = ['#', 'time', withRollout ? 'rollout' : null, 'event', 'by', 'message', 'numbers'].filter(Boolean);
     const rows = events.map((e) => [
@@ -801,6 +819,7 @@
           mark(answer(c.primary)), mark(answer(c.shadow)), truth];
       }), { k: 'disagreements', empty: 'no disagreements recorded' })));
     for (const c of segmentCards(sh.segments, primary, cand)) out.push(c);
+    out.push(provenanceCard(report));
     out.push(card('Events', eventsTable(report.events || [])));
     return out;
   }
@@ -955,6 +974,7 @@
           pct(d.canary_error_rate, 2), pct(d.stable_error_rate, 2), isNum(d.psi) ? d.psi.toFixed(3) : '—', g.message];
       }), { k: 'gates', empty: 'no gate evaluated yet' })));
     for (const c of segmentCards(a.segments, stable, cand)) out.push(c);
+    out.push(provenanceCard(report));
     out.push(card('Events', eventsTable(report.events || [])));
     return out;
   }
@@ -1053,6 +1073,7 @@
     }
     out.push(card('Versions', versionsTable(arms.map((x, i) => [x.version, x.variant + (i === 0 ? ' (control)' : ''), (report.versions || {})[x.version]]))));
     for (const c of segmentCards(a.segments, control, arms.length > 1 ? arms[1].version : r.candidate)) out.push(c);
+    out.push(provenanceCard(report));
     out.push(card('Events', eventsTable(report.events || [])));
     return out;
   }
@@ -1114,6 +1135,7 @@
       card('Arms', versionsTable([[control, 'A (control)', (report.versions || {})[control]], [treat, 'B (treatment)', (report.versions || {})[treat]]]),
         ab.mae_welch ? h('p', { class: 'muted', 'data-k': 'welch' }, 'MAE ' + treat + ' − ' + control + ' = ' + sig(ab.mae_welch.mean_diff) + ' (Welch t = ' + sig(ab.mae_welch.t) + ', p = ' + pval(ab.mae_welch.p_value) + ')') : null)));
     for (const c of segmentCards(a.segments, control, treat)) out.push(c);
+    out.push(provenanceCard(report));
     out.push(card('Events', eventsTable(report.events || [])));
     return out;
   }
@@ -1162,6 +1184,7 @@
       switches.map((e) => [when(e.ts_ms), badge(e.kind, ALERT_EVENTS[e.kind] ? 'tone-' + ALERT_EVENTS[e.kind][1] : 'ev'), e.message,
         isNum(e.details.routing_swap_us) ? sig(e.details.routing_swap_us) + ' µs' : '—', int(e.details.epoch)]),
       { k: 'switches', empty: 'no switch yet' })));
+    out.push(provenanceCard(report));
     out.push(card('Events', eventsTable(evs)));
     return out;
   }

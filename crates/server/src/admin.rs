@@ -272,7 +272,7 @@ async fn forward(
         .map_err(|e| {
             unavailable(format!(
                 "the controller at {url} is unreachable: {}",
-                crate::backend::error_chain(&e)
+                crate::http_util::error_chain(&e)
             ))
         })?;
     let (parts, body) = answer.into_parts();

@@ -32,7 +32,8 @@ use switchyard_store::{ControlStore, DeliveryRow, StoreError, StoreUrl};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::backend::{error_chain, Clients, UpstreamClient};
+use crate::backend::{Clients, UpstreamClient};
+use crate::http_util::error_chain;
 
 /// Capacity of the alert queue (and of each webhook's queue) used by [`AlertSender::spawn`].
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use switchyard_core::audit::Detail;
 use switchyard_core::classes::{classification_summary, ClassificationSummary, PredictionDrift};
+use switchyard_core::provenance::Artefact;
 use switchyard_core::record::Tolerance;
 use switchyard_core::rollout::{
     AbReport, AbnOutcome, AbnReport, ArmDecision, ArmResult, Correction, GatePolicy,
@@ -405,8 +406,75 @@ pub struct Report {
     pub rollout: RolloutView,
     /// Serving statistics of each version over the whole rollout.
     pub versions: BTreeMap<String, VersionStats>,
+    /// What each version of the rollout serves and costs, as this gateway loaded it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub provenance: BTreeMap<String, VersionIdentity>,
+    /// The candidate's latency and cost against the current version's, beside the accuracy
+    /// difference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostComparison>,
     pub analysis: Analysis,
     pub events: Vec<EventView>,
+}
+
+/// What a version serves (its artefact, with the configured git SHA and registry reference)
+/// and what 1,000 of its predictions cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionIdentity {
+    /// `{"kind": "sha256", "id": "<64 hex digits>"}`, `{"kind": "backend_version", "id":
+    /// "7"}`, or `{"kind": "unknown"}` (a backend that reported no version at start).
+    pub artefact: Artefact,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_sha: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    /// The configured cost of 1,000 predictions (the operator's unit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_per_1k: Option<f64>,
+}
+
+/// The seed's question "is 3% accuracy worth 3× latency?" in numbers: the candidate against
+/// the current version over the rollout. Ratios are candidate ÷ current, differences
+/// candidate − current; each is absent when a side lacks the number (or a ratio's divisor is
+/// zero). The accuracy difference is the observed one; the analysis holds its test.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CostComparison {
+    pub current: String,
+    pub candidate: String,
+    pub p50_ratio: Option<f64>,
+    pub p95_ratio: Option<f64>,
+    pub current_cost_per_1k: Option<f64>,
+    pub candidate_cost_per_1k: Option<f64>,
+    pub cost_ratio: Option<f64>,
+    pub cost_difference_per_1k: Option<f64>,
+    pub accuracy_difference: Option<f64>,
+    pub mae_difference: Option<f64>,
+}
+
+impl CostComparison {
+    /// `candidate` against `current`, from their statistics and configured costs.
+    pub fn of(
+        (current, current_stats, current_cost): (&str, &VersionStats, Option<f64>),
+        (candidate, candidate_stats, candidate_cost): (&str, &VersionStats, Option<f64>),
+    ) -> CostComparison {
+        let ratio = |new: Option<f64>, old: Option<f64>| match (new, old) {
+            (Some(n), Some(o)) if o > 0.0 => Some(n / o),
+            _ => None,
+        };
+        let difference = |new: Option<f64>, old: Option<f64>| Some(new? - old?);
+        CostComparison {
+            current: current.to_string(),
+            candidate: candidate.to_string(),
+            p50_ratio: ratio(candidate_stats.p50_ms, current_stats.p50_ms),
+            p95_ratio: ratio(candidate_stats.p95_ms, current_stats.p95_ms),
+            current_cost_per_1k: current_cost,
+            candidate_cost_per_1k: candidate_cost,
+            cost_ratio: ratio(candidate_cost, current_cost),
+            cost_difference_per_1k: difference(candidate_cost, current_cost),
+            accuracy_difference: difference(candidate_stats.accuracy, current_stats.accuracy),
+            mae_difference: difference(candidate_stats.mae, current_stats.mae),
+        }
+    }
 }
 
 /// The analysis of the rollout's kind: exactly one part is present.
@@ -792,4 +860,37 @@ pub struct ReplayReport {
     pub versions: BTreeMap<String, VersionStats>,
     pub analysis: ShadowAnalysis,
     pub elapsed_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_cost_comparison_puts_ratios_and_differences_beside_each_other() {
+        let current = VersionStats {
+            p50_ms: Some(2.0),
+            p95_ms: Some(4.0),
+            accuracy: Some(0.90),
+            ..VersionStats::default()
+        };
+        let candidate = VersionStats {
+            p50_ms: Some(5.0),
+            p95_ms: Some(12.0),
+            accuracy: Some(0.93),
+            ..VersionStats::default()
+        };
+        let c = CostComparison::of(("v1", &current, Some(0.10)), ("v2", &candidate, Some(0.40)));
+        assert_eq!((c.p50_ratio, c.p95_ratio), (Some(2.5), Some(3.0)));
+        assert_eq!(c.cost_ratio, Some(4.0));
+        assert!((c.cost_difference_per_1k.unwrap() - 0.30).abs() < 1e-12);
+        assert!((c.accuracy_difference.unwrap() - 0.03).abs() < 1e-12);
+        assert_eq!(c.mae_difference, None);
+        // A side without a cost (or a free current version) has no ratio.
+        let c = CostComparison::of(("v1", &current, Some(0.0)), ("v2", &candidate, None));
+        assert_eq!((c.cost_ratio, c.cost_difference_per_1k), (None, None));
+        let c = CostComparison::of(("v1", &current, Some(0.0)), ("v2", &candidate, Some(1.0)));
+        assert_eq!((c.cost_ratio, c.cost_difference_per_1k), (None, Some(1.0)));
+    }
 }

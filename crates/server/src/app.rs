@@ -31,6 +31,7 @@ use crate::alerts::{AlertSender, RetryPolicy, WebhookConfig};
 use crate::auth::Auth;
 use crate::backend::{Clients, ModelRuntime};
 use crate::controller::{Clock, Controller, SystemClock};
+use crate::cores::DataPlaneThreads;
 use crate::metrics::Metrics;
 use crate::shadow::ShadowDispatcher;
 use crate::state::{decode_table, AppState};
@@ -51,6 +52,9 @@ pub struct Gateway {
     cluster_sync: Option<tokio::task::JoinHandle<()>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
+    /// The threads serving client connections (`runtime.data_plane_threads`), when not the
+    /// shared runtime.
+    cores: Option<Arc<DataPlaneThreads>>,
     /// The listener's certificate with `tls:`, and the task watching its files.
     tls: Option<TlsAcceptorHandle>,
     tls_watch: Option<tokio::task::JoinHandle<()>>,
@@ -128,9 +132,11 @@ impl Gateway {
         let mut models = HashMap::new();
         let mut routes = HashMap::new();
         for (name, model) in &config.models {
-            let runtime = ModelRuntime::build(name, model, &clients).map_err(|(version, e)| {
-                anyhow::Error::new(e).context(format!("model {name} version {version}"))
-            })?;
+            let mut runtime =
+                ModelRuntime::build(name, model, &clients).map_err(|(version, e)| {
+                    anyhow::Error::new(e).context(format!("model {name} version {version}"))
+                })?;
+            runtime.ask_backend_versions().await;
             routes.insert(
                 name.clone(),
                 ModelRoute {
@@ -168,8 +174,17 @@ impl Gateway {
                 batch: r.batch as usize,
             }),
             max_size_bytes: config.log.max_size_bytes,
+            versions: models
+                .values()
+                .flat_map(|m| m.provenance.values().cloned())
+                .collect(),
         })
         .with_context(|| format!("opening the store at {}", options.store))?;
+        for m in models.values() {
+            for p in m.provenance.values() {
+                tracing::info!(model = %p.model, version = %p.version, artefact = %p.describe(), "serving");
+            }
+        }
         let metrics = Arc::new(Metrics::new());
         let shadow = ShadowDispatcher::spawn(config.shadow, log.clone(), metrics.clone());
         // Epochs continue after a restart, so statistics of a resumed step stay separate.
@@ -240,7 +255,20 @@ impl Gateway {
             .cluster
             .is_some()
             .then(|| spawn_cluster_sync(state.clone(), options.cluster_sync_ms));
-        let app = router(state.clone(), controller.clone());
+        let cores = match config.data_plane_threads {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => Some(crate::cores::default_threads()),
+        }
+        .map(DataPlaneThreads::start)
+        .transpose()
+        .context("starting the data-plane threads")?
+        .map(Arc::new);
+        let app = Front {
+            state: state.clone(),
+            app: TowerToHyperService::new(router(state.clone(), controller.clone())),
+            rest: cores.is_some().then(tokio::runtime::Handle::current),
+        };
         let (tx, rx) = oneshot::channel::<()>();
         let http = http1_builder(&config);
         let acceptor = tls.as_ref().map(TlsAcceptorHandle::acceptor);
@@ -250,6 +278,7 @@ impl Gateway {
             app,
             http,
             acceptor.map(|a| (a, handshake_timeout)),
+            cores.clone(),
             rx,
         ));
         let tls_watch = match (&tls, options.tls_reload_poll) {
@@ -264,10 +293,23 @@ impl Gateway {
                     .with_context(|| format!("cannot listen on {at} (grpc_listen)"))?;
                 let grpc_addr = grpc_listener.local_addr()?;
                 let (tx, rx) = oneshot::channel::<()>();
-                let task = tokio::spawn(crate::grpc::serve(grpc_listener, state.clone(), async {
-                    let _ = rx.await;
-                }));
-                tracing::info!(addr = %grpc_addr, "switchyard gRPC endpoint listening");
+                let acceptor = match &tls {
+                    Some(t) => Some((
+                        t.acceptor_with_alpn(vec![b"h2".to_vec()])
+                            .context("tls (grpc_listen)")?,
+                        handshake_timeout,
+                    )),
+                    None => None,
+                };
+                let task = tokio::spawn(crate::grpc::serve(
+                    grpc_listener,
+                    state.clone(),
+                    acceptor,
+                    async {
+                        let _ = rx.await;
+                    },
+                ));
+                tracing::info!(addr = %grpc_addr, tls = tls.is_some(), "switchyard gRPC endpoint listening");
                 (Some(grpc_addr), Some((tx, task)))
             }
             None => (None, None),
@@ -282,6 +324,7 @@ impl Gateway {
             cluster_sync,
             shutdown: Some(tx),
             server,
+            cores,
             tls,
             tls_watch,
         })
@@ -293,6 +336,11 @@ impl Gateway {
             let _ = tx.send(());
         }
         (&mut self.server).await.context("server task")?;
+        if let Some(cores) = self.cores.take().and_then(Arc::into_inner) {
+            tokio::task::spawn_blocking(move || cores.stop())
+                .await
+                .context("stopping the data-plane threads")?;
+        }
         if let Some((tx, task)) = self.grpc.take() {
             let _ = tx.send(());
             task.await.context("gRPC server task")?;
@@ -456,7 +504,9 @@ fn http1_builder(config: &GatewayConfig) -> http1::Builder {
     http
 }
 
-/// The accept loop: one task per connection, each watched for graceful shutdown. Once
+/// The accept loop: one task per connection, each watched for graceful shutdown, on the
+/// data-plane threads when there are some (the stream moves to that thread's runtime), else on
+/// the current runtime. Once
 /// `shutdown` fires (or its sender is dropped), the listener is closed, idle connections are
 /// closed, and requests in flight are finished before this returns. With `tls`, each
 /// connection's task first completes the TLS handshake within the timeout (a client that does
@@ -464,9 +514,10 @@ fn http1_builder(config: &GatewayConfig) -> http1::Builder {
 /// before, with no TLS code on their path.
 async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: Front,
     http: http1::Builder,
     tls: Option<(TlsAcceptor, Duration)>,
+    cores: Option<Arc<DataPlaneThreads>>,
     mut shutdown: oneshot::Receiver<()>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -486,11 +537,27 @@ async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
+        // On a data-plane thread the stream must be registered with that thread's runtime.
+        let (stream, spawn): (Stream, &dyn Fn(ConnectionTask)) = match &cores {
+            Some(cores) => match stream.into_std() {
+                Ok(s) => (Stream::Moving(s), &|task| cores.spawn(task)),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot hand the connection over");
+                    continue;
+                }
+            },
+            None => (Stream::Here(stream), &|task| {
+                tokio::spawn(task);
+            }),
+        };
         if let Some((acceptor, timeout)) = &tls {
             let (acceptor, timeout) = (acceptor.clone(), *timeout);
             let (http, app) = (http.clone(), app.clone());
             let watcher = graceful.watcher();
-            tokio::spawn(async move {
+            spawn(Box::pin(async move {
+                let Some(stream) = stream.register(peer) else {
+                    return;
+                };
                 let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
@@ -502,31 +569,63 @@ async fn serve(
                         return;
                     }
                 };
-                let conn =
-                    http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+                let conn = http.serve_connection(TokioIo::new(stream), app);
                 if let Err(e) = watcher.watch(conn).await {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
-            });
+            }));
             continue;
         }
-        let conn =
-            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        let (http, app) = (http.clone(), app.clone());
+        let watcher = graceful.watcher();
+        spawn(Box::pin(async move {
+            let Some(stream) = stream.register(peer) else {
+                return;
+            };
+            let conn = http.serve_connection(TokioIo::new(stream), app);
             // Header timeouts, oversized heads and resets end here: the client's problem.
-            if let Err(e) = conn.await {
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-        });
+        }));
     }
     drop(listener);
     graceful.shutdown().await;
 }
 
+/// One connection's whole life, as spawned by the accept loop.
+type ConnectionTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// An accepted connection: registered with the accepting runtime, or on its way to a
+/// data-plane thread's.
+enum Stream {
+    Here(tokio::net::TcpStream),
+    Moving(std::net::TcpStream),
+}
+
+impl Stream {
+    /// The stream on the runtime the caller runs on (`None`, logged, if it cannot be).
+    fn register(self, peer: SocketAddr) -> Option<tokio::net::TcpStream> {
+        match self {
+            Stream::Here(s) => Some(s),
+            Stream::Moving(s) => match tokio::net::TcpStream::from_std(s) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "cannot register the connection");
+                    None
+                }
+            },
+        }
+    }
+}
+
 /// Gives every request body a deadline of `body_read_timeout` from when its headers arrived;
 /// [`crate::http_util::read_body`] answers 408 when it passes.
 async fn body_deadline(State(state): State<Arc<AppState>>, request: Request) -> Request {
+    with_body_deadline(&state, request)
+}
+
+fn with_body_deadline(state: &AppState, request: Request) -> Request {
     use axum::body::HttpBody;
     if request.body().is_end_stream() {
         return request;
@@ -537,6 +636,73 @@ async fn body_deadline(State(state): State<Arc<AppState>>, request: Request) -> 
             state.body_read_timeout,
         ))
     })
+}
+
+/// What the listener serves: `POST /v2/models/{m}/infer`, the data plane's hot route, goes
+/// straight to its handler (the same one, with the same body deadline the router's layer
+/// gives); everything else goes through the router. The router's matching, its path extractor
+/// and its middleware stack cost about as much per request as the routing decision itself
+/// (BENCHMARKS.md, "Proxy cost").
+#[derive(Clone)]
+struct Front {
+    state: Arc<AppState>,
+    app: TowerToHyperService<Router>,
+    /// With data-plane threads, the runtime that serves every other route (admin calls may
+    /// wait on the store; they must not hold a data-plane thread).
+    rest: Option<tokio::runtime::Handle>,
+}
+
+type FrontFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<axum::response::Response, std::convert::Infallible>>
+            + Send,
+    >,
+>;
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Front {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = FrontFuture;
+
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        if request.method() == hyper::Method::POST {
+            if let Some(model) = infer_route_model(request.uri().path()) {
+                let model = model.to_string();
+                let state = self.state.clone();
+                let request = with_body_deadline(&state, request.map(axum::body::Body::new));
+                return Box::pin(async move {
+                    Ok(
+                        dataplane::handle(state, crate::protocol::Wire::V2, model, None, request)
+                            .await,
+                    )
+                });
+            }
+        }
+        match &self.rest {
+            None => Box::pin(self.app.call(request)),
+            Some(rest) => {
+                let answer = rest.spawn(self.app.call(request));
+                Box::pin(async move {
+                    answer.await.unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "a request's task failed");
+                        Ok(crate::error::ApiError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal",
+                            "the request's task failed",
+                        )
+                        .into_response())
+                    })
+                })
+            }
+        }
+    }
+}
+
+/// The model of a `/v2/models/{m}/infer` path, when it is one plainly (a percent-encoded name is
+/// left to the router, which decodes it).
+fn infer_route_model(path: &str) -> Option<&str> {
+    let model = path.strip_prefix("/v2/models/")?.strip_suffix("/infer")?;
+    (!model.is_empty() && !model.contains(['/', '%'])).then_some(model)
 }
 
 /// All routes of the gateway.
@@ -666,4 +832,28 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         body["log_error"] = json!(format!("the prediction log cannot be written: {e}"));
     }
     (status, Json(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::infer_route_model;
+
+    #[test]
+    fn only_a_plain_infer_path_takes_the_direct_route() {
+        assert_eq!(infer_route_model("/v2/models/yield/infer"), Some("yield"));
+        assert_eq!(
+            infer_route_model("/v2/models/y.v-2_x/infer"),
+            Some("y.v-2_x")
+        );
+        for other in [
+            "/v2/models//infer",
+            "/v2/models/yield/versions/v1/infer",
+            "/v2/models/yi%65ld/infer",
+            "/v2/models/yield/infer/",
+            "/v2/models/yield",
+            "/v1/models/yield:predict",
+        ] {
+            assert_eq!(infer_route_model(other), None, "{other}");
+        }
+    }
 }

@@ -67,9 +67,10 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The SHA-256 of `token`, as the configuration writes it (64 lowercase hex digits).
-pub fn sha256_hex(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
+/// The SHA-256 of `data` (a token, as the configuration writes it; a model file's bytes) as 64
+/// lowercase hex digits.
+pub fn sha256_hex(data: impl AsRef<[u8]>) -> String {
+    Sha256::digest(data.as_ref())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

@@ -17,9 +17,12 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client, ResponseFuture}
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use switchyard_core::config::{BackendSpec, ModelConfig, Protocol, Task};
+use switchyard_core::provenance::{Artefact, VersionProvenance};
 use switchyard_core::{Outcome, Prediction};
 
+use crate::conn_pool::{self, ExchangeError, PoolKey};
 use crate::grpc_wire;
+use crate::http_util::error_chain;
 use crate::onnx::{OnnxError, OnnxModel, OnnxPrediction};
 use crate::protocol::{self, JsonBody, Wire};
 use crate::tls::TlsError;
@@ -68,6 +71,18 @@ pub fn https_client(ca_file: Option<&Path>) -> Result<HttpsClient, TlsError> {
     Ok(pool().build(https))
 }
 
+/// The connector of an `https://` `oip-grpc` backend: the same trust as [`https_client`]
+/// (built-in roots and `ca_file`), offering HTTP/2 by ALPN.
+fn grpc_tls_connector(ca_file: Option<&Path>) -> Result<HttpsConnector<HttpConnector>, TlsError> {
+    let mut http = connector();
+    http.enforce_http(false);
+    let mut tls = crate::tls::client_config(ca_file)?;
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let mut https = HttpsConnector::from((http, tls));
+    https.enforce_https();
+    Ok(https)
+}
+
 /// The client of one upstream URL: plain `http://` URLs keep the plain connector (the same
 /// pool and the same code path as without TLS); a call is one `match`, no allocation.
 #[derive(Debug, Clone)]
@@ -77,11 +92,37 @@ pub enum UpstreamClient {
 }
 
 impl UpstreamClient {
+    /// Sends `request` through the shared pool.
     pub fn request(&self, request: Request<Full<Bytes>>) -> ResponseFuture {
         match self {
             UpstreamClient::Http(c) => c.request(request),
             UpstreamClient::Https(c) => c.request(request),
         }
+    }
+
+    /// Sends `request` and reads the whole answer. On a data-plane thread
+    /// (`runtime.data_plane_threads`) a plain `http://` call goes over that thread's own
+    /// connections to the endpoint named by `key` ([`conn_pool`]); anything else through the
+    /// shared pool.
+    pub async fn exchange(
+        &self,
+        key: PoolKey,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(hyper::http::response::Parts, Bytes), ExchangeError> {
+        if matches!(self, UpstreamClient::Http(_)) && conn_pool::installed() {
+            return conn_pool::exchange(key, request).await;
+        }
+        let response = self
+            .request(request)
+            .await
+            .map_err(|e| ExchangeError::Send(error_chain(&e)))?;
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| ExchangeError::Body(error_chain(&e)))?
+            .to_bytes();
+        Ok((parts, body))
     }
 }
 
@@ -285,6 +326,11 @@ pub struct HttpBackend {
     /// `oip-grpc` backends: a client of the server's `inference.GRPCInferenceService` (one
     /// HTTP/2 connection, multiplexed), and the model's name there.
     grpc: Option<(GrpcClient, String)>,
+    /// The `Host` header of every call (`host[:port]` of `uri`, the port when not the
+    /// scheme's default), made once.
+    host: Option<hyper::header::HeaderValue>,
+    /// Names the endpoint among a data-plane thread's own connections.
+    pool_key: PoolKey,
     pub timeout: Duration,
 }
 
@@ -313,14 +359,20 @@ impl Backend {
             } => {
                 let grpc = match protocol {
                     Protocol::OipGrpc => {
-                        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
                             .map_err(|e| OnnxError::Load {
                                 path: url.into(),
                                 message: format!("not a gRPC endpoint URL: {e}"),
                             })?
                             .tcp_nodelay(true)
-                            .connect_timeout(PROBE_TIMEOUT)
-                            .connect_lazy();
+                            .connect_timeout(PROBE_TIMEOUT);
+                        let channel = if url.starts_with("https://") {
+                            endpoint.connect_with_connector_lazy(grpc_tls_connector(
+                                ca_file.as_deref(),
+                            )?)
+                        } else {
+                            endpoint.connect_lazy()
+                        };
                         Some((GrpcClient::new(channel), remote_model.clone()))
                     }
                     _ => None,
@@ -341,11 +393,14 @@ impl Backend {
                 };
                 let metadata = matches!(protocol, Protocol::Oip)
                     .then(|| format!("{url}/v2/models/{remote_model}"));
+                let uri: Result<hyper::Uri, String> = endpoint.parse().map_err(|_| endpoint);
                 Backend::Http(Box::new(HttpBackend {
                     client: clients.for_url(url, ca_file.as_deref())?,
                     ready_uri: ready.parse().ok(),
                     metadata_uri: metadata.and_then(|m| m.parse().ok()),
-                    uri: endpoint.parse().map_err(|_| endpoint),
+                    host: uri.as_ref().ok().and_then(host_header),
+                    pool_key: PoolKey::new(),
+                    uri,
                     protocol: protocol.clone(),
                     binary_data: *binary_data,
                     grpc,
@@ -407,6 +462,22 @@ impl Backend {
             Backend::Http(_) => None,
         }
     }
+}
+
+/// The `Host` header hyper-util's client would write for `uri`: the host, and the port when it
+/// is not the scheme's default.
+fn host_header(uri: &hyper::Uri) -> Option<hyper::header::HeaderValue> {
+    let host = uri.host()?;
+    let default = if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    let text = match uri.port_u16() {
+        Some(port) if port != default => format!("{host}:{port}"),
+        _ => host.to_string(),
+    };
+    hyper::header::HeaderValue::from_str(&text).ok()
 }
 
 impl HttpBackend {
@@ -563,24 +634,33 @@ impl HttpBackend {
             _ => (call.body.bytes().clone(), None),
         };
         let mut request = Request::builder().method(Method::POST).uri(uri.clone());
+        if let Some(host) = &self.host {
+            // Set here, hyper-util's client does not format one per request.
+            request = request.header(hyper::header::HOST, host.clone());
+        }
         request = match binary_header {
             Some(n) => request
                 .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
-                .header(protocol::BINARY_HEADER, n),
+                .header(&protocol::BINARY_HEADER, n),
             None => request.header(hyper::header::CONTENT_TYPE, "application/json"),
         };
         let request = request
             .body(Full::new(body))
             .map_err(|e| BackendError::Internal(format!("cannot build a request to {uri}: {e}")))?;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| BackendError::Unreachable(error_chain(&e)))?;
-        let status = response.status();
-        let answer_header = response
-            .headers()
-            .get(protocol::BINARY_HEADER)
+        let (answer, body) =
+            self.client
+                .exchange(self.pool_key, request)
+                .await
+                .map_err(|e| match e {
+                    ExchangeError::Send(e) => BackendError::Unreachable(e),
+                    ExchangeError::Body(e) => {
+                        BackendError::Unreachable(format!("response body: {e}"))
+                    }
+                })?;
+        let status = answer.status;
+        let answer_header = answer
+            .headers
+            .get(&protocol::BINARY_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(|v| {
                 v.trim().parse::<usize>().map_err(|_| {
@@ -590,12 +670,6 @@ impl HttpBackend {
                 })
             })
             .transpose()?;
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| BackendError::Unreachable(format!("response body: {}", error_chain(&e))))?
-            .to_bytes();
         if !status.is_success() {
             return Err(match status.as_u16() {
                 s @ (400 | 413 | 415 | 422) => BackendError::Rejected {
@@ -662,18 +736,6 @@ impl HttpBackend {
             )),
         }
     }
-}
-
-/// An error and its sources, `: `-separated (a TLS failure's reason is in a source).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 impl OnnxBackend {
@@ -751,6 +813,10 @@ pub struct ModelRuntime {
     /// (the common outcome skips building label sets on every request).
     pub served_ok:
         std::collections::HashMap<String, std::sync::OnceLock<crate::metrics::CallHandles>>,
+    /// Per version, what it serves: the ONNX file's SHA-256, or the version an HTTP backend
+    /// reported (once [`ModelRuntime::ask_backend_versions`] asked), with the configured
+    /// `git_sha` and `registry`.
+    pub provenance: std::collections::BTreeMap<String, VersionProvenance>,
 }
 
 impl ModelRuntime {
@@ -762,11 +828,26 @@ impl ModelRuntime {
         clients: &Clients,
     ) -> Result<ModelRuntime, (String, BuildError)> {
         let mut backends = HashMap::new();
+        let mut provenance = std::collections::BTreeMap::new();
         for (version, spec) in &model.versions {
             let backend = Backend::build(spec, clients).map_err(|e| (version.clone(), e))?;
+            let info = model.version_info.get(version).cloned().unwrap_or_default();
+            provenance.insert(
+                version.clone(),
+                VersionProvenance {
+                    model: name.to_string(),
+                    version: version.clone(),
+                    artefact: backend
+                        .onnx_model()
+                        .map_or(Artefact::Unknown, |m| Artefact::Sha256(m.sha256().into())),
+                    git_sha: info.git_sha,
+                    registry: info.registry,
+                },
+            );
             backends.insert(version.clone(), Arc::new(backend));
         }
         Ok(ModelRuntime {
+            provenance,
             name: name.to_string(),
             classes: model
                 .classes
@@ -779,6 +860,38 @@ impl ModelRuntime {
                 .collect(),
             backends,
         })
+    }
+
+    /// Asks every HTTP backend (OIP REST or gRPC) for its model metadata, each within
+    /// [`PROBE_TIMEOUT`] and all at once, and records the `versions` it reports as the
+    /// version's artefact (several are joined with `,`). A backend that does not answer, or
+    /// reports none, stays `Unknown`: its artefact cannot be checked at this start.
+    pub async fn ask_backend_versions(&mut self) {
+        let asks = self
+            .backends
+            .iter()
+            .filter(|(_, b)| matches!(b.as_ref(), Backend::Http(_)))
+            .map(|(version, backend)| async move {
+                let reported = backend.remote_metadata().await.and_then(|m| {
+                    let versions: Vec<String> = m
+                        .get("versions")?
+                        .as_array()?
+                        .iter()
+                        .filter_map(|v| match v {
+                            Value::String(s) if !s.is_empty() => Some(s.clone()),
+                            Value::Number(n) => Some(n.to_string()),
+                            _ => None,
+                        })
+                        .collect();
+                    (!versions.is_empty()).then(|| versions.join(","))
+                });
+                (version.clone(), reported)
+            });
+        for (version, reported) in futures_util::future::join_all(asks).await {
+            if let (Some(reported), Some(p)) = (reported, self.provenance.get_mut(&version)) {
+                p.artefact = Artefact::BackendVersion(reported);
+            }
+        }
     }
 
     /// Why `version` cannot be served: it is not one of this model's, which are listed.
@@ -807,5 +920,42 @@ impl ModelRuntime {
                 .observe(seconds),
             _ => metrics.call(&self.name, version, role, outcome.as_str(), seconds),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::host_header;
+
+    /// What HTTP/1.1 (RFC 9112 §3.2) and hyper-util's client write: the port only when it is not
+    /// the scheme's default.
+    #[test]
+    fn the_host_header_carries_the_port_only_when_it_is_not_the_default() {
+        let host =
+            |uri: &str| host_header(&uri.parse().unwrap()).map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(
+            host("http://127.0.0.1:8080/v2/models/m/infer").unwrap(),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(
+            host("http://models.internal/v2").unwrap(),
+            "models.internal"
+        );
+        assert_eq!(
+            host("http://models.internal:80/v2").unwrap(),
+            "models.internal"
+        );
+        assert_eq!(
+            host("https://models.internal:443/v2").unwrap(),
+            "models.internal"
+        );
+        assert_eq!(
+            host("https://models.internal:80/v2").unwrap(),
+            "models.internal:80"
+        );
+        assert_eq!(host("http://[::1]:9000/v2").unwrap(), "[::1]:9000");
+        assert_eq!(host("/relative/only"), None);
     }
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use switchyard_core::access::AccessRole;
@@ -30,6 +30,10 @@ use crate::protocol::{InvalidBody, JsonBody, Wire, BINARY_HEADER};
 use crate::runtime::now_ms;
 use crate::shadow::ShadowJob;
 use crate::state::AppState;
+
+/// The answer's routing headers, parsed once.
+const X_VARIANT: HeaderName = HeaderName::from_static("x-switchyard-variant");
+const X_MODEL_VERSION: HeaderName = HeaderName::from_static("x-switchyard-model-version");
 
 // The handlers take the whole request rather than `HeaderMap` and `Body` extractors: axum's
 // `HeaderMap` extractor clones the map, an allocation per header on every call.
@@ -116,7 +120,7 @@ pub(crate) fn segment_values(
         .collect()
 }
 
-async fn handle(
+pub(crate) async fn handle(
     state: Arc<AppState>,
     wire: Wire,
     model: String,
@@ -239,13 +243,13 @@ async fn serve(
     };
     let h = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(id) {
-        h.insert("x-request-id", v);
+        h.insert(crate::http_util::X_REQUEST_ID, v);
     }
     if let Ok(v) = HeaderValue::from_str(&served.variant) {
-        h.insert("x-switchyard-variant", v);
+        h.insert(X_VARIANT, v);
     }
     if let Ok(v) = HeaderValue::from_str(&served.version) {
-        h.insert("x-switchyard-model-version", v);
+        h.insert(X_MODEL_VERSION, v);
     }
     Ok(response)
 }
@@ -322,7 +326,7 @@ pub async fn infer(state: &Arc<AppState>, request: InferRequest<'_>) -> Result<S
     let key = routing_key(runtime.config.routing_key.as_ref(), headers, &body);
     let segments = segment_values(&runtime.config.segments, headers, &body);
     let decision = match pinned {
-        None => route.decide(key.as_deref(), rand::random::<u32>() % BUCKETS),
+        None => route.decide_for(key.as_deref(), rand::random::<u32>() % BUCKETS, &segments),
         Some(version) => {
             let Some((version, _)) = runtime.backends.get_key_value(version) else {
                 return Err(ApiError::new(
@@ -477,7 +481,7 @@ fn captured_input(body: &JsonBody, max: usize) -> String {
 
 /// The request's `Inference-Header-Content-Length`, when it has one.
 fn binary_header_len(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
-    let Some(value) = headers.get(BINARY_HEADER) else {
+    let Some(value) = headers.get(&BINARY_HEADER) else {
         return Ok(None);
     };
     let text = String::from_utf8_lossy(value.as_bytes());

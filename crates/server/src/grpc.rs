@@ -11,11 +11,17 @@
 //! PermissionDenied, DeadlineExceeded and Unavailable for a backend that timed out or failed.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::http::StatusCode;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tonic::metadata::MetadataValue;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status};
 
 use crate::backend::BackendError;
@@ -202,23 +208,127 @@ impl GrpcInferenceService for GrpcFront {
     }
 }
 
-/// Serves the gRPC endpoint on `listener` until `shutdown` resolves.
+/// Serves the gRPC endpoint on `listener` until `shutdown` resolves. With `tls` (the
+/// listener's certificate, offering `h2` by ALPN, and the handshake's deadline) every
+/// connection is a TLS one: handshakes run concurrently, off the accept loop, and a client that
+/// does not finish one in time is dropped.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
+    tls: Option<(TlsAcceptor, Duration)>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     // A message may be as large as a REST body may.
     let limit = state.max_body_bytes;
     let service =
         GrpcInferenceServiceServer::new(GrpcFront::new(state)).max_decoding_message_size(limit);
-    if let Err(e) = tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-    {
+    let server = tonic::transport::Server::builder().add_service(service);
+    let served = match tls {
+        None => {
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            server
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        Some((acceptor, timeout)) => {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<TlsConn>>(64);
+            let accepting = tokio::spawn(accept_tls(listener, acceptor, timeout, tx));
+            let incoming = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+            let served = server
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await;
+            accepting.abort();
+            served
+        }
+    };
+    if let Err(e) = served {
         tracing::error!(?addr, error = %e, "the gRPC endpoint stopped");
+    }
+}
+
+/// Accepts connections and hands each one, once its TLS handshake is done, to the server.
+async fn accept_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    timeout: Duration,
+    ready: tokio::sync::mpsc::Sender<std::io::Result<TlsConn>>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // E.g. out of file descriptors: back off rather than spin.
+                tracing::warn!(error = %e, "accepting a gRPC connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        let (acceptor, ready) = (acceptor.clone(), ready.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    // The server has stopped taking connections when this fails.
+                    let _ = ready.send(Ok(TlsConn(stream))).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake not finished in time"),
+            }
+        });
+    }
+}
+
+/// A TLS connection of the gRPC listener, with its TCP peer as tonic's connection info.
+struct TlsConn(tokio_rustls::server::TlsStream<TcpStream>);
+
+impl Connected for TlsConn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.0.get_ref().0.connect_info()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }

@@ -14,10 +14,13 @@ use hyper::body::{Frame, SizeHint};
 use crate::error::ApiError;
 use crate::runtime::now_ms;
 
+/// `x-request-id`, parsed once (a lookup by `&str` parses the name on every call).
+pub const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
 /// The client's request id when it sent a usable one, else a fresh random id.
 pub fn request_id(headers: &HeaderMap) -> String {
     headers
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(new_request_id, str::to_string)
@@ -173,6 +176,18 @@ impl HttpBody for TimedBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// An error and its sources, `: `-separated (a TLS failure's reason is in a source).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]

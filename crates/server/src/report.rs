@@ -17,8 +17,9 @@ use switchyard_core::segments::{
 use switchyard_core::{Prediction, Truth};
 
 use crate::api::{
-    AbAnalysis, AbnView, Analysis, BlueGreenAnalysis, CanaryAnalysis, Disagreement, EventView,
-    ReplayReport, Report, Reweighting, ShadowAnalysis, StepView, SwitchView, VersionStats,
+    AbAnalysis, AbnView, Analysis, BlueGreenAnalysis, CanaryAnalysis, CostComparison, Disagreement,
+    EventView, ReplayReport, Report, Reweighting, ShadowAnalysis, StepView, SwitchView,
+    VersionIdentity, VersionStats,
 };
 use crate::controller::Controller;
 use crate::state::AppState;
@@ -191,9 +192,45 @@ pub fn build(app: &AppState, controller: &Controller, name: &str) -> Option<Repo
             });
         }
     }
+    let (current, candidate) = spec.versions();
+    let runtime = app.models.get(&spec.model);
+    let provenance: std::collections::BTreeMap<String, VersionIdentity> = runtime
+        .map(|m| {
+            versions
+                .keys()
+                .map(String::as_str)
+                .chain([current, candidate])
+                .filter_map(|v| {
+                    let p = m.provenance.get(v)?;
+                    Some((
+                        v.to_string(),
+                        VersionIdentity {
+                            artefact: p.artefact.clone(),
+                            git_sha: p.git_sha.clone(),
+                            registry: p.registry.clone(),
+                            cost_per_1k: m.config.version_info.get(v).and_then(|i| i.cost_per_1k),
+                        },
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let cost_of = |v: &str| provenance.get(v).and_then(|p| p.cost_per_1k);
+    let current_stats = versions.get(current).cloned().unwrap_or_default();
+    // A shadow candidate serves nobody: its latency is its shadow calls'.
+    let candidate_stats = match &analysis.shadow {
+        Some(sa) => sa.shadow_stats.clone(),
+        None => versions.get(candidate).cloned().unwrap_or_default(),
+    };
+    let cost = CostComparison::of(
+        (current, &current_stats, cost_of(current)),
+        (candidate, &candidate_stats, cost_of(candidate)),
+    );
     Some(Report {
         rollout,
         versions,
+        provenance,
+        cost: Some(cost),
         analysis,
         events,
     })
@@ -463,6 +500,50 @@ fn two_arm_lines(ab: &AbReport, analysis: &mut Pairs) {
             ),
         ));
     }
+}
+
+/// A stratified A/B: the CMH line and one row per value of the field.
+fn stratified_detail(
+    st: &switchyard_core::rollout::StratifiedAb,
+    analysis: &mut Pairs,
+    detail: &mut Vec<(String, Table)>,
+) {
+    let mh = st.mantel_haenszel.as_ref();
+    analysis.push((
+        format!("within {} (MH odds ratio B/A, 95% CI, CMH p)", st.field),
+        format!(
+            "{} [{}, {}], {}",
+            num(mh.map(|m| m.odds_ratio), 4),
+            num(mh.map(|m| m.ci_low), 4),
+            num(mh.map(|m| m.ci_high), 4),
+            num(mh.map(|m| m.p_value), 4)
+        ),
+    ));
+    let rate = |p: &switchyard_stats::Proportion| {
+        (p.trials > 0).then(|| p.successes as f64 / p.trials as f64)
+    };
+    let mut rows = vec![vec![
+        st.field.clone(),
+        "A requests".into(),
+        "B requests".into(),
+        "A rate".into(),
+        "B rate".into(),
+        "SRM p (mismatch)".into(),
+    ]];
+    for s in &st.strata {
+        rows.push(vec![
+            s.value.clone(),
+            int(s.control_requests),
+            int(s.treatment_requests),
+            num(rate(&s.control), 4),
+            num(rate(&s.treatment), 4),
+            s.srm.as_ref().map_or_else(
+                || "—".into(),
+                |m| format!("{} ({})", num(Some(m.p_value), 4), m.mismatch),
+            ),
+        ]);
+    }
+    detail.push((format!("Strata: {}", st.field), rows));
 }
 
 /// A rate as a percentage, a mean as a number.
@@ -762,7 +843,25 @@ fn event_text(e: &EventView) -> String {
             }
             format!("{} · {}", e.message, arms.join(" · "))
         }
-        _ => e.message.clone(),
+        _ => {
+            // A routing change names the artefacts it routes to.
+            let artefacts: Vec<String> = e
+                .details
+                .keys()
+                .filter_map(|k| k.strip_prefix("artefact."))
+                .filter_map(|v| {
+                    let full = e.text(&format!("artefact.{v}"))?;
+                    let short = switchyard_core::provenance::Artefact::from_full(full)
+                        .map_or_else(|| full.to_string(), |a| a.short());
+                    Some(format!("{v} {short}"))
+                })
+                .collect();
+            if artefacts.is_empty() {
+                e.message.clone()
+            } else {
+                format!("{} · {}", e.message, artefacts.join(" · "))
+            }
+        }
     }
 }
 
@@ -919,8 +1018,12 @@ fn shadow_lines(
     ));
 }
 
-/// One row per version: traffic, errors, latency, quality.
-fn versions_table(stats: &std::collections::BTreeMap<String, VersionStats>) -> Table {
+/// One row per version: traffic, errors, latency, quality; with `provenance`, each version's
+/// artefact (short) and cost per 1,000 predictions too.
+fn versions_table(
+    stats: &std::collections::BTreeMap<String, VersionStats>,
+    provenance: &std::collections::BTreeMap<String, VersionIdentity>,
+) -> Table {
     let mut versions = vec![vec![
         "version".into(),
         "requests".into(),
@@ -945,7 +1048,70 @@ fn versions_table(stats: &std::collections::BTreeMap<String, VersionStats>) -> T
             num(s.mae, 3),
         ]);
     }
+    if !provenance.is_empty() {
+        versions[0].extend(["cost /1k".to_string(), "artefact".to_string()]);
+        for row in versions.iter_mut().skip(1) {
+            let p = provenance.get(&row[0]);
+            row.push(num(p.and_then(|p| p.cost_per_1k), 2));
+            row.push(p.map_or_else(|| "—".to_string(), |p| p.artefact.short()));
+        }
+    }
     versions
+}
+
+/// Each version's full artefact, git SHA and registry reference.
+fn provenance_table(provenance: &std::collections::BTreeMap<String, VersionIdentity>) -> Table {
+    let mut rows = vec![vec![
+        "version".to_string(),
+        "artefact".to_string(),
+        "git sha".to_string(),
+        "registry".to_string(),
+        "cost /1k".to_string(),
+    ]];
+    for (v, p) in provenance {
+        rows.push(vec![
+            v.clone(),
+            p.artefact.full(),
+            text(p.git_sha.as_deref()),
+            text(p.registry.as_deref()),
+            num(p.cost_per_1k, 2),
+        ]);
+    }
+    rows
+}
+
+/// The candidate's accuracy, latency and cost against the current version's.
+fn cost_lines(c: &CostComparison, analysis: &mut Pairs) {
+    let (old, new) = (&c.current, &c.candidate);
+    let signed =
+        |v: Option<f64>, digits: usize| v.map_or("—".to_string(), |v| format!("{v:+.digits$}"));
+    if c.accuracy_difference.is_some() {
+        analysis.push((
+            format!("accuracy, {new} − {old} (observed)"),
+            c.accuracy_difference
+                .map_or("—".to_string(), |d| format!("{:+.2} points", d * 100.0)),
+        ));
+    }
+    if c.mae_difference.is_some() {
+        analysis.push((format!("MAE, {new} − {old}"), signed(c.mae_difference, 3)));
+    }
+    let times = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.2}×"));
+    analysis.push((
+        format!("latency p50 / p95, {new} ÷ {old}"),
+        format!("{} / {}", times(c.p50_ratio), times(c.p95_ratio)),
+    ));
+    if c.current_cost_per_1k.is_some() || c.candidate_cost_per_1k.is_some() {
+        analysis.push((
+            format!("cost per 1,000 predictions, {old} → {new}"),
+            format!(
+                "{} → {} ({}, {})",
+                num(c.current_cost_per_1k, 2),
+                num(c.candidate_cost_per_1k, 2),
+                times(c.cost_ratio),
+                signed(c.cost_difference_per_1k, 2)
+            ),
+        ));
+    }
 }
 
 /// Summary, versions, events and analysis, shared by the text, Markdown and HTML renderings.
@@ -970,7 +1136,7 @@ fn tables(r: &Report) -> Tables {
         ),
         ("reason".into(), text(ro.reason.as_deref())),
     ];
-    let versions = versions_table(&r.versions);
+    let versions = versions_table(&r.versions, &r.provenance);
     let mut events = vec![vec![
         "seq".into(),
         "time (ms)".into(),
@@ -996,6 +1162,9 @@ fn tables(r: &Report) -> Tables {
     if let Some(aa) = &a.ab {
         if let Some(ab) = &aa.report {
             two_arm_lines(ab, &mut analysis);
+            if let Some(st) = &ab.stratified {
+                stratified_detail(st, &mut analysis, &mut detail);
+            }
         }
         if let Some(abn) = &aa.abn {
             abn_detail(abn, &mut analysis, &mut detail);
@@ -1036,6 +1205,12 @@ fn tables(r: &Report) -> Tables {
         for (v, s) in &r.versions {
             class_detail(v, s, &mut analysis, &mut detail);
         }
+    }
+    if let Some(c) = &r.cost {
+        cost_lines(c, &mut analysis);
+    }
+    if !r.provenance.is_empty() {
+        detail.push(("provenance".to_string(), provenance_table(&r.provenance)));
     }
     if let Some(b) = &a.blue_green {
         for s in &b.switches {
@@ -1278,7 +1453,12 @@ fn replay_tables(r: &ReplayReport) -> (Pairs, Table, Pairs, Vec<(String, Table)>
         &mut analysis,
         &mut detail,
     );
-    (summary, versions_table(&r.versions), analysis, detail)
+    (
+        summary,
+        versions_table(&r.versions, &Default::default()),
+        analysis,
+        detail,
+    )
 }
 
 /// A replay report as aligned text (what `switchyard replay` prints).

@@ -54,18 +54,28 @@ impl AppState {
         model: &str,
         strategy: Strategy,
     ) -> Result<Arc<RoutingTable>, StoreError> {
+        self.swap_strategies(vec![(model.to_string(), strategy)])
+    }
+
+    /// [`AppState::swap_strategy`] for several models at once: one new table, one epoch, so
+    /// no request sees some of them moved and others not (a rollout group).
+    pub fn swap_strategies(
+        &self,
+        routes: Vec<(String, Strategy)>,
+    ) -> Result<Arc<RoutingTable>, StoreError> {
+        let models: Vec<&str> = routes.iter().map(|(m, _)| m.as_str()).collect();
+        let model = models.join(",");
         let Some(cluster) = &self.cluster else {
-            return Ok(self.swap_local(model, strategy));
+            return Ok(self.swap_local(&model, &routes));
         };
         let local = self.table.load_full();
-        let model_name = model.to_string();
         let (_, body) = crate::runtime::off_the_request_path(|| {
             cluster.update_routing(crate::runtime::now_ms(), move |current| {
                 let base = match current {
                     Some((_, body)) => decode_table(&body)?,
                     None => (*local).clone(),
                 };
-                let next = base.with_strategy(&model_name, strategy);
+                let next = base.with_strategies(&routes);
                 let body = serde_json::to_string(&next).map_err(|e| e.to_string())?;
                 Ok(Some((next.epoch, body)))
             })
@@ -76,7 +86,7 @@ impl AppState {
         })?;
         let installed = self.install_newer(table);
         tracing::info!(
-            model,
+            model = %model,
             epoch = installed.epoch,
             "shared routing table swapped"
         );
@@ -98,10 +108,10 @@ impl AppState {
         installed
     }
 
-    fn swap_local(&self, model: &str, strategy: Strategy) -> Arc<RoutingTable> {
+    fn swap_local(&self, model: &str, routes: &[(String, Strategy)]) -> Arc<RoutingTable> {
         let mut installed = None;
         self.table.rcu(|current| {
-            let next = Arc::new(current.with_strategy(model, strategy.clone()));
+            let next = Arc::new(current.with_strategies(routes));
             installed = Some(next.clone());
             next
         });

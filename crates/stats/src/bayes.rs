@@ -74,18 +74,8 @@ fn prob_greater(x: Posterior, y: Posterior) -> f64 {
 
 /// Posterior comparison of B against A.
 pub fn beta_binomial_ab(a: Proportion, b: Proportion) -> Result<BayesAb, StatsError> {
-    if a.successes > a.trials {
-        return Err(StatsError::invalid(
-            "successes_a",
-            format!("{} successes exceed the {} trials", a.successes, a.trials),
-        ));
-    }
-    if b.successes > b.trials {
-        return Err(StatsError::invalid(
-            "successes_b",
-            format!("{} successes exceed the {} trials", b.successes, b.trials),
-        ));
-    }
+    crate::check_successes("successes_a", &a)?;
+    crate::check_successes("successes_b", &b)?;
     let (pa, pb) = (Posterior::of(a), Posterior::of(b));
     let prob_b_beats_a = prob_greater(pb, pa);
     let expected_loss_a = pb.mean() * prob_greater(pb.size_biased(), pa)

@@ -22,6 +22,7 @@ pub mod proportions;
 pub mod rng;
 pub mod sample;
 pub mod sequential;
+pub mod stratified;
 pub mod summary;
 pub mod ttest;
 pub mod wilcoxon;
@@ -57,6 +58,17 @@ pub(crate) mod normal {
     pub(crate) fn two_sided_p(z: f64) -> f64 {
         (2.0 * sf(z.abs())).min(1.0)
     }
+}
+
+/// Checks that a proportion has no more successes than trials (`field` names the successes).
+pub(crate) fn check_successes(field: &'static str, p: &Proportion) -> Result<(), StatsError> {
+    if p.successes > p.trials {
+        return Err(StatsError::invalid(
+            field,
+            format!("{} successes exceed the {} trials", p.successes, p.trials),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks that a probability-like parameter lies strictly inside (0, 1).

@@ -40,15 +40,7 @@ fn check_arm(
     if arm.trials == 0 {
         return Err(StatsError::invalid(trials_field, "must be at least 1"));
     }
-    if arm.successes > arm.trials {
-        return Err(StatsError::invalid(
-            successes_field,
-            format!(
-                "{} successes exceed the {} trials",
-                arm.successes, arm.trials
-            ),
-        ));
-    }
+    crate::check_successes(successes_field, &arm)?;
     Ok(arm.successes as f64 / arm.trials as f64)
 }
 

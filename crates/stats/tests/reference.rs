@@ -8,8 +8,8 @@ use switchyard_stats::classification::ConfusionMatrix;
 use switchyard_stats::sequential::{self, MsprtConfig};
 use switchyard_stats::wilcoxon::{wilcoxon, WilcoxonMethod};
 use switchyard_stats::{
-    bayes, chi2, drift, mann_whitney, mcnemar, multiple, power, proportions, ttest, Moments,
-    Proportion,
+    bayes, chi2, drift, mann_whitney, mcnemar, multiple, power, proportions, stratified, ttest,
+    Moments, Proportion,
 };
 
 fn cases(name: &str) -> Vec<Value> {
@@ -205,6 +205,33 @@ fn srm_matches_scipy_chisquare() {
         check("statistic", &case, r.statistic, f(&case, "statistic"));
         check("p_value", &case, r.p_value, f(&case, "p_value"));
         assert_eq!(r.mismatch, f(&case, "p_value") < 0.001, "{case}");
+    }
+}
+
+#[test]
+fn mantel_haenszel_matches_statsmodels_stratified_table() {
+    let arm = |v: &Value| Proportion {
+        successes: v[0].as_u64().unwrap(),
+        trials: v[1].as_u64().unwrap(),
+    };
+    for case in cases("stratified") {
+        let strata: Vec<(Proportion, Proportion)> = case["strata"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (arm(&s[0]), arm(&s[1])))
+            .collect();
+        let r = stratified::mantel_haenszel(&strata, f(&case, "alpha")).unwrap();
+        assert_eq!(r.strata as u64, u(&case, "used"), "{case}");
+        for (name, got) in [
+            ("odds_ratio", r.odds_ratio),
+            ("ci_low", r.ci_low),
+            ("ci_high", r.ci_high),
+            ("statistic", r.statistic),
+            ("p_value", r.p_value),
+        ] {
+            check(name, &case, got, f(&case, name));
+        }
     }
 }
 

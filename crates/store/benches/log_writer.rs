@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use criterion::{
     criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
 };
+use switchyard_core::provenance::{Artefact, VersionProvenance};
 use switchyard_core::{Outcome, PairRef, Prediction, PredictionRecord, Role};
 use switchyard_store::{spawn_log_writer, LogWriterConfig};
 
@@ -76,6 +77,17 @@ fn write_once(
         snapshot_every: 0,
         retention: None,
         max_size_bytes: None,
+        // Both versions registered, as the gateway does: each row names its artefact.
+        versions: ["v1", "v2"]
+            .into_iter()
+            .map(|v| VersionProvenance {
+                model: "yield".into(),
+                version: v.into(),
+                artefact: Artefact::Sha256(format!("{v:0>64}")),
+                git_sha: None,
+                registry: None,
+            })
+            .collect(),
     })
     .unwrap();
     let start = Instant::now();

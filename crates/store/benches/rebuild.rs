@@ -91,6 +91,7 @@ fn write_log(path: &std::path::Path, from: u64, n: u64, snapshot_every: u64) {
         snapshot_every,
         retention: None,
         max_size_bytes: None,
+        versions: Vec::new(),
     })
     .unwrap();
     let mut cpu_at = cpu_seconds();

@@ -25,6 +25,10 @@ pub enum StoreError {
     Rejected(String),
     #[error("lost the controller lock: {0}")]
     LostLead(String),
+    /// A version's artefact (or git SHA, or registry reference) differs from the one the store
+    /// knows under the same name: one message per version, naming both.
+    #[error("refusing to serve a changed artefact under a known version name: {}", .0.join("; "))]
+    ArtefactChanged(Vec<String>),
 }
 
 impl From<postgres::Error> for StoreError {

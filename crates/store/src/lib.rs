@@ -9,6 +9,7 @@
 //! [`switchyard_core::Aggregates`] that the controller reads. With PostgreSQL, [`Cluster`]
 //! coordinates replicas: one controller, one routing table, merged statistics.
 
+mod artefacts;
 mod audit_chain;
 pub mod cluster;
 pub mod control;
@@ -26,17 +27,19 @@ pub mod testing;
 mod url;
 pub mod wire;
 
+pub use artefacts::StoredArtefact;
 pub use cluster::{Cluster, Leader};
 pub use control::{ChainReport, ControlStore, DeliveryRow, RolloutRow, StoredEvent};
 pub use error::StoreError;
 pub use log::{
-    captured_requests_at, disagreements_at, open_reader, rebuild_aggregates, restore_aggregates,
-    spawn_log_writer, FeedbackOutcome, LogHandle, LogStats, LogWriterConfig, Retention,
-    DEFAULT_RETENTION_BATCH, DEFAULT_SNAPSHOT_EVERY,
+    artefacts_at, captured_requests_at, check_artefacts_at, disagreements_at, open_reader,
+    rebuild_aggregates, restore_aggregates, spawn_log_writer, FeedbackOutcome, LogHandle, LogStats,
+    LogWriterConfig, Retention, DEFAULT_RETENTION_BATCH, DEFAULT_SNAPSHOT_EVERY,
 };
 pub use log_rows::{CapturedQuery, CapturedRequest, Disagreement, FeedbackRow, LogRow};
 pub use sqlite::open;
 pub use sqlite_log::{
-    captured_requests, count_records, disagreements, read_log, rebuild_aggregates_in_memory,
+    artefacts, captured_requests, count_records, disagreements, read_log,
+    rebuild_aggregates_in_memory,
 };
 pub use url::StoreUrl;

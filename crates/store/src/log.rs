@@ -16,9 +16,11 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use rusqlite::Connection;
+use switchyard_core::provenance::VersionProvenance;
 use switchyard_core::{Aggregates, Feedback, PredictionRecord};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::artefacts::{ArtefactIds, StoredArtefact};
 use crate::log_rows::{with_pairs, CapturedQuery, CapturedRequest, Disagreement, Prune, Sink};
 use crate::sqlite_log::SqliteSink;
 use crate::{pg, pg_log, sqlite, sqlite_log, StoreError, StoreUrl};
@@ -49,6 +51,12 @@ pub struct LogWriterConfig {
     /// SQLite: the largest the database file may grow (a quota; past it batches fail and their
     /// records are dropped and counted, as on a full disk). `None`: no limit but the disk's.
     pub max_size_bytes: Option<u64>,
+    /// The versions this writer's records come from, with their artefacts: checked against
+    /// the artefacts table when the writer opens the store (a changed artefact under a known
+    /// version name refuses the start, [`StoreError::ArtefactChanged`]) and recorded; each
+    /// record then names its version's row (`artefact_id`). A record of a version not listed
+    /// names none.
+    pub versions: Vec<VersionProvenance>,
 }
 
 /// How long the prediction log keeps records. A record is deleted when it is older than
@@ -265,10 +273,17 @@ pub fn spawn_log_writer(
                     })
                 }
             };
-            let sink = match opened {
-                Ok(sink) => {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let opened = opened.and_then(|mut sink| {
+                let ids = sink.register_artefacts(&config.versions, now_ms)?;
+                Ok((sink, ids))
+            });
+            let (sink, artefacts) = match opened {
+                Ok(opened) => {
                     let _ = ready_tx.send(Ok(()));
-                    sink
+                    opened
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -277,6 +292,7 @@ pub fn spawn_log_writer(
             };
             Writer {
                 sink,
+                artefacts,
                 rx,
                 batch_size,
                 commit_interval,
@@ -317,6 +333,8 @@ struct Batch {
 
 struct Writer {
     sink: Box<dyn Sink>,
+    /// Each served version's row of the artefacts table.
+    artefacts: ArtefactIds,
     rx: mpsc::Receiver<Command>,
     batch_size: usize,
     commit_interval: std::time::Duration,
@@ -461,7 +479,7 @@ impl Writer {
             return;
         }
         let records = &batch.records;
-        let ok = match self.sink.write_batch(records) {
+        let ok = match self.sink.write_batch(records, &self.artefacts) {
             Ok(()) => {
                 self.stats
                     .written
@@ -528,6 +546,50 @@ impl Writer {
 /// Opens a read connection to a store written by a writer (for reports and tests).
 pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     sqlite::open(path)
+}
+
+/// Every row of the artefacts table (which artefact each version served, first seen when) in
+/// whichever store `url` names; a SQLite file that does not exist has none.
+pub fn artefacts_at(url: &StoreUrl) -> Result<Vec<StoredArtefact>, StoreError> {
+    match url {
+        StoreUrl::Sqlite(path) if !path.exists() => Ok(Vec::new()),
+        StoreUrl::Sqlite(path) => sqlite_log::artefacts(&sqlite::open(path)?),
+        StoreUrl::Postgres(url) => {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let mut client = pg::connect(&url)?;
+                pg::init(&mut client)?;
+                pg_log::artefacts(&mut client)
+            })
+            .join()
+            .map_err(|_| StoreError::WriterStopped)?
+        }
+    }
+}
+
+/// Whether the store at `url` would let a gateway serving `versions` start: the artefact
+/// check the log writer makes at start ([`StoreError::ArtefactChanged`] naming every
+/// conflict), without recording anything. A SQLite file that does not exist knows nothing.
+pub fn check_artefacts_at(
+    url: &StoreUrl,
+    versions: &[VersionProvenance],
+) -> Result<(), StoreError> {
+    match url {
+        StoreUrl::Sqlite(path) if !path.exists() => Ok(()),
+        StoreUrl::Sqlite(path) => {
+            sqlite_log::register_artefacts(&mut sqlite::open(path)?, versions, 0, false).map(drop)
+        }
+        StoreUrl::Postgres(url) => {
+            let (url, versions) = (url.clone(), versions.to_vec());
+            std::thread::spawn(move || {
+                let mut client = pg::connect(&url)?;
+                pg::init(&mut client)?;
+                pg_log::register_artefacts(&mut client, &versions, 0, false).map(drop)
+            })
+            .join()
+            .map_err(|_| StoreError::WriterStopped)?
+        }
+    }
 }
 
 /// `disagreements` in whichever store `url` names (PostgreSQL is queried from a

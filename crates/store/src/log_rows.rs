@@ -7,8 +7,10 @@
 
 use std::collections::HashMap;
 
+use switchyard_core::provenance::VersionProvenance;
 use switchyard_core::{Aggregates, Feedback, PairRef, Prediction, PredictionRecord, Role, Truth};
 
+use crate::artefacts::ArtefactIds;
 use crate::error::corrupt;
 use crate::StoreError;
 
@@ -55,7 +57,19 @@ pub(crate) type Labelled = (FeedbackOutcome, Vec<(Vec<LogRow>, Feedback)>);
 
 /// Where a writer commits batches: a SQLite file or a PostgreSQL session.
 pub(crate) trait Sink {
-    fn write_batch(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError>;
+    /// Checks the versions this writer serves against the artefacts table and records the new
+    /// ones (see `artefacts`); refuses a changed artefact under a known version name.
+    fn register_artefacts(
+        &mut self,
+        versions: &[VersionProvenance],
+        now_ms: i64,
+    ) -> Result<ArtefactIds, StoreError>;
+    /// Writes the batch in one transaction, each record naming its version's artefact.
+    fn write_batch(
+        &mut self,
+        batch: &[PredictionRecord],
+        artefacts: &ArtefactIds,
+    ) -> Result<(), StoreError>;
     /// Stores feedback and returns, per newly labelled request, every record of it.
     fn feedback(
         &mut self,

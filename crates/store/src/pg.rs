@@ -17,6 +17,8 @@ use crate::StoreError;
 pub(crate) const SCHEMA_LOCK: i64 = 0x5359_0001;
 pub(crate) const AUDIT_LOCK: i64 = 0x5359_0002;
 pub(crate) const CONTROLLER_LOCK: i64 = 0x5359_0003;
+/// Registering versions' artefacts (replicas starting together take turns).
+pub(crate) const ARTEFACTS_LOCK: i64 = 0x5359_0004;
 
 pub(crate) const PG_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS predictions (
@@ -36,9 +38,22 @@ CREATE TABLE IF NOT EXISTS predictions (
     output      TEXT    NOT NULL,
     input       TEXT,
     paired_version TEXT,
-    segments    TEXT
+    segments    TEXT,
+    artefact_id BIGINT
 );
 ALTER TABLE predictions ADD COLUMN IF NOT EXISTS segments TEXT;
+ALTER TABLE predictions ADD COLUMN IF NOT EXISTS artefact_id BIGINT;
+CREATE TABLE IF NOT EXISTS artefacts (
+    id            BIGSERIAL PRIMARY KEY,
+    model         TEXT   NOT NULL,
+    version       TEXT   NOT NULL,
+    artefact_kind TEXT   NOT NULL,
+    artefact      TEXT,
+    git_sha       TEXT,
+    registry      TEXT,
+    first_seen_ms BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS artefacts_version ON artefacts(model, version);
 CREATE INDEX IF NOT EXISTS predictions_request ON predictions(request_id);
 CREATE INDEX IF NOT EXISTS predictions_replica ON predictions(replica, id);
 CREATE TABLE IF NOT EXISTS feedback (

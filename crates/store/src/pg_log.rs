@@ -6,8 +6,10 @@
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, Statement, Transaction};
+use switchyard_core::provenance::{Artefact, VersionProvenance};
 use switchyard_core::{Aggregates, Feedback, Outcome, Prediction, PredictionRecord, Role};
 
+use crate::artefacts::{register, ArtefactIds, ArtefactTx, StoredArtefact};
 use crate::error::corrupt;
 use crate::log_rows::{
     feedback_from_json, feedback_to_json, segments_from_text, segments_to_text, store_feedback,
@@ -31,10 +33,94 @@ const SELECT_STREAMED: &str = "SELECT p.request_id, p.ts_ms, p.model, p.epoch, p
 /// One batch, as one `INSERT … SELECT FROM unnest(arrays)`.
 const INSERT_BATCH: &str = "INSERT INTO predictions
     (replica, request_id, ts_ms, model, epoch, variant, role, version, key_hash, outcome,
-     status, latency_us, output, input, paired_version, segments)
+     status, latency_us, output, input, paired_version, segments, artefact_id)
     SELECT $1, * FROM unnest($2::text[], $3::int8[], $4::text[], $5::int8[], $6::text[],
         $7::text[], $8::text[], $9::int8[], $10::text[], $11::int4[], $12::int8[], $13::text[],
-        $14::text[], $15::text[], $16::text[])";
+        $14::text[], $15::text[], $16::text[], $17::int8[])";
+
+const SELECT_ARTEFACT: &str =
+    "SELECT id, model, version, artefact_kind, artefact, git_sha, registry, first_seen_ms
+     FROM artefacts";
+
+fn row_to_artefact(row: &postgres::Row) -> Result<StoredArtefact, StoreError> {
+    let kind: String = row.try_get(3)?;
+    let artefact =
+        Artefact::from_parts(&kind, row.try_get(4)?).ok_or_else(|| corrupt("artefact", &kind))?;
+    Ok(StoredArtefact {
+        id: row.try_get(0)?,
+        provenance: VersionProvenance {
+            model: row.try_get(1)?,
+            version: row.try_get(2)?,
+            artefact,
+            git_sha: row.try_get(5)?,
+            registry: row.try_get(6)?,
+        },
+        first_seen_ms: row.try_get(7)?,
+    })
+}
+
+/// The artefacts table's two statements inside a PostgreSQL transaction.
+struct PgArtefacts<'a, 'b>(&'a mut Transaction<'b>);
+
+impl ArtefactTx for PgArtefacts<'_, '_> {
+    fn rows_of(&mut self, model: &str, version: &str) -> Result<Vec<StoredArtefact>, StoreError> {
+        self.0
+            .query(
+                &format!("{SELECT_ARTEFACT} WHERE model = $1 AND version = $2 ORDER BY id"),
+                &[&model, &version],
+            )?
+            .iter()
+            .map(row_to_artefact)
+            .collect()
+    }
+
+    fn insert(&mut self, p: &VersionProvenance, now_ms: i64) -> Result<i64, StoreError> {
+        Ok(self
+            .0
+            .query_one(
+                "INSERT INTO artefacts
+                 (model, version, artefact_kind, artefact, git_sha, registry, first_seen_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                &[
+                    &p.model,
+                    &p.version,
+                    &p.artefact.kind(),
+                    &p.artefact.id(),
+                    &p.git_sha,
+                    &p.registry,
+                    &now_ms,
+                ],
+            )?
+            .try_get(0)?)
+    }
+}
+
+/// Checks `versions` against the artefacts table and (with `write`) records the new ones, in
+/// one transaction under an advisory lock, so replicas starting together with different
+/// artefacts under one name cannot both get in.
+pub(crate) fn register_artefacts(
+    client: &mut Client,
+    versions: &[VersionProvenance],
+    now_ms: i64,
+    write: bool,
+) -> Result<ArtefactIds, StoreError> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&pg::ARTEFACTS_LOCK])?;
+    let ids = register(&mut PgArtefacts(&mut tx), versions, now_ms, write)?;
+    if write {
+        tx.commit()?;
+    }
+    Ok(ids)
+}
+
+/// Every row of the artefacts table, oldest first.
+pub(crate) fn artefacts(client: &mut Client) -> Result<Vec<StoredArtefact>, StoreError> {
+    client
+        .query(&format!("{SELECT_ARTEFACT} ORDER BY id"), &[])?
+        .iter()
+        .map(row_to_artefact)
+        .collect()
+}
 
 pub(crate) fn row_to_log_row(row: &postgres::Row) -> Result<LogRow, StoreError> {
     let role: String = row.try_get(5)?;
@@ -191,7 +277,11 @@ impl PgSink {
         Ok(labels.finish())
     }
 
-    fn insert(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError> {
+    fn insert(
+        &mut self,
+        batch: &[PredictionRecord],
+        artefacts: &ArtefactIds,
+    ) -> Result<(), StoreError> {
         let outputs = batch
             .iter()
             .map(|r| serde_json::to_string(&r.output).map_err(|e| corrupt("output", e)))
@@ -221,6 +311,10 @@ impl PgSink {
             .iter()
             .map(|r| segments_to_text(&r.segments))
             .collect::<Result<Vec<_>, _>>()?;
+        let artefact_id: Vec<Option<i64>> = batch
+            .iter()
+            .map(|r| artefacts.get(&r.model, &r.version))
+            .collect();
         let replica = self.replica.clone();
         self.client()?.execute(
             INSERT_BATCH,
@@ -241,6 +335,7 @@ impl PgSink {
                 &input,
                 &paired,
                 &segments,
+                &artefact_id,
             ],
         )?;
         Ok(())
@@ -319,12 +414,24 @@ impl Sink for PgSink {
         Ok(deleted)
     }
 
-    fn write_batch(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError> {
+    fn register_artefacts(
+        &mut self,
+        versions: &[VersionProvenance],
+        now_ms: i64,
+    ) -> Result<ArtefactIds, StoreError> {
+        register_artefacts(self.client()?, versions, now_ms, true)
+    }
+
+    fn write_batch(
+        &mut self,
+        batch: &[PredictionRecord],
+        artefacts: &ArtefactIds,
+    ) -> Result<(), StoreError> {
         // One statement is its own transaction: the batch commits whole or not at all.
-        match self.insert(batch) {
+        match self.insert(batch, artefacts) {
             Err(e) if self.client.is_closed() => {
                 tracing::warn!(error = %e, "PostgreSQL connection lost; reconnecting");
-                self.insert(batch)
+                self.insert(batch, artefacts)
             }
             other => other,
         }

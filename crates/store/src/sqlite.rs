@@ -26,9 +26,21 @@ CREATE TABLE IF NOT EXISTS predictions (
     output      TEXT    NOT NULL,
     input       TEXT,
     paired_version TEXT,
-    segments    TEXT
+    segments    TEXT,
+    artefact_id INTEGER
 );
 CREATE INDEX IF NOT EXISTS predictions_request ON predictions(request_id);
+CREATE TABLE IF NOT EXISTS artefacts (
+    id            INTEGER PRIMARY KEY,
+    model         TEXT    NOT NULL,
+    version       TEXT    NOT NULL,
+    artefact_kind TEXT    NOT NULL,
+    artefact      TEXT,
+    git_sha       TEXT,
+    registry      TEXT,
+    first_seen_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS artefacts_version ON artefacts(model, version);
 CREATE TABLE IF NOT EXISTS feedback (
     request_id  TEXT PRIMARY KEY,
     ts_ms       INTEGER NOT NULL,
@@ -59,21 +71,24 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
-    add_segments_column(&conn)?;
+    add_column(&conn, "segments", "TEXT")?;
+    add_column(&conn, "artefact_id", "INTEGER")?;
     Ok(conn)
 }
 
-/// Logs written before records carried segment values have no `segments` column: it is added
-/// (NULL for the old rows, which then have no segments). Two connections opening the same old
-/// file at once may both try; the loser finds the column there.
-fn add_segments_column(conn: &Connection) -> Result<(), StoreError> {
+/// Logs written before records carried segment values (or named their artefact) lack the
+/// `segments` (`artefact_id`) column: it is added, NULL for the old rows, which then have no
+/// segments (no known artefact). Two connections opening the same old file at once may both
+/// try; the loser finds the column there.
+fn add_column(conn: &Connection, name: &str, sql_type: &str) -> Result<(), StoreError> {
     let present: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('predictions') WHERE name = 'segments'",
-        [],
+        "SELECT COUNT(*) FROM pragma_table_info('predictions') WHERE name = ?1",
+        [name],
         |r| r.get(0),
     )?;
     if present == 0 {
-        if let Err(e) = conn.execute("ALTER TABLE predictions ADD COLUMN segments TEXT", []) {
+        let alter = format!("ALTER TABLE predictions ADD COLUMN {name} {sql_type}");
+        if let Err(e) = conn.execute(&alter, []) {
             if !e.to_string().contains("duplicate column") {
                 return Err(e.into());
             }

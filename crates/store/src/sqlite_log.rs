@@ -5,8 +5,10 @@
 //! other backend.
 
 use rusqlite::{params, Connection, OptionalExtension};
+use switchyard_core::provenance::{Artefact, VersionProvenance};
 use switchyard_core::{Aggregates, Feedback, Outcome, Prediction, PredictionRecord, Role, Truth};
 
+use crate::artefacts::{register, ArtefactIds, ArtefactTx, StoredArtefact};
 use crate::error::corrupt;
 use crate::log_rows::{
     feedback_from_json, feedback_to_json, fold_log, segments_from_text, segments_to_text,
@@ -16,36 +18,92 @@ use crate::log_rows::{
 use crate::wire::{decode_aggregates, encode_aggregates};
 use crate::StoreError;
 
-fn insert_record(
+/// Binds `rec`'s 16 columns to `stmt` from parameter `first` (1-based) on.
+fn bind_record(
     stmt: &mut rusqlite::CachedStatement<'_>,
+    first: usize,
     rec: &PredictionRecord,
+    artefact_id: Option<i64>,
 ) -> Result<(), StoreError> {
     let output = serde_json::to_string(&rec.output).map_err(|e| corrupt("output", e))?;
     let segments = segments_to_text(&rec.segments)?;
-    stmt.execute(params![
-        rec.request_id,
-        rec.ts_ms,
-        rec.model,
-        rec.epoch as i64,
-        rec.variant,
-        rec.role.as_str(),
-        rec.version,
-        rec.key_hash.map(|h| h as i64),
-        rec.outcome.as_str(),
-        rec.status,
-        rec.latency_us as i64,
-        output,
-        rec.input,
-        rec.pair.as_ref().map(|p| p.version.as_str()),
-        segments,
-    ])?;
+    let values: [&dyn rusqlite::ToSql; RECORD_COLUMNS] = [
+        &rec.request_id,
+        &rec.ts_ms,
+        &rec.model,
+        &(rec.epoch as i64),
+        &rec.variant,
+        &rec.role.as_str(),
+        &rec.version,
+        &rec.key_hash.map(|h| h as i64),
+        &rec.outcome.as_str(),
+        &rec.status,
+        &(rec.latency_us as i64),
+        &output,
+        &rec.input,
+        &rec.pair.as_ref().map(|p| p.version.as_str()),
+        &segments,
+        &artefact_id,
+    ];
+    for (i, value) in values.into_iter().enumerate() {
+        stmt.raw_bind_parameter(first + i, value)?;
+    }
     Ok(())
 }
 
-const INSERT_RECORD: &str = "INSERT INTO predictions
+/// Inserts `batch` with as few statements as it takes: [`ROWS_PER_INSERT`] rows per
+/// `INSERT … VALUES (…), (…), …` and one statement per leftover row. A multi-row statement
+/// pays SQLite's per-statement work (reset, the transaction and cursor opcodes) once for all
+/// its rows (BENCHMARKS.md, "Proxy cost").
+fn insert_records(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &[PredictionRecord],
+    artefacts: &ArtefactIds,
+) -> Result<(), StoreError> {
+    let mut chunks = batch.chunks_exact(ROWS_PER_INSERT);
+    if chunks.len() > 0 {
+        let mut stmt = tx.prepare_cached(&INSERT_MANY)?;
+        for chunk in chunks.by_ref() {
+            for (i, rec) in chunk.iter().enumerate() {
+                bind_record(
+                    &mut stmt,
+                    1 + i * RECORD_COLUMNS,
+                    rec,
+                    artefacts.get(&rec.model, &rec.version),
+                )?;
+            }
+            stmt.raw_execute()?;
+        }
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut stmt = tx.prepare_cached(&INSERT_ONE)?;
+        for rec in rest {
+            bind_record(&mut stmt, 1, rec, artefacts.get(&rec.model, &rec.version))?;
+            stmt.raw_execute()?;
+        }
+    }
+    Ok(())
+}
+
+/// Columns written per record.
+const RECORD_COLUMNS: usize = 16;
+/// Rows per multi-row insert (16 × 16 = 256 parameters, far below SQLite's limit).
+const ROWS_PER_INSERT: usize = 16;
+
+const INSERT_COLUMNS: &str = "INSERT INTO predictions
     (request_id, ts_ms, model, epoch, variant, role, version, key_hash, outcome, status,
-     latency_us, output, input, paired_version, segments)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+     latency_us, output, input, paired_version, segments, artefact_id) VALUES ";
+
+/// `(?, ?, …)` × `rows`, for [`INSERT_COLUMNS`].
+fn insert_sql(rows: usize) -> String {
+    let one = format!("({})", vec!["?"; RECORD_COLUMNS].join(", "));
+    format!("{INSERT_COLUMNS}{}", vec![one; rows].join(", "))
+}
+
+static INSERT_ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| insert_sql(1));
+static INSERT_MANY: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| insert_sql(ROWS_PER_INSERT));
 
 const SELECT_RECORD: &str = "SELECT request_id, ts_ms, model, epoch, variant, role, version,
     key_hash, outcome, status, latency_us, output, input, paired_version, segments
@@ -220,21 +278,114 @@ pub fn captured_requests(
 }
 
 /// The log writer's SQLite connection.
+/// The artefacts table's two statements, inside a transaction of a SQLite connection.
+struct SqliteArtefacts<'a>(&'a Connection);
+
+const SELECT_ARTEFACT: &str =
+    "SELECT id, model, version, artefact_kind, artefact, git_sha, registry, first_seen_ms
+     FROM artefacts";
+
+fn row_to_artefact(
+    row: &rusqlite::Row<'_>,
+) -> Result<Result<StoredArtefact, StoreError>, rusqlite::Error> {
+    let kind: String = row.get(3)?;
+    let Some(artefact) = Artefact::from_parts(&kind, row.get(4)?) else {
+        return Ok(Err(corrupt("artefact", kind)));
+    };
+    Ok(Ok(StoredArtefact {
+        id: row.get(0)?,
+        provenance: VersionProvenance {
+            model: row.get(1)?,
+            version: row.get(2)?,
+            artefact,
+            git_sha: row.get(5)?,
+            registry: row.get(6)?,
+        },
+        first_seen_ms: row.get(7)?,
+    }))
+}
+
+impl ArtefactTx for SqliteArtefacts<'_> {
+    fn rows_of(&mut self, model: &str, version: &str) -> Result<Vec<StoredArtefact>, StoreError> {
+        let mut stmt = self.0.prepare_cached(&format!(
+            "{SELECT_ARTEFACT} WHERE model = ?1 AND version = ?2 ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([model, version], row_to_artefact)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row??);
+        }
+        Ok(out)
+    }
+
+    fn insert(&mut self, p: &VersionProvenance, now_ms: i64) -> Result<i64, StoreError> {
+        self.0.execute(
+            "INSERT INTO artefacts
+             (model, version, artefact_kind, artefact, git_sha, registry, first_seen_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                p.model,
+                p.version,
+                p.artefact.kind(),
+                p.artefact.id(),
+                p.git_sha,
+                p.registry,
+                now_ms
+            ],
+        )?;
+        Ok(self.0.last_insert_rowid())
+    }
+}
+
+/// Checks `versions` against the artefacts table and (with `write`) records the new ones, in
+/// one transaction; see [`crate::artefacts`].
+pub(crate) fn register_artefacts(
+    conn: &mut Connection,
+    versions: &[VersionProvenance],
+    now_ms: i64,
+    write: bool,
+) -> Result<ArtefactIds, StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let ids = register(&mut SqliteArtefacts(&tx), versions, now_ms, write)?;
+    if write {
+        tx.commit()?;
+    }
+    Ok(ids)
+}
+
+/// Every row of the artefacts table, oldest first.
+pub fn artefacts(conn: &Connection) -> Result<Vec<StoredArtefact>, StoreError> {
+    let mut stmt = conn.prepare(&format!("{SELECT_ARTEFACT} ORDER BY id"))?;
+    let rows = stmt.query_map([], row_to_artefact)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row??);
+    }
+    Ok(out)
+}
+
 pub(crate) struct SqliteSink(pub(crate) Connection);
 
 impl Sink for SqliteSink {
-    fn write_batch(&mut self, batch: &[PredictionRecord]) -> Result<(), StoreError> {
+    fn register_artefacts(
+        &mut self,
+        versions: &[VersionProvenance],
+        now_ms: i64,
+    ) -> Result<ArtefactIds, StoreError> {
+        register_artefacts(&mut self.0, versions, now_ms, true)
+    }
+
+    fn write_batch(
+        &mut self,
+        batch: &[PredictionRecord],
+        artefacts: &ArtefactIds,
+    ) -> Result<(), StoreError> {
         // IMMEDIATE: take the write lock first (waiting out the busy timeout while the control
         // store's connection writes), never upgrade a read snapshot.
         let tx = self
             .0
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        {
-            let mut stmt = tx.prepare_cached(INSERT_RECORD)?;
-            for rec in batch {
-                insert_record(&mut stmt, rec)?;
-            }
-        }
+        insert_records(&tx, batch, artefacts)?;
         tx.commit()?;
         Ok(())
     }
@@ -438,4 +589,77 @@ pub fn rebuild_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
 pub fn rebuild_aggregates_in_memory(conn: &Connection) -> Result<Aggregates, StoreError> {
     let (rows, feedback) = read_log(conn)?;
     Ok(fold_log(rows, feedback))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use switchyard_core::PairRef;
+
+    /// Record `i`, every optional field set or not by a different residue of `i`, so that the
+    /// rows of one multi-row statement all differ.
+    fn record(i: usize) -> PredictionRecord {
+        PredictionRecord {
+            request_id: format!("req-{i:03}"),
+            ts_ms: 1_700_000_000_000 + i as i64,
+            model: if i.is_multiple_of(2) { "a" } else { "b" }.into(),
+            epoch: i as u64 / 10,
+            variant: format!("variant-{}", i % 3),
+            role: if i % 4 == 3 {
+                Role::Shadow
+            } else {
+                Role::Serving
+            },
+            version: format!("v{}", i % 5),
+            key_hash: (!i.is_multiple_of(3)).then_some(u64::MAX - i as u64),
+            outcome: if i.is_multiple_of(7) {
+                Outcome::UpstreamStatus
+            } else {
+                Outcome::Ok
+            },
+            status: if i.is_multiple_of(7) { 502 } else { 200 },
+            latency_us: 1_000 + i as u64,
+            output: if i.is_multiple_of(2) {
+                Prediction::Classes(vec![format!("c{i}")])
+            } else {
+                Prediction::Values(vec![i as f64 + 0.25])
+            },
+            input: (i % 4 == 1).then(|| format!("{{\"x\":{i}}}")),
+            pair: (i % 4 == 3).then(|| PairRef {
+                version: format!("p{i}"),
+                output: Prediction::None,
+            }),
+            segments: if i.is_multiple_of(5) {
+                Vec::new()
+            } else {
+                vec![("region".into(), format!("r{i}"))]
+            },
+        }
+    }
+
+    /// 37 records: two 16-row statements and five single-row ones, read back field by field
+    /// in order (the reader drops `pair`, whose version is its own column).
+    #[test]
+    fn a_batch_written_by_multi_row_statements_reads_back_row_by_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
+        let batch: Vec<PredictionRecord> = (0..37).map(record).collect();
+        let tx = conn.transaction().unwrap();
+        insert_records(&tx, &batch, &ArtefactIds::default()).unwrap();
+        tx.commit().unwrap();
+        let (rows, feedback) = read_log(&conn).unwrap();
+        assert!(feedback.is_empty());
+        assert_eq!(rows.len(), 37);
+        for (row, written) in rows.iter().zip(&batch) {
+            let mut expected = written.clone();
+            expected.pair = None;
+            assert_eq!(row.record, expected);
+            assert_eq!(
+                row.paired_version,
+                written.pair.as_ref().map(|p| p.version.clone())
+            );
+        }
+    }
 }

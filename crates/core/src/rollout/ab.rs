@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use switchyard_stats::chi2::{sample_ratio_mismatch, SampleRatioMismatch};
 use switchyard_stats::sequential::MsprtConfig;
+use switchyard_stats::stratified::{mantel_haenszel, MantelHaenszel};
 use switchyard_stats::{bayes, power, proportions, ttest, Proportion};
 
 use super::raw::{bp, raw_fields, required};
@@ -16,6 +17,7 @@ use super::{d, frac, unit, Observations, Out, Phase, Recommendation, RolloutStat
 use crate::aggregate::VariantStats;
 use crate::audit::{Details, Severity};
 use crate::routing::{Arm, Strategy, BUCKETS};
+use crate::segments::{Bounded, SegmentStats};
 
 /// What an A/B test measures per arm.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,6 +115,11 @@ pub struct AbSpec {
     /// Mann-Whitney.
     #[serde(default, skip_serializing_if = "MeanTest::is_welch")]
     pub test: MeanTest,
+    /// A segment field the two-arm test is also read within (`stratify_by:`): per value the
+    /// arms' counts, their sample-ratio check and the metric, and the Cochran–Mantel–Haenszel
+    /// test over the values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stratify_by: Option<String>,
 }
 
 /// The test of a continuous primary metric (`mean:<name>`, `abs_error`), variant against the
@@ -324,6 +331,8 @@ raw_fields! {
         approvals: Option<u64>,
         /// A continuous metric's test: `welch` (default) or `mann_whitney`.
         test: Option<String>,
+        /// A segment field to read the test within (two arms; accuracy or error_rate).
+        stratify_by: Option<String>,
     }
 }
 
@@ -486,6 +495,7 @@ impl RawAb {
             bandit: bandit_settings,
             approvals: super::canary::approvals_count(self.approvals),
             test,
+            stratify_by: self.stratify_by.clone(),
         }
     }
 }
@@ -571,6 +581,20 @@ fn bandit_settings(raw: RawBandit, problems: &mut Vec<String>) -> BanditSettings
 
 /// The A/B test's own problems.
 pub(super) fn problems(a: &AbSpec, declared: &[&str], p: &mut Vec<String>) {
+    if let Some(field) = &a.stratify_by {
+        if field.is_empty() {
+            p.push("stratify_by: names a segment field of the model, got ''".into());
+        }
+        if !a.variants.is_empty() || a.bandit.is_some() {
+            p.push("stratify_by: applies to a two-arm A/B test (no variants, not a bandit)".into());
+        }
+        if !matches!(a.metric, AbMetric::Accuracy | AbMetric::ErrorRate) {
+            p.push(format!(
+                "stratify_by: applies to the accuracy and error_rate metrics (what segments keep), not {}",
+                a.metric.name()
+            ));
+        }
+    }
     let others =
         u64::from(a.treatment_weight) + a.variants.iter().map(|v| u64::from(v.weight)).sum::<u64>();
     if a.variants.is_empty() {
@@ -644,6 +668,102 @@ pub struct AbReport {
     pub srm: Option<switchyard_stats::chi2::SampleRatioMismatch>,
     /// Welch test on absolute errors (regression models), treatment − control.
     pub mae_welch: Option<ttest::TTest>,
+    /// With `stratify_by`: the test read within each value of the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stratified: Option<StratifiedAb>,
+}
+
+/// A two-arm test read within the values of one segment field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StratifiedAb {
+    pub field: String,
+    /// One row per value (the bounded values of the field, `other` last when present).
+    pub strata: Vec<Stratum>,
+    /// Over the strata with both arms: the pooled odds ratio (treatment's odds over the
+    /// control's) and the CMH test; `None` while undefined (no discordant outcomes yet).
+    pub mantel_haenszel: Option<MantelHaenszel>,
+}
+
+/// One value of a stratified test's field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stratum {
+    pub value: String,
+    pub control_requests: u64,
+    pub treatment_requests: u64,
+    /// The metric within the value.
+    pub control: Proportion,
+    pub treatment: Proportion,
+    /// The arms' request counts against their weights within the value: a hashed split is
+    /// balanced within every value of a field it does not see.
+    pub srm: Option<SampleRatioMismatch>,
+}
+
+/// The metric of one segment value (the metrics a segment keeps: accuracy and error rate).
+fn segment_metric(s: &SegmentStats, metric: &AbMetric) -> Proportion {
+    match metric {
+        AbMetric::ErrorRate => Proportion {
+            successes: s.errors.min(s.requests),
+            trials: s.requests,
+        },
+        _ => s.correct,
+    }
+}
+
+/// The stratified reading of a two-arm test over `field`.
+fn stratified(
+    a: &AbSpec,
+    field: &str,
+    control: &VariantStats,
+    treatment: &VariantStats,
+) -> StratifiedAb {
+    let empty = Bounded::<SegmentStats>::default();
+    let (c, t) = (
+        control.segments.get(field).unwrap_or(&empty),
+        treatment.segments.get(field).unwrap_or(&empty),
+    );
+    let mut values: Vec<&String> = c.values().keys().chain(t.values().keys()).collect();
+    values.sort();
+    values.dedup();
+    let zero = SegmentStats::default();
+    let mut rows: Vec<(String, &SegmentStats, &SegmentStats)> = values
+        .into_iter()
+        .map(|v| {
+            (
+                v.clone(),
+                c.values().get(v).unwrap_or(&zero),
+                t.values().get(v).unwrap_or(&zero),
+            )
+        })
+        .collect();
+    if c.has_other() || t.has_other() {
+        rows.push(("other".to_string(), c.other(), t.other()));
+    }
+    let wb = f64::from(a.treatment_weight) / f64::from(BUCKETS);
+    let strata: Vec<Stratum> = rows
+        .into_iter()
+        .map(|(value, c, t)| {
+            let observed = [c.requests, t.requests];
+            Stratum {
+                value,
+                control_requests: c.requests,
+                treatment_requests: t.requests,
+                control: segment_metric(c, &a.metric),
+                treatment: segment_metric(t, &a.metric),
+                srm: (observed.iter().sum::<u64>() > 0)
+                    .then(|| {
+                        sample_ratio_mismatch(&observed, &[1.0 - wb, wb], a.srm_threshold).ok()
+                    })
+                    .flatten(),
+            }
+        })
+        .collect();
+    let pairs: Vec<(Proportion, Proportion)> =
+        strata.iter().map(|s| (s.control, s.treatment)).collect();
+    StratifiedAb {
+        field: field.to_string(),
+        mantel_haenszel: mantel_haenszel(&pairs, a.alpha).ok(),
+        strata,
+    }
 }
 
 pub(crate) fn metric_of(stats: &VariantStats, metric: &AbMetric) -> Proportion {
@@ -686,6 +806,10 @@ pub fn ab_report(a: &AbSpec, obs: &Observations) -> AbReport {
             .then(|| sample_ratio_mismatch(&observed, &[1.0 - wb, wb], a.srm_threshold).ok())
             .flatten(),
         mae_welch: ttest::welch_from_moments(&t.abs_error, &c.abs_error).ok(),
+        stratified: a
+            .stratify_by
+            .as_deref()
+            .map(|field| stratified(a, field, &c, &t)),
     }
 }
 

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::external::{self, ExternalGate, RawExternalGate, Tallied};
 use super::raw::{nullable, raw_fields, required};
 use super::{
     d, default_min_p95_increase_ms, frac, opt, rollback, single, Observations, Out, Phase,
@@ -40,6 +41,111 @@ pub struct BlueGreenSpec {
     pub validation_set: Option<String>,
     /// Requests of the replay that must all succeed before anything else is judged.
     pub smoke_requests: u64,
+    /// A bounded-rate burst against green before the switch, with its limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_test: Option<LoadTest>,
+    /// Gates fed from outside, read during the monitoring window (see `rollout::external`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external: Vec<ExternalGate>,
+}
+
+/// The blue-green load test: `rate` requests per second for `duration_ms` (at most
+/// `concurrency` in flight) through green's backend, the validation set's rows in turn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadTest {
+    pub rate: f64,
+    pub duration_ms: u64,
+    pub concurrency: u32,
+    /// Green's p95 during the burst must not exceed this; `None`: not judged.
+    pub max_p95_ms: Option<f64>,
+    /// Fraction of the burst's requests that may fail.
+    pub max_error_rate: f64,
+}
+
+/// What the load test measured (the driver runs it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadTestResult {
+    pub requests: u64,
+    pub errors: u64,
+    pub p95_ms: Option<f64>,
+    /// Wall time of the burst, ms: `requests / elapsed` is the rate achieved.
+    pub elapsed_ms: u64,
+}
+
+/// Default concurrency of the load test.
+pub const DEFAULT_LOAD_CONCURRENCY: u32 = 32;
+/// The most requests one load test may send (rate × duration).
+pub const MAX_LOAD_REQUESTS: u64 = 1_000_000;
+
+impl LoadTest {
+    /// Requests of the burst: `rate × duration`, at least one.
+    pub fn requests(&self) -> u64 {
+        ((self.rate * self.duration_ms as f64 / 1000.0).round() as u64).max(1)
+    }
+
+    /// Why the burst fails its limits (empty: it passes).
+    pub fn failures(&self, r: &LoadTestResult) -> Vec<String> {
+        let mut reasons = Vec::new();
+        let error_rate = if r.requests == 0 {
+            1.0
+        } else {
+            r.errors as f64 / r.requests as f64
+        };
+        if error_rate > self.max_error_rate {
+            reasons.push(format!(
+                "load test: {} of {} requests failed ({:.2}%, limit {:.2}%)",
+                r.errors,
+                r.requests,
+                error_rate * 100.0,
+                self.max_error_rate * 100.0
+            ));
+        }
+        if let (Some(max), Some(p95)) = (self.max_p95_ms, r.p95_ms) {
+            if p95 > max {
+                reasons.push(format!("load test: p95 {p95:.1} ms above {max:.1} ms"));
+            }
+        }
+        reasons
+    }
+
+    fn problems(&self, p: &mut Vec<String>) {
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            p.push(format!(
+                "load_test.rate must be a positive number of requests per second, got {}",
+                self.rate
+            ));
+        } else if self.duration_ms == 0 {
+            p.push("load_test.duration_ms must be at least 1".into());
+        } else if self.requests() > MAX_LOAD_REQUESTS {
+            p.push(format!(
+                "load_test: rate × duration is {} requests, more than {MAX_LOAD_REQUESTS}",
+                self.requests()
+            ));
+        }
+        if self.concurrency == 0 {
+            p.push("load_test.concurrency must be at least 1".into());
+        }
+        if let Some(ms) = self.max_p95_ms {
+            frac("load_test.max_p95_ms", ms, p);
+        }
+        if !(self.max_error_rate.is_finite() && (0.0..=1.0).contains(&self.max_error_rate)) {
+            p.push(format!(
+                "load_test.max_error_rate must be a fraction in [0, 1], got {}",
+                self.max_error_rate
+            ));
+        }
+    }
+}
+
+/// `load_test:` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawLoadTest {
+    /// Requests per second.
+    pub rate: Option<f64>,
+    pub duration_ms: Option<u64>,
+    pub concurrency: Option<u32>,
+    pub max_p95_ms: Option<f64>,
+    pub max_error_rate: Option<f64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -68,6 +174,10 @@ raw_fields! {
         retention_ms: Option<u64>,
         validation_set: Option<String>,
         smoke_requests: Option<u64>,
+        /// `{rate, duration_ms, concurrency, max_p95_ms, max_error_rate}`.
+        load_test: Option<RawLoadTest>,
+        /// External gates of the monitoring window.
+        external: Option<Vec<RawExternalGate>>,
     }
 }
 
@@ -89,6 +199,24 @@ impl RawBlueGreen {
             retention_ms: self.retention_ms.unwrap_or(DEFAULT_RETENTION_MS),
             validation_set: self.validation_set,
             smoke_requests: self.smoke_requests.unwrap_or(10),
+            load_test: self.load_test.map(|l| {
+                if l.rate.is_none() {
+                    problems.push("load_test.rate: required (requests per second)".into());
+                }
+                if l.duration_ms.is_none() {
+                    problems.push("load_test.duration_ms: required".into());
+                }
+                LoadTest {
+                    rate: l.rate.unwrap_or(1.0),
+                    duration_ms: l.duration_ms.unwrap_or(1),
+                    concurrency: l.concurrency.unwrap_or(DEFAULT_LOAD_CONCURRENCY),
+                    max_p95_ms: l.max_p95_ms,
+                    max_error_rate: l.max_error_rate.unwrap_or(0.0),
+                }
+            }),
+            external: self.external.map_or_else(Vec::new, |raw| {
+                external::validate(raw, "external", problems)
+            }),
         }
     }
 }
@@ -115,6 +243,9 @@ pub(super) fn problems(b: &BlueGreenSpec, p: &mut Vec<String>) {
             b.min_p95_increase_ms
         ));
     }
+    if let Some(l) = &b.load_test {
+        l.problems(p);
+    }
 }
 
 pub(super) fn blue_green(b: &BlueGreenSpec, active: Colour) -> Strategy {
@@ -137,7 +268,7 @@ pub(super) fn tick_blue_green(
                 state.reason = Some("validating the candidate".into());
                 return;
             };
-            let details = vec![
+            let mut details = vec![
                 d("smoke_ok", v.smoke_ok),
                 d("samples", v.samples),
                 opt("accuracy", v.accuracy),
@@ -145,6 +276,21 @@ pub(super) fn tick_blue_green(
                 opt("min_accuracy", b.min_accuracy),
                 opt("max_p95_ms", b.max_p95_ms),
             ];
+            if let Some(r) = &v.load_test {
+                details.extend([
+                    d("load_requests", r.requests),
+                    d("load_errors", r.errors),
+                    opt("load_p95_ms", r.p95_ms),
+                    d("load_elapsed_ms", r.elapsed_ms),
+                ]);
+                if let Some(l) = &b.load_test {
+                    details.extend([
+                        d("load_rate", l.rate),
+                        opt("load_max_p95_ms", l.max_p95_ms),
+                        d("load_max_error_rate", l.max_error_rate),
+                    ]);
+                }
+            }
             if !v.passed {
                 out.set(state, single(&b.active));
                 state.phase = Phase::Aborted;
@@ -195,6 +341,25 @@ pub(super) fn tick_blue_green(
             );
         }
         Phase::Monitoring => {
+            match external::tally(&b.external, state, obs) {
+                Tallied::Continue => {}
+                Tallied::Rollback { reason, details } => {
+                    out.event("monitor_failed", reason.clone(), details.clone());
+                    rollback(
+                        state,
+                        out,
+                        blue_green(b, Colour::Blue),
+                        &format!("switched back to blue: {reason}"),
+                        Severity::P0,
+                        details,
+                    );
+                    return;
+                }
+                Tallied::Pause { reason, details } => {
+                    external::pause(state, out, &reason, details);
+                    return;
+                }
+            }
             let green = obs.step_of(&b.candidate);
             let elapsed = (out.now - state.step_started_ms).max(0) as u64;
             let error_rate = green.error_rate().unwrap_or(0.0);
@@ -252,18 +417,26 @@ pub(super) fn tick_blue_green(
                 );
                 return;
             }
-            if green.requests >= b.monitor_min_requests && elapsed >= b.monitor_duration_ms {
-                state.phase = Phase::Retaining;
-                state.reason = Some(format!(
-                    "blue ({}) kept warm for {} ms",
-                    b.active, b.retention_ms
-                ));
-                out.event("monitor_passed", "monitoring window passed", details);
-            } else {
+            let window_done =
+                green.requests >= b.monitor_min_requests && elapsed >= b.monitor_duration_ms;
+            if !window_done {
                 state.reason = Some(format!(
                     "monitoring: {}/{} requests, {elapsed}/{} ms",
                     green.requests, b.monitor_min_requests, b.monitor_duration_ms
                 ));
+                return;
+            }
+            match external::step_passes(&b.external, obs, state.step_started_ms) {
+                Err(waiting) => state.reason = Some(format!("monitoring: {waiting}")),
+                Ok(readings) => {
+                    details.extend(readings);
+                    state.phase = Phase::Retaining;
+                    state.reason = Some(format!(
+                        "blue ({}) kept warm for {} ms",
+                        b.active, b.retention_ms
+                    ));
+                    out.event("monitor_passed", "monitoring window passed", details);
+                }
             }
         }
         Phase::Retaining => {

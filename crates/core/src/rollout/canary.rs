@@ -4,9 +4,12 @@
 //! Its spec ([`CanarySpec`], [`Step`], [`GatePolicy`]; written as [`RawCanary`]), the gate
 //! ([`evaluate_gate`]) and its state machine live here; a shadow chains into one on PROMOTE.
 
-use serde::{Deserialize, Serialize};
-use switchyard_stats::proportions;
+use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+use switchyard_stats::{proportions, Moments, Proportion};
+
+use super::external::{self, ExternalGate, RawExternalGate, Tallied};
 use super::raw::{bp, raw_fields, required};
 use super::{
     d, rollback, single, Observations, Out, Phase, RolloutState, DEFAULT_MIN_P95_INCREASE_MS,
@@ -14,7 +17,7 @@ use super::{
 use crate::aggregate::VariantStats;
 use crate::audit::{Details, Severity};
 use crate::classes::prediction_drift;
-use crate::routing::{Strategy, BUCKETS};
+use crate::routing::{Strategy, Target, BUCKETS};
 use crate::segments::{unpaired_breakdown, RawSegmentGate, SegmentGate};
 
 /// One canary step.
@@ -29,6 +32,25 @@ pub struct Step {
     /// Distinct approvers the step needs when it requires approval.
     #[serde(default = "super::one")]
     pub approvals: u32,
+    /// Serve the candidate only to requests whose segment value matches (`match:`); the
+    /// targeted steps come first, then the steps that serve everyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<StepTarget>,
+}
+
+/// A step's `match: { field: [values] }`: one of the model's segment fields and the values
+/// it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepTarget {
+    pub field: String,
+    pub values: Vec<String>,
+}
+
+impl StepTarget {
+    /// `region=us-west|us-east`.
+    pub fn describe(&self) -> String {
+        format!("{}={}", self.field, self.values.join("|"))
+    }
 }
 
 /// Thresholds of the canary health gate. `None` disables a check.
@@ -66,6 +88,9 @@ pub struct GatePolicy {
     /// more than a limit (this step's canary against the stable). Off unless written.
     #[serde(default)]
     pub segment_gate: Option<SegmentGate>,
+    /// Gates fed from outside (Prometheus queries, webhook checks); see `rollout::external`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external: Vec<ExternalGate>,
 }
 
 impl Default for GatePolicy {
@@ -82,6 +107,7 @@ impl Default for GatePolicy {
             significance: None,
             max_psi: None,
             segment_gate: None,
+            external: Vec::new(),
         }
     }
 }
@@ -99,6 +125,27 @@ pub struct CanarySpec {
     /// manual promotion.
     #[serde(default = "super::one")]
     pub approvals: u32,
+    /// Other models moving with this one (`group:`): each through the same steps, its own
+    /// stable and candidate, its own gate; one routing swap moves them all, and any failure
+    /// rolls them all back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group: Vec<GroupMember>,
+}
+
+/// A model of a rollout group, with its own stable version and candidate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    pub model: String,
+    pub stable: String,
+    pub candidate: String,
+}
+
+/// A group member as written.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawGroupMember {
+    pub model: Option<String>,
+    pub stable: Option<String>,
+    pub candidate: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -114,6 +161,9 @@ pub struct RawStep {
     pub require_approval: Option<bool>,
     /// Distinct approvers this step needs (default: the canary's `approvals`, 1).
     pub approvals: Option<u64>,
+    /// `{ region: [us-west] }`: the step serves the candidate to these requests only.
+    #[serde(rename = "match")]
+    pub matches: Option<BTreeMap<String, Vec<String>>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -137,6 +187,8 @@ pub struct RawGate {
     pub max_psi: Option<f64>,
     /// `{fields, max_accuracy_drop, max_mae_increase, min_samples}`; off unless written.
     pub segment_gate: Option<RawSegmentGate>,
+    /// `[{name, prometheus: {url, query} | webhook: {url}, max | min, interval_ms, ...}]`.
+    pub external: Option<Vec<RawExternalGate>>,
 }
 
 fn some_accuracy_drop() -> Option<f64> {
@@ -166,6 +218,8 @@ raw_fields! {
         rollback_on_deadline: Option<bool>,
         /// Distinct approvers each approval (and a manual promotion) needs.
         approvals: Option<u64>,
+        /// Other models moving with this one: `[{ model, stable, candidate }]`.
+        group: Option<Vec<RawGroupMember>>,
     }
 }
 
@@ -175,7 +229,7 @@ pub const DEFAULT_STEPS: [f64; 4] = [5.0, 25.0, 50.0, 100.0];
 pub const DEFAULT_STEP_REQUESTS: u64 = 100;
 pub const DEFAULT_STEP_DURATION_MS: u64 = 60_000;
 
-fn gate(raw: Option<RawGate>, problems: &mut Vec<String>) -> GatePolicy {
+fn gate(raw: Option<RawGate>, prefix: &str, problems: &mut Vec<String>) -> GatePolicy {
     let d = GatePolicy::default();
     let Some(g) = raw else { return d };
     if let Some(s) = g.significance {
@@ -199,6 +253,9 @@ fn gate(raw: Option<RawGate>, problems: &mut Vec<String>) -> GatePolicy {
         segment_gate: g
             .segment_gate
             .map(|r| r.validate("gate.segment_gate", problems)),
+        external: g.external.map_or_else(Vec::new, |raw| {
+            external::validate(raw, &format!("{prefix}gate.external"), problems)
+        }),
     }
 }
 
@@ -224,6 +281,9 @@ impl RawCanary {
                         min_duration_ms: s.min_duration_ms.unwrap_or(min_duration_ms),
                         require_approval: s.require_approval.unwrap_or(s.approvals.is_some()),
                         approvals: s.approvals.map_or(approvals, |n| approvals_count(Some(n))),
+                        target: s.matches.as_ref().and_then(|m| {
+                            step_target(&format!("{prefix}steps[{i}].match"), m, problems)
+                        }),
                     }
                 })
                 .collect(),
@@ -235,6 +295,7 @@ impl RawCanary {
                     min_duration_ms,
                     require_approval: false,
                     approvals,
+                    target: None,
                 })
                 .collect(),
         };
@@ -247,11 +308,88 @@ impl RawCanary {
                 problems,
             ),
             steps,
-            gate: gate(self.gate, problems),
+            gate: gate(self.gate, prefix, problems),
             step_deadline_ms: self.step_deadline_ms,
             rollback_on_deadline: self.rollback_on_deadline.unwrap_or(false),
             approvals,
+            group: self
+                .group
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let mut field = |value: Option<String>, name: &str| {
+                        value.unwrap_or_else(|| {
+                            problems.push(format!(
+                                "{prefix}group[{i}].{name}: required for a group member"
+                            ));
+                            String::new()
+                        })
+                    };
+                    GroupMember {
+                        model: field(m.model, "model"),
+                        stable: field(m.stable, "stable"),
+                        candidate: field(m.candidate, "candidate"),
+                    }
+                })
+                .collect(),
         }
+    }
+}
+
+/// A step's `match:` as written: one segment field and its values.
+fn step_target(
+    at: &str,
+    written: &BTreeMap<String, Vec<String>>,
+    problems: &mut Vec<String>,
+) -> Option<StepTarget> {
+    if written.len() != 1 {
+        problems.push(format!(
+            "{at}: must name exactly one segment field (e.g. {{ region: [us-west] }}), got {}",
+            written.len()
+        ));
+    }
+    // With several, the first stands for the step, so its order is still checked.
+    let (field, values) = written.iter().next()?;
+    if values.is_empty() || values.iter().any(String::is_empty) {
+        problems.push(format!(
+            "{at}.{field}: must list the values served, none of them empty"
+        ));
+        return None;
+    }
+    let mut values = values.clone();
+    values.sort();
+    values.dedup();
+    Some(StepTarget {
+        field: field.clone(),
+        values,
+    })
+}
+
+/// The routing of step `step` of a canary. A targeted step gives the candidate its weight of
+/// the matching requests and nothing of the rest; a step serving everyone after targeted
+/// ones keeps the highest targeted weight for the matching requests while it is the larger,
+/// so no key leaves the candidate when the target widens.
+pub fn step_strategy(c: &CanarySpec, step: usize) -> Strategy {
+    let this = c.steps.get(step);
+    let weight = this.map_or(BUCKETS, |s| s.weight);
+    let targeted = c
+        .steps
+        .iter()
+        .take(step + 1)
+        .filter_map(|s| s.target.as_ref().map(|t| (t, s.weight)))
+        .max_by_key(|(_, w)| *w);
+    let target = |t: &StepTarget, weight: u32| Target {
+        field: t.field.clone(),
+        values: t.values.clone(),
+        weight,
+    };
+    match (this.and_then(|s| s.target.as_ref()), targeted) {
+        (Some(t), _) => Strategy::targeted_canary(&c.stable, &c.candidate, 0, target(t, weight)),
+        (None, Some((t, top))) if top > weight => {
+            Strategy::targeted_canary(&c.stable, &c.candidate, weight, target(t, top))
+        }
+        _ => Strategy::canary(&c.stable, &c.candidate, weight),
     }
 }
 
@@ -267,7 +405,27 @@ pub(super) fn problems(c: &CanarySpec, p: &mut Vec<String>) {
         p.push("a canary needs at least one step".into());
     }
     let mut last = 0;
+    let mut first_target: Option<&StepTarget> = None;
+    let mut everyone = false;
     for (i, s) in c.steps.iter().enumerate() {
+        match (&s.target, first_target) {
+            (Some(_), _) if everyone => p.push(format!(
+                "steps[{i}].match: targeted steps come first, before the steps that serve everyone"
+            )),
+            (Some(t), Some(first)) if t != first => p.push(format!(
+                "steps[{i}].match: every targeted step matches the same field and values ({}), got {}",
+                first.describe(),
+                t.describe()
+            )),
+            (Some(t), _) => first_target = Some(t),
+            (None, _) => {
+                if first_target.is_some() && !everyone {
+                    // Widening to everyone starts a new ladder of weights.
+                    last = 0;
+                }
+                everyone = true;
+            }
+        }
         if s.weight == 0 || s.weight > BUCKETS {
             p.push(format!(
                 "steps[{i}]: weight must be in (0, 100]%, got {}%",
@@ -287,8 +445,23 @@ pub(super) fn problems(c: &CanarySpec, p: &mut Vec<String>) {
         }
     }
     super::approvals("approvals", c.approvals, p);
+    if !c.group.is_empty() && c.steps.iter().any(|s| s.target.is_some()) {
+        p.push(
+            "group: a group's steps cannot match (each model has its own segment fields)".into(),
+        );
+    }
+    for (i, m) in c.group.iter().enumerate() {
+        if m.stable == m.candidate && !m.stable.is_empty() {
+            p.push(format!(
+                "group[{i}]: the candidate '{}' is the version already serving",
+                m.candidate
+            ));
+        }
+    }
     if c.steps.last().is_some_and(|s| s.weight != BUCKETS) {
         p.push("the last step must send 100% to the candidate".into());
+    } else if c.steps.last().is_some_and(|s| s.target.is_some()) {
+        p.push("the last step must serve everyone (no match)".into());
     }
     gate_problems(&c.gate, p);
 }
@@ -611,6 +784,73 @@ pub fn evaluate_gate(gate: &GatePolicy, canary: &VariantStats, stable: &VariantS
     Verdict::Pass(details)
 }
 
+/// The lead model's verdict combined with every group member's, each judged by the same gate
+/// on its own stable and candidate: the first failure fails the group (its reason naming the
+/// model); a member that is not ready yet holds it; all must pass.
+fn group_verdict(c: &CanarySpec, step: &Step, obs: &Observations, lead: Verdict) -> Verdict {
+    let Verdict::Pass(mut details) = lead else {
+        return lead;
+    };
+    for m in &c.group {
+        let member = obs.members.get(&m.model).cloned().unwrap_or_default();
+        let canary = member.step_of(&m.candidate);
+        if canary.requests < step.min_requests {
+            return Verdict::Hold(format!(
+                "group member {}: the step at {}% needs {} requests, has {}",
+                m.model,
+                f64::from(step.weight) / 100.0,
+                step.min_requests,
+                canary.requests
+            ));
+        }
+        match evaluate_gate(&c.gate, &canary, &member.total_of(&m.stable)) {
+            Verdict::Pass(more) => details.extend(
+                more.into_iter()
+                    .map(|(k, v)| (format!("{}.{k}", m.model), v)),
+            ),
+            Verdict::Hold(reason) => {
+                return Verdict::Hold(format!("group member {}: {reason}", m.model))
+            }
+            Verdict::Fail {
+                reason,
+                severity,
+                details: more,
+            } => {
+                let mut all: Details = vec![d("group_member", m.model.as_str())];
+                all.extend(more);
+                return Verdict::Fail {
+                    reason: format!("group member {}: {reason}", m.model),
+                    severity,
+                    details: all,
+                };
+            }
+        }
+    }
+    Verdict::Pass(details)
+}
+
+/// A version's statistics on the requests a targeted step serves: requests, errors and the
+/// labelled quality (accuracy, absolute errors) summed over the target's values of its field.
+/// Latency, predicted classes and the rest stay the whole arm's (segments do not keep them).
+/// A value past the field's bounded values (counted in `other`) cannot be told apart and is
+/// left out.
+pub(super) fn within(stats: &VariantStats, t: &StepTarget) -> VariantStats {
+    let mut out = stats.clone();
+    out.requests = 0;
+    out.errors = 0;
+    out.correct = Proportion::default();
+    out.abs_error = Moments::default();
+    if let Some(table) = stats.segments.get(&t.field) {
+        for s in t.values.iter().filter_map(|v| table.values().get(v)) {
+            out.requests += s.requests;
+            out.errors += s.errors;
+            out.correct.merge(&s.correct);
+            out.abs_error.merge(&s.abs_error);
+        }
+    }
+    out
+}
+
 pub(super) fn tick_canary(
     c: &CanarySpec,
     state: &mut RolloutState,
@@ -625,19 +865,46 @@ pub(super) fn tick_canary(
     };
     let elapsed = (out.now - state.step_started_ms).max(0) as u64;
     let canary = obs.step_of(&c.candidate);
-    let stable = obs.total_of(&c.stable);
+    let stable = match &step.target {
+        // Like with like: the canary serves only the target's values.
+        Some(t) => within(&obs.total_of(&c.stable), t),
+        None => obs.total_of(&c.stable),
+    };
     let ready = canary.requests >= step.min_requests && elapsed >= step.min_duration_ms;
-    let verdict = if ready {
-        evaluate_gate(&c.gate, &canary, &stable)
-    } else {
-        Verdict::Hold(format!(
+    // External readings count as they come, whether the step is ready or not: a query past
+    // its limit fails the gate at once.
+    let verdict = match external::tally(&c.gate.external, state, obs) {
+        Tallied::Rollback { reason, details } => Verdict::Fail {
+            reason,
+            severity: Severity::P0,
+            details,
+        },
+        Tallied::Pause { reason, details } => {
+            external::pause(state, out, &reason, details);
+            return;
+        }
+        Tallied::Continue if ready => {
+            match group_verdict(c, step, obs, evaluate_gate(&c.gate, &canary, &stable)) {
+                Verdict::Pass(mut details) => {
+                    match external::step_passes(&c.gate.external, obs, state.step_started_ms) {
+                        Ok(more) => {
+                            details.extend(more);
+                            Verdict::Pass(details)
+                        }
+                        Err(waiting) => Verdict::Hold(waiting),
+                    }
+                }
+                other => other,
+            }
+        }
+        Tallied::Continue => Verdict::Hold(format!(
             "step {} needs {} requests and {} ms: has {} requests after {} ms",
             state.step + 1,
             step.min_requests,
             step.min_duration_ms,
             canary.requests,
             elapsed
-        ))
+        )),
     };
     match verdict {
         Verdict::Fail {
@@ -745,36 +1012,41 @@ pub(super) fn tick_canary(
                         vec![],
                     );
                 }
-                Some(next) => advance_canary(c, state, out, next.weight),
+                Some(_) => advance_canary(c, state, out),
             }
         }
     }
 }
 
-pub(super) fn advance_canary(
-    c: &CanarySpec,
-    state: &mut RolloutState,
-    out: &mut Out<'_>,
-    weight: u32,
-) {
+pub(super) fn advance_canary(c: &CanarySpec, state: &mut RolloutState, out: &mut Out<'_>) {
     state.step += 1;
     state.step_started_ms = out.now;
     state.stuck_alerted = false;
     state.phase = Phase::Running;
     state.reason = None;
-    out.set(state, Strategy::canary(&c.stable, &c.candidate, weight));
+    let step = c.steps.get(state.step);
+    let weight = step.map_or(BUCKETS, |s| s.weight);
+    out.set(state, step_strategy(c, state.step));
+    let mut details = vec![
+        d("step", (state.step + 1) as u64),
+        d("weight_percent", f64::from(weight) / 100.0),
+    ];
+    let of = match step.and_then(|s| s.target.as_ref()) {
+        Some(t) => {
+            details.push(d("target", t.describe()));
+            format!(" of {}", t.describe())
+        }
+        None => String::new(),
+    };
     out.event(
         "step_advanced",
         format!(
-            "canary at {}% (step {} of {})",
+            "canary at {}%{of} (step {} of {})",
             f64::from(weight) / 100.0,
             state.step + 1,
             c.steps.len()
         ),
-        vec![
-            d("step", (state.step + 1) as u64),
-            d("weight_percent", f64::from(weight) / 100.0),
-        ],
+        details,
     );
 }
 
@@ -782,7 +1054,6 @@ pub(super) fn advance_canary(
 mod tests {
     use super::*;
     use crate::segments::SegmentStats;
-    use switchyard_stats::Proportion;
 
     /// A version with labelled requests per tester: (tester, correct, labelled).
     fn version(testers: &[(&str, u64, u64)]) -> VariantStats {
@@ -832,5 +1103,49 @@ mod tests {
             }
             other => panic!("expected a failure, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_targeted_step_is_judged_against_stable_on_the_same_values() {
+        // Stable: 95% in us-west, 70% in eu (82.5% overall). The canary serves us-west only
+        // and gets 85% there: better than stable overall, ten points worse where it serves.
+        let mut stable = version(&[("us-west", 950, 1_000), ("eu", 700, 1_000)]);
+        stable.segments = std::iter::once((
+            "region".to_string(),
+            stable.segments.remove("tester").unwrap(),
+        ))
+        .collect();
+        let canary = version(&[("us-west", 170, 200)]);
+        let gate = GatePolicy::default();
+        assert!(matches!(
+            evaluate_gate(&gate, &canary, &stable),
+            Verdict::Pass(_)
+        ));
+        let west = StepTarget {
+            field: "region".into(),
+            values: vec!["us-west".into()],
+        };
+        let restricted = within(&stable, &west);
+        assert_eq!(
+            (
+                restricted.requests,
+                restricted.correct.successes,
+                restricted.correct.trials
+            ),
+            (1_000, 950, 1_000)
+        );
+        match evaluate_gate(&gate, &canary, &restricted) {
+            Verdict::Fail { reason, .. } => assert!(
+                reason.contains("accuracy 85.0% is 10.0 points below stable's 95.0%"),
+                "{reason}"
+            ),
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        // A field the version has no segments for: nothing to compare yet.
+        let tier = StepTarget {
+            field: "tier".into(),
+            values: vec!["gold".into()],
+        };
+        assert_eq!(within(&stable, &tier).correct.trials, 0);
     }
 }

@@ -26,19 +26,20 @@ use switchyard_stats::sequential::SequentialMonitor;
 
 use crate::aggregate::{PairStats, VariantStats};
 use crate::audit::{AuditEvent, Detail, Details, Severity};
-use crate::routing::{Colour, ShadowTarget, Strategy, BUCKETS};
+use crate::routing::{Colour, ShadowTarget, Strategy};
 
 pub(crate) mod ab;
 pub(crate) mod abn;
 pub(crate) mod bandit;
 pub(crate) mod blue_green;
 pub(crate) mod canary;
+pub(crate) mod external;
 pub(crate) mod raw;
 pub(crate) mod shadow;
 
 pub use ab::{
     ab_report, arms_of, AbMetric, AbReport, AbSpec, AbVariant, BanditSettings, Correction,
-    GuardLimit, Guardrail, MeanTest, RawBandit, RawGuardrail, RawVariant,
+    GuardLimit, Guardrail, MeanTest, RawBandit, RawGuardrail, RawVariant, StratifiedAb, Stratum,
     DEFAULT_GUARDRAIL_MIN_SAMPLES,
 };
 pub use abn::{
@@ -46,10 +47,18 @@ pub use abn::{
     value_sample, AbnOutcome, AbnReport, ArmDecision, ArmResult, ArmState, GuardrailCheck,
     MetricValue, PrimaryTest,
 };
-pub use blue_green::BlueGreenSpec;
+pub use blue_green::{
+    BlueGreenSpec, LoadTest, LoadTestResult, RawLoadTest, DEFAULT_LOAD_CONCURRENCY,
+    MAX_LOAD_REQUESTS,
+};
 pub use canary::{
-    evaluate_gate, relative_change, CanarySpec, GatePolicy, Step, Underestimate,
-    UnderestimateCheck, Verdict,
+    evaluate_gate, relative_change, step_strategy, CanarySpec, GatePolicy, GroupMember,
+    RawGroupMember, Step, StepTarget, Underestimate, UnderestimateCheck, Verdict,
+};
+pub use external::{
+    ExternalGate, ExternalReading, ExternalSource, GateTally, Judged, RawExternalGate,
+    RawPrometheus, RawWebhook, Reading, DEFAULT_INCONCLUSIVE_LIMIT, DEFAULT_INTERVAL_MS,
+    DEFAULT_TIMEOUT_MS,
 };
 pub use shadow::{
     shadow_report, LiveAlerts, OutputKind, RegressionTest, ShadowReport, ShadowRules, ShadowSpec,
@@ -96,6 +105,37 @@ impl RolloutSpec {
             RolloutKind::Ab(_) => "ab",
             RolloutKind::BlueGreen(_) => "blue_green",
         }
+    }
+
+    /// The models the rollout routes: its own, then a group's members.
+    pub fn models(&self) -> Vec<&str> {
+        let mut models = vec![self.model.as_str()];
+        if let RolloutKind::Canary(c) = &self.kind {
+            models.extend(c.group.iter().map(|m| m.model.as_str()));
+        }
+        models
+    }
+
+    /// Every model's strategy when the rollout's own model has `lead`: a group member gets the
+    /// same split with its own stable and candidate in place of the rollout's (one entry for a
+    /// rollout that is not a group).
+    pub fn routes(&self, lead: &Strategy) -> Vec<(String, Strategy)> {
+        let mut routes = vec![(self.model.clone(), lead.clone())];
+        if let RolloutKind::Canary(c) = &self.kind {
+            for m in &c.group {
+                let member = lead.with_versions(|v| {
+                    if v == c.stable {
+                        m.stable.clone()
+                    } else if v == c.candidate {
+                        m.candidate.clone()
+                    } else {
+                        v.to_string()
+                    }
+                });
+                routes.push((m.model.clone(), member));
+            }
+        }
+        routes
     }
 
     /// The version serving before the rollout, and the candidate.
@@ -190,7 +230,56 @@ impl RolloutSpec {
         if let Some(g) = chained {
             g.problems("then_canary.gate.segment_gate", declared, &mut p);
         }
+        // A targeted step matches on one of the model's segment fields.
+        let canaries = match &self.kind {
+            RolloutKind::Canary(c) => vec![("", c)],
+            RolloutKind::Shadow(s) => s
+                .then_canary
+                .as_deref()
+                .map(|c| vec![("then_canary.", c)])
+                .unwrap_or_default(),
+            RolloutKind::Ab(_) | RolloutKind::BlueGreen(_) => Vec::new(),
+        };
+        if let RolloutKind::Ab(a) = &self.kind {
+            if let Some(field) = a.stratify_by.as_deref() {
+                if !field.is_empty() && !declared.contains(&field) {
+                    p.push(format!(
+                        "stratify_by: '{field}' is not a segment field of model '{}' (declared: {}); declare it under the model's `segments`",
+                        self.model,
+                        if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+                    ));
+                }
+            }
+        }
+        for (prefix, c) in canaries {
+            for (i, step) in c.steps.iter().enumerate() {
+                if let Some(t) = step.target.as_ref() {
+                    if !declared.contains(&t.field.as_str()) {
+                        p.push(format!(
+                            "{prefix}steps[{i}].match.{}: not a segment field of model '{}' (declared: {}); declare it under the model's `segments`",
+                            t.field,
+                            self.model,
+                            if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+                        ));
+                    }
+                }
+            }
+        }
         p
+    }
+}
+
+/// The external gates the driver must read for a rollout in `state`: a running canary's (and
+/// a blue-green's monitoring window's); none otherwise, so nothing is queried while a rollout
+/// is paused, waits for approval, or has ended.
+pub fn active_external_gates<'a>(
+    spec: &'a RolloutSpec,
+    state: &RolloutState,
+) -> &'a [ExternalGate] {
+    match (&spec.kind, state.phase) {
+        (RolloutKind::Canary(c), Phase::Running) => &c.gate.external,
+        (RolloutKind::BlueGreen(b), Phase::Monitoring) => &b.external,
+        _ => &[],
     }
 }
 
@@ -348,6 +437,9 @@ pub struct RolloutState {
     /// Who asked for a manual promotion that needs several approvers (distinct names, in order).
     #[serde(default)]
     pub promote_requested_by: Vec<String>,
+    /// External gates: what each gate's readings counted so far (by gate name).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub external: BTreeMap<String, GateTally>,
 }
 
 /// Outcome of a blue-green validation run by the driver.
@@ -359,6 +451,9 @@ pub struct Validation {
     pub accuracy: Option<f64>,
     pub p95_ms: Option<f64>,
     pub reason: String,
+    /// The load test's measurements, when the spec asks for one and it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_test: Option<LoadTestResult>,
 }
 
 /// Statistics the driver hands to the state machine.
@@ -375,6 +470,10 @@ pub struct Observations {
     pub pair: Option<PairStats>,
     /// Blue-green: the validation result once it is known.
     pub validation: Option<Validation>,
+    /// A rollout group: each member model's own observations.
+    pub members: BTreeMap<String, Observations>,
+    /// External gates: the latest reading of each (by gate name), as the driver took them.
+    pub external: BTreeMap<String, ExternalReading>,
 }
 
 impl Observations {
@@ -392,6 +491,9 @@ impl Observations {
 pub enum Action {
     /// Install this strategy for the rollout's model, then set `step_epoch` to the new epoch.
     SetStrategy(Strategy),
+    /// A rollout group: install these strategies, one per model (the rollout's own first), in
+    /// one routing swap, then set `step_epoch` to the new epoch.
+    SetStrategies(Vec<(String, Strategy)>),
     Event(AuditEvent),
     Alert {
         severity: Severity,
@@ -500,7 +602,11 @@ impl<'a> Out<'a> {
 
     fn set(&mut self, state: &mut RolloutState, strategy: Strategy) {
         state.strategy = strategy.clone();
-        self.actions.push(Action::SetStrategy(strategy));
+        let action = match self.spec.routes(&strategy) {
+            routes if routes.len() > 1 => Action::SetStrategies(routes),
+            _ => Action::SetStrategy(strategy),
+        };
+        self.actions.push(action);
     }
 }
 
@@ -531,11 +637,7 @@ fn initial_strategy(spec: &RolloutSpec, salt: Option<String>) -> Strategy {
                 sample: s.sample,
             }],
         },
-        RolloutKind::Canary(c) => Strategy::canary(
-            &c.stable,
-            &c.candidate,
-            c.steps.first().map_or(0, |s| s.weight),
-        ),
+        RolloutKind::Canary(c) => step_strategy(c, 0),
         RolloutKind::Ab(a) => ab_strategy(a, salt),
         RolloutKind::BlueGreen(b) => blue_green(b, Colour::Blue),
     }
@@ -572,6 +674,7 @@ pub fn start(spec: &RolloutSpec, now: i64, actor: &str) -> (RolloutState, Vec<Ac
         last_reweight_ms: None,
         approved_by: Vec::new(),
         promote_requested_by: Vec::new(),
+        external: BTreeMap::new(),
     };
     if matches!(spec.kind, RolloutKind::Ab(_)) {
         state.salt = Some(abn::experiment_salt(&spec.name, now));
@@ -589,6 +692,9 @@ pub fn start(spec: &RolloutSpec, now: i64, actor: &str) -> (RolloutState, Vec<Ac
                 "first_step_percent",
                 f64::from(c.steps.first().map_or(0, |s| s.weight)) / 100.0,
             ));
+            if let Some(t) = c.steps.first().and_then(|s| s.target.as_ref()) {
+                details.push(d("target", t.describe()));
+            }
         }
         RolloutKind::Ab(a) if abn::is_extended(a) => {
             if let Some(n) = abn::required_per_arm(a) {
@@ -904,8 +1010,7 @@ pub fn command(
             );
             match &spec.kind {
                 RolloutKind::Canary(c) => {
-                    let weight = c.steps.get(state.step + 1).map_or(BUCKETS, |s| s.weight);
-                    advance_canary(c, &mut next, &mut out, weight);
+                    advance_canary(c, &mut next, &mut out);
                 }
                 RolloutKind::Shadow(s) => {
                     next.phase = Phase::Completed;

@@ -353,6 +353,9 @@ pub(super) fn problems(spec: &RolloutSpec, s: &ShadowSpec, declared: &[&str], p:
     }
     super::approvals("approvals", s.approvals, p);
     if let Some(c) = &s.then_canary {
+        if !c.group.is_empty() {
+            p.push("then_canary.group: a shadow's chained canary moves its own model only".into());
+        }
         let chained = RolloutSpec {
             name: spec.name.clone(),
             model: spec.model.clone(),

@@ -17,7 +17,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use crate::api::{HistoryPoint, RolloutView};
-use switchyard_core::audit::{Alert, AuditEvent, Detail, Severity};
+use switchyard_core::audit::{Alert, AuditEvent, Detail, Details, Severity};
 use switchyard_core::rollout::{
     self, Action, Command, Observations, Phase, RolloutKind, RolloutSpec, RolloutState, Validation,
 };
@@ -30,6 +30,7 @@ use crate::alerts::AlertSender;
 use crate::state::AppState;
 
 mod clock;
+mod external;
 mod history;
 mod validation;
 
@@ -69,6 +70,8 @@ pub struct Controller {
     rollouts: Mutex<BTreeMap<String, Entry>>,
     /// Finished blue-green validations, filled by background tasks.
     validations: Arc<Mutex<HashMap<String, Validation>>>,
+    /// External gates' latest readings, taken by background queries.
+    external: Arc<external::Readings>,
     /// Recent snapshots of each rollout's statistics, for the dashboard's charts.
     history: Mutex<HashMap<String, History>>,
     alerts: AlertSender,
@@ -113,8 +116,12 @@ impl Controller {
         let results = store.result_names()?.into_iter().collect();
         if app.cluster.is_none() {
             for e in rollouts.values() {
-                if app.models.contains_key(&e.spec.model) && !e.state.phase.is_terminal() {
-                    app.swap_strategy(&e.spec.model, e.state.strategy.clone())?;
+                let models = e.spec.models();
+                if models.iter().all(|m| app.models.contains_key(*m))
+                    && !e.state.phase.is_terminal()
+                {
+                    // A group's members too, in the same swap.
+                    app.swap_strategies(e.spec.routes(&e.state.strategy))?;
                     tracing::info!(rollout = %e.spec.name, phase = e.state.phase.as_str(), step = e.state.step, "resumed rollout");
                 }
             }
@@ -124,6 +131,7 @@ impl Controller {
             store: Mutex::new(store),
             rollouts: Mutex::new(rollouts),
             validations: Arc::default(),
+            external: Arc::default(),
             history: Mutex::new(HashMap::new()),
             alerts,
             clock,
@@ -247,6 +255,12 @@ impl Controller {
                 ))
             }
         };
+        if let RolloutKind::Canary(c) = &spec.kind {
+            let problems = self.group_problems(&spec.model, &c.group);
+            if !problems.is_empty() {
+                return Err(ControlError::Invalid(problems));
+            }
+        }
         if let RolloutKind::BlueGreen(b) = &spec.kind {
             if let Some(path) = &b.validation_set {
                 if !self.resolve(path).is_file() {
@@ -258,6 +272,44 @@ impl Controller {
             }
         }
         Ok(spec)
+    }
+
+    /// A group's members against the configuration: each an other model the gateway serves,
+    /// once, with its versions declared.
+    fn group_problems(&self, lead: &str, group: &[rollout::GroupMember]) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut seen = vec![lead];
+        for (i, m) in group.iter().enumerate() {
+            if seen.contains(&m.model.as_str()) {
+                problems.push(format!(
+                    "group[{i}].model: '{}' is already in the rollout",
+                    m.model
+                ));
+                continue;
+            }
+            seen.push(&m.model);
+            let Some(model) = self.app.models.get(&m.model) else {
+                let known: Vec<&str> = self.app.models.keys().map(String::as_str).collect();
+                problems.push(format!(
+                    "group[{i}].model: unknown model '{}' (known: {})",
+                    m.model,
+                    known.join(", ")
+                ));
+                continue;
+            };
+            for (field, v) in [("stable", &m.stable), ("candidate", &m.candidate)] {
+                if !model.config.versions.contains_key(v) {
+                    let declared: Vec<&str> =
+                        model.config.versions.keys().map(String::as_str).collect();
+                    problems.push(format!(
+                        "group[{i}].{field}: unknown version '{v}' of model '{}' (declared: {})",
+                        m.model,
+                        declared.join(", ")
+                    ));
+                }
+            }
+        }
+        problems
     }
 
     /// A path of a spec or an admin request: relative ones against the configuration's
@@ -282,16 +334,20 @@ impl Controller {
                 rollout: spec.name.clone(),
             });
         }
+        // One running rollout per model, counting a group's members.
+        let wanted = spec.models();
         rollouts
             .values()
-            .find(|e| {
-                e.spec.model == spec.model
-                    && !e.state.phase.is_terminal()
-                    && e.spec.name != spec.name
-            })
-            .map(|e| ControlError::Conflict {
-                model: spec.model.clone(),
-                rollout: e.spec.name.clone(),
+            .filter(|e| !e.state.phase.is_terminal() && e.spec.name != spec.name)
+            .find_map(|e| {
+                let busy = e.spec.models();
+                wanted
+                    .iter()
+                    .find(|m| busy.contains(m))
+                    .map(|m| ControlError::Conflict {
+                        model: m.to_string(),
+                        rollout: e.spec.name.clone(),
+                    })
             })
     }
 
@@ -381,11 +437,16 @@ impl Controller {
             self.sample(&entry.spec, &entry.state, &obs, now);
             let (state, actions) = rollout::tick(&entry.spec, &entry.state, &obs, now);
             if state == entry.state && actions.is_empty() {
+                self.external.schedule(&entry.spec, &state, now);
                 continue;
             }
             let name = entry.spec.name.clone();
-            if let Err(e) = self.carry_out(entry.spec, state, actions, false) {
-                tracing::error!(rollout = %name, error = %e, "controller could not record a transition");
+            match self.carry_out(entry.spec.clone(), state.clone(), actions, false) {
+                // The gates the new state reads (none once it has ended) are queried when due.
+                Ok(_) => self.external.schedule(&entry.spec, &state, now),
+                Err(e) => {
+                    tracing::error!(rollout = %name, error = %e, "controller could not record a transition")
+                }
             }
         }
     }
@@ -479,8 +540,21 @@ impl Controller {
     }
 
     fn observe(&self, spec: &RolloutSpec, state: &RolloutState) -> Observations {
-        let mut obs = self.with_aggregates(|agg| observe_in(agg, spec, state));
+        let mut obs = self.with_aggregates(|agg| {
+            let mut obs = observe_in(agg, spec, state);
+            // A group's members: each model's own statistics over the same epochs.
+            for model in spec.models().into_iter().skip(1) {
+                let member = RolloutSpec {
+                    model: model.to_string(),
+                    ..spec.clone()
+                };
+                obs.members
+                    .insert(model.to_string(), observe_in(agg, &member, state));
+            }
+            obs
+        });
         obs.validation = self.validations.lock().get(&spec.name).cloned();
+        obs.external = self.external.latest(&spec.name);
         obs
     }
 
@@ -538,6 +612,29 @@ impl Controller {
     }
 
     /// Carries out actions, then persists the state with its events in one transaction.
+    /// What each of `versions` serves, as audit details: `artefact.<version>` (the full
+    /// SHA-256 or the backend's reported version), and `git_sha.<version>` and
+    /// `registry.<version>` when configured.
+    fn artefact_details(&self, model: &str, versions: &[&str]) -> Details {
+        let Some(runtime) = self.app.models.get(model) else {
+            return Vec::new();
+        };
+        let mut details = Vec::new();
+        for v in versions {
+            let Some(p) = runtime.provenance.get(*v) else {
+                continue;
+            };
+            details.push((format!("artefact.{v}"), Detail::Text(p.artefact.full())));
+            if let Some(g) = &p.git_sha {
+                details.push((format!("git_sha.{v}"), Detail::Text(g.clone())));
+            }
+            if let Some(r) = &p.registry {
+                details.push((format!("registry.{v}"), Detail::Text(r.clone())));
+            }
+        }
+        details
+    }
+
     fn carry_out(
         &self,
         spec: RolloutSpec,
@@ -548,13 +645,33 @@ impl Controller {
         let mut events: Vec<AuditEvent> = Vec::new();
         let mut alerts = Vec::new();
         let mut chained = Vec::new();
-        // The swap's timing and epoch go with the event that follows it (the one naming it).
+        // The swap's timing, epoch and the artefacts it now routes to go with the event that
+        // follows it (the one naming it).
         let mut swap: Option<(u64, u64)> = None;
+        let mut routed: Details = Vec::new();
         for action in actions {
             match action {
-                Action::SetStrategy(strategy) => {
+                Action::SetStrategy(_) | Action::SetStrategies(_) => {
+                    let routes = match action {
+                        Action::SetStrategies(routes) => routes,
+                        Action::SetStrategy(strategy) => vec![(spec.model.clone(), strategy)],
+                        _ => Vec::new(),
+                    };
+                    // The rollout's own model's versions by name; a group member's prefixed
+                    // with its model.
+                    routed = Vec::new();
+                    for (i, (model, strategy)) in routes.iter().enumerate() {
+                        let details = self.artefact_details(model, &strategy.versions());
+                        routed.extend(details.into_iter().map(|(k, v)| {
+                            if i == 0 {
+                                (k, v)
+                            } else {
+                                (format!("{model}.{k}"), v)
+                            }
+                        }));
+                    }
                     let started = Instant::now();
-                    let table = self.app.swap_strategy(&spec.model, strategy)?;
+                    let table = self.app.swap_strategies(routes)?;
                     swap = Some((started.elapsed().as_micros() as u64, table.epoch));
                     state.step_epoch = table.epoch;
                     if first && state.start_epoch == 0 {
@@ -571,6 +688,7 @@ impl Controller {
                         e.details
                             .push(("routing_swap_us".into(), Detail::Num(us as f64)));
                         e.details.push(("epoch".into(), Detail::Num(epoch as f64)));
+                        e.details.append(&mut routed);
                     }
                     events.push(e);
                 }
@@ -607,6 +725,7 @@ impl Controller {
         }
         if state.phase.is_terminal() {
             self.keep_result(&spec, &state);
+            self.external.forget(&spec.name);
         }
         let name = spec.name.clone();
         self.rollouts.lock().insert(name, Entry { spec, state });
@@ -633,6 +752,7 @@ impl Controller {
         };
         let path = b.validation_set.as_deref().map(|p| self.resolve(p));
         let (min_accuracy, max_p95_ms, smoke) = (b.min_accuracy, b.max_p95_ms, b.smoke_requests);
+        let load_test = b.load_test.clone();
         let (name, model, version) = (spec.name.clone(), spec.model.clone(), version.to_string());
         let (task, classes) = (runtime.config.task, runtime.config.classes.clone());
         let results = self.validations.clone();
@@ -647,6 +767,7 @@ impl Controller {
                 smoke,
                 min_accuracy,
                 max_p95_ms,
+                load_test.as_ref(),
             )
             .await;
             results.lock().insert(name, result);

@@ -1,11 +1,14 @@
 //! Blue-green validation: the validation set (and smoke requests) replayed against a backend
-//! that takes no traffic yet, judged against the spec's thresholds.
+//! that takes no traffic yet, judged against the spec's thresholds; then, when the spec asks
+//! for one, a load test: a bounded-rate burst of the validation set's rows (at most
+//! `concurrency` in flight), its p95 and error rate judged against the load test's limits.
 
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
-use switchyard_core::rollout::Validation;
+use switchyard_core::rollout::{LoadTest, LoadTestResult, Validation};
 use switchyard_core::VariantStats;
 
 use crate::backend::Call;
@@ -23,6 +26,7 @@ pub(super) async fn validate(
     smoke: u64,
     min_accuracy: Option<f64>,
     max_p95_ms: Option<f64>,
+    load_test: Option<&LoadTest>,
 ) -> Validation {
     let fail = |reason: String| Validation {
         passed: false,
@@ -31,6 +35,7 @@ pub(super) async fn validate(
         accuracy: None,
         p95_ms: None,
         reason,
+        load_test: None,
     };
     let rows: Vec<(Vec<f32>, String)> = match path {
         Some(p) => match read_validation_set(p) {
@@ -94,17 +99,102 @@ pub(super) async fn validate(
             rows.len()
         ));
     }
+    // The burst only for a candidate that passed the replay.
+    let mut load = None;
+    if let (Some(limits), true) = (load_test, reasons.is_empty()) {
+        let features: Vec<Vec<f32>> = rows.into_iter().map(|(row, _)| row).collect();
+        let result = burst(backend, model, version, task, classes, &features, limits).await;
+        reasons.extend(limits.failures(&result));
+        load = Some(result);
+    }
     Validation {
         passed: reasons.is_empty(),
         smoke_ok: true,
         samples,
         accuracy,
         p95_ms,
+        load_test: load,
         reason: if reasons.is_empty() {
             "all thresholds met".into()
         } else {
             reasons.join("; ")
         },
+    }
+}
+
+/// The load test: `limits.requests()` calls through `backend`, the n-th due `n / rate` seconds
+/// after the first, at most `concurrency` in flight (a call that would pass the bound waits
+/// for one to finish, so an overloaded backend lowers the rate achieved rather than piling up
+/// requests: `elapsed_ms` tells). Each call's latency runs from its send to its answer.
+async fn burst(
+    backend: &crate::backend::Backend,
+    model: &str,
+    version: &str,
+    task: switchyard_core::config::Task,
+    classes: Option<&[String]>,
+    rows: &[Vec<f32>],
+    limits: &LoadTest,
+) -> LoadTestResult {
+    let bodies: Vec<protocol::JsonBody> = rows
+        .iter()
+        .map(|row| {
+            protocol::JsonBody::from_value(protocol::rows_to_request(
+                Wire::V2,
+                std::slice::from_ref(row),
+            ))
+        })
+        .collect();
+    if bodies.is_empty() {
+        return LoadTestResult {
+            requests: 0,
+            errors: 0,
+            p95_ms: None,
+            elapsed_ms: 0,
+        };
+    }
+    let total = limits.requests();
+    let concurrency = limits.concurrency.max(1) as usize;
+    let timeout = backend.timeout();
+    let one = |n: u64| {
+        let body = &bodies[(n % bodies.len() as u64) as usize];
+        async move {
+            let call = Call {
+                wire: Wire::V2,
+                model,
+                version,
+                body,
+                task,
+                classes,
+            };
+            let sent = Instant::now();
+            let ok = backend.call(&call, timeout).await.is_ok();
+            (sent.elapsed().as_micros() as u64, ok)
+        }
+    };
+    let mut latency = VariantStats::default().latency;
+    let (mut errors, mut done, mut sent) = (0u64, 0u64, 0u64);
+    let mut in_flight = FuturesUnordered::new();
+    let started = tokio::time::Instant::now();
+    while done < total {
+        let can_send = sent < total && in_flight.len() < concurrency;
+        let due = started + Duration::from_secs_f64(sent as f64 / limits.rate);
+        tokio::select! {
+            _ = tokio::time::sleep_until(due), if can_send => {
+                in_flight.push(one(sent));
+                sent += 1;
+            }
+            Some((us, ok)) = in_flight.next(), if !in_flight.is_empty() => {
+                latency.record(us);
+                errors += u64::from(!ok);
+                done += 1;
+            }
+        }
+    }
+    LoadTestResult {
+        requests: done,
+        errors,
+        p95_ms: latency.p95().map(|us| us as f64 / 1000.0),
+        elapsed_ms: started.elapsed().as_millis() as u64,
     }
 }
 

@@ -48,6 +48,8 @@ pub struct OnnxModel {
     path: PathBuf,
     n_features: usize,
     kind: ModelKind,
+    /// SHA-256 of the file's bytes as loaded, 64 lowercase hex digits: the version's artefact.
+    sha256: String,
 }
 
 enum Engine {
@@ -60,6 +62,7 @@ impl fmt::Debug for OnnxModel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("OnnxModel");
         d.field("path", &self.path)
+            .field("sha256", &self.sha256)
             .field("n_features", &self.n_features)
             .field("kind", &self.kind);
         match &self.engine {
@@ -141,10 +144,19 @@ impl OnnxModel {
         let bytes = std::fs::read(path).map_err(|e| load_err(e.to_string()))?;
         let proto = pb::ModelProto::decode(&bytes[..])
             .map_err(|e| load_err(format!("not a valid ONNX file: {e}")))?;
-        match load_trees(path, &proto)? {
-            Some(model) => Ok(model),
-            None => load_general(path),
-        }
+        let sha256 = crate::auth::sha256_hex(&bytes);
+        let mut model = match load_trees(path, &proto)? {
+            Some(model) => model,
+            None => load_general(path)?,
+        };
+        model.sha256 = sha256;
+        Ok(model)
+    }
+
+    /// SHA-256 of the file's bytes as loaded (64 lowercase hex digits). tract reads the file
+    /// once more to build its plan; a file replaced between the two reads is not detected.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     /// Number of features (columns) each input row must have.
@@ -239,6 +251,7 @@ fn load_general(path: &Path) -> Result<OnnxModel, OnnxError> {
         path: path.to_owned(),
         n_features,
         kind,
+        sha256: String::new(),
     })
 }
 
@@ -395,6 +408,7 @@ fn load_trees(path: &Path, proto: &pb::ModelProto) -> Result<Option<OnnxModel>, 
         path: path.to_owned(),
         n_features,
         kind,
+        sha256: String::new(),
     }))
 }
 

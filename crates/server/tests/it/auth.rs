@@ -45,7 +45,7 @@ fn config(url: &str, credentials: &[String], data_plane_require: bool) -> String
 fn credential(name: &str, roles: &str) -> String {
     format!(
         "{{ name: {name}, roles: [{roles}], token_sha256: \"{}\" }}",
-        sha256_hex(&token(name))
+        sha256_hex(token(name))
     )
 }
 

@@ -500,10 +500,25 @@ models:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_response_of_a_concurrent_burst_is_logged() {
+    // The default: connections on the data-plane threads (one per tokio worker).
+    concurrent_burst_is_logged("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_of_a_burst_is_logged_on_three_data_plane_threads_or_on_the_shared_runtime()
+{
+    concurrent_burst_is_logged("runtime: { data_plane_threads: 3 }").await;
+    concurrent_burst_is_logged("runtime: { data_plane_threads: 0 }").await;
+}
+
+/// 16 connections × 125 requests with a 50% shadow: every response answered 200 and logged,
+/// every mirror logged, nothing dropped, the log complete after a graceful shutdown.
+async fn concurrent_burst_is_logged(runtime: &str) {
     let primary = MockModel::start(1).await;
     let shadow = MockModel::start(0).await;
     let yaml = format!(
         r#"
+{runtime}
 log: {{ queue_capacity: 100000, batch_size: 512 }}
 shadow: {{ queue_capacity: 100000, concurrency: 32 }}
 models:
@@ -1093,4 +1108,148 @@ models:
         (1, 0),
         "refusals never reach the model's numbers"
     );
+}
+
+/// A bare HTTP/1.1 model server on a raw socket that counts its connections, answers every
+/// request with a one-label OIP answer naming the request's `data[0]`, and either keeps the
+/// connection open or closes it after each answer (`Connection: close`).
+async fn raw_backend(close_each: bool) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let connections = std::sync::Arc::new(AtomicU64::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut inferred = false;
+                loop {
+                    // One request: the head, then content-length bytes of body.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < head_end + length {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let close = if close_each {
+                        "connection: close\r\n"
+                    } else {
+                        ""
+                    };
+                    // Origin-form targets only, as uvicorn (MLServer) expects.
+                    let response = if head.starts_with("post /") {
+                        // The connections that carried inference are the ones counted (the
+                        // gateway's start-up metadata question comes on its own).
+                        if !inferred {
+                            inferred = true;
+                            counted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let body: Value =
+                            serde_json::from_slice(&buf[head_end..head_end + length]).unwrap();
+                        let label = body["inputs"][0]["data"][0].as_f64().unwrap() as i64;
+                        let answer = json!({"outputs": [{"name": "label", "shape": [1], "datatype": "INT64", "data": [label]}]}).to_string();
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{close}\r\n{answer}",
+                            answer.len()
+                        )
+                    } else {
+                        format!("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n{close}\r\n")
+                    };
+                    buf.drain(..head_end + length);
+                    if stream.write_all(response.as_bytes()).await.is_err() || close_each {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, connections)
+}
+
+/// The data plane's own backend connections (`conn_pool`): a backend that keeps connections
+/// open gets at most one per data-plane thread for requests sent one after another; one
+/// that closes each connection after its answer gets a fresh connection for every request and
+/// no request fails; concurrent requests each get their own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_connections_are_reused_and_a_closed_one_is_replaced() {
+    use std::sync::atomic::Ordering;
+    for close_each in [false, true] {
+        let (url, connections) = raw_backend(close_each).await;
+        let yaml = format!(
+            r#"
+runtime: {{ data_plane_threads: 2 }}
+models:
+  m:
+    task: classification
+    versions:
+      v1: {{ url: "{url}" }}
+    serve: {{ kind: single, version: v1 }}
+"#
+        );
+        let tg = TestGateway::start(&yaml).await;
+        // One client connection, one after another.
+        for i in 0..30 {
+            let r = tg
+                .client
+                .post_json(&tg.url("/v2/models/m/infer"), &[], &oip_row(&[i as f64]))
+                .await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            let answer: Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(
+                answer["outputs"][0]["data"][0], i,
+                "close_each {close_each}"
+            );
+        }
+        let opened = connections.load(Ordering::SeqCst);
+        if close_each {
+            assert_eq!(opened, 30, "a closed connection is never reused");
+        } else {
+            // The test's client may open a second connection (its pool races a new connect
+            // with the return of the idle one), landing on the other data-plane thread.
+            assert!(
+                (1..=2).contains(&opened),
+                "{opened} backend connections for 30 requests: at most one per thread"
+            );
+        }
+        // Concurrent: 8 client connections, each answer its own.
+        let tasks: Vec<_> = (0..8)
+            .map(|t| {
+                let client = tg.client.clone();
+                let url = tg.url("/v2/models/m/infer");
+                tokio::spawn(async move {
+                    for i in 0..25 {
+                        let x = 1000 * (t + 1) + i;
+                        let r = client.post_json(&url, &[], &oip_row(&[x as f64])).await;
+                        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                        let answer: Value = serde_json::from_slice(&r.body).unwrap();
+                        assert_eq!(answer["outputs"][0]["data"][0], x);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        tg.gateway.shutdown().await.unwrap();
+    }
 }

@@ -4,7 +4,6 @@
 //! inputs get the right status codes and count nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
@@ -14,7 +13,11 @@ use switchyard_server::grpc_wire::inference::model_infer_request::InferInputTens
 use switchyard_server::grpc_wire::inference::{InferTensorContents, ModelInferRequest};
 use tonic::transport::Channel;
 
-use crate::support::{eventually, repo_root, TestGateway};
+use switchyard_server::auth::sha256_hex;
+use switchyard_server::grpc_wire::inference::ServerLiveRequest;
+
+use crate::support::pki::{chain, Ca};
+use crate::support::{eventually, run_tool, TestGateway};
 
 const ROW: [f32; 8] = [1.0, 50.0, 2.0, 40.0, 1.0, 2.0, 1.0, 1000.0];
 
@@ -73,36 +76,23 @@ models:
 "#;
     let tg = TestGateway::start(yaml).await;
     let host = tg.gateway.grpc_addr.unwrap().to_string();
-    let script = repo_root().join("tools/oip_grpc_client_check.py");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .args([host.as_str(), "yield", "8"])
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the OIP gRPC client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for line in [
-        "live ok",
-        "ready ok",
-        "model ready ok",
-        "server metadata ok",
-        "model metadata ok",
-        "raw infer ok",
-        "typed infer ok",
-        "pinned infer ok v2",
-        "error ok",
-        "bad inputs ok",
-    ] {
-        assert!(stdout.contains(line), "missing '{line}' in:\n{stdout}");
-    }
+    run_tool(
+        "oip_grpc_client_check.py",
+        &[host.as_str(), "yield", "8"],
+        &[
+            "live ok",
+            "ready ok",
+            "model ready ok",
+            "server metadata ok",
+            "model metadata ok",
+            "raw infer ok",
+            "typed infer ok",
+            "pinned infer ok v2",
+            "error ok",
+            "bad inputs ok",
+        ],
+    )
+    .await;
     tg.gateway.state.log.flush().await.unwrap();
     let agg = tg.gateway.state.log.aggregates().lock().clone();
     let served: u64 = agg.series.values().map(|s| s.requests).sum();
@@ -345,4 +335,171 @@ models:
         .lock()
         .variant("yield", "v1", Role::Serving, |_| true);
     assert_eq!((s.requests, s.errors), (1, 0), "refusals never count");
+}
+
+/// A gRPC client over TLS trusting `ca` only (HTTP/2 by ALPN).
+async fn grpc_tls_client(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+) -> Result<GrpcInferenceServiceClient<Channel>, String> {
+    let mut tls = crate::support::pki::trusting(&[&ca.der]);
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnector::from((http, tls));
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| chain(&e))?;
+    Ok(GrpcInferenceServiceClient::new(channel))
+}
+
+/// `grpc_listen` with `tls:` serves gRPC over TLS only; a gateway reaches it as an `oip-grpc`
+/// backend at an `https://` URL with the CA in `ca_file` (and is refused without it); a
+/// standard client (tritonclient) calls it over TLS with a bearer token in its metadata, and
+/// without the token is refused as unauthenticated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_tls_serves_trusting_clients_and_gateways_with_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("switchyard gRPC CA");
+    let (cert, key) = ca.leaf("gateway").write(dir.path());
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let token = "tok-ines-0123456789";
+    let upstream = TestGateway::start(&format!(
+        r#"
+grpc_listen: 127.0.0.1:0
+tls: {{ cert: "{cert}", key: "{key}" }}
+auth:
+  credentials:
+    - {{ name: ines, roles: [inference], token_sha256: "{sha}" }}
+  data_plane: {{ require: true }}
+models:
+  yield:
+    versions:
+      v1: {{ onnx: models/yield_v1.onnx }}
+    serve: {{ kind: single, version: v1 }}
+"#,
+        cert = cert.display(),
+        key = key.display(),
+        sha = sha256_hex(token),
+    ))
+    .await;
+    let grpc = upstream.gateway.grpc_addr.unwrap();
+
+    // A Rust client trusting the CA: the token gets an answer, no token a refusal.
+    let mut client = grpc_tls_client(grpc, &ca).await.unwrap();
+    let mut request = tonic::Request::new(infer_request("yield", &[ROW.to_vec()], true));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let answer = client.model_infer(request).await.unwrap().into_inner();
+    assert_eq!(answer.model_name, "yield");
+    let refused = client
+        .model_infer(infer_request("yield", &[ROW.to_vec()], true))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    // A client trusting another CA fails the handshake; a plaintext HTTP/2 client gets no
+    // answer from the TLS port.
+    let stranger = Ca::new("another CA");
+    let err = grpc_tls_client(grpc, &stranger).await.unwrap_err();
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    let plain = async {
+        let mut c = GrpcInferenceServiceClient::connect(format!("http://{grpc}")).await?;
+        c.server_live(ServerLiveRequest {})
+            .await
+            .map_err(|s| Box::new(s) as Box<dyn std::error::Error + Send + Sync>)
+    };
+    let plain = tokio::time::timeout(Duration::from_secs(30), plain)
+        .await
+        .expect("a plaintext client is answered or dropped, not left hanging");
+    assert!(plain.is_err(), "plaintext gRPC was served: {plain:?}");
+
+    // tritonclient (gRPC, ssl=True with the CA as its root) with and without the token.
+    let (host, ca_arg) = (
+        format!("127.0.0.1:{}", grpc.port()),
+        ca_file.display().to_string(),
+    );
+    run_tool(
+        "oip_grpc_tls_check.py",
+        &[host.as_str(), "yield", ca_arg.as_str(), token],
+        &["tls live ok", "tls infer ok", "tls unauthenticated ok"],
+    )
+    .await;
+
+    upstream.gateway.shutdown().await.unwrap();
+
+    // A gateway whose backend is such an endpoint (without auth) over https: trusted with
+    // `ca_file`, refused (502 naming the unknown issuer) without.
+    let open = TestGateway::start(&format!(
+        r#"
+grpc_listen: 127.0.0.1:0
+tls: {{ cert: "{cert}", key: "{key}" }}
+models:
+  yield:
+    versions:
+      v1: {{ onnx: models/yield_v1.onnx }}
+    serve: {{ kind: single, version: v1 }}
+"#,
+        cert = cert.display(),
+        key = key.display(),
+    ))
+    .await;
+    let grpc = open.gateway.grpc_addr.unwrap();
+    let front = TestGateway::start(&format!(
+        r#"
+models:
+  trusted:
+    versions:
+      v1: {{ url: "https://{grpc}", protocol: oip-grpc, remote_model: yield, ca_file: "{ca}" }}
+    serve: {{ kind: single, version: v1 }}
+  untrusted:
+    versions:
+      v1: {{ url: "https://{grpc}", protocol: oip-grpc, remote_model: yield }}
+    serve: {{ kind: single, version: v1 }}
+"#,
+        ca = ca_file.display(),
+    ))
+    .await;
+    let body =
+        json!({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32", "data": ROW}]});
+    let r = front
+        .client
+        .post_json(&front.url("/v2/models/trusted/infer"), &[], &body)
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // The same row asked of the endpoint directly.
+    let direct = grpc_tls_client(grpc, &ca)
+        .await
+        .unwrap()
+        .model_infer(infer_request("yield", &[ROW.to_vec()], true))
+        .await
+        .unwrap()
+        .into_inner();
+    let at = direct
+        .outputs
+        .iter()
+        .position(|o| o.name == "label")
+        .unwrap();
+    let direct_label = i64::from_le_bytes(direct.raw_output_contents[at][..8].try_into().unwrap());
+    let answer = r.json();
+    let label = answer["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "label")
+        .unwrap()["data"]
+        .clone();
+    assert_eq!(label, json!([direct_label]), "{answer}");
+    let r = front
+        .client
+        .post_json(&front.url("/v2/models/untrusted/infer"), &[], &body)
+        .await;
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    let message = r.json()["error"].as_str().unwrap().to_string();
+    assert!(message.contains("UnknownIssuer"), "{message}");
+    front.gateway.shutdown().await.unwrap();
+    open.gateway.shutdown().await.unwrap();
 }

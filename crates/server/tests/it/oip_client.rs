@@ -4,9 +4,7 @@
 //! the binary tensor data extension's binary inputs and outputs (`binary_data=True`), which
 //! answer exactly what JSON does.
 
-use std::process::Command;
-
-use crate::support::{repo_root, TestGateway};
+use crate::support::{run_tool, TestGateway};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standard_oip_client_uses_the_gateway_as_a_model_server() {
@@ -20,34 +18,21 @@ models:
 "#;
     let tg = TestGateway::start(yaml).await;
     let host = tg.gateway.addr.to_string();
-    let script = repo_root().join("tools/oip_client_check.py");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("python3")
-            .arg(script)
-            .args([host.as_str(), "yield", "8"])
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the OIP client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for line in [
-        "live ok",
-        "ready ok",
-        "model metadata ok",
-        "infer ok",
-        "pinned infer ok v2",
-        "error ok",
-        "binary infer ok",
-        "pinned binary infer ok v2",
-    ] {
-        assert!(stdout.contains(line), "missing '{line}' in:\n{stdout}");
-    }
+    run_tool(
+        "oip_client_check.py",
+        &[host.as_str(), "yield", "8"],
+        &[
+            "live ok",
+            "ready ok",
+            "model metadata ok",
+            "infer ok",
+            "pinned infer ok v2",
+            "error ok",
+            "binary infer ok",
+            "pinned binary infer ok v2",
+        ],
+    )
+    .await;
     // The client's requests were served and logged like any other.
     tg.gateway.state.log.flush().await.unwrap();
     let agg = tg.gateway.state.log.aggregates().lock().clone();

@@ -117,6 +117,16 @@ fn refusal<T: std::fmt::Debug>(answer: Result<T, ClientError>) -> (u16, ErrorDet
 
 /// Sends `n` requests (8 at a time), then the ground truth for each.
 async fn traffic(tg: &TestGateway, round: u64, n: u64) {
+    traffic_with(tg, round, n, |_| None).await
+}
+
+/// [`traffic`] with an `x-region` header chosen by the request's number.
+async fn traffic_with(
+    tg: &TestGateway,
+    round: u64,
+    n: u64,
+    region: fn(u64) -> Option<&'static str>,
+) {
     let tasks: Vec<_> = (0..8)
         .map(|t| {
             let client = tg.client.clone();
@@ -127,7 +137,12 @@ async fn traffic(tg: &TestGateway, round: u64, n: u64) {
                     let i = round * 10_000 + k;
                     let id = format!("r{i}");
                     let body = json!({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [i as f64]}]});
-                    let r = client.post_json(&url, &[("x-key", &format!("key-{i}")), ("x-request-id", &id)], &body).await;
+                    let key = format!("key-{i}");
+                    let mut headers = vec![("x-key", key.as_str()), ("x-request-id", id.as_str())];
+                    if let Some(r) = region(i) {
+                        headers.push(("x-region", r));
+                    }
+                    let r = client.post_json(&url, &headers, &body).await;
                     assert!(r.status == 200 || r.status == 502, "{}", r.status);
                     labels.push(json!({"request_id": id, "label": truth(i)}));
                 }
@@ -1303,4 +1318,374 @@ async fn old_routing_epochs_fold_together_and_a_finished_report_stays_as_it_ende
     let later = admin.report("tt-short").await.unwrap();
     assert_eq!(later.versions, ended.versions);
     assert_eq!(later.analysis, ended.analysis);
+}
+
+/// Even requests come from us-west, odd ones from eu.
+fn west_or_eu(i: u64) -> Option<&'static str> {
+    Some(if i.is_multiple_of(2) { "us-west" } else { "eu" })
+}
+
+/// Which version served each of `n` probe keys (region by [`west_or_eu`]), keyed by
+/// (region, key).
+async fn probe(tg: &TestGateway, n: u64) -> std::collections::BTreeMap<(String, u64), String> {
+    let mut served = std::collections::BTreeMap::new();
+    for i in 0..n {
+        let region = west_or_eu(i).unwrap();
+        let r = tg
+            .client
+            .post_json(
+                &tg.url("/v2/models/m/infer"),
+                &[("x-key", &format!("probe-{i}")), ("x-region", region)],
+                &support::oip_row(&[i as f64]),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+        served.insert(
+            (region.to_string(), i),
+            r.header("x-switchyard-model-version").to_string(),
+        );
+    }
+    served
+}
+
+fn count(served: &std::collections::BTreeMap<(String, u64), String>, region: &str) -> u64 {
+    served
+        .iter()
+        .filter(|((r, _), v)| r == region && *v == "candidate")
+        .count() as u64
+}
+
+/// The seed's regional canary: us-west first (half of it, then all of it), then everyone at
+/// 20% with us-west kept, then 100%. Counted on the answers: at step 1 no eu request reaches
+/// the candidate; no key ever leaves the candidate once it got there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_targeted_canary_serves_us_west_first_then_widens_without_moving_keys_back() {
+    let _serial = SERIAL.lock().await;
+    // Both always right: this test counts routing, not quality. (A model wrong on every 10th
+    // request it serves is 90% right overall but not within a region: while the gate compares
+    // us-west only, stable's share of the wrong answers that fall on us-west requests depends
+    // on arrival order, and the accuracy gate then rolled back identical models now and then.)
+    let stable = QualityModel::start(100, 0, 0).await;
+    let candidate = QualityModel::start(100, 0, 0).await;
+    let yaml = format!(
+        r#"
+models:
+  m:
+    routing_key: {{ header: x-key }}
+    segments: {{ region: {{ header: x-region }} }}
+    versions:
+      stable: {{ url: "{}" }}
+      candidate: {{ url: "{}" }}
+    serve: {{ kind: single, version: stable }}
+"#,
+        stable.url, candidate.url
+    );
+    let tg = TestGateway::start(&yaml).await;
+    let spec = r#"
+name: west-first
+model: m
+kind: canary
+stable: stable
+candidate: candidate
+min_requests: 20
+min_duration_ms: 60000
+gate: { min_labelled: 15, max_p95_increase: null }
+steps:
+  - { weight: 50, match: { region: [us-west] } }
+  - { weight: 100, match: { region: [us-west] } }
+  - { weight: 20 }
+  - { weight: 100 }
+"#;
+    let r = tg
+        .admin()
+        .send(Method::POST, "/rollouts", Some(spec.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+
+    // Step 1, counted: eu never reaches the candidate, about half of us-west does.
+    let step1 = probe(&tg, 400).await;
+    assert_eq!(count(&step1, "eu"), 0, "{step1:?}");
+    let west = count(&step1, "us-west");
+    assert!(
+        (60..=140).contains(&west),
+        "us-west on the candidate: {west} of 200"
+    );
+    let events = tg.events("west-first").await;
+    assert!(events.iter().any(|e| e.kind == "started"), "{events:?}");
+
+    let mut seen = vec![(1usize, step1)];
+    for round in 0..30 {
+        traffic_with(&tg, round, 160, west_or_eu).await;
+        tg.tick(61_000).await;
+        let view = phase(&tg, "west-first").await;
+        if matches!(view.phase, Phase::RolledBack | Phase::Aborted) {
+            panic!("{view:?}");
+        }
+        let step = if view.phase == Phase::Completed {
+            5
+        } else {
+            view.step
+        };
+        if seen.last().is_some_and(|(s, _)| *s != step) {
+            seen.push((step, probe(&tg, 400).await));
+        }
+        if view.phase == Phase::Completed {
+            break;
+        }
+    }
+    let steps: Vec<usize> = seen.iter().map(|(s, _)| *s).collect();
+    assert_eq!(steps[..3], [1, 2, 3], "steps probed: {steps:?}");
+    assert_eq!(steps.last(), Some(&5), "completed: {steps:?}");
+    let at = |i: usize| &seen[i].1;
+    // Step 2: all of us-west, none of eu.
+    assert_eq!((count(at(1), "us-west"), count(at(1), "eu")), (200, 0));
+    // Step 3: us-west kept whole, eu at about 20%.
+    assert_eq!(count(at(2), "us-west"), 200);
+    let eu = count(at(2), "eu");
+    assert!(
+        (15..=70).contains(&eu),
+        "eu on the candidate at 20%: {eu} of 200"
+    );
+    // Promoted: everyone.
+    let last = seen.len() - 1;
+    assert_eq!(
+        (count(at(last), "us-west"), count(at(last), "eu")),
+        (200, 200)
+    );
+    // No key ever went back.
+    for pair in seen.windows(2) {
+        for (key, version) in &pair[0].1 {
+            if version == "candidate" {
+                assert_eq!(
+                    pair[1].1[key], "candidate",
+                    "{key:?} moved back at step {}",
+                    pair[1].0
+                );
+            }
+        }
+    }
+    let advanced: Vec<String> = tg
+        .events("west-first")
+        .await
+        .into_iter()
+        .filter(|e| e.kind == "step_advanced")
+        .map(|e| e.message)
+        .collect();
+    assert!(
+        advanced[0].contains("canary at 100% of region=us-west (step 2 of 4)"),
+        "{advanced:?}"
+    );
+    audit_ok(&tg).await;
+}
+
+/// A stratified A/B through the gateway: the report holds, per region, both arms' requests
+/// (as sent), their rates and sample-ratio test, and the CMH reading, in JSON and in text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stratified_ab_reports_each_region_and_the_cmh_test() {
+    let _serial = SERIAL.lock().await;
+    let control = QualityModel::start(80, 0, 0).await;
+    let treatment = QualityModel::start(90, 0, 0).await;
+    let yaml = format!(
+        r#"
+models:
+  m:
+    routing_key: {{ header: x-key }}
+    segments: {{ region: {{ header: x-region }} }}
+    versions:
+      a: {{ url: "{}" }}
+      b: {{ url: "{}" }}
+    serve: {{ kind: single, version: a }}
+"#,
+        control.url, treatment.url
+    );
+    let tg = TestGateway::start(&yaml).await;
+    let spec = "name: strat\nmodel: m\nkind: ab\ncontrol: a\ntreatment: b\nbaseline: 0.8\nmde: 0.1\nstratify_by: region\n";
+    let r = tg
+        .admin()
+        .send(Method::POST, "/rollouts", Some(spec.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    traffic_with(&tg, 0, 320, west_or_eu).await;
+    let report = tg.admin().report("strat").await.unwrap();
+    let ab = report.analysis.ab.unwrap().report.unwrap();
+    let st = ab.stratified.expect("stratified");
+    assert_eq!(st.field, "region");
+    let per_region: Vec<(&str, u64)> = st
+        .strata
+        .iter()
+        .map(|s| (s.value.as_str(), s.control_requests + s.treatment_requests))
+        .collect();
+    assert_eq!(per_region, vec![("eu", 160), ("us-west", 160)]);
+    for s in &st.strata {
+        assert_eq!(
+            s.control.trials, s.control_requests,
+            "every request labelled"
+        );
+        assert!(
+            s.srm.is_some() && s.control.trials > 0 && s.treatment.trials > 0,
+            "{s:?}"
+        );
+    }
+    let mh = st
+        .mantel_haenszel
+        .expect("defined with both outcomes in both arms");
+    assert_eq!(mh.strata, 2);
+    assert!(
+        mh.ci_low < mh.odds_ratio && mh.odds_ratio < mh.ci_high,
+        "{mh:?}"
+    );
+    let text = tg.admin().report_as("strat", "text").await.unwrap();
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("Strata: region"), "{text}");
+    assert!(
+        text.contains("within region (MH odds ratio B/A, 95% CI, CMH p)"),
+        "{text}"
+    );
+}
+
+/// The seed's "canary both models together — feature extractor + classifier — and if either
+/// fails, roll back both": a group moves `m` and `feat` in one routing swap per step; `feat`'s
+/// candidate fails a third of its calls, so its gate fails and both models go back to their
+/// stable versions in one swap; a second rollout touching either model is refused meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_model_group_is_rolled_back_together_when_one_models_gate_fails() {
+    let _serial = SERIAL.lock().await;
+    let stable = QualityModel::start(90, 0, 0).await;
+    let candidate = QualityModel::start(90, 0, 0).await;
+    let f1 = QualityModel::start(90, 0, 0).await;
+    let f2 = QualityModel::start(90, 33, 0).await;
+    let yaml = format!(
+        r#"
+models:
+  m:
+    routing_key: {{ header: x-key }}
+    versions:
+      stable: {{ url: "{}" }}
+      candidate: {{ url: "{}" }}
+    serve: {{ kind: single, version: stable }}
+  feat:
+    routing_key: {{ header: x-key }}
+    versions:
+      f1: {{ url: "{}" }}
+      f2: {{ url: "{}" }}
+    serve: {{ kind: single, version: f1 }}
+"#,
+        stable.url, candidate.url, f1.url, f2.url
+    );
+    let tg = TestGateway::start(&yaml).await;
+    let before = tg.gateway.state.table.load().epoch;
+    let spec = r#"
+name: extractor-and-classifier
+model: m
+kind: canary
+stable: stable
+candidate: candidate
+group: [{ model: feat, stable: f1, candidate: f2 }]
+min_requests: 20
+min_duration_ms: 60000
+steps: [{ weight: 50 }, { weight: 100 }]
+gate: { min_labelled: 15, max_p95_increase: null }
+"#;
+    let r = tg
+        .admin()
+        .send(Method::POST, "/rollouts", Some(spec.to_string()))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // One swap moved both models.
+    let table = tg.gateway.state.table.load_full();
+    assert_eq!(table.epoch, before + 1);
+    for (model, canary) in [("m", "candidate"), ("feat", "f2")] {
+        match &table.routes[model].strategy {
+            Strategy::Split { arms, .. } => assert_eq!(
+                (arms[0].version.as_str(), arms[0].weight),
+                (canary, 5_000),
+                "{model}"
+            ),
+            other => panic!("{model}: {other:?}"),
+        }
+    }
+    // Either model is taken while the group runs.
+    let other = "name: solo\nmodel: feat\nkind: canary\nstable: f1\ncandidate: f2\n";
+    let (status, error) = refusal(tg.admin().apply(other).await);
+    assert_eq!(status, 409, "{error:?}");
+    assert!(
+        error.message.contains("extractor-and-classifier"),
+        "{error:?}"
+    );
+    // Invalid members are named.
+    let bad = "name: bad\nmodel: m\nkind: canary\nstable: stable\ncandidate: candidate\n\
+               group: [{ model: nope, stable: a, candidate: b }, { model: m, stable: stable, candidate: candidate }]\n";
+    let (status, error) = refusal(tg.admin().dry_run(bad).await);
+    assert_eq!(status, 422, "{error:?}");
+    let text = format!("{error:?}");
+    assert!(
+        text.contains("group[0].model: unknown model 'nope'"),
+        "{text}"
+    );
+    assert!(
+        text.contains("group[1].model: 'm' is already in the rollout"),
+        "{text}"
+    );
+
+    // A restart resumes the group with both models' routing.
+    let routes = tg.admin().routes().await.unwrap().routes;
+    let TestGateway { gateway, dir, .. } = tg;
+    gateway.shutdown().await.unwrap();
+    let tg = TestGateway::start_in(&yaml, None, dir).await;
+    let after = tg.admin().routes().await.unwrap().routes;
+    for model in ["m", "feat"] {
+        assert_eq!(after[model], routes[model], "{model} after a restart");
+    }
+    let resumed = tg.gateway.state.table.load().epoch;
+
+    // Traffic to both models; `feat`'s candidate fails a third of its calls.
+    traffic(&tg, 0, 160).await;
+    for i in 0..160u64 {
+        let r = tg
+            .client
+            .post_json(
+                &tg.url("/v2/models/feat/infer"),
+                &[("x-key", &format!("key-{i}"))],
+                &support::oip_row(&[i as f64]),
+            )
+            .await;
+        assert!(r.status == 200 || r.status == 502, "{}", r.status);
+    }
+    tg.gateway.state.log.flush().await.unwrap();
+    tg.tick(61_000).await;
+    let view = phase(&tg, "extractor-and-classifier").await;
+    assert_eq!(view.phase, Phase::RolledBack, "{view:?}");
+    assert!(
+        view.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("group member feat"),
+        "{view:?}"
+    );
+    let table = tg.gateway.state.table.load_full();
+    assert_eq!(table.epoch, resumed + 1, "the rollback is one swap");
+    for (model, stable) in [("m", "stable"), ("feat", "f1")] {
+        assert_eq!(
+            table.routes[model].strategy,
+            Strategy::Single {
+                version: stable.into()
+            },
+            "{model}"
+        );
+    }
+    let failed = tg
+        .events("extractor-and-classifier")
+        .await
+        .into_iter()
+        .find(|e| e.kind == "gate_failed")
+        .expect("gate_failed");
+    assert!(
+        failed.message.contains("group member feat"),
+        "{}",
+        failed.message
+    );
+    audit_ok(&tg).await;
 }

@@ -82,6 +82,7 @@ fn writer(
         snapshot_every: 0,
         retention: None,
         max_size_bytes: None,
+        versions: Vec::new(),
     })
     .unwrap()
 }

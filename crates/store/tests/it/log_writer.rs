@@ -8,9 +8,11 @@ use crate::support;
 use std::time::Duration;
 
 use support::Db;
+use switchyard_core::provenance::{Artefact, VersionProvenance};
 use switchyard_core::{Feedback, Outcome, PairRef, Prediction, PredictionRecord, Role, Truth};
 use switchyard_store::{
-    captured_requests_at, spawn_log_writer, CapturedQuery, LogWriterConfig, Retention, StoreUrl,
+    artefacts_at, captured_requests_at, check_artefacts_at, spawn_log_writer, CapturedQuery,
+    LogWriterConfig, Retention, StoreError, StoreUrl,
 };
 
 on_both_async!(
@@ -21,6 +23,7 @@ on_both_async!(
     retention_deletes_covered_records_but_never_those_a_rollout_reads,
     feedback_limited_to_models_labels_only_their_requests,
     captured_requests_are_the_served_bodies_with_their_labels,
+    artefacts_are_recorded_named_by_records_and_never_swapped,
 );
 
 fn config(
@@ -38,6 +41,7 @@ fn config(
         snapshot_every: 0,
         retention: None,
         max_size_bytes: None,
+        versions: Vec::new(),
     }
 }
 
@@ -653,4 +657,97 @@ fn captured_requests_of_a_missing_sqlite_file_are_an_error_and_create_nothing() 
     .unwrap_err();
     assert!(e.to_string().contains("no prediction log at"), "{e}");
     assert!(!path.exists());
+}
+
+fn version(name: &str, artefact: Artefact, git_sha: Option<&str>) -> VersionProvenance {
+    VersionProvenance {
+        model: "yield".into(),
+        version: name.into(),
+        artefact,
+        git_sha: git_sha.map(str::to_string),
+        registry: None,
+    }
+}
+
+async fn artefacts_are_recorded_named_by_records_and_never_swapped(db: &Db) {
+    let sha_a = Artefact::Sha256("a".repeat(64));
+    let sha_b = Artefact::Sha256("b".repeat(64));
+    let served = vec![
+        version("v1", sha_a.clone(), Some("3f2c1ab")),
+        version("v2", Artefact::BackendVersion("7".into()), None),
+    ];
+    let mut cfg = config(db.url(), "r1", 1024, 7);
+    cfg.versions = served.clone();
+    let (log, thread) = spawn_log_writer(cfg).unwrap();
+    assert!(log.record(record("y1", Role::Serving, "v1", "1", None)));
+    assert!(log.record(record("y2", Role::Serving, "v2", "1", None)));
+    assert!(log.record(record("y3", Role::Serving, "v3", "1", None)));
+    log.flush().await.unwrap();
+    drop(log);
+    thread.join().unwrap();
+    // Each record names its version's row; a version the writer was not told of names none.
+    let artefact_of = |id: &str| {
+        db.query_text(&format!(
+            "SELECT a.artefact_kind || ':' || a.artefact FROM predictions p
+             JOIN artefacts a ON a.id = p.artefact_id WHERE p.request_id = '{id}'"
+        ))
+    };
+    assert_eq!(artefact_of("y1"), format!("sha256:{}", "a".repeat(64)));
+    assert_eq!(artefact_of("y2"), "backend_version:7");
+    assert_eq!(
+        db.query_text(
+            "SELECT COUNT(*) FROM predictions WHERE request_id = 'y3' AND artefact_id IS NULL"
+        ),
+        "1"
+    );
+    let stored = artefacts_at(&db.url()).unwrap();
+    assert_eq!(
+        stored
+            .iter()
+            .map(|a| a.provenance.clone())
+            .collect::<Vec<_>>(),
+        served
+    );
+    assert!(stored.iter().all(|a| a.first_seen_ms > 1_700_000_000_000));
+
+    // The same file under the same name: no new row. A changed file under the same name: the
+    // check and the start are refused, naming both hashes, and nothing is recorded.
+    check_artefacts_at(&db.url(), &served).unwrap();
+    let mut changed = served.clone();
+    changed[0].artefact = sha_b.clone();
+    let err = check_artefacts_at(&db.url(), &changed).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(err, StoreError::ArtefactChanged(ref c) if c.len() == 1),
+        "{message}"
+    );
+    for part in [
+        "model yield version v1",
+        "was sha256:aaaaaaaaaaaa and is now sha256:bbbbbbbbbbbb",
+        "new version name",
+    ] {
+        assert!(message.contains(part), "{part:?} missing from {message}");
+    }
+    let mut cfg = config(db.url(), "r1", 1024, 7);
+    cfg.versions = changed;
+    let err = spawn_log_writer(cfg).expect_err("a changed artefact is refused");
+    assert!(
+        err.to_string().contains("is now sha256:bbbbbbbbbbbb"),
+        "{err}"
+    );
+    assert_eq!(artefacts_at(&db.url()).unwrap().len(), 2);
+
+    // Under a new name it is a new version; a restart with the same versions adds nothing.
+    let mut renamed = served.clone();
+    renamed.push(version("v1-retrained", sha_b, Some("9e8d7c6")));
+    for _ in 0..2 {
+        let mut cfg = config(db.url(), "r1", 1024, 7);
+        cfg.versions = renamed.clone();
+        let (log, thread) = spawn_log_writer(cfg).unwrap();
+        drop(log);
+        thread.join().unwrap();
+    }
+    let stored = artefacts_at(&db.url()).unwrap();
+    assert_eq!(stored.len(), 3);
+    assert_eq!(stored[2].provenance.version, "v1-retrained");
 }

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use switchyard_core::config::BackendSpec;
+use switchyard_core::provenance::{Artefact, VersionProvenance};
 use switchyard_server::onnx::OnnxModel;
 use switchyard_server::{load_config, Gateway, StartOptions};
-use switchyard_store::StoreUrl;
+use switchyard_store::{StoreError, StoreUrl};
 
 use super::InputError;
 
@@ -51,6 +52,31 @@ pub struct CheckArgs {
     /// The gateway's YAML configuration.
     #[arg(long, short = 'c')]
     config: PathBuf,
+    /// Directory of the SQLite store whose recorded artefacts are checked (overrides
+    /// `data_dir:`; default ./switchyard-data; a store that does not exist is not created).
+    #[arg(long, conflicts_with = "store")]
+    data_dir: Option<PathBuf>,
+    /// The store by URL (as `serve --store`), to check the recorded artefacts against.
+    #[arg(long, env = "SWITCHYARD_STORE")]
+    store: Option<String>,
+}
+
+/// The store `serve` would open: `--store`, else the SQLite file under `--data-dir`, the
+/// configuration's `data_dir` or ./switchyard-data.
+fn store_url(
+    store: Option<&str>,
+    data_dir: Option<PathBuf>,
+    config_data_dir: Option<&PathBuf>,
+) -> Result<StoreUrl> {
+    Ok(match store {
+        Some(url) => StoreUrl::parse(url).map_err(|e| InputError::new("--store", e.to_string()))?,
+        None => StoreUrl::sqlite(
+            data_dir
+                .or_else(|| config_data_dir.cloned())
+                .unwrap_or_else(|| PathBuf::from("switchyard-data"))
+                .join("switchyard.sqlite"),
+        ),
+    })
 }
 
 /// Validates a configuration file and prints every problem.
@@ -61,24 +87,54 @@ pub fn check(args: CheckArgs) -> Result<()> {
     // Load every in-process model the way `serve` would, so a bad file is reported here.
     let mut problems = Vec::new();
     let mut loaded = Vec::new();
+    // Each version as `serve` would record it (HTTP backends are not asked for their version
+    // here: only their configured git_sha and registry are checked).
+    let mut provenance = Vec::new();
     for (name, model) in &config.models {
         for (version, spec) in &model.versions {
+            let info = model.version_info.get(version).cloned().unwrap_or_default();
+            let mut artefact = Artefact::Unknown;
             if let BackendSpec::Onnx { path } = spec {
                 match OnnxModel::load(path) {
-                    Ok(m) => loaded.push(format!(
-                        "  {name}/{version}: {} ({:?}, {:?}, {} features)",
-                        path.display(),
-                        m.engine(),
-                        m.kind(),
-                        m.n_features()
-                    )),
+                    Ok(m) => {
+                        artefact = Artefact::Sha256(m.sha256().to_string());
+                        loaded.push(format!(
+                            "  {name}/{version}: {} ({:?}, {:?}, {} features, {})",
+                            path.display(),
+                            m.engine(),
+                            m.kind(),
+                            m.n_features(),
+                            artefact.short()
+                        ))
+                    }
                     Err(e) => problems.push(format!("model {name} version {version}: {e}")),
                 }
             }
+            provenance.push(VersionProvenance {
+                model: name.clone(),
+                version: version.clone(),
+                artefact,
+                git_sha: info.git_sha,
+                registry: info.registry,
+            });
         }
     }
     if !problems.is_empty() {
         return Err(InputError::new("--config", problems.join("; ")).into());
+    }
+    let store = store_url(
+        args.store.as_deref(),
+        args.data_dir,
+        config.data_dir.as_ref(),
+    )?;
+    match switchyard_store::check_artefacts_at(&store, &provenance) {
+        Ok(()) => {}
+        Err(e @ StoreError::ArtefactChanged(_)) => {
+            return Err(InputError::new("--config", format!("the store at {store}: {e}")).into())
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("reading the store at {store}")))
+        }
     }
     println!(
         "{}: ok ({} model(s): {})",
@@ -125,15 +181,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .config
         .parent()
         .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf);
-    let store = match &args.store {
-        Some(url) => StoreUrl::parse(url).map_err(|e| InputError::new("--store", e.to_string()))?,
-        None => StoreUrl::sqlite(
-            args.data_dir
-                .or_else(|| config.data_dir.clone())
-                .unwrap_or_else(|| PathBuf::from("switchyard-data"))
-                .join("switchyard.sqlite"),
-        ),
-    };
+    let store = store_url(
+        args.store.as_deref(),
+        args.data_dir,
+        config.data_dir.as_ref(),
+    )?;
     if args.replica.is_some() && !store.is_postgres() {
         return Err(InputError::new(
             "--replica",
@@ -165,7 +217,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             gateway.state.replica
         );
         if let Some(grpc) = gateway.grpc_addr {
-            eprintln!("switchyard gRPC (Open Inference Protocol) listening on {grpc}");
+            let tls = if gateway.tls().is_some() { ", TLS" } else { "" };
+            eprintln!("switchyard gRPC (Open Inference Protocol) listening on {grpc}{tls}");
         }
         eprintln!("access: {}", gateway.state.auth.describe());
         if let Some(tls) = gateway.tls() {

@@ -71,3 +71,73 @@ fn check_loads_every_model_and_names_each_bad_one() {
         "{stdout}"
     );
 }
+
+/// `check` compares the configuration's files with the artefacts an existing store recorded
+/// under the same version names (without writing to it), as `serve` would at start.
+#[test]
+fn check_refuses_a_changed_file_under_a_version_name_the_store_knows() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("yield.onnx");
+    std::fs::copy(repo().join("models/yield_v1.onnx"), &file).unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir: {}\nmodels:\n  yield:\n    versions:\n      v1: {{ onnx: {}, git_sha: 3f2c1ab }}\n    serve: {{ kind: single, version: v1 }}\n",
+            data.display(),
+            file.display()
+        ),
+    )
+    .unwrap();
+    // No store yet: nothing to compare with, and none is created.
+    let (code, stdout, stderr) = check(&config);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("sha256:"), "{stdout}");
+    assert!(!data.exists());
+
+    // A store that served this file as yield/v1 (what a gateway's start records).
+    let sha = switchyard_server::onnx::OnnxModel::load(&file)
+        .unwrap()
+        .sha256()
+        .to_string();
+    let store = switchyard_store::StoreUrl::sqlite(data.join("switchyard.sqlite"));
+    let (log, writer) = switchyard_store::spawn_log_writer(switchyard_store::LogWriterConfig {
+        store: store.clone(),
+        replica: "local".into(),
+        queue_capacity: 16,
+        batch_size: 16,
+        commit_interval: std::time::Duration::ZERO,
+        snapshot_every: 0,
+        retention: None,
+        max_size_bytes: None,
+        versions: vec![switchyard_core::provenance::VersionProvenance {
+            model: "yield".into(),
+            version: "v1".into(),
+            artefact: switchyard_core::provenance::Artefact::Sha256(sha.clone()),
+            git_sha: Some("3f2c1ab".into()),
+            registry: None,
+        }],
+    })
+    .unwrap();
+    drop(log);
+    writer.join().unwrap();
+    let (code, _, stderr) = check(&config);
+    assert_eq!(code, 0, "the same file passes: {stderr}");
+
+    std::fs::copy(repo().join("models/yield_v2.onnx"), &file).unwrap();
+    let (code, _, stderr) = check(&config);
+    assert_eq!(code, 2, "{stderr}");
+    for needle in [
+        "model yield version v1",
+        &format!("its artefact was sha256:{}", &sha[..12]),
+        "new version name",
+    ] {
+        assert!(stderr.contains(needle), "missing '{needle}' in:\n{stderr}");
+    }
+    assert_eq!(
+        switchyard_store::artefacts_at(&store).unwrap().len(),
+        1,
+        "check writes nothing"
+    );
+}

@@ -6,6 +6,7 @@
 pub mod cdp;
 pub mod fixtures;
 pub mod pki;
+pub mod prometheus;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -163,6 +164,32 @@ impl MockModel {
 }
 
 /// The repository's root (for the committed models).
+/// Runs `python3 tools/<script> <args>` off the runtime's workers and checks that it succeeded
+/// and printed every one of `expect` (each a line's start or part); returns its output.
+pub async fn run_tool(script: &str, args: &[&str], expect: &[&str]) -> String {
+    let script = repo_root().join("tools").join(script);
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg(&script)
+            .args(&args)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in expect {
+        assert!(stdout.contains(line), "missing '{line}' in:\n{stdout}");
+    }
+    stdout
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")

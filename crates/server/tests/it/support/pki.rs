@@ -203,14 +203,7 @@ impl HttpsClient {
 }
 
 pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    switchyard_server::http_util::error_chain(e)
 }
 
 /// Opens a new TLS connection to `addr` trusting `ca` and returns the certificate the server
