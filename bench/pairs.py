@@ -6,7 +6,8 @@ or stderr, anywhere in a line). The arms are started once, then driven in turn w
 oha command (POST of a 112-byte OIP v2 body, 32 keep-alive connections, no rate limit) for
 `--duration` seconds each, `--pairs` times, the order alternating between rounds so that
 neither arm always runs first. For each run it reads the server's CPU time (utime + stime from
-/proc, all threads) and divides it by the answered requests. Prints one line per run and the
+/proc, all threads, and its child processes: nginx's workers) and divides it by the answered
+requests; the system share (the kernel's socket work) is printed beside it. Prints one line per run and the
 medians, and with `--json FILE` writes them.
 
 A shared 2-vCPU machine moves the same arm by ±25% from one run to the next: only differences
@@ -60,11 +61,35 @@ def start(cmd, env=None):
     return proc, found[0]
 
 
+def user_sys_seconds(pid):
+    """(user, system) CPU seconds of `pid` and every process descended from it (nginx's
+    workers are its master's children)."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        # fields[1] is the parent; fields[11], [12] are utime, stime (the 4th, 14th and 15th
+        # of the whole line)
+        stats[int(entry)] = (int(fields[1]), int(fields[11]), int(fields[12]))
+    tree, grew = {pid}, True
+    while grew:
+        grew = False
+        for p, (parent, _, _) in stats.items():
+            if parent in tree and p not in tree:
+                tree.add(p)
+                grew = True
+    user = sum(stats[p][1] for p in tree if p in stats)
+    system = sum(stats[p][2] for p in tree if p in stats)
+    return user / TICKS, system / TICKS
+
+
 def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    # fields[11], [12] are utime, stime (the 14th and 15th of the whole line)
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return sum(user_sys_seconds(pid))
 
 
 def thread_cpu_seconds(pid, prefix):
@@ -130,30 +155,33 @@ def main():
         for r in range(args.pairs):
             order = arms if r % 2 == 0 else list(reversed(arms))
             for name, p, url in order:
-                before = cpu_seconds(p.pid)
+                before = user_sys_seconds(p.pid)
                 thread_before = thread_cpu_seconds(p.pid, args.thread) if args.thread else 0.0
                 ok, total, rps = drive(args.oha, url, args.path, args.duration, args.conns)
-                cpu = cpu_seconds(p.pid) - before
-                us = cpu / ok * 1e6 if ok else float("nan")
-                run = {"rps": rps, "cpu_us_per_req": us, "ok": ok, "total": total}
+                after = user_sys_seconds(p.pid)
+                user, system = after[0] - before[0], after[1] - before[1]
+                us = (user + system) / ok * 1e6 if ok else float("nan")
+                sys_us = system / ok * 1e6 if ok else float("nan")
+                run = {"rps": rps, "cpu_us_per_req": us, "sys_us_per_req": sys_us, "ok": ok, "total": total}
                 extra = ""
                 if args.thread:
                     t_us = (thread_cpu_seconds(p.pid, args.thread) - thread_before) / ok * 1e6 if ok else float("nan")
                     run["thread_cpu_us_per_req"] = t_us
                     extra = f"  {t_us:5.2f} µs/req in {args.thread}*"
                 runs[name].append(run)
-                print(f"round {r + 1} {name:>12}: {rps:9.0f} req/s  {us:6.1f} µs CPU/req{extra}  ({ok}/{total} 2xx)", flush=True)
+                print(f"round {r + 1} {name:>12}: {rps:9.0f} req/s  {us:6.1f} µs CPU/req ({sys_us:5.1f} system){extra}  ({ok}/{total} 2xx)", flush=True)
         medians = {}
         for name in runs:
             rps = statistics.median(x["rps"] for x in runs[name])
             us = statistics.median(x["cpu_us_per_req"] for x in runs[name])
-            medians[name] = {"rps": rps, "cpu_us_per_req": us}
+            sys_us = statistics.median(x["sys_us_per_req"] for x in runs[name])
+            medians[name] = {"rps": rps, "cpu_us_per_req": us, "sys_us_per_req": sys_us}
             extra = ""
             if args.thread:
                 t_us = statistics.median(x["thread_cpu_us_per_req"] for x in runs[name])
                 medians[name]["thread_cpu_us_per_req"] = t_us
                 extra = f"  {t_us:5.2f} µs/req in {args.thread}*"
-            print(f"median {name:>12}: {rps:9.0f} req/s  {us:6.1f} µs CPU/req{extra}")
+            print(f"median {name:>12}: {rps:9.0f} req/s  {us:6.1f} µs CPU/req ({sys_us:5.1f} system){extra}")
         if len(arms) == 2:
             a, b = arms[0][0], arms[1][0]
             ratios = [y["rps"] / x["rps"] for x, y in zip(runs[a], runs[b])]

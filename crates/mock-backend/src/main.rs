@@ -69,6 +69,12 @@ struct Args {
     /// multi-threaded runtime with `--threads` workers and one listener.
     #[arg(long)]
     per_core: bool,
+    /// With `--proxy-to` and `--per-core`: forward with a hand-written HTTP/1.1 loop on
+    /// `httparse` instead of hyper (one upstream connection per client connection, requests
+    /// and answers with `Content-Length` only). Not a product: the floor a tokio proxy without
+    /// hyper's machinery reaches, for the load test's comparison.
+    #[arg(long, requires_all = ["proxy_to", "per_core"])]
+    raw: bool,
 }
 
 /// What the server does with a request.
@@ -165,6 +171,9 @@ fn serve_per_core(args: Args) -> anyhow::Result<()> {
                     }
                 };
                 let _ = tx.send(listener.local_addr().map_err(|e| e.to_string()));
+                if args.raw {
+                    return raw::serve(listener, raw::upstream(args.proxy_to.as_deref())?).await;
+                }
                 let mode = match answer {
                     Some(m) => m,
                     None => mode(&args)?,
@@ -330,6 +339,171 @@ async fn forward(request: Request<Incoming>, client: &Client, base: &str) -> Res
     match answer.into_body().collect().await {
         Ok(body) => reply(status, body.to_bytes()),
         Err(_) => reply(StatusCode::BAD_GATEWAY, Bytes::new()),
+    }
+}
+
+/// `--raw`: the proxy loop without hyper.
+mod raw {
+    use std::io;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use anyhow::Context;
+    use bytes::{BufMut, BytesMut};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    pub fn upstream(base: Option<&str>) -> anyhow::Result<SocketAddr> {
+        let base = base.context("--raw needs --proxy-to")?;
+        let authority = base
+            .strip_prefix("http://")
+            .context("--proxy-to must be an http:// URL")?
+            .trim_end_matches('/');
+        authority
+            .parse()
+            .with_context(|| format!("--raw needs an IP:port upstream, got {authority}"))
+    }
+
+    pub async fn serve(listener: TcpListener, upstream: SocketAddr) -> anyhow::Result<()> {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    eprintln!("mock-backend: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let _ = connection(stream, upstream).await;
+            });
+        }
+    }
+
+    fn bad(what: &str) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+    }
+
+    /// The head's length and the body's (`Content-Length`), once the head is complete.
+    fn content_length(headers: &[httparse::Header<'_>]) -> io::Result<usize> {
+        headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .map_or(Ok(0), |h| {
+                std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| bad("bad content-length"))
+            })
+    }
+
+    /// Reads until `buf` holds one whole message; returns (head length, body length).
+    async fn read_message(
+        stream: &mut TcpStream,
+        buf: &mut BytesMut,
+        request: bool,
+    ) -> io::Result<Option<(usize, usize)>> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let parsed = if request {
+                let mut req = httparse::Request::new(&mut headers);
+                match req.parse(buf).map_err(|_| bad("bad request head"))? {
+                    httparse::Status::Complete(n) => Some((n, content_length(req.headers)?)),
+                    httparse::Status::Partial => None,
+                }
+            } else {
+                let mut res = httparse::Response::new(&mut headers);
+                match res.parse(buf).map_err(|_| bad("bad response head"))? {
+                    httparse::Status::Complete(n) => Some((n, content_length(res.headers)?)),
+                    httparse::Status::Partial => None,
+                }
+            };
+            if let Some((head, body)) = parsed {
+                while buf.len() < head + body {
+                    if stream.read_buf(buf).await? == 0 {
+                        return Err(bad("closed mid-message"));
+                    }
+                }
+                return Ok(Some((head, body)));
+            }
+            if stream.read_buf(buf).await? == 0 {
+                return if buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(bad("closed mid-head"))
+                };
+            }
+        }
+    }
+
+    async fn connection(mut client: TcpStream, upstream: SocketAddr) -> io::Result<()> {
+        let mut up = TcpStream::connect(upstream).await?;
+        up.set_nodelay(true)?;
+        let host = upstream.to_string();
+        let (mut cbuf, mut ubuf, mut out) = (
+            BytesMut::with_capacity(8192),
+            BytesMut::with_capacity(8192),
+            BytesMut::with_capacity(8192),
+        );
+        loop {
+            let Some((head, body)) = read_message(&mut client, &mut cbuf, true).await? else {
+                return Ok(());
+            };
+            // The upstream request: method and target as received, a Host of its own, the
+            // content type and length, the body untouched.
+            {
+                let mut headers = [httparse::EMPTY_HEADER; 32];
+                let mut req = httparse::Request::new(&mut headers);
+                req.parse(&cbuf[..head])
+                    .map_err(|_| bad("bad request head"))?;
+                out.clear();
+                out.put_slice(req.method.unwrap_or("GET").as_bytes());
+                out.put_u8(b' ');
+                out.put_slice(req.path.unwrap_or("/").as_bytes());
+                out.put_slice(b" HTTP/1.1\r\nhost: ");
+                out.put_slice(host.as_bytes());
+                for h in req.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("content-type") {
+                        out.put_slice(b"\r\ncontent-type: ");
+                        out.put_slice(h.value);
+                    }
+                }
+                out.put_slice(b"\r\ncontent-length: ");
+                out.put_slice(body.to_string().as_bytes());
+                out.put_slice(b"\r\n\r\n");
+            }
+            out.put_slice(&cbuf[head..head + body]);
+            let _ = cbuf.split_to(head + body);
+            up.write_all(&out).await?;
+            let Some((rhead, rbody)) = read_message(&mut up, &mut ubuf, false).await? else {
+                return Err(bad("upstream closed"));
+            };
+            // The answer: status line and content type as received, our own length.
+            {
+                let mut headers = [httparse::EMPTY_HEADER; 32];
+                let mut res = httparse::Response::new(&mut headers);
+                res.parse(&ubuf[..rhead])
+                    .map_err(|_| bad("bad response head"))?;
+                out.clear();
+                out.put_slice(b"HTTP/1.1 ");
+                out.put_slice(res.code.unwrap_or(502).to_string().as_bytes());
+                out.put_u8(b' ');
+                out.put_slice(res.reason.unwrap_or("").as_bytes());
+                for h in res.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("content-type") {
+                        out.put_slice(b"\r\ncontent-type: ");
+                        out.put_slice(h.value);
+                    }
+                }
+                out.put_slice(b"\r\ncontent-length: ");
+                out.put_slice(rbody.to_string().as_bytes());
+                out.put_slice(b"\r\n\r\n");
+            }
+            out.put_slice(&ubuf[rhead..rhead + rbody]);
+            let _ = ubuf.split_to(rhead + rbody);
+            client.write_all(&out).await?;
+        }
     }
 }
 

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# nginx as one arm of bench/pairs.py: the harness's single mode (2 workers, keep-alive to the
+# upstream, no access log) in front of URL, on a free loopback port it prints first.
+#
+#   python3 bench/pairs.py --backend target/release/mock-backend \
+#     --arm "nginx=bash bench/nginx-single.sh URL DIR" --arm "sy=..."
+set -euo pipefail
+upstream="${1#http://}"
+work="$2"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$work"/tmp/{body,proxy,fastcgi,uwsgi,scgi}
+cat >"$work/nginx.conf" <<CONF
+worker_processes 2;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/error.log crit;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/tmp/body;
+  proxy_temp_path $work/tmp/proxy;
+  fastcgi_temp_path $work/tmp/fastcgi;
+  uwsgi_temp_path $work/tmp/uwsgi;
+  scgi_temp_path $work/tmp/scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 75s;
+  upstream v1 { server $upstream; keepalive 128; }
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  server { listen 127.0.0.1:$port; location / { proxy_pass http://v1; } }
+}
+CONF
+echo "http://127.0.0.1:$port"
+exec "$(command -v nginx || echo /usr/sbin/nginx)" -p "$work" -c "$work/nginx.conf"
