@@ -273,12 +273,16 @@ impl Gateway {
         let http = http1_builder(&config);
         let acceptor = tls.as_ref().map(TlsAcceptorHandle::acceptor);
         let handshake_timeout = Duration::from_millis(config.header_read_timeout_ms);
+        let hot = crate::hot_http1::Limits {
+            max_header_bytes: config.max_header_bytes,
+            header_read_timeout: handshake_timeout,
+        };
         let server = tokio::spawn(serve(
             listener,
             app,
             http,
             acceptor.map(|a| (a, handshake_timeout)),
-            cores.clone(),
+            cores.clone().map(|c| (c, hot)),
             rx,
         ));
         let tls_watch = match (&tls, options.tls_reload_poll) {
@@ -511,16 +515,20 @@ fn http1_builder(config: &GatewayConfig) -> http1::Builder {
 /// closed, and requests in flight are finished before this returns. With `tls`, each
 /// connection's task first completes the TLS handshake within the timeout (a client that does
 /// not finish it is dropped, as one that sends no headers); without, connections are served as
-/// before, with no TLS code on their path.
+/// before, with no TLS code on their path. A plain connection on a data-plane thread starts on
+/// the hot route's own loop ([`crate::hot_http1`]), which hands it to hyper at its first request
+/// for anything else.
 async fn serve(
     listener: TcpListener,
     app: Front,
     http: http1::Builder,
     tls: Option<(TlsAcceptor, Duration)>,
-    cores: Option<Arc<DataPlaneThreads>>,
+    cores: Option<(Arc<DataPlaneThreads>, crate::hot_http1::Limits)>,
     mut shutdown: oneshot::Receiver<()>,
 ) {
     let graceful = GracefulShutdown::new();
+    // What the hot loop watches (hyper's connections watch `graceful`).
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
     loop {
         let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
@@ -539,7 +547,7 @@ async fn serve(
         }
         // On a data-plane thread the stream must be registered with that thread's runtime.
         let (stream, spawn): (Stream, &dyn Fn(ConnectionTask)) = match &cores {
-            Some(cores) => match stream.into_std() {
+            Some((cores, _)) => match stream.into_std() {
                 Ok(s) => (Stream::Moving(s), &|task| cores.spawn(task)),
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "cannot hand the connection over");
@@ -578,22 +586,37 @@ async fn serve(
         }
         let (http, app) = (http.clone(), app.clone());
         let watcher = graceful.watcher();
+        let hot = cores.as_ref().map(|(_, limits)| (*limits, closing.clone()));
         spawn(Box::pin(async move {
             let Some(stream) = stream.register(peer) else {
                 return;
             };
-            let conn = http.serve_connection(TokioIo::new(stream), app);
             // Header timeouts, oversized heads and resets end here: the client's problem.
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let Some((limits, closing)) = hot else {
+                let conn = http.serve_connection(TokioIo::new(stream), app);
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            };
+            // `watcher` is held until the connection ends, so the shutdown waits for it.
+            let state = app.state.clone();
+            match crate::hot_http1::serve(stream, state, limits, closing).await {
+                crate::hot_http1::Outcome::Closed => drop(watcher),
+                crate::hot_http1::Outcome::HandOff(stream) => {
+                    let conn = http.serve_connection(TokioIo::new(stream), app);
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
             }
         }));
     }
     drop(listener);
+    let _ = closing_tx.send(true);
     graceful.shutdown().await;
 }
 
-/// One connection's whole life, as spawned by the accept loop.
 type ConnectionTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 /// An accepted connection: registered with the accepting runtime, or on its way to a
@@ -666,7 +689,7 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Front {
 
     fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         if request.method() == hyper::Method::POST {
-            if let Some(model) = infer_route_model(request.uri().path()) {
+            if let Some(model) = dataplane::infer_route_model(request.uri().path()) {
                 let model = model.to_string();
                 let state = self.state.clone();
                 let request = with_body_deadline(&state, request.map(axum::body::Body::new));
@@ -696,13 +719,6 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Front {
             }
         }
     }
-}
-
-/// The model of a `/v2/models/{m}/infer` path, when it is one plainly (a percent-encoded name is
-/// left to the router, which decodes it).
-fn infer_route_model(path: &str) -> Option<&str> {
-    let model = path.strip_prefix("/v2/models/")?.strip_suffix("/infer")?;
-    (!model.is_empty() && !model.contains(['/', '%'])).then_some(model)
 }
 
 /// All routes of the gateway.
@@ -832,28 +848,4 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         body["log_error"] = json!(format!("the prediction log cannot be written: {e}"));
     }
     (status, Json(body))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::infer_route_model;
-
-    #[test]
-    fn only_a_plain_infer_path_takes_the_direct_route() {
-        assert_eq!(infer_route_model("/v2/models/yield/infer"), Some("yield"));
-        assert_eq!(
-            infer_route_model("/v2/models/y.v-2_x/infer"),
-            Some("y.v-2_x")
-        );
-        for other in [
-            "/v2/models//infer",
-            "/v2/models/yield/versions/v1/infer",
-            "/v2/models/yi%65ld/infer",
-            "/v2/models/yield/infer/",
-            "/v2/models/yield",
-            "/v1/models/yield:predict",
-        ] {
-            assert_eq!(infer_route_model(other), None, "{other}");
-        }
-    }
 }

@@ -75,6 +75,13 @@ pub async fn predict_v1(
     }
 }
 
+/// The model of a `/v2/models/{m}/infer` path, when it is one plainly (a percent-encoded name is
+/// left to the router, which decodes it).
+pub(crate) fn infer_route_model(path: &str) -> Option<&str> {
+    let model = path.strip_prefix("/v2/models/")?.strip_suffix("/infer")?;
+    (!model.is_empty() && !model.contains(['/', '%'])).then_some(model)
+}
+
 fn routing_key(
     source: Option<&KeySource>,
     headers: &HeaderMap,
@@ -510,5 +517,29 @@ fn error_code(e: &BackendError) -> &'static str {
         BackendError::Malformed(_) => "upstream_malformed",
         BackendError::Rejected { .. } => "rejected_by_model",
         BackendError::Internal(_) => "internal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::infer_route_model;
+
+    #[test]
+    fn only_a_plain_infer_path_takes_the_direct_route() {
+        assert_eq!(infer_route_model("/v2/models/yield/infer"), Some("yield"));
+        assert_eq!(
+            infer_route_model("/v2/models/y.v-2_x/infer"),
+            Some("y.v-2_x")
+        );
+        for other in [
+            "/v2/models//infer",
+            "/v2/models/yield/versions/v1/infer",
+            "/v2/models/yi%65ld/infer",
+            "/v2/models/yield/infer/",
+            "/v2/models/yield",
+            "/v1/models/yield:predict",
+        ] {
+            assert_eq!(infer_route_model(other), None, "{other}");
+        }
     }
 }

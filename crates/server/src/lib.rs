@@ -20,6 +20,7 @@ pub mod error;
 pub mod feedback;
 pub mod grpc;
 pub mod grpc_wire;
+pub mod hot_http1;
 pub mod http_util;
 pub mod metrics;
 pub mod oip;

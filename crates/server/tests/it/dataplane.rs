@@ -1113,7 +1113,8 @@ models:
 /// A bare HTTP/1.1 model server on a raw socket that counts its connections, answers every
 /// request with a one-label OIP answer naming the request's `data[0]`, and either keeps the
 /// connection open or closes it after each answer (`Connection: close`).
-async fn raw_backend(close_each: bool) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+async fn raw_backend(mode: Framing) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let close_each = matches!(mode, Framing::CloseEach | Framing::UntilClose);
     use std::sync::atomic::{AtomicU64, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1168,10 +1169,26 @@ async fn raw_backend(close_each: bool) -> (String, std::sync::Arc<std::sync::ato
                             serde_json::from_slice(&buf[head_end..head_end + length]).unwrap();
                         let label = body["inputs"][0]["data"][0].as_f64().unwrap() as i64;
                         let answer = json!({"outputs": [{"name": "label", "shape": [1], "datatype": "INT64", "data": [label]}]}).to_string();
-                        format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{close}\r\n{answer}",
-                            answer.len()
-                        )
+                        match mode {
+                            Framing::KeepOpen | Framing::CloseEach => format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{close}\r\n{answer}",
+                                answer.len()
+                            ),
+                            // Two chunks (one with an extension) and a trailer field.
+                            Framing::Chunked => {
+                                let (a, b) = answer.split_at(answer.len() / 2);
+                                format!(
+                                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n\
+                                     {:x}\r\n{a}\r\n{:X};ext=1\r\n{b}\r\n0\r\nx-trailer: t\r\n\r\n",
+                                    a.len(),
+                                    b.len()
+                                )
+                            }
+                            // No length: the body ends when the connection does.
+                            Framing::UntilClose => format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{answer}"
+                            ),
+                        }
                     } else {
                         format!("HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n{close}\r\n")
                     };
@@ -1186,15 +1203,35 @@ async fn raw_backend(close_each: bool) -> (String, std::sync::Arc<std::sync::ato
     (url, connections)
 }
 
+/// How `raw_backend` frames its answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// `content-length`, connection kept open.
+    KeepOpen,
+    /// `content-length` and `connection: close`, then closes.
+    CloseEach,
+    /// `transfer-encoding: chunked`, connection kept open.
+    Chunked,
+    /// Neither: the body runs until the backend closes the connection.
+    UntilClose,
+}
+
 /// The data plane's own backend connections (`conn_pool`): a backend that keeps connections
-/// open gets at most one per data-plane thread for requests sent one after another; one
-/// that closes each connection after its answer gets a fresh connection for every request and
-/// no request fails; concurrent requests each get their own answer.
+/// open gets at most one per data-plane thread for requests sent one after another, whether
+/// its answers have a length or are chunked; one that closes each connection after its answer
+/// (saying so, or ending a body that has no length) gets a fresh connection for every request
+/// and no request fails; concurrent requests each get their own answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_connections_are_reused_and_a_closed_one_is_replaced() {
     use std::sync::atomic::Ordering;
-    for close_each in [false, true] {
-        let (url, connections) = raw_backend(close_each).await;
+    for mode in [
+        Framing::KeepOpen,
+        Framing::CloseEach,
+        Framing::Chunked,
+        Framing::UntilClose,
+    ] {
+        let close_each = matches!(mode, Framing::CloseEach | Framing::UntilClose);
+        let (url, connections) = raw_backend(mode).await;
         let yaml = format!(
             r#"
 runtime: {{ data_plane_threads: 2 }}
@@ -1215,10 +1252,7 @@ models:
                 .await;
             assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
             let answer: Value = serde_json::from_slice(&r.body).unwrap();
-            assert_eq!(
-                answer["outputs"][0]["data"][0], i,
-                "close_each {close_each}"
-            );
+            assert_eq!(answer["outputs"][0]["data"][0], i, "{mode:?}");
         }
         let opened = connections.load(Ordering::SeqCst);
         if close_each {
@@ -1252,4 +1286,145 @@ models:
         }
         tg.gateway.shutdown().await.unwrap();
     }
+}
+
+/// Reads one answer from a raw connection: status, head (lowercased), body (by its
+/// `content-length`). Bytes after it stay in `buf`.
+async fn read_raw_answer(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> (u16, String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before an answer; read {:?}",
+            String::from_utf8_lossy(buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_lowercase();
+    let status: u16 = head[9..12].parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while buf.len() < head_end + length {
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed inside an answer");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[head_end..head_end + length].to_vec();
+    buf.drain(..head_end + length);
+    (status, head, body)
+}
+
+/// The data plane's own HTTP/1.1 loop (`hot_http1`) on a raw client connection: pipelined
+/// inference requests are answered in order; a request it does not serve (another route, a
+/// chunked body) hands the connection to hyper, which answers that one and every later one on
+/// it; `connection: close` is honoured; a head over the limit is still answered 431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hot_loop_answers_pipelined_requests_in_order_and_hands_the_rest_to_hyper() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (url, _) = raw_backend(Framing::KeepOpen).await;
+    let yaml = format!(
+        r#"
+runtime: {{ data_plane_threads: 2 }}
+limits: {{ max_header_bytes: 16384 }}
+models:
+  m:
+    task: classification
+    versions:
+      v1: {{ url: "{url}" }}
+    serve: {{ kind: single, version: v1 }}
+"#
+    );
+    let tg = TestGateway::start(&yaml).await;
+    let addr = tg.url("").trim_start_matches("http://").to_string();
+    let infer = |x: f64, extra: &str| {
+        let body = oip_row(&[x]).to_string();
+        format!(
+            "POST /v2/models/m/infer HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n{extra}\r\n{body}",
+            body.len()
+        )
+    };
+    let label = |body: &[u8]| -> f64 {
+        let v: Value = serde_json::from_slice(body).unwrap();
+        v["outputs"][0]["data"][0].as_f64().unwrap()
+    };
+
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    // Three requests in one write: three answers, in order.
+    let three = format!("{}{}{}", infer(1.0, ""), infer(2.0, ""), infer(3.0, ""));
+    s.write_all(three.as_bytes()).await.unwrap();
+    for x in [1.0, 2.0, 3.0] {
+        let (status, head, body) = read_raw_answer(&mut s, &mut buf).await;
+        assert_eq!(status, 200, "{head}");
+        assert!(head.contains("x-switchyard-variant: primary"), "{head}");
+        assert!(head.contains("\r\ndate: "), "{head}");
+        assert_eq!(label(&body), x);
+    }
+    // Another route on the same connection: hyper's from here on.
+    s.write_all(b"GET /v2/health/live HTTP/1.1\r\nhost: gw\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, head, body) = read_raw_answer(&mut s, &mut buf).await;
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["live"],
+        true
+    );
+    s.write_all(infer(4.0, "").as_bytes()).await.unwrap();
+    let (status, _, body) = read_raw_answer(&mut s, &mut buf).await;
+    assert_eq!((status, label(&body)), (200, 4.0));
+
+    // A chunked body: hyper reads it.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    let body = oip_row(&[5.0]).to_string();
+    let (a, b) = body.split_at(10);
+    let chunked = format!(
+        "POST /v2/models/m/infer HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+        a.len(),
+        b.len()
+    );
+    s.write_all(chunked.as_bytes()).await.unwrap();
+    let (status, head, body) = read_raw_answer(&mut s, &mut buf).await;
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(label(&body), 5.0);
+
+    // `connection: close`: answered, said, closed.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(infer(6.0, "connection: close\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (status, head, body) = read_raw_answer(&mut s, &mut buf).await;
+    assert_eq!((status, label(&body)), (200, 6.0));
+    assert!(head.contains("connection: close"), "{head}");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+        .await
+        .expect("the gateway closes the connection")
+        .unwrap();
+    assert_eq!(n, 0, "nothing after the answer");
+
+    // A head over the limit: 431, as before.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    let big = format!("x-big: {}\r\n", "a".repeat(20_000));
+    s.write_all(infer(7.0, &big).as_bytes()).await.unwrap();
+    let (status, head, _) = read_raw_answer(&mut s, &mut buf).await;
+    assert_eq!(status, 431, "{head}");
+
+    tg.gateway.shutdown().await.unwrap();
 }
