@@ -153,15 +153,7 @@ fn encode(parts: &hyper::http::request::Parts, body: &[u8]) -> BytesMut {
     out.put_u8(b' ');
     out.put_slice(target.as_bytes());
     out.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING || name == CONNECTION {
-            continue;
-        }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
-    }
+    crate::http_util::put_header_lines(&mut out, &parts.headers, None);
     out.put_slice(b"content-length: ");
     out.put_slice(body.len().to_string().as_bytes());
     out.put_slice(b"\r\n\r\n");
@@ -184,12 +176,6 @@ struct Head {
     framing: Framing,
     keep_alive: bool,
     len: usize,
-}
-
-fn header_has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Parses an answer head from `buf`: `Ok(None)` until it is complete.
@@ -234,9 +220,9 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<Head>, String> {
                 }
                 framing = Some(Framing::Length(n));
             } else if name == CONNECTION {
-                if header_has_token(h.value, "close") {
+                if crate::http_util::has_token(h.value, "close") {
                     keep_alive = false;
-                } else if header_has_token(h.value, "keep-alive") {
+                } else if crate::http_util::has_token(h.value, "keep-alive") {
                     keep_alive = true;
                 }
             }

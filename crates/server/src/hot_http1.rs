@@ -121,12 +121,6 @@ enum Parsed {
     Partial,
 }
 
-fn has_token(value: &[u8], token: &str) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
 /// Reads a request head from `buf` (see the module's documentation for what is plain).
 fn parse(buf: &[u8], max_body: usize, max_head: usize) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -172,7 +166,7 @@ fn parse(buf: &[u8], max_body: usize, max_head: usize) -> Parsed {
             || name == header::UPGRADE
         {
             return Parsed::HandOff;
-        } else if name == header::CONNECTION && has_token(h.value, "close") {
+        } else if name == header::CONNECTION && crate::http_util::has_token(h.value, "close") {
             close = true;
         }
         let Ok(value) = HeaderValue::from_bytes(h.value) else {
@@ -238,19 +232,7 @@ fn encode(out: &mut BytesMut, status: StatusCode, headers: &HeaderMap, body: &[u
     out.put_u8(b' ');
     out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.put_slice(b"\r\n");
-    for (name, value) in headers {
-        if name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-            || name == header::CONNECTION
-            || name == header::DATE
-        {
-            continue;
-        }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
-    }
+    crate::http_util::put_header_lines(out, headers, Some(&header::DATE));
     out.put_slice(b"content-length: ");
     out.put_slice(body.len().to_string().as_bytes());
     if close {

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
 
@@ -38,6 +38,38 @@ fn new_request_id() -> String {
         .rev()
         .map(|digit| char::from(HEX[((id >> (digit * 4)) & 0xf) as usize]))
         .collect()
+}
+
+/// Whether a comma-separated header value (`Connection`, `Transfer-Encoding`) lists `token`,
+/// case-insensitively.
+pub(crate) fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Writes `headers` as HTTP/1.1 header lines (`name: value\r\n`), leaving out the framing
+/// ones (`content-length`, `transfer-encoding`, `connection`) and any in `skip`: the data
+/// plane's own HTTP/1.1 code writes those itself.
+pub(crate) fn put_header_lines(
+    out: &mut bytes::BytesMut,
+    headers: &HeaderMap,
+    skip: Option<&HeaderName>,
+) {
+    use bytes::BufMut;
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+            || Some(name) == skip
+        {
+            continue;
+        }
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
 }
 
 pub fn is_json_content_type(headers: &HeaderMap) -> bool {
