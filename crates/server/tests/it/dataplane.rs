@@ -1428,3 +1428,58 @@ models:
 
     tg.gateway.shutdown().await.unwrap();
 }
+
+/// Graceful shutdown through the hot loop: a request in flight when the gateway is told to
+/// stop is still answered (saying `connection: close`), a kept-alive connection with nothing
+/// in flight is closed at once, and the shutdown returns only after the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_the_request_in_flight_and_closes_idle_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mock = MockModel::start(1).await;
+    mock.set_delay(400);
+    mock.set(Mode::Slow);
+    let yaml = format!(
+        r#"
+runtime: {{ data_plane_threads: 2 }}
+models:
+  m:
+    task: classification
+    versions:
+      v1: {{ url: "{}" }}
+    serve: {{ kind: single, version: v1 }}
+"#,
+        mock.url()
+    );
+    let tg = TestGateway::start(&yaml).await;
+    let addr = tg.url("").trim_start_matches("http://").to_string();
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut busy = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = oip_row(&[1.0]).to_string();
+    let request = format!(
+        "POST /v2/models/m/infer HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let before = mock.calls();
+    busy.write_all(request.as_bytes()).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || mock.calls() > before).await,
+        "the request never reached the backend"
+    );
+    let shutdown = tokio::spawn(tg.gateway.shutdown());
+    let mut buf = Vec::new();
+    let (status, head, _) = read_raw_answer(&mut busy, &mut buf).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut rest))
+        .await
+        .expect("the idle connection is closed")
+        .unwrap();
+    assert_eq!(n, 0);
+    tokio::time::timeout(Duration::from_secs(10), shutdown)
+        .await
+        .expect("the shutdown ends")
+        .unwrap()
+        .unwrap();
+}
