@@ -351,7 +351,13 @@ pub async fn exchange(
         }
         // The head, skipping interim (1xx) answers.
         let head = loop {
-            match parse_head(&conn.buf, head_request).map_err(ExchangeError::Send)? {
+            // Nothing read yet: no head to parse (the header array alone is 3 KB to clear).
+            let parsed = if conn.buf.is_empty() {
+                None
+            } else {
+                parse_head(&conn.buf, head_request).map_err(ExchangeError::Send)?
+            };
+            match parsed {
                 Some(head) if head.parts.status.is_informational() => {
                     conn.buf.advance(head.len);
                 }

@@ -259,7 +259,13 @@ pub async fn serve(
         // The head, within the header timeout of starting to wait for it.
         let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
         let plain = loop {
-            match parse(&buf, state.max_body_bytes, limits.max_header_bytes) {
+            // Nothing read yet: no head to parse (the header array alone is 3 KB to clear).
+            let parsed = if buf.is_empty() {
+                Parsed::Partial
+            } else {
+                parse(&buf, state.max_body_bytes, limits.max_header_bytes)
+            };
+            match parsed {
                 Parsed::Plain(plain) => break plain,
                 Parsed::HandOff => {
                     return Outcome::HandOff(Rewind {
