@@ -437,6 +437,19 @@ mod raw {
         }
     }
 
+    /// Ends a head being written: the content type as received, our own length, the blank line.
+    fn end_head(out: &mut BytesMut, headers: &[httparse::Header<'_>], body_len: usize) {
+        for h in headers {
+            if h.name.eq_ignore_ascii_case("content-type") {
+                out.put_slice(b"\r\ncontent-type: ");
+                out.put_slice(h.value);
+            }
+        }
+        out.put_slice(b"\r\ncontent-length: ");
+        out.put_slice(body_len.to_string().as_bytes());
+        out.put_slice(b"\r\n\r\n");
+    }
+
     async fn connection(mut client: TcpStream, upstream: SocketAddr) -> io::Result<()> {
         let mut up = TcpStream::connect(upstream).await?;
         up.set_nodelay(true)?;
@@ -463,15 +476,7 @@ mod raw {
                 out.put_slice(req.path.unwrap_or("/").as_bytes());
                 out.put_slice(b" HTTP/1.1\r\nhost: ");
                 out.put_slice(host.as_bytes());
-                for h in req.headers.iter() {
-                    if h.name.eq_ignore_ascii_case("content-type") {
-                        out.put_slice(b"\r\ncontent-type: ");
-                        out.put_slice(h.value);
-                    }
-                }
-                out.put_slice(b"\r\ncontent-length: ");
-                out.put_slice(body.to_string().as_bytes());
-                out.put_slice(b"\r\n\r\n");
+                end_head(&mut out, req.headers, body);
             }
             out.put_slice(&cbuf[head..head + body]);
             let _ = cbuf.split_to(head + body);
@@ -490,15 +495,7 @@ mod raw {
                 out.put_slice(res.code.unwrap_or(502).to_string().as_bytes());
                 out.put_u8(b' ');
                 out.put_slice(res.reason.unwrap_or("").as_bytes());
-                for h in res.headers.iter() {
-                    if h.name.eq_ignore_ascii_case("content-type") {
-                        out.put_slice(b"\r\ncontent-type: ");
-                        out.put_slice(h.value);
-                    }
-                }
-                out.put_slice(b"\r\ncontent-length: ");
-                out.put_slice(rbody.to_string().as_bytes());
-                out.put_slice(b"\r\n\r\n");
+                end_head(&mut out, res.headers, rbody);
             }
             out.put_slice(&ubuf[rhead..rhead + rbody]);
             let _ = ubuf.split_to(rhead + rbody);

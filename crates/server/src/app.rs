@@ -577,10 +577,7 @@ async fn serve(
                         return;
                     }
                 };
-                let conn = http.serve_connection(TokioIo::new(stream), app);
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
+                serve_with_hyper(&http, stream, app, watcher, peer).await;
             }));
             continue;
         }
@@ -591,12 +588,8 @@ async fn serve(
             let Some(stream) = stream.register(peer) else {
                 return;
             };
-            // Header timeouts, oversized heads and resets end here: the client's problem.
             let Some((limits, closing)) = hot else {
-                let conn = http.serve_connection(TokioIo::new(stream), app);
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
+                serve_with_hyper(&http, stream, app, watcher, peer).await;
                 return;
             };
             // `watcher` is held until the connection ends, so the shutdown waits for it.
@@ -604,10 +597,7 @@ async fn serve(
             match crate::hot_http1::serve(stream, state, limits, closing).await {
                 crate::hot_http1::Outcome::Closed => drop(watcher),
                 crate::hot_http1::Outcome::HandOff(stream) => {
-                    let conn = http.serve_connection(TokioIo::new(stream), app);
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+                    serve_with_hyper(&http, stream, app, watcher, peer).await;
                 }
             }
         }));
@@ -615,6 +605,23 @@ async fn serve(
     drop(listener);
     let _ = closing_tx.send(true);
     graceful.shutdown().await;
+}
+
+/// Serves one connection with hyper's HTTP/1 server, watched for graceful shutdown. Header
+/// timeouts, oversized heads and resets end here: the client's problem.
+async fn serve_with_hyper<I>(
+    http: &http1::Builder,
+    io: I,
+    app: Front,
+    watcher: hyper_util::server::graceful::Watcher,
+    peer: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = http.serve_connection(TokioIo::new(io), app);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
 }
 
 type ConnectionTask = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;

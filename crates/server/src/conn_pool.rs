@@ -24,7 +24,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::Request;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// Idle connections kept per backend and thread (as the shared pool's
@@ -253,10 +253,23 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<Head>, String> {
 
 /// Reads more into `conn.buf`; `Ok(0)` when the backend closed.
 async fn fill(conn: &mut Conn) -> std::io::Result<usize> {
-    if conn.buf.capacity() - conn.buf.len() < 1024 {
-        conn.buf.reserve(8 * 1024);
+    crate::http_util::read_more(&mut conn.stream, &mut conn.buf).await
+}
+
+/// The length of the next CRLF-terminated line in `conn.buf` (without its CRLF), reading more
+/// until it is there; `what` names the line in errors.
+async fn read_line(conn: &mut Conn, max: usize, what: &str) -> Result<usize, String> {
+    loop {
+        if let Some(i) = conn.buf.windows(2).position(|w| w == b"\r\n") {
+            return Ok(i);
+        }
+        if conn.buf.len() > max {
+            return Err(format!("{what} too long"));
+        }
+        if fill(conn).await.map_err(|e| e.to_string())? == 0 {
+            return Err(format!("closed inside the {what}"));
+        }
     }
-    conn.stream.read_buf(&mut conn.buf).await
 }
 
 /// Reads one chunked body from `conn.buf` (and the socket): the data, then the trailers
@@ -264,18 +277,7 @@ async fn fill(conn: &mut Conn) -> std::io::Result<usize> {
 async fn read_chunked(conn: &mut Conn) -> Result<Bytes, String> {
     let mut body = BytesMut::new();
     loop {
-        // The chunk-size line.
-        let line_end = loop {
-            if let Some(i) = conn.buf.windows(2).position(|w| w == b"\r\n") {
-                break i;
-            }
-            if conn.buf.len() > 4096 {
-                return Err("chunk size line too long".into());
-            }
-            if fill(conn).await.map_err(|e| e.to_string())? == 0 {
-                return Err("closed inside a chunked body".into());
-            }
-        };
+        let line_end = read_line(conn, 4096, "chunk size line").await?;
         let size_text = &conn.buf[..line_end];
         let size_text = size_text
             .split(|b| *b == b';')
@@ -290,17 +292,7 @@ async fn read_chunked(conn: &mut Conn) -> Result<Bytes, String> {
         if size == 0 {
             // Trailer fields up to an empty line.
             loop {
-                let line_end = loop {
-                    if let Some(i) = conn.buf.windows(2).position(|w| w == b"\r\n") {
-                        break i;
-                    }
-                    if conn.buf.len() > MAX_HEAD {
-                        return Err("trailers too long".into());
-                    }
-                    if fill(conn).await.map_err(|e| e.to_string())? == 0 {
-                        return Err("closed inside the trailers".into());
-                    }
-                };
+                let line_end = read_line(conn, MAX_HEAD, "trailer").await?;
                 conn.buf.advance(line_end + 2);
                 if line_end == 0 {
                     return Ok(body.freeze());

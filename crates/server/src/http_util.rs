@@ -40,6 +40,19 @@ fn new_request_id() -> String {
         .collect()
 }
 
+/// Reads more of `stream` into `buf`, making room first when less than 1 KiB is free; `Ok(0)`
+/// when the peer closed. The data plane's HTTP/1.1 loops read through it.
+pub(crate) async fn read_more(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut bytes::BytesMut,
+) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(8 * 1024);
+    }
+    stream.read_buf(buf).await
+}
+
 /// Whether a comma-separated header value (`Connection`, `Transfer-Encoding`) lists `token`,
 /// case-insensitively.
 pub(crate) fn has_token(value: &[u8], token: &str) -> bool {
