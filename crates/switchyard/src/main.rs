@@ -7,6 +7,12 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
+/// mimalloc instead of glibc's malloc: the data plane allocates on its threads and the log
+/// writer frees on its own, where glibc's `free` was the largest single cost per request
+/// (BENCHMARKS.md, "Proxy cost").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Gateway and controller for safe ML model rollouts.
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about, propagate_version = true)]
