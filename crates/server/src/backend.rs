@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, StatusCode};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client, ResponseFuture};
@@ -102,15 +103,17 @@ impl UpstreamClient {
 
     /// Sends `request` and reads the whole answer. On a data-plane thread
     /// (`runtime.data_plane_threads`) a plain `http://` call goes over that thread's own
-    /// connections to the endpoint named by `key` ([`conn_pool`]); anything else through the
-    /// shared pool.
+    /// connections to the endpoint named by `key` ([`conn_pool`]), which keeps of the answer's
+    /// headers only those named in `keep`; anything else through the shared pool, which keeps
+    /// them all.
     pub async fn exchange(
         &self,
         key: PoolKey,
         request: Request<Full<Bytes>>,
+        keep: &[hyper::header::HeaderName],
     ) -> Result<(hyper::http::response::Parts, Bytes), ExchangeError> {
         if matches!(self, UpstreamClient::Http(_)) && conn_pool::installed() {
-            return conn_pool::exchange(key, request).await;
+            return conn_pool::exchange(key, request, keep).await;
         }
         let response = self
             .request(request)
@@ -466,7 +469,7 @@ impl Backend {
 
 /// The `Host` header hyper-util's client would write for `uri`: the host, and the port when it
 /// is not the scheme's default.
-fn host_header(uri: &hyper::Uri) -> Option<hyper::header::HeaderValue> {
+fn host_header(uri: &hyper::Uri) -> Option<HeaderValue> {
     let host = uri.host()?;
     let default = if uri.scheme_str() == Some("https") {
         443
@@ -477,7 +480,7 @@ fn host_header(uri: &hyper::Uri) -> Option<hyper::header::HeaderValue> {
         Some(port) if port != default => format!("{host}:{port}"),
         _ => host.to_string(),
     };
-    hyper::header::HeaderValue::from_str(&text).ok()
+    HeaderValue::from_str(&text).ok()
 }
 
 impl HttpBackend {
@@ -638,25 +641,30 @@ impl HttpBackend {
             // Set here, hyper-util's client does not format one per request.
             request = request.header(hyper::header::HOST, host.clone());
         }
+        // Static values: a `&str` would be copied into a new allocation per request.
         request = match binary_header {
             Some(n) => request
-                .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+                .header(
+                    hyper::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                )
                 .header(&protocol::BINARY_HEADER, n),
-            None => request.header(hyper::header::CONTENT_TYPE, "application/json"),
+            None => request.header(
+                hyper::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
         };
         let request = request
             .body(Full::new(body))
             .map_err(|e| BackendError::Internal(format!("cannot build a request to {uri}: {e}")))?;
-        let (answer, body) =
-            self.client
-                .exchange(self.pool_key, request)
-                .await
-                .map_err(|e| match e {
-                    ExchangeError::Send(e) => BackendError::Unreachable(e),
-                    ExchangeError::Body(e) => {
-                        BackendError::Unreachable(format!("response body: {e}"))
-                    }
-                })?;
+        let (answer, body) = self
+            .client
+            .exchange(self.pool_key, request, &[protocol::BINARY_HEADER])
+            .await
+            .map_err(|e| match e {
+                ExchangeError::Send(e) => BackendError::Unreachable(e),
+                ExchangeError::Body(e) => BackendError::Unreachable(format!("response body: {e}")),
+            })?;
         let status = answer.status;
         let answer_header = answer
             .headers

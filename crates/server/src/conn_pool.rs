@@ -178,8 +178,12 @@ struct Head {
     len: usize,
 }
 
-/// Parses an answer head from `buf`: `Ok(None)` until it is complete.
-fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<Head>, String> {
+/// Parses an answer head from `buf`: `Ok(None)` until it is complete. Of its headers only
+/// those named in `keep` go into the head's header map: the gateway forwards none of a
+/// backend's headers and reads one or two, and building a map entry for each of the others
+/// (`date`, `server`, `content-type`, …) cost ~2,000 instructions per answer (BENCHMARKS.md,
+/// "Proxy cost").
+fn parse_head(buf: &[u8], head_request: bool, keep: &[HeaderName]) -> Result<Option<Head>, String> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut headers);
     let len = match res.parse(buf) {
@@ -194,39 +198,39 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<Head>, String> {
     let mut builder = hyper::Response::builder().status(status);
     let mut framing = None;
     let mut keep_alive = !http10;
-    if let Some(map) = builder.headers_mut() {
-        map.reserve(res.headers.len());
-        for h in res.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| format!("invalid header name in the answer: {}", h.name))?;
+    for h in res.headers.iter() {
+        let is = |name: &HeaderName| h.name.eq_ignore_ascii_case(name.as_str());
+        if is(&TRANSFER_ENCODING) {
+            // Only chunked is the last coding a client can read (RFC 9112 §6.3).
+            if !h.value.trim_ascii().ends_with(b"chunked") {
+                return Err(format!(
+                    "unsupported transfer-encoding in the answer: {}",
+                    String::from_utf8_lossy(h.value)
+                ));
+            }
+            framing = Some(Framing::Chunked);
+        } else if is(&CONTENT_LENGTH) && framing != Some(Framing::Chunked) {
+            let n = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| "invalid content-length in the answer".to_string())?;
+            if matches!(framing, Some(Framing::Length(m)) if m != n) {
+                return Err("conflicting content-length values in the answer".into());
+            }
+            framing = Some(Framing::Length(n));
+        } else if is(&CONNECTION) {
+            if crate::http_util::has_token(h.value, "close") {
+                keep_alive = false;
+            } else if crate::http_util::has_token(h.value, "keep-alive") {
+                keep_alive = true;
+            }
+        }
+        if let Some(name) = keep.iter().find(|name| is(name)) {
             let value = HeaderValue::from_bytes(h.value)
                 .map_err(|_| format!("invalid value of {} in the answer", h.name))?;
-            if name == TRANSFER_ENCODING {
-                // Only chunked is the last coding a client can read (RFC 9112 §6.3).
-                if !h.value.trim_ascii().ends_with(b"chunked") {
-                    return Err(format!(
-                        "unsupported transfer-encoding in the answer: {}",
-                        String::from_utf8_lossy(h.value)
-                    ));
-                }
-                framing = Some(Framing::Chunked);
-            } else if name == CONTENT_LENGTH && framing != Some(Framing::Chunked) {
-                let n = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .ok_or_else(|| "invalid content-length in the answer".to_string())?;
-                if matches!(framing, Some(Framing::Length(m)) if m != n) {
-                    return Err("conflicting content-length values in the answer".into());
-                }
-                framing = Some(Framing::Length(n));
-            } else if name == CONNECTION {
-                if crate::http_util::has_token(h.value, "close") {
-                    keep_alive = false;
-                } else if crate::http_util::has_token(h.value, "keep-alive") {
-                    keep_alive = true;
-                }
+            if let Some(map) = builder.headers_mut() {
+                map.append(name.clone(), value);
             }
-            map.append(name, value);
         }
     }
     // No body whatever the headers say: an answer to HEAD, 1xx, 204, 304 (RFC 9112 §6.3).
@@ -313,12 +317,13 @@ async fn read_chunked(conn: &mut Conn) -> Result<Bytes, String> {
 }
 
 /// Sends `request` over one of this thread's connections to its endpoint and reads the whole
-/// answer. A request that an idle connection could not take (the write failed: the backend
+/// answer, keeping of its headers those named in `keep`. A request that an idle connection could not take (the write failed: the backend
 /// closed it meanwhile) is sent again on another; one that may have reached the backend is
 /// not. Call only where [`installed`] is true.
 pub async fn exchange(
     key: PoolKey,
     request: Request<Full<Bytes>>,
+    keep: &[HeaderName],
 ) -> Result<(hyper::http::response::Parts, Bytes), ExchangeError> {
     let (parts, body) = request.into_parts();
     let body = match body.collect().await {
@@ -347,7 +352,7 @@ pub async fn exchange(
             let parsed = if conn.buf.is_empty() {
                 None
             } else {
-                parse_head(&conn.buf, head_request).map_err(ExchangeError::Send)?
+                parse_head(&conn.buf, head_request, keep).map_err(ExchangeError::Send)?
             };
             match parsed {
                 Some(head) if head.parts.status.is_informational() => {
@@ -431,14 +436,24 @@ mod tests {
 
     #[test]
     fn answer_heads_give_framing_and_reuse() {
-        let parse = |text: &str, head: bool| parse_head(text.as_bytes(), head).unwrap().unwrap();
-        let text = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello";
+        let keep = [HeaderName::from_static("x-a")];
+        let parse =
+            |text: &str, head: bool| parse_head(text.as_bytes(), head, &keep).unwrap().unwrap();
+        let text =
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\nX-B: c\r\nx-a: d\r\n\r\nhello";
         let h = parse(text, false);
         assert_eq!(
             (h.framing, h.keep_alive, h.len),
             (Framing::Length(5), true, text.len() - 5)
         );
-        assert_eq!(h.parts.headers["x-a"], "b");
+        // Only the headers asked for are kept, each of their values in order.
+        let kept: Vec<_> = h
+            .parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(kept, [("x-a", "b"), ("x-a", "d")]);
         let h = parse(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
             false,
@@ -465,7 +480,7 @@ mod tests {
         assert_eq!(h.framing, Framing::Length(0));
         let h = parse("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true);
         assert_eq!(h.framing, Framing::Length(0));
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le", false)
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le", false, &keep)
             .unwrap()
             .is_none());
         for bad in [
@@ -474,7 +489,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
             "NOT HTTP\r\n\r\n",
         ] {
-            assert!(parse_head(bad.as_bytes(), false).is_err(), "{bad}");
+            assert!(parse_head(bad.as_bytes(), false, &keep).is_err(), "{bad}");
         }
     }
 }
