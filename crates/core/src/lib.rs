@@ -18,6 +18,11 @@ pub mod rollout_config;
 pub mod routing;
 pub mod segments;
 
+/// A map keyed by a model or version name, looked up on every request: foldhash instead of
+/// the standard SipHash, which cost ~150 instructions per lookup of a short name (the keys
+/// come from the configuration, so there is nothing for a client to collide).
+pub type NameMap<V> = std::collections::HashMap<String, V, foldhash::fast::RandomState>;
+
 pub use aggregate::{Aggregates, PairKey, PairStats, SeriesKey, VariantStats};
 pub use record::{Feedback, Outcome, PairRef, Prediction, PredictionRecord, Role, Truth};
 pub use routing::{Decision, ModelRoute, RoutingTable, Strategy};

@@ -17,8 +17,6 @@
 //! The gateway holds the table behind an `ArcSwap`: a new table (a canary step, a rollback, a
 //! blue-green switch) takes effect for the next request without a lock on the request path.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -664,7 +662,7 @@ pub struct RoutingTable {
     /// Increases with every change; records carry the epoch they were routed under, so
     /// statistics of one canary step never mix with the previous step's.
     pub epoch: u64,
-    pub routes: HashMap<String, ModelRoute>,
+    pub routes: crate::NameMap<ModelRoute>,
 }
 
 impl RoutingTable {

@@ -1,6 +1,5 @@
 //! Assembling the gateway: shared state, the router, start and shutdown.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -129,8 +128,8 @@ impl Gateway {
             tracing::info!("{}", auth.describe());
         }
         let clients = Clients::new();
-        let mut models = HashMap::new();
-        let mut routes = HashMap::new();
+        let mut models = switchyard_core::NameMap::default();
+        let mut routes = switchyard_core::NameMap::default();
         for (name, model) in &config.models {
             let mut runtime =
                 ModelRuntime::build(name, model, &clients).map_err(|(version, e)| {

@@ -816,11 +816,10 @@ pub struct ModelRuntime {
     pub config: ModelConfig,
     /// The configured class names, shared with shadow jobs.
     pub classes: Option<Arc<[String]>>,
-    pub backends: std::collections::HashMap<String, Arc<Backend>>,
+    pub backends: switchyard_core::NameMap<Arc<Backend>>,
     /// Per version, the metric series of its successful serving calls, resolved on first use
     /// (the common outcome skips building label sets on every request).
-    pub served_ok:
-        std::collections::HashMap<String, std::sync::OnceLock<crate::metrics::CallHandles>>,
+    pub served_ok: switchyard_core::NameMap<std::sync::OnceLock<crate::metrics::CallHandles>>,
     /// Per version, what it serves: the ONNX file's SHA-256, or the version an HTTP backend
     /// reported (once [`ModelRuntime::ask_backend_versions`] asked), with the configured
     /// `git_sha` and `registry`.
@@ -835,7 +834,7 @@ impl ModelRuntime {
         model: &ModelConfig,
         clients: &Clients,
     ) -> Result<ModelRuntime, (String, BuildError)> {
-        let mut backends = HashMap::new();
+        let mut backends = switchyard_core::NameMap::default();
         let mut provenance = std::collections::BTreeMap::new();
         for (version, spec) in &model.versions {
             let backend = Backend::build(spec, clients).map_err(|e| (version.clone(), e))?;

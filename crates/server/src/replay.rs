@@ -18,7 +18,7 @@
 //! `sample` is not applied), there is no circuit breaker (every candidate call is made and
 //! counted), and the spec's `min_labelled` and `min_duration_ms` do not hold the report back.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -158,9 +158,11 @@ pub struct Loaded {
 
 /// Every configured model's backends, built as `serve` builds them (in-process ONNX models
 /// loaded now, HTTP backends on one pooled client).
-pub fn runtimes(config: &GatewayConfig) -> Result<HashMap<String, ModelRuntime>, ReplayError> {
+pub fn runtimes(
+    config: &GatewayConfig,
+) -> Result<switchyard_core::NameMap<ModelRuntime>, ReplayError> {
     let clients = Clients::new();
-    let mut models = HashMap::new();
+    let mut models = switchyard_core::NameMap::default();
     for (name, model) in &config.models {
         let runtime = ModelRuntime::build(name, model, &clients).map_err(|(version, e)| {
             ReplayError::Backend {
@@ -179,7 +181,7 @@ pub fn runtimes(config: &GatewayConfig) -> Result<HashMap<String, ModelRuntime>,
 /// against the model's versions and segment fields as `apply` checks it; `model`, `primary`
 /// and `candidate`, when given beside a spec, must agree with it.
 pub fn shadow_spec(
-    models: &HashMap<String, ModelRuntime>,
+    models: &switchyard_core::NameMap<ModelRuntime>,
     text: Option<&str>,
     model: Option<&str>,
     primary: Option<&str>,
@@ -265,7 +267,7 @@ pub fn shadow_spec(
     }
 }
 
-fn unknown_model(models: &HashMap<String, ModelRuntime>, model: &str) -> ReplayError {
+fn unknown_model(models: &switchyard_core::NameMap<ModelRuntime>, model: &str) -> ReplayError {
     let mut known: Vec<&str> = models.keys().map(String::as_str).collect();
     known.sort_unstable();
     ReplayError::UnknownModel {

@@ -2,7 +2,6 @@
 //! everything a request handler may touch. It knows nothing of the controller or the router:
 //! handlers and the controller depend on it, never the other way round.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use crate::shadow::ShadowDispatcher;
 pub struct AppState {
     /// The routing table: loaded once per request, replaced whole.
     pub table: ArcSwap<RoutingTable>,
-    pub models: HashMap<String, ModelRuntime>,
+    pub models: switchyard_core::NameMap<ModelRuntime>,
     pub log: LogHandle,
     pub shadow: ShadowDispatcher,
     pub metrics: Arc<Metrics>,

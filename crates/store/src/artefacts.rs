@@ -8,8 +8,6 @@
 //! ([`VersionProvenance::conflict_with`]), so a version name never silently changes what it
 //! serves.
 
-use std::collections::HashMap;
-
 use switchyard_core::provenance::VersionProvenance;
 
 use crate::StoreError;
@@ -25,7 +23,7 @@ pub struct StoredArtefact {
 /// The artefact id of each (model, version) this writer serves, looked up per record on the
 /// writer thread (two hash lookups, no allocation).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct ArtefactIds(HashMap<String, HashMap<String, i64>>);
+pub(crate) struct ArtefactIds(switchyard_core::NameMap<switchyard_core::NameMap<i64>>);
 
 impl ArtefactIds {
     pub(crate) fn get(&self, model: &str, version: &str) -> Option<i64> {

@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -44,7 +43,7 @@ models:
 "#;
 
 /// The backends of a configuration, built as `serve` builds them.
-fn runtimes(yaml: &str) -> HashMap<String, ModelRuntime> {
+fn runtimes(yaml: &str) -> switchyard_core::NameMap<ModelRuntime> {
     let config = parse_config(yaml, &repo_root(), "test config").unwrap();
     replay::runtimes(&config).unwrap()
 }
@@ -149,7 +148,7 @@ fn write_jsonl(path: &Path, requests: &[(String, Value, Value)]) {
 }
 
 async fn replay_source(
-    models: &HashMap<String, ModelRuntime>,
+    models: &switchyard_core::NameMap<ModelRuntime>,
     spec: &str,
     source: Source,
 ) -> ReplayReport {
@@ -438,7 +437,7 @@ async fn a_regression_replay_reports_the_paired_errors_of_the_live_shadow() {
     tg.gateway.shutdown().await.unwrap();
 }
 
-fn load_error(models: &HashMap<String, ModelRuntime>, source: Source) -> String {
+fn load_error(models: &switchyard_core::NameMap<ModelRuntime>, source: Source) -> String {
     match replay::load(&source, &models["yield"], 1_000) {
         Ok(loaded) => panic!("{source:?} loaded {} rows", loaded.rows.len()),
         Err(e) => e.to_string(),
