@@ -106,7 +106,11 @@ impl JsonBody {
             })?,
         };
         let object = json.trim_ascii_start().first() == Some(&b'{');
-        let request: V2Request = match serde_json::from_slice(json) {
+        // Checked as UTF-8 once, then parsed as text: `from_slice` checks each string it meets
+        // on its own, ~100 instructions apiece (BENCHMARKS.md, "Proxy cost").
+        let text = std::str::from_utf8(json)
+            .map_err(|e| InvalidBody::NotJson(format!("not UTF-8 at byte {}", e.valid_up_to())))?;
+        let request: V2Request = match serde_json::from_str(text) {
             Ok(request) if object => request,
             Ok(_) => return Err(InvalidBody::NotAnObject),
             Err(e) if e.is_data() && !object => return Err(InvalidBody::NotAnObject),
@@ -981,9 +985,11 @@ pub fn read_answer(
     task: Task,
     classes: Option<&[String]>,
 ) -> Result<Prediction, AnswerError> {
+    // As text, for the reason `JsonBody::validate_v2` gives.
     let typed = (wire == Wire::V2)
-        .then(|| serde_json::from_slice::<V2Answer>(body).ok())
-        .flatten();
+        .then(|| std::str::from_utf8(body).ok())
+        .flatten()
+        .and_then(|text| serde_json::from_str::<V2Answer>(text).ok());
     let chosen = typed
         .as_ref()
         .and_then(|a| choose_output(&a.outputs, task, |o| o.name.as_deref()));
@@ -1239,6 +1245,12 @@ mod tests {
             read_answer(Wire::V2, b"<html>", Task::Regression, None),
             Err(AnswerError::NotJson(_))
         ));
+        // Not UTF-8: the typed path declines and the tree path words the error.
+        let answer = b"{\"outputs\": [{\"name\": \"\xe9\", \"shape\": [1], \"data\": [1]}]}";
+        assert!(matches!(
+            read_answer(Wire::V2, answer, Task::Regression, None),
+            Err(AnswerError::NotJson(_))
+        ));
         for bad in [
             json!({"outputs": []}),
             json!({"outputs": "x"}),
@@ -1330,6 +1342,14 @@ mod tests {
             Err(InvalidBody::NotJson(_))
         ));
         assert!(matches!(v2("garbage"), Err(InvalidBody::NotJson(_))));
+        // Bytes that are not UTF-8 (a Latin-1 name) are named with their offset.
+        let mut latin1 = good.as_bytes().to_vec();
+        let at = good.find(r#""x""#).unwrap() + 1;
+        latin1[at] = 0xe9;
+        assert_eq!(
+            JsonBody::validate_v2(bytes::Bytes::from(latin1), None).err(),
+            Some(InvalidBody::NotJson(format!("not UTF-8 at byte {at}")))
+        );
         assert!(matches!(
             v2(&format!("{good} x")),
             Err(InvalidBody::NotJson(_))
