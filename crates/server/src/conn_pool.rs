@@ -317,9 +317,10 @@ async fn read_chunked(conn: &mut Conn) -> Result<Bytes, String> {
 }
 
 /// Sends `request` over one of this thread's connections to its endpoint and reads the whole
-/// answer, keeping of its headers those named in `keep`. A request that an idle connection could not take (the write failed: the backend
-/// closed it meanwhile) is sent again on another; one that may have reached the backend is
-/// not. Call only where [`installed`] is true.
+/// answer, keeping of its headers those named in `keep`. A request that an idle connection
+/// could not take (the write failed: the backend closed it meanwhile) is sent again on
+/// another; one that may have reached the backend is not. Call only where [`installed`] is
+/// true.
 pub async fn exchange(
     key: PoolKey,
     request: Request<Full<Bytes>>,

@@ -127,6 +127,25 @@ pub(crate) fn segment_values(
         .collect()
 }
 
+/// A request's body: read whole already (the hot loop's, within the size limit), or still to
+/// be read from hyper's stream.
+pub(crate) enum InBody {
+    Whole(bytes::Bytes),
+    Stream(Body),
+}
+
+impl InBody {
+    async fn read(self, limit: usize) -> Result<bytes::Bytes, ApiError> {
+        match self {
+            // Handed over as it is: collecting a whole body through axum's `Body` cost ~650
+            // instructions per request (BENCHMARKS.md, "Proxy cost").
+            InBody::Whole(bytes) if bytes.len() <= limit => Ok(bytes),
+            InBody::Whole(_) => Err(crate::http_util::body_too_large(limit)),
+            InBody::Stream(body) => read_body(body, limit).await,
+        }
+    }
+}
+
 pub(crate) async fn handle(
     state: Arc<AppState>,
     wire: Wire,
@@ -135,6 +154,24 @@ pub(crate) async fn handle(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
+    handle_parts(state, wire, model, pinned, parts, InBody::Stream(body))
+        .await
+        .map(Body::from)
+}
+
+/// An answer of the data plane with its whole body (none is streamed).
+pub(crate) type Answer = axum::http::Response<bytes::Bytes>;
+
+/// [`handle`] for a request already split into its head and body; the answer's body whole,
+/// for the hot loop to write as it is.
+pub(crate) async fn handle_parts(
+    state: Arc<AppState>,
+    wire: Wire,
+    model: String,
+    pinned: Option<String>,
+    parts: axum::http::request::Parts,
+    body: InBody,
+) -> Answer {
     let id = request_id(&parts.headers);
     match serve(
         &state,
@@ -152,8 +189,8 @@ pub(crate) async fn handle(
             state.metrics.reject(e.code);
             let e = e.with_request_id(&id);
             match wire {
-                Wire::V2 => e.oip().into_response(),
-                Wire::V1 => e.into_response(),
+                Wire::V2 => e.oip().into_answer(),
+                Wire::V1 => e.into_answer(),
             }
         }
     }
@@ -165,9 +202,9 @@ async fn serve(
     model: &str,
     pinned: Option<&str>,
     headers: &HeaderMap,
-    body: Body,
+    body: InBody,
     id: &str,
-) -> Result<Response, ApiError> {
+) -> Result<Answer, ApiError> {
     let ts_ms = now_ms();
     // Phase: read. Everything wrong here is the client's.
     authorize(state, headers)?;
@@ -184,7 +221,7 @@ async fn serve(
             "send Content-Type: application/json (or application/octet-stream with Inference-Header-Content-Length)",
         ));
     }
-    let bytes = read_body(body, state.max_body_bytes).await?;
+    let bytes = body.read(state.max_body_bytes).await?;
     let body = match wire {
         Wire::V2 => JsonBody::validate_v2(bytes, binary_header),
         Wire::V1 => JsonBody::validate(bytes),
@@ -207,7 +244,7 @@ async fn serve(
 
     let mut response = match served.result {
         Ok(reply) => {
-            let mut response = Response::new(Body::from(reply.body));
+            let mut response = Answer::new(reply.body);
             let h = response.headers_mut();
             match reply.binary_header {
                 Some(n) => {
@@ -230,7 +267,7 @@ async fn serve(
             let status = e.client_status();
             match &e {
                 BackendError::Rejected { body: Some(b), .. } => {
-                    let mut r = Response::new(Body::from(b.clone()));
+                    let mut r = Answer::new(b.clone());
                     *r.status_mut() = status;
                     r
                 }
@@ -241,8 +278,8 @@ async fn serve(
                         format!("{} {}: {e}", model, served.version),
                     );
                     match wire {
-                        Wire::V2 => error.oip().into_response(),
-                        Wire::V1 => error.into_response(),
+                        Wire::V2 => error.oip().into_answer(),
+                        Wire::V1 => error.into_answer(),
                     }
                 }
             }
@@ -522,7 +559,30 @@ fn error_code(e: &BackendError) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::infer_route_model;
+    use super::{infer_route_model, InBody};
+
+    #[tokio::test]
+    async fn a_whole_body_is_handed_over_within_the_limit_and_refused_over_it() {
+        let body = bytes::Bytes::from_static(b"{\"inputs\": []}");
+        let read = InBody::Whole(body.clone()).read(body.len()).await;
+        assert_eq!(read.ok(), Some(body.clone()));
+        let refused = InBody::Whole(body.clone()).read(body.len() - 1).await.err();
+        let refused = refused.expect("over the limit");
+        assert_eq!(
+            (refused.status.as_u16(), refused.code),
+            (413, "body_too_large")
+        );
+        // The same answer as a streamed body over the limit.
+        let streamed = InBody::Stream(axum::body::Body::from(body.clone()))
+            .read(body.len() - 1)
+            .await
+            .err()
+            .expect("over the limit");
+        assert_eq!(
+            (streamed.status, streamed.code, streamed.message),
+            (refused.status, refused.code, refused.message)
+        );
+    }
 
     #[test]
     fn only_a_plain_infer_path_takes_the_direct_route() {

@@ -64,37 +64,50 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = match self.style {
-            ErrorStyle::Switchyard => {
-                let body = ErrorBody {
-                    error: ErrorDetail {
-                        code: self.code.to_string(),
-                        message: self.message,
-                        problems: self.problems,
-                    },
-                    request_id: self.request_id.clone(),
-                };
-                (self.status, axum::Json(body)).into_response()
-            }
+impl ApiError {
+    /// The answer with its whole body: what [`IntoResponse`] gives, before the body becomes
+    /// a stream (the data plane's hot loop writes it as it is).
+    pub fn into_answer(self) -> axum::http::Response<bytes::Bytes> {
+        let body = match self.style {
+            ErrorStyle::Switchyard => serde_json::to_vec(&ErrorBody {
+                error: ErrorDetail {
+                    code: self.code.to_string(),
+                    message: self.message,
+                    problems: self.problems,
+                },
+                request_id: self.request_id.clone(),
+            }),
             ErrorStyle::Oip => {
                 let message = if self.problems.is_empty() {
                     self.message
                 } else {
                     format!("{}: {}", self.message, self.problems.join("; "))
                 };
-                let body = OipErrorBody {
+                serde_json::to_vec(&OipErrorBody {
                     error: &message,
                     code: self.code,
                     request_id: self.request_id.as_deref(),
-                };
-                (self.status, axum::Json(body)).into_response()
+                })
             }
-        };
+        }
+        // Plain structs of strings: serialising them cannot fail.
+        .unwrap_or_default();
+        let mut response = axum::http::Response::new(bytes::Bytes::from(body));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        );
         if let Some(id) = self.request_id.and_then(|id| id.parse().ok()) {
-            response.headers_mut().insert("x-request-id", id);
+            headers.insert("x-request-id", id);
         }
         response
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.into_answer().map(axum::body::Body::from)
     }
 }

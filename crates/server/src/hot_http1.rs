@@ -21,9 +21,7 @@ use std::time::Duration;
 use axum::http::{
     header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version,
 };
-use axum::response::IntoResponse;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -312,13 +310,8 @@ pub async fn serve(
                         ),
                     )
                     .oip()
-                    .into_response();
+                    .into_answer();
                     let (parts, body) = answer.into_parts();
-                    let body = body
-                        .collect()
-                        .await
-                        .map(|b| b.to_bytes())
-                        .unwrap_or_default();
                     encode(&mut out, parts.status, &parts.headers, &body, true);
                     let _ = stream.write_all(&out).await;
                     return Outcome::Closed;
@@ -327,12 +320,11 @@ pub async fn serve(
         }
         let mut message = buf.split_to(total);
         message.advance(head_len);
-        let request = request.map(|()| axum::body::Body::from(message.freeze()));
-        let answer = dataplane::handle(state.clone(), Wire::V2, model, None, request).await;
+        let (parts, ()) = request.into_parts();
+        let body = dataplane::InBody::Whole(message.freeze());
+        let answer =
+            dataplane::handle_parts(state.clone(), Wire::V2, model, None, parts, body).await;
         let (parts, body) = answer.into_parts();
-        let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
-            return Outcome::Closed;
-        };
         let close = close || *shutdown.borrow();
         encode(&mut out, parts.status, &parts.headers, &body, close);
         if stream.write_all(&out).await.is_err() || close {

@@ -109,6 +109,15 @@ pub fn is_json_content_type(headers: &HeaderMap) -> bool {
     }
 }
 
+/// The answer to a body over `limit` bytes.
+pub(crate) fn body_too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("request body exceeds {limit} bytes"),
+    )
+}
+
 /// Reads the body, refusing bodies over `limit` bytes.
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
@@ -126,11 +135,7 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             .is_some_and(|s| s.to_string().contains("length limit"))
             || e.to_string().contains("length limit");
         if too_large {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("request body exceeds {limit} bytes"),
-            )
+            body_too_large(limit)
         } else {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
