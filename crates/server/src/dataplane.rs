@@ -566,8 +566,10 @@ mod tests {
         let body = bytes::Bytes::from_static(b"{\"inputs\": []}");
         let read = InBody::Whole(body.clone()).read(body.len()).await;
         assert_eq!(read.ok(), Some(body.clone()));
-        let refused = InBody::Whole(body.clone()).read(body.len() - 1).await.err();
-        let refused = refused.expect("over the limit");
+        let refused = InBody::Whole(body.clone())
+            .read(body.len() - 1)
+            .await
+            .expect_err("over the limit");
         assert_eq!(
             (refused.status.as_u16(), refused.code),
             (413, "body_too_large")
@@ -576,8 +578,7 @@ mod tests {
         let streamed = InBody::Stream(axum::body::Body::from(body.clone()))
             .read(body.len() - 1)
             .await
-            .err()
-            .expect("over the limit");
+            .expect_err("over the limit");
         assert_eq!(
             (streamed.status, streamed.code, streamed.message),
             (refused.status, refused.code, refused.message)
