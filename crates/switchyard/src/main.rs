@@ -8,8 +8,9 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 /// mimalloc instead of glibc's malloc: the data plane allocates on its threads and the log
-/// writer frees on its own, where glibc's `free` was the largest single cost per request
-/// (BENCHMARKS.md, "Proxy cost").
+/// writer frees on its own, where glibc's `free` was the largest single cost per request.
+/// Built without transparent huge pages (`no_thp`): with them the gateway's memory grew in
+/// 2 MiB steps (BENCHMARKS.md, "Proxy cost").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
