@@ -219,20 +219,28 @@ fn mode(args: &Args) -> anyhow::Result<Mode> {
     })
 }
 
+/// The next connection, without Nagle's delay. A failed accept (out of file descriptors and
+/// the like) backs off instead of spinning.
+async fn accept(listener: &TcpListener) -> tokio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                return stream;
+            }
+            Err(e) => {
+                eprintln!("mock-backend: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 async fn serve(listener: TcpListener, mode: Mode) -> anyhow::Result<()> {
     let mut http = http1::Builder::new();
     http.keep_alive(true);
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                eprintln!("mock-backend: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = accept(&listener).await;
         let mode = mode.clone();
         let conn = http.serve_connection(
             TokioIo::new(stream),
@@ -346,7 +354,6 @@ async fn forward(request: Request<Incoming>, client: &Client, base: &str) -> Res
 mod raw {
     use std::io;
     use std::net::SocketAddr;
-    use std::time::Duration;
 
     use anyhow::Context;
     use bytes::{BufMut, BytesMut};
@@ -366,15 +373,7 @@ mod raw {
 
     pub async fn serve(listener: TcpListener, upstream: SocketAddr) -> anyhow::Result<()> {
         loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    eprintln!("mock-backend: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
+            let stream = super::accept(&listener).await;
             tokio::spawn(async move {
                 let _ = connection(stream, upstream).await;
             });

@@ -62,9 +62,7 @@ impl ApiError {
         self.style = ErrorStyle::Oip;
         self
     }
-}
 
-impl ApiError {
     /// The answer with its whole body: what [`IntoResponse`] gives, before the body becomes
     /// a stream (the data plane's hot loop writes it as it is).
     pub fn into_answer(self) -> axum::http::Response<bytes::Bytes> {

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use crate::dataplane;
 use crate::error::ApiError;
-use crate::http_util::read_more;
+use crate::http_util::{read_more, BodyReadTimeout};
 use crate::protocol::Wire;
 use crate::state::AppState;
 
@@ -301,16 +301,9 @@ pub async fn serve(
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Outcome::Closed,
                 Err(_) => {
-                    let answer = ApiError::new(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "body_timeout",
-                        format!(
-                            "request body not received within {} ms",
-                            state.body_read_timeout.as_millis()
-                        ),
-                    )
-                    .oip()
-                    .into_answer();
+                    let answer = ApiError::from(BodyReadTimeout(state.body_read_timeout))
+                        .oip()
+                        .into_answer();
                     let (parts, body) = answer.into_parts();
                     encode(&mut out, parts.status, &parts.headers, &body, true);
                     let _ = stream.write_all(&out).await;

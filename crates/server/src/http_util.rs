@@ -122,14 +122,7 @@ pub(crate) fn body_too_large(limit: usize) -> ApiError {
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         if let Some(timeout) = find_body_timeout(&e) {
-            return ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "request body not received within {} ms",
-                    timeout.0.as_millis()
-                ),
-            );
+            return timeout.into();
         }
         let too_large = std::error::Error::source(&e)
             .is_some_and(|s| s.to_string().contains("length limit"))
@@ -161,6 +154,17 @@ impl std::fmt::Display for BodyReadTimeout {
 }
 
 impl std::error::Error for BodyReadTimeout {}
+
+/// Answered 408, by the body reader and by the data plane's own HTTP/1.1 loop alike.
+impl From<BodyReadTimeout> for ApiError {
+    fn from(timeout: BodyReadTimeout) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            timeout.to_string(),
+        )
+    }
+}
 
 fn find_body_timeout(e: &(dyn std::error::Error + 'static)) -> Option<BodyReadTimeout> {
     let mut current = Some(e);
