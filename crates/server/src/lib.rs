@@ -22,6 +22,7 @@ pub mod grpc;
 pub mod grpc_wire;
 pub mod hot_http1;
 pub mod http_util;
+pub mod json_scan;
 pub mod metrics;
 pub mod oip;
 pub mod onnx;

@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 use switchyard_core::config::Task;
 use switchyard_core::Prediction;
 
+use crate::json_scan::{first, Leaf, Leaves, Scanner};
+
 /// The protocol of a client request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
@@ -105,25 +107,16 @@ impl JsonBody {
                 ))
             })?,
         };
-        let object = json.trim_ascii_start().first() == Some(&b'{');
         // Checked as UTF-8 once, then parsed as text: `from_slice` checks each string it meets
         // on its own, ~100 instructions apiece (BENCHMARKS.md, "Proxy cost").
         let text = std::str::from_utf8(json)
             .map_err(|e| InvalidBody::NotJson(format!("not UTF-8 at byte {}", e.valid_up_to())))?;
-        let request: V2Request = match serde_json::from_str(text) {
-            Ok(request) if object => request,
-            Ok(_) => return Err(InvalidBody::NotAnObject),
-            Err(e) if e.is_data() && !object => return Err(InvalidBody::NotAnObject),
-            Err(e) if e.is_data() => {
-                return Err(InvalidBody::BadTensor(format!(
-                    "not an inference request: {e}"
-                )))
-            }
-            Err(e) => return Err(InvalidBody::NotJson(e.to_string())),
+        // The common request (JSON data, nothing binary) is read by the scanner; serde's path
+        // takes the rest and words every refusal.
+        let (binary, binary_outputs) = match header_len {
+            None if plain_v2_request(text).is_some() => (None, None),
+            _ => read_v2(text, header_len.map(|n| (n, &bytes[n..])))?,
         };
-        let binary_outputs = request.binary_outputs();
-        let binary = check_tensors(request, header_len.map(|n| (n, &bytes[n..])))
-            .map_err(|e| InvalidBody::BadTensor(e.0))?;
         Ok(JsonBody {
             bytes,
             tree: std::sync::OnceLock::new(),
@@ -369,30 +362,6 @@ impl std::fmt::Display for InputAt<'_> {
     }
 }
 
-/// What a tensor's `data` holds, counted without building it: nested arrays are flattened
-/// (the protocol allows both flat and nested data).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Leaves {
-    numbers: u64,
-    strings: u64,
-    bools: u64,
-    /// Objects and nulls.
-    other: u64,
-}
-
-impl Leaves {
-    fn total(&self) -> u64 {
-        self.numbers + self.strings + self.bools + self.other
-    }
-
-    fn add(&mut self, o: Leaves) {
-        self.numbers += o.numbers;
-        self.strings += o.strings;
-        self.bools += o.bools;
-        self.other += o.other;
-    }
-}
-
 impl<'de> serde::Deserialize<'de> for Leaves {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Visitor;
@@ -463,6 +432,119 @@ impl<'de> serde::Deserialize<'de> for Leaves {
         }
         d.deserialize_any(Visitor)
     }
+}
+
+/// The serde path of [`JsonBody::validate_v2`]: the request's JSON `text` (and its binary
+/// part, with the JSON's length) checked, binary inputs and outputs found.
+fn read_v2(
+    text: &str,
+    binary: Option<(usize, &[u8])>,
+) -> Result<(Option<BinaryInputs>, Option<BinaryOutputs>), InvalidBody> {
+    let object = text.trim_ascii_start().starts_with('{');
+    let request: V2Request = match serde_json::from_str(text) {
+        Ok(request) if object => request,
+        Ok(_) => return Err(InvalidBody::NotAnObject),
+        Err(e) if e.is_data() && !object => return Err(InvalidBody::NotAnObject),
+        Err(e) if e.is_data() => {
+            return Err(InvalidBody::BadTensor(format!(
+                "not an inference request: {e}"
+            )))
+        }
+        Err(e) => return Err(InvalidBody::NotJson(e.to_string())),
+    };
+    let outputs = request.binary_outputs();
+    let inputs = check_tensors(request, binary).map_err(|e| InvalidBody::BadTensor(e.0))?;
+    Ok((inputs, outputs))
+}
+
+/// `Some` when `text` is an OIP v2 request that the serde path of [`JsonBody::validate_v2`]
+/// accepts, with no binary inputs or outputs, read by [`Scanner`] in one pass. `None` says
+/// nothing: the request may still be good (escapes in a string, `null` for an optional field,
+/// binary parameters) or be bad, and serde's path decides and words the error.
+fn plain_v2_request(text: &str) -> Option<()> {
+    let mut s = Scanner::new(text);
+    let (mut inputs, mut outputs, mut parameters) = (0usize, false, false);
+    let mut seen_inputs = false;
+    s.object(|s, key| match key {
+        "inputs" => {
+            first(&mut seen_inputs)?;
+            s.array(|s| {
+                inputs += 1;
+                plain_input(s)
+            })
+        }
+        "outputs" => {
+            first(&mut outputs)?;
+            s.array(|s| {
+                let mut name = false;
+                s.object(|s, key| match key {
+                    "name" => first(&mut name).and_then(|()| s.string().map(drop)),
+                    // `binary_data` may be in it.
+                    "parameters" => None,
+                    _ => s.skip(),
+                })
+            })
+        }
+        "parameters" => {
+            first(&mut parameters)?;
+            s.object(|s, key| match key {
+                "binary_data_output" => None,
+                _ => s.skip(),
+            })
+        }
+        _ => s.skip(),
+    })?;
+    (s.at_end() && inputs > 0).then_some(())
+}
+
+/// One input of [`plain_v2_request`]: `Some` when [`check_tensors`] passes it with JSON data.
+fn plain_input(s: &mut Scanner<'_>) -> Option<()> {
+    let (mut name, mut datatype, mut elements, mut data) = (None, None, None, None);
+    let mut parameters = false;
+    s.object(|s, key| match key {
+        "name" if name.is_none() => {
+            name = Some(s.string()?);
+            Some(())
+        }
+        "datatype" if datatype.is_none() => {
+            datatype = Some(s.string()?);
+            Some(())
+        }
+        "shape" if elements.is_none() => {
+            let mut n: u64 = 1;
+            s.array(|s| {
+                n = n
+                    .checked_mul(s.count()?)
+                    .filter(|n| *n <= MAX_TENSOR_ELEMENTS)?;
+                Some(())
+            })?;
+            elements = Some(n);
+            Some(())
+        }
+        // `null` is serde's "no data"; left to it.
+        "data" if data.is_none() && s.peek() != Some(b'n') => {
+            data = Some(s.count_leaves()?);
+            Some(())
+        }
+        "parameters" => {
+            first(&mut parameters)?;
+            s.object(|s, key| match key {
+                "binary_data_size" => None,
+                _ => s.skip(),
+            })
+        }
+        "name" | "datatype" | "shape" | "data" => None,
+        _ => s.skip(),
+    })?;
+    let (elements, data) = (elements?, data?);
+    let datatype = datatype.filter(|d| DATATYPES.contains(d))?;
+    let right = match datatype {
+        "BYTES" => data.strings,
+        "BOOL" => data.bools,
+        _ => data.numbers,
+    };
+    (name.is_some_and(|n| !n.is_empty()) && data.total() == elements && right == elements)
+        .then_some(())
 }
 
 /// Checks an OIP v2 request's tensor declarations: every input has a name, a known datatype
@@ -921,12 +1003,95 @@ fn rows_of(data: &Value, shape: &[usize]) -> Result<Vec<Value>, BadResponse> {
         }
     }
     data.iter().for_each(|v| push_all(v, &mut flat));
+    Ok(rows_by_shape(flat, shape))
+}
+
+/// A tensor's flattened data cut into rows of `shape[1]` when the shape is `[n, w]` with
+/// `w > 1` and fits the data.
+fn rows_by_shape(flat: Vec<Value>, shape: &[usize]) -> Vec<Value> {
     match shape {
-        [n, w] if *w > 1 && n * w == flat.len() => {
-            Ok(flat.chunks(*w).map(|c| Value::Array(c.to_vec())).collect())
+        [n, w] if *w > 1 && n.checked_mul(*w) == Some(flat.len()) => {
+            let mut rows = Vec::with_capacity(*n);
+            let mut items = flat.into_iter();
+            for _ in 0..*n {
+                rows.push(Value::Array(items.by_ref().take(*w).collect()));
+            }
+            rows
         }
-        _ => Ok(flat),
+        _ => flat,
     }
+}
+
+/// The rows of the output [`read_answer`]'s typed path chooses from an OIP v2 answer, read by
+/// [`Scanner`]. `None` says nothing (see [`plain_v2_request`]): every output here must have
+/// array `data` of scalars, and `name` and `shape`, when present, a plain string and counts.
+fn v2_answer_rows(text: &str, task: Task) -> Option<Vec<Value>> {
+    struct Output<'a> {
+        name: Option<&'a str>,
+        shape: Vec<usize>,
+        /// Where its `data` starts in the text.
+        data: usize,
+    }
+    let mut s = Scanner::new(text);
+    let mut outputs = Vec::new();
+    let mut seen = false;
+    s.object(|s, key| match key {
+        "outputs" => {
+            first(&mut seen)?;
+            s.array(|s| {
+                let (mut name, mut shape, mut data) = (None, None, None);
+                s.object(|s, key| match key {
+                    "name" if name.is_none() => {
+                        name = Some(s.string()?);
+                        Some(())
+                    }
+                    "shape" if shape.is_none() => {
+                        let mut dims = Vec::new();
+                        s.array(|s| {
+                            dims.push(usize::try_from(s.count()?).ok()?);
+                            Some(())
+                        })?;
+                        shape = Some(dims);
+                        Some(())
+                    }
+                    "data" if data.is_none() && s.peek() == Some(b'[') => {
+                        data = Some(s.offset());
+                        s.skip()
+                    }
+                    "name" | "shape" | "data" => None,
+                    _ => s.skip(),
+                })?;
+                outputs.push(Output {
+                    name,
+                    shape: shape.unwrap_or_default(),
+                    data: data?,
+                });
+                Some(())
+            })
+        }
+        _ => s.skip(),
+    })?;
+    if !(seen && s.at_end()) {
+        return None;
+    }
+    let chosen = choose_output(&outputs, task, |o| o.name)?;
+    let mut flat = Vec::new();
+    let mut scalars = true;
+    Scanner::new(text.get(chosen.data..)?).leaves(&mut |leaf| match leaf {
+        Leaf::Number(n) if n.len() <= 18 && n.bytes().all(|c| c.is_ascii_digit()) => {
+            // What serde_json makes of a non-negative integer.
+            flat.push(n.parse::<u64>().map_or(Value::Null, Value::from));
+        }
+        Leaf::Number(n) => match serde_json::from_str::<Value>(n) {
+            Ok(v) => flat.push(v),
+            Err(_) => scalars = false,
+        },
+        Leaf::String(t) => flat.push(Value::String(t.to_owned())),
+        Leaf::Bool(b) => flat.push(Value::Bool(b)),
+        Leaf::Null => flat.push(Value::Null),
+        Leaf::Object => scalars = false,
+    })?;
+    scalars.then(|| rows_by_shape(flat, &chosen.shape))
 }
 
 /// The output a prediction is read from: the first whose name the task prefers, else the
@@ -985,6 +1150,14 @@ pub fn read_answer(
     task: Task,
     classes: Option<&[String]>,
 ) -> Result<Prediction, AnswerError> {
+    if wire == Wire::V2 {
+        let rows = std::str::from_utf8(body)
+            .ok()
+            .and_then(|text| v2_answer_rows(text, task));
+        if let Some(rows) = rows {
+            return Ok(normalise_items(&rows, task, classes)?);
+        }
+    }
     // As text, for the reason `JsonBody::validate_v2` gives.
     let typed = (wire == Wire::V2)
         .then(|| std::str::from_utf8(body).ok())
@@ -1364,5 +1537,263 @@ mod tests {
             v2(r#"{"inputs": []}"#),
             Err(InvalidBody::BadTensor(_))
         ));
+    }
+
+    // The scanner's readings against serde's: whatever the scanner takes on, serde's path must
+    // read the same way. Documents are put together from pieces, good and bad, then mutated.
+
+    /// Per field of an input, its choices: "" leaves the field out. The good choices come
+    /// more than once so that whole good requests are common.
+    const INPUT_FIELDS: [&[&str]; 6] = [
+        &[
+            r#""name": "input""#,
+            r#""name": "input""#,
+            "",
+            r#""name":"""#,
+            r#""name": 5"#,
+            r#""name": "in\"put""#,
+        ],
+        &[
+            r#""shape": [1, 8]"#,
+            r#""shape": [2,4]"#,
+            r#""shape": [8]"#,
+            "",
+            r#""shape": [-1, 8]"#,
+            r#""shape": [1.0, 8]"#,
+            r#""shape": null"#,
+            r#""shape": [4]"#,
+        ],
+        &[
+            r#""datatype": "FP32""#,
+            r#""datatype": "INT64""#,
+            r#""datatype": "BYTES""#,
+            r#""datatype": "BOOL""#,
+            "",
+            r#""datatype": "FP99""#,
+        ],
+        &[
+            r#""data": [1.01, 49.5, 2.02, 55.0, 3, -4, 1.1e3, 0]"#,
+            r#""data": [[1,2,3,4],[5,6,7,8]]"#,
+            r#""data": ["a","b","c","d","e","f","g","h"]"#,
+            r#""data": [true,false,true,false,true,false,true,false]"#,
+            r#""data": [1,2,3,4,5,6,7,null]"#,
+            r#""data": [1,2,3,4,5,6,7,{"x":1}]"#,
+            r#""data": [1,2,3,"4",5,6,7,8]"#,
+            r#""data": [1,2,3,4]"#,
+            r#""data": null"#,
+            "",
+        ],
+        &[
+            "",
+            "",
+            r#""parameters": {"content_type": "np"}"#,
+            r#""parameters": {"binary_data_size": 32}"#,
+            r#""parameters": null"#,
+        ],
+        &[
+            "",
+            "",
+            r#""id": [1, {"deep": [true]}]"#,
+            r#""name": "again""#,
+            r#""data": [1]"#,
+        ],
+    ];
+
+    const TOP_PIECES: [&str; 8] = [
+        r#""id": "42""#,
+        r#""outputs": [{"name": "label"}]"#,
+        r#""outputs": [{"name": "label", "parameters": {"binary_data": true}}]"#,
+        r#""outputs": null"#,
+        r#""parameters": {"binary_data_output": false}"#,
+        r#""parameters": {"trace": 1}"#,
+        r#""parameters": 7"#,
+        r#""inputs": []"#,
+    ];
+
+    fn object_of(pieces: &[&str], space: &str) -> String {
+        format!("{{{space}{}{space}}}", pieces.join(&format!(",{space}")))
+    }
+
+    fn request_of(inputs: &[[usize; 6]], top: &[usize], space: &str) -> String {
+        let inputs: Vec<String> = inputs
+            .iter()
+            .map(|i| {
+                let fields: Vec<&str> = INPUT_FIELDS
+                    .iter()
+                    .zip(i)
+                    .map(|(choices, &k)| choices[k % choices.len()])
+                    .filter(|f| !f.is_empty())
+                    .collect();
+                object_of(&fields, space)
+            })
+            .collect();
+        let inputs = format!(r#""inputs":{space}[{}]"#, inputs.join(","));
+        let mut pieces = vec![inputs.as_str()];
+        pieces.extend(top.iter().map(|&k| TOP_PIECES[k]));
+        object_of(&pieces, space)
+    }
+
+    /// A byte of JSON's own alphabet, for mutations.
+    const MUTATIONS: &[u8] = b"{}[],:\"\\ 0123456789-+.eEtrufalsn\t\x01x";
+
+    fn mutated(text: &str, at: usize, how: u8, byte: u8) -> String {
+        let mut b = text.as_bytes().to_vec();
+        let at = at % (b.len() + 1);
+        match how % 3 {
+            0 => b.insert(at, byte),
+            1 if at < b.len() => b[at] = byte,
+            _ if at < b.len() => {
+                b.remove(at);
+            }
+            _ => b.push(byte),
+        }
+        String::from_utf8_lossy(&b).into_owned()
+    }
+
+    fn scanner_agrees_on_request(text: &str) -> Result<bool, String> {
+        if plain_v2_request(text).is_none() {
+            return Ok(false);
+        }
+        match read_v2(text, None) {
+            Ok((None, None)) => Ok(true),
+            other => Err(format!("the scanner took {text:?}; serde: {other:?}")),
+        }
+    }
+
+    #[test]
+    fn common_requests_are_read_by_the_scanner() {
+        for text in [
+            r#"{"inputs":[{"name":"input","shape":[1,8],"datatype":"FP32","data":[1.01,49.5,2.02,55.0,3.0,-4.0,1.1,1003.0]}]}"#,
+            "{\n  \"id\": \"7\",\n  \"inputs\": [ {\"name\": \"a\", \"shape\": [2], \"datatype\": \"BYTES\", \"data\": [\"x\", \"y\"]},\n {\"name\": \"b\", \"shape\": [], \"datatype\": \"BOOL\", \"data\": true} ],\n  \"outputs\": [{\"name\": \"label\"}]\n}",
+            r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT64","data":[[1,2],[3,4]],"parameters":{"content_type":"np"}}],"parameters":{"trace":[1]}}"#,
+        ] {
+            assert_eq!(scanner_agrees_on_request(text), Ok(true), "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn what_the_scanner_takes_of_a_request_serde_reads_alike(
+            inputs in proptest::collection::vec(proptest::prelude::any::<[usize; 6]>(), 0..3),
+            top in proptest::collection::vec(0..TOP_PIECES.len(), 0..2),
+            spaced in proptest::prelude::any::<bool>(),
+            mutate in proptest::option::of((0usize..400, 0u8..3, 0..MUTATIONS.len())),
+        ) {
+            let mut text = request_of(&inputs, &top, if spaced { " \n" } else { "" });
+            if let Some((at, how, byte)) = mutate {
+                text = mutated(&text, at, how, MUTATIONS[byte]);
+            }
+            proptest::prop_assert!(scanner_agrees_on_request(&text).is_ok(), "{:?}", scanner_agrees_on_request(&text));
+        }
+    }
+
+    const OUTPUT_PIECES: [&str; 22] = [
+        r#""name": "label""#,
+        r#""name": "probabilities""#,
+        r#""name": "variable""#,
+        r#""name": null"#,
+        r#""name": 3"#,
+        r#""shape": [1]"#,
+        r#""shape": [2, 2]"#,
+        r#""shape": [1, 2]"#,
+        r#""shape": [1.5]"#,
+        r#""shape": null"#,
+        r#""datatype": "INT64""#,
+        r#""data": [1]"#,
+        r#""data": [0.25, 0.75, 0.5, 0.5]"#,
+        r#""data": [[0.1, 0.9]]"#,
+        r#""data": ["cat", "dog"]"#,
+        r#""data": [true, null]"#,
+        r#""data": [{"label": 1}]"#,
+        r#""data": [-0, 1e2, 18446744073709551615, -3]"#,
+        r#""data": [1e400]"#,
+        r#""data": 5"#,
+        r#""data": []"#,
+        r#""parameters": {"content_type": "str"}"#,
+    ];
+
+    fn answer_of(outputs: &[Vec<usize>], space: &str) -> String {
+        let outputs: Vec<String> = outputs
+            .iter()
+            .map(|o| {
+                object_of(
+                    &o.iter().map(|&k| OUTPUT_PIECES[k]).collect::<Vec<_>>(),
+                    space,
+                )
+            })
+            .collect();
+        let outputs = format!(r#""outputs":{space}[{}]"#, outputs.join(","));
+        object_of(
+            &[r#""model_name": "m""#, outputs.as_str(), r#""id": "1""#],
+            space,
+        )
+    }
+
+    /// The rows read_answer's typed path reads, when it reads any.
+    fn typed_rows(text: &str, task: Task) -> Option<Result<Vec<Value>, BadResponse>> {
+        let answer: V2Answer = serde_json::from_str(text).ok()?;
+        let chosen = choose_output(&answer.outputs, task, |o| o.name.as_deref())?;
+        Some(rows_of(&chosen.data, &chosen.shape))
+    }
+
+    fn scanner_agrees_on_answer(text: &str) -> Result<bool, String> {
+        for task in [Task::Classification, Task::Regression] {
+            let Some(rows) = v2_answer_rows(text, task) else {
+                continue;
+            };
+            match typed_rows(text, task) {
+                Some(Ok(typed)) if typed == rows => {}
+                other => {
+                    return Err(format!(
+                        "{task:?}: the scanner read {rows:?} of {text:?}; serde: {other:?}"
+                    ))
+                }
+            }
+        }
+        Ok(v2_answer_rows(text, Task::Classification).is_some())
+    }
+
+    #[test]
+    fn common_answers_are_read_by_the_scanner() {
+        for (text, task, want) in [
+            (
+                r#"{"model_name":"mock","model_version":"1","outputs":[{"name":"label","shape":[1],"datatype":"INT64","data":[1]}]}"#,
+                Task::Classification,
+                vec![json!(1)],
+            ),
+            (
+                r#"{"outputs":[{"name":"label","shape":[2],"datatype":"BYTES","data":["a","b"]},{"name":"probabilities","shape":[2,2],"datatype":"FP32","data":[0.25,0.75,0.5,0.5]}]}"#,
+                Task::Classification,
+                vec![json!([0.25, 0.75]), json!([0.5, 0.5])],
+            ),
+            (
+                r#"{ "outputs" : [ { "name" : "variable" , "shape" : [ 2 , 1 ] , "data" : [ [ 1.5 ] , [ -2.5e-1 ] ] } ] }"#,
+                Task::Regression,
+                vec![json!(1.5), json!(-0.25)],
+            ),
+        ] {
+            assert_eq!(v2_answer_rows(text, task), Some(want), "{text}");
+            assert_eq!(scanner_agrees_on_answer(text), Ok(true), "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn what_the_scanner_reads_of_an_answer_serde_reads_alike(
+            outputs in proptest::collection::vec(
+                proptest::collection::vec(0..OUTPUT_PIECES.len(), 0..5), 0..3),
+            spaced in proptest::prelude::any::<bool>(),
+            mutate in proptest::option::of((0usize..300, 0u8..3, 0..MUTATIONS.len())),
+        ) {
+            let mut text = answer_of(&outputs, if spaced { " \t" } else { "" });
+            if let Some((at, how, byte)) = mutate {
+                text = mutated(&text, at, how, MUTATIONS[byte]);
+            }
+            proptest::prop_assert!(scanner_agrees_on_answer(&text).is_ok(), "{:?}", scanner_agrees_on_answer(&text));
+        }
     }
 }
