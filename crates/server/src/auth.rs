@@ -13,6 +13,8 @@
 use std::path::Path;
 
 use axum::http::{header, HeaderMap, Method, StatusCode};
+
+use crate::http_util::{header_str, Headers};
 use sha2::{Digest, Sha256};
 use switchyard_core::access::{allows, AccessRole};
 use switchyard_core::config::{is_sha256_hex, AuthConfig, TokenHash, ADMIN_TOKEN_CREDENTIAL};
@@ -254,10 +256,10 @@ impl Auth {
     }
 
     /// The credential whose token the request presents.
-    fn authenticate(&self, headers: &HeaderMap) -> Option<&Credential> {
+    fn authenticate(&self, headers: &dyn Headers) -> Option<&Credential> {
         let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+            .first(&header::AUTHORIZATION)
+            .and_then(header_str)
             .and_then(|v| v.strip_prefix("Bearer "))?;
         let digest = sha256(presented.trim());
         // Every credential is compared, whichever matches.
@@ -274,7 +276,7 @@ impl Auth {
     /// without a known token, 403 naming the missing role. Open mode lets everyone through.
     pub fn check(
         &self,
-        headers: &HeaderMap,
+        headers: &dyn Headers,
         needed: AccessRole,
         what: &str,
     ) -> Result<Caller, ApiError> {

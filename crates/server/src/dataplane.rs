@@ -14,7 +14,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use switchyard_core::access::AccessRole;
@@ -25,7 +25,7 @@ use switchyard_core::{Prediction, PredictionRecord, Role};
 
 use crate::backend::{BackendError, Call, Reply};
 use crate::error::ApiError;
-use crate::http_util::{is_json_content_type, read_body, request_id};
+use crate::http_util::{header_str, is_json_content_type, read_body, request_id, Headers};
 use crate::protocol::{InvalidBody, JsonBody, Wire, BINARY_HEADER};
 use crate::runtime::now_ms;
 use crate::shadow::ShadowJob;
@@ -84,13 +84,13 @@ pub(crate) fn infer_route_model(path: &str) -> Option<&str> {
 
 fn routing_key(
     source: Option<&KeySource>,
-    headers: &HeaderMap,
+    headers: &dyn Headers,
     body: &JsonBody,
 ) -> Option<Vec<u8>> {
     match source? {
         KeySource::Header(name) => headers
-            .get(name.as_str())
-            .map(|v| v.as_bytes().to_vec())
+            .first_named(name)
+            .map(<[u8]>::to_vec)
             .filter(|k| !k.is_empty()),
         KeySource::JsonPointer(pointer) => match body.value().pointer(pointer)? {
             Value::String(s) if !s.is_empty() => Some(s.as_bytes().to_vec()),
@@ -104,7 +104,7 @@ fn routing_key(
 /// the longest value kept.
 pub(crate) fn segment_values(
     fields: &[(String, KeySource)],
-    headers: &HeaderMap,
+    headers: &dyn Headers,
     body: &JsonBody,
 ) -> Vec<(String, String)> {
     fields
@@ -112,8 +112,8 @@ pub(crate) fn segment_values(
         .map(|(field, source)| {
             let value = match source {
                 KeySource::Header(name) => headers
-                    .get(name.as_str())
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+                    .first_named(name)
+                    .map(|v| String::from_utf8_lossy(v).into_owned()),
                 KeySource::JsonPointer(pointer) => match body.value().pointer(pointer) {
                     Some(Value::String(s)) => Some(s.clone()),
                     Some(v @ (Value::Number(_) | Value::Bool(_))) => Some(v.to_string()),
@@ -154,9 +154,16 @@ pub(crate) async fn handle(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    handle_parts(state, wire, model, pinned, parts, InBody::Stream(body))
-        .await
-        .map(Body::from)
+    handle_parts(
+        state,
+        wire,
+        model,
+        pinned,
+        &parts.headers,
+        InBody::Stream(body),
+    )
+    .await
+    .map(Body::from)
 }
 
 /// An answer of the data plane with its whole body (none is streamed).
@@ -169,21 +176,11 @@ pub(crate) async fn handle_parts(
     wire: Wire,
     model: String,
     pinned: Option<String>,
-    parts: axum::http::request::Parts,
+    headers: &dyn Headers,
     body: InBody,
 ) -> Answer {
-    let id = request_id(&parts.headers);
-    match serve(
-        &state,
-        wire,
-        &model,
-        pinned.as_deref(),
-        &parts.headers,
-        body,
-        &id,
-    )
-    .await
-    {
+    let id = request_id(headers);
+    match serve(&state, wire, &model, pinned.as_deref(), headers, body, &id).await {
         Ok(response) => response,
         Err(e) => {
             state.metrics.reject(e.code);
@@ -201,7 +198,7 @@ async fn serve(
     wire: Wire,
     model: &str,
     pinned: Option<&str>,
-    headers: &HeaderMap,
+    headers: &dyn Headers,
     body: InBody,
     id: &str,
 ) -> Result<Answer, ApiError> {
@@ -300,7 +297,7 @@ async fn serve(
 
 /// With `auth.data_plane.require` on, the caller must hold the `inference` role (a bearer
 /// token in `authorization`: an HTTP header, or gRPC metadata).
-pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn authorize(state: &AppState, headers: &dyn Headers) -> Result<(), ApiError> {
     if state.auth.data_plane_required() {
         state
             .auth
@@ -327,7 +324,7 @@ pub struct InferRequest<'a> {
     /// The version the client named (`/versions/{v}/infer`, gRPC `model_version`).
     pub pinned: Option<&'a str>,
     /// The HTTP headers or gRPC metadata: header routing keys and segments are read here.
-    pub headers: &'a HeaderMap,
+    pub headers: &'a dyn Headers,
     pub body: JsonBody,
     pub id: &'a str,
     pub ts_ms: i64,
@@ -524,11 +521,11 @@ fn captured_input(body: &JsonBody, max: usize) -> String {
 }
 
 /// The request's `Inference-Header-Content-Length`, when it has one.
-fn binary_header_len(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
-    let Some(value) = headers.get(&BINARY_HEADER) else {
+fn binary_header_len(headers: &dyn Headers) -> Result<Option<usize>, ApiError> {
+    let Some(value) = headers.first(&BINARY_HEADER) else {
         return Ok(None);
     };
-    let text = String::from_utf8_lossy(value.as_bytes());
+    let text = String::from_utf8_lossy(value);
     text.trim().parse::<usize>().map(Some).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -538,10 +535,10 @@ fn binary_header_len(headers: &HeaderMap) -> Result<Option<usize>, ApiError> {
     })
 }
 
-fn is_octet_stream(headers: &HeaderMap) -> bool {
+fn is_octet_stream(headers: &dyn Headers) -> bool {
     headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
+        .first(&header::CONTENT_TYPE)
+        .and_then(header_str)
         .and_then(|ct| ct.split(';').next())
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/octet-stream"))
 }

@@ -18,9 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::http::{
-    header, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version,
-};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -110,7 +108,49 @@ struct Plain {
     head_len: usize,
     body_len: usize,
     close: bool,
-    request: Request<()>,
+    /// Where each header's name and value are in the head.
+    fields: Vec<Field>,
+}
+
+/// A header field's name and value as byte ranges of the head.
+#[derive(Debug, Clone, Copy)]
+struct Field {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+/// A request head's header fields where they lie in the head's bytes: `httparse` checked
+/// them (names are tokens; values hold no control bytes but tab), and nothing is hashed or
+/// copied until the handler asks for a header by name.
+#[derive(Debug)]
+pub struct RawHead {
+    head: Bytes,
+    fields: Vec<Field>,
+}
+
+impl RawHead {
+    fn bytes(&self, (start, end): (u32, u32)) -> &[u8] {
+        self.head
+            .get(start as usize..end as usize)
+            .unwrap_or_default()
+    }
+
+    fn find(&self, name: &[u8]) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|f| self.bytes(f.name).eq_ignore_ascii_case(name))
+            .map(|f| self.bytes(f.value))
+    }
+}
+
+impl crate::http_util::Headers for RawHead {
+    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.find(name.as_str().as_bytes())
+    }
+
+    fn first_named(&self, name: &str) -> Option<&[u8]> {
+        self.find(name.as_bytes())
+    }
 }
 
 /// What the head says: serve it here, hand the connection off, or wait for more bytes.
@@ -142,17 +182,21 @@ fn parse(buf: &[u8], max_body: usize, max_head: usize) -> Parsed {
     let Some(model) = path.and_then(dataplane::infer_route_model) else {
         return Parsed::HandOff;
     };
-    let Ok(uri) = req.path.unwrap_or("/").parse::<axum::http::Uri>() else {
+    // What hyper's server would refuse as a URI, hyper refuses here too.
+    if req.path.unwrap_or("/").parse::<axum::http::Uri>().is_err() {
         return Parsed::HandOff;
-    };
-    let mut map = HeaderMap::with_capacity(req.headers.len());
+    }
+    let mut fields = Vec::with_capacity(req.headers.len());
     let mut body_len = None;
     let mut close = false;
+    let at = |part: &[u8]| {
+        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        (start as u32, (start + part.len()) as u32)
+    };
     for h in req.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-            return Parsed::HandOff;
-        };
-        if name == header::CONTENT_LENGTH {
+        let name = h.name.as_bytes();
+        let is = |known: &HeaderName| name.eq_ignore_ascii_case(known.as_str().as_bytes());
+        if is(&header::CONTENT_LENGTH) {
             let n = std::str::from_utf8(h.value)
                 .ok()
                 .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
@@ -161,33 +205,25 @@ fn parse(buf: &[u8], max_body: usize, max_head: usize) -> Parsed {
                 (Some(n), None) => body_len = Some(n),
                 _ => return Parsed::HandOff,
             }
-        } else if name == header::TRANSFER_ENCODING
-            || name == header::EXPECT
-            || name == header::UPGRADE
-        {
+        } else if is(&header::TRANSFER_ENCODING) || is(&header::EXPECT) || is(&header::UPGRADE) {
             return Parsed::HandOff;
-        } else if name == header::CONNECTION && crate::http_util::has_token(h.value, "close") {
+        } else if is(&header::CONNECTION) && crate::http_util::has_token(h.value, "close") {
             close = true;
         }
-        let Ok(value) = HeaderValue::from_bytes(h.value) else {
-            return Parsed::HandOff;
-        };
-        map.append(name, value);
+        fields.push(Field {
+            name: at(name),
+            value: at(h.value),
+        });
     }
     let Some(body_len) = body_len.filter(|n| *n <= max_body) else {
         return Parsed::HandOff;
     };
-    let mut request = Request::new(());
-    *request.method_mut() = Method::POST;
-    *request.uri_mut() = uri;
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = map;
     Parsed::Plain(Box::new(Plain {
         model: model.to_string(),
         head_len,
         body_len,
         close,
-        request,
+        fields,
     }))
 }
 
@@ -284,7 +320,7 @@ pub async fn serve(
             head_len,
             body_len,
             close,
-            request,
+            fields,
         } = *plain;
         // The body, within the body timeout.
         let total = head_len + body_len;
@@ -312,11 +348,13 @@ pub async fn serve(
             }
         }
         let mut message = buf.split_to(total);
-        message.advance(head_len);
-        let (parts, ()) = request.into_parts();
+        let head = RawHead {
+            head: message.split_to(head_len).freeze(),
+            fields,
+        };
         let body = dataplane::InBody::Whole(message.freeze());
         let answer =
-            dataplane::handle_parts(state.clone(), Wire::V2, model, None, parts, body).await;
+            dataplane::handle_parts(state.clone(), Wire::V2, model, None, &head, body).await;
         let (parts, body) = answer.into_parts();
         let close = close || *shutdown.borrow();
         encode(&mut out, parts.status, &parts.headers, &body, close);
@@ -346,6 +384,8 @@ mod tests {
         matches!(parse(text.as_bytes(), 1000, 200), Parsed::HandOff)
     }
 
+    use crate::http_util::Headers;
+
     #[test]
     fn plain_infer_requests_are_served_here() {
         let text = "POST /v2/models/yield/infer HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\
@@ -356,12 +396,21 @@ mod tests {
             ("yield", text.len() - 2, 2)
         );
         assert!(p.close);
-        assert_eq!(p.request.uri().path(), "/v2/models/yield/infer");
-        let testers: Vec<_> = p.request.headers().get_all("x-tester").iter().collect();
-        assert_eq!(testers, ["T1", "T2"]);
+        // Headers are read from the head by name, case aside, the first of a repeated one.
+        let head = RawHead {
+            head: Bytes::copy_from_slice(&text.as_bytes()[..p.head_len]),
+            fields: p.fields.clone(),
+        };
+        assert_eq!(head.fields.len(), 5);
+        assert_eq!(head.first_named("x-tester"), Some(&b"T1"[..]));
+        assert_eq!(head.first(&header::HOST), Some(&b"gw"[..]));
+        assert_eq!(
+            head.first(&header::CONNECTION),
+            Some(&b"keep-alive, close"[..])
+        );
+        assert_eq!(head.first_named("x-absent"), None);
         let p = plain("POST /v2/models/m/infer?x=1 HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
         assert_eq!((p.model.as_str(), p.body_len, p.close), ("m", 0, false));
-        assert_eq!(p.request.uri().query(), Some("x=1"));
         assert!(matches!(
             parse(
                 b"POST /v2/models/m/infer HTTP/1.1\r\nContent-Len",

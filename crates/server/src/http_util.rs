@@ -17,11 +17,42 @@ use crate::runtime::now_ms;
 /// `x-request-id`, parsed once (a lookup by `&str` parses the name on every call).
 pub const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
+/// A request's headers as the data plane reads them, whichever way the request came: a
+/// `HeaderMap` (hyper's connections, gRPC metadata, replays) or the hot loop's parsed head
+/// (`hot_http1::RawHead`), which builds no map: names hashed and values copied into one cost
+/// ~3,000 instructions a request (BENCHMARKS.md, "Proxy cost").
+pub trait Headers: Sync + std::fmt::Debug {
+    /// The first value of the header `name`.
+    fn first(&self, name: &HeaderName) -> Option<&[u8]>;
+    /// The same for a name given as text (lowercase), such as a configured routing header.
+    fn first_named(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl Headers for HeaderMap {
+    fn first(&self, name: &HeaderName) -> Option<&[u8]> {
+        self.get(name).map(|v| v.as_bytes())
+    }
+
+    fn first_named(&self, name: &str) -> Option<&[u8]> {
+        self.get(name).map(|v| v.as_bytes())
+    }
+}
+
+/// A header value as text when it is all visible ASCII (with spaces and tabs), as
+/// `HeaderValue::to_str` reads it.
+pub fn header_str(value: &[u8]) -> Option<&str> {
+    value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+        .then(|| std::str::from_utf8(value).ok())
+        .flatten()
+}
+
 /// The client's request id when it sent a usable one, else a fresh random id.
-pub fn request_id(headers: &HeaderMap) -> String {
+pub fn request_id(headers: &dyn Headers) -> String {
     headers
-        .get(X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
+        .first(&X_REQUEST_ID)
+        .and_then(header_str)
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map_or_else(new_request_id, str::to_string)
 }
@@ -88,11 +119,8 @@ pub(crate) fn put_header_lines(
     }
 }
 
-pub fn is_json_content_type(headers: &HeaderMap) -> bool {
-    match headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    {
+pub fn is_json_content_type(headers: &dyn Headers) -> bool {
+    match headers.first(&header::CONTENT_TYPE).and_then(header_str) {
         None => true,
         Some(ct) => {
             let mime = ct.split(';').next().unwrap_or("").trim().as_bytes();
@@ -251,6 +279,24 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn header_text_is_read_as_header_value_reads_it() {
+        for value in [
+            &b"application/json"[..],
+            b"a\tb c",
+            b"",
+            b"caf\xc3\xa9",
+            b"\xff",
+            b"x\x7f",
+            b"~!",
+        ] {
+            let by_http = HeaderValue::from_bytes(value)
+                .ok()
+                .and_then(|v| v.to_str().ok().map(str::to_string));
+            assert_eq!(header_str(value).map(str::to_string), by_http, "{value:?}");
+        }
+    }
 
     #[test]
     fn json_content_types_are_recognised_in_any_case_with_parameters() {

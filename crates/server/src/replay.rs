@@ -458,7 +458,7 @@ fn load_csv(
 
 fn segments_of(
     runtime: &ModelRuntime,
-    headers: &HeaderMap,
+    headers: &dyn crate::http_util::Headers,
     body: &JsonBody,
 ) -> Vec<(String, String)> {
     crate::dataplane::segment_values(&runtime.config.segments, headers, body)
