@@ -252,7 +252,14 @@ fn date() -> HeaderValue {
 
 /// The answer as it goes on the wire: status line, the handler's headers but the framing
 /// ones, `content-length`, `date`, `connection: close` when the connection ends after it.
-fn encode(out: &mut BytesMut, status: StatusCode, headers: &HeaderMap, body: &[u8], close: bool) {
+fn encode(
+    out: &mut BytesMut,
+    status: StatusCode,
+    headers: &HeaderMap,
+    routed: Option<&dataplane::Routed>,
+    body: &[u8],
+    close: bool,
+) {
     out.clear();
     out.reserve(256 + body.len());
     out.put_slice(b"HTTP/1.1 ");
@@ -261,6 +268,12 @@ fn encode(out: &mut BytesMut, status: StatusCode, headers: &HeaderMap, body: &[u
     out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.put_slice(b"\r\n");
     crate::http_util::put_header_lines(out, headers, Some(&header::DATE));
+    for (name, value) in routed.iter().flat_map(|r| r.headers()) {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
     out.put_slice(b"content-length: ");
     out.put_slice(body.len().to_string().as_bytes());
     if close {
@@ -341,7 +354,7 @@ pub async fn serve(
                         .oip()
                         .into_answer();
                     let (parts, body) = answer.into_parts();
-                    encode(&mut out, parts.status, &parts.headers, &body, true);
+                    encode(&mut out, parts.status, &parts.headers, None, &body, true);
                     let _ = stream.write_all(&out).await;
                     return Outcome::Closed;
                 }
@@ -355,9 +368,16 @@ pub async fn serve(
         let body = dataplane::InBody::Whole(message.freeze());
         let answer =
             dataplane::handle_parts(state.clone(), Wire::V2, model, None, &head, body).await;
-        let (parts, body) = answer.into_parts();
+        let (parts, body) = answer.response.into_parts();
         let close = close || *shutdown.borrow();
-        encode(&mut out, parts.status, &parts.headers, &body, close);
+        encode(
+            &mut out,
+            parts.status,
+            &parts.headers,
+            answer.routed.as_ref(),
+            &body,
+            close,
+        );
         if stream.write_all(&out).await.is_err() || close {
             return Outcome::Closed;
         }
@@ -458,7 +478,7 @@ mod tests {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
-        encode(&mut out, StatusCode::OK, &headers, b"{}", true);
+        encode(&mut out, StatusCode::OK, &headers, None, b"{}", true);
         let text = std::str::from_utf8(&out).unwrap();
         assert!(
             text.starts_with(

@@ -48,6 +48,14 @@ pub fn header_str(value: &[u8]) -> Option<&str> {
         .flatten()
 }
 
+/// Whether `value` may be a header value as `HeaderValue` checks it: no control bytes but
+/// tab, no DEL.
+pub fn is_header_value(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+}
+
 /// The client's request id when it sent a usable one, else a fresh random id.
 pub fn request_id(headers: &dyn Headers) -> String {
     headers
@@ -290,11 +298,18 @@ mod tests {
             b"\xff",
             b"x\x7f",
             b"~!",
+            b"new\nline",
+            b"nul\x00",
         ] {
             let by_http = HeaderValue::from_bytes(value)
                 .ok()
                 .and_then(|v| v.to_str().ok().map(str::to_string));
             assert_eq!(header_str(value).map(str::to_string), by_http, "{value:?}");
+            assert_eq!(
+                is_header_value(value),
+                HeaderValue::from_bytes(value).is_ok(),
+                "{value:?}"
+            );
         }
     }
 
