@@ -155,10 +155,64 @@ fn encode(parts: &hyper::http::request::Parts, body: &[u8]) -> BytesMut {
     out.put_slice(b" HTTP/1.1\r\n");
     crate::http_util::put_header_lines(&mut out, &parts.headers, None);
     out.put_slice(b"content-length: ");
-    out.put_slice(body.len().to_string().as_bytes());
+    out.put_slice(itoa(body.len(), &mut [0; 20]));
     out.put_slice(b"\r\n\r\n");
     out.put_slice(body);
     out
+}
+
+/// The part of every POST to `uri` that does not change from call to call: the request line
+/// and the `Host` header. Made once per backend, so that a call encodes only its content type,
+/// length and body ([`post_wire`]).
+pub fn post_head(uri: &hyper::Uri, host: Option<&HeaderValue>) -> Bytes {
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = BytesMut::with_capacity(64 + target.len());
+    out.put_slice(b"POST ");
+    out.put_slice(target.as_bytes());
+    out.put_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = host {
+        out.put_slice(b"host: ");
+        out.put_slice(host.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+    out.freeze()
+}
+
+/// A POST of `body` after `head` (from [`post_head`]): JSON, or with `binary_header` the
+/// binary tensor extension's octet stream and its JSON length. Byte for byte what [`encode`]
+/// makes of the same request built with `http`'s builder, without building it.
+pub fn post_wire(head: &[u8], binary_header: Option<usize>, body: &[u8]) -> BytesMut {
+    let mut out = BytesMut::with_capacity(head.len() + 128 + body.len());
+    out.put_slice(head);
+    match binary_header {
+        None => out.put_slice(b"content-type: application/json\r\n"),
+        Some(n) => {
+            out.put_slice(b"content-type: application/octet-stream\r\n");
+            out.put_slice(crate::protocol::BINARY_HEADER.as_str().as_bytes());
+            out.put_slice(b": ");
+            out.put_slice(itoa(n, &mut [0; 20]));
+            out.put_slice(b"\r\n");
+        }
+    }
+    out.put_slice(b"content-length: ");
+    out.put_slice(itoa(body.len(), &mut [0; 20]));
+    out.put_slice(b"\r\n\r\n");
+    out.put_slice(body);
+    out
+}
+
+/// `n` in decimal, written at the end of `buf`.
+pub(crate) fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[at..]
 }
 
 /// How an answer's body is delimited.
@@ -333,15 +387,24 @@ pub async fn exchange(
     };
     let wire = encode(&parts, &body);
     let head_request = parts.method == hyper::Method::HEAD;
+    exchange_wire(key, &parts.uri, head_request, &wire, keep).await
+}
+
+/// [`exchange`] of a request already encoded (`wire`) for `uri`; `head_request` says it is a
+/// `HEAD`, whose answer has no body whatever its length says.
+pub async fn exchange_wire(
+    key: PoolKey,
+    uri: &hyper::Uri,
+    head_request: bool,
+    wire: &[u8],
+    keep: &[HeaderName],
+) -> Result<(hyper::http::response::Parts, Bytes), ExchangeError> {
     loop {
         let (mut conn, reused) = match take_idle(key) {
             Some(conn) => (conn, true),
-            None => (
-                connect(&parts.uri).await.map_err(ExchangeError::Send)?,
-                false,
-            ),
+            None => (connect(uri).await.map_err(ExchangeError::Send)?, false),
         };
-        if let Err(e) = conn.stream.write_all(&wire).await {
+        if let Err(e) = conn.stream.write_all(wire).await {
             if reused {
                 continue;
             }
@@ -433,6 +496,36 @@ mod tests {
             "POST /v2/models/m/infer?x=1 HTTP/1.1\r\nhost: 127.0.0.1:9000\r\n\
              content-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
         );
+    }
+
+    #[test]
+    fn a_post_is_encoded_as_the_builder_would_have_it() {
+        let uri: hyper::Uri = "http://127.0.0.1:9000/v2/models/m/infer?x=1"
+            .parse()
+            .unwrap();
+        let host = HeaderValue::from_static("127.0.0.1:9000");
+        for (host, binary) in [(Some(&host), None), (Some(&host), Some(7)), (None, Some(0))] {
+            let body = b"{\"inputs\": []}1234567";
+            let mut built = Request::builder().method("POST").uri(uri.clone());
+            if let Some(h) = host {
+                built = built.header("host", h);
+            }
+            built = match binary {
+                None => built.header("content-type", "application/json"),
+                Some(n) => built
+                    .header("content-type", "application/octet-stream")
+                    .header(&crate::protocol::BINARY_HEADER, n),
+            };
+            let (parts, ()) = built.body(()).unwrap().into_parts();
+            assert_eq!(
+                post_wire(&post_head(&uri, host), binary, body),
+                encode(&parts, body),
+                "{host:?} {binary:?}"
+            );
+        }
+        for n in [0, 7, 10, 99, 1000, usize::MAX] {
+            assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
     }
 
     #[test]

@@ -275,7 +275,7 @@ fn encode(
         out.put_slice(b"\r\n");
     }
     out.put_slice(b"content-length: ");
-    out.put_slice(body.len().to_string().as_bytes());
+    out.put_slice(crate::conn_pool::itoa(body.len(), &mut [0; 20]));
     if close {
         out.put_slice(b"\r\nconnection: close");
     }

@@ -128,21 +128,25 @@ pub(crate) fn put_header_lines(
 }
 
 pub fn is_json_content_type(headers: &dyn Headers) -> bool {
-    match headers.first(&header::CONTENT_TYPE).and_then(header_str) {
-        None => true,
-        Some(ct) => {
-            let mime = ct.split(';').next().unwrap_or("").trim().as_bytes();
-            let starts = |prefix: &[u8]| {
-                mime.len() >= prefix.len() && mime[..prefix.len()].eq_ignore_ascii_case(prefix)
-            };
-            let ends = |suffix: &[u8]| {
-                mime.len() >= suffix.len()
-                    && mime[mime.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-            };
-            mime.eq_ignore_ascii_case(b"application/json")
-                || (starts(b"application/") && ends(b"+json"))
-        }
-    }
+    // Read as bytes (a value that is not visible ASCII counts as absent, as `to_str` has it).
+    let Some(ct) = headers
+        .first(&header::CONTENT_TYPE)
+        .filter(|v| header_str(v).is_some())
+    else {
+        return true;
+    };
+    let mime = ct
+        .split(|b| *b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let starts = |prefix: &[u8]| {
+        mime.len() >= prefix.len() && mime[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    let ends = |suffix: &[u8]| {
+        mime.len() >= suffix.len() && mime[mime.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    mime.eq_ignore_ascii_case(b"application/json") || (starts(b"application/") && ends(b"+json"))
 }
 
 /// The answer to a body over `limit` bytes.
