@@ -136,9 +136,13 @@ impl RawHead {
     }
 
     fn find(&self, name: &[u8]) -> Option<&[u8]> {
+        // Lengths first: most names differ in length from the one looked for.
         self.fields
             .iter()
-            .find(|f| self.bytes(f.name).eq_ignore_ascii_case(name))
+            .find(|f| {
+                (f.name.1 - f.name.0) as usize == name.len()
+                    && self.bytes(f.name).eq_ignore_ascii_case(name)
+            })
             .map(|f| self.bytes(f.value))
     }
 }
