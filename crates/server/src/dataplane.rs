@@ -177,9 +177,11 @@ pub(crate) struct Answer {
     pub routed: Option<Routed>,
 }
 
-/// `x-request-id`, `x-variant` and `x-model-version` of an answer.
+/// `x-request-id`, `x-variant` and `x-model-version` of an answer, and its `content-type`
+/// when it is a model's JSON answer.
 #[derive(Debug)]
 pub(crate) struct Routed {
+    pub json: bool,
     pub id: String,
     pub variant: String,
     pub version: String,
@@ -189,13 +191,18 @@ impl Routed {
     /// The headers, each when its value is a valid header value (a variant or version named
     /// with a control character is left out, as `HeaderValue` would refuse it).
     pub fn headers(&self) -> impl Iterator<Item = (HeaderName, &str)> {
-        [
-            (crate::http_util::X_REQUEST_ID, self.id.as_str()),
-            (X_VARIANT, self.variant.as_str()),
-            (X_MODEL_VERSION, self.version.as_str()),
-        ]
-        .into_iter()
-        .filter(|(_, v)| crate::http_util::is_header_value(v.as_bytes()))
+        let content_type = self
+            .json
+            .then_some((header::CONTENT_TYPE, "application/json"));
+        content_type.into_iter().chain(
+            [
+                (crate::http_util::X_REQUEST_ID, self.id.as_str()),
+                (X_VARIANT, self.variant.as_str()),
+                (X_MODEL_VERSION, self.version.as_str()),
+            ]
+            .into_iter()
+            .filter(|(_, v)| crate::http_util::is_header_value(v.as_bytes())),
+        )
     }
 }
 
@@ -224,14 +231,13 @@ pub(crate) async fn handle_parts(
 ) -> Answer {
     let id = request_id(headers);
     match serve(&state, wire, &model, pinned.as_deref(), headers, body, &id).await {
-        Ok((response, variant, version)) => Answer {
-            response,
-            routed: Some(Routed {
-                id,
-                variant,
-                version,
-            }),
-        },
+        Ok((response, mut routed)) => {
+            routed.id = id;
+            Answer {
+                response,
+                routed: Some(routed),
+            }
+        }
         Err(e) => {
             state.metrics.reject(e.code);
             let e = e.with_request_id(&id);
@@ -255,7 +261,7 @@ async fn serve(
     headers: &dyn Headers,
     body: InBody,
     id: &str,
-) -> Result<(axum::http::Response<bytes::Bytes>, String, String), ApiError> {
+) -> Result<(axum::http::Response<bytes::Bytes>, Routed), ApiError> {
     let ts_ms = now_ms();
     // Phase: read. Everything wrong here is the client's.
     authorize(state, headers)?;
@@ -293,24 +299,18 @@ async fn serve(
     )
     .await?;
 
+    let json = matches!(&served.result, Ok(reply) if reply.binary_header.is_none());
     let response = match served.result {
         Ok(reply) => {
             let mut response = axum::http::Response::new(reply.body);
-            let h = response.headers_mut();
-            match reply.binary_header {
-                Some(n) => {
-                    h.insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/octet-stream"),
-                    );
-                    h.insert(BINARY_HEADER, HeaderValue::from(n));
-                }
-                None => {
-                    h.insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
-                }
+            // A JSON answer's content type goes with the routed headers (`Routed::json`).
+            if let Some(n) = reply.binary_header {
+                let h = response.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                h.insert(BINARY_HEADER, HeaderValue::from(n));
             }
             response
         }
@@ -336,7 +336,14 @@ async fn serve(
             }
         }
     };
-    Ok((response, served.variant, served.version))
+    // The id is the caller's to move in.
+    let routed = Routed {
+        json,
+        id: String::new(),
+        variant: served.variant,
+        version: served.version,
+    };
+    Ok((response, routed))
 }
 
 /// With `auth.data_plane.require` on, the caller must hold the `inference` role (a bearer
