@@ -27,6 +27,8 @@ use hyper::Request;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::http_util::itoa;
+
 /// Idle connections kept per backend and thread (as the shared pool's
 /// `pool_max_idle_per_host`).
 const MAX_IDLE: usize = 256;
@@ -199,20 +201,6 @@ pub fn post_wire(head: &[u8], binary_header: Option<usize>, body: &[u8]) -> Byte
     out.put_slice(b"\r\n\r\n");
     out.put_slice(body);
     out
-}
-
-/// `n` in decimal, written at the end of `buf`.
-pub(crate) fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[at..]
 }
 
 /// How an answer's body is delimited.
@@ -522,9 +510,6 @@ mod tests {
                 encode(&parts, body),
                 "{host:?} {binary:?}"
             );
-        }
-        for n in [0, 7, 10, 99, 1000, usize::MAX] {
-            assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
         }
     }
 

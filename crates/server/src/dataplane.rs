@@ -25,7 +25,7 @@ use switchyard_core::{Prediction, PredictionRecord, Role};
 
 use crate::backend::{BackendError, Call, Reply};
 use crate::error::ApiError;
-use crate::http_util::{header_str, is_json_content_type, read_body, request_id, Headers};
+use crate::http_util::{is_json_content_type, is_octet_stream, read_body, request_id, Headers};
 use crate::protocol::{InvalidBody, JsonBody, Wire, BINARY_HEADER};
 use crate::runtime::now_ms;
 use crate::shadow::ShadowJob;
@@ -584,14 +584,6 @@ fn binary_header_len(headers: &dyn Headers) -> Result<Option<usize>, ApiError> {
             format!("Inference-Header-Content-Length '{text}' is not a byte count"),
         )
     })
-}
-
-fn is_octet_stream(headers: &dyn Headers) -> bool {
-    headers
-        .first(&header::CONTENT_TYPE)
-        .and_then(header_str)
-        .and_then(|ct| ct.split(';').next())
-        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/octet-stream"))
 }
 
 fn error_code(e: &BackendError) -> &'static str {

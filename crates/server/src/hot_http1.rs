@@ -273,13 +273,10 @@ fn encode(
     out.put_slice(b"\r\n");
     crate::http_util::put_header_lines(out, headers, Some(&header::DATE));
     for (name, value) in routed.iter().flat_map(|r| r.headers()) {
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        crate::http_util::put_header_line(out, &name, value.as_bytes());
     }
     out.put_slice(b"content-length: ");
-    out.put_slice(crate::conn_pool::itoa(body.len(), &mut [0; 20]));
+    out.put_slice(crate::http_util::itoa(body.len(), &mut [0; 20]));
     if close {
         out.put_slice(b"\r\nconnection: close");
     }
@@ -395,6 +392,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http_util::Headers;
 
     fn plain(text: &str) -> Box<Plain> {
         match parse(text.as_bytes(), 1000, 200) {
@@ -407,8 +405,6 @@ mod tests {
     fn handed_off(text: &str) -> bool {
         matches!(parse(text.as_bytes(), 1000, 200), Parsed::HandOff)
     }
-
-    use crate::http_util::Headers;
 
     #[test]
     fn plain_infer_requests_are_served_here() {

@@ -111,7 +111,6 @@ pub(crate) fn put_header_lines(
     headers: &HeaderMap,
     skip: Option<&HeaderName>,
 ) {
-    use bytes::BufMut;
     for (name, value) in headers {
         if name == header::CONTENT_LENGTH
             || name == header::TRANSFER_ENCODING
@@ -120,26 +119,57 @@ pub(crate) fn put_header_lines(
         {
             continue;
         }
-        out.put_slice(name.as_str().as_bytes());
-        out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
-        out.put_slice(b"\r\n");
+        put_header_line(out, name, value.as_bytes());
     }
 }
 
-pub fn is_json_content_type(headers: &dyn Headers) -> bool {
-    // Read as bytes (a value that is not visible ASCII counts as absent, as `to_str` has it).
-    let Some(ct) = headers
+/// Writes one header line, `name: value\r\n`.
+pub(crate) fn put_header_line(out: &mut bytes::BytesMut, name: &HeaderName, value: &[u8]) {
+    use bytes::BufMut;
+    out.put_slice(name.as_str().as_bytes());
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// `n` in decimal, written at the end of `buf` (lengths on the wire, without a `String`).
+pub(crate) fn itoa(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[at..]
+}
+
+/// The media type of the request's `Content-Type`, parameters and spaces cut off; `None` when
+/// there is none or its value is not visible ASCII (as `HeaderValue::to_str` reads it).
+fn content_mime(headers: &dyn Headers) -> Option<&[u8]> {
+    let value = headers
         .first(&header::CONTENT_TYPE)
-        .filter(|v| header_str(v).is_some())
-    else {
+        .filter(|v| header_str(v).is_some())?;
+    Some(
+        value
+            .split(|b| *b == b';')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii(),
+    )
+}
+
+/// Whether the request declares `application/octet-stream`.
+pub fn is_octet_stream(headers: &dyn Headers) -> bool {
+    content_mime(headers).is_some_and(|m| m.eq_ignore_ascii_case(b"application/octet-stream"))
+}
+
+pub fn is_json_content_type(headers: &dyn Headers) -> bool {
+    let Some(mime) = content_mime(headers) else {
         return true;
     };
-    let mime = ct
-        .split(|b| *b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
     let starts = |prefix: &[u8]| {
         mime.len() >= prefix.len() && mime[..prefix.len()].eq_ignore_ascii_case(prefix)
     };
@@ -291,6 +321,13 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn lengths_are_written_in_decimal() {
+        for n in [0, 7, 10, 99, 1000, usize::MAX] {
+            assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn header_text_is_read_as_header_value_reads_it() {

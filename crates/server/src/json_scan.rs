@@ -218,39 +218,35 @@ impl<'a> Scanner<'a> {
         &mut self,
         mut field: impl FnMut(&mut Self, &'a str) -> Option<()>,
     ) -> Option<()> {
-        if !self.eat(b'{') {
-            return None;
-        }
-        self.enter()?;
-        if !self.eat(b'}') {
-            loop {
-                let key = self.string()?;
-                if !self.eat(b':') {
-                    return None;
-                }
-                field(self, key)?;
-                if self.eat(b'}') {
-                    break;
-                }
-                if !self.eat(b',') {
-                    return None;
-                }
+        self.sequence(b'{', b'}', |s| {
+            let key = s.string()?;
+            if !s.eat(b':') {
+                return None;
             }
-        }
-        self.depth -= 1;
-        Some(())
+            field(s, key)
+        })
     }
 
     /// An array, `item` called with the cursor at each element, which `item` must read.
-    pub fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-        if !self.eat(b'[') {
+    pub fn array(&mut self, item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.sequence(b'[', b']', item)
+    }
+
+    /// `open`, comma-separated items (none or more), `close`: an object's or an array's frame.
+    fn sequence(
+        &mut self,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
+        if !self.eat(open) {
             return None;
         }
         self.enter()?;
-        if !self.eat(b']') {
+        if !self.eat(close) {
             loop {
                 item(self)?;
-                if self.eat(b']') {
+                if self.eat(close) {
                     break;
                 }
                 if !self.eat(b',') {

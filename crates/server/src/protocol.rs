@@ -1077,19 +1077,22 @@ fn v2_answer_rows(text: &str, task: Task) -> Option<Vec<Value>> {
     let chosen = choose_output(&outputs, task, |o| o.name)?;
     let mut flat = Vec::new();
     let mut scalars = true;
-    Scanner::new(text.get(chosen.data..)?).leaves(&mut |leaf| match leaf {
-        Leaf::Number(n) if n.len() <= 18 && n.bytes().all(|c| c.is_ascii_digit()) => {
-            // What serde_json makes of a non-negative integer.
-            flat.push(n.parse::<u64>().map_or(Value::Null, Value::from));
+    Scanner::new(text.get(chosen.data..)?).leaves(&mut |leaf| {
+        let value = match leaf {
+            // A count is what serde_json makes of it; other numbers are parsed by serde_json.
+            Leaf::Number(n) => Scanner::new(n)
+                .count()
+                .map(Value::from)
+                .or_else(|| serde_json::from_str(n).ok()),
+            Leaf::String(t) => Some(Value::String(t.to_owned())),
+            Leaf::Bool(b) => Some(Value::Bool(b)),
+            Leaf::Null => Some(Value::Null),
+            Leaf::Object => None,
+        };
+        match value {
+            Some(v) => flat.push(v),
+            None => scalars = false,
         }
-        Leaf::Number(n) => match serde_json::from_str::<Value>(n) {
-            Ok(v) => flat.push(v),
-            Err(_) => scalars = false,
-        },
-        Leaf::String(t) => flat.push(Value::String(t.to_owned())),
-        Leaf::Bool(b) => flat.push(Value::Bool(b)),
-        Leaf::Null => flat.push(Value::Null),
-        Leaf::Object => scalars = false,
     })?;
     scalars.then(|| rows_by_shape(flat, &chosen.shape))
 }
@@ -1150,19 +1153,14 @@ pub fn read_answer(
     task: Task,
     classes: Option<&[String]>,
 ) -> Result<Prediction, AnswerError> {
-    if wire == Wire::V2 {
-        let rows = std::str::from_utf8(body)
-            .ok()
-            .and_then(|text| v2_answer_rows(text, task));
-        if let Some(rows) = rows {
-            return Ok(normalise_items(&rows, task, classes)?);
-        }
-    }
     // As text, for the reason `JsonBody::validate_v2` gives.
-    let typed = (wire == Wire::V2)
+    let text = (wire == Wire::V2)
         .then(|| std::str::from_utf8(body).ok())
-        .flatten()
-        .and_then(|text| serde_json::from_str::<V2Answer>(text).ok());
+        .flatten();
+    if let Some(rows) = text.and_then(|text| v2_answer_rows(text, task)) {
+        return Ok(normalise_items(&rows, task, classes)?);
+    }
+    let typed = text.and_then(|text| serde_json::from_str::<V2Answer>(text).ok());
     let chosen = typed
         .as_ref()
         .and_then(|a| choose_output(&a.outputs, task, |o| o.name.as_deref()));
