@@ -264,7 +264,7 @@ pub fn spawn_log_writer(
                         sqlite::limit_size(&conn, bytes)?;
                     }
                     *shared.lock() = restore_aggregates(&conn)?;
-                    Ok(Box::new(SqliteSink(conn)) as Box<dyn Sink>)
+                    Ok(Box::new(SqliteSink::new(conn)) as Box<dyn Sink>)
                 }),
                 StoreUrl::Postgres(url) => {
                     pg_log::PgSink::open(url, &config.replica).and_then(|mut sink| {

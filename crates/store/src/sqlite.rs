@@ -7,29 +7,80 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
+use crate::error::corrupt;
 use crate::StoreError;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS predictions (
+/// The prediction log's tables. A record is a row of `prediction_rows`: what differs from
+/// request to request (its id, time, key hash, status, latency, answer, captured input and
+/// segment values) and its `lane`, the row of `lanes` naming what records share (model, epoch,
+/// variant, role, version, outcome, the version it was paired with, the artefact). Readers
+/// read the `predictions` view, which joins the two into the record's 17 columns; a row per
+/// record with nine text columns cost the log writer a third more per record
+/// (BENCHMARKS.md, "Proxy cost"). Deleting from the view deletes the records. `lane` is not
+/// declared a foreign key: the check cost ~450 instructions a record, and lanes are never
+/// deleted and only named once committed (`sqlite_log::LaneIds`).
+const LOG_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS lanes (
+    id             INTEGER PRIMARY KEY,
+    model          TEXT    NOT NULL,
+    epoch          INTEGER NOT NULL,
+    variant        TEXT    NOT NULL,
+    role           TEXT    NOT NULL,
+    version        TEXT    NOT NULL,
+    outcome        TEXT    NOT NULL,
+    paired_version TEXT,
+    artefact_id    INTEGER
+);
+CREATE INDEX IF NOT EXISTS lanes_key ON lanes(model, version, epoch, variant, role, outcome);
+CREATE TABLE IF NOT EXISTS prediction_rows (
     id          INTEGER PRIMARY KEY,
     request_id  TEXT    NOT NULL,
     ts_ms       INTEGER NOT NULL,
-    model       TEXT    NOT NULL,
-    epoch       INTEGER NOT NULL,
-    variant     TEXT    NOT NULL,
-    role        TEXT    NOT NULL,
-    version     TEXT    NOT NULL,
+    lane        INTEGER NOT NULL,
     key_hash    INTEGER,
-    outcome     TEXT    NOT NULL,
     status      INTEGER NOT NULL,
     latency_us  INTEGER NOT NULL,
     output      TEXT    NOT NULL,
     input       TEXT,
-    paired_version TEXT,
-    segments    TEXT,
-    artefact_id INTEGER
+    segments    TEXT
 );
-CREATE INDEX IF NOT EXISTS predictions_request ON predictions(request_id);
+CREATE INDEX IF NOT EXISTS prediction_rows_request ON prediction_rows(request_id);
+";
+
+/// The `predictions` view over [`LOG_TABLES`], and what deleting from it does.
+const LOG_VIEW: &str = "
+CREATE VIEW IF NOT EXISTS predictions AS
+    SELECT r.id AS id, r.request_id AS request_id, r.ts_ms AS ts_ms, l.model AS model,
+           l.epoch AS epoch, l.variant AS variant, l.role AS role, l.version AS version,
+           r.key_hash AS key_hash, l.outcome AS outcome, r.status AS status,
+           r.latency_us AS latency_us, r.output AS output, r.input AS input,
+           l.paired_version AS paired_version, r.segments AS segments,
+           l.artefact_id AS artefact_id
+    FROM prediction_rows r JOIN lanes l ON l.id = r.lane;
+CREATE TRIGGER IF NOT EXISTS predictions_delete INSTEAD OF DELETE ON predictions
+BEGIN
+    DELETE FROM prediction_rows WHERE id = OLD.id;
+END;
+";
+
+/// Moves a log written before lanes (one `predictions` table) into `lanes` and
+/// `prediction_rows`, keeping every record's id (aggregate snapshots name ids), then drops the
+/// table; the view takes its name. The copy is checked row for row before the table goes.
+const MIGRATE_TO_LANES: &str = "
+INSERT INTO lanes (model, epoch, variant, role, version, outcome, paired_version, artefact_id)
+    SELECT DISTINCT model, epoch, variant, role, version, outcome, paired_version, artefact_id
+    FROM predictions;
+INSERT INTO prediction_rows
+    (id, request_id, ts_ms, lane, key_hash, status, latency_us, output, input, segments)
+    SELECT p.id, p.request_id, p.ts_ms, l.id, p.key_hash, p.status, p.latency_us, p.output,
+           p.input, p.segments
+    FROM predictions p JOIN lanes l INDEXED BY lanes_key
+         ON l.model = p.model AND l.version = p.version AND l.epoch = p.epoch
+        AND l.variant = p.variant AND l.role = p.role AND l.outcome = p.outcome
+        AND l.paired_version IS p.paired_version AND l.artefact_id IS p.artefact_id;
+";
+
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS artefacts (
     id            INTEGER PRIMARY KEY,
     model         TEXT    NOT NULL,
@@ -71,15 +122,58 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
-    add_column(&conn, "segments", "TEXT")?;
-    add_column(&conn, "artefact_id", "INTEGER")?;
+    log_tables(&conn)?;
     Ok(conn)
 }
 
+/// Creates the prediction log's tables, moving an older log's `predictions` table into them
+/// first ([`MIGRATE_TO_LANES`]), in one transaction that holds the write lock, so two
+/// connections opening an old file at once migrate it once.
+/// A file already in the current layout is only read, so a reader never waits for the
+/// writer's lock (nor fails on a read-only file).
+fn log_tables(conn: &Connection) -> Result<(), StoreError> {
+    let current: bool = conn.query_row(
+        "SELECT COUNT(*) = 2 FROM sqlite_master
+         WHERE (name = 'predictions' AND type = 'view')
+            OR (name = 'predictions_delete' AND type = 'trigger')",
+        [],
+        |r| r.get(0),
+    )?;
+    if current {
+        return Ok(());
+    }
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    let old_table: bool = tx.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE name = 'predictions' AND type = 'table'",
+        [],
+        |r| r.get(0),
+    )?;
+    if old_table {
+        add_column(&tx, "segments", "TEXT")?;
+        add_column(&tx, "artefact_id", "INTEGER")?;
+        tx.execute_batch(LOG_TABLES)?;
+        tx.execute_batch(MIGRATE_TO_LANES)?;
+        let count = |table: &str| -> Result<i64, StoreError> {
+            Ok(tx.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?)
+        };
+        let (old, new) = (count("predictions")?, count("prediction_rows")?);
+        if old != new {
+            return Err(corrupt(
+                "prediction log",
+                format!("moving it into lanes copied {new} of its {old} records; the file is left as it was"),
+            ));
+        }
+        tx.execute_batch("DROP TABLE predictions;")?;
+    }
+    tx.execute_batch(LOG_TABLES)?;
+    tx.execute_batch(LOG_VIEW)?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Logs written before records carried segment values (or named their artefact) lack the
-/// `segments` (`artefact_id`) column: it is added, NULL for the old rows, which then have no
-/// segments (no known artefact). Two connections opening the same old file at once may both
-/// try; the loser finds the column there.
+/// `segments` (`artefact_id`) column: it is added to the old table before it moves into
+/// lanes, NULL for the old rows, which then have no segments (no known artefact).
 fn add_column(conn: &Connection, name: &str, sql_type: &str) -> Result<(), StoreError> {
     let present: i64 = conn.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('predictions') WHERE name = ?1",

@@ -18,32 +18,153 @@ use crate::log_rows::{
 use crate::wire::{decode_aggregates, encode_aggregates};
 use crate::StoreError;
 
-/// Binds `rec`'s 16 columns to `stmt` from parameter `first` (1-based) on.
+/// What records of one lane share besides their model and version (see `sqlite::LOG_TABLES`).
+#[derive(Debug, Clone)]
+struct LaneKey {
+    epoch: u64,
+    variant: String,
+    role: Role,
+    outcome: Outcome,
+    paired_version: Option<String>,
+    artefact_id: Option<i64>,
+}
+
+impl LaneKey {
+    fn of(rec: &PredictionRecord, artefact_id: Option<i64>) -> Self {
+        LaneKey {
+            epoch: rec.epoch,
+            variant: rec.variant.clone(),
+            role: rec.role,
+            outcome: rec.outcome,
+            paired_version: rec.pair.as_ref().map(|p| p.version.clone()),
+            artefact_id,
+        }
+    }
+
+    fn matches(&self, rec: &PredictionRecord, artefact_id: Option<i64>) -> bool {
+        self.epoch == rec.epoch
+            && self.role == rec.role
+            && self.outcome == rec.outcome
+            && self.artefact_id == artefact_id
+            && self.variant == rec.variant
+            && self.paired_version.as_deref() == rec.pair.as_ref().map(|p| p.version.as_str())
+    }
+}
+
+/// The lane id of every lane this writer has committed records to, by model and version,
+/// looked up per record on the writer thread (two hash lookups and a short scan, no
+/// allocation). Lanes found or added by a batch join it only once the batch commits, so a
+/// rolled-back batch leaves no id of a row that does not exist.
+#[derive(Debug, Default)]
+pub(crate) struct LaneIds(switchyard_core::NameMap<switchyard_core::NameMap<Vec<(LaneKey, i64)>>>);
+
+/// A lane found or added inside the current batch's transaction.
+struct FreshLane {
+    model: String,
+    version: String,
+    key: LaneKey,
+    id: i64,
+}
+
+impl LaneIds {
+    fn get(&self, rec: &PredictionRecord, artefact_id: Option<i64>) -> Option<i64> {
+        self.0
+            .get(&rec.model)?
+            .get(&rec.version)?
+            .iter()
+            .find(|(k, _)| k.matches(rec, artefact_id))
+            .map(|(_, id)| *id)
+    }
+
+    fn extend(&mut self, fresh: Vec<FreshLane>) {
+        for f in fresh {
+            self.0
+                .entry(f.model)
+                .or_default()
+                .entry(f.version)
+                .or_default()
+                .push((f.key, f.id));
+        }
+    }
+}
+
+/// The lane of `rec`: known, found or added within this batch, found in the table, or added
+/// to it.
+fn lane_of(
+    tx: &rusqlite::Transaction<'_>,
+    known: &LaneIds,
+    fresh: &mut Vec<FreshLane>,
+    rec: &PredictionRecord,
+    artefact_id: Option<i64>,
+) -> Result<i64, StoreError> {
+    if let Some(id) = known.get(rec, artefact_id) {
+        return Ok(id);
+    }
+    if let Some(f) = fresh.iter().find(|f| {
+        f.model == rec.model && f.version == rec.version && f.key.matches(rec, artefact_id)
+    }) {
+        return Ok(f.id);
+    }
+    let key = LaneKey::of(rec, artefact_id);
+    let params = params![
+        rec.model,
+        rec.version,
+        key.epoch as i64,
+        key.variant,
+        key.role.as_str(),
+        key.outcome.as_str(),
+        key.paired_version,
+        key.artefact_id
+    ];
+    let found: Option<i64> = tx
+        .prepare_cached(
+            "SELECT id FROM lanes WHERE model = ?1 AND version = ?2 AND epoch = ?3
+               AND variant = ?4 AND role = ?5 AND outcome = ?6
+               AND paired_version IS ?7 AND artefact_id IS ?8
+             ORDER BY id LIMIT 1",
+        )?
+        .query_row(params, |r| r.get(0))
+        .optional()?;
+    let id = match found {
+        Some(id) => id,
+        None => {
+            tx.prepare_cached(
+                "INSERT INTO lanes
+                 (model, version, epoch, variant, role, outcome, paired_version, artefact_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params)?;
+            tx.last_insert_rowid()
+        }
+    };
+    fresh.push(FreshLane {
+        model: rec.model.clone(),
+        version: rec.version.clone(),
+        key,
+        id,
+    });
+    Ok(id)
+}
+
+/// Binds `rec`'s row to `stmt` from parameter `first` (1-based) on.
 fn bind_record(
     stmt: &mut rusqlite::CachedStatement<'_>,
     first: usize,
     rec: &PredictionRecord,
-    artefact_id: Option<i64>,
+    lane: i64,
 ) -> Result<(), StoreError> {
     let output = serde_json::to_string(&rec.output).map_err(|e| corrupt("output", e))?;
     let segments = segments_to_text(&rec.segments)?;
     let values: [&dyn rusqlite::ToSql; RECORD_COLUMNS] = [
         &rec.request_id,
         &rec.ts_ms,
-        &rec.model,
-        &(rec.epoch as i64),
-        &rec.variant,
-        &rec.role.as_str(),
-        &rec.version,
+        &lane,
         &rec.key_hash.map(|h| h as i64),
-        &rec.outcome.as_str(),
         &rec.status,
         &(rec.latency_us as i64),
         &output,
         &rec.input,
-        &rec.pair.as_ref().map(|p| p.version.as_str()),
         &segments,
-        &artefact_id,
     ];
     for (i, value) in values.into_iter().enumerate() {
         stmt.raw_bind_parameter(first + i, value)?;
@@ -54,23 +175,30 @@ fn bind_record(
 /// Inserts `batch` with as few statements as it takes: [`ROWS_PER_INSERT`] rows per
 /// `INSERT … VALUES (…), (…), …` and one statement per leftover row. A multi-row statement
 /// pays SQLite's per-statement work (reset, the transaction and cursor opcodes) once for all
-/// its rows (BENCHMARKS.md, "Proxy cost").
+/// its rows (BENCHMARKS.md, "Proxy cost"). Lanes the batch adds are pushed to `fresh`.
 fn insert_records(
     tx: &rusqlite::Transaction<'_>,
     batch: &[PredictionRecord],
     artefacts: &ArtefactIds,
+    lanes: &LaneIds,
+    fresh: &mut Vec<FreshLane>,
 ) -> Result<(), StoreError> {
+    let lane = |fresh: &mut Vec<FreshLane>, rec: &PredictionRecord| {
+        lane_of(
+            tx,
+            lanes,
+            fresh,
+            rec,
+            artefacts.get(&rec.model, &rec.version),
+        )
+    };
     let mut chunks = batch.chunks_exact(ROWS_PER_INSERT);
     if chunks.len() > 0 {
         let mut stmt = tx.prepare_cached(&INSERT_MANY)?;
         for chunk in chunks.by_ref() {
             for (i, rec) in chunk.iter().enumerate() {
-                bind_record(
-                    &mut stmt,
-                    1 + i * RECORD_COLUMNS,
-                    rec,
-                    artefacts.get(&rec.model, &rec.version),
-                )?;
+                let lane = lane(fresh, rec)?;
+                bind_record(&mut stmt, 1 + i * RECORD_COLUMNS, rec, lane)?;
             }
             stmt.raw_execute()?;
         }
@@ -79,7 +207,8 @@ fn insert_records(
     if !rest.is_empty() {
         let mut stmt = tx.prepare_cached(&INSERT_ONE)?;
         for rec in rest {
-            bind_record(&mut stmt, 1, rec, artefacts.get(&rec.model, &rec.version))?;
+            let lane = lane(fresh, rec)?;
+            bind_record(&mut stmt, 1, rec, lane)?;
             stmt.raw_execute()?;
         }
     }
@@ -87,17 +216,16 @@ fn insert_records(
 }
 
 /// Columns written per record.
-const RECORD_COLUMNS: usize = 16;
-/// Rows per multi-row insert (16 × 16 = 256 parameters, far below SQLite's limit).
+const RECORD_COLUMNS: usize = 9;
+/// Rows per multi-row insert (16 × 9 = 144 parameters, far below SQLite's limit).
 const ROWS_PER_INSERT: usize = 16;
 
-const INSERT_COLUMNS: &str = "INSERT INTO predictions
-    (request_id, ts_ms, model, epoch, variant, role, version, key_hash, outcome, status,
-     latency_us, output, input, paired_version, segments, artefact_id) VALUES ";
+const INSERT_COLUMNS: &str = "INSERT INTO prediction_rows
+    (request_id, ts_ms, lane, key_hash, status, latency_us, output, input, segments) VALUES ";
 
 /// `(?, ?, …)` × `rows`, for [`INSERT_COLUMNS`].
 fn insert_sql(rows: usize) -> String {
-    let one = format!("({})", vec!["?"; RECORD_COLUMNS].join(", "));
+    let one = format!("({})", ["?"; RECORD_COLUMNS].join(", "));
     format!("{INSERT_COLUMNS}{}", vec![one; rows].join(", "))
 }
 
@@ -197,7 +325,7 @@ fn insert_feedback(
 /// Number of prediction records.
 pub fn count_records(conn: &Connection) -> Result<u64, StoreError> {
     let n: Option<i64> = conn
-        .query_row("SELECT COUNT(*) FROM predictions", [], |r| r.get(0))
+        .query_row("SELECT COUNT(*) FROM prediction_rows", [], |r| r.get(0))
         .optional()?;
     Ok(n.unwrap_or(0) as u64)
 }
@@ -364,7 +492,19 @@ pub fn artefacts(conn: &Connection) -> Result<Vec<StoredArtefact>, StoreError> {
     Ok(out)
 }
 
-pub(crate) struct SqliteSink(pub(crate) Connection);
+pub(crate) struct SqliteSink {
+    conn: Connection,
+    lanes: LaneIds,
+}
+
+impl SqliteSink {
+    pub(crate) fn new(conn: Connection) -> Self {
+        SqliteSink {
+            conn,
+            lanes: LaneIds::default(),
+        }
+    }
+}
 
 impl Sink for SqliteSink {
     fn register_artefacts(
@@ -372,7 +512,7 @@ impl Sink for SqliteSink {
         versions: &[VersionProvenance],
         now_ms: i64,
     ) -> Result<ArtefactIds, StoreError> {
-        register_artefacts(&mut self.0, versions, now_ms, true)
+        register_artefacts(&mut self.conn, versions, now_ms, true)
     }
 
     fn write_batch(
@@ -383,10 +523,12 @@ impl Sink for SqliteSink {
         // IMMEDIATE: take the write lock first (waiting out the busy timeout while the control
         // store's connection writes), never upgrade a read snapshot.
         let tx = self
-            .0
+            .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        insert_records(&tx, batch, artefacts)?;
+        let mut fresh = Vec::new();
+        insert_records(&tx, batch, artefacts, &self.lanes, &mut fresh)?;
         tx.commit()?;
+        self.lanes.extend(fresh);
         Ok(())
     }
 
@@ -400,7 +542,7 @@ impl Sink for SqliteSink {
         // connection's commit cannot be upgraded (SQLITE_BUSY_SNAPSHOT, "database is locked",
         // without waiting), so the write lock is taken up front.
         let mut tx = self
-            .0
+            .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let labelled = store_feedback(&mut tx, items, models, now_ms)?;
         tx.commit()?;
@@ -410,12 +552,13 @@ impl Sink for SqliteSink {
     fn snapshot(&mut self, agg: &Aggregates, now_ms: i64) -> Result<(i64, i64), StoreError> {
         let text = encode_aggregates(agg)?;
         let tx = self
-            .0
+            .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let last_prediction: i64 =
-            tx.query_row("SELECT COALESCE(MAX(id), 0) FROM predictions", [], |r| {
-                r.get(0)
-            })?;
+        let last_prediction: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(id), 0) FROM prediction_rows",
+            [],
+            |r| r.get(0),
+        )?;
         let last_feedback: i64 =
             tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM feedback", [], |r| {
                 r.get(0)
@@ -432,17 +575,18 @@ impl Sink for SqliteSink {
 
     fn prune(&mut self, prune: &Prune) -> Result<u64, StoreError> {
         let tx = self
-            .0
+            .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let newest: i64 =
-            tx.query_row("SELECT COALESCE(MAX(id), 0) FROM predictions", [], |r| {
-                r.get(0)
-            })?;
+        let newest: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(id), 0) FROM prediction_rows",
+            [],
+            |r| r.get(0),
+        )?;
         // Never the newest row (SQLite would hand its id out again), never past the snapshot.
         let upto = prune.last_prediction.min(newest - 1);
         let count_cut = prune.keep_records.map_or(0, |keep| newest - keep);
         let deleted = tx.execute(
-            "DELETE FROM predictions WHERE id IN (
+            "DELETE FROM prediction_rows WHERE id IN (
                  SELECT p.id FROM predictions p
                  WHERE p.id <= ?1 AND p.epoch < ?2 AND (p.ts_ms < ?3 OR p.id <= ?4)
                    AND NOT EXISTS (SELECT 1 FROM feedback f
@@ -462,7 +606,7 @@ impl Sink for SqliteSink {
             "DELETE FROM feedback WHERE rowid IN (
                  SELECT f.rowid FROM feedback f
                  WHERE f.rowid <= ?1 AND f.rowid < (SELECT MAX(rowid) FROM feedback)
-                   AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = f.request_id)
+                   AND NOT EXISTS (SELECT 1 FROM prediction_rows p WHERE p.request_id = f.request_id)
                  ORDER BY f.rowid LIMIT ?2)",
             params![prune.last_feedback, prune.batch as i64],
         )?;
@@ -505,7 +649,7 @@ pub fn restore_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
                 p.key_hash, p.outcome, p.status, p.latency_us, p.output, NULL, p.paired_version,
                 p.segments, p.id > ?1
          FROM predictions p
-         WHERE p.request_id IN (SELECT request_id FROM predictions WHERE id > ?1)
+         WHERE p.request_id IN (SELECT request_id FROM prediction_rows WHERE id > ?1)
          ORDER BY p.request_id, p.id",
     )?;
     let mut rows = stmt.query([last_prediction])?;
@@ -554,7 +698,7 @@ impl FeedbackTx for rusqlite::Transaction<'_> {
 }
 
 /// Recomputes the aggregates from the log: used at start-up and to check the incremental
-/// aggregates against a recount. Streams the log in request-id order (the `predictions_request`
+/// aggregates against a recount. Streams the log in request-id order (the `prediction_rows_request`
 /// index) with each request's feedback joined, so memory stays that of one request whatever
 /// the log's length; captured inputs are not read.
 pub fn rebuild_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
@@ -639,20 +783,13 @@ mod tests {
         }
     }
 
-    /// 37 records: two 16-row statements and five single-row ones, read back field by field
-    /// in order (the reader drops `pair`, whose version is its own column).
-    #[test]
-    fn a_batch_written_by_multi_row_statements_reads_back_row_by_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
-        let batch: Vec<PredictionRecord> = (0..37).map(record).collect();
-        let tx = conn.transaction().unwrap();
-        insert_records(&tx, &batch, &ArtefactIds::default()).unwrap();
-        tx.commit().unwrap();
-        let (rows, feedback) = read_log(&conn).unwrap();
+    /// Reads the whole log back and checks it is `written`, field by field, in order (the
+    /// reader drops `pair`, whose version is its own column).
+    fn assert_log_is(conn: &Connection, written: &[PredictionRecord]) {
+        let (rows, feedback) = read_log(conn).unwrap();
         assert!(feedback.is_empty());
-        assert_eq!(rows.len(), 37);
-        for (row, written) in rows.iter().zip(&batch) {
+        assert_eq!(rows.len(), written.len());
+        for (row, written) in rows.iter().zip(written) {
             let mut expected = written.clone();
             expected.pair = None;
             assert_eq!(row.record, expected);
@@ -661,5 +798,166 @@ mod tests {
                 written.pair.as_ref().map(|p| p.version.clone())
             );
         }
+    }
+
+    fn lanes(conn: &Connection) -> i64 {
+        conn.query_row("SELECT COUNT(*) FROM lanes", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// 37 records: two 16-row statements and five single-row ones, read back field by field
+    /// in order; a second batch of the same lanes (from the writer's cache) adds no lane.
+    #[test]
+    fn a_batch_written_by_multi_row_statements_reads_back_row_by_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
+        let mut sink = SqliteSink::new(conn);
+        let batch: Vec<PredictionRecord> = (0..37).map(record).collect();
+        sink.write_batch(&batch, &ArtefactIds::default()).unwrap();
+        let distinct: std::collections::HashSet<_> = batch
+            .iter()
+            .map(|r| {
+                let pair = r.pair.as_ref().map(|p| p.version.clone());
+                let (m, v, e, var) = (&r.model, &r.version, r.epoch, &r.variant);
+                (m, v, e, var, r.role, r.outcome.as_str(), pair)
+            })
+            .collect();
+        let first_lanes = lanes(&sink.conn);
+        assert_eq!(first_lanes, distinct.len() as i64);
+        let again: Vec<PredictionRecord> = (0..37)
+            .map(|i| {
+                let mut r = record(i);
+                r.request_id = format!("again-{i:03}");
+                r
+            })
+            .collect();
+        sink.write_batch(&again, &ArtefactIds::default()).unwrap();
+        assert_eq!(lanes(&sink.conn), first_lanes);
+        let mut all = batch.clone();
+        all.extend(again);
+        assert_log_is(&sink.conn, &all);
+    }
+
+    /// A batch that fails after adding a lane rolls the lane back; the writer must not keep
+    /// its id, or the next batch's records would name a lane that does not exist and vanish
+    /// from the `predictions` view.
+    #[test]
+    fn a_failed_batch_leaves_no_lane_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        let mut sink = SqliteSink::new(conn);
+        sink.conn
+            .pragma_update(None, "max_page_count", pages + 2)
+            .unwrap();
+        let mut big = record(1);
+        big.input = Some("x".repeat(64 * 1024));
+        let err = sink
+            .write_batch(&[record(1), big], &ArtefactIds::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("full"), "{err}");
+        assert_eq!(lanes(&sink.conn), 0);
+        sink.conn
+            .pragma_update(None, "max_page_count", 1_000_000)
+            .unwrap();
+        sink.write_batch(&[record(1)], &ArtefactIds::default())
+            .unwrap();
+        assert_log_is(&sink.conn, &[record(1)]);
+    }
+
+    /// A log in the table layout of every release before lanes (session 13's schema, every
+    /// column present) moves into lanes with every field and id kept; the next record takes
+    /// the next id; opening the file again changes nothing.
+    #[test]
+    fn a_log_from_before_lanes_moves_into_them_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let written: Vec<PredictionRecord> = (0..37).map(record).collect();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE predictions (
+                    id INTEGER PRIMARY KEY, request_id TEXT NOT NULL, ts_ms INTEGER NOT NULL,
+                    model TEXT NOT NULL, epoch INTEGER NOT NULL, variant TEXT NOT NULL,
+                    role TEXT NOT NULL, version TEXT NOT NULL, key_hash INTEGER,
+                    outcome TEXT NOT NULL, status INTEGER NOT NULL,
+                    latency_us INTEGER NOT NULL, output TEXT NOT NULL, input TEXT,
+                    paired_version TEXT, segments TEXT, artefact_id INTEGER);
+                 CREATE INDEX predictions_request ON predictions(request_id);",
+            )
+            .unwrap();
+            for (i, r) in written.iter().enumerate() {
+                conn.execute(
+                    "INSERT INTO predictions (id, request_id, ts_ms, model, epoch, variant,
+                        role, version, key_hash, outcome, status, latency_us, output, input,
+                        paired_version, segments, artefact_id)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                        ?15, ?16, ?17)",
+                    params![
+                        // Ids with gaps, as retention leaves them.
+                        100 + 3 * i as i64,
+                        r.request_id,
+                        r.ts_ms,
+                        r.model,
+                        r.epoch as i64,
+                        r.variant,
+                        r.role.as_str(),
+                        r.version,
+                        r.key_hash.map(|h| h as i64),
+                        r.outcome.as_str(),
+                        r.status,
+                        r.latency_us as i64,
+                        serde_json::to_string(&r.output).unwrap(),
+                        r.input,
+                        r.pair.as_ref().map(|p| p.version.clone()),
+                        segments_to_text(&r.segments).unwrap(),
+                        (i % 2 == 0).then_some(i as i64 % 3),
+                    ],
+                )
+                .unwrap();
+            }
+        }
+        let conn = crate::sqlite::open(&path).unwrap();
+        assert_log_is(&conn, &written);
+        let ids: Vec<(i64, Option<i64>)> = conn
+            .prepare("SELECT id, artefact_id FROM predictions ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let expected: Vec<(i64, Option<i64>)> = (0..37)
+            .map(|i| (100 + 3 * i, (i % 2 == 0).then_some(i % 3)))
+            .collect();
+        assert_eq!(ids, expected);
+        let kind: String = conn
+            .query_row(
+                "SELECT type FROM sqlite_master WHERE name = 'predictions'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(kind, "view");
+        drop(conn);
+
+        let conn = crate::sqlite::open(&path).unwrap();
+        let mut sink = SqliteSink::new(conn);
+        sink.write_batch(&[record(40)], &ArtefactIds::default())
+            .unwrap();
+        let newest: i64 = sink
+            .conn
+            .query_row("SELECT MAX(id) FROM predictions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(newest, 100 + 3 * 36 + 1);
+        let mut all = written.clone();
+        all.push(record(40));
+        assert_log_is(&sink.conn, &all);
+        // Deleting through the view deletes the records.
+        sink.conn
+            .execute("DELETE FROM predictions WHERE id < 106", [])
+            .unwrap();
+        assert_log_is(&sink.conn, &all[2..]);
     }
 }
