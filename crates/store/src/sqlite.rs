@@ -164,10 +164,17 @@ fn log_tables(conn: &Connection) -> Result<(), StoreError> {
             ));
         }
         tx.execute_batch("DROP TABLE predictions;")?;
+        tracing::info!(records = new, "moved the prediction log into lanes");
     }
     tx.execute_batch(LOG_TABLES)?;
     tx.execute_batch(LOG_VIEW)?;
     tx.commit()?;
+    if old_table {
+        // The move wrote the whole log to the WAL once more: fold it into the file now and
+        // truncate it. The old table's pages stay in the file as free pages, which new
+        // records take first (`VACUUM` gives them back to the disk).
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    }
     Ok(())
 }
 
