@@ -56,6 +56,64 @@ impl SeriesKey {
     }
 }
 
+/// A series key's fields, borrowed, in [`SeriesKey`]'s order: the series map is searched
+/// with a record's fields (`dyn SeriesParts`, which `SeriesKey` borrows as) and a key is
+/// built only for a new series. Building one per record cost three allocations and copies on
+/// the log writer's thread.
+pub trait SeriesParts {
+    fn parts(&self) -> (&str, u64, &str, Role, &str);
+}
+
+impl SeriesParts for SeriesKey {
+    fn parts(&self) -> (&str, u64, &str, Role, &str) {
+        (
+            &self.model,
+            self.epoch,
+            &self.version,
+            self.role,
+            &self.variant,
+        )
+    }
+}
+
+impl SeriesParts for PredictionRecord {
+    fn parts(&self) -> (&str, u64, &str, Role, &str) {
+        (
+            &self.model,
+            self.epoch,
+            &self.version,
+            self.role,
+            &self.variant,
+        )
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn SeriesParts + 'a> for SeriesKey {
+    fn borrow(&self) -> &(dyn SeriesParts + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn SeriesParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn SeriesParts + '_ {}
+
+impl PartialOrd for dyn SeriesParts + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn SeriesParts + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
 /// Traffic, errors, latency and quality of one series.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VariantStats {
@@ -359,7 +417,10 @@ pub struct Aggregates {
 impl Aggregates {
     /// Accounts one prediction record (serving or shadow).
     pub fn record(&mut self, rec: &PredictionRecord) {
-        let stats = self.series.entry(SeriesKey::of(rec)).or_default();
+        let stats = match self.series.get_mut(rec as &dyn SeriesParts) {
+            Some(stats) => stats,
+            None => self.series.entry(SeriesKey::of(rec)).or_default(),
+        };
         stats.requests += 1;
         stats.errors += u64::from(rec.outcome.counts_against_model());
         stats.latency.record(rec.latency_us);
@@ -440,7 +501,10 @@ impl Aggregates {
     ) {
         let serving = records.iter().find(|r| r.role == Role::Serving);
         for rec in records {
-            let stats = self.series.entry(SeriesKey::of(rec)).or_default();
+            let stats = match self.series.get_mut(rec as &dyn SeriesParts) {
+                Some(stats) => stats,
+                None => self.series.entry(SeriesKey::of(rec)).or_default(),
+            };
             if rec.role == Role::Serving {
                 let hash = sample_hash(&rec.request_id, 0);
                 for (name, value) in metrics {
@@ -1082,5 +1146,49 @@ mod tests {
             2
         );
         assert_eq!(pair.transitions.total(), 0);
+    }
+
+    /// The series map is searched through `dyn SeriesParts`: its order must be `SeriesKey`'s
+    /// derived one, field for field, or lookups would miss series that are there.
+    #[test]
+    fn a_series_key_orders_as_its_borrowed_parts_do() {
+        let mut keys = Vec::new();
+        for model in ["a", "b", "ab"] {
+            for epoch in [0, 1, 10] {
+                for version in ["v1", "v10", "v2"] {
+                    for role in [Role::Serving, Role::Shadow] {
+                        for variant in ["", "primary", "candidate"] {
+                            keys.push(SeriesKey {
+                                model: model.into(),
+                                epoch,
+                                version: version.into(),
+                                role,
+                                variant: variant.into(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        for a in &keys {
+            for b in &keys {
+                let (da, db): (&dyn SeriesParts, &dyn SeriesParts) = (a, b);
+                assert_eq!(a.cmp(b), da.cmp(db), "{a:?} {b:?}");
+            }
+        }
+        // And records find their series, new and old.
+        let mut agg = Aggregates::default();
+        let mut rec = rec("r", Role::Serving, "v1", &["1"], None);
+        for k in &keys {
+            rec.model.clone_from(&k.model);
+            rec.epoch = k.epoch;
+            rec.version.clone_from(&k.version);
+            rec.role = k.role;
+            rec.variant.clone_from(&k.variant);
+            agg.record(&rec);
+            agg.record(&rec);
+        }
+        assert_eq!(agg.series.len(), keys.len());
+        assert!(agg.series.values().all(|s| s.requests == 2));
     }
 }
