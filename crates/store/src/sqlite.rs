@@ -107,6 +107,9 @@ CREATE TABLE IF NOT EXISTS aggregate_snapshots (
 );
 ";
 
+/// How long a statement waits for another connection's write lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Opens (creating if needed) the store at `path`, in WAL mode.
 pub fn open(path: &Path) -> Result<Connection, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -120,7 +123,7 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
     // Durable at commit in WAL mode except for the last transactions before a power loss;
     // a process crash (kill -9) loses nothing committed.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.execute_batch(SCHEMA)?;
     log_tables(&conn)?;
     Ok(conn)
@@ -142,6 +145,9 @@ fn log_tables(conn: &Connection) -> Result<(), StoreError> {
     if current {
         return Ok(());
     }
+    // Another connection may be moving a long log (seconds per million records): wait for it
+    // rather than fail after the usual busy timeout.
+    conn.busy_timeout(std::time::Duration::from_secs(3600))?;
     let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
     let old_table: bool = tx.query_row(
         "SELECT COUNT(*) > 0 FROM sqlite_master WHERE name = 'predictions' AND type = 'table'",
@@ -169,6 +175,7 @@ fn log_tables(conn: &Connection) -> Result<(), StoreError> {
     tx.execute_batch(LOG_TABLES)?;
     tx.execute_batch(LOG_VIEW)?;
     tx.commit()?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     if old_table {
         // The move wrote the whole log to the WAL once more: fold it into the file now and
         // truncate it. The old table's pages stay in the file as free pages, which new

@@ -865,16 +865,12 @@ mod tests {
         assert_log_is(&sink.conn, &[record(1)]);
     }
 
-    /// A log in the table layout of every release before lanes (session 13's schema, every
-    /// column present) moves into lanes with every field and id kept; the next record takes
-    /// the next id; opening the file again changes nothing.
-    #[test]
-    fn a_log_from_before_lanes_moves_into_them_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("old.db");
-        let written: Vec<PredictionRecord> = (0..37).map(record).collect();
+    /// Writes `written` into a file in the table layout of every release before lanes
+    /// (session 13's schema, every column present), ids 100, 103, 106, … (gaps, as retention
+    /// leaves them), artefact ids on every other record.
+    fn write_old_layout(path: &std::path::Path, written: &[PredictionRecord]) {
         {
-            let conn = Connection::open(&path).unwrap();
+            let conn = Connection::open(path).unwrap();
             conn.execute_batch(
                 "CREATE TABLE predictions (
                     id INTEGER PRIMARY KEY, request_id TEXT NOT NULL, ts_ms INTEGER NOT NULL,
@@ -917,6 +913,17 @@ mod tests {
                 .unwrap();
             }
         }
+    }
+
+    /// A log in the table layout of every release before lanes (session 13's schema, every
+    /// column present) moves into lanes with every field and id kept; the next record takes
+    /// the next id; opening the file again changes nothing.
+    #[test]
+    fn a_log_from_before_lanes_moves_into_them_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let written: Vec<PredictionRecord> = (0..37).map(record).collect();
+        write_old_layout(&path, &written);
         let conn = crate::sqlite::open(&path).unwrap();
         assert_log_is(&conn, &written);
         let ids: Vec<(i64, Option<i64>)> = conn
@@ -957,5 +964,30 @@ mod tests {
             .execute("DELETE FROM predictions WHERE id < 106", [])
             .unwrap();
         assert_log_is(&sink.conn, &all[2..]);
+    }
+
+    /// Two connections opening an old log at once (the log writer and the control store at
+    /// start-up): one moves it, the other waits for the move and finds it done.
+    #[test]
+    fn two_openers_of_an_old_log_move_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let written: Vec<PredictionRecord> = (0..37).map(record).collect();
+        write_old_layout(&path, &written);
+        let barrier = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            let openers: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        crate::sqlite::open(&path).map(drop)
+                    })
+                })
+                .collect();
+            for opener in openers {
+                opener.join().unwrap().unwrap();
+            }
+        });
+        assert_log_is(&crate::sqlite::open(&path).unwrap(), &written);
     }
 }
