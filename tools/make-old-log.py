@@ -3,7 +3,7 @@
 before lanes wrote (one `predictions` table, session 13's schema), every fifth request also
 shadowed, to time the move into lanes on a gateway's first start (BENCHMARKS.md, "Proxy
 cost"). Python's sqlite3 only; the rows are what a single-mode gateway with a shadow logs."""
-import os, random, sqlite3, sys
+import random, sqlite3, sys
 
 path, n = sys.argv[1], int(sys.argv[2])
 conn = sqlite3.connect(path)

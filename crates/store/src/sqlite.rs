@@ -15,9 +15,9 @@ use crate::StoreError;
 /// segment values) and its `lane`, the row of `lanes` naming what records share (model, epoch,
 /// variant, role, version, outcome, the version it was paired with, the artefact). Readers
 /// read the `predictions` view, which joins the two into the record's 17 columns; a row per
-/// record with nine text columns cost the log writer a third more per record
+/// record with seven text values cost the log writer a quarter more per record
 /// (BENCHMARKS.md, "Proxy cost"). Deleting from the view deletes the records. `lane` is not
-/// declared a foreign key: the check cost ~450 instructions a record, and lanes are never
+/// declared a foreign key: the check cost ~600 instructions a record, and lanes are never
 /// deleted and only named once committed (`sqlite_log::LaneIds`).
 const LOG_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS lanes (
@@ -131,8 +131,7 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
 
 /// Creates the prediction log's tables, moving an older log's `predictions` table into them
 /// first ([`MIGRATE_TO_LANES`]), in one transaction that holds the write lock, so two
-/// connections opening an old file at once migrate it once.
-/// A file already in the current layout is only read, so a reader never waits for the
+/// connections opening an old file at once migrate it once. A file already in the current layout is only read, so a reader never waits for the
 /// writer's lock (nor fails on a read-only file).
 fn log_tables(conn: &Connection) -> Result<(), StoreError> {
     let current: bool = conn.query_row(
@@ -154,10 +153,10 @@ fn log_tables(conn: &Connection) -> Result<(), StoreError> {
         [],
         |r| r.get(0),
     )?;
+    tx.execute_batch(LOG_TABLES)?;
     if old_table {
         add_column(&tx, "segments", "TEXT")?;
         add_column(&tx, "artefact_id", "INTEGER")?;
-        tx.execute_batch(LOG_TABLES)?;
         tx.execute_batch(MIGRATE_TO_LANES)?;
         let count = |table: &str| -> Result<i64, StoreError> {
             Ok(tx.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?)
@@ -172,7 +171,6 @@ fn log_tables(conn: &Connection) -> Result<(), StoreError> {
         tx.execute_batch("DROP TABLE predictions;")?;
         tracing::info!(records = new, "moved the prediction log into lanes");
     }
-    tx.execute_batch(LOG_TABLES)?;
     tx.execute_batch(LOG_VIEW)?;
     tx.commit()?;
     conn.busy_timeout(BUSY_TIMEOUT)?;

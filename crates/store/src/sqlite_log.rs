@@ -19,7 +19,7 @@ use crate::wire::{decode_aggregates, encode_aggregates};
 use crate::StoreError;
 
 /// What records of one lane share besides their model and version (see `sqlite::LOG_TABLES`).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct LaneKey {
     epoch: u64,
     variant: String,
@@ -51,20 +51,12 @@ impl LaneKey {
     }
 }
 
-/// The lane id of every lane this writer has committed records to, by model and version,
-/// looked up per record on the writer thread (two hash lookups and a short scan, no
-/// allocation). Lanes found or added by a batch join it only once the batch commits, so a
-/// rolled-back batch leaves no id of a row that does not exist.
+/// Lane ids by model and version, looked up per record on the writer thread (two hash
+/// lookups and a short scan, no allocation). The sink keeps those of lanes it has committed
+/// records to; a batch's new lanes are gathered in one of their own and merged only once the
+/// batch commits, so a rolled-back batch leaves no id of a row that does not exist.
 #[derive(Debug, Default)]
 pub(crate) struct LaneIds(switchyard_core::NameMap<switchyard_core::NameMap<Vec<(LaneKey, i64)>>>);
-
-/// A lane found or added inside the current batch's transaction.
-struct FreshLane {
-    model: String,
-    version: String,
-    key: LaneKey,
-    id: i64,
-}
 
 impl LaneIds {
     fn get(&self, rec: &PredictionRecord, artefact_id: Option<i64>) -> Option<i64> {
@@ -76,34 +68,39 @@ impl LaneIds {
             .map(|(_, id)| *id)
     }
 
-    fn extend(&mut self, fresh: Vec<FreshLane>) {
-        for f in fresh {
-            self.0
-                .entry(f.model)
-                .or_default()
-                .entry(f.version)
-                .or_default()
-                .push((f.key, f.id));
+    fn insert(&mut self, model: &str, version: &str, key: LaneKey, id: i64) {
+        self.0
+            .entry(model.to_string())
+            .or_default()
+            .entry(version.to_string())
+            .or_default()
+            .push((key, id));
+    }
+
+    fn merge(&mut self, other: LaneIds) {
+        for (model, versions) in other.0 {
+            let into = self.0.entry(model).or_default();
+            for (version, lanes) in versions {
+                into.entry(version).or_default().extend(lanes);
+            }
         }
     }
 }
 
-/// The lane of `rec`: known, found or added within this batch, found in the table, or added
-/// to it.
+/// The lane of `rec`: known, found or added earlier in this batch (`fresh`), found in the
+/// table, or added to it.
 fn lane_of(
     tx: &rusqlite::Transaction<'_>,
     known: &LaneIds,
-    fresh: &mut Vec<FreshLane>,
+    fresh: &mut LaneIds,
     rec: &PredictionRecord,
     artefact_id: Option<i64>,
 ) -> Result<i64, StoreError> {
-    if let Some(id) = known.get(rec, artefact_id) {
+    if let Some(id) = known
+        .get(rec, artefact_id)
+        .or_else(|| fresh.get(rec, artefact_id))
+    {
         return Ok(id);
-    }
-    if let Some(f) = fresh.iter().find(|f| {
-        f.model == rec.model && f.version == rec.version && f.key.matches(rec, artefact_id)
-    }) {
-        return Ok(f.id);
     }
     let key = LaneKey::of(rec, artefact_id);
     let params = params![
@@ -137,12 +134,7 @@ fn lane_of(
             tx.last_insert_rowid()
         }
     };
-    fresh.push(FreshLane {
-        model: rec.model.clone(),
-        version: rec.version.clone(),
-        key,
-        id,
-    });
+    fresh.insert(&rec.model, &rec.version, key, id);
     Ok(id)
 }
 
@@ -173,15 +165,15 @@ fn bind_record(
 /// Inserts `batch` with as few statements as it takes: [`ROWS_PER_INSERT`] rows per
 /// `INSERT … VALUES (…), (…), …` and one statement per leftover row. A multi-row statement
 /// pays SQLite's per-statement work (reset, the transaction and cursor opcodes) once for all
-/// its rows (BENCHMARKS.md, "Proxy cost"). Lanes the batch adds are pushed to `fresh`.
+/// its rows (BENCHMARKS.md, "Proxy cost"). Lanes the batch adds are gathered in `fresh`.
 fn insert_records(
     tx: &rusqlite::Transaction<'_>,
     batch: &[PredictionRecord],
     artefacts: &ArtefactIds,
     lanes: &LaneIds,
-    fresh: &mut Vec<FreshLane>,
+    fresh: &mut LaneIds,
 ) -> Result<(), StoreError> {
-    let lane = |fresh: &mut Vec<FreshLane>, rec: &PredictionRecord| {
+    let lane = |fresh: &mut LaneIds, rec: &PredictionRecord| {
         lane_of(
             tx,
             lanes,
@@ -523,10 +515,10 @@ impl Sink for SqliteSink {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut fresh = Vec::new();
+        let mut fresh = LaneIds::default();
         insert_records(&tx, batch, artefacts, &self.lanes, &mut fresh)?;
         tx.commit()?;
-        self.lanes.extend(fresh);
+        self.lanes.merge(fresh);
         Ok(())
     }
 
@@ -865,54 +857,56 @@ mod tests {
         assert_log_is(&sink.conn, &[record(1)]);
     }
 
-    /// Writes `written` into a file in the table layout of every release before lanes
-    /// (session 13's schema, every column present), ids 100, 103, 106, … (gaps, as retention
-    /// leaves them), artefact ids on every other record.
-    fn write_old_layout(path: &std::path::Path, written: &[PredictionRecord]) {
-        {
-            let conn = Connection::open(path).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE predictions (
-                    id INTEGER PRIMARY KEY, request_id TEXT NOT NULL, ts_ms INTEGER NOT NULL,
-                    model TEXT NOT NULL, epoch INTEGER NOT NULL, variant TEXT NOT NULL,
-                    role TEXT NOT NULL, version TEXT NOT NULL, key_hash INTEGER,
-                    outcome TEXT NOT NULL, status INTEGER NOT NULL,
-                    latency_us INTEGER NOT NULL, output TEXT NOT NULL, input TEXT,
-                    paired_version TEXT, segments TEXT, artefact_id INTEGER);
-                 CREATE INDEX predictions_request ON predictions(request_id);",
+    /// A file in the table layout of every release before lanes (session 13's schema, every
+    /// column present) holding records 0..37 (returned) with ids 100, 103, 106, … (gaps, as
+    /// retention leaves them) and artefact ids on every other record.
+    fn old_log() -> (tempfile::TempDir, std::path::PathBuf, Vec<PredictionRecord>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let written: Vec<PredictionRecord> = (0..37).map(record).collect();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE predictions (
+                id INTEGER PRIMARY KEY, request_id TEXT NOT NULL, ts_ms INTEGER NOT NULL,
+                model TEXT NOT NULL, epoch INTEGER NOT NULL, variant TEXT NOT NULL,
+                role TEXT NOT NULL, version TEXT NOT NULL, key_hash INTEGER,
+                outcome TEXT NOT NULL, status INTEGER NOT NULL,
+                latency_us INTEGER NOT NULL, output TEXT NOT NULL, input TEXT,
+                paired_version TEXT, segments TEXT, artefact_id INTEGER);
+             CREATE INDEX predictions_request ON predictions(request_id);",
+        )
+        .unwrap();
+        for (i, r) in written.iter().enumerate() {
+            conn.execute(
+                "INSERT INTO predictions (id, request_id, ts_ms, model, epoch, variant,
+                    role, version, key_hash, outcome, status, latency_us, output, input,
+                    paired_version, segments, artefact_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                    ?15, ?16, ?17)",
+                params![
+                    // Ids with gaps, as retention leaves them.
+                    100 + 3 * i as i64,
+                    r.request_id,
+                    r.ts_ms,
+                    r.model,
+                    r.epoch as i64,
+                    r.variant,
+                    r.role.as_str(),
+                    r.version,
+                    r.key_hash.map(|h| h as i64),
+                    r.outcome.as_str(),
+                    r.status,
+                    r.latency_us as i64,
+                    serde_json::to_string(&r.output).unwrap(),
+                    r.input,
+                    r.pair.as_ref().map(|p| p.version.clone()),
+                    segments_to_text(&r.segments).unwrap(),
+                    (i % 2 == 0).then_some(i as i64 % 3),
+                ],
             )
             .unwrap();
-            for (i, r) in written.iter().enumerate() {
-                conn.execute(
-                    "INSERT INTO predictions (id, request_id, ts_ms, model, epoch, variant,
-                        role, version, key_hash, outcome, status, latency_us, output, input,
-                        paired_version, segments, artefact_id)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-                        ?15, ?16, ?17)",
-                    params![
-                        // Ids with gaps, as retention leaves them.
-                        100 + 3 * i as i64,
-                        r.request_id,
-                        r.ts_ms,
-                        r.model,
-                        r.epoch as i64,
-                        r.variant,
-                        r.role.as_str(),
-                        r.version,
-                        r.key_hash.map(|h| h as i64),
-                        r.outcome.as_str(),
-                        r.status,
-                        r.latency_us as i64,
-                        serde_json::to_string(&r.output).unwrap(),
-                        r.input,
-                        r.pair.as_ref().map(|p| p.version.clone()),
-                        segments_to_text(&r.segments).unwrap(),
-                        (i % 2 == 0).then_some(i as i64 % 3),
-                    ],
-                )
-                .unwrap();
-            }
         }
+        (dir, path, written)
     }
 
     /// A log in the table layout of every release before lanes (session 13's schema, every
@@ -920,10 +914,7 @@ mod tests {
     /// the next id; opening the file again changes nothing.
     #[test]
     fn a_log_from_before_lanes_moves_into_them_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("old.db");
-        let written: Vec<PredictionRecord> = (0..37).map(record).collect();
-        write_old_layout(&path, &written);
+        let (_dir, path, written) = old_log();
         let conn = crate::sqlite::open(&path).unwrap();
         assert_log_is(&conn, &written);
         let ids: Vec<(i64, Option<i64>)> = conn
@@ -970,10 +961,7 @@ mod tests {
     /// start-up): one moves it, the other waits for the move and finds it done.
     #[test]
     fn two_openers_of_an_old_log_move_it_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("old.db");
-        let written: Vec<PredictionRecord> = (0..37).map(record).collect();
-        write_old_layout(&path, &written);
+        let (_dir, path, written) = old_log();
         let barrier = std::sync::Barrier::new(2);
         std::thread::scope(|s| {
             let openers: Vec<_> = (0..2)
