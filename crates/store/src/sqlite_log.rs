@@ -19,6 +19,7 @@ use crate::wire::{decode_aggregates, encode_aggregates};
 use crate::StoreError;
 
 /// What records of one lane share besides their model and version (see `sqlite::LOG_TABLES`).
+/// [`same_lane`] compares the same fields.
 #[derive(Debug)]
 struct LaneKey {
     epoch: u64,
@@ -173,14 +174,23 @@ fn insert_records(
     lanes: &LaneIds,
     fresh: &mut LaneIds,
 ) -> Result<(), StoreError> {
-    let lane = |fresh: &mut LaneIds, rec: &PredictionRecord| {
-        lane_of(
-            tx,
-            lanes,
-            fresh,
-            rec,
-            artefacts.get(&rec.model, &rec.version),
-        )
+    // Consecutive records mostly share a lane (every record of a single-version model does):
+    // the previous record's lane is taken when the next one matches it field for field, which
+    // skips the artefact and lane maps' four hash lookups.
+    let mut last: Option<(&PredictionRecord, i64)> = None;
+    let mut lane = |fresh: &mut LaneIds, rec| -> Result<i64, StoreError> {
+        let id = match last {
+            Some((prev, id)) if same_lane(prev, rec) => id,
+            _ => lane_of(
+                tx,
+                lanes,
+                fresh,
+                rec,
+                artefacts.get(&rec.model, &rec.version),
+            )?,
+        };
+        last = Some((rec, id));
+        Ok(id)
     };
     let mut chunks = batch.chunks_exact(ROWS_PER_INSERT);
     if chunks.len() > 0 {
@@ -205,12 +215,28 @@ fn insert_records(
     Ok(())
 }
 
+/// Whether two records belong to one lane: the fields of [`LaneKey`] and the model and version
+/// (which decide the artefact).
+fn same_lane(a: &PredictionRecord, b: &PredictionRecord) -> bool {
+    a.epoch == b.epoch
+        && a.role == b.role
+        && a.outcome == b.outcome
+        && a.model == b.model
+        && a.version == b.version
+        && a.variant == b.variant
+        && a.pair.as_ref().map(|p| &p.version) == b.pair.as_ref().map(|p| &p.version)
+}
+
 /// Columns written per record.
 const RECORD_COLUMNS: usize = 9;
 /// Rows per multi-row insert (16 × 9 = 144 parameters, far below SQLite's limit).
 const ROWS_PER_INSERT: usize = 16;
 
-const INSERT_COLUMNS: &str = "INSERT INTO prediction_rows
+/// `OR ROLLBACK`: a failed row fails the batch's whole transaction (which the writer drops on
+/// any error anyway), so SQLite keeps no statement journal for a multi-row insert: under the
+/// default (`ABORT`) it copied every page a statement touched first, in case one row of it
+/// failed (~400 instructions a record, BENCHMARKS.md, "Proxy cost").
+const INSERT_COLUMNS: &str = "INSERT OR ROLLBACK INTO prediction_rows
     (request_id, ts_ms, lane, key_hash, status, latency_us, output, input, segments) VALUES ";
 
 /// `(?, ?, …)` × `rows`, for [`INSERT_COLUMNS`].
@@ -828,6 +854,52 @@ mod tests {
         assert_log_is(&sink.conn, &all);
     }
 
+    /// Runs of records sharing a lane take the previous record's lane; a record differing from
+    /// the one before in any one field of its lane gets its own. Every row is read back
+    /// through the view, so a record given its predecessor's lane would read back wrong.
+    #[test]
+    fn a_record_takes_the_previous_lane_only_when_every_lane_field_matches() {
+        let base = record(2);
+        type Change = fn(&mut PredictionRecord);
+        let changes: [Change; 8] = [
+            |_| {},
+            |r| r.epoch += 1,
+            |r| r.role = Role::Shadow,
+            |r| r.outcome = Outcome::Timeout,
+            |r| r.model = "other-model".into(),
+            |r| r.version = "other-version".into(),
+            |r| r.variant = "other-variant".into(),
+            |r| {
+                r.pair = Some(PairRef {
+                    version: "paired".into(),
+                    output: Prediction::None,
+                })
+            },
+        ];
+        let mut batch = Vec::new();
+        for (i, change) in changes.iter().enumerate() {
+            // The changed record twice (the second from the shortcut), then the base again.
+            for j in 0..3 {
+                let mut r = base.clone();
+                if j < 2 {
+                    change(&mut r);
+                }
+                r.request_id = format!("r{i}-{j}");
+                batch.push(r);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
+        let mut sink = SqliteSink::new(conn);
+        // A batch of single-row statements, then one of a 16-row statement and single rows.
+        sink.write_batch(&batch[..5], &ArtefactIds::default())
+            .unwrap();
+        sink.write_batch(&batch[5..], &ArtefactIds::default())
+            .unwrap();
+        assert_log_is(&sink.conn, &batch);
+        assert_eq!(lanes(&sink.conn), changes.len() as i64);
+    }
+
     /// A batch that fails after adding a lane rolls the lane back; the writer must not keep
     /// its id, or the next batch's records would name a lane that does not exist and vanish
     /// from the `predictions` view.
@@ -855,6 +927,40 @@ mod tests {
         sink.write_batch(&[record(1)], &ArtefactIds::default())
             .unwrap();
         assert_log_is(&sink.conn, &[record(1)]);
+    }
+
+    /// A batch whose multi-row statement fails part-way (the file full at its last row) leaves
+    /// nothing of itself, not the statement's first rows either (with `OR ROLLBACK` SQLite
+    /// rolls back the transaction instead of the statement), and the next batch is written.
+    #[test]
+    fn a_multi_row_statement_failing_part_way_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
+        let mut sink = SqliteSink::new(conn);
+        let first: Vec<PredictionRecord> = (0..3).map(record).collect();
+        sink.write_batch(&first, &ArtefactIds::default()).unwrap();
+        let pages: i64 = sink
+            .conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        sink.conn
+            .pragma_update(None, "max_page_count", pages + 2)
+            .unwrap();
+        let mut failing: Vec<PredictionRecord> = (3..3 + ROWS_PER_INSERT).map(record).collect();
+        failing[ROWS_PER_INSERT - 1].input = Some("x".repeat(64 * 1024));
+        let err = sink
+            .write_batch(&failing, &ArtefactIds::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("full"), "{err}");
+        assert_log_is(&sink.conn, &first);
+        sink.conn
+            .pragma_update(None, "max_page_count", 1_000_000)
+            .unwrap();
+        let next: Vec<PredictionRecord> = (100..100 + ROWS_PER_INSERT).map(record).collect();
+        sink.write_batch(&next, &ArtefactIds::default()).unwrap();
+        let mut all = first;
+        all.extend(next);
+        assert_log_is(&sink.conn, &all);
     }
 
     /// A file in the table layout of every release before lanes (session 13's schema, every
