@@ -19,6 +19,7 @@ mod log_rows;
 mod pg;
 mod pg_control;
 mod pg_log;
+mod spans;
 mod sqlite;
 mod sqlite_control;
 mod sqlite_log;

@@ -446,7 +446,7 @@ impl Sink for PgSink {
         let replica = self.replica.clone();
         let mut tx = self.client()?.transaction()?;
         let select = tx.prepare(&format!(
-            "{SELECT_RECORD} WHERE p.request_id = $1 ORDER BY p.role DESC, p.id"
+            "{SELECT_RECORD} WHERE p.request_id = $1 ORDER BY p.role, p.id"
         ))?;
         let insert = tx.prepare(
             "INSERT INTO feedback (request_id, replica, ts_ms, truth, metrics)

@@ -19,6 +19,13 @@ use crate::StoreError;
 /// (BENCHMARKS.md, "Proxy cost"). Deleting from the view deletes the records. `lane` is not
 /// declared a foreign key: the check cost ~600 instructions a record, and lanes are never
 /// deleted and only named once committed (`sqlite_log::LaneIds`).
+///
+/// `request_id` has no index (one cost the writer ~3,000 instructions a record, a third of
+/// its time). A request's records are found instead through what the writer adds per batch:
+/// an id the gateway generates (32 hex digits, the first 12 its time in milliseconds) through
+/// `request_spans`, the id ranges of the batch holding records whose id carries that
+/// millisecond (one row per millisecond per batch, not per record); any other id through
+/// `named_requests`, one row per record (`sqlite_log::RequestSpans`).
 const LOG_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS lanes (
     id             INTEGER PRIMARY KEY,
@@ -44,7 +51,21 @@ CREATE TABLE IF NOT EXISTS prediction_rows (
     input       TEXT,
     segments    TEXT
 );
-CREATE INDEX IF NOT EXISTS prediction_rows_request ON prediction_rows(request_id);
+CREATE TABLE IF NOT EXISTS request_spans (
+    first_id INTEGER PRIMARY KEY,
+    last_id  INTEGER NOT NULL,
+    ms       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS request_spans_ms ON request_spans(ms);
+CREATE TABLE IF NOT EXISTS named_requests (
+    request_id TEXT    NOT NULL,
+    id         INTEGER NOT NULL,
+    PRIMARY KEY (request_id, id)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS prediction_rows_delete AFTER DELETE ON prediction_rows
+BEGIN
+    DELETE FROM named_requests WHERE request_id = OLD.request_id AND id = OLD.id;
+END;
 ";
 
 /// The `predictions` view over [`LOG_TABLES`], and what deleting from it does.
@@ -107,6 +128,10 @@ CREATE TABLE IF NOT EXISTS aggregate_snapshots (
 );
 ";
 
+/// Records filed per span-building pass when an older log's records are filed at open: about
+/// the writer's batch at full load.
+const FILING_CHUNK: usize = 512;
+
 /// How long a statement waits for another connection's write lock.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -135,9 +160,10 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
 /// writer's lock (nor fails on a read-only file).
 fn log_tables(conn: &Connection) -> Result<(), StoreError> {
     let current: bool = conn.query_row(
-        "SELECT COUNT(*) = 2 FROM sqlite_master
+        "SELECT COUNT(*) = 3 FROM sqlite_master
          WHERE (name = 'predictions' AND type = 'view')
-            OR (name = 'predictions_delete' AND type = 'trigger')",
+            OR (name = 'predictions_delete' AND type = 'trigger')
+            OR (name = 'request_spans' AND type = 'table')",
         [],
         |r| r.get(0),
     )?;
@@ -150,6 +176,11 @@ fn log_tables(conn: &Connection) -> Result<(), StoreError> {
     let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
     let old_table: bool = tx.query_row(
         "SELECT COUNT(*) > 0 FROM sqlite_master WHERE name = 'predictions' AND type = 'table'",
+        [],
+        |r| r.get(0),
+    )?;
+    let had_spans: bool = tx.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE name = 'request_spans' AND type = 'table'",
         [],
         |r| r.get(0),
     )?;
@@ -171,10 +202,24 @@ fn log_tables(conn: &Connection) -> Result<(), StoreError> {
         tx.execute_batch("DROP TABLE predictions;")?;
         tracing::info!(records = new, "moved the prediction log into lanes");
     }
+    let mut moved = old_table;
+    if !had_spans {
+        // Records written before spans: filed now as the writer files a batch, then the
+        // request-id index they were found by goes.
+        let filed = crate::spans::file_existing(&tx, FILING_CHUNK)?;
+        tx.execute_batch("DROP INDEX IF EXISTS prediction_rows_request;")?;
+        if filed > 0 {
+            moved = true;
+            tracing::info!(
+                records = filed,
+                "filed the prediction log's records by request id"
+            );
+        }
+    }
     tx.execute_batch(LOG_VIEW)?;
     tx.commit()?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    if old_table {
+    if moved {
         // The move wrote the whole log to the WAL once more: fold it into the file now and
         // truncate it. The old table's pages stay in the file as free pages, which new
         // records take first (`VACUUM` gives them back to the disk).

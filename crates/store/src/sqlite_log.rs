@@ -15,6 +15,7 @@ use crate::log_rows::{
     store_feedback, CapturedQuery, CapturedRequest, Disagreement, FeedbackRow, FeedbackTx,
     Labelled, LogRow, Prune, Sink, StreamFold,
 };
+use crate::spans::{request_ms, request_rows, SpanBuilder};
 use crate::wire::{decode_aggregates, encode_aggregates};
 use crate::StoreError;
 
@@ -215,6 +216,41 @@ fn insert_records(
     Ok(())
 }
 
+/// The id of the newest record, 0 in an empty log.
+fn newest_record(tx: &rusqlite::Transaction<'_>) -> Result<i64, StoreError> {
+    Ok(tx
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM prediction_rows")?
+        .query_row([], |r| r.get(0))?)
+}
+
+/// Files the records of `batch`, just inserted after record `before`, by request id
+/// (`spans`). SQLite gives each new row the id after the table's largest, so within the
+/// write transaction the batch holds ids `before + 1 ..`; that is checked, not assumed.
+fn file_batch(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &[PredictionRecord],
+    before: i64,
+) -> Result<(), StoreError> {
+    let newest = newest_record(tx)?;
+    if newest != before + batch.len() as i64 {
+        return Err(corrupt(
+            "prediction log",
+            format!(
+                "a batch of {} records after record {before} ended at record {newest}",
+                batch.len()
+            ),
+        ));
+    }
+    let mut spans = SpanBuilder::default();
+    let mut named = Vec::new();
+    for (id, rec) in (before + 1..).zip(batch) {
+        if !spans.add(id, &rec.request_id) {
+            named.push((rec.request_id.as_str(), id));
+        }
+    }
+    crate::spans::insert(tx, &spans.finish(), named)
+}
+
 /// Whether two records belong to one lane: the fields of [`LaneKey`] and the model and version
 /// (which decide the artefact).
 fn same_lane(a: &PredictionRecord, b: &PredictionRecord) -> bool {
@@ -284,12 +320,20 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> Result<Result<LogRow, StoreError>, 
     Ok(build())
 }
 
-/// Every record of one request, serving first.
+/// The columns [`row_to_record`] reads, of the `predictions` view aliased `p`.
+const P_RECORD: &str = "p.request_id, p.ts_ms, p.model, p.epoch, p.variant, p.role, p.version,
+    p.key_hash, p.outcome, p.status, p.latency_us, p.output, p.input, p.paired_version,
+    p.segments";
+
+/// [`P_RECORD`] without the captured input (the recounts never read it).
+const P_RECORD_NO_INPUT: &str = "p.request_id, p.ts_ms, p.model, p.epoch, p.variant, p.role,
+    p.version, p.key_hash, p.outcome, p.status, p.latency_us, p.output, NULL, p.paired_version,
+    p.segments";
+
+/// Every record of one request, serving first ("serving" sorts before "shadow").
 fn records_of(conn: &Connection, request_id: &str) -> Result<Vec<LogRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "{SELECT_RECORD} WHERE request_id = ?1 ORDER BY role DESC, id"
-    ))?;
-    let rows = stmt.query_map([request_id], row_to_record)?;
+    let mut stmt = conn.prepare_cached(&request_rows(P_RECORD, "", "role, row_id"))?;
+    let rows = stmt.query_map(params![request_id, request_ms(request_id)], row_to_record)?;
     let mut out = Vec::new();
     for row in rows {
         out.push(row??);
@@ -354,31 +398,52 @@ pub fn disagreements(
     shadow: &str,
     limit: usize,
 ) -> Result<Vec<Disagreement>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT p.request_id, p.ts_ms, p.input, p.output, s.output, f.truth
-         FROM predictions p
-         JOIN predictions s ON s.request_id = p.request_id AND s.role = 'shadow' AND s.version = ?3
-              AND s.paired_version = p.version AND s.outcome = 'ok'
-         LEFT JOIN feedback f ON f.request_id = p.request_id
-         WHERE p.model = ?1 AND p.role = 'serving' AND p.version = ?2 AND p.outcome = 'ok' AND p.output != s.output
-         ORDER BY p.id DESC LIMIT ?4",
+    // The serving records newest first, each with its shadow records found by request id.
+    let mut servings = conn.prepare_cached(
+        "SELECT p.request_id, p.ts_ms, p.input, p.output FROM predictions p
+         WHERE p.model = ?1 AND p.role = 'serving' AND p.version = ?2 AND p.outcome = 'ok'
+         ORDER BY p.id DESC",
     )?;
-    let rows = stmt.query_map(params![model, primary, shadow, limit as i64], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, Option<String>>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, String>(4)?,
-            r.get::<_, Option<String>>(5)?,
-        ))
-    })?;
+    let mut shadows = conn.prepare_cached(&request_rows(
+        "p.output",
+        "AND p.role = 'shadow' AND p.version = ?3 AND p.paired_version = ?4
+         AND p.outcome = 'ok' AND p.output != ?5",
+        "row_id",
+    ))?;
+    let mut truth = conn.prepare_cached("SELECT truth FROM feedback WHERE request_id = ?1")?;
     let mut out = Vec::new();
-    for row in rows {
-        let (request_id, ts_ms, input, p, s, t) = row?;
-        out.push(Disagreement::from_columns(
-            request_id, ts_ms, input, &p, &s, t,
-        )?);
+    let mut rows = servings.query(params![model, primary])?;
+    while out.len() < limit {
+        let Some(row) = rows.next()? else { break };
+        let request_id: String = row.get(0)?;
+        let primary_output: String = row.get(3)?;
+        let differing = shadows
+            .query_map(
+                params![
+                    request_id,
+                    request_ms(&request_id),
+                    shadow,
+                    primary,
+                    primary_output
+                ],
+                |r| r.get::<_, String>(0),
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        if differing.is_empty() {
+            continue;
+        }
+        let t: Option<String> = truth.query_row([&request_id], |r| r.get(0)).optional()?;
+        let (ts_ms, input): (i64, Option<String>) = (row.get(1)?, row.get(2)?);
+        for shadow_output in differing.iter().take(limit - out.len()) {
+            out.push(Disagreement::from_columns(
+                request_id.clone(),
+                ts_ms,
+                input.clone(),
+                &primary_output,
+                shadow_output,
+                t.clone(),
+            )?);
+        }
     }
     Ok(out)
 }
@@ -542,7 +607,9 @@ impl Sink for SqliteSink {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut fresh = LaneIds::default();
+        let before = newest_record(&tx)?;
         insert_records(&tx, batch, artefacts, &self.lanes, &mut fresh)?;
+        file_batch(&tx, batch, before)?;
         tx.commit()?;
         self.lanes.merge(fresh);
         Ok(())
@@ -617,15 +684,42 @@ impl Sink for SqliteSink {
                 prune.batch as i64
             ],
         )?;
-        // Labels whose request has no record left (never the newest label).
+        // Spans left with no record (those of records kept by a protected epoch or a label
+        // stay, with ids below them).
         tx.execute(
-            "DELETE FROM feedback WHERE rowid IN (
-                 SELECT f.rowid FROM feedback f
-                 WHERE f.rowid <= ?1 AND f.rowid < (SELECT MAX(rowid) FROM feedback)
-                   AND NOT EXISTS (SELECT 1 FROM prediction_rows p WHERE p.request_id = f.request_id)
-                 ORDER BY f.rowid LIMIT ?2)",
-            params![prune.last_feedback, prune.batch as i64],
+            "DELETE FROM request_spans
+             WHERE first_id < ?1 AND last_id < ?1",
+            [tx.query_row(
+                "SELECT COALESCE(MIN(id), ?1) FROM prediction_rows",
+                [i64::MAX],
+                |r| r.get::<_, i64>(0),
+            )?],
         )?;
+        // Labels whose request has no record left (never the newest label).
+        let orphans = {
+            let mut labels = tx.prepare_cached(
+                "SELECT rowid, request_id FROM feedback
+                 WHERE rowid <= ?1 AND rowid < (SELECT MAX(rowid) FROM feedback)
+                 ORDER BY rowid",
+            )?;
+            let mut records =
+                tx.prepare_cached(&format!("{} LIMIT 1", request_rows("1", "", "row_id")))?;
+            let mut orphans = Vec::new();
+            let mut rows = labels.query([prune.last_feedback])?;
+            while orphans.len() < prune.batch {
+                let Some(row) = rows.next()? else { break };
+                let request_id: String = row.get(1)?;
+                if !records.exists(params![request_id, request_ms(&request_id)])? {
+                    orphans.push(row.get::<_, i64>(0)?);
+                }
+            }
+            orphans
+        };
+        let mut delete = tx.prepare_cached("DELETE FROM feedback WHERE rowid = ?1")?;
+        for rowid in orphans {
+            delete.execute([rowid])?;
+        }
+        drop(delete);
         tx.commit()?;
         Ok(deleted as u64)
     }
@@ -660,47 +754,48 @@ pub fn restore_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
             return rebuild_aggregates(conn);
         }
     };
-    let mut stmt = conn.prepare(
-        "SELECT p.request_id, p.ts_ms, p.model, p.epoch, p.variant, p.role, p.version,
-                p.key_hash, p.outcome, p.status, p.latency_us, p.output, NULL, p.paired_version,
-                p.segments, p.id > ?1
-         FROM predictions p
-         WHERE p.request_id IN (SELECT request_id FROM prediction_rows WHERE id > ?1)
-         ORDER BY p.request_id, p.id",
-    )?;
-    let mut rows = stmt.query([last_prediction])?;
+    // The records after the snapshot by request, each request's earlier records (already
+    // counted, needed to pair) found by its id and put first.
+    let mut tail = conn.prepare(&format!(
+        "SELECT {P_RECORD_NO_INPUT} FROM predictions p WHERE p.id > ?1 ORDER BY p.request_id, p.id"
+    ))?;
+    let mut earlier = conn.prepare(&request_rows(P_RECORD_NO_INPUT, "AND p.id <= ?3", "row_id"))?;
+    let mut rows = tail.query([last_prediction])?;
     let mut fold = StreamFold::onto(agg, true);
+    let mut request: Option<String> = None;
     while let Some(row) = rows.next()? {
         let log_row = row_to_record(row)??;
-        if row.get::<_, bool>(15)? {
-            fold.push(log_row, None);
-        } else {
-            fold.push_uncounted(log_row);
+        if request.as_deref() != Some(log_row.record.request_id.as_str()) {
+            let id = log_row.record.request_id.clone();
+            let before =
+                earlier.query_map(params![id, request_ms(&id), last_prediction], row_to_record)?;
+            for row in before {
+                fold.push_uncounted(row??);
+            }
+            request = Some(id);
         }
+        fold.push(log_row, None);
     }
     drop(rows);
-    let mut stmt = conn.prepare(
-        "SELECT p.request_id, p.ts_ms, p.model, p.epoch, p.variant, p.role, p.version,
-                p.key_hash, p.outcome, p.status, p.latency_us, p.output, NULL, p.paired_version,
-                p.segments, f.truth, f.metrics
-         FROM feedback f CROSS JOIN predictions p ON p.request_id = f.request_id
-         -- CROSS JOIN: SQLite keeps this join order, the labels after the snapshot (a rowid
-         -- range) first, then their records by index; the other order scans every record.
-         WHERE f.rowid > ?1
-         ORDER BY p.request_id, p.id",
+    // The labels after the snapshot, each scored against its request's records.
+    let mut labels = conn.prepare(
+        "SELECT request_id, truth, metrics FROM feedback WHERE rowid > ?1 ORDER BY rowid",
     )?;
-    let mut rows = stmt.query([last_feedback])?;
-    let mut labels = StreamFold::onto(fold.finish(), false);
+    let mut records = conn.prepare(&request_rows(P_RECORD_NO_INPUT, "", "row_id"))?;
+    let mut rows = labels.query([last_feedback])?;
+    let mut scored = StreamFold::onto(fold.finish(), false);
     while let Some(row) = rows.next()? {
-        let log_row = row_to_record(row)??;
-        let (_, truth, metrics) = feedback_from_json(
-            String::new(),
-            &row.get::<_, String>(15)?,
-            &row.get::<_, String>(16)?,
+        let (id, truth, metrics) = feedback_from_json(
+            row.get(0)?,
+            &row.get::<_, String>(1)?,
+            &row.get::<_, String>(2)?,
         )?;
-        labels.push(log_row, Some((truth, metrics)));
+        let mut label = Some((truth, metrics));
+        for log_row in records.query_map(params![id, request_ms(&id)], row_to_record)? {
+            scored.push(log_row??, label.take());
+        }
     }
-    Ok(labels.finish())
+    Ok(scored.finish())
 }
 
 impl FeedbackTx for rusqlite::Transaction<'_> {
@@ -714,9 +809,10 @@ impl FeedbackTx for rusqlite::Transaction<'_> {
 }
 
 /// Recomputes the aggregates from the log: used at start-up and to check the incremental
-/// aggregates against a recount. Streams the log in request-id order (the `prediction_rows_request`
-/// index) with each request's feedback joined, so memory stays that of one request whatever
-/// the log's length; captured inputs are not read.
+/// aggregates against a recount. Streams the log in request-id order with each request's
+/// feedback joined, so memory stays that of one request whatever the log's length (the order
+/// is SQLite's sort, which spills to temporary files past its cache: the log has no
+/// request-id index); captured inputs are not read.
 pub fn rebuild_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT p.request_id, p.ts_ms, p.model, p.epoch, p.variant, p.role, p.version,
@@ -961,6 +1057,156 @@ mod tests {
         let mut all = first;
         all.extend(next);
         assert_log_is(&sink.conn, &all);
+    }
+
+    /// Request id `n` of the generated form, carrying millisecond `ms`.
+    fn generated(ms: i64, n: usize) -> String {
+        format!("{ms:012x}{n:020x}")
+    }
+
+    /// Three batches of records: generated ids over a few milliseconds, interleaved, one
+    /// millisecond's records spread wider than a span reaches; ids a client chose (one
+    /// upper-case hex, one of another length); serving records whose shadow comes in a later
+    /// batch. Returns the records in write order.
+    fn filed_batches(sink: &mut SqliteSink) -> Vec<PredictionRecord> {
+        let ms = 1_700_000_000_000i64;
+        let at = |id: String, role: Role| {
+            let mut r = record(2);
+            r.request_id = id;
+            r.role = role;
+            r
+        };
+        // Milliseconds 0, 2 and 4 interleaved; millisecond 1 every 100th record, further
+        // apart than a span reaches.
+        let m_of = |n: usize| {
+            if n.is_multiple_of(100) {
+                ms + 1
+            } else {
+                ms + (n as i64 % 3) * 2
+            }
+        };
+        let mut first: Vec<PredictionRecord> = (0..300)
+            .map(|n| at(generated(m_of(n), n), Role::Serving))
+            .collect();
+        first.push(at("order-42".into(), Role::Serving));
+        first.push(at(generated(ms, 7).to_uppercase(), Role::Serving));
+        first.push(at("x".repeat(31), Role::Serving));
+        let mut second: Vec<PredictionRecord> = (300..340)
+            .map(|n| at(generated(ms + 10, n), Role::Serving))
+            .collect();
+        // Late shadows of requests of the first batch, and of the client's order-42.
+        second.push(at(generated(m_of(5), 5), Role::Shadow));
+        second.push(at(generated(m_of(100), 100), Role::Shadow));
+        second.push(at("order-42".into(), Role::Shadow));
+        let third = vec![at(generated(m_of(10), 10), Role::Shadow)];
+        let mut all = Vec::new();
+        for batch in [first, second, third] {
+            sink.write_batch(&batch, &ArtefactIds::default()).unwrap();
+            all.extend(batch);
+        }
+        all
+    }
+
+    /// What `records_of` must return, from the written records alone: the request's
+    /// records, serving first, each role in write order.
+    fn expected_records(all: &[PredictionRecord], id: &str) -> Vec<PredictionRecord> {
+        let mut want: Vec<PredictionRecord> = all
+            .iter()
+            .filter(|r| r.request_id == id)
+            .cloned()
+            .map(|mut r| {
+                r.pair = None;
+                r
+            })
+            .collect();
+        want.sort_by_key(|r| r.role != Role::Serving);
+        want
+    }
+
+    fn assert_found(conn: &Connection, all: &[PredictionRecord], extra_absent: &[String]) {
+        let mut ids: Vec<&str> = all.iter().map(|r| r.request_id.as_str()).collect();
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            let got: Vec<PredictionRecord> = records_of(conn, id)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.record)
+                .collect();
+            assert_eq!(got, expected_records(all, id), "request {id}");
+        }
+        for id in extra_absent {
+            assert!(records_of(conn, id).unwrap().is_empty(), "{id}");
+        }
+    }
+
+    /// Ids never written: of the generated form (a filed millisecond, another one; the
+    /// lower-case form of the upper-case id written) and a name.
+    fn absent_ids() -> Vec<String> {
+        vec![
+            generated(1_700_000_000_000, 9_999),
+            generated(1_600_000_000_000, 1),
+            generated(1_700_000_000_000, 7),
+            "order-43".into(),
+        ]
+    }
+
+    /// Every request's records are found by its id, whichever way it was filed, with its
+    /// late shadow from another batch; ids never written find nothing; deleting records
+    /// through the view removes their names.
+    #[test]
+    fn records_are_found_by_request_id_through_spans_and_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
+        let mut sink = SqliteSink::new(conn);
+        let all = filed_batches(&mut sink);
+        let count = |sql: &str| -> i64 { sink.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        // Named: order-42 twice, the upper-case id, the 31-character one.
+        assert_eq!(count("SELECT COUNT(*) FROM named_requests"), 4);
+        // Far fewer spans than records: one per millisecond per batch (seven), more for the
+        // spread millisecond.
+        let spans = count("SELECT COUNT(*) FROM request_spans");
+        assert!((9..=20).contains(&spans), "{spans} spans");
+        assert_found(&sink.conn, &all, &absent_ids());
+        sink.conn
+            .execute("DELETE FROM predictions WHERE request_id = 'order-42'", [])
+            .unwrap();
+        assert_eq!(count("SELECT COUNT(*) FROM named_requests"), 2);
+        let kept: Vec<PredictionRecord> = all
+            .into_iter()
+            .filter(|r| r.request_id != "order-42")
+            .collect();
+        assert_found(&sink.conn, &kept, &["order-42".to_string()]);
+    }
+
+    /// A log written by the release before spans (lanes, and an index on `request_id`) is
+    /// filed when opened: the index goes and every request is found as the writer's own.
+    #[test]
+    fn a_log_with_a_request_index_is_filed_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.db");
+        let mut sink = SqliteSink::new(crate::sqlite::open(&path).unwrap());
+        let all = filed_batches(&mut sink);
+        // Back to that release's layout.
+        sink.conn
+            .execute_batch(
+                "DROP TRIGGER prediction_rows_delete; DROP TABLE named_requests;
+                 DROP TABLE request_spans;
+                 CREATE INDEX prediction_rows_request ON prediction_rows(request_id);",
+            )
+            .unwrap();
+        drop(sink);
+        let conn = crate::sqlite::open(&path).unwrap();
+        let index: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'prediction_rows_request'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 0);
+        assert_found(&conn, &all, &absent_ids());
+        assert_log_is(&conn, &all);
     }
 
     /// A file in the table layout of every release before lanes (session 13's schema, every

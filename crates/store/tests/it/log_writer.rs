@@ -141,20 +141,23 @@ async fn feedback_joins_by_id_and_aggregates_match_a_recount(db: &Db) {
     for i in 0..40 {
         let p = if i % 2 == 0 { "1" } else { "0" };
         let s = if i % 3 == 0 { "1" } else { "0" };
-        assert!(log.record(record(&format!("r{i}"), Role::Serving, "v1", p, None)));
-        assert!(log.record(record(&format!("r{i}"), Role::Shadow, "v2", s, Some(p))));
+        assert!(log.record(record(&rid('r', i), Role::Serving, "v1", p, None)));
+        assert!(log.record(record(&rid('r', i), Role::Shadow, "v2", s, Some(p))));
     }
     // Labels arrive out of order (reverse), some twice, some for unknown ids.
     let mut items: Vec<Feedback> = (0..40)
         .rev()
-        .map(|i| label(&format!("r{i}"), if i % 5 == 0 { "0" } else { "1" }))
+        .map(|i| label(&rid('r', i), if i % 5 == 0 { "0" } else { "1" }))
         .collect();
-    items.push(label("r3", "0"));
+    items.push(label(&rid('r', 3), "0"));
     items.push(label("nope", "1"));
+    // Unknown too: an id of the generated form, its millisecond that of filed requests.
+    let unfiled = format!("{}{:020x}", &rid('r', 1)[..12], 999);
+    items.push(label(&unfiled, "1"));
     let outcome = log.feedback(items, 1_700_000_100_000).await.unwrap();
     assert_eq!(outcome.accepted, 40);
     assert_eq!(outcome.duplicates, 1);
-    assert_eq!(outcome.unknown, vec!["nope".to_string()]);
+    assert_eq!(outcome.unknown, vec!["nope".to_string(), unfiled]);
     // Re-sending is idempotent.
     let again = log
         .feedback(vec![label("r0", "1")], 1_700_000_200_000)
@@ -370,23 +373,36 @@ async fn a_log_from_before_segments_gains_the_column_and_keeps_its_rows() {
     thread.join().unwrap();
 }
 
+/// Request `prefix``i`'s id: for odd `i` in the form the gateway generates (32 hex digits
+/// starting with a millisecond, four requests to a millisecond), else a name a client chose;
+/// the SQLite log files the two differently.
+fn rid(prefix: char, i: usize) -> String {
+    if i % 2 == 1 {
+        let ms = 1_700_000_000_000 + u64::from(prefix) * 1_000 + i as u64 / 4;
+        format!("{ms:012x}{i:020x}")
+    } else {
+        format!("{prefix}{i}")
+    }
+}
+
 /// Start-up from a snapshot: the first writer snapshots as it goes and when it stops; the
 /// second takes a tail without snapshots (records of new requests, a shadow record of an old
 /// request, labels of old and new requests); the rows the snapshot covers are then deleted.
-/// A third writer must restore exactly what the second held, without those rows.
+/// A third writer must restore exactly what the second held, without those rows. Half the
+/// requests have generated ids ([`rid`]); the old request's late shadow record is one of them.
 async fn a_restart_restores_the_snapshot_and_replays_only_the_tail(db: &Db) {
     let mut cfg = config(db.url(), "r1", 1024, 16);
     cfg.snapshot_every = 50;
     let (log, thread) = spawn_log_writer(cfg).unwrap();
     for i in 0..40 {
         let p = if i % 2 == 0 { "1" } else { "0" };
-        assert!(log.record(record(&format!("a{i}"), Role::Serving, "v1", p, None)));
+        assert!(log.record(record(&rid('a', i), Role::Serving, "v1", p, None)));
         if i % 4 != 3 {
-            assert!(log.record(record(&format!("a{i}"), Role::Shadow, "v2", "1", Some(p))));
+            assert!(log.record(record(&rid('a', i), Role::Shadow, "v2", "1", Some(p))));
         }
     }
     log.flush().await.unwrap();
-    let labels = (0..20).map(|i| label(&format!("a{i}"), "1")).collect();
+    let labels = (0..20).map(|i| label(&rid('a', i), "1")).collect();
     log.feedback(labels, 1_700_000_100_000).await.unwrap();
     log.flush().await.unwrap();
     assert!(
@@ -403,14 +419,14 @@ async fn a_restart_restores_the_snapshot_and_replays_only_the_tail(db: &Db) {
     // The tail, with no snapshot.
     let (log, thread) = spawn_log_writer(config(db.url(), "r1", 1024, 16)).unwrap();
     // The shadow the old request a3 never had, after its serving record was snapshotted.
-    assert!(log.record(record("a3", Role::Shadow, "v2", "0", Some("0"))));
+    assert!(log.record(record(&rid('a', 3), Role::Shadow, "v2", "0", Some("0"))));
     for i in 0..10 {
-        assert!(log.record(record(&format!("b{i}"), Role::Serving, "v1", "1", None)));
-        assert!(log.record(record(&format!("b{i}"), Role::Shadow, "v2", "0", Some("1"))));
+        assert!(log.record(record(&rid('b', i), Role::Serving, "v1", "1", None)));
+        assert!(log.record(record(&rid('b', i), Role::Shadow, "v2", "0", Some("1"))));
     }
     log.flush().await.unwrap();
-    let mut labels: Vec<Feedback> = (20..40).map(|i| label(&format!("a{i}"), "0")).collect();
-    labels.extend((0..5).map(|i| label(&format!("b{i}"), "1")));
+    let mut labels: Vec<Feedback> = (20..40).map(|i| label(&rid('a', i), "0")).collect();
+    labels.extend((0..5).map(|i| label(&rid('b', i), "1")));
     let outcome = log.feedback(labels, 1_700_000_200_000).await.unwrap();
     assert_eq!(
         (outcome.accepted, outcome.duplicates),
@@ -431,7 +447,7 @@ async fn a_restart_restores_the_snapshot_and_replays_only_the_tail(db: &Db) {
     // something after it (a label, a shadow record): delete the others.
     let settled: Vec<String> = (0..20)
         .filter(|i| *i != 3)
-        .map(|i| format!("'a{i}'"))
+        .map(|i| format!("'{}'", rid('a', i)))
         .collect();
     db.exec(&format!(
         "DELETE FROM predictions WHERE id <= {covered} AND request_id IN ({})",

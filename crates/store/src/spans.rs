@@ -1,0 +1,208 @@
+//! How the SQLite log finds a request's records without an index on `request_id` (see
+//! `sqlite::LOG_TABLES`): the writer files each batch's records under the millisecond their
+//! request id carries (`request_spans`: id ranges, one row per millisecond per batch) or, for
+//! ids without one, by name (`named_requests`: one row per record); [`request_rows`] is the
+//! lookup both readers and the feedback path use. It exists so that the writer
+//! (`sqlite_log`) and the move of an older log (`sqlite`) file records the same way.
+
+use rusqlite::Transaction;
+
+use crate::StoreError;
+
+/// The millisecond a request id carries when it has the form the gateway generates: 32
+/// lowercase hex digits, the first 12 a Unix time in milliseconds. A client may send an id of
+/// that form too; it is filed and found the same way, whatever time it names.
+pub(crate) fn request_ms(request_id: &str) -> Option<i64> {
+    let b = request_id.as_bytes();
+    if b.len() != 32 {
+        return None;
+    }
+    // One pass checking and reading the digits (the writer calls this per record).
+    let mut ms = 0i64;
+    for (i, &c) in b.iter().enumerate() {
+        let digit = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        if i < 12 {
+            ms = ms << 4 | i64::from(digit);
+        }
+    }
+    Some(ms)
+}
+
+/// Records of one millisecond further apart than this (in ids) start a new span, so that a
+/// straggler (a shadow's late answer) does not stretch its millisecond's span over the batch.
+const MAX_GAP: i64 = 64;
+
+/// A run of record ids holding every record of one batch whose request id carries `ms`
+/// between `first` and `last` (and records of other requests in between).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub ms: i64,
+    pub first: i64,
+    pub last: i64,
+}
+
+/// The spans of records added in id order; ids without a millisecond are left to the caller
+/// ([`SpanBuilder::add`] says which).
+#[derive(Debug, Default)]
+pub(crate) struct SpanBuilder {
+    spans: Vec<Span>,
+}
+
+impl SpanBuilder {
+    /// Files record `id` (greater than every id added before) of request `request_id`;
+    /// `false` when the id carries no millisecond and must be filed by name.
+    pub(crate) fn add(&mut self, id: i64, request_id: &str) -> bool {
+        let Some(ms) = request_ms(request_id) else {
+            return false;
+        };
+        // Records come mostly in time order: the span sought is nearly always the last one.
+        match self.spans.iter_mut().rev().find(|s| s.ms == ms) {
+            Some(span) if id - span.last <= MAX_GAP => span.last = id,
+            _ => self.spans.push(Span {
+                ms,
+                first: id,
+                last: id,
+            }),
+        }
+        true
+    }
+
+    pub(crate) fn finish(self) -> Vec<Span> {
+        self.spans
+    }
+}
+
+/// Writes `spans` and the named records (`(request_id, id)`) in the caller's transaction.
+pub(crate) fn insert<'a>(
+    tx: &Transaction<'_>,
+    spans: &[Span],
+    named: impl IntoIterator<Item = (&'a str, i64)>,
+) -> Result<(), StoreError> {
+    if !spans.is_empty() {
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO request_spans (first_id, last_id, ms) VALUES (?1, ?2, ?3)",
+        )?;
+        for s in spans {
+            stmt.execute(rusqlite::params![s.first, s.last, s.ms])?;
+        }
+    }
+    let mut named = named.into_iter().peekable();
+    if named.peek().is_some() {
+        let mut stmt =
+            tx.prepare_cached("INSERT INTO named_requests (request_id, id) VALUES (?1, ?2)")?;
+        for (request_id, id) in named {
+            stmt.execute(rusqlite::params![request_id, id])?;
+        }
+    }
+    Ok(())
+}
+
+/// A query over the records (alias `p`, the `predictions` view) of request `?1`: `columns`
+/// selected (with the record's id as `row_id` after them), `filter` (`AND …`, may be empty,
+/// its parameters from `?3` on) applied, rows in `order` (result column names). `?2` is
+/// [`request_ms`] of the id (NULL when it has none). The spans of that millisecond are read
+/// by their index and each scanned by id; named ids by their key.
+pub(crate) fn request_rows(columns: &str, filter: &str, order: &str) -> String {
+    format!(
+        "SELECT {columns}, p.id AS row_id
+         FROM request_spans s JOIN predictions p ON p.id BETWEEN s.first_id AND s.last_id
+         WHERE s.ms = ?2 AND p.request_id = ?1 {filter}
+         UNION ALL
+         SELECT {columns}, p.id AS row_id
+         FROM named_requests n JOIN predictions p ON p.id = n.id
+         WHERE n.request_id = ?1 {filter}
+         ORDER BY {order}"
+    )
+}
+
+/// Rebuilds the spans and names of every record already in `prediction_rows` (a log written
+/// before them), as the writer would have filed them in batches of `chunk` records.
+pub(crate) fn file_existing(tx: &Transaction<'_>, chunk: usize) -> Result<u64, StoreError> {
+    let mut stmt = tx.prepare("SELECT id, request_id FROM prediction_rows ORDER BY id")?;
+    let mut rows = stmt.query([])?;
+    let mut builder = SpanBuilder::default();
+    let mut named: Vec<(String, i64)> = Vec::new();
+    let flush = |builder: &mut SpanBuilder, named: &mut Vec<(String, i64)>| {
+        let spans = std::mem::take(builder).finish();
+        insert(tx, &spans, named.iter().map(|(r, id)| (r.as_str(), *id)))?;
+        named.clear();
+        Ok::<_, StoreError>(())
+    };
+    let mut total = 0u64;
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        let request_id: String = row.get(1)?;
+        if !builder.add(id, &request_id) {
+            named.push((request_id, id));
+        }
+        total += 1;
+        if total.is_multiple_of(chunk as u64) {
+            flush(&mut builder, &mut named)?;
+        }
+    }
+    flush(&mut builder, &mut named)?;
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn only_32_lowercase_hex_digits_carry_a_millisecond() {
+        let id = format!("{:012x}{}", 1_700_000_000_123i64, "0123456789abcdef0123");
+        assert_eq!(request_ms(&id), Some(1_700_000_000_123));
+        assert_eq!(request_ms(&id.to_uppercase()), None);
+        assert_eq!(request_ms(&id[..31]), None);
+        assert_eq!(request_ms(&format!("{id}0")), None);
+        assert_eq!(request_ms("req-42"), None);
+        assert_eq!(request_ms(&format!("{}g", &id[..31])), None);
+        // 32 bytes, not 32 hex digits.
+        assert_eq!(request_ms(&format!("{}é", &id[..30])), None);
+    }
+
+    fn id(ms: i64, n: u32) -> String {
+        format!("{ms:012x}{n:020x}")
+    }
+
+    #[test]
+    fn a_batch_is_filed_by_millisecond_with_stragglers_apart() {
+        let mut b = SpanBuilder::default();
+        // ms 10 at ids 1..=3, ms 11 interleaved at 2 and 4..=5, a named id at 6, ms 10 again
+        // at 6 + MAX_GAP (within reach of 3? no: a new span) and ms 11 at 5 + MAX_GAP (within).
+        assert!(b.add(1, &id(10, 1)));
+        assert!(b.add(2, &id(11, 1)));
+        assert!(b.add(3, &id(10, 2)));
+        assert!(b.add(4, &id(11, 2)));
+        assert!(b.add(5, &id(11, 3)));
+        assert!(!b.add(6, "client-chosen"));
+        assert!(b.add(3 + MAX_GAP + 1, &id(10, 3)));
+        assert!(b.add(5 + MAX_GAP, &id(11, 4)));
+        assert_eq!(
+            b.finish(),
+            vec![
+                Span {
+                    ms: 10,
+                    first: 1,
+                    last: 3
+                },
+                Span {
+                    ms: 11,
+                    first: 2,
+                    last: 5 + MAX_GAP
+                },
+                Span {
+                    ms: 10,
+                    first: 3 + MAX_GAP + 1,
+                    last: 3 + MAX_GAP + 1
+                },
+            ]
+        );
+    }
+}
