@@ -77,6 +77,11 @@ impl SpanBuilder {
 }
 
 /// Writes `spans` and the named records (`(request_id, id)`) in the caller's transaction.
+///
+/// Record ids come back after the newest records are deleted (an operator's `DELETE`; retention
+/// never deletes the newest): a span of deleted records may then start at a new record's id,
+/// and is replaced, or cover new records, which [`request_rows`] reads once whatever number of
+/// spans cover them.
 pub(crate) fn insert<'a>(
     tx: &Transaction<'_>,
     spans: &[Span],
@@ -84,7 +89,7 @@ pub(crate) fn insert<'a>(
 ) -> Result<(), StoreError> {
     if !spans.is_empty() {
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO request_spans (first_id, last_id, ms) VALUES (?1, ?2, ?3)",
+            "INSERT OR REPLACE INTO request_spans (first_id, last_id, ms) VALUES (?1, ?2, ?3)",
         )?;
         for s in spans {
             stmt.execute(rusqlite::params![s.first, s.last, s.ms])?;
@@ -105,13 +110,14 @@ pub(crate) fn insert<'a>(
 /// selected (with the record's id as `row_id` after them), `filter` (`AND …`, may be empty,
 /// its parameters from `?3` on) applied, rows in `order` (result column names). `?2` is
 /// [`request_ms`] of the id (NULL when it has none). The spans of that millisecond are read
-/// by their index and each scanned by id; named ids by their key.
+/// by their index and each scanned by id; named ids by their key. `UNION`, not `UNION ALL`:
+/// a record two spans cover (one left by deleted records whose ids came back) is one row.
 pub(crate) fn request_rows(columns: &str, filter: &str, order: &str) -> String {
     format!(
         "SELECT {columns}, p.id AS row_id
          FROM request_spans s JOIN predictions p ON p.id BETWEEN s.first_id AND s.last_id
          WHERE s.ms = ?2 AND p.request_id = ?1 {filter}
-         UNION ALL
+         UNION
          SELECT {columns}, p.id AS row_id
          FROM named_requests n JOIN predictions p ON p.id = n.id
          WHERE n.request_id = ?1 {filter}

@@ -144,14 +144,32 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
         })?;
     }
     let conn = Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    wal_mode(&conn)?;
     // Durable at commit in WAL mode except for the last transactions before a power loss;
     // a process crash (kill -9) loses nothing committed.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.execute_batch(SCHEMA)?;
     log_tables(&conn)?;
     Ok(conn)
+}
+
+/// Puts the file in WAL mode. Switching a file from the rollback journal needs it to itself,
+/// and SQLite fails the switch at once (no busy handler) while another connection opening the
+/// same new or old file holds a lock: tried again until the busy timeout.
+fn wal_mode(conn: &Connection) -> Result<(), StoreError> {
+    let start = std::time::Instant::now();
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && start.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            result => return Ok(result?),
+        }
+    }
 }
 
 /// Creates the prediction log's tables, moving an older log's `predictions` table into them

@@ -1179,6 +1179,26 @@ mod tests {
         assert_found(&sink.conn, &kept, &["order-42".to_string()]);
     }
 
+    /// An operator deletes the newest records (every record here) and SQLite hands their ids
+    /// out again: the spans left by the deleted records neither stop the next batches (a
+    /// span starting at a reused id is replaced) nor double a record they cover.
+    #[test]
+    fn record_ids_coming_back_after_a_delete_are_filed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
+        let mut sink = SqliteSink::new(conn);
+        let before = filed_batches(&mut sink);
+        sink.conn.execute("DELETE FROM predictions", []).unwrap();
+        let after = filed_batches(&mut sink);
+        let first: i64 = sink
+            .conn
+            .query_row("SELECT MIN(id) FROM prediction_rows", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(first, 1, "ids did not come back");
+        assert_found(&sink.conn, &after, &absent_ids());
+        assert_eq!(after.len(), before.len());
+    }
+
     /// A log written by the release before spans (lanes, and an index on `request_id`) is
     /// filed when opened: the index goes and every request is found as the writer's own.
     #[test]
