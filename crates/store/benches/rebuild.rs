@@ -39,11 +39,17 @@ fn status_kb(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Request `i`'s id, of the form the gateway generates (its millisecond, then 20 more hex
+/// digits), 50 requests a millisecond.
+fn request_id(i: u64) -> String {
+    format!("{:012x}{i:020x}", 1_700_000_000_000 + i / 50)
+}
+
 fn record(i: u64, role: Role) -> PredictionRecord {
     let class = if i.is_multiple_of(3) { "1" } else { "0" };
     PredictionRecord {
-        request_id: format!("01J9Z3KQ4V{i:016}"),
-        ts_ms: 1_700_000_000_000 + i as i64,
+        request_id: request_id(i),
+        ts_ms: 1_700_000_000_000 + (i / 50) as i64,
         model: "yield".into(),
         epoch: 1 + i / 100_000,
         variant: if role == Role::Shadow { "shadow" } else { "primary" }.into(),
@@ -119,7 +125,7 @@ fn write_log(path: &std::path::Path, from: u64, n: u64, snapshot_every: u64) {
                 .iter()
                 .filter(|i| *i % 3 == 1)
                 .map(|&i| Feedback {
-                    request_id: format!("01J9Z3KQ4V{i:016}"),
+                    request_id: request_id(i),
                     truth: Truth::Labels(vec![if i.is_multiple_of(7) { "0" } else { "1" }.into()]),
                     metrics: vec![],
                 })
