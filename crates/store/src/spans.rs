@@ -76,12 +76,19 @@ impl SpanBuilder {
     }
 }
 
+/// Drops the spans starting after record `newest`, the newest record there is: their records
+/// were deleted. Record ids come back after the newest records are deleted (an operator's
+/// `DELETE`; retention never deletes the newest), and a span of deleted records would then
+/// start at a new record's id. (One that starts before and reaches past it may cover new
+/// records: [`request_rows`] reads a record once whatever number of spans cover it.) A seek
+/// to the table's end when nothing was deleted.
+pub(crate) fn drop_stale(tx: &Transaction<'_>, newest: i64) -> Result<(), StoreError> {
+    tx.prepare_cached("DELETE FROM request_spans WHERE first_id > ?1")?
+        .execute([newest])?;
+    Ok(())
+}
+
 /// Writes `spans` and the named records (`(request_id, id)`) in the caller's transaction.
-///
-/// Record ids come back after the newest records are deleted (an operator's `DELETE`; retention
-/// never deletes the newest): a span of deleted records may then start at a new record's id,
-/// and is replaced, or cover new records, which [`request_rows`] reads once whatever number of
-/// spans cover them.
 pub(crate) fn insert<'a>(
     tx: &Transaction<'_>,
     spans: &[Span],
@@ -89,7 +96,7 @@ pub(crate) fn insert<'a>(
 ) -> Result<(), StoreError> {
     if !spans.is_empty() {
         let mut stmt = tx.prepare_cached(
-            "INSERT OR REPLACE INTO request_spans (first_id, last_id, ms) VALUES (?1, ?2, ?3)",
+            "INSERT INTO request_spans (first_id, last_id, ms) VALUES (?1, ?2, ?3)",
         )?;
         for s in spans {
             stmt.execute(rusqlite::params![s.first, s.last, s.ms])?;

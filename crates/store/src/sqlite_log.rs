@@ -241,6 +241,7 @@ fn file_batch(
             ),
         ));
     }
+    crate::spans::drop_stale(tx, before)?;
     let mut spans = SpanBuilder::default();
     let mut named = Vec::new();
     for (id, rec) in (before + 1..).zip(batch) {
@@ -1181,7 +1182,7 @@ mod tests {
 
     /// An operator deletes the newest records (every record here) and SQLite hands their ids
     /// out again: the spans left by the deleted records neither stop the next batches (a
-    /// span starting at a reused id is replaced) nor double a record they cover.
+    /// span starting at a reused id is dropped) nor double a record they cover.
     #[test]
     fn record_ids_coming_back_after_a_delete_are_filed_again() {
         let dir = tempfile::tempdir().unwrap();
