@@ -192,8 +192,14 @@ def main():
             with open(args.json, "w") as f:
                 json.dump({"runs": runs, "medians": medians}, f, indent=1)
     finally:
+        # SIGTERM first: an nginx master killed outright leaves its workers running.
         for p in procs:
-            p.kill()
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

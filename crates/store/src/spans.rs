@@ -80,8 +80,8 @@ impl SpanBuilder {
 /// were deleted. Record ids come back after the newest records are deleted (an operator's
 /// `DELETE`; retention never deletes the newest), and a span of deleted records would then
 /// start at a new record's id. (One that starts before and reaches past it may cover new
-/// records: [`request_rows`] reads a record once whatever number of spans cover it.) A seek
-/// to the table's end when nothing was deleted.
+/// records, which [`request_rows`]'s callers then read twice and keep once.) A seek to the
+/// table's end when nothing was deleted.
 pub(crate) fn drop_stale(tx: &Transaction<'_>, newest: i64) -> Result<(), StoreError> {
     tx.prepare_cached("DELETE FROM request_spans WHERE first_id > ?1")?
         .execute([newest])?;
@@ -113,23 +113,28 @@ pub(crate) fn insert<'a>(
     Ok(())
 }
 
-/// A query over the records (alias `p`, the `predictions` view) of request `?1`: `columns`
-/// selected (with the record's id as `row_id` after them), `filter` (`AND …`, may be empty,
-/// its parameters from `?3` on) applied, rows in `order` (result column names). `?2` is
-/// [`request_ms`] of the id (NULL when it has none). The spans of that millisecond are read
-/// by their index and each scanned by id; named ids by their key. `UNION`, not `UNION ALL`:
-/// a record two spans cover (one left by deleted records whose ids came back) is one row.
-pub(crate) fn request_rows(columns: &str, filter: &str, order: &str) -> String {
-    format!(
-        "SELECT {columns}, p.id AS row_id
-         FROM request_spans s JOIN predictions p ON p.id BETWEEN s.first_id AND s.last_id
-         WHERE s.ms = ?2 AND p.request_id = ?1 {filter}
-         UNION
-         SELECT {columns}, p.id AS row_id
-         FROM named_requests n JOIN predictions p ON p.id = n.id
-         WHERE n.request_id = ?1 {filter}
-         ORDER BY {order}"
-    )
+/// The query over the records (alias `p`, the `predictions` view) of request `?1`: `columns`
+/// selected, then the record's id as `row_id`; `filter` (`AND …`, may be empty, its
+/// parameters from `?3` on) applied. An id with a millisecond (`ms`, bound as `?2`) reads that
+/// millisecond's spans by their index and scans each by id; any other id reads its named
+/// rows by their key (`?2` unused). A record two spans cover (one left by deleted records
+/// whose ids came back) comes twice: callers keep one per `row_id`.
+///
+/// Two plain statements, not one `UNION`: inside the feedback transaction SQLite prepared
+/// the compound statement again before every lookup (a parse per label; BENCHMARKS.md).
+pub(crate) fn request_rows(columns: &str, filter: &str, ms: Option<i64>) -> String {
+    match ms {
+        Some(_) => format!(
+            "SELECT {columns}, p.id AS row_id
+             FROM request_spans s JOIN predictions p ON p.id BETWEEN s.first_id AND s.last_id
+             WHERE s.ms = ?2 AND p.request_id = ?1 {filter}"
+        ),
+        None => format!(
+            "SELECT {columns}, p.id AS row_id
+             FROM named_requests n JOIN predictions p ON p.id = n.id
+             WHERE n.request_id = ?1 AND ?2 IS NULL {filter}"
+        ),
+    }
 }
 
 /// Rebuilds the spans and names of every record already in `prediction_rows` (a log written

@@ -132,6 +132,9 @@ CREATE TABLE IF NOT EXISTS aggregate_snapshots (
 /// the writer's batch at full load.
 const FILING_CHUNK: usize = 512;
 
+/// Prepared statements a connection keeps (see [`open`]).
+const STATEMENT_CACHE: usize = 64;
+
 /// How long a statement waits for another connection's write lock.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -144,6 +147,17 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
         })?;
     }
     let conn = Connection::open(path)?;
+    // rusqlite keeps 16 prepared statements by default; the log writer alone runs more than
+    // that (records, lanes, spans, feedback, retention), and an evicted statement is parsed
+    // again the next time, the feedback lookup's `UNION` most of all.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // Plans that do not depend on the values bound: otherwise SQLite may plan a statement for
+    // its parameters' values and prepare it again each time they change, which the request
+    // lookups did before every label of a feedback batch (BENCHMARKS.md, "Proxy cost").
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     wal_mode(&conn)?;
     // Durable at commit in WAL mode except for the last transactions before a power loss;

@@ -331,15 +331,42 @@ const P_RECORD_NO_INPUT: &str = "p.request_id, p.ts_ms, p.model, p.epoch, p.vari
     p.version, p.key_hash, p.outcome, p.status, p.latency_us, p.output, NULL, p.paired_version,
     p.segments";
 
-/// Every record of one request, serving first ("serving" sorts before "shadow").
-fn records_of(conn: &Connection, request_id: &str) -> Result<Vec<LogRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(&request_rows(P_RECORD, "", "role, row_id"))?;
-    let rows = stmt.query_map(params![request_id, request_ms(request_id)], row_to_record)?;
-    let mut out = Vec::new();
-    for row in rows {
-        out.push(row??);
+/// The rows of request `request_id` that `filter` keeps (`AND …` over the view aliased `p`,
+/// its parameters `extra`, bound from `?3` on), `columns` read by `map`, in id order, each
+/// record once ([`request_rows`]). Statements from the connection's cache.
+fn request_rows_of<T>(
+    conn: &Connection,
+    request_id: &str,
+    columns: &str,
+    filter: &str,
+    extra: &[&dyn rusqlite::ToSql],
+    mut map: impl FnMut(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let ms = request_ms(request_id);
+    let mut stmt = conn.prepare_cached(&request_rows(columns, filter, ms))?;
+    let mut params: Vec<&dyn rusqlite::ToSql> = vec![&request_id, &ms];
+    params.extend_from_slice(extra);
+    let last = stmt.column_count() - 1;
+    let mut rows = stmt.query(params.as_slice())?;
+    let mut out: Vec<(i64, T)> = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push((row.get(last)?, map(row)?));
     }
-    Ok(out)
+    out.sort_by_key(|(id, _)| *id);
+    out.dedup_by_key(|(id, _)| *id);
+    Ok(out.into_iter().map(|(_, t)| t).collect())
+}
+
+/// [`row_to_record`] flattened for [`request_rows_of`].
+fn to_log_row(row: &rusqlite::Row<'_>) -> Result<LogRow, StoreError> {
+    row_to_record(row)?
+}
+
+/// Every record of one request, serving first, each role in id order.
+fn records_of(conn: &Connection, request_id: &str) -> Result<Vec<LogRow>, StoreError> {
+    let mut rows = request_rows_of(conn, request_id, P_RECORD, "", &[], to_log_row)?;
+    rows.sort_by_key(|r| r.record.role != Role::Serving);
+    Ok(rows)
 }
 
 /// Reads the whole log in insertion order, with feedback per request id (for recounts,
@@ -405,12 +432,6 @@ pub fn disagreements(
          WHERE p.model = ?1 AND p.role = 'serving' AND p.version = ?2 AND p.outcome = 'ok'
          ORDER BY p.id DESC",
     )?;
-    let mut shadows = conn.prepare_cached(&request_rows(
-        "p.output",
-        "AND p.role = 'shadow' AND p.version = ?3 AND p.paired_version = ?4
-         AND p.outcome = 'ok' AND p.output != ?5",
-        "row_id",
-    ))?;
     let mut truth = conn.prepare_cached("SELECT truth FROM feedback WHERE request_id = ?1")?;
     let mut out = Vec::new();
     let mut rows = servings.query(params![model, primary])?;
@@ -418,18 +439,15 @@ pub fn disagreements(
         let Some(row) = rows.next()? else { break };
         let request_id: String = row.get(0)?;
         let primary_output: String = row.get(3)?;
-        let differing = shadows
-            .query_map(
-                params![
-                    request_id,
-                    request_ms(&request_id),
-                    shadow,
-                    primary,
-                    primary_output
-                ],
-                |r| r.get::<_, String>(0),
-            )?
-            .collect::<Result<Vec<_>, _>>()?;
+        let differing = request_rows_of(
+            conn,
+            &request_id,
+            "p.output",
+            "AND p.role = 'shadow' AND p.version = ?3 AND p.paired_version = ?4
+             AND p.outcome = 'ok' AND p.output != ?5",
+            &[&shadow, &primary, &primary_output],
+            |r| Ok(r.get::<_, String>(0)?),
+        )?;
         if differing.is_empty() {
             continue;
         }
@@ -703,14 +721,12 @@ impl Sink for SqliteSink {
                  WHERE rowid <= ?1 AND rowid < (SELECT MAX(rowid) FROM feedback)
                  ORDER BY rowid",
             )?;
-            let mut records =
-                tx.prepare_cached(&format!("{} LIMIT 1", request_rows("1", "", "row_id")))?;
             let mut orphans = Vec::new();
             let mut rows = labels.query([prune.last_feedback])?;
             while orphans.len() < prune.batch {
                 let Some(row) = rows.next()? else { break };
                 let request_id: String = row.get(1)?;
-                if !records.exists(params![request_id, request_ms(&request_id)])? {
+                if request_rows_of(&tx, &request_id, "1", "", &[], |_| Ok(()))?.is_empty() {
                     orphans.push(row.get::<_, i64>(0)?);
                 }
             }
@@ -760,7 +776,6 @@ pub fn restore_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
     let mut tail = conn.prepare(&format!(
         "SELECT {P_RECORD_NO_INPUT} FROM predictions p WHERE p.id > ?1 ORDER BY p.request_id, p.id"
     ))?;
-    let mut earlier = conn.prepare(&request_rows(P_RECORD_NO_INPUT, "AND p.id <= ?3", "row_id"))?;
     let mut rows = tail.query([last_prediction])?;
     let mut fold = StreamFold::onto(agg, true);
     let mut request: Option<String> = None;
@@ -768,10 +783,16 @@ pub fn restore_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
         let log_row = row_to_record(row)??;
         if request.as_deref() != Some(log_row.record.request_id.as_str()) {
             let id = log_row.record.request_id.clone();
-            let before =
-                earlier.query_map(params![id, request_ms(&id), last_prediction], row_to_record)?;
+            let before = request_rows_of(
+                conn,
+                &id,
+                P_RECORD_NO_INPUT,
+                "AND p.id <= ?3",
+                &[&last_prediction],
+                to_log_row,
+            )?;
             for row in before {
-                fold.push_uncounted(row??);
+                fold.push_uncounted(row);
             }
             request = Some(id);
         }
@@ -782,7 +803,6 @@ pub fn restore_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
     let mut labels = conn.prepare(
         "SELECT request_id, truth, metrics FROM feedback WHERE rowid > ?1 ORDER BY rowid",
     )?;
-    let mut records = conn.prepare(&request_rows(P_RECORD_NO_INPUT, "", "row_id"))?;
     let mut rows = labels.query([last_feedback])?;
     let mut scored = StreamFold::onto(fold.finish(), false);
     while let Some(row) = rows.next()? {
@@ -792,8 +812,8 @@ pub fn restore_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
             &row.get::<_, String>(2)?,
         )?;
         let mut label = Some((truth, metrics));
-        for log_row in records.query_map(params![id, request_ms(&id)], row_to_record)? {
-            scored.push(log_row??, label.take());
+        for row in request_rows_of(conn, &id, P_RECORD_NO_INPUT, "", &[], to_log_row)? {
+            scored.push(row, label.take());
         }
     }
     Ok(scored.finish())
@@ -1198,6 +1218,29 @@ mod tests {
         assert_eq!(first, 1, "ids did not come back");
         assert_found(&sink.conn, &after, &absent_ids());
         assert_eq!(after.len(), before.len());
+    }
+
+    /// Labels stored one after another in one transaction, as the writer stores a batch of
+    /// feedback: each lookup (of either kind) reuses its prepared statement. Without the
+    /// query planner stability guarantee (`sqlite::open`) SQLite prepared the lookup again
+    /// after every change of its bound values, a parse per label.
+    #[test]
+    fn feedback_lookups_are_not_prepared_again_per_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
+        let mut sink = SqliteSink::new(conn);
+        let all = filed_batches(&mut sink);
+        let tx = sink.conn.transaction().unwrap();
+        for rec in all.iter().filter(|r| r.role == Role::Serving) {
+            assert!(!records_of(&tx, &rec.request_id).unwrap().is_empty());
+            let truth = Truth::Labels(vec!["1".into()]);
+            insert_feedback(&tx, &rec.request_id, 1, &truth, &[]).unwrap();
+        }
+        for ms in [Some(1), None] {
+            let stmt = tx.prepare_cached(&request_rows(P_RECORD, "", ms)).unwrap();
+            assert!(stmt.get_status(rusqlite::StatementStatus::Run) > 0);
+            assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+        }
     }
 
     /// A log written by the release before spans (lanes, and an index on `request_id`) is
