@@ -13,24 +13,31 @@ use crate::StoreError;
 /// lowercase hex digits, the first 12 a Unix time in milliseconds. A client may send an id of
 /// that form too; it is filed and found the same way, whatever time it names.
 pub(crate) fn request_ms(request_id: &str) -> Option<i64> {
-    let b = request_id.as_bytes();
-    if b.len() != 32 {
+    let b: &[u8; 32] = request_id.as_bytes().try_into().ok()?;
+    // The writer calls this per record: every byte through a table, the check one `OR` over
+    // them all (no branch per byte), then the first 12 digits read.
+    if b.iter()
+        .fold(0u8, |bad, &c| bad | HEX_DIGIT[usize::from(c)])
+        & 0xf0
+        != 0
+    {
         return None;
     }
-    // One pass checking and reading the digits (the writer calls this per record).
-    let mut ms = 0i64;
-    for (i, &c) in b.iter().enumerate() {
-        let digit = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            _ => return None,
-        };
-        if i < 12 {
-            ms = ms << 4 | i64::from(digit);
-        }
-    }
-    Some(ms)
+    Some(b[..12].iter().fold(0i64, |ms, &c| {
+        ms << 4 | i64::from(HEX_DIGIT[usize::from(c)])
+    }))
 }
+
+/// The value of each lower-case hex digit, 0xff for any other byte.
+static HEX_DIGIT: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[b"0123456789abcdef"[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
 
 /// Records of one millisecond further apart than this (in ids) start a new span, so that a
 /// straggler (a shadow's late answer) does not stretch its millisecond's span over the batch.
