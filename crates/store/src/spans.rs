@@ -124,7 +124,8 @@ pub(crate) fn insert<'a>(
 /// selected, then the record's id as `row_id`; `filter` (`AND …`, may be empty, its
 /// parameters from `?3` on) applied. An id with a millisecond (`ms`, bound as `?2`) reads that
 /// millisecond's spans by their index and scans each by id; any other id reads its named
-/// rows by their key (`?2` unused). A record two spans cover (one left by deleted records
+/// rows by their key (`?2 IS NULL`, always true there, only keeps both statements' parameters
+/// numbered alike). A record two spans cover (one left by deleted records
 /// whose ids came back) comes twice: callers keep one per `row_id`.
 ///
 /// Two plain statements, not one `UNION`: inside the feedback transaction SQLite prepared

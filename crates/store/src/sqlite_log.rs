@@ -286,10 +286,6 @@ static INSERT_ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| ins
 static INSERT_MANY: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| insert_sql(ROWS_PER_INSERT));
 
-const SELECT_RECORD: &str = "SELECT request_id, ts_ms, model, epoch, variant, role, version,
-    key_hash, outcome, status, latency_us, output, input, paired_version, segments
-    FROM predictions";
-
 fn row_to_record(row: &rusqlite::Row<'_>) -> Result<Result<LogRow, StoreError>, rusqlite::Error> {
     let role: String = row.get(5)?;
     let outcome: String = row.get(8)?;
@@ -372,7 +368,9 @@ fn records_of(conn: &Connection, request_id: &str) -> Result<Vec<LogRow>, StoreE
 /// Reads the whole log in insertion order, with feedback per request id (for recounts,
 /// rebuilding aggregates after a restart, and reports).
 pub fn read_log(conn: &Connection) -> Result<(Vec<LogRow>, Vec<FeedbackRow>), StoreError> {
-    let mut stmt = conn.prepare(&format!("{SELECT_RECORD} ORDER BY id"))?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {P_RECORD} FROM predictions p ORDER BY p.id"
+    ))?;
     let rows = stmt.query_map([], row_to_record)?;
     let mut records = Vec::new();
     for row in rows {
@@ -835,13 +833,11 @@ impl FeedbackTx for rusqlite::Transaction<'_> {
 /// is SQLite's sort, which spills to temporary files past its cache: the log has no
 /// request-id index); captured inputs are not read.
 pub fn rebuild_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT p.request_id, p.ts_ms, p.model, p.epoch, p.variant, p.role, p.version,
-                p.key_hash, p.outcome, p.status, p.latency_us, p.output, NULL, p.paired_version,
-                p.segments, f.truth, f.metrics
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {P_RECORD_NO_INPUT}, f.truth, f.metrics
          FROM predictions p LEFT JOIN feedback f ON f.request_id = p.request_id
-         ORDER BY p.request_id, p.id",
-    )?;
+         ORDER BY p.request_id, p.id"
+    ))?;
     let mut rows = stmt.query([])?;
     let mut fold = StreamFold::default();
     while let Some(row) = rows.next()? {
