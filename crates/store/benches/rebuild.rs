@@ -8,13 +8,15 @@
 //!     cargo bench -p switchyard-store --bench rebuild -- 1000000
 //!     cargo bench -p switchyard-store --bench rebuild -- 10000000 stream,snapshot
 //!     cargo bench -p switchyard-store --bench rebuild -- 10000000 snapshot --keep /tmp/log.sqlite
+//!     cargo bench -p switchyard-store --bench rebuild -- 1000000 disagreements
 //!
 //! Writes N requests (one serving record each, every fifth also shadowed, a captured input on
 //! each, labels for a third of them) through the log writer into a temp file, snapshotting
 //! every 100 000 records and labels as a gateway does, then a tail of 100 000 more requests
 //! with no snapshot (a crash just before the next one: the most a restore replays). Then runs
 //! each start-up in a child process and prints elapsed time, peak RSS (VmHWM) and RSS with the
-//! aggregates built (VmRSS). Every start-up must give the same aggregates.
+//! aggregates built (VmRSS). Every start-up must give the same aggregates. `disagreements` times
+//! instead what a shadow rollout's report reads: no shadow answer differs, so the whole log.
 
 #![allow(
     clippy::unwrap_used,
@@ -139,6 +141,9 @@ fn write_log(path: &std::path::Path, from: u64, n: u64, snapshot_every: u64) {
 
 /// In the child: one rebuild, then its numbers on one line.
 fn child(path: &str, mode: &str) {
+    if mode == "disagreements" {
+        return disagreements_child(path);
+    }
     let conn = switchyard_store::open_reader(std::path::Path::new(path)).unwrap();
     let started = Instant::now();
     let agg = match mode {
@@ -171,6 +176,21 @@ fn child(path: &str, mode: &str) {
     );
 }
 
+/// In the child: what a shadow rollout's report asks the log for (the newest 500 answers that
+/// differ, as `report.rs` scans), on a log where none differ: the whole log is read.
+fn disagreements_child(path: &str) {
+    let url = StoreUrl::Sqlite(path.into());
+    let started = Instant::now();
+    let found = switchyard_store::disagreements_at(&url, "yield", "v1", "v2", 500).unwrap();
+    println!(
+        "disagreements {:.3} {} {} -{}",
+        started.elapsed().as_secs_f64(),
+        status_kb("VmHWM:"),
+        status_kb("VmRSS:"),
+        found.len()
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
@@ -185,7 +205,11 @@ fn main() {
     let modes: Vec<String> = args
         .iter()
         .skip(1)
-        .find(|a| a.contains("stream") || a.contains("snapshot") || a.contains("memory"))
+        .find(|a| {
+            ["stream", "snapshot", "memory", "disagreements"]
+                .iter()
+                .any(|m| a.contains(m))
+        })
         .map_or_else(
             || vec!["memory".into(), "stream".into(), "snapshot".into()],
             |a| a.split(',').map(String::from).collect(),
@@ -229,7 +253,10 @@ fn main() {
             f[2].parse().unwrap(),
             f[3].parse().unwrap(),
         );
-        digests.push(f[4].to_string());
+        // A disagreements line ends with the number found (none), not a digest.
+        if !f[4].starts_with('-') {
+            digests.push(f[4].to_string());
+        }
         println!(
             "{mode:<10} {secs:>9.2} {:>13.1} {:>14.1} {:>22.0}",
             hwm / 1024.0,

@@ -4,6 +4,8 @@
 //! neutral `log_rows` and on the SQLite plumbing (`sqlite`), never on the
 //! other backend.
 
+use std::collections::HashMap;
+
 use rusqlite::{params, Connection, OptionalExtension};
 use switchyard_core::provenance::{Artefact, VersionProvenance};
 use switchyard_core::{Aggregates, Feedback, Outcome, Prediction, PredictionRecord, Role, Truth};
@@ -431,27 +433,21 @@ pub fn disagreements(
          ORDER BY p.id DESC",
     )?;
     let mut truth = conn.prepare_cached("SELECT truth FROM feedback WHERE request_id = ?1")?;
+    let mut shadows = ShadowAnswers::default();
     let mut out = Vec::new();
     let mut rows = servings.query(params![model, primary])?;
     while out.len() < limit {
         let Some(row) = rows.next()? else { break };
         let request_id: String = row.get(0)?;
         let primary_output: String = row.get(3)?;
-        let differing = request_rows_of(
-            conn,
-            &request_id,
-            "p.output",
-            "AND p.role = 'shadow' AND p.version = ?3 AND p.paired_version = ?4
-             AND p.outcome = 'ok' AND p.output != ?5",
-            &[&shadow, &primary, &primary_output],
-            |r| Ok(r.get::<_, String>(0)?),
-        )?;
+        let answers = shadows.of(conn, &request_id, shadow, primary)?;
+        let differing: Vec<&String> = answers.iter().filter(|s| **s != primary_output).collect();
         if differing.is_empty() {
             continue;
         }
         let t: Option<String> = truth.query_row([&request_id], |r| r.get(0)).optional()?;
         let (ts_ms, input): (i64, Option<String>) = (row.get(1)?, row.get(2)?);
-        for shadow_output in differing.iter().take(limit - out.len()) {
+        for shadow_output in differing.into_iter().take(limit - out.len()) {
             out.push(Disagreement::from_columns(
                 request_id.clone(),
                 ts_ms,
@@ -463,6 +459,87 @@ pub fn disagreements(
         }
     }
     Ok(out)
+}
+
+/// The `ok` shadow answers of one version paired with another, read a millisecond at a time
+/// for [`disagreements`]: the requests of one millisecond of generated ids share their spans,
+/// so the serving records walked newest first mostly ask about the millisecond read last.
+/// One query per millisecond reads each of its records once, where a lookup per serving
+/// record read the millisecond's records again for each (BENCHMARKS.md, "Proxy cost").
+#[derive(Default)]
+struct ShadowAnswers {
+    /// The milliseconds read, the newest last; a few kept for records logged out of order.
+    read: Vec<(i64, HashMap<String, Vec<String>>)>,
+    none: Vec<String>,
+}
+
+impl ShadowAnswers {
+    /// Milliseconds kept: a serving record logged late (a slow answer) asks about one a little
+    /// older than its neighbours'.
+    const KEPT: usize = 8;
+
+    /// The answers of request `request_id`'s shadow records, in id order.
+    fn of(
+        &mut self,
+        conn: &Connection,
+        request_id: &str,
+        shadow: &str,
+        primary: &str,
+    ) -> Result<&[String], StoreError> {
+        const FILTER: &str = "AND p.role = 'shadow' AND p.version = ?3
+             AND p.paired_version = ?4 AND p.outcome = 'ok'";
+        let Some(ms) = request_ms(request_id) else {
+            // An id the client chose: its own lookup.
+            self.none = request_rows_of(
+                conn,
+                request_id,
+                "p.output",
+                FILTER,
+                &[&shadow, &primary],
+                |r| Ok(r.get::<_, String>(0)?),
+            )?;
+            return Ok(&self.none);
+        };
+        let at = match self.read.iter().position(|(m, _)| *m == ms) {
+            Some(at) => at,
+            None => {
+                if self.read.len() == Self::KEPT {
+                    self.read.remove(0);
+                }
+                self.read
+                    .push((ms, Self::millisecond(conn, ms, shadow, primary)?));
+                self.read.len() - 1
+            }
+        };
+        Ok(self.read[at].1.get(request_id).map_or(&[], Vec::as_slice))
+    }
+
+    /// The answers of every request of millisecond `ms`, by request id, each record once.
+    fn millisecond(
+        conn: &Connection,
+        ms: i64,
+        shadow: &str,
+        primary: &str,
+    ) -> Result<HashMap<String, Vec<String>>, StoreError> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT p.request_id, p.output, p.id
+             FROM request_spans s JOIN predictions p ON p.id BETWEEN s.first_id AND s.last_id
+             WHERE s.ms = ?1 AND p.role = 'shadow' AND p.version = ?2
+                   AND p.paired_version = ?3 AND p.outcome = 'ok'",
+        )?;
+        let mut rows = stmt.query(params![ms, shadow, primary])?;
+        let mut found: Vec<(i64, String, String)> = Vec::new();
+        while let Some(row) = rows.next()? {
+            found.push((row.get(2)?, row.get(0)?, row.get(1)?));
+        }
+        found.sort_by_key(|(id, _, _)| *id);
+        found.dedup_by_key(|(id, _, _)| *id);
+        let mut by_request: HashMap<String, Vec<String>> = HashMap::new();
+        for (_, request_id, output) in found {
+            by_request.entry(request_id).or_default().push(output);
+        }
+        Ok(by_request)
+    }
 }
 
 /// The serving records of a model whose request body was captured, with their labels (see

@@ -11,8 +11,8 @@ use support::Db;
 use switchyard_core::provenance::{Artefact, VersionProvenance};
 use switchyard_core::{Feedback, Outcome, PairRef, Prediction, PredictionRecord, Role, Truth};
 use switchyard_store::{
-    artefacts_at, captured_requests_at, check_artefacts_at, spawn_log_writer, CapturedQuery,
-    LogWriterConfig, Retention, StoreError, StoreUrl,
+    artefacts_at, captured_requests_at, check_artefacts_at, disagreements_at, spawn_log_writer,
+    CapturedQuery, LogWriterConfig, Retention, StoreError, StoreUrl,
 };
 
 on_both_async!(
@@ -23,6 +23,7 @@ on_both_async!(
     retention_deletes_covered_records_but_never_those_a_rollout_reads,
     feedback_limited_to_models_labels_only_their_requests,
     captured_requests_are_the_served_bodies_with_their_labels,
+    disagreements_are_the_newest_differing_shadow_answers_of_the_pair,
     artefacts_are_recorded_named_by_records_and_never_swapped,
 );
 
@@ -383,6 +384,85 @@ fn rid(prefix: char, i: usize) -> String {
     } else {
         format!("{prefix}{i}")
     }
+}
+
+/// What a shadow rollout's report shows: the serving records of the primary newest first, each
+/// with its `ok` shadow answers of the candidate paired with it that differ, up to the limit.
+/// Shadow answers are logged before or after their serving record, some a batch apart (7
+/// records a batch), half the ids generated ([`rid`]: several to a millisecond), half named.
+async fn disagreements_are_the_newest_differing_shadow_answers_of_the_pair(db: &Db) {
+    let (log, thread) = spawn_log_writer(config(db.url(), "r1", 1024, 7)).unwrap();
+    let mut expected: Vec<(String, String)> = Vec::new();
+    for i in 0..80usize {
+        let id = rid('d', i);
+        let serving = record(&id, Role::Serving, "v1", "1", None);
+        // Every third request's candidate differs; request 9 has two differing answers.
+        let answers: Vec<&str> = match i {
+            9 => vec!["0", "2"],
+            _ if i % 3 == 0 => vec!["0"],
+            _ => vec!["1"],
+        };
+        let shadows: Vec<PredictionRecord> = answers
+            .iter()
+            .map(|a| record(&id, Role::Shadow, "v2", a, Some("1")))
+            .collect();
+        // Noise that must not count: another candidate, a failed call, another pairing.
+        let mut noise = vec![record(&id, Role::Shadow, "v3", "0", Some("1"))];
+        let mut failed = record(&id, Role::Shadow, "v2", "0", Some("1"));
+        failed.outcome = Outcome::Timeout;
+        noise.push(failed);
+        let mut other_pair = record(&id, Role::Shadow, "v2", "0", Some("1"));
+        other_pair.pair.as_mut().unwrap().version = "v0".into();
+        noise.push(other_pair);
+        let shadow_first = i % 4 == 1;
+        if shadow_first {
+            shadows.iter().for_each(|r| assert!(log.record(r.clone())));
+        }
+        assert!(log.record(serving));
+        noise.into_iter().for_each(|r| assert!(log.record(r)));
+        if !shadow_first {
+            shadows.iter().for_each(|r| assert!(log.record(r.clone())));
+        }
+        for a in answers.iter().filter(|a| **a != "1") {
+            expected.push((id.clone(), (*a).to_string()));
+        }
+    }
+    log.flush().await.unwrap();
+    let outcome = log
+        .feedback(vec![label(&rid('d', 9), "2")], 1_700_000_100_000)
+        .await
+        .unwrap();
+    assert_eq!(outcome.accepted, 1);
+    // Newest serving record first; one request's answers in the order they were logged.
+    let mut newest_first: Vec<(String, String)> = Vec::new();
+    for i in (0..80).rev() {
+        let id = rid('d', i);
+        newest_first.extend(expected.iter().filter(|(r, _)| *r == id).cloned());
+    }
+    assert_eq!(newest_first.len(), 28);
+    let cases = |limit| {
+        disagreements_at(&db.url(), "yield", "v1", "v2", limit)
+            .unwrap()
+            .into_iter()
+            .map(|c| {
+                let Prediction::Classes(shadow) = &c.shadow else {
+                    panic!("{c:?}")
+                };
+                assert_eq!(c.primary, Prediction::Classes(vec!["1".into()]));
+                assert_eq!(c.input.as_deref(), Some("{\"x\":1}"));
+                let truth = (c.request_id == rid('d', 9)).then(|| Truth::Labels(vec!["2".into()]));
+                assert_eq!(c.truth, truth, "{}", c.request_id);
+                (c.request_id.clone(), shadow[0].clone())
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(cases(100), newest_first);
+    assert_eq!(cases(5), newest_first[..5]);
+    assert!(disagreements_at(&db.url(), "yield", "v2", "v1", 100)
+        .unwrap()
+        .is_empty());
+    drop(log);
+    thread.join().unwrap();
 }
 
 /// Start-up from a snapshot: the first writer snapshots as it goes and when it stops; the
