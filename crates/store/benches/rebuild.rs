@@ -9,6 +9,7 @@
 //!     cargo bench -p switchyard-store --bench rebuild -- 10000000 stream,snapshot
 //!     cargo bench -p switchyard-store --bench rebuild -- 10000000 snapshot --keep /tmp/log.sqlite
 //!     cargo bench -p switchyard-store --bench rebuild -- 1000000 disagreements
+//!     cargo bench -p switchyard-store --bench rebuild -- 1000000 prune
 //!
 //! Writes N requests (one serving record each, every fifth also shadowed, a captured input on
 //! each, labels for a third of them) through the log writer into a temp file, snapshotting
@@ -16,7 +17,9 @@
 //! with no snapshot (a crash just before the next one: the most a restore replays). Then runs
 //! each start-up in a child process and prints elapsed time, peak RSS (VmHWM) and RSS with the
 //! aggregates built (VmRSS). Every start-up must give the same aggregates. `disagreements` times
-//! instead what a shadow rollout's report reads: no shadow answer differs, so the whole log.
+//! instead what a shadow rollout's report reads: no shadow answer differs, so the whole log;
+//! `prune` a retention policy deleting the older half of the log and its labels (it changes
+//! the file: run it last).
 
 #![allow(
     clippy::unwrap_used,
@@ -141,8 +144,10 @@ fn write_log(path: &std::path::Path, from: u64, n: u64, snapshot_every: u64) {
 
 /// In the child: one rebuild, then its numbers on one line.
 fn child(path: &str, mode: &str) {
-    if mode == "disagreements" {
-        return disagreements_child(path);
+    match mode {
+        "disagreements" => return disagreements_child(path),
+        "prune" => return prune_child(path),
+        _ => {}
     }
     let conn = switchyard_store::open_reader(std::path::Path::new(path)).unwrap();
     let started = Instant::now();
@@ -191,6 +196,67 @@ fn disagreements_child(path: &str) {
     );
 }
 
+/// In the child: a writer keeping the newest half of the log (`max_records`), from its first
+/// snapshot until the older half is deleted, a retention batch a pass; with the labels of the
+/// deleted requests. Prints the time, and the number deleted after the minus sign.
+fn prune_child(path: &str) {
+    let conn = switchyard_store::open_reader(std::path::Path::new(path)).unwrap();
+    let records = switchyard_store::count_records(&conn).unwrap() + 1;
+    drop(conn);
+    let keep = records / 2;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (log, thread) = spawn_log_writer(LogWriterConfig {
+        store: StoreUrl::sqlite(path),
+        replica: "bench".into(),
+        queue_capacity: 1 << 16,
+        batch_size: 4_096,
+        commit_interval: Duration::from_millis(5),
+        snapshot_every: 1,
+        retention: Some(switchyard_store::Retention {
+            max_age_ms: None,
+            max_records: Some(keep),
+            batch: switchyard_store::DEFAULT_RETENTION_BATCH,
+        }),
+        max_size_bytes: None,
+        versions: Vec::new(),
+    })
+    .unwrap();
+    // No rollout reads any epoch.
+    log.protect_from_epoch(None);
+    let started = Instant::now();
+    // One more record: the writer snapshots, and the retention starts.
+    runtime.block_on(async {
+        assert!(log.record(record(u64::from(u32::MAX), Role::Serving)));
+        log.flush().await.unwrap();
+    });
+    let expected = records - keep;
+    let pruned = || {
+        log.stats()
+            .pruned
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    while pruned() < expected {
+        assert!(
+            started.elapsed() < Duration::from_secs(1_800),
+            "{} of {expected} deleted",
+            pruned()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = started.elapsed();
+    drop(log);
+    thread.join().unwrap();
+    println!(
+        "prune {:.3} {} {} -{expected}",
+        elapsed.as_secs_f64(),
+        status_kb("VmHWM:"),
+        status_kb("VmRSS:"),
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--child") {
@@ -206,7 +272,7 @@ fn main() {
         .iter()
         .skip(1)
         .find(|a| {
-            ["stream", "snapshot", "memory", "disagreements"]
+            ["stream", "snapshot", "memory", "disagreements", "prune"]
                 .iter()
                 .any(|m| a.contains(m))
         })
@@ -253,7 +319,7 @@ fn main() {
             f[2].parse().unwrap(),
             f[3].parse().unwrap(),
         );
-        // A disagreements line ends with the number found (none), not a digest.
+        // A disagreements or prune line ends with a count, not a digest.
         if !f[4].starts_with('-') {
             digests.push(f[4].to_string());
         }

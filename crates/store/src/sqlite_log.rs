@@ -670,6 +670,62 @@ pub fn artefacts(conn: &Connection) -> Result<Vec<StoredArtefact>, StoreError> {
 pub(crate) struct SqliteSink {
     conn: Connection,
     lanes: LaneIds,
+    /// The label (`feedback` rowid) the retention's sweep for orphan labels reached.
+    label_sweep: i64,
+}
+
+/// Labels whose request has no record left, for the retention to delete: those of the requests
+/// whose rows it just deleted, and `batch` more swept from where the last pass's sweep stopped
+/// (`sweep`, back to the first label at the end), for labels left by an operator's `DELETE` or
+/// kept as the newest label by an earlier pass. Never the newest label (SQLite would hand its
+/// rowid out again), never one after the snapshot's. A pass checks at most twice `batch`
+/// labels, where checking every label each pass stalled the writer for the whole label table
+/// (BENCHMARKS.md, "Proxy cost").
+fn orphan_labels(
+    tx: &rusqlite::Transaction<'_>,
+    deleted_requests: &[String],
+    prune: &Prune,
+    sweep: &mut i64,
+) -> Result<Vec<i64>, StoreError> {
+    let newest: i64 = tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM feedback", [], |r| {
+        r.get(0)
+    })?;
+    let upto = prune.last_feedback.min(newest - 1);
+    let mut candidates: Vec<(i64, String)> = Vec::new();
+    let mut label_of =
+        tx.prepare_cached("SELECT rowid FROM feedback WHERE request_id = ?1 AND rowid <= ?2")?;
+    for request_id in deleted_requests {
+        if let Some(rowid) = label_of
+            .query_row(params![request_id, upto], |r| r.get::<_, i64>(0))
+            .optional()?
+        {
+            candidates.push((rowid, request_id.clone()));
+        }
+    }
+    let mut swept = tx.prepare_cached(
+        "SELECT rowid, request_id FROM feedback WHERE rowid > ?1 AND rowid <= ?2
+         ORDER BY rowid LIMIT ?3",
+    )?;
+    let rows = swept.query_map(params![*sweep, upto, prune.batch as i64], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let before = candidates.len();
+    for row in rows {
+        candidates.push(row?);
+    }
+    *sweep = match candidates[before..].last() {
+        Some((rowid, _)) if candidates.len() - before == prune.batch => *rowid,
+        _ => 0,
+    };
+    candidates.sort_unstable_by_key(|(rowid, _)| *rowid);
+    candidates.dedup_by_key(|(rowid, _)| *rowid);
+    let mut orphans = Vec::new();
+    for (rowid, request_id) in candidates {
+        if request_rows_of(tx, &request_id, "1", "", &[], |_| Ok(()))?.is_empty() {
+            orphans.push(rowid);
+        }
+    }
+    Ok(orphans)
 }
 
 impl SqliteSink {
@@ -677,6 +733,7 @@ impl SqliteSink {
         SqliteSink {
             conn,
             lanes: LaneIds::default(),
+            label_sweep: 0,
         }
     }
 }
@@ -762,22 +819,33 @@ impl Sink for SqliteSink {
         // Never the newest row (SQLite would hand its id out again), never past the snapshot.
         let upto = prune.last_prediction.min(newest - 1);
         let count_cut = prune.keep_records.map_or(0, |keep| newest - keep);
-        let deleted = tx.execute(
-            "DELETE FROM prediction_rows WHERE id IN (
-                 SELECT p.id FROM predictions p
-                 WHERE p.id <= ?1 AND p.epoch < ?2 AND (p.ts_ms < ?3 OR p.id <= ?4)
-                   AND NOT EXISTS (SELECT 1 FROM feedback f
-                                   WHERE f.request_id = p.request_id AND f.rowid > ?5)
-                 ORDER BY p.id LIMIT ?6)",
-            params![
-                upto,
-                prune.protect_from_epoch,
-                prune.before_ts_ms,
-                count_cut,
-                prune.last_feedback,
-                prune.batch as i64
-            ],
-        )?;
+        // The request ids of the rows deleted, for their labels below.
+        let mut deleted_requests: Vec<String> = {
+            let mut delete = tx.prepare_cached(
+                "DELETE FROM prediction_rows WHERE id IN (
+                     SELECT p.id FROM predictions p
+                     WHERE p.id <= ?1 AND p.epoch < ?2 AND (p.ts_ms < ?3 OR p.id <= ?4)
+                       AND NOT EXISTS (SELECT 1 FROM feedback f
+                                       WHERE f.request_id = p.request_id AND f.rowid > ?5)
+                     ORDER BY p.id LIMIT ?6)
+                 RETURNING request_id",
+            )?;
+            let rows = delete.query_map(
+                params![
+                    upto,
+                    prune.protect_from_epoch,
+                    prune.before_ts_ms,
+                    count_cut,
+                    prune.last_feedback,
+                    prune.batch as i64
+                ],
+                |r| r.get(0),
+            )?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let deleted = deleted_requests.len();
+        deleted_requests.sort_unstable();
+        deleted_requests.dedup();
         // Spans left with no record (those of records kept by a protected epoch or a label
         // stay, with ids below them).
         tx.execute(
@@ -789,24 +857,7 @@ impl Sink for SqliteSink {
                 |r| r.get::<_, i64>(0),
             )?],
         )?;
-        // Labels whose request has no record left (never the newest label).
-        let orphans = {
-            let mut labels = tx.prepare_cached(
-                "SELECT rowid, request_id FROM feedback
-                 WHERE rowid <= ?1 AND rowid < (SELECT MAX(rowid) FROM feedback)
-                 ORDER BY rowid",
-            )?;
-            let mut orphans = Vec::new();
-            let mut rows = labels.query([prune.last_feedback])?;
-            while orphans.len() < prune.batch {
-                let Some(row) = rows.next()? else { break };
-                let request_id: String = row.get(1)?;
-                if request_rows_of(&tx, &request_id, "1", "", &[], |_| Ok(()))?.is_empty() {
-                    orphans.push(row.get::<_, i64>(0)?);
-                }
-            }
-            orphans
-        };
+        let orphans = orphan_labels(&tx, &deleted_requests, prune, &mut self.label_sweep)?;
         let mut delete = tx.prepare_cached("DELETE FROM feedback WHERE rowid = ?1")?;
         for rowid in orphans {
             delete.execute([rowid])?;

@@ -678,6 +678,60 @@ async fn retention_deletes_covered_records_but_never_those_a_rollout_reads(db: &
     thread.join().unwrap();
 }
 
+/// Labels whose records went another way than the retention (an operator's `DELETE`) are
+/// swept by later retention passes, a batch of labels at a time, and only those: labels of
+/// requests with records left stay.
+#[tokio::test]
+async fn retention_sweeps_labels_whose_records_an_operator_deleted() {
+    let db = Db::sqlite();
+    let mut cfg = config(db.url(), "r1", 1024, 16);
+    cfg.snapshot_every = 5;
+    // Nothing old enough or past the count to delete: each pass only sweeps labels.
+    cfg.retention = Some(Retention {
+        max_age_ms: None,
+        max_records: Some(1_000),
+        batch: 3,
+    });
+    let (log, thread) = spawn_log_writer(cfg).unwrap();
+    log.protect_from_epoch(None);
+    for i in 0..20 {
+        assert!(log.record(record(&format!("r{i}"), Role::Serving, "v1", "1", None)));
+    }
+    log.flush().await.unwrap();
+    let labels = (0..10).map(|i| label(&format!("r{i}"), "1")).collect();
+    assert_eq!(
+        log.feedback(labels, 1_700_000_100_000)
+            .await
+            .unwrap()
+            .accepted,
+        10
+    );
+    let StoreUrl::Sqlite(path) = db.url() else {
+        panic!("a sqlite store")
+    };
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("DELETE FROM predictions WHERE request_id IN ('r1', 'r3', 'r6')")
+        .unwrap();
+    let labels = || {
+        db.query_text("SELECT group_concat(request_id, ' ') FROM (SELECT request_id FROM feedback ORDER BY rowid)")
+    };
+    let mut i = 20;
+    while labels() != "r0 r2 r4 r5 r7 r8 r9" {
+        // More records: snapshots, each followed by a retention pass.
+        assert!(i < 2_000, "labels left: {}", labels());
+        assert!(log.record(record(&format!("r{i}"), Role::Serving, "v1", "1", None)));
+        log.flush().await.unwrap();
+        i += 1;
+    }
+    assert_eq!(
+        db.query_text("SELECT COUNT(*) FROM predictions"),
+        (i - 3).to_string()
+    );
+    drop(log);
+    thread.join().unwrap();
+}
+
 /// A replay's query: one model's serving records with a captured body, oldest first, in the
 /// time window, with the truth of their feedback (business metrics alone are no label).
 async fn captured_requests_are_the_served_bodies_with_their_labels(db: &Db) {
