@@ -156,6 +156,8 @@ pub(crate) struct PgSink {
     client: Client,
     url: String,
     replica: String,
+    /// The label (`feedback.seq`) the retention's sweep for orphan labels reached.
+    label_sweep: i64,
 }
 
 impl PgSink {
@@ -166,6 +168,7 @@ impl PgSink {
             client,
             url: url.to_string(),
             replica: replica.to_string(),
+            label_sweep: 0,
         })
     }
 
@@ -375,6 +378,7 @@ impl Sink for PgSink {
     /// This replica's records only (each replica prunes what it wrote).
     fn prune(&mut self, prune: &Prune) -> Result<u64, StoreError> {
         let replica = self.replica.clone();
+        let sweep_from = self.label_sweep;
         let mut tx = self.client()?.transaction()?;
         let newest: i64 = tx
             .query_one(
@@ -384,33 +388,61 @@ impl Sink for PgSink {
             .try_get(0)?;
         let count_cut = prune.keep_records.map_or(0, |keep| newest - keep);
         let batch = prune.batch as i64;
-        let deleted = tx.execute(
-            "DELETE FROM predictions WHERE id IN (
-                 SELECT p.id FROM predictions p
-                 WHERE p.replica = $1 AND p.id <= $2 AND p.epoch < $3
-                   AND (p.ts_ms < $4 OR p.id <= $5)
-                   AND NOT EXISTS (SELECT 1 FROM feedback f
-                                   WHERE f.request_id = p.request_id AND f.seq > $6)
-                 ORDER BY p.id LIMIT $7)",
-            &[
-                &replica,
-                &prune.last_prediction,
-                &prune.protect_from_epoch,
-                &prune.before_ts_ms,
-                &count_cut,
-                &prune.last_feedback,
-                &batch,
-            ],
-        )?;
+        // The request ids of the rows deleted, for their labels below.
+        let deleted_requests: Vec<String> = tx
+            .query(
+                "DELETE FROM predictions WHERE id IN (
+                     SELECT p.id FROM predictions p
+                     WHERE p.replica = $1 AND p.id <= $2 AND p.epoch < $3
+                       AND (p.ts_ms < $4 OR p.id <= $5)
+                       AND NOT EXISTS (SELECT 1 FROM feedback f
+                                       WHERE f.request_id = p.request_id AND f.seq > $6)
+                     ORDER BY p.id LIMIT $7)
+                 RETURNING request_id",
+                &[
+                    &replica,
+                    &prune.last_prediction,
+                    &prune.protect_from_epoch,
+                    &prune.before_ts_ms,
+                    &count_cut,
+                    &prune.last_feedback,
+                    &batch,
+                ],
+            )?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let deleted = deleted_requests.len() as u64;
+        // Labels whose request has no record left: those of the requests just deleted, and a
+        // batch more swept from where the last pass stopped (labels an operator's `DELETE`
+        // left), rather than every label each pass (see `sqlite_log::orphan_labels`).
         tx.execute(
-            "DELETE FROM feedback WHERE seq IN (
-                 SELECT f.seq FROM feedback f
-                 WHERE f.replica = $1 AND f.seq <= $2
-                   AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = f.request_id)
-                 ORDER BY f.seq LIMIT $3)",
-            &[&replica, &prune.last_feedback, &batch],
+            "DELETE FROM feedback f
+             WHERE f.replica = $1 AND f.seq <= $2 AND f.request_id = ANY($3)
+               AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = f.request_id)",
+            &[&replica, &prune.last_feedback, &deleted_requests],
         )?;
+        let swept: Vec<i64> = tx
+            .query(
+                "SELECT seq FROM feedback WHERE replica = $1 AND seq > $2 AND seq <= $3
+                 ORDER BY seq LIMIT $4",
+                &[&replica, &sweep_from, &prune.last_feedback, &batch],
+            )?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        tx.execute(
+            "DELETE FROM feedback f
+             WHERE f.seq = ANY($1)
+               AND NOT EXISTS (SELECT 1 FROM predictions p WHERE p.request_id = f.request_id)",
+            &[&swept],
+        )?;
+        let sweep_to = match swept.last() {
+            Some(seq) if swept.len() as i64 == batch => *seq,
+            _ => 0,
+        };
         tx.commit()?;
+        self.label_sweep = sweep_to;
         Ok(deleted)
     }
 

@@ -676,7 +676,8 @@ pub(crate) struct SqliteSink {
 
 /// Labels whose request has no record left, for the retention to delete: those of the requests
 /// whose rows it just deleted, and `batch` more swept from where the last pass's sweep stopped
-/// (`sweep`, back to the first label at the end), for labels left by an operator's `DELETE` or
+/// (`sweep`; returned: where the next pass starts, the first label again after the last), for
+/// labels left by an operator's `DELETE` or
 /// kept as the newest label by an earlier pass. Never the newest label (SQLite would hand its
 /// rowid out again), never one after the snapshot's. A pass checks at most twice `batch`
 /// labels, where checking every label each pass stalled the writer for the whole label table
@@ -685,8 +686,8 @@ fn orphan_labels(
     tx: &rusqlite::Transaction<'_>,
     deleted_requests: &[String],
     prune: &Prune,
-    sweep: &mut i64,
-) -> Result<Vec<i64>, StoreError> {
+    sweep: i64,
+) -> Result<(Vec<i64>, i64), StoreError> {
     let newest: i64 = tx.query_row("SELECT COALESCE(MAX(rowid), 0) FROM feedback", [], |r| {
         r.get(0)
     })?;
@@ -706,14 +707,14 @@ fn orphan_labels(
         "SELECT rowid, request_id FROM feedback WHERE rowid > ?1 AND rowid <= ?2
          ORDER BY rowid LIMIT ?3",
     )?;
-    let rows = swept.query_map(params![*sweep, upto, prune.batch as i64], |r| {
+    let rows = swept.query_map(params![sweep, upto, prune.batch as i64], |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
     })?;
     let before = candidates.len();
     for row in rows {
         candidates.push(row?);
     }
-    *sweep = match candidates[before..].last() {
+    let sweep = match candidates[before..].last() {
         Some((rowid, _)) if candidates.len() - before == prune.batch => *rowid,
         _ => 0,
     };
@@ -725,7 +726,7 @@ fn orphan_labels(
             orphans.push(rowid);
         }
     }
-    Ok(orphans)
+    Ok((orphans, sweep))
 }
 
 impl SqliteSink {
@@ -857,13 +858,14 @@ impl Sink for SqliteSink {
                 |r| r.get::<_, i64>(0),
             )?],
         )?;
-        let orphans = orphan_labels(&tx, &deleted_requests, prune, &mut self.label_sweep)?;
+        let (orphans, sweep) = orphan_labels(&tx, &deleted_requests, prune, self.label_sweep)?;
         let mut delete = tx.prepare_cached("DELETE FROM feedback WHERE rowid = ?1")?;
         for rowid in orphans {
             delete.execute([rowid])?;
         }
         drop(delete);
         tx.commit()?;
+        self.label_sweep = sweep;
         Ok(deleted as u64)
     }
 }

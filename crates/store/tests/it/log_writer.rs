@@ -23,6 +23,7 @@ on_both_async!(
     retention_deletes_covered_records_but_never_those_a_rollout_reads,
     feedback_limited_to_models_labels_only_their_requests,
     captured_requests_are_the_served_bodies_with_their_labels,
+    retention_sweeps_labels_whose_records_an_operator_deleted,
     disagreements_are_the_newest_differing_shadow_answers_of_the_pair,
     artefacts_are_recorded_named_by_records_and_never_swapped,
 );
@@ -681,9 +682,7 @@ async fn retention_deletes_covered_records_but_never_those_a_rollout_reads(db: &
 /// Labels whose records went another way than the retention (an operator's `DELETE`) are
 /// swept by later retention passes, a batch of labels at a time, and only those: labels of
 /// requests with records left stay.
-#[tokio::test]
-async fn retention_sweeps_labels_whose_records_an_operator_deleted() {
-    let db = Db::sqlite();
+async fn retention_sweeps_labels_whose_records_an_operator_deleted(db: &Db) {
     let mut cfg = config(db.url(), "r1", 1024, 16);
     cfg.snapshot_every = 5;
     // Nothing old enough or past the count to delete: each pass only sweeps labels.
@@ -706,15 +705,14 @@ async fn retention_sweeps_labels_whose_records_an_operator_deleted() {
             .accepted,
         10
     );
-    let StoreUrl::Sqlite(path) = db.url() else {
-        panic!("a sqlite store")
-    };
-    rusqlite::Connection::open(&path)
-        .unwrap()
-        .execute_batch("DELETE FROM predictions WHERE request_id IN ('r1', 'r3', 'r6')")
+    db.exec("DELETE FROM predictions WHERE request_id IN ('r1', 'r3', 'r6')")
         .unwrap();
     let labels = || {
-        db.query_text("SELECT group_concat(request_id, ' ') FROM (SELECT request_id FROM feedback ORDER BY rowid)")
+        db.query_text(if db.is_postgres() {
+            "SELECT string_agg(request_id, ' ' ORDER BY seq) FROM feedback"
+        } else {
+            "SELECT group_concat(request_id, ' ') FROM (SELECT request_id FROM feedback ORDER BY rowid)"
+        })
     };
     let mut i = 20;
     while labels() != "r0 r2 r4 r5 r7 r8 r9" {
