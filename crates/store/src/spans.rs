@@ -145,6 +145,18 @@ pub(crate) fn request_rows(columns: &str, filter: &str, ms: Option<i64>) -> Stri
     }
 }
 
+/// The query over every record of millisecond `?2`'s spans that `filter` keeps (as in
+/// [`request_rows`]; `?1` is not used), `columns` selected, then the record's request id as
+/// `row_request` and its id as `row_id`: what [`request_rows`] reads for one request of that
+/// millisecond, for all of them at once.
+pub(crate) fn millisecond_rows(columns: &str, filter: &str) -> String {
+    format!(
+        "SELECT {columns}, p.request_id AS row_request, p.id AS row_id
+         FROM request_spans s JOIN predictions p ON p.id BETWEEN s.first_id AND s.last_id
+         WHERE s.ms = ?2 {filter}"
+    )
+}
+
 /// Rebuilds the spans and names of every record already in `prediction_rows` (a log written
 /// before them), as the writer would have filed them in batches of `chunk` records.
 pub(crate) fn file_existing(tx: &Transaction<'_>, chunk: usize) -> Result<u64, StoreError> {

@@ -17,7 +17,7 @@ use crate::log_rows::{
     store_feedback, CapturedQuery, CapturedRequest, Disagreement, FeedbackRow, FeedbackTx,
     Labelled, LogRow, Prune, Sink, StreamFold,
 };
-use crate::spans::{request_ms, request_rows, SpanBuilder};
+use crate::spans::{millisecond_rows, request_ms, request_rows, SpanBuilder};
 use crate::wire::{decode_aggregates, encode_aggregates};
 use crate::StoreError;
 
@@ -433,14 +433,17 @@ pub fn disagreements(
          ORDER BY p.id DESC",
     )?;
     let mut truth = conn.prepare_cached("SELECT truth FROM feedback WHERE request_id = ?1")?;
-    let mut shadows = ShadowAnswers::default();
+    let mut shadows = ByMillisecond::new(
+        "p.output",
+        "AND p.role = 'shadow' AND p.version = ?3 AND p.paired_version = ?4 AND p.outcome = 'ok'",
+    );
     let mut out = Vec::new();
     let mut rows = servings.query(params![model, primary])?;
     while out.len() < limit {
         let Some(row) = rows.next()? else { break };
         let request_id: String = row.get(0)?;
         let primary_output: String = row.get(3)?;
-        let answers = shadows.of(conn, &request_id, shadow, primary)?;
+        let answers = shadows.take(conn, &request_id, &[&shadow, &primary], |r| Ok(r.get(0)?))?;
         let differing: Vec<&String> = answers.iter().filter(|s| **s != primary_output).collect();
         if differing.is_empty() {
             continue;
@@ -461,44 +464,42 @@ pub fn disagreements(
     Ok(out)
 }
 
-/// The `ok` shadow answers of one version paired with another, read a millisecond at a time
-/// for [`disagreements`]: the requests of one millisecond of generated ids share their spans,
-/// so the serving records walked newest first mostly ask about the millisecond read last.
-/// One query per millisecond reads each of its records once, where a lookup per serving
-/// record read the millisecond's records again for each (BENCHMARKS.md, "Proxy cost").
-#[derive(Default)]
-struct ShadowAnswers {
-    /// The milliseconds read, the newest last; a few kept for records logged out of order.
-    read: Vec<(i64, HashMap<String, Vec<String>>)>,
-    none: Vec<String>,
+/// The rows of requests looked up one request at a time in an order that mostly follows their
+/// generated ids' milliseconds ([`disagreements`]: serving records newest first; the restore:
+/// the tail sorted by request id), read a millisecond at a time: one query reads each of the
+/// millisecond's records once, where a lookup per request ([`request_rows_of`]) read them
+/// again for each of its ~50 requests under load (BENCHMARKS.md, "Proxy cost"). The last
+/// [`Self::KEPT`] milliseconds are kept for requests that come out of order; ids a client
+/// chose are looked up by name.
+struct ByMillisecond<T> {
+    columns: &'static str,
+    /// `AND …` over `p`, its parameters from `?3` on (as for [`request_rows_of`]).
+    filter: &'static str,
+    read: Vec<(i64, HashMap<String, Vec<T>>)>,
 }
 
-impl ShadowAnswers {
-    /// Milliseconds kept: a serving record logged late (a slow answer) asks about one a little
-    /// older than its neighbours'.
+impl<T> ByMillisecond<T> {
     const KEPT: usize = 8;
 
-    /// The answers of request `request_id`'s shadow records, in id order.
-    fn of(
+    fn new(columns: &'static str, filter: &'static str) -> Self {
+        ByMillisecond {
+            columns,
+            filter,
+            read: Vec::new(),
+        }
+    }
+
+    /// The rows of `request_id` that the filter keeps, in id order, each record once; taken:
+    /// asked again, the request has none.
+    fn take(
         &mut self,
         conn: &Connection,
         request_id: &str,
-        shadow: &str,
-        primary: &str,
-    ) -> Result<&[String], StoreError> {
-        const FILTER: &str = "AND p.role = 'shadow' AND p.version = ?3
-             AND p.paired_version = ?4 AND p.outcome = 'ok'";
+        extra: &[&dyn rusqlite::ToSql],
+        mut map: impl FnMut(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
         let Some(ms) = request_ms(request_id) else {
-            // An id the client chose: its own lookup.
-            self.none = request_rows_of(
-                conn,
-                request_id,
-                "p.output",
-                FILTER,
-                &[&shadow, &primary],
-                |r| Ok(r.get::<_, String>(0)?),
-            )?;
-            return Ok(&self.none);
+            return request_rows_of(conn, request_id, self.columns, self.filter, extra, map);
         };
         let at = match self.read.iter().position(|(m, _)| *m == ms) {
             Some(at) => at,
@@ -506,39 +507,27 @@ impl ShadowAnswers {
                 if self.read.len() == Self::KEPT {
                     self.read.remove(0);
                 }
-                self.read
-                    .push((ms, Self::millisecond(conn, ms, shadow, primary)?));
+                let mut stmt = conn.prepare_cached(&millisecond_rows(self.columns, self.filter))?;
+                let none: Option<i64> = None;
+                let mut params: Vec<&dyn rusqlite::ToSql> = vec![&none, &ms];
+                params.extend_from_slice(extra);
+                let last = stmt.column_count() - 1;
+                let mut rows = stmt.query(params.as_slice())?;
+                let mut found: Vec<(i64, String, T)> = Vec::new();
+                while let Some(row) = rows.next()? {
+                    found.push((row.get(last)?, row.get(last - 1)?, map(row)?));
+                }
+                found.sort_by_key(|(id, _, _)| *id);
+                found.dedup_by_key(|(id, _, _)| *id);
+                let mut by_request: HashMap<String, Vec<T>> = HashMap::new();
+                for (_, request, t) in found {
+                    by_request.entry(request).or_default().push(t);
+                }
+                self.read.push((ms, by_request));
                 self.read.len() - 1
             }
         };
-        Ok(self.read[at].1.get(request_id).map_or(&[], Vec::as_slice))
-    }
-
-    /// The answers of every request of millisecond `ms`, by request id, each record once.
-    fn millisecond(
-        conn: &Connection,
-        ms: i64,
-        shadow: &str,
-        primary: &str,
-    ) -> Result<HashMap<String, Vec<String>>, StoreError> {
-        let mut stmt = conn.prepare_cached(
-            "SELECT p.request_id, p.output, p.id
-             FROM request_spans s JOIN predictions p ON p.id BETWEEN s.first_id AND s.last_id
-             WHERE s.ms = ?1 AND p.role = 'shadow' AND p.version = ?2
-                   AND p.paired_version = ?3 AND p.outcome = 'ok'",
-        )?;
-        let mut rows = stmt.query(params![ms, shadow, primary])?;
-        let mut found: Vec<(i64, String, String)> = Vec::new();
-        while let Some(row) = rows.next()? {
-            found.push((row.get(2)?, row.get(0)?, row.get(1)?));
-        }
-        found.sort_by_key(|(id, _, _)| *id);
-        found.dedup_by_key(|(id, _, _)| *id);
-        let mut by_request: HashMap<String, Vec<String>> = HashMap::new();
-        for (_, request_id, output) in found {
-            by_request.entry(request_id).or_default().push(output);
-        }
-        Ok(by_request)
+        Ok(self.read[at].1.remove(request_id).unwrap_or_default())
     }
 }
 
@@ -907,18 +896,12 @@ pub fn restore_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
     let mut rows = tail.query([last_prediction])?;
     let mut fold = StreamFold::onto(agg, true);
     let mut request: Option<String> = None;
+    let mut earlier = ByMillisecond::new(P_RECORD_NO_INPUT, "AND p.id <= ?3");
     while let Some(row) = rows.next()? {
         let log_row = row_to_record(row)??;
         if request.as_deref() != Some(log_row.record.request_id.as_str()) {
             let id = log_row.record.request_id.clone();
-            let before = request_rows_of(
-                conn,
-                &id,
-                P_RECORD_NO_INPUT,
-                "AND p.id <= ?3",
-                &[&last_prediction],
-                to_log_row,
-            )?;
+            let before = earlier.take(conn, &id, &[&last_prediction], to_log_row)?;
             for row in before {
                 fold.push_uncounted(row);
             }
@@ -933,6 +916,8 @@ pub fn restore_aggregates(conn: &Connection) -> Result<Aggregates, StoreError> {
     )?;
     let mut rows = labels.query([last_feedback])?;
     let mut scored = StreamFold::onto(fold.finish(), false);
+    // One lookup per label: labels come in any order, and a millisecond read whole would
+    // decode every record of it for one label.
     while let Some(row) = rows.next()? {
         let (id, truth, metrics) = feedback_from_json(
             row.get(0)?,
