@@ -666,11 +666,10 @@ pub(crate) struct SqliteSink {
 /// Labels whose request has no record left, for the retention to delete: those of the requests
 /// whose rows it just deleted, and `batch` more swept from where the last pass's sweep stopped
 /// (`sweep`; returned: where the next pass starts, the first label again after the last), for
-/// labels left by an operator's `DELETE` or
-/// kept as the newest label by an earlier pass. Never the newest label (SQLite would hand its
-/// rowid out again), never one after the snapshot's. A pass checks at most twice `batch`
-/// labels, where checking every label each pass stalled the writer for the whole label table
-/// (BENCHMARKS.md, "Proxy cost").
+/// labels left by an operator's `DELETE` or kept as the newest label by an earlier pass. Never
+/// the newest label (SQLite would hand its rowid out again), never one after the snapshot's. A
+/// pass checks at most twice `batch` labels, where checking every label each pass stalled the
+/// writer for the whole label table (BENCHMARKS.md, "Proxy cost").
 fn orphan_labels(
     tx: &rusqlite::Transaction<'_>,
     deleted_requests: &[String],
