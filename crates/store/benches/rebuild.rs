@@ -86,6 +86,25 @@ fn cpu_seconds() -> f64 {
     ticks / 100.0
 }
 
+/// The writer the gateway runs (4,096-record batches, 5 ms group commit) on the file at `path`.
+fn writer_config(
+    path: &std::path::Path,
+    snapshot_every: u64,
+    retention: Option<switchyard_store::Retention>,
+) -> LogWriterConfig {
+    LogWriterConfig {
+        store: StoreUrl::sqlite(path),
+        replica: "bench".into(),
+        queue_capacity: 1 << 20,
+        batch_size: 4_096,
+        commit_interval: Duration::from_millis(5),
+        snapshot_every,
+        retention,
+        max_size_bytes: None,
+        versions: Vec::new(),
+    }
+}
+
 /// Writes `n` requests from `from` on; prints the CPU microseconds per record of each million
 /// (the writer's cost as the table grows).
 fn write_log(path: &std::path::Path, from: u64, n: u64, snapshot_every: u64) {
@@ -93,18 +112,7 @@ fn write_log(path: &std::path::Path, from: u64, n: u64, snapshot_every: u64) {
         .enable_all()
         .build()
         .unwrap();
-    let (log, thread) = spawn_log_writer(LogWriterConfig {
-        store: StoreUrl::sqlite(path),
-        replica: "bench".into(),
-        queue_capacity: 1 << 20,
-        batch_size: 4_096,
-        commit_interval: Duration::from_millis(5),
-        snapshot_every,
-        retention: None,
-        max_size_bytes: None,
-        versions: Vec::new(),
-    })
-    .unwrap();
+    let (log, thread) = spawn_log_writer(writer_config(path, snapshot_every, None)).unwrap();
     let mut cpu_at = cpu_seconds();
     runtime.block_on(async {
         for chunk in (from..from + n).collect::<Vec<_>>().chunks(100_000) {
@@ -208,22 +216,12 @@ fn prune_child(path: &str) {
         .enable_all()
         .build()
         .unwrap();
-    let (log, thread) = spawn_log_writer(LogWriterConfig {
-        store: StoreUrl::sqlite(path),
-        replica: "bench".into(),
-        queue_capacity: 1 << 16,
-        batch_size: 4_096,
-        commit_interval: Duration::from_millis(5),
-        snapshot_every: 1,
-        retention: Some(switchyard_store::Retention {
-            max_age_ms: None,
-            max_records: Some(keep),
-            batch: switchyard_store::DEFAULT_RETENTION_BATCH,
-        }),
-        max_size_bytes: None,
-        versions: Vec::new(),
-    })
-    .unwrap();
+    let retention = switchyard_store::Retention {
+        max_age_ms: None,
+        max_records: Some(keep),
+        batch: switchyard_store::DEFAULT_RETENTION_BATCH,
+    };
+    let (log, thread) = spawn_log_writer(writer_config(path.as_ref(), 1, Some(retention))).unwrap();
     // No rollout reads any epoch.
     log.protect_from_epoch(None);
     let started = Instant::now();
