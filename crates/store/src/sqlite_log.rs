@@ -470,27 +470,40 @@ pub fn disagreements(
 /// millisecond's records once, where a lookup per request ([`request_rows_of`]) read them
 /// again for each of its ~50 requests under load (BENCHMARKS.md, "Proxy cost"). The last
 /// [`Self::KEPT`] milliseconds are kept for requests that come out of order; ids a client
-/// chose are looked up by name.
+/// chose are looked up by name, and so are the requests of a millisecond holding more than
+/// `max_rows` records (ids a client chose in the generated form with a constant prefix would
+/// put a whole log in one millisecond: it is not held in memory).
 struct ByMillisecond<T> {
     columns: &'static str,
     /// `AND …` over `p`, its parameters from `?3` on (as for [`request_rows_of`]).
     filter: &'static str,
+    max_rows: usize,
     read: Vec<(i64, HashMap<String, Vec<T>>)>,
+    /// Milliseconds found to hold more than `max_rows` records (the last few).
+    too_big: Vec<i64>,
 }
 
 impl<T> ByMillisecond<T> {
     const KEPT: usize = 8;
+    /// Records of one millisecond read at once, at most (~50 under load).
+    const MAX_ROWS: usize = 65_536;
 
     fn new(columns: &'static str, filter: &'static str) -> Self {
+        Self::with_max_rows(columns, filter, Self::MAX_ROWS)
+    }
+
+    fn with_max_rows(columns: &'static str, filter: &'static str, max_rows: usize) -> Self {
         ByMillisecond {
             columns,
             filter,
+            max_rows,
             read: Vec::new(),
+            too_big: Vec::new(),
         }
     }
 
-    /// The rows of `request_id` that the filter keeps, in id order, each record once; taken:
-    /// asked again, the request has none.
+    /// The rows of `request_id` that the filter keeps, in id order, each record once. Meant to
+    /// be asked once per request: a millisecond read whole hands each request's rows out once.
     fn take(
         &mut self,
         conn: &Connection,
@@ -498,15 +511,13 @@ impl<T> ByMillisecond<T> {
         extra: &[&dyn rusqlite::ToSql],
         mut map: impl FnMut(&rusqlite::Row<'_>) -> Result<T, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
-        let Some(ms) = request_ms(request_id) else {
-            return request_rows_of(conn, request_id, self.columns, self.filter, extra, map);
+        let ms = match request_ms(request_id) {
+            Some(ms) if !self.too_big.contains(&ms) => ms,
+            _ => return request_rows_of(conn, request_id, self.columns, self.filter, extra, map),
         };
         let at = match self.read.iter().position(|(m, _)| *m == ms) {
             Some(at) => at,
             None => {
-                if self.read.len() == Self::KEPT {
-                    self.read.remove(0);
-                }
                 let mut stmt = conn.prepare_cached(&millisecond_rows(self.columns, self.filter))?;
                 let none: Option<i64> = None;
                 let mut params: Vec<&dyn rusqlite::ToSql> = vec![&none, &ms];
@@ -515,7 +526,25 @@ impl<T> ByMillisecond<T> {
                 let mut rows = stmt.query(params.as_slice())?;
                 let mut found: Vec<(i64, String, T)> = Vec::new();
                 while let Some(row) = rows.next()? {
+                    if found.len() == self.max_rows {
+                        drop(rows);
+                        if self.too_big.len() == Self::KEPT {
+                            self.too_big.remove(0);
+                        }
+                        self.too_big.push(ms);
+                        return request_rows_of(
+                            conn,
+                            request_id,
+                            self.columns,
+                            self.filter,
+                            extra,
+                            map,
+                        );
+                    }
                     found.push((row.get(last)?, row.get(last - 1)?, map(row)?));
+                }
+                if self.read.len() == Self::KEPT {
+                    self.read.remove(0);
                 }
                 found.sort_by_key(|(id, _, _)| *id);
                 found.dedup_by_key(|(id, _, _)| *id);
@@ -1351,6 +1380,39 @@ mod tests {
             assert!(stmt.get_status(rusqlite::StatementStatus::Run) > 0);
             assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
         }
+    }
+
+    /// `ByMillisecond` gives each request what a lookup of its own gives, whether it reads
+    /// the request's millisecond whole or finds it holds more than it reads at once.
+    #[test]
+    fn by_millisecond_gives_each_request_what_its_own_lookup_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
+        let mut sink = SqliteSink::new(conn);
+        let all = filed_batches(&mut sink);
+        let mut ids: Vec<String> = all.iter().map(|r| r.request_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        let (columns, filter, upto) = ("p.id", "AND p.id <= ?3", 320i64);
+        let id_of = |r: &rusqlite::Row<'_>| Ok(r.get::<_, i64>(0)?);
+        let mut found = 0;
+        for max_rows in [ByMillisecond::<i64>::MAX_ROWS, 20] {
+            let mut by_ms = ByMillisecond::with_max_rows(columns, filter, max_rows);
+            for id in &ids {
+                let own = request_rows_of(&sink.conn, id, columns, filter, &[&upto], id_of);
+                let got = by_ms.take(&sink.conn, id, &[&upto], id_of).unwrap();
+                assert_eq!(got, own.unwrap(), "{id}");
+                found += got.len();
+            }
+            // Milliseconds 0, 2 and 4 hold ~100 records each.
+            assert_eq!(
+                by_ms.too_big.is_empty(),
+                max_rows > 100,
+                "{:?}",
+                by_ms.too_big
+            );
+        }
+        assert!(found > 500, "{found}");
     }
 
     /// A log written by the release before spans (lanes, and an index on `request_id`) is
