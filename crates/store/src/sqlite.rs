@@ -25,7 +25,7 @@ use crate::StoreError;
 /// an id the gateway generates (32 hex digits, the first 12 its time in milliseconds) through
 /// `request_spans`, the id ranges of the batch holding records whose id carries that
 /// millisecond (one row per millisecond per batch, not per record); any other id through
-/// `named_requests`, one row per record (`sqlite_log::RequestSpans`).
+/// `named_requests`, one row per record (the `spans` module).
 const LOG_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS lanes (
     id             INTEGER PRIMARY KEY,
@@ -149,7 +149,7 @@ pub fn open(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     // rusqlite keeps 16 prepared statements by default; the log writer alone runs more than
     // that (records, lanes, spans, feedback, retention), and an evicted statement is parsed
-    // again the next time, the feedback lookup's `UNION` most of all.
+    // again the next time.
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // Plans that do not depend on the values bound: otherwise SQLite may plan a statement for
     // its parameters' values and prepare it again each time they change, which the request
@@ -188,8 +188,9 @@ fn wal_mode(conn: &Connection) -> Result<(), StoreError> {
 
 /// Creates the prediction log's tables, moving an older log's `predictions` table into them
 /// first ([`MIGRATE_TO_LANES`]), in one transaction that holds the write lock, so two
-/// connections opening an old file at once migrate it once. A file already in the current layout is only read, so a reader never waits for the
-/// writer's lock (nor fails on a read-only file).
+/// connections opening an old file at once migrate it once. A file already in the current
+/// layout is only read, so a reader never waits for the writer's lock (nor fails on a
+/// read-only file).
 fn log_tables(conn: &Connection) -> Result<(), StoreError> {
     let current: bool = conn.query_row(
         "SELECT COUNT(*) = 3 FROM sqlite_master

@@ -511,52 +511,58 @@ impl<T> ByMillisecond<T> {
         extra: &[&dyn rusqlite::ToSql],
         mut map: impl FnMut(&rusqlite::Row<'_>) -> Result<T, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
-        let ms = match request_ms(request_id) {
-            Some(ms) if !self.too_big.contains(&ms) => ms,
-            _ => return request_rows_of(conn, request_id, self.columns, self.filter, extra, map),
-        };
-        let at = match self.read.iter().position(|(m, _)| *m == ms) {
-            Some(at) => at,
-            None => {
-                let mut stmt = conn.prepare_cached(&millisecond_rows(self.columns, self.filter))?;
-                let none: Option<i64> = None;
-                let mut params: Vec<&dyn rusqlite::ToSql> = vec![&none, &ms];
-                params.extend_from_slice(extra);
-                let last = stmt.column_count() - 1;
-                let mut rows = stmt.query(params.as_slice())?;
-                let mut found: Vec<(i64, String, T)> = Vec::new();
-                while let Some(row) = rows.next()? {
-                    if found.len() == self.max_rows {
-                        drop(rows);
-                        if self.too_big.len() == Self::KEPT {
-                            self.too_big.remove(0);
-                        }
-                        self.too_big.push(ms);
-                        return request_rows_of(
-                            conn,
-                            request_id,
-                            self.columns,
-                            self.filter,
-                            extra,
-                            map,
-                        );
-                    }
-                    found.push((row.get(last)?, row.get(last - 1)?, map(row)?));
-                }
-                if self.read.len() == Self::KEPT {
-                    self.read.remove(0);
-                }
-                found.sort_by_key(|(id, _, _)| *id);
-                found.dedup_by_key(|(id, _, _)| *id);
-                let mut by_request: HashMap<String, Vec<T>> = HashMap::new();
-                for (_, request, t) in found {
-                    by_request.entry(request).or_default().push(t);
-                }
-                self.read.push((ms, by_request));
-                self.read.len() - 1
+        let read = match request_ms(request_id) {
+            Some(ms) if !self.too_big.contains(&ms) => {
+                self.millisecond(conn, ms, extra, &mut map)?
             }
+            _ => None,
         };
-        Ok(self.read[at].1.remove(request_id).unwrap_or_default())
+        match read {
+            Some(at) => Ok(self.read[at].1.remove(request_id).unwrap_or_default()),
+            None => request_rows_of(conn, request_id, self.columns, self.filter, extra, map),
+        }
+    }
+
+    /// Where millisecond `ms`'s rows are held, read now unless held already; `None` when it
+    /// holds more than `max_rows` (then noted in `too_big`).
+    fn millisecond(
+        &mut self,
+        conn: &Connection,
+        ms: i64,
+        extra: &[&dyn rusqlite::ToSql],
+        map: &mut impl FnMut(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+    ) -> Result<Option<usize>, StoreError> {
+        if let Some(at) = self.read.iter().position(|(m, _)| *m == ms) {
+            return Ok(Some(at));
+        }
+        let mut stmt = conn.prepare_cached(&millisecond_rows(self.columns, self.filter))?;
+        let none: Option<i64> = None;
+        let mut params: Vec<&dyn rusqlite::ToSql> = vec![&none, &ms];
+        params.extend_from_slice(extra);
+        let last = stmt.column_count() - 1;
+        let mut rows = stmt.query(params.as_slice())?;
+        let mut found: Vec<(i64, String, T)> = Vec::new();
+        while let Some(row) = rows.next()? {
+            if found.len() == self.max_rows {
+                if self.too_big.len() == Self::KEPT {
+                    self.too_big.remove(0);
+                }
+                self.too_big.push(ms);
+                return Ok(None);
+            }
+            found.push((row.get(last)?, row.get(last - 1)?, map(row)?));
+        }
+        found.sort_by_key(|(id, _, _)| *id);
+        found.dedup_by_key(|(id, _, _)| *id);
+        let mut by_request: HashMap<String, Vec<T>> = HashMap::new();
+        for (_, request, t) in found {
+            by_request.entry(request).or_default().push(t);
+        }
+        if self.read.len() == Self::KEPT {
+            self.read.remove(0);
+        }
+        self.read.push((ms, by_request));
+        Ok(Some(self.read.len() - 1))
     }
 }
 
@@ -724,17 +730,16 @@ fn orphan_labels(
         "SELECT rowid, request_id FROM feedback WHERE rowid > ?1 AND rowid <= ?2
          ORDER BY rowid LIMIT ?3",
     )?;
-    let rows = swept.query_map(params![sweep, upto, prune.batch as i64], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-    })?;
-    let before = candidates.len();
-    for row in rows {
-        candidates.push(row?);
-    }
-    let sweep = match candidates[before..].last() {
-        Some((rowid, _)) if candidates.len() - before == prune.batch => *rowid,
+    let swept: Vec<(i64, String)> = swept
+        .query_map(params![sweep, upto, prune.batch as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let next = match swept.last() {
+        Some((rowid, _)) if swept.len() == prune.batch => *rowid,
         _ => 0,
     };
+    candidates.extend(swept);
     candidates.sort_unstable_by_key(|(rowid, _)| *rowid);
     candidates.dedup_by_key(|(rowid, _)| *rowid);
     let mut orphans = Vec::new();
@@ -743,7 +748,7 @@ fn orphan_labels(
             orphans.push(rowid);
         }
     }
-    Ok((orphans, sweep))
+    Ok((orphans, next))
 }
 
 impl SqliteSink {
@@ -1072,6 +1077,13 @@ mod tests {
         }
     }
 
+    /// A sink on a new log file in a temp dir (kept while the dir lives).
+    fn new_sink() -> (tempfile::TempDir, SqliteSink) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
+        (dir, SqliteSink::new(conn))
+    }
+
     fn lanes(conn: &Connection) -> i64 {
         conn.query_row("SELECT COUNT(*) FROM lanes", [], |r| r.get(0))
             .unwrap()
@@ -1081,9 +1093,7 @@ mod tests {
     /// in order; a second batch of the same lanes (from the writer's cache) adds no lane.
     #[test]
     fn a_batch_written_by_multi_row_statements_reads_back_row_by_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
-        let mut sink = SqliteSink::new(conn);
+        let (_dir, mut sink) = new_sink();
         let batch: Vec<PredictionRecord> = (0..37).map(record).collect();
         sink.write_batch(&batch, &ArtefactIds::default()).unwrap();
         let distinct: std::collections::HashSet<_> = batch
@@ -1144,9 +1154,7 @@ mod tests {
                 batch.push(r);
             }
         }
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
-        let mut sink = SqliteSink::new(conn);
+        let (_dir, mut sink) = new_sink();
         // A batch of single-row statements, then one of a 16-row statement and single rows.
         sink.write_batch(&batch[..5], &ArtefactIds::default())
             .unwrap();
@@ -1190,9 +1198,7 @@ mod tests {
     /// rolls back the transaction instead of the statement), and the next batch is written.
     #[test]
     fn a_multi_row_statement_failing_part_way_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
-        let mut sink = SqliteSink::new(conn);
+        let (_dir, mut sink) = new_sink();
         let first: Vec<PredictionRecord> = (0..3).map(record).collect();
         sink.write_batch(&first, &ArtefactIds::default()).unwrap();
         let pages: i64 = sink
@@ -1316,9 +1322,7 @@ mod tests {
     /// through the view removes their names.
     #[test]
     fn records_are_found_by_request_id_through_spans_and_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
-        let mut sink = SqliteSink::new(conn);
+        let (_dir, mut sink) = new_sink();
         let all = filed_batches(&mut sink);
         let count = |sql: &str| -> i64 { sink.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
         // Named: order-42 twice, the upper-case id, the 31-character one.
@@ -1344,9 +1348,7 @@ mod tests {
     /// span starting at a reused id is dropped) nor double a record they cover.
     #[test]
     fn record_ids_coming_back_after_a_delete_are_filed_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
-        let mut sink = SqliteSink::new(conn);
+        let (_dir, mut sink) = new_sink();
         let before = filed_batches(&mut sink);
         sink.conn.execute("DELETE FROM predictions", []).unwrap();
         let after = filed_batches(&mut sink);
@@ -1365,9 +1367,7 @@ mod tests {
     /// after every change of its bound values, a parse per label.
     #[test]
     fn feedback_lookups_are_not_prepared_again_per_label() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
-        let mut sink = SqliteSink::new(conn);
+        let (_dir, mut sink) = new_sink();
         let all = filed_batches(&mut sink);
         let tx = sink.conn.transaction().unwrap();
         for rec in all.iter().filter(|r| r.role == Role::Serving) {
@@ -1386,9 +1386,7 @@ mod tests {
     /// the request's millisecond whole or finds it holds more than it reads at once.
     #[test]
     fn by_millisecond_gives_each_request_what_its_own_lookup_gives() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::sqlite::open(&dir.path().join("log.db")).unwrap();
-        let mut sink = SqliteSink::new(conn);
+        let (_dir, mut sink) = new_sink();
         let all = filed_batches(&mut sink);
         let mut ids: Vec<String> = all.iter().map(|r| r.request_id.clone()).collect();
         ids.sort();
