@@ -10,6 +10,7 @@
 //!     cargo bench -p switchyard-store --bench rebuild -- 10000000 snapshot --keep /tmp/log.sqlite
 //!     cargo bench -p switchyard-store --bench rebuild -- 1000000 disagreements
 //!     cargo bench -p switchyard-store --bench rebuild -- 1000000 prune
+//!     cargo bench -p switchyard-store --bench rebuild -- 20000 snapshot --counter-ids
 //!
 //! Writes N requests (one serving record each, every fifth also shadowed, a captured input on
 //! each, labels for a third of them) through the log writer into a temp file, snapshotting
@@ -19,7 +20,8 @@
 //! aggregates built (VmRSS). Every start-up must give the same aggregates. `disagreements` times
 //! instead what a shadow rollout's report reads: no shadow answer differs, so the whole log;
 //! `prune` a retention policy deleting the older half of the log and its labels (it changes
-//! the file: run it last).
+//! the file: run it last). `--counter-ids`: the requests' ids are a client's zero-padded
+//! counter (32 digits, so of the generated form, its millisecond the epoch's) instead.
 
 #![allow(
     clippy::unwrap_used,
@@ -44,10 +46,17 @@ fn status_kb(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether request ids are counters (`--counter-ids`).
+static COUNTER_IDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Request `i`'s id, of the form the gateway generates (its millisecond, then 20 more hex
-/// digits), 50 requests a millisecond.
+/// digits), 50 requests a millisecond; or a zero-padded counter.
 fn request_id(i: u64) -> String {
-    format!("{:012x}{i:020x}", 1_700_000_000_000 + i / 50)
+    if COUNTER_IDS.load(std::sync::atomic::Ordering::Relaxed) {
+        format!("{i:032}")
+    } else {
+        format!("{:012x}{i:020x}", 1_700_000_000_000 + i / 50)
+    }
 }
 
 fn record(i: u64, role: Role) -> PredictionRecord {
@@ -261,6 +270,10 @@ fn main() {
         child(&args[i + 1], &args[i + 2]);
         return;
     }
+    COUNTER_IDS.store(
+        args.iter().any(|a| a == "--counter-ids"),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let n: u64 = args
         .iter()
         .skip(1)

@@ -1,8 +1,8 @@
 //! How the SQLite log finds a request's records without an index on `request_id` (see
 //! `sqlite::LOG_TABLES`): the writer files each batch's records under the millisecond their
 //! request id carries (`request_spans`: id ranges, one row per millisecond per batch) or, for
-//! ids without one, by name (`named_requests`: one row per record); [`request_rows`] is the
-//! lookup both readers and the feedback path use. It exists so that the writer
+//! ids without one, by name (`named_requests`: one row per record); [`span_rows`] and
+//! [`named_rows`] are the lookups both readers and the feedback path use. It exists so that the writer
 //! (`sqlite_log`) and the move of an older log (`sqlite`) file records the same way.
 
 use rusqlite::Transaction;
@@ -11,7 +11,8 @@ use crate::StoreError;
 
 /// The millisecond a request id carries when it has the form the gateway generates: 32
 /// lowercase hex digits, the first 12 a Unix time in milliseconds. A client may send an id of
-/// that form too; it is filed and found the same way, whatever time it names.
+/// that form too: it is filed the same way when the time it names is near its record's
+/// ([`filing_ms`]), else by name, and looked up both ways.
 pub(crate) fn request_ms(request_id: &str) -> Option<i64> {
     let b: &[u8; 32] = request_id.as_bytes().try_into().ok()?;
     // The writer calls this per record: every byte through a table, the check one `OR` over
@@ -26,6 +27,20 @@ pub(crate) fn request_ms(request_id: &str) -> Option<i64> {
     Some(b[..12].iter().fold(0i64, |ms, &c| {
         ms << 4 | i64::from(HEX_DIGIT[usize::from(c)])
     }))
+}
+
+/// How far the millisecond a request id carries may be from its record's time for the record
+/// to be filed under it. The gateway's ids carry the request's arrival; a client's
+/// time-ordered ids (a UUIDv7's hex digits) its own clock's, minutes off at worst. Other ids of
+/// that form are filed by name: a counter behind a constant prefix (zero-padded, say) would
+/// put every record under one millisecond, each lookup then reading them all, and random hex
+/// digits would give each record a span of its own.
+const NEAR_MS: u64 = 3_600_000;
+
+/// The millisecond record `ts_ms` of request `request_id` is filed under, `None` when it is
+/// filed by name.
+pub(crate) fn filing_ms(request_id: &str, ts_ms: i64) -> Option<i64> {
+    request_ms(request_id).filter(|ms| ms.abs_diff(ts_ms) <= NEAR_MS)
 }
 
 /// The value of each lower-case hex digit, 0xff for any other byte.
@@ -60,10 +75,10 @@ pub(crate) struct SpanBuilder {
 }
 
 impl SpanBuilder {
-    /// Files record `id` (greater than every id added before) of request `request_id`;
-    /// `false` when the id carries no millisecond and must be filed by name.
-    pub(crate) fn add(&mut self, id: i64, request_id: &str) -> bool {
-        let Some(ms) = request_ms(request_id) else {
+    /// Files record `id` (greater than every id added before) of request `request_id`, logged
+    /// at `ts_ms`; `false` when it must be filed by name ([`filing_ms`]).
+    pub(crate) fn add(&mut self, id: i64, request_id: &str, ts_ms: i64) -> bool {
+        let Some(ms) = filing_ms(request_id, ts_ms) else {
             return false;
         };
         // Records come mostly in time order: the span sought is nearly always the last one.
@@ -120,35 +135,49 @@ pub(crate) fn insert<'a>(
     Ok(())
 }
 
-/// The query over the records (alias `p`, the `predictions` view) of request `?1`: `columns`
-/// selected, then the record's id as `row_id`; `filter` (`AND …`, may be empty, its
-/// parameters from `?3` on) applied. An id with a millisecond (`ms`, bound as `?2`) reads that
-/// millisecond's spans by their index and scans each by id; any other id reads its named
-/// rows by their key (`?2 IS NULL`, always true there, only keeps both statements' parameters
-/// numbered alike). A record two spans cover (one left by deleted records
-/// whose ids came back) comes twice: callers keep one per `row_id`.
+/// The query over the records (alias `p`, the `predictions` view) of request `?1` filed
+/// under the millisecond its id carries (bound as `?2`, [`request_ms`]): `columns` selected,
+/// then the record's id as `row_id`; `filter` (`AND …`, may be empty, its parameters from
+/// `?3` on) applied. Reads the millisecond's spans by their index and scans each by id. A
+/// record two spans cover (one left by deleted records whose ids came back) comes twice:
+/// callers keep one per `row_id`. An id of that form may have records filed by name too
+/// ([`filing_ms`]): [`named_rows`] finds those.
 ///
 /// Two plain statements, not one `UNION`: inside the feedback transaction SQLite prepared
 /// the compound statement again before every lookup (a parse per label; BENCHMARKS.md).
-pub(crate) fn request_rows(columns: &str, filter: &str, ms: Option<i64>) -> String {
-    match ms {
-        Some(_) => format!(
-            "SELECT {columns}, p.id AS row_id
-             FROM request_spans s JOIN predictions p ON p.id BETWEEN s.first_id AND s.last_id
-             WHERE s.ms = ?2 AND p.request_id = ?1 {filter}"
-        ),
-        None => format!(
-            "SELECT {columns}, p.id AS row_id
-             FROM named_requests n JOIN predictions p ON p.id = n.id
-             WHERE n.request_id = ?1 AND ?2 IS NULL {filter}"
-        ),
-    }
+pub(crate) fn span_rows(columns: &str, filter: &str) -> String {
+    format!(
+        "SELECT {columns}, p.id AS row_id
+         FROM request_spans s JOIN predictions p ON p.id BETWEEN s.first_id AND s.last_id
+         WHERE s.ms = ?2 AND p.request_id = ?1 {filter}"
+    )
+}
+
+/// As [`span_rows`], the records of request `?1` filed by name, read by their key (`?2` is
+/// not used: `?2 IS NULL OR 1` only keeps both statements' parameters numbered alike).
+pub(crate) fn named_rows(columns: &str, filter: &str) -> String {
+    format!(
+        "SELECT {columns}, p.id AS row_id
+         FROM named_requests n JOIN predictions p ON p.id = n.id
+         WHERE n.request_id = ?1 AND (?2 IS NULL OR 1) {filter}"
+    )
+}
+
+/// Whether any request id of the form [`request_ms`] reads is filed by name (a scan of the
+/// names: `sqlite_log::ByMillisecond` asks once per read of the log).
+pub(crate) fn stray_names(conn: &rusqlite::Connection) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM named_requests
+                        WHERE length(request_id) = 32 AND request_id NOT GLOB '*[^0-9a-f]*')",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 /// The query over every record of millisecond `?2`'s spans that `filter` keeps (as in
-/// [`request_rows`]; `?1` is not used), `columns` selected, then the record's request id as
-/// `row_request` and its id as `row_id`: what [`request_rows`] reads for one request of that
-/// millisecond, for all of them at once.
+/// [`span_rows`]; `?1` is not used), `columns` selected, then the record's request id as
+/// `row_request` and its id as `row_id`: what [`span_rows`] reads for one request of that
+/// millisecond, for all of them at once (those filed under it).
 pub(crate) fn millisecond_rows(columns: &str, filter: &str) -> String {
     format!(
         "SELECT {columns}, p.request_id AS row_request, p.id AS row_id
@@ -160,7 +189,7 @@ pub(crate) fn millisecond_rows(columns: &str, filter: &str) -> String {
 /// Rebuilds the spans and names of every record already in `prediction_rows` (a log written
 /// before them), as the writer would have filed them in batches of `chunk` records.
 pub(crate) fn file_existing(tx: &Transaction<'_>, chunk: usize) -> Result<u64, StoreError> {
-    let mut stmt = tx.prepare("SELECT id, request_id FROM prediction_rows ORDER BY id")?;
+    let mut stmt = tx.prepare("SELECT id, request_id, ts_ms FROM prediction_rows ORDER BY id")?;
     let mut rows = stmt.query([])?;
     let mut builder = SpanBuilder::default();
     let mut named: Vec<(String, i64)> = Vec::new();
@@ -174,7 +203,7 @@ pub(crate) fn file_existing(tx: &Transaction<'_>, chunk: usize) -> Result<u64, S
     while let Some(row) = rows.next()? {
         let id: i64 = row.get(0)?;
         let request_id: String = row.get(1)?;
-        if !builder.add(id, &request_id) {
+        if !builder.add(id, &request_id, row.get(2)?) {
             named.push((request_id, id));
         }
         total += 1;
@@ -205,6 +234,26 @@ mod tests {
         assert_eq!(request_ms(&format!("{}é", &id[..30])), None);
     }
 
+    /// An id of the generated form is filed under its millisecond only near its record's
+    /// time, an hour either way: a zero-padded counter or a random hex id is filed by name.
+    #[test]
+    fn a_millisecond_far_from_the_records_time_is_filed_by_name() {
+        let now = 1_700_000_000_000i64;
+        let hour = 3_600_000;
+        assert_eq!(filing_ms(&id(now, 1), now), Some(now));
+        assert_eq!(filing_ms(&id(now - hour, 1), now), Some(now - hour));
+        assert_eq!(filing_ms(&id(now + hour, 1), now), Some(now + hour));
+        assert_eq!(filing_ms(&id(now + hour + 1, 1), now), None);
+        assert_eq!(filing_ms(&id(now - hour - 1, 1), now), None);
+        assert_eq!(filing_ms(&format!("{:032x}", 42), now), None);
+        assert_eq!(filing_ms("f47ac10b58cc4372a5670e02b2c3d479", now), None);
+        assert_eq!(filing_ms("req-42", now), None);
+        let mut b = SpanBuilder::default();
+        assert!(!b.add(1, &format!("{:032x}", 42), now));
+        assert!(b.add(2, &id(now, 1), now));
+        assert_eq!(b.finish().len(), 1);
+    }
+
     fn id(ms: i64, n: u32) -> String {
         format!("{ms:012x}{n:020x}")
     }
@@ -214,14 +263,14 @@ mod tests {
         let mut b = SpanBuilder::default();
         // ms 10 at ids 1..=3, ms 11 interleaved at 2 and 4..=5, a named id at 6, ms 10 again
         // at 6 + MAX_GAP (within reach of 3? no: a new span) and ms 11 at 5 + MAX_GAP (within).
-        assert!(b.add(1, &id(10, 1)));
-        assert!(b.add(2, &id(11, 1)));
-        assert!(b.add(3, &id(10, 2)));
-        assert!(b.add(4, &id(11, 2)));
-        assert!(b.add(5, &id(11, 3)));
-        assert!(!b.add(6, "client-chosen"));
-        assert!(b.add(3 + MAX_GAP + 1, &id(10, 3)));
-        assert!(b.add(5 + MAX_GAP, &id(11, 4)));
+        assert!(b.add(1, &id(10, 1), 10));
+        assert!(b.add(2, &id(11, 1), 10));
+        assert!(b.add(3, &id(10, 2), 10));
+        assert!(b.add(4, &id(11, 2), 11));
+        assert!(b.add(5, &id(11, 3), 11));
+        assert!(!b.add(6, "client-chosen", 11));
+        assert!(b.add(3 + MAX_GAP + 1, &id(10, 3), 12));
+        assert!(b.add(5 + MAX_GAP, &id(11, 4), 12));
         assert_eq!(
             b.finish(),
             vec![

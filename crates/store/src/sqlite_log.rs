@@ -17,7 +17,7 @@ use crate::log_rows::{
     store_feedback, CapturedQuery, CapturedRequest, Disagreement, FeedbackRow, FeedbackTx,
     Labelled, LogRow, Prune, Sink, StreamFold,
 };
-use crate::spans::{millisecond_rows, request_ms, request_rows, SpanBuilder};
+use crate::spans::{millisecond_rows, named_rows, request_ms, span_rows, stray_names, SpanBuilder};
 use crate::wire::{decode_aggregates, encode_aggregates};
 use crate::StoreError;
 
@@ -247,7 +247,7 @@ fn file_batch(
     let mut spans = SpanBuilder::default();
     let mut named = Vec::new();
     for (id, rec) in (before + 1..).zip(batch) {
-        if !spans.add(id, &rec.request_id) {
+        if !spans.add(id, &rec.request_id, rec.ts_ms) {
             named.push((rec.request_id.as_str(), id));
         }
     }
@@ -331,7 +331,8 @@ const P_RECORD_NO_INPUT: &str = "p.request_id, p.ts_ms, p.model, p.epoch, p.vari
 
 /// The rows of request `request_id` that `filter` keeps (`AND …` over the view aliased `p`,
 /// its parameters `extra`, bound from `?3` on), `columns` read by `map`, in id order, each
-/// record once ([`request_rows`]). Statements from the connection's cache.
+/// record once: those filed under its id's millisecond ([`span_rows`], when it carries one)
+/// and those filed by name ([`named_rows`]). Statements from the connection's cache.
 fn request_rows_of<T>(
     conn: &Connection,
     request_id: &str,
@@ -341,18 +342,38 @@ fn request_rows_of<T>(
     mut map: impl FnMut(&rusqlite::Row<'_>) -> Result<T, StoreError>,
 ) -> Result<Vec<T>, StoreError> {
     let ms = request_ms(request_id);
-    let mut stmt = conn.prepare_cached(&request_rows(columns, filter, ms))?;
+    let mut out: Vec<(i64, T)> = Vec::new();
+    if ms.is_some() {
+        let sql = span_rows(columns, filter);
+        rows_by_id(conn, &sql, request_id, ms, extra, &mut map, &mut out)?;
+    }
+    let sql = named_rows(columns, filter);
+    rows_by_id(conn, &sql, request_id, ms, extra, &mut map, &mut out)?;
+    out.sort_by_key(|(id, _)| *id);
+    out.dedup_by_key(|(id, _)| *id);
+    Ok(out.into_iter().map(|(_, t)| t).collect())
+}
+
+/// Runs lookup `sql` ([`span_rows`] or [`named_rows`]) of request `request_id`, adding each
+/// row's id (its last column) and `map` of it to `out`.
+fn rows_by_id<T>(
+    conn: &Connection,
+    sql: &str,
+    request_id: &str,
+    ms: Option<i64>,
+    extra: &[&dyn rusqlite::ToSql],
+    map: &mut impl FnMut(&rusqlite::Row<'_>) -> Result<T, StoreError>,
+    out: &mut Vec<(i64, T)>,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(sql)?;
     let mut params: Vec<&dyn rusqlite::ToSql> = vec![&request_id, &ms];
     params.extend_from_slice(extra);
     let last = stmt.column_count() - 1;
     let mut rows = stmt.query(params.as_slice())?;
-    let mut out: Vec<(i64, T)> = Vec::new();
     while let Some(row) = rows.next()? {
         out.push((row.get(last)?, map(row)?));
     }
-    out.sort_by_key(|(id, _)| *id);
-    out.dedup_by_key(|(id, _)| *id);
-    Ok(out.into_iter().map(|(_, t)| t).collect())
+    Ok(())
 }
 
 /// [`row_to_record`] flattened for [`request_rows_of`].
@@ -471,17 +492,25 @@ pub fn disagreements(
 /// again for each of its ~50 requests under load (BENCHMARKS.md, "Proxy cost"). The last
 /// [`Self::KEPT`] milliseconds are kept for requests that come out of order; ids a client
 /// chose are looked up by name, and so are the requests of a millisecond holding more than
-/// `max_rows` records (ids a client chose in the generated form with a constant prefix would
-/// put a whole log in one millisecond: it is not held in memory).
+/// `max_rows` records (a log written before [`crate::spans::filing_ms`] may hold a
+/// client's ids of the generated form with a constant prefix in one millisecond: it is not
+/// held in memory). When the log files any id of the generated form by name, each such
+/// request's named rows are read too.
 struct ByMillisecond<T> {
     columns: &'static str,
     /// `AND …` over `p`, its parameters from `?3` on (as for [`request_rows_of`]).
     filter: &'static str,
     max_rows: usize,
-    read: Vec<(i64, HashMap<String, Vec<T>>)>,
+    /// Whether ids of the generated form are filed by name too (asked at the first lookup).
+    strays: Option<bool>,
+    /// Each millisecond read: its requests' rows with their record ids.
+    read: Vec<(i64, RowsByRequest<T>)>,
     /// Milliseconds found to hold more than `max_rows` records (the last few).
     too_big: Vec<i64>,
 }
+
+/// A millisecond's rows by request id, each with its record id.
+type RowsByRequest<T> = HashMap<String, Vec<(i64, T)>>;
 
 impl<T> ByMillisecond<T> {
     const KEPT: usize = 8;
@@ -497,6 +526,7 @@ impl<T> ByMillisecond<T> {
             columns,
             filter,
             max_rows,
+            strays: None,
             read: Vec::new(),
             too_big: Vec::new(),
         }
@@ -511,16 +541,28 @@ impl<T> ByMillisecond<T> {
         extra: &[&dyn rusqlite::ToSql],
         mut map: impl FnMut(&rusqlite::Row<'_>) -> Result<T, StoreError>,
     ) -> Result<Vec<T>, StoreError> {
-        let read = match request_ms(request_id) {
+        let ms = request_ms(request_id);
+        let read = match ms {
             Some(ms) if !self.too_big.contains(&ms) => {
                 self.millisecond(conn, ms, extra, &mut map)?
             }
             _ => None,
         };
-        match read {
-            Some(at) => Ok(self.read[at].1.remove(request_id).unwrap_or_default()),
-            None => request_rows_of(conn, request_id, self.columns, self.filter, extra, map),
+        let Some(at) = read else {
+            return request_rows_of(conn, request_id, self.columns, self.filter, extra, map);
+        };
+        let mut rows = self.read[at].1.remove(request_id).unwrap_or_default();
+        let strays = match self.strays {
+            Some(strays) => strays,
+            None => *self.strays.insert(stray_names(conn)?),
+        };
+        if strays {
+            let sql = named_rows(self.columns, self.filter);
+            rows_by_id(conn, &sql, request_id, ms, extra, &mut map, &mut rows)?;
+            rows.sort_by_key(|(id, _)| *id);
+            rows.dedup_by_key(|(id, _)| *id);
         }
+        Ok(rows.into_iter().map(|(_, t)| t).collect())
     }
 
     /// Where millisecond `ms`'s rows are held, read now unless held already; `None` when it
@@ -554,9 +596,9 @@ impl<T> ByMillisecond<T> {
         }
         found.sort_by_key(|(id, _, _)| *id);
         found.dedup_by_key(|(id, _, _)| *id);
-        let mut by_request: HashMap<String, Vec<T>> = HashMap::new();
-        for (_, request, t) in found {
-            by_request.entry(request).or_default().push(t);
+        let mut by_request: RowsByRequest<T> = HashMap::new();
+        for (id, request, t) in found {
+            by_request.entry(request).or_default().push((id, t));
         }
         if self.read.len() == Self::KEPT {
             self.read.remove(0);
@@ -1230,10 +1272,17 @@ mod tests {
         format!("{ms:012x}{n:020x}")
     }
 
+    /// A client's id of the generated form whose millisecond is the epoch's.
+    fn counter(n: u64) -> String {
+        format!("{n:032x}")
+    }
+
     /// Three batches of records: generated ids over a few milliseconds, interleaved, one
     /// millisecond's records spread wider than a span reaches; ids a client chose (one
-    /// upper-case hex, one of another length); serving records whose shadow comes in a later
-    /// batch. Returns the records in write order.
+    /// upper-case hex, one of another length, a zero-padded hex counter: the generated form,
+    /// its millisecond far from its records' time); serving records whose shadow comes in a
+    /// later batch, one such shadow logged an hour and more after its id's millisecond.
+    /// Returns the records in write order.
     fn filed_batches(sink: &mut SqliteSink) -> Vec<PredictionRecord> {
         let ms = 1_700_000_000_000i64;
         let at = |id: String, role: Role| {
@@ -1257,6 +1306,7 @@ mod tests {
         first.push(at("order-42".into(), Role::Serving));
         first.push(at(generated(ms, 7).to_uppercase(), Role::Serving));
         first.push(at("x".repeat(31), Role::Serving));
+        first.push(at(counter(42), Role::Serving));
         let mut second: Vec<PredictionRecord> = (300..340)
             .map(|n| at(generated(ms + 10, n), Role::Serving))
             .collect();
@@ -1264,7 +1314,10 @@ mod tests {
         second.push(at(generated(m_of(5), 5), Role::Shadow));
         second.push(at(generated(m_of(100), 100), Role::Shadow));
         second.push(at("order-42".into(), Role::Shadow));
-        let third = vec![at(generated(m_of(10), 10), Role::Shadow)];
+        second.push(at(counter(42), Role::Shadow));
+        let mut late = at(generated(m_of(20), 20), Role::Shadow);
+        late.ts_ms = m_of(20) + 3_600_001;
+        let third = vec![at(generated(m_of(10), 10), Role::Shadow), late];
         let mut all = Vec::new();
         for batch in [first, second, third] {
             sink.write_batch(&batch, &ArtefactIds::default()).unwrap();
@@ -1314,6 +1367,7 @@ mod tests {
             generated(1_600_000_000_000, 1),
             generated(1_700_000_000_000, 7),
             "order-43".into(),
+            counter(43),
         ]
     }
 
@@ -1325,8 +1379,9 @@ mod tests {
         let (_dir, mut sink) = new_sink();
         let all = filed_batches(&mut sink);
         let count = |sql: &str| -> i64 { sink.conn.query_row(sql, [], |r| r.get(0)).unwrap() };
-        // Named: order-42 twice, the upper-case id, the 31-character one.
-        assert_eq!(count("SELECT COUNT(*) FROM named_requests"), 4);
+        // Named: order-42 twice, the upper-case id, the 31-character one, the counter twice,
+        // the late shadow.
+        assert_eq!(count("SELECT COUNT(*) FROM named_requests"), 7);
         // Far fewer spans than records: one per millisecond per batch (seven), more for the
         // spread millisecond.
         let spans = count("SELECT COUNT(*) FROM request_spans");
@@ -1335,7 +1390,7 @@ mod tests {
         sink.conn
             .execute("DELETE FROM predictions WHERE request_id = 'order-42'", [])
             .unwrap();
-        assert_eq!(count("SELECT COUNT(*) FROM named_requests"), 2);
+        assert_eq!(count("SELECT COUNT(*) FROM named_requests"), 5);
         let kept: Vec<PredictionRecord> = all
             .into_iter()
             .filter(|r| r.request_id != "order-42")
@@ -1375,15 +1430,16 @@ mod tests {
             let truth = Truth::Labels(vec!["1".into()]);
             insert_feedback(&tx, &rec.request_id, 1, &truth, &[]).unwrap();
         }
-        for ms in [Some(1), None] {
-            let stmt = tx.prepare_cached(&request_rows(P_RECORD, "", ms)).unwrap();
+        for sql in [span_rows(P_RECORD, ""), named_rows(P_RECORD, "")] {
+            let stmt = tx.prepare_cached(&sql).unwrap();
             assert!(stmt.get_status(rusqlite::StatementStatus::Run) > 0);
             assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
         }
     }
 
     /// `ByMillisecond` gives each request what a lookup of its own gives, whether it reads
-    /// the request's millisecond whole or finds it holds more than it reads at once.
+    /// the request's millisecond whole or finds it holds more than it reads at once, with ids
+    /// of the generated form filed by name (a counter, a late shadow) and without.
     #[test]
     fn by_millisecond_gives_each_request_what_its_own_lookup_gives() {
         let (_dir, mut sink) = new_sink();
@@ -1391,26 +1447,40 @@ mod tests {
         let mut ids: Vec<String> = all.iter().map(|r| r.request_id.clone()).collect();
         ids.sort();
         ids.dedup();
-        let (columns, filter, upto) = ("p.id", "AND p.id <= ?3", 320i64);
+        let (columns, filter, upto) = ("p.id", "AND p.id <= ?3", 400i64);
         let id_of = |r: &rusqlite::Row<'_>| Ok(r.get::<_, i64>(0)?);
-        let mut found = 0;
-        for max_rows in [ByMillisecond::<i64>::MAX_ROWS, 20] {
-            let mut by_ms = ByMillisecond::with_max_rows(columns, filter, max_rows);
-            for id in &ids {
-                let own = request_rows_of(&sink.conn, id, columns, filter, &[&upto], id_of);
-                let got = by_ms.take(&sink.conn, id, &[&upto], id_of).unwrap();
-                assert_eq!(got, own.unwrap(), "{id}");
-                found += got.len();
+        for strays in [true, false] {
+            if !strays {
+                sink.conn
+                    .execute(
+                        "DELETE FROM predictions WHERE id IN (SELECT id FROM named_requests
+                         WHERE length(request_id) = 32 AND request_id NOT GLOB '*[^0-9a-f]*')",
+                        [],
+                    )
+                    .unwrap();
             }
-            // Milliseconds 0, 2 and 4 hold ~100 records each.
-            assert_eq!(
-                by_ms.too_big.is_empty(),
-                max_rows > 100,
-                "{:?}",
-                by_ms.too_big
-            );
+            let mut found = 0;
+            for max_rows in [ByMillisecond::<i64>::MAX_ROWS, 20] {
+                let mut by_ms = ByMillisecond::with_max_rows(columns, filter, max_rows);
+                for id in &ids {
+                    let own = request_rows_of(&sink.conn, id, columns, filter, &[&upto], id_of);
+                    let got = by_ms.take(&sink.conn, id, &[&upto], id_of).unwrap();
+                    assert_eq!(got, own.unwrap(), "{id}");
+                    found += got.len();
+                }
+                assert_eq!(by_ms.strays, Some(strays));
+                // Milliseconds 0, 2 and 4 hold ~100 records each.
+                assert_eq!(
+                    by_ms.too_big.is_empty(),
+                    max_rows > 100,
+                    "{:?}",
+                    by_ms.too_big
+                );
+            }
+            // Every record at each limit; in the second round the three strays are gone.
+            let left = all.len() - if strays { 0 } else { 3 };
+            assert_eq!(found, 2 * left, "strays {strays}");
         }
-        assert!(found > 500, "{found}");
     }
 
     /// A log written by the release before spans (lanes, and an index on `request_id`) is

@@ -376,21 +376,25 @@ async fn a_log_from_before_segments_gains_the_column_and_keeps_its_rows() {
 }
 
 /// Request `prefix``i`'s id: for odd `i` in the form the gateway generates (32 hex digits
-/// starting with a millisecond, four requests to a millisecond), else a name a client chose;
-/// the SQLite log files the two differently.
+/// starting with a millisecond, four requests to a millisecond); for `i` of 2 modulo 4 a
+/// client's zero-padded counter (the same form, its millisecond the epoch's); else a name
+/// a client chose. The SQLite log files the first under their millisecond, the others by name.
 fn rid(prefix: char, i: usize) -> String {
-    if i % 2 == 1 {
-        let ms = 1_700_000_000_000 + u64::from(prefix) * 1_000 + i as u64 / 4;
-        format!("{ms:012x}{i:020x}")
-    } else {
-        format!("{prefix}{i}")
+    match i % 4 {
+        1 | 3 => {
+            let ms = 1_700_000_000_000 + u64::from(prefix) * 1_000 + i as u64 / 4;
+            format!("{ms:012x}{i:020x}")
+        }
+        2 => format!("{:032}", u64::from(prefix) * 1_000_000 + i as u64),
+        _ => format!("{prefix}{i}"),
     }
 }
 
 /// What a shadow rollout's report shows: the serving records of the primary newest first, each
 /// with its `ok` shadow answers of the candidate paired with it that differ, up to the limit.
 /// Shadow answers are logged before or after their serving record, some a batch apart (7
-/// records a batch), half the ids generated ([`rid`]: several to a millisecond), half named.
+/// records a batch), half the ids generated ([`rid`]: several to a millisecond), a quarter
+/// counters, a quarter named.
 async fn disagreements_are_the_newest_differing_shadow_answers_of_the_pair(db: &Db) {
     let (log, thread) = spawn_log_writer(config(db.url(), "r1", 1024, 7)).unwrap();
     let mut expected: Vec<(String, String)> = Vec::new();
