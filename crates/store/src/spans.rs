@@ -2,8 +2,8 @@
 //! `sqlite::LOG_TABLES`): the writer files each batch's records under the millisecond their
 //! request id carries (`request_spans`: id ranges, one row per millisecond per batch) or, for
 //! ids without one, by name (`named_requests`: one row per record); [`span_rows`] and
-//! [`named_rows`] are the lookups both readers and the feedback path use. It exists so that the writer
-//! (`sqlite_log`) and the move of an older log (`sqlite`) file records the same way.
+//! [`named_rows`] are the lookups both readers and the feedback path use. It exists so that
+//! the writer (`sqlite_log`) and the move of an older log (`sqlite`) file records the same way.
 
 use rusqlite::Transaction;
 

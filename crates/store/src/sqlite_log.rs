@@ -349,9 +349,15 @@ fn request_rows_of<T>(
     }
     let sql = named_rows(columns, filter);
     rows_by_id(conn, &sql, request_id, ms, extra, &mut map, &mut out)?;
-    out.sort_by_key(|(id, _)| *id);
-    out.dedup_by_key(|(id, _)| *id);
-    Ok(out.into_iter().map(|(_, t)| t).collect())
+    Ok(in_id_order(out))
+}
+
+/// Rows by record id: in id order, each record once (two spans, or a span and a name, may
+/// hold the same record), the ids dropped.
+fn in_id_order<T>(mut rows: Vec<(i64, T)>) -> Vec<T> {
+    rows.sort_by_key(|(id, _)| *id);
+    rows.dedup_by_key(|(id, _)| *id);
+    rows.into_iter().map(|(_, t)| t).collect()
 }
 
 /// Runs lookup `sql` ([`span_rows`] or [`named_rows`]) of request `request_id`, adding each
@@ -509,7 +515,8 @@ struct ByMillisecond<T> {
     too_big: Vec<i64>,
 }
 
-/// A millisecond's rows by request id, each with its record id.
+/// A millisecond's rows by request id, each with its record id (in read order: `take` puts
+/// them in id order).
 type RowsByRequest<T> = HashMap<String, Vec<(i64, T)>>;
 
 impl<T> ByMillisecond<T> {
@@ -559,10 +566,8 @@ impl<T> ByMillisecond<T> {
         if strays {
             let sql = named_rows(self.columns, self.filter);
             rows_by_id(conn, &sql, request_id, ms, extra, &mut map, &mut rows)?;
-            rows.sort_by_key(|(id, _)| *id);
-            rows.dedup_by_key(|(id, _)| *id);
         }
-        Ok(rows.into_iter().map(|(_, t)| t).collect())
+        Ok(in_id_order(rows))
     }
 
     /// Where millisecond `ms`'s rows are held, read now unless held already; `None` when it
@@ -594,8 +599,6 @@ impl<T> ByMillisecond<T> {
             }
             found.push((row.get(last)?, row.get(last - 1)?, map(row)?));
         }
-        found.sort_by_key(|(id, _, _)| *id);
-        found.dedup_by_key(|(id, _, _)| *id);
         let mut by_request: RowsByRequest<T> = HashMap::new();
         for (id, request, t) in found {
             by_request.entry(request).or_default().push((id, t));
